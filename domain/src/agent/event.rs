@@ -1,0 +1,177 @@
+//! What has happened to an agent. Each variant's name is its stable type string.
+//!
+//! Three events open a deployment attempt — `DeploymentRequested` (first deploy),
+//! `RepairRequested` and `RedeployRequested` — and each carries the attempt's `deployment_id`;
+//! the deployer reacts to all three the same way.
+
+use super::types::{Backend, DeploymentStep, RedeployReason, RuntimeKind};
+use crate::ids::{AgentId, UserId};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// A fact about an agent, stored as `{"type": "<variant>", "data": {…}}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum AgentEvent {
+    /// An agent was created (its first deployment is requested alongside).
+    AgentCreated {
+        /// The agent.
+        agent_id: AgentId,
+        /// Its owner.
+        owner_id: UserId,
+        /// Display name.
+        name: String,
+        /// The system prompt.
+        system_prompt: String,
+        /// Model identifier.
+        model: String,
+        /// The runtime it runs.
+        runtime: RuntimeKind,
+        /// Where it is provisioned.
+        backend: Backend,
+    },
+    /// Configuration changed; carries the whole resulting configuration.
+    AgentConfigUpdated {
+        /// The agent.
+        agent_id: AgentId,
+        /// Display name.
+        name: String,
+        /// The system prompt.
+        system_prompt: String,
+        /// Model identifier.
+        model: String,
+    },
+    /// The first deployment attempt was requested.
+    DeploymentRequested {
+        /// The agent.
+        agent_id: AgentId,
+        /// The attempt.
+        deployment_id: Uuid,
+    },
+    /// One step of the current attempt finished.
+    DeploymentStepCompleted {
+        /// The agent.
+        agent_id: AgentId,
+        /// The attempt.
+        deployment_id: Uuid,
+        /// The step.
+        step: DeploymentStep,
+    },
+    /// The attempt succeeded; the agent is running.
+    AgentDeployed {
+        /// The agent.
+        agent_id: AgentId,
+        /// The attempt.
+        deployment_id: Uuid,
+        /// The runtime's base URL.
+        endpoint_url: String,
+    },
+    /// The attempt failed.
+    DeploymentFailed {
+        /// The agent.
+        agent_id: AgentId,
+        /// The attempt.
+        deployment_id: Uuid,
+        /// The step that failed.
+        step: DeploymentStep,
+        /// What went wrong.
+        error: String,
+    },
+    /// The agent was stopped (workspace kept); any attempt in progress is abandoned.
+    AgentStopped {
+        /// The agent.
+        agent_id: AgentId,
+    },
+    /// A stopped agent was started.
+    AgentStarted {
+        /// The agent.
+        agent_id: AgentId,
+    },
+    /// The runtime was restarted.
+    AgentRestarted {
+        /// The agent.
+        agent_id: AgentId,
+    },
+    /// An idle agent was suspended.
+    AgentPaused {
+        /// The agent.
+        agent_id: AgentId,
+    },
+    /// A paused agent was resumed.
+    AgentResumed {
+        /// The agent.
+        agent_id: AgentId,
+    },
+    /// A running agent failed its health checks.
+    AgentFailed {
+        /// The agent.
+        agent_id: AgentId,
+        /// What the health check saw.
+        error: String,
+    },
+    /// A repair attempt was requested for a failed or stopped agent.
+    RepairRequested {
+        /// The agent.
+        agent_id: AgentId,
+        /// The new attempt.
+        deployment_id: Uuid,
+    },
+    /// A redeploy attempt was requested.
+    RedeployRequested {
+        /// The agent.
+        agent_id: AgentId,
+        /// The new attempt.
+        deployment_id: Uuid,
+        /// Why.
+        reason: RedeployReason,
+    },
+    /// The agent was deleted; its sandbox must be destroyed.
+    AgentDeleted {
+        /// The agent.
+        agent_id: AgentId,
+    },
+    /// The deleted agent's sandbox is gone.
+    AgentDestroyed {
+        /// The agent.
+        agent_id: AgentId,
+    },
+}
+
+impl AgentEvent {
+    /// The stable type string: the variant name, e.g. `AgentCreated`.
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            AgentEvent::AgentCreated { .. } => "AgentCreated",
+            AgentEvent::AgentConfigUpdated { .. } => "AgentConfigUpdated",
+            AgentEvent::DeploymentRequested { .. } => "DeploymentRequested",
+            AgentEvent::DeploymentStepCompleted { .. } => "DeploymentStepCompleted",
+            AgentEvent::AgentDeployed { .. } => "AgentDeployed",
+            AgentEvent::DeploymentFailed { .. } => "DeploymentFailed",
+            AgentEvent::AgentStopped { .. } => "AgentStopped",
+            AgentEvent::AgentStarted { .. } => "AgentStarted",
+            AgentEvent::AgentRestarted { .. } => "AgentRestarted",
+            AgentEvent::AgentPaused { .. } => "AgentPaused",
+            AgentEvent::AgentResumed { .. } => "AgentResumed",
+            AgentEvent::AgentFailed { .. } => "AgentFailed",
+            AgentEvent::RepairRequested { .. } => "RepairRequested",
+            AgentEvent::RedeployRequested { .. } => "RedeployRequested",
+            AgentEvent::AgentDeleted { .. } => "AgentDeleted",
+            AgentEvent::AgentDestroyed { .. } => "AgentDestroyed",
+        }
+    }
+
+    /// The schema version of this event's shape (every agent event is at `"1"`).
+    pub fn event_version(&self) -> &'static str {
+        "1"
+    }
+
+    /// The deployment attempt this event opens, if it opens one.
+    pub fn opened_deployment(&self) -> Option<Uuid> {
+        match self {
+            AgentEvent::DeploymentRequested { deployment_id, .. }
+            | AgentEvent::RepairRequested { deployment_id, .. }
+            | AgentEvent::RedeployRequested { deployment_id, .. } => Some(*deployment_id),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! Pins the stored JSON of one representative event per aggregate, wrapped in its envelope.
+//! If one of these fails, the stored format changed: add a new event version and an upcaster
+//! instead of editing the expectation (DESIGN §2).
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use std::fmt::Debug;
+use uuid::Uuid;
+use warren_domain::agent::{AgentEvent, Backend, RuntimeKind};
+use warren_domain::conversation::{ConversationEvent, TokenUsage, ToolCall};
+use warren_domain::ids::{
+    AgentId, CommandId, ConnectionId, ConversationId, EventId, MessageId, RunId, UserId,
+};
+use warren_domain::user::{AuthKind, AuthMethod, Role, Tier, UserEvent, UserStatus};
+use warren_domain::{Actor, Envelope};
+
+fn at() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 1, 26, 10, 30, 0)
+        .single()
+        .expect("a valid instant")
+}
+
+fn id(n: u128) -> Uuid {
+    Uuid::from_u128(n)
+}
+
+fn envelope<E>(aggregate: Uuid, actor: Actor, event: E) -> Envelope<E> {
+    Envelope {
+        id: EventId(id(0xE1)),
+        version: "1".into(),
+        aggregate_id: aggregate.to_string(),
+        command_id: CommandId(id(0xC1)),
+        actor,
+        occurred_at: at(),
+        event,
+    }
+}
+
+/// Asserts the envelope serializes to `expected` and reads back equal.
+#[track_caller]
+fn assert_golden<E>(stored: &Envelope<E>, expected: Value)
+where
+    E: Serialize + DeserializeOwned + PartialEq + Debug,
+{
+    let json = serde_json::to_value(stored).expect("serializes");
+    assert_eq!(json, expected);
+    let back: Envelope<E> = serde_json::from_value(expected).expect("deserializes");
+    assert_eq!(&back, stored);
+}
+
+#[test]
+fn user_registered_is_stored_as_pinned() {
+    let user = UserId(id(1));
+    let event = UserEvent::UserRegistered {
+        user_id: user,
+        email: Some("ada@example.com".into()),
+        display_name: Some("Ada".into()),
+        avatar_url: None,
+        show_tool_calls: true,
+        auth: AuthMethod {
+            connection_id: ConnectionId(id(2)),
+            kind: AuthKind::Telegram,
+            external_id: "123456789".into(),
+        },
+        role: Role::Guest,
+        status: UserStatus::Pending,
+        tier: Tier::Free,
+    };
+    assert_golden(
+        &envelope(user.0, Actor::System("telegram".into()), event),
+        json!({
+            "id": "00000000-0000-0000-0000-0000000000e1",
+            "version": "1",
+            "aggregate_id": "00000000-0000-0000-0000-000000000001",
+            "command_id": "00000000-0000-0000-0000-0000000000c1",
+            "actor": {"kind": "system", "id": "telegram"},
+            "occurred_at": "2026-01-26T10:30:00Z",
+            "type": "UserRegistered",
+            "data": {
+                "user_id": "00000000-0000-0000-0000-000000000001",
+                "email": "ada@example.com",
+                "display_name": "Ada",
+                "avatar_url": null,
+                "show_tool_calls": true,
+                "auth": {
+                    "connection_id": "00000000-0000-0000-0000-000000000002",
+                    "kind": "telegram",
+                    "external_id": "123456789"
+                },
+                "role": "guest",
+                "status": "pending",
+                "tier": "free"
+            }
+        }),
+    );
+}
+
+#[test]
+fn agent_created_is_stored_as_pinned() {
+    let agent = AgentId(id(3));
+    let owner = UserId(id(1));
+    let event = AgentEvent::AgentCreated {
+        agent_id: agent,
+        owner_id: owner,
+        name: "Scout".into(),
+        system_prompt: "You are helpful.".into(),
+        model: "qwen3-coder-next".into(),
+        runtime: RuntimeKind::BaalAgent,
+        backend: Backend::Ssh,
+    };
+    assert_golden(
+        &envelope(agent.0, Actor::User(owner), event),
+        json!({
+            "id": "00000000-0000-0000-0000-0000000000e1",
+            "version": "1",
+            "aggregate_id": "00000000-0000-0000-0000-000000000003",
+            "command_id": "00000000-0000-0000-0000-0000000000c1",
+            "actor": {"kind": "user", "id": "00000000-0000-0000-0000-000000000001"},
+            "occurred_at": "2026-01-26T10:30:00Z",
+            "type": "AgentCreated",
+            "data": {
+                "agent_id": "00000000-0000-0000-0000-000000000003",
+                "owner_id": "00000000-0000-0000-0000-000000000001",
+                "name": "Scout",
+                "system_prompt": "You are helpful.",
+                "model": "qwen3-coder-next",
+                "runtime": "baal_agent",
+                "backend": "ssh"
+            }
+        }),
+    );
+}
+
+#[test]
+fn message_posted_is_stored_as_pinned() {
+    let conversation = ConversationId(id(4));
+    let event = ConversationEvent::MessagePosted {
+        conversation_id: conversation,
+        message_id: MessageId(id(5)),
+        agent_id: AgentId(id(3)),
+        user_id: UserId(id(1)),
+        text: "Hello, agent!".into(),
+        client_id: Some("ws-7".into()),
+        client_kind: Some("cli".into()),
+        run_id: RunId(id(6)),
+        position: 2,
+    };
+    assert_golden(
+        &envelope(conversation.0, Actor::User(UserId(id(1))), event),
+        json!({
+            "id": "00000000-0000-0000-0000-0000000000e1",
+            "version": "1",
+            "aggregate_id": "00000000-0000-0000-0000-000000000004",
+            "command_id": "00000000-0000-0000-0000-0000000000c1",
+            "actor": {"kind": "user", "id": "00000000-0000-0000-0000-000000000001"},
+            "occurred_at": "2026-01-26T10:30:00Z",
+            "type": "MessagePosted",
+            "data": {
+                "conversation_id": "00000000-0000-0000-0000-000000000004",
+                "message_id": "00000000-0000-0000-0000-000000000005",
+                "agent_id": "00000000-0000-0000-0000-000000000003",
+                "user_id": "00000000-0000-0000-0000-000000000001",
+                "text": "Hello, agent!",
+                "client_id": "ws-7",
+                "client_kind": "cli",
+                "run_id": "00000000-0000-0000-0000-000000000006",
+                "position": 2
+            }
+        }),
+    );
+}
+
+#[test]
+fn run_completed_is_stored_as_pinned() {
+    let conversation = ConversationId(id(4));
+    let event = ConversationEvent::RunCompleted {
+        conversation_id: conversation,
+        run_id: RunId(id(6)),
+        reply_id: MessageId(id(7)),
+        user_id: UserId(id(1)),
+        agent_id: AgentId(id(3)),
+        text: "There is one file.".into(),
+        tool_calls: vec![ToolCall {
+            call_id: "call_1".into(),
+            name: "shell".into(),
+            args: json!({"cmd": "ls"}),
+            output: "README.md\n".into(),
+            ok: true,
+        }],
+        usage: TokenUsage {
+            input_tokens: 1200,
+            output_tokens: 34,
+        },
+        duration_ms: 2150,
+    };
+    assert_golden(
+        &envelope(conversation.0, Actor::System("chat".into()), event),
+        json!({
+            "id": "00000000-0000-0000-0000-0000000000e1",
+            "version": "1",
+            "aggregate_id": "00000000-0000-0000-0000-000000000004",
+            "command_id": "00000000-0000-0000-0000-0000000000c1",
+            "actor": {"kind": "system", "id": "chat"},
+            "occurred_at": "2026-01-26T10:30:00Z",
+            "type": "RunCompleted",
+            "data": {
+                "conversation_id": "00000000-0000-0000-0000-000000000004",
+                "run_id": "00000000-0000-0000-0000-000000000006",
+                "reply_id": "00000000-0000-0000-0000-000000000007",
+                "user_id": "00000000-0000-0000-0000-000000000001",
+                "agent_id": "00000000-0000-0000-0000-000000000003",
+                "text": "There is one file.",
+                "tool_calls": [{
+                    "call_id": "call_1",
+                    "name": "shell",
+                    "args": {"cmd": "ls"},
+                    "output": "README.md\n",
+                    "ok": true
+                }],
+                "usage": {"input_tokens": 1200, "output_tokens": 34},
+                "duration_ms": 2150
+            }
+        }),
+    );
+}
