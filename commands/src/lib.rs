@@ -1,0 +1,21 @@
+//! Warren's write side: commands become events appended to JetStream.
+//!
+//! Layout:
+//! - [`topology`] — streams, subjects and KV buckets, created or updated idempotently at start.
+//! - [`codec`] — the stored form of a commit (a JSON array of envelopes) and the upcaster hook.
+//! - [`store`] — [`Store`]: the `cqrs_es::EventStore` on JetStream, its aggregate cache, and the
+//!   bounded-retry command loop.
+//! - [`aggregates`] — which stream and subject each domain aggregate lives on.
+//! - [`error`] — [`StoreError`] (one conflict variant, mapped in one place) and [`CommandError`].
+//! - [`service`] — [`CommandService`]: one store per aggregate type, the handle adapters call.
+
+pub mod aggregates;
+pub mod codec;
+pub mod error;
+pub mod service;
+pub mod store;
+pub mod topology;
+
+pub use error::{CommandError, StoreError};
+pub use service::CommandService;
+pub use store::{CommandMeta, Committed, Store, Stored};

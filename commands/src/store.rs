@@ -1,0 +1,514 @@
+//! [`Store`]: a `cqrs_es::EventStore` on JetStream, with an in-memory aggregate cache and the
+//! bounded-retry command loop every adapter calls.
+//!
+//! One command's events are one message on the aggregate's subject. The append carries
+//! `Nats-Expected-Last-Subject-Sequence` (0 for a new aggregate) and `Nats-Msg-Id` = command id.
+//! The cache is trusted optimistically: a command is decided on the cached state and appended in one
+//! round trip; if another writer moved the subject, the append fails with a conflict, the entry
+//! catches up from its last sequence (never from zero) and the command is decided again.
+//!
+//! Within one process, commands on the same aggregate are serialized by the entry's lock, so local
+//! writers never conflict with each other; conflicts only come from other processes.
+
+use crate::codec::{self, HEADER_ACTOR, HEADER_EVENT_TYPES, HEADER_MSG_ID, HEADER_TRACEPARENT};
+use crate::error::{CommandError, StoreError};
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, message::PublishMessage, stream::DirectGetErrorKind};
+use chrono::Utc;
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::{
+    Aggregate, AggregateContext, AggregateError, DomainEvent, EventEnvelope, EventStore,
+};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::OwnedMutexGuard;
+use warren_domain::ids::{CommandId, EventId};
+use warren_domain::{Actor, Envelope};
+
+/// Metadata key: the command id (also the message's dedupe id).
+pub const META_COMMAND_ID: &str = "command_id";
+/// Metadata key: the actor, in [`Actor::to_header`] form.
+pub const META_ACTOR: &str = "actor";
+/// Metadata key: the W3C `traceparent`.
+pub const META_TRACEPARENT: &str = "traceparent";
+/// Metadata key set on loaded envelopes: the commit's stream sequence.
+pub const META_STREAM_SEQUENCE: &str = "stream_sequence";
+
+/// How many recent command ids each cached aggregate remembers for idempotent retries. Older
+/// repeats are still caught by the stream's dedupe window.
+const RECENT_COMMANDS: usize = 256;
+
+/// An aggregate that lives in the log: which stream holds it and on which subject.
+pub trait Stored: Aggregate<Services = ()> + Clone + 'static
+where
+    Self::Command: Clone + Send + Sync,
+{
+    /// The stream holding this aggregate type.
+    const STREAM: &'static str;
+    /// The subject of one aggregate's commits.
+    fn subject(aggregate_id: &str) -> String;
+}
+
+/// Who issued a command and why it can be traced; carried onto every event it produces.
+#[derive(Clone, Debug)]
+pub struct CommandMeta {
+    /// The command id: a retry with the same id is stored once.
+    pub command_id: CommandId,
+    /// Who issued the command.
+    pub actor: Actor,
+    /// W3C trace context of the request, if any.
+    pub traceparent: Option<String>,
+}
+
+impl CommandMeta {
+    /// A new command id issued by `actor`.
+    pub fn new(actor: Actor) -> Self {
+        Self {
+            command_id: CommandId::new(),
+            actor,
+            traceparent: None,
+        }
+    }
+
+    fn to_metadata(&self) -> HashMap<String, String> {
+        let mut map = HashMap::from([
+            (META_COMMAND_ID.to_owned(), self.command_id.to_string()),
+            (META_ACTOR.to_owned(), self.actor.to_header()),
+        ]);
+        if let Some(tp) = &self.traceparent {
+            map.insert(META_TRACEPARENT.to_owned(), tp.clone());
+        }
+        map
+    }
+}
+
+/// The result of a command that was accepted.
+#[derive(Debug)]
+pub struct Committed<E> {
+    /// The events it produced (empty for a duplicate or a no-op).
+    pub events: Vec<Envelope<E>>,
+    /// Stream sequence of the commit (of the earlier commit, for a duplicate).
+    pub sequence: u64,
+    /// True when this command id had already been stored; nothing was appended again.
+    pub duplicate: bool,
+}
+
+/// One cached aggregate.
+struct Entry<A> {
+    aggregate: A,
+    version: usize,
+    last_seq: u64,
+    /// Loaded at least once, and not known to be behind the log.
+    fresh: bool,
+    recent: VecDeque<(String, u64)>,
+}
+
+impl<A: Default> Default for Entry<A> {
+    fn default() -> Self {
+        Self {
+            aggregate: A::default(),
+            version: 0,
+            last_seq: 0,
+            fresh: false,
+            recent: VecDeque::new(),
+        }
+    }
+}
+
+impl<A> Entry<A> {
+    fn remember(&mut self, command_id: String, seq: u64) {
+        if self.recent.len() == RECENT_COMMANDS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((command_id, seq));
+    }
+
+    fn seen(&self, command_id: &str) -> Option<u64> {
+        self.recent
+            .iter()
+            .rev()
+            .find(|(id, _)| id == command_id)
+            .map(|(_, seq)| *seq)
+    }
+}
+
+/// The loaded state handed to `cqrs_es`; holds the entry's lock until committed or dropped.
+pub struct StoreContext<A: Aggregate> {
+    aggregate_id: String,
+    aggregate: A,
+    entry: OwnedMutexGuard<Entry<A>>,
+}
+
+impl<A: Aggregate> AggregateContext<A> for StoreContext<A> {
+    fn aggregate(&mut self) -> &mut A {
+        &mut self.aggregate
+    }
+}
+
+/// Cached aggregates by id, each behind its own async lock (held across decide and append).
+type Cache<A> = Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<Entry<A>>>>>>;
+
+/// The JetStream event store for aggregate type `A`. Cheap to clone.
+pub struct Store<A: Stored>
+where
+    A::Command: Clone + Send + Sync,
+{
+    js: jetstream::Context,
+    stream: jetstream::stream::Stream<()>,
+    cache: Cache<A>,
+    capacity: usize,
+    max_attempts: u32,
+}
+
+impl<A: Stored> Clone for Store<A>
+where
+    A::Command: Clone + Send + Sync,
+{
+    fn clone(&self) -> Self {
+        Self {
+            js: self.js.clone(),
+            stream: self.stream.clone(),
+            cache: self.cache.clone(),
+            capacity: self.capacity,
+            max_attempts: self.max_attempts,
+        }
+    }
+}
+
+impl<A: Stored> Store<A>
+where
+    A::Command: Clone + Send + Sync,
+{
+    /// Opens the store on an existing stream (see [`crate::topology::ensure`]).
+    pub async fn open(js: jetstream::Context) -> Result<Self, jetstream::context::GetStreamError> {
+        let stream = js.get_stream_no_info(A::STREAM).await?;
+        Ok(Self {
+            js,
+            stream,
+            cache: Arc::default(),
+            capacity: 100_000,
+            max_attempts: 5,
+        })
+    }
+
+    /// Sets how many times a conflicting command is decided again before giving up.
+    pub fn with_max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// Sets how many aggregates the cache keeps.
+    pub fn with_cache_capacity(mut self, capacity: usize) -> Self {
+        self.capacity = capacity.max(1);
+        self
+    }
+
+    /// Executes a command: decide on the (cached) state, append, and on conflict catch up and
+    /// decide again, at most `max_attempts` times. A command id already stored is not stored again.
+    pub async fn execute(
+        &self,
+        aggregate_id: &str,
+        command: A::Command,
+        meta: &CommandMeta,
+    ) -> Result<Committed<A::Event>, CommandError<A::Error>> {
+        let command_id = meta.command_id.to_string();
+        let mut refreshed_after_rejection = false;
+        for attempt in 1..=self.max_attempts {
+            let mut ctx = self.lock_loaded(aggregate_id).await?;
+            if let Some(sequence) = ctx.entry.seen(&command_id) {
+                return Ok(Committed {
+                    events: Vec::new(),
+                    sequence,
+                    duplicate: true,
+                });
+            }
+            let sink = EventSink::default();
+            if let Err(rejection) = ctx.aggregate.handle(command.clone(), &(), &sink).await {
+                // A rejection decided on a cached state may be stale: catch up once and decide again.
+                if !refreshed_after_rejection {
+                    refreshed_after_rejection = true;
+                    let before = ctx.entry.last_seq;
+                    self.catch_up(aggregate_id, &mut ctx.entry).await?;
+                    if ctx.entry.last_seq != before {
+                        continue;
+                    }
+                }
+                return Err(CommandError::Rejected(rejection));
+            }
+            let events = sink.collect().await;
+            if events.is_empty() {
+                return Ok(Committed {
+                    events: Vec::new(),
+                    sequence: ctx.entry.last_seq,
+                    duplicate: false,
+                });
+            }
+            match self.append(events, ctx, &meta.to_metadata()).await {
+                Ok(committed) => return Ok(committed),
+                Err(StoreError::Conflict) => {
+                    tracing::debug!(aggregate_id, attempt, "append conflict, retrying");
+                }
+                Err(StoreError::Ambiguous(source)) => {
+                    tracing::warn!(aggregate_id, attempt, error = %source, "append outcome unknown, checking the log");
+                }
+                Err(other) => return Err(other.into()),
+            }
+            // Jitter so racing processes do not collide again in lockstep.
+            let jitter = rand::random_range(0..(2u64 << attempt.min(6)));
+            tokio::time::sleep(Duration::from_millis(jitter)).await;
+        }
+        Err(CommandError::Conflict {
+            aggregate_id: aggregate_id.to_owned(),
+            attempts: self.max_attempts,
+        })
+    }
+
+    /// The aggregate's current state and the stream sequence of its last commit (0 if none),
+    /// always caught up with the log: one direct get when nothing changed. For callers that must
+    /// see other processes' writes at once (e.g. an authorization check after a revoke).
+    pub async fn load(&self, aggregate_id: &str) -> Result<(A, u64), StoreError> {
+        let mut ctx = self.lock_loaded(aggregate_id).await?;
+        self.catch_up(aggregate_id, &mut ctx.entry).await?;
+        Ok((ctx.entry.aggregate.clone(), ctx.entry.last_seq))
+    }
+
+    /// Locks the aggregate's cache entry and brings it up to date if it is not known fresh.
+    async fn lock_loaded(&self, aggregate_id: &str) -> Result<StoreContext<A>, StoreError> {
+        let slot = {
+            let mut cache = self
+                .cache
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if cache.len() >= self.capacity && !cache.contains_key(aggregate_id) {
+                // Drop every entry nobody is using; simple, and a miss only costs a catch-up.
+                cache.retain(|_, slot| Arc::strong_count(slot) > 1);
+            }
+            cache.entry(aggregate_id.to_owned()).or_default().clone()
+        };
+        let mut entry = slot.lock_owned().await;
+        if !entry.fresh {
+            self.catch_up(aggregate_id, &mut entry).await?;
+        }
+        let aggregate = entry.aggregate.clone();
+        Ok(StoreContext {
+            aggregate_id: aggregate_id.to_owned(),
+            aggregate,
+            entry,
+        })
+    }
+
+    /// Applies every commit after the entry's last sequence.
+    async fn catch_up(&self, aggregate_id: &str, entry: &mut Entry<A>) -> Result<(), StoreError> {
+        let subject = A::subject(aggregate_id);
+        loop {
+            let message = match self
+                .stream
+                .direct_get_next_for_subject(subject.as_str(), Some(entry.last_seq + 1))
+                .await
+            {
+                Ok(message) => message,
+                Err(err) if err.kind() == DirectGetErrorKind::NotFound => break,
+                Err(err) => {
+                    return Err(StoreError::ReadFailed {
+                        subject,
+                        source: Box::new(err),
+                    });
+                }
+            };
+            let envelopes = codec::decode::<A::Event>(&message.payload).map_err(|source| {
+                StoreError::Decode {
+                    subject: subject.clone(),
+                    sequence: message.sequence,
+                    source,
+                }
+            })?;
+            for envelope in &envelopes {
+                entry.aggregate.apply(envelope.event.clone());
+            }
+            entry.version += envelopes.len();
+            entry.last_seq = message.sequence;
+            if let Some(id) = codec::header(&message.headers, HEADER_MSG_ID) {
+                entry.remember(id.to_owned(), message.sequence);
+            }
+        }
+        entry.fresh = true;
+        Ok(())
+    }
+
+    /// Appends one commit with the expected-sequence check. On success the cache takes the new state;
+    /// on any failure the entry is marked stale so the next load catches up.
+    async fn append(
+        &self,
+        events: Vec<A::Event>,
+        mut ctx: StoreContext<A>,
+        metadata: &HashMap<String, String>,
+    ) -> Result<Committed<A::Event>, StoreError> {
+        let command_id: CommandId = metadata
+            .get(META_COMMAND_ID)
+            .and_then(|id| id.parse().ok())
+            .ok_or(StoreError::MissingMetadata(META_COMMAND_ID))?;
+        let actor = metadata
+            .get(META_ACTOR)
+            .and_then(|a| Actor::from_header(a))
+            .ok_or(StoreError::MissingMetadata(META_ACTOR))?;
+        let traceparent = metadata
+            .get(META_TRACEPARENT)
+            .cloned()
+            .unwrap_or_else(new_traceparent);
+        let occurred_at = Utc::now();
+        let envelopes: Vec<Envelope<A::Event>> = events
+            .into_iter()
+            .map(|event| Envelope {
+                id: EventId::new(),
+                version: event.event_version(),
+                aggregate_id: ctx.aggregate_id.clone(),
+                command_id,
+                actor: actor.clone(),
+                occurred_at,
+                event,
+            })
+            .collect();
+        let body = codec::encode(&envelopes).map_err(StoreError::Encode)?;
+        let types: Vec<String> = envelopes.iter().map(|e| e.event.event_type()).collect();
+        let mut headers = HeaderMap::new();
+        headers.insert(HEADER_ACTOR, actor.to_header().as_str());
+        headers.insert(HEADER_TRACEPARENT, traceparent.as_str());
+        headers.insert(HEADER_EVENT_TYPES, types.join(",").as_str());
+        let publish = PublishMessage::build()
+            .headers(headers)
+            .message_id(command_id.to_string())
+            .expected_last_subject_sequence(ctx.entry.last_seq)
+            .payload(body.into());
+
+        let subject = A::subject(&ctx.aggregate_id);
+        let ack = async { self.js.send_publish(subject, publish).await?.await }.await;
+        let ack = match ack {
+            Ok(ack) => ack,
+            Err(err) => {
+                ctx.entry.fresh = false;
+                return Err(err.into());
+            }
+        };
+        if ack.duplicate {
+            // Stored before, outside our memory of recent commands: the log is unchanged.
+            ctx.entry.fresh = false;
+            return Ok(Committed {
+                events: Vec::new(),
+                sequence: ack.sequence,
+                duplicate: true,
+            });
+        }
+        let entry = &mut ctx.entry;
+        entry.aggregate = ctx.aggregate;
+        entry.version += envelopes.len();
+        entry.last_seq = ack.sequence;
+        entry.remember(command_id.to_string(), ack.sequence);
+        Ok(Committed {
+            events: envelopes,
+            sequence: ack.sequence,
+            duplicate: false,
+        })
+    }
+}
+
+impl<A: Stored> EventStore<A> for Store<A>
+where
+    A::Command: Clone + Send + Sync,
+{
+    type AC = StoreContext<A>;
+
+    async fn load_events(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<Vec<EventEnvelope<A>>, AggregateError<A::Error>> {
+        let subject = A::subject(aggregate_id);
+        let mut out = Vec::new();
+        let mut next = 1;
+        loop {
+            let message = match self
+                .stream
+                .direct_get_next_for_subject(subject.as_str(), Some(next))
+                .await
+            {
+                Ok(message) => message,
+                Err(err) if err.kind() == DirectGetErrorKind::NotFound => break,
+                Err(err) => return Err(AggregateError::DatabaseConnectionError(Box::new(err))),
+            };
+            let envelopes = codec::decode::<A::Event>(&message.payload)
+                .map_err(|e| AggregateError::DeserializationError(Box::new(e)))?;
+            for envelope in envelopes {
+                out.push(EventEnvelope {
+                    aggregate_id: aggregate_id.to_owned(),
+                    sequence: out.len() + 1,
+                    payload: envelope.event,
+                    metadata: HashMap::from([
+                        (META_COMMAND_ID.to_owned(), envelope.command_id.to_string()),
+                        (META_ACTOR.to_owned(), envelope.actor.to_header()),
+                        (
+                            META_STREAM_SEQUENCE.to_owned(),
+                            message.sequence.to_string(),
+                        ),
+                    ]),
+                });
+            }
+            next = message.sequence + 1;
+        }
+        Ok(out)
+    }
+
+    async fn load_aggregate(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<StoreContext<A>, AggregateError<A::Error>> {
+        self.lock_loaded(aggregate_id)
+            .await
+            .map_err(into_aggregate_error)
+    }
+
+    async fn commit(
+        &self,
+        events: Vec<A::Event>,
+        context: StoreContext<A>,
+        metadata: HashMap<String, String>,
+    ) -> Result<Vec<EventEnvelope<A>>, AggregateError<A::Error>> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let base = context.entry.version;
+        let aggregate_id = context.aggregate_id.clone();
+        let committed = self
+            .append(events, context, &metadata)
+            .await
+            .map_err(into_aggregate_error)?;
+        Ok(committed
+            .events
+            .into_iter()
+            .enumerate()
+            .map(|(i, envelope)| EventEnvelope {
+                aggregate_id: aggregate_id.clone(),
+                sequence: base + i + 1,
+                payload: envelope.event,
+                metadata: metadata.clone(),
+            })
+            .collect())
+    }
+}
+
+fn into_aggregate_error<E: std::error::Error>(err: StoreError) -> AggregateError<E> {
+    match err {
+        StoreError::Conflict => AggregateError::AggregateConflict,
+        StoreError::Decode { .. } => AggregateError::DeserializationError(Box::new(err)),
+        StoreError::ReadFailed { .. } | StoreError::Ambiguous(_) | StoreError::AppendFailed(_) => {
+            AggregateError::DatabaseConnectionError(Box::new(err))
+        }
+        other => AggregateError::UnexpectedError(Box::new(other)),
+    }
+}
+
+/// A fresh W3C trace context for commands that arrive without one.
+fn new_traceparent() -> String {
+    let trace: u128 = rand::random::<u128>().max(1);
+    let span: u64 = rand::random::<u64>().max(1);
+    format!("00-{trace:032x}-{span:016x}-01")
+}
