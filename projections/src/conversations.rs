@@ -1,0 +1,301 @@
+//! Conversations (by last activity), their messages and runs, and message/token usage.
+
+use crate::Projection;
+use crate::usage::{self, UsageFact};
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+use uuid::Uuid;
+use warren_commands::topology;
+use warren_domain::Envelope;
+use warren_domain::conversation::ConversationEvent;
+
+/// The conversations projection.
+pub struct Conversations;
+
+/// The title a conversation gets when started without one.
+pub const DEFAULT_TITLE: &str = "New conversation";
+
+impl Projection for Conversations {
+    const NAME: &'static str = "conversations";
+    const STREAM: &'static str = topology::CONVERSATIONS;
+    const FILTER: &'static str = "conv.*.ev";
+    type Event = ConversationEvent;
+
+    async fn apply(
+        tx: &mut PgConnection,
+        seq: u64,
+        envelope: &Envelope<ConversationEvent>,
+    ) -> Result<(), sqlx::Error> {
+        let at = envelope.occurred_at;
+        let seq = seq as i64;
+        match &envelope.event {
+            ConversationEvent::ConversationStarted { conversation_id, user_id, agent_id, title } => sqlx::query(
+                "INSERT INTO conversations (id, user_id, agent_id, title, message_count, created_at, \
+                 last_activity_at, last_seq) VALUES ($1, $2, $3, $4, 0, $5, $5, $6) ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(conversation_id.0)
+            .bind(user_id.0)
+            .bind(agent_id.0)
+            .bind(title.as_deref().unwrap_or(DEFAULT_TITLE))
+            .bind(at)
+            .bind(seq)
+            .execute(&mut *tx)
+            .await
+            .map(drop),
+            ConversationEvent::ConversationRenamed { conversation_id, title } => {
+                sqlx::query("UPDATE conversations SET title = $2, last_seq = $3 WHERE id = $1")
+                    .bind(conversation_id.0)
+                    .bind(title)
+                    .bind(seq)
+                    .execute(&mut *tx)
+                    .await
+                    .map(drop)
+            }
+            ConversationEvent::MessagePosted {
+                conversation_id,
+                message_id,
+                agent_id,
+                user_id,
+                text,
+                client_id,
+                client_kind,
+                run_id,
+                position,
+            } => {
+                sqlx::query(
+                    "INSERT INTO messages (id, conversation_id, role, run_id, text, client_id, client_kind, \
+                     created_at, stream_seq) VALUES ($1, $2, 'user', $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING",
+                )
+                .bind(message_id.0)
+                .bind(conversation_id.0)
+                .bind(run_id.0)
+                .bind(text)
+                .bind(client_id)
+                .bind(client_kind)
+                .bind(at)
+                .bind(seq)
+                .execute(&mut *tx)
+                .await?;
+                queue_run(tx, conversation_id.0, run_id.0, message_id.0, *position, at, seq).await?;
+                touch(tx, conversation_id.0, 1, at, seq).await?;
+                usage::record(
+                    tx,
+                    UsageFact {
+                        event_id: envelope.id.0,
+                        user_id: user_id.0,
+                        agent_id: Some(agent_id.0),
+                        kind: "message",
+                        input_tokens: 0,
+                        output_tokens: 0,
+                        at,
+                    },
+                )
+                .await
+            }
+            ConversationEvent::RunQueued { conversation_id, run_id, message_id, position } => {
+                queue_run(tx, conversation_id.0, run_id.0, message_id.0, *position, at, seq).await
+            }
+            ConversationEvent::RunStarted { conversation_id, run_id, worker_id } => {
+                sqlx::query(
+                    "UPDATE runs SET status = 'running', position = 0, worker_id = $2, updated_at = $3, last_seq = $4 \
+                     WHERE id = $1",
+                )
+                .bind(run_id.0)
+                .bind(worker_id)
+                .bind(at)
+                .bind(seq)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query("UPDATE conversations SET active_run_id = $2, last_seq = $3 WHERE id = $1")
+                    .bind(conversation_id.0)
+                    .bind(run_id.0)
+                    .bind(seq)
+                    .execute(&mut *tx)
+                    .await
+                    .map(drop)
+            }
+            ConversationEvent::RunCompleted {
+                conversation_id,
+                run_id,
+                reply_id,
+                user_id,
+                agent_id,
+                text,
+                tool_calls,
+                usage,
+                duration_ms,
+            } => {
+                let tool_calls = serde_json::to_value(tool_calls).unwrap_or_default();
+                sqlx::query(
+                    "INSERT INTO messages (id, conversation_id, role, run_id, text, tool_calls, input_tokens, \
+                     output_tokens, duration_ms, created_at, stream_seq) \
+                     VALUES ($1, $2, 'assistant', $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (id) DO NOTHING",
+                )
+                .bind(reply_id.0)
+                .bind(conversation_id.0)
+                .bind(run_id.0)
+                .bind(text)
+                .bind(tool_calls)
+                .bind(usage.input_tokens as i64)
+                .bind(usage.output_tokens as i64)
+                .bind(*duration_ms as i64)
+                .bind(at)
+                .bind(seq)
+                .execute(&mut *tx)
+                .await?;
+                finish_run(tx, conversation_id.0, run_id.0, "completed", None, at, seq).await?;
+                touch(tx, conversation_id.0, 1, at, seq).await?;
+                usage::record(
+                    tx,
+                    UsageFact {
+                        event_id: envelope.id.0,
+                        user_id: user_id.0,
+                        agent_id: Some(agent_id.0),
+                        kind: "run",
+                        input_tokens: usage.input_tokens as i64,
+                        output_tokens: usage.output_tokens as i64,
+                        at,
+                    },
+                )
+                .await
+            }
+            ConversationEvent::RunFailed { conversation_id, run_id, code, message, retryable } => {
+                finish_run(tx, conversation_id.0, run_id.0, "failed", Some((code, message, *retryable)), at, seq).await
+            }
+            ConversationEvent::CancelRequested { run_id, .. } => {
+                sqlx::query("UPDATE runs SET cancel_requested = TRUE, updated_at = $2, last_seq = $3 WHERE id = $1")
+                    .bind(run_id.0)
+                    .bind(at)
+                    .bind(seq)
+                    .execute(&mut *tx)
+                    .await
+                    .map(drop)
+            }
+            ConversationEvent::RunCancelled { conversation_id, run_id, .. } => {
+                finish_run(tx, conversation_id.0, run_id.0, "cancelled", None, at, seq).await
+            }
+            ConversationEvent::HistoryCleared { conversation_id } => {
+                sqlx::query("DELETE FROM messages WHERE conversation_id = $1")
+                    .bind(conversation_id.0)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(
+                    "UPDATE conversations SET message_count = 0, last_activity_at = $2, last_seq = $3 WHERE id = $1",
+                )
+                .bind(conversation_id.0)
+                .bind(at)
+                .bind(seq)
+                .execute(&mut *tx)
+                .await
+                .map(drop)
+            }
+        }
+    }
+}
+
+/// Records a run as queued, or updates its position. A new run at position `p` goes ahead of the
+/// waiting runs at `p` or later (an interrupting message jumps the queue).
+async fn queue_run(
+    tx: &mut PgConnection,
+    conversation_id: Uuid,
+    run_id: Uuid,
+    message_id: Uuid,
+    position: u32,
+    at: DateTime<Utc>,
+    seq: i64,
+) -> Result<(), sqlx::Error> {
+    let inserted = sqlx::query(
+        "INSERT INTO runs (id, conversation_id, message_id, status, position, created_at, updated_at, last_seq) \
+         VALUES ($1, $2, $3, 'queued', $4, $5, $5, $6) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(run_id)
+    .bind(conversation_id)
+    .bind(message_id)
+    .bind(position as i32)
+    .bind(at)
+    .bind(seq)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    let statement = if inserted == 1 {
+        "UPDATE runs SET position = position + 1 WHERE conversation_id = $2 AND status = 'queued' \
+         AND position >= $3 AND id <> $1"
+    } else {
+        "UPDATE runs SET position = $3 WHERE id = $1 AND conversation_id = $2 AND status = 'queued'"
+    };
+    sqlx::query(statement)
+        .bind(run_id)
+        .bind(conversation_id)
+        .bind(position as i32)
+        .execute(&mut *tx)
+        .await
+        .map(drop)
+}
+
+/// Ends a run and shifts the positions of the runs still waiting behind it.
+async fn finish_run(
+    tx: &mut PgConnection,
+    conversation_id: Uuid,
+    run_id: Uuid,
+    status: &str,
+    failure: Option<(&String, &String, bool)>,
+    at: DateTime<Utc>,
+    seq: i64,
+) -> Result<(), sqlx::Error> {
+    let (code, message, retryable) = match failure {
+        Some((code, message, retryable)) => {
+            (Some(code.as_str()), Some(message.as_str()), Some(retryable))
+        }
+        None => (None, None, None),
+    };
+    let ended: Option<(i32,)> = sqlx::query_as(
+        "UPDATE runs SET status = $2, error_code = $3, error_message = $4, retryable = $5, updated_at = $6, \
+         last_seq = $7 WHERE id = $1 AND status IN ('queued', 'running') \
+         RETURNING position",
+    )
+    .bind(run_id)
+    .bind(status)
+    .bind(code)
+    .bind(message)
+    .bind(retryable)
+    .bind(at)
+    .bind(seq)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some((position,)) = ended {
+        sqlx::query(
+            "UPDATE runs SET position = position - 1 WHERE conversation_id = $1 AND status = 'queued' AND position > $2",
+        )
+        .bind(conversation_id)
+        .bind(position)
+        .execute(&mut *tx)
+        .await?;
+    }
+    sqlx::query("UPDATE conversations SET active_run_id = NULL, last_seq = $3 WHERE id = $1 AND active_run_id = $2")
+        .bind(conversation_id)
+        .bind(run_id)
+        .bind(seq)
+        .execute(&mut *tx)
+        .await
+        .map(drop)
+}
+
+/// Counts new messages and moves the conversation to the top of its user's list.
+async fn touch(
+    tx: &mut PgConnection,
+    conversation_id: Uuid,
+    messages: i64,
+    at: DateTime<Utc>,
+    seq: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE conversations SET message_count = message_count + $2, last_activity_at = $3, last_seq = $4 WHERE id = $1",
+    )
+    .bind(conversation_id)
+    .bind(messages)
+    .bind(at)
+    .bind(seq)
+    .execute(&mut *tx)
+    .await
+    .map(drop)
+}

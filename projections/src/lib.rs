@@ -1,0 +1,91 @@
+//! Warren's read side: JetStream consumers that maintain Postgres read models.
+//!
+//! Each projection reads one stream (filtered to durable facts), and applies each batch of commits
+//! in one transaction together with its checkpoint, so redelivery and full replays are harmless.
+//! Timestamps come from the events, never from the clock, so a rebuild is row-for-row identical.
+//!
+//! Layout:
+//! - [`schema`] — the read-model schema, pools bound to it, the embedded migrations.
+//! - [`runner`] — the projector loop: durable consumer, batch + checkpoint transactions, parking.
+//! - [`users`], [`agents`], [`conversations`] — each aggregate's events → rows.
+//! - [`usage`] — usage facts and daily counters, written by several projections.
+//! - [`replay`] — `warren replay`: rebuild into a fresh schema while live, then swap it in.
+//! - [`status`] — per-projection lag, for health checks.
+
+pub mod agents;
+pub mod conversations;
+pub mod replay;
+pub mod runner;
+pub mod schema;
+pub mod status;
+pub mod usage;
+pub mod users;
+
+use async_nats::jetstream;
+use serde::de::DeserializeOwned;
+use sqlx::{PgConnection, PgPool};
+use std::future::Future;
+use tokio_util::sync::CancellationToken;
+use warren_domain::Envelope;
+
+pub use runner::ProjectorError;
+
+/// One read model fed by one stream.
+pub trait Projection: Send + Sync + 'static {
+    /// Checkpoint key and consumer suffix.
+    const NAME: &'static str;
+    /// The stream it reads.
+    const STREAM: &'static str;
+    /// The subjects it reads (durable facts only).
+    const FILTER: &'static str;
+    /// The aggregate's event type.
+    type Event: DeserializeOwned + Send + Sync;
+
+    /// Applies one event of the commit stored at stream sequence `seq`.
+    fn apply(
+        tx: &mut PgConnection,
+        seq: u64,
+        envelope: &Envelope<Self::Event>,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+}
+
+/// Runs every projection until `shutdown`, each in its own task. Returns the first error.
+pub async fn run_all(
+    js: jetstream::Context,
+    pool: PgPool,
+    shutdown: CancellationToken,
+) -> Result<(), ProjectorError> {
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(runner::run::<users::Users>(
+        js.clone(),
+        pool.clone(),
+        shutdown.clone(),
+    ));
+    tasks.spawn(runner::run::<agents::Agents>(
+        js.clone(),
+        pool.clone(),
+        shutdown.clone(),
+    ));
+    tasks.spawn(runner::run::<conversations::Conversations>(
+        js,
+        pool,
+        shutdown.clone(),
+    ));
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                shutdown.cancel();
+                return Err(err);
+            }
+            Err(join) => {
+                shutdown.cancel();
+                return Err(ProjectorError::Consumer {
+                    consumer: "projector".into(),
+                    source: Box::new(join),
+                });
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,255 @@
+//! The projector loop: one durable JetStream consumer per projection, batches applied to Postgres in
+//! one transaction together with the projection's checkpoint.
+//!
+//! Why this is safe under redelivery and replays:
+//! - the checkpoint row is read `FOR UPDATE` in the batch's transaction, and every message at or
+//!   below it is skipped, so a batch redelivered after a crash between commit and ack is harmless;
+//! - the projector remembers the checkpoint it last committed; if the stored one differs (a rebuilt
+//!   schema was swapped in, or another replica moved it), it recreates its consumer from the stored
+//!   checkpoint instead of trusting the consumer's position;
+//! - every batch first takes a shared advisory lock that the schema swap takes exclusively, so no
+//!   batch straddles a swap.
+
+use crate::Projection;
+use async_nats::jetstream::{self, consumer};
+use futures::StreamExt;
+use sqlx::PgPool;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use warren_commands::codec;
+
+/// Advisory lock key shared by projector batches (shared) and the schema swap (exclusive).
+pub const SWAP_LOCK: i64 = 0x5741_5252_454e; // "WARREN"
+
+/// How many messages one transaction applies at most.
+const BATCH: usize = 256;
+
+/// Why a projector stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectorError {
+    /// Postgres failed.
+    #[error("read model database failed")]
+    Database(#[from] sqlx::Error),
+    /// JetStream failed.
+    #[error("consumer {consumer} failed")]
+    Consumer {
+        /// The durable consumer.
+        consumer: String,
+        /// Cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+fn consumer_err(
+    consumer: &str,
+    source: impl std::error::Error + Send + Sync + 'static,
+) -> ProjectorError {
+    ProjectorError::Consumer {
+        consumer: consumer.to_owned(),
+        source: Box::new(source),
+    }
+}
+
+/// The durable consumer name of a projection.
+pub fn consumer_name<P: Projection>() -> String {
+    format!("projector-{}", P::NAME)
+}
+
+/// Reads a projection's checkpoint (0 when it has none yet).
+pub async fn checkpoint(pool: &PgPool, name: &str) -> Result<u64, sqlx::Error> {
+    let row: Option<(i64,)> =
+        sqlx::query_as("SELECT last_seq FROM checkpoints WHERE projection = $1")
+            .bind(name)
+            .fetch_optional(pool)
+            .await?;
+    Ok(row.map_or(0, |(seq,)| seq as u64))
+}
+
+/// (Re)creates the projection's durable consumer so it delivers from `after + 1`.
+async fn reset_consumer<P: Projection>(
+    js: &jetstream::Context,
+    after: u64,
+) -> Result<consumer::PullConsumer, ProjectorError> {
+    let name = consumer_name::<P>();
+    let stream = js
+        .get_stream_no_info(P::STREAM)
+        .await
+        .map_err(|e| consumer_err(&name, e))?;
+    // Deleting first makes the start position authoritative; a missing consumer is fine.
+    let _ = stream.delete_consumer(&name).await;
+    stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some(name.clone()),
+            filter_subject: P::FILTER.to_owned(),
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: after + 1,
+            },
+            ack_policy: consumer::AckPolicy::All,
+            ack_wait: Duration::from_secs(60),
+            max_ack_pending: 10_000,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| consumer_err(&name, e))
+}
+
+/// Runs one projection until `shutdown` fires.
+pub async fn run<P: Projection>(
+    js: jetstream::Context,
+    pool: PgPool,
+    shutdown: CancellationToken,
+) -> Result<(), ProjectorError> {
+    let name = consumer_name::<P>();
+    let mut committed = checkpoint(&pool, P::NAME).await?;
+    let mut consumer = reset_consumer::<P>(&js, committed).await?;
+    loop {
+        let fetch = consumer
+            .fetch()
+            .max_messages(BATCH)
+            .expires(Duration::from_millis(500))
+            .messages();
+        let mut batch = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            batch = fetch => batch.map_err(|e| consumer_err(&name, e))?,
+        };
+        let mut messages = Vec::new();
+        while let Some(message) = batch.next().await {
+            messages.push(message.map_err(|e| ProjectorError::Consumer {
+                consumer: name.clone(),
+                source: e,
+            })?);
+        }
+        if messages.is_empty() {
+            continue;
+        }
+        match apply_batch::<P>(&pool, committed, &messages, true).await? {
+            BatchOutcome::Applied(last) => {
+                committed = last;
+                if let Some(last) = messages.last() {
+                    // AckPolicy::All: one ack covers the whole batch.
+                    last.ack()
+                        .await
+                        .map_err(|e| consumer_err(&name, std::io::Error::other(e)))?;
+                }
+            }
+            BatchOutcome::Moved(stored) => {
+                tracing::info!(
+                    projection = P::NAME,
+                    stored,
+                    committed,
+                    "checkpoint moved elsewhere, resetting consumer"
+                );
+                committed = stored;
+                consumer = reset_consumer::<P>(&js, committed).await?;
+            }
+        }
+    }
+}
+
+/// The result of applying one batch.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BatchOutcome {
+    /// Applied up to this stream sequence.
+    Applied(u64),
+    /// The stored checkpoint is not the one this projector committed; nothing was applied.
+    Moved(u64),
+}
+
+/// Applies a batch in one transaction with the checkpoint. `swap_lock`: take the shared swap lock
+/// (live projectors do; a rebuild, which runs while the swap holds the lock, must not).
+pub async fn apply_batch<P: Projection>(
+    pool: &PgPool,
+    committed: u64,
+    messages: &[jetstream::Message],
+    swap_lock: bool,
+) -> Result<BatchOutcome, ProjectorError> {
+    let mut tx = pool.begin().await?;
+    if swap_lock {
+        sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
+            .bind(SWAP_LOCK)
+            .execute(&mut *tx)
+            .await?;
+    }
+    sqlx::query(
+        "INSERT INTO checkpoints (projection, last_seq) VALUES ($1, 0) ON CONFLICT DO NOTHING",
+    )
+    .bind(P::NAME)
+    .execute(&mut *tx)
+    .await?;
+    let (stored,): (i64,) =
+        sqlx::query_as("SELECT last_seq FROM checkpoints WHERE projection = $1 FOR UPDATE")
+            .bind(P::NAME)
+            .fetch_one(&mut *tx)
+            .await?;
+    let stored = stored as u64;
+    if stored != committed {
+        return Ok(BatchOutcome::Moved(stored));
+    }
+    let mut last = stored;
+    for message in messages {
+        let Ok(info) = message.info() else { continue };
+        let seq = info.stream_sequence;
+        if seq <= last {
+            continue; // redelivered: already in this schema
+        }
+        apply_message::<P>(&mut tx, seq, &message.subject, &message.payload).await?;
+        last = seq;
+    }
+    sqlx::query("UPDATE checkpoints SET last_seq = $2 WHERE projection = $1")
+        .bind(P::NAME)
+        .bind(last as i64)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(BatchOutcome::Applied(last))
+}
+
+/// Applies one stored commit, or parks it with the reason if it cannot be read.
+pub async fn apply_message<P: Projection>(
+    tx: &mut sqlx::PgConnection,
+    seq: u64,
+    subject: &str,
+    payload: &[u8],
+) -> Result<(), sqlx::Error> {
+    match codec::decode::<P::Event>(payload) {
+        Ok(envelopes) => {
+            for envelope in &envelopes {
+                P::apply(tx, seq, envelope).await?;
+            }
+        }
+        Err(err) => {
+            let reason = error_chain(&err);
+            tracing::warn!(
+                projection = P::NAME,
+                seq,
+                subject,
+                reason,
+                "parking unreadable event"
+            );
+            sqlx::query(
+                "INSERT INTO parked_events (projection, stream_seq, subject, reason, payload) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            )
+            .bind(P::NAME)
+            .bind(seq as i64)
+            .bind(subject)
+            .bind(&reason)
+            .bind(String::from_utf8_lossy(payload).into_owned())
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}

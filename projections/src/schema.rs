@@ -1,0 +1,82 @@
+//! Where the read models live: a Postgres schema (`warren` by default) chosen through each
+//! connection's `search_path`, so the same SQL serves the live schema and a rebuild.
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use std::str::FromStr;
+
+/// The schema the live read models are served from.
+pub const LIVE_SCHEMA: &str = "warren";
+
+/// The embedded migrations (`migrations/` at the workspace root).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// Why the read side could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    /// The database URL does not parse.
+    #[error("invalid database url")]
+    Url(#[source] sqlx::Error),
+    /// Connecting or creating the schema failed.
+    #[error("preparing schema {schema} failed")]
+    Prepare {
+        /// The schema.
+        schema: String,
+        /// Cause.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// Running migrations failed.
+    #[error("migrating schema {schema} failed")]
+    Migrate {
+        /// The schema.
+        schema: String,
+        /// Cause.
+        #[source]
+        source: sqlx::migrate::MigrateError,
+    },
+}
+
+/// A pool whose connections resolve unqualified names in `schema`.
+pub async fn pool(url: &str, schema: &str, max_connections: u32) -> Result<PgPool, SchemaError> {
+    let options = PgConnectOptions::from_str(url)
+        .map_err(SchemaError::Url)?
+        .options([("search_path", schema)])
+        .application_name("warren");
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .connect_with(options)
+        .await
+        .map_err(|source| SchemaError::Prepare {
+            schema: schema.to_owned(),
+            source,
+        })
+}
+
+/// Creates `schema` if needed and migrates it. Returns a pool bound to it.
+pub async fn open(url: &str, schema: &str, max_connections: u32) -> Result<PgPool, SchemaError> {
+    let pool = pool(url, schema, max_connections).await?;
+    // The name is quoted by `quote_ident`; schema names cannot be bound parameters.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE SCHEMA IF NOT EXISTS {}",
+        quote_ident(schema)
+    )))
+    .execute(&pool)
+    .await
+    .map_err(|source| SchemaError::Prepare {
+        schema: schema.to_owned(),
+        source,
+    })?;
+    MIGRATOR
+        .run(&pool)
+        .await
+        .map_err(|source| SchemaError::Migrate {
+            schema: schema.to_owned(),
+            source,
+        })?;
+    Ok(pool)
+}
+
+/// Quotes an identifier for interpolation into DDL (schema names cannot be bound parameters).
+pub fn quote_ident(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}

@@ -1,0 +1,42 @@
+//! How far behind each projection is, for `/api/v1/health` and `warren replay`'s progress.
+
+use crate::{Projection, agents::Agents, conversations::Conversations, runner, users::Users};
+use async_nats::jetstream;
+use serde::Serialize;
+use sqlx::PgPool;
+
+/// One projection's position.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Lag {
+    /// Projection name.
+    pub projection: &'static str,
+    /// Last stream sequence applied.
+    pub checkpoint: u64,
+    /// Commits in the log not yet applied (`None` when the projector has not started).
+    pub pending: Option<u64>,
+}
+
+async fn lag_of<P: Projection>(js: &jetstream::Context, pool: &PgPool) -> Result<Lag, sqlx::Error> {
+    let checkpoint = runner::checkpoint(pool, P::NAME).await?;
+    let pending = match js.get_stream_no_info(P::STREAM).await {
+        Ok(stream) => match stream.consumer_info(runner::consumer_name::<P>()).await {
+            Ok(info) => Some(info.num_pending + info.num_ack_pending as u64),
+            Err(_) => None,
+        },
+        Err(_) => None,
+    };
+    Ok(Lag {
+        projection: P::NAME,
+        checkpoint,
+        pending,
+    })
+}
+
+/// The lag of every projection.
+pub async fn lags(js: &jetstream::Context, pool: &PgPool) -> Result<Vec<Lag>, sqlx::Error> {
+    Ok(vec![
+        lag_of::<Users>(js, pool).await?,
+        lag_of::<Agents>(js, pool).await?,
+        lag_of::<Conversations>(js, pool).await?,
+    ])
+}
