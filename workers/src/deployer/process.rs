@@ -1,0 +1,318 @@
+//! The `process` provisioner: each agent is a local `warren-agent` child in its own process
+//! group, with its files under `<data_dir>/agents/<agent_id>/` (`workspace/`, `state/`,
+//! `agent.log`, and `process.json`, which records how it was started and where it listens).
+//! Agents outlive the deployer: they are never killed on drop, and a restarted deployer finds
+//! them again through `process.json`.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+use warren_domain::ids::AgentId;
+
+/// How long the runtime may take to print its `listening on …` line.
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a stopped group may take to exit after SIGTERM before SIGKILL.
+const TERM_GRACE: Duration = Duration::from_secs(5);
+
+/// What an agent process is started with (everything but the token and the provider key, which
+/// are never written to disk).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ProcessSettings {
+    /// The agent's workspace directory.
+    pub workspace: PathBuf,
+    /// The runtime's state directory (conversation history).
+    pub state_dir: PathBuf,
+    /// The `warren-agent` binary.
+    pub binary: PathBuf,
+    /// System prompt.
+    pub system_prompt: String,
+    /// Model identifier.
+    pub model: String,
+    /// `openai` or `anthropic`, if the platform has a default provider.
+    pub provider: Option<String>,
+    /// The provider's base URL, if configured.
+    pub base_url: Option<String>,
+    /// The address to bind: `127.0.0.1:0` for a fresh deployment, the recorded address for a
+    /// restart (so the endpoint in the log stays valid).
+    pub addr: String,
+}
+
+/// `process.json`: the settings plus the running process, if started.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ProcessRecord {
+    /// How to start it.
+    pub settings: ProcessSettings,
+    /// The process (and process group) id of the last start.
+    pub pid: Option<i32>,
+    /// `http://127.0.0.1:PORT` of the last start.
+    pub endpoint: Option<String>,
+}
+
+/// Failures of the provisioner.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    /// A file operation failed.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// On which path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The runtime did not start as expected.
+    #[error("{0}")]
+    Start(String),
+}
+
+fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ProcessError + 'a {
+    move |source| ProcessError::Io {
+        what,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The directory tree of all agents.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    root: PathBuf,
+}
+
+impl Layout {
+    /// Agents live under `<data_dir>/agents`.
+    pub fn new(data_dir: &Path) -> Self {
+        Self {
+            root: data_dir.join("agents"),
+        }
+    }
+
+    /// `<data_dir>/agents`.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `<data_dir>/agents/<agent_id>`.
+    pub fn agent_dir(&self, agent_id: AgentId) -> PathBuf {
+        self.root.join(agent_id.to_string())
+    }
+
+    /// `process.json` of an agent.
+    pub fn record_path(&self, agent_id: AgentId) -> PathBuf {
+        self.agent_dir(agent_id).join("process.json")
+    }
+
+    /// Creates the workspace and state directories; returns them.
+    pub fn allocate(&self, agent_id: AgentId) -> Result<(PathBuf, PathBuf), ProcessError> {
+        let dir = self.agent_dir(agent_id);
+        let workspace = dir.join("workspace");
+        let state = dir.join("state");
+        for path in [&workspace, &state] {
+            std::fs::create_dir_all(path).map_err(io("creating", path))?;
+        }
+        Ok((workspace, state))
+    }
+
+    /// The agent's `process.json`, if any (an unreadable one counts as none).
+    pub fn read(&self, agent_id: AgentId) -> Option<ProcessRecord> {
+        let text = std::fs::read_to_string(self.record_path(agent_id)).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// Writes `process.json` atomically.
+    pub fn write(&self, agent_id: AgentId, record: &ProcessRecord) -> Result<(), ProcessError> {
+        let path = self.record_path(agent_id);
+        let tmp = path.with_extension("json.tmp");
+        let json = serde_json::to_vec_pretty(record)
+            .map_err(|err| ProcessError::Start(format!("encoding process.json failed: {err}")))?;
+        std::fs::write(&tmp, json).map_err(io("writing", &tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io("renaming", &path))
+    }
+
+    /// Removes everything of the agent (its workspace included).
+    pub fn remove(&self, agent_id: AgentId) -> Result<(), ProcessError> {
+        let dir = self.agent_dir(agent_id);
+        match std::fs::remove_dir_all(&dir) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                Err(io("removing", &dir)(err))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Agent ids that have a directory here.
+    pub fn agents(&self) -> Vec<AgentId> {
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+            .collect()
+    }
+}
+
+/// Where `warren-agent` is: `configured`, else next to the current executable, else `PATH`.
+pub fn locate_binary(configured: Option<&Path>) -> Result<PathBuf, ProcessError> {
+    if let Some(path) = configured {
+        return if path.is_file() {
+            Ok(path.to_owned())
+        } else {
+            Err(ProcessError::Start(format!(
+                "WARREN_AGENT_BIN {} is not a file",
+                path.display()
+            )))
+        };
+    }
+    let name = "warren-agent";
+    if let Some(sibling) = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join(name)))
+        .filter(|path| path.is_file())
+    {
+        return Ok(sibling);
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(name))
+        .find(|path| path.is_file())
+        .ok_or_else(|| ProcessError::Start("warren-agent not found (set WARREN_AGENT_BIN)".into()))
+}
+
+/// Starts the runtime in its own process group; returns its pid and endpoint. The child is not
+/// killed on drop; a background task reaps it when it exits.
+pub async fn start(
+    settings: &ProcessSettings,
+    token: &str,
+    api_key: Option<&str>,
+    log: &Path,
+) -> Result<(i32, String), ProcessError> {
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(io("opening", log))?;
+    let mut command = Command::new(&settings.binary);
+    command
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("WARREN_AGENT_ADDR", &settings.addr)
+        .env("WARREN_AGENT_TOKEN", token)
+        .env("WARREN_AGENT_WORKSPACE", &settings.workspace)
+        .env("WARREN_AGENT_STATE_DIR", &settings.state_dir)
+        .env("WARREN_AGENT_MODEL", &settings.model)
+        .env("WARREN_AGENT_SYSTEM_PROMPT", &settings.system_prompt)
+        .current_dir(&settings.workspace)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log_file)
+        .process_group(0)
+        .kill_on_drop(false);
+    if let Some(home) = std::env::var_os("HOME") {
+        command.env("HOME", home);
+    }
+    if let Some(provider) = &settings.provider {
+        command.env("WARREN_AGENT_PROVIDER", provider);
+    }
+    if let Some(base_url) = &settings.base_url {
+        command.env("WARREN_AGENT_BASE_URL", base_url);
+    }
+    if let Some(key) = api_key {
+        command.env("WARREN_AGENT_API_KEY", key);
+    }
+    let mut child = command.spawn().map_err(|err| {
+        ProcessError::Start(format!(
+            "spawning {} failed: {err}",
+            settings.binary.display()
+        ))
+    })?;
+    let pid = child
+        .id()
+        .and_then(|pid| i32::try_from(pid).ok())
+        .ok_or_else(|| ProcessError::Start("the runtime exited at once".into()))?;
+    let Some(stdout) = child.stdout.take() else {
+        kill_group(pid).await;
+        return Err(ProcessError::Start("no stdout pipe".into()));
+    };
+    let mut lines = BufReader::new(stdout).lines();
+    let first = tokio::time::timeout(LISTEN_TIMEOUT, lines.next_line()).await;
+    // Reap the child whenever it exits, and keep draining its stdout.
+    tokio::spawn(async move {
+        while let Ok(Some(_)) = lines.next_line().await {}
+        let _ = child.wait().await;
+    });
+    let line = match first {
+        Ok(Ok(Some(line))) => line,
+        Ok(Ok(None)) | Ok(Err(_)) => {
+            kill_group(pid).await;
+            return Err(ProcessError::Start(format!(
+                "the runtime exited before listening (see {})",
+                log.display()
+            )));
+        }
+        Err(_) => {
+            kill_group(pid).await;
+            return Err(ProcessError::Start(
+                "the runtime did not report its address in time".into(),
+            ));
+        }
+    };
+    match line.trim().strip_prefix("listening on ") {
+        Some(addr) => Ok((pid, format!("http://{addr}"))),
+        None => {
+            kill_group(pid).await;
+            Err(ProcessError::Start(format!(
+                "unexpected first line from the runtime: {line:?}"
+            )))
+        }
+    }
+}
+
+/// Whether a process with this pid exists.
+pub fn alive(pid: i32) -> bool {
+    rustix::process::Pid::from_raw(pid)
+        .is_some_and(|pid| rustix::process::test_kill_process(pid).is_ok())
+}
+
+/// SIGTERM to the group, then SIGKILL if it is still there after a grace period.
+pub async fn kill_group(pid: i32) {
+    let Some(group) = rustix::process::Pid::from_raw(pid) else {
+        return;
+    };
+    if rustix::process::kill_process_group(group, rustix::process::Signal::TERM).is_err() {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + TERM_GRACE;
+    while alive(pid) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+}
+
+/// Whether `GET {endpoint}/health` answers 2xx.
+pub async fn healthy(http: &reqwest::Client, endpoint: &str) -> bool {
+    http.get(format!("{endpoint}/health"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .is_ok_and(|response| response.status().is_success())
+}
+
+/// Polls `/health` until it answers or `timeout` passes.
+pub async fn wait_healthy(http: &reqwest::Client, endpoint: &str, timeout: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if healthy(http, endpoint).await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1,0 +1,14 @@
+//! Warren's long-running workers. Each is `build(config) → run(shutdown)`, reads a durable JetStream
+//! consumer, acks only after its side effect commits, and can run as its own process.
+//!
+//! Layout:
+//! - [`supervise`] — restart a worker loop with backoff until shutdown; a failure is logged with
+//!   its whole cause chain, never a panic.
+//! - [`projector`] — hosts the read-model projections.
+//! - [`deployer`] — runs agents (the `process` provisioner) as the log asks, and reconciles.
+//! - [`notifier`] — emails admins about new registrations.
+
+pub mod deployer;
+pub mod notifier;
+pub mod projector;
+pub mod supervise;

@@ -1,0 +1,240 @@
+//! The notifier worker: tells admins about each new registration (DESIGN §4), by email for now.
+//!
+//! It reads the `USERS` stream through the durable consumer `notifier` (explicit acks, so
+//! replicas share the work) and acks a commit only after every mail for it was handed to the
+//! mail server; a failed send is redelivered after a delay. Delivery is at least once: a crash
+//! between sending and acking sends that notification again. Registrations older than
+//! [`MAX_AGE`] are skipped, so pointing a new deployment at an old log does not flood inboxes.
+//!
+//! Recipients are the configured admin addresses plus every approved admin in the users read
+//! model. Mail goes through an [`Outbox`], which the binary backs with its SMTP mailer.
+
+use crate::supervise::supervise;
+use async_nats::jetstream::{self, AckKind, consumer};
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use sqlx::PgPool;
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use warren_commands::codec::{self, HEADER_EVENT_TYPES};
+use warren_commands::topology;
+use warren_domain::user::{UserEvent, UserStatus};
+
+/// The durable consumer's name.
+pub const CONSUMER: &str = "notifier";
+/// Registrations older than this are not announced.
+pub const MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// Where notifications are sent.
+pub trait Outbox: Send + Sync + 'static {
+    /// Sends one plain-text message.
+    fn send(
+        &self,
+        to: &str,
+        subject: &str,
+        body: &str,
+    ) -> impl Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>> + Send;
+}
+
+/// Why the notifier loop stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum NotifierError {
+    /// The consumer could not be set up or read.
+    #[error("notifier consumer failed")]
+    Consumer(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+fn consumer_error(err: impl std::error::Error + Send + Sync + 'static) -> NotifierError {
+    NotifierError::Consumer(Box::new(err))
+}
+
+/// The notifier, built and ready to run.
+pub struct Notifier<O> {
+    js: jetstream::Context,
+    db: PgPool,
+    outbox: O,
+    admin_emails: Vec<String>,
+    frontend_url: String,
+}
+
+impl<O: Outbox> Notifier<O> {
+    /// Builds the notifier: `admin_emails` always get notifications; links point at
+    /// `frontend_url`.
+    pub fn build(
+        js: jetstream::Context,
+        db: PgPool,
+        outbox: O,
+        admin_emails: Vec<String>,
+        frontend_url: String,
+    ) -> Self {
+        Self {
+            js,
+            db,
+            outbox,
+            admin_emails,
+            frontend_url,
+        }
+    }
+
+    /// Runs until `shutdown`, restarting after failures.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let this = &self;
+        supervise("notifier", shutdown.clone(), || {
+            this.run_once(shutdown.clone())
+        })
+        .await;
+    }
+
+    async fn run_once(&self, shutdown: CancellationToken) -> Result<(), NotifierError> {
+        let stream = self
+            .js
+            .get_stream_no_info(topology::USERS)
+            .await
+            .map_err(consumer_error)?;
+        let consumer = stream
+            .get_or_create_consumer(
+                CONSUMER,
+                consumer::pull::Config {
+                    durable_name: Some(CONSUMER.to_owned()),
+                    filter_subject: "user.*".to_owned(),
+                    deliver_policy: consumer::DeliverPolicy::All,
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: Duration::from_secs(60),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(consumer_error)?;
+        let mut messages = consumer.messages().await.map_err(consumer_error)?;
+        loop {
+            let message = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                next = messages.next() => match next {
+                    Some(message) => message.map_err(consumer_error)?,
+                    None => return Ok(()),
+                },
+            };
+            let ack = match self.handle(&message).await {
+                Ok(()) => AckKind::Ack,
+                Err(Outcome::Retry(reason)) => {
+                    tracing::warn!(subject = %message.subject, reason, "notification failed, retrying later");
+                    AckKind::Nak(Some(Duration::from_secs(5)))
+                }
+                Err(Outcome::Poison(reason)) => {
+                    tracing::error!(subject = %message.subject, reason, "unreadable commit, skipped");
+                    AckKind::Term
+                }
+            };
+            message
+                .ack_with(ack)
+                .await
+                .map_err(NotifierError::Consumer)?;
+        }
+    }
+
+    async fn handle(&self, message: &jetstream::Message) -> Result<(), Outcome> {
+        let registers = message
+            .headers
+            .as_ref()
+            .and_then(|headers| codec::header(headers, HEADER_EVENT_TYPES))
+            .is_none_or(|types| types.split(',').any(|t| t == "UserRegistered"));
+        if !registers {
+            return Ok(());
+        }
+        let envelopes = codec::decode::<UserEvent>(&message.payload)
+            .map_err(|err| Outcome::Poison(err.to_string()))?;
+        for envelope in envelopes {
+            if let UserEvent::UserRegistered {
+                user_id,
+                email,
+                display_name,
+                status,
+                ..
+            } = &envelope.event
+            {
+                if is_stale(envelope.occurred_at, Utc::now()) {
+                    continue;
+                }
+                let recipients = self
+                    .recipients(email.as_deref())
+                    .await
+                    .map_err(|err| Outcome::Retry(err.to_string()))?;
+                let who = email.as_deref().unwrap_or("(no email)");
+                let name = display_name.as_deref().unwrap_or("(none)");
+                let (subject, action) = if *status == UserStatus::Pending {
+                    (
+                        format!("Warren: {who} is waiting for approval"),
+                        format!(
+                            "Approve or reject at {}/admin/users?status=pending\n\
+                             or with POST /api/v1/admin/users/{user_id}/approve (or /reject).",
+                            self.frontend_url
+                        ),
+                    )
+                } else {
+                    (
+                        format!("Warren: {who} joined"),
+                        format!(
+                            "Manage users at {}/admin/users?status=all",
+                            self.frontend_url
+                        ),
+                    )
+                };
+                let body = format!(
+                    "New user registration:\nEmail: {who}\nName: {name}\nUser id: {user_id}\nStatus: {status}\n\n{action}\n"
+                );
+                for to in &recipients {
+                    self.outbox
+                        .send(to, &subject, &body)
+                        .await
+                        .map_err(|err| Outcome::Retry(err.to_string()))?;
+                }
+                tracing::info!(user_id = %user_id, admins = recipients.len(), "registration announced");
+            }
+        }
+        Ok(())
+    }
+
+    /// Configured admin addresses and approved admins' addresses, without `except`.
+    async fn recipients(&self, except: Option<&str>) -> Result<BTreeSet<String>, sqlx::Error> {
+        let admins: Vec<(String,)> = sqlx::query_as(
+            "SELECT email FROM users WHERE role = 'admin' AND status = 'approved' AND email IS NOT NULL",
+        )
+        .fetch_all(&self.db)
+        .await?;
+        Ok(self
+            .admin_emails
+            .iter()
+            .cloned()
+            .chain(admins.into_iter().map(|(email,)| email.to_lowercase()))
+            .filter(|email| Some(email.as_str()) != except)
+            .collect())
+    }
+}
+
+enum Outcome {
+    /// Try again later (mail server or database down).
+    Retry(String),
+    /// Never readable: terminate the message.
+    Poison(String),
+}
+
+fn is_stale(occurred_at: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+    now.signed_duration_since(occurred_at)
+        .to_std()
+        .is_ok_and(|age| age > MAX_AGE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registrations_older_than_a_day_are_not_announced() {
+        let now = Utc::now();
+        assert!(!is_stale(now, now));
+        assert!(!is_stale(now - chrono::Duration::hours(23), now));
+        assert!(is_stale(now - chrono::Duration::hours(25), now));
+    }
+}
