@@ -1,0 +1,355 @@
+//! `/api/v1/agents*`: agents as their owner sees them, wired to the Agent aggregate.
+//!
+//! Only approved users reach these routes (403 `not_approved` otherwise). Another user's agent
+//! is 404, exactly like a missing one. Writes answer after the agents projection applied them,
+//! so the next GET agrees. Deploying is the deployer's work: here a create, a prompt/model change,
+//! a repair or a redeploy only records the request (and the status shows its progress).
+
+use crate::consistency::{self, projection};
+use crate::error::ApiError;
+use crate::extract::{ApiJson, ApiPath, ApprovedUser};
+use crate::openapi::{resp, runtime_schema};
+use crate::quota;
+use crate::routes::ApiRouter;
+use crate::state::AppState;
+use crate::views::{self, AgentView, DeploymentEventView};
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+use utoipa::ToSchema;
+use uuid::Uuid;
+use warren_commands::CommandMeta;
+use warren_domain::Actor;
+use warren_domain::agent::{AgentCommand, AgentStatus, Backend, DeploymentStep, RuntimeKind};
+use warren_domain::ids::AgentId;
+
+/// How long `GET /agents/{id}/health` waits for the runtime.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The agent routes.
+pub fn routes() -> ApiRouter {
+    ApiRouter::new()
+        .get("/agents", list)
+        .post("/agents", create)
+        .get("/agents/{id}", get)
+        .patch("/agents/{id}", update)
+        .delete("/agents/{id}", delete)
+        .get("/agents/{id}/status", status)
+        .post("/agents/{id}/repair", repair)
+        .post("/agents/{id}/redeploy", redeploy)
+        .get("/agents/{id}/health", health)
+}
+
+/// `POST /agents`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct NewAgent {
+    /// Display name (1 to 64 characters).
+    #[schema(example = "Research helper")]
+    pub name: String,
+    /// The system prompt (empty if left out).
+    pub system_prompt: Option<String>,
+    /// Model identifier; the platform default (`WARREN_DEFAULT_MODEL`) if left out.
+    pub model: Option<String>,
+    /// The runtime to install (`warren` if left out).
+    #[schema(schema_with = runtime_schema)]
+    pub runtime: Option<RuntimeKind>,
+}
+
+/// `PATCH /agents/{id}`: fields left out are kept. A prompt or model change redeploys.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct AgentPatch {
+    /// New display name.
+    pub name: Option<String>,
+    /// New system prompt.
+    pub system_prompt: Option<String>,
+    /// New model.
+    pub model: Option<String>,
+}
+
+/// Deployment progress.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AgentStatusView {
+    /// The agent.
+    pub agent_id: Uuid,
+    /// The agent's status.
+    pub status: String,
+    /// The current (or last) attempt.
+    pub deployment_id: Option<Uuid>,
+    /// The last step completed (or failed) in it.
+    pub current_step: Option<String>,
+    /// That step's 1-based position.
+    pub step_number: Option<u8>,
+    /// Steps in an attempt (6).
+    pub total_steps: u8,
+    /// The last error.
+    pub last_error: Option<String>,
+    /// The runtime's base URL once deployed.
+    pub endpoint: Option<String>,
+    /// Deployment facts, oldest first (the last 100).
+    pub history: Vec<DeploymentEventView>,
+}
+
+/// The runtime's health as seen from the edge.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AgentHealthView {
+    /// The agent.
+    pub agent_id: Uuid,
+    /// The agent's status.
+    pub status: String,
+    /// The runtime's base URL, if deployed.
+    pub endpoint: Option<String>,
+    /// Whether `GET {endpoint}/health` answered 2xx.
+    pub healthy: bool,
+    /// The runtime's HTTP status, if it answered.
+    pub runtime_status: Option<u16>,
+    /// When this was checked.
+    pub checked_at: DateTime<Utc>,
+}
+
+/// Loads the agent if `caller` owns it and it is not deleted; 404 otherwise.
+async fn owned(state: &AppState, caller: &ApprovedUser, id: Uuid) -> Result<AgentId, ApiError> {
+    let agent_id = AgentId(id);
+    let (agent, _) = state
+        .commands
+        .agents
+        .load(&agent_id.to_string())
+        .await
+        .map_err(ApiError::internal)?;
+    if agent.id.is_none() || agent.owner_id != caller.id || agent.status == AgentStatus::Deleted {
+        return Err(ApiError::NotFound);
+    }
+    Ok(agent_id)
+}
+
+/// Runs `command` on the caller's agent and waits for the read model.
+async fn run(
+    state: &AppState,
+    caller: &ApprovedUser,
+    agent_id: AgentId,
+    command: AgentCommand,
+) -> Result<(), ApiError> {
+    let committed = state
+        .commands
+        .agents
+        .execute(
+            &agent_id.to_string(),
+            command,
+            &CommandMeta::new(Actor::User(caller.id)),
+        )
+        .await?;
+    consistency::caught_up(&state.db, projection::AGENTS, committed.sequence).await?;
+    Ok(())
+}
+
+/// The caller's agents, oldest first.
+#[utoipa::path(get, path = "/api/v1/agents", operation_id = "get_agents", tag = "agents", security(("bearer" = [])),
+    responses((status = 200, description = "Agents.", body = Vec<AgentView>), resp::Unauthorized, resp::Forbidden))]
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    caller: ApprovedUser,
+) -> Result<Json<Vec<AgentView>>, ApiError> {
+    Ok(Json(views::agents(&state.db, caller.id).await?))
+}
+
+/// Create an agent; its first deployment is requested at once.
+#[utoipa::path(post, path = "/api/v1/agents", operation_id = "post_agents", tag = "agents", security(("bearer" = [])),
+    request_body = NewAgent,
+    responses((status = 201, description = "Created; deployment requested.", body = AgentView),
+        resp::BadRequest, resp::Unauthorized, resp::Forbidden, resp::Validation, resp::RateLimited))]
+pub(crate) async fn create(
+    State(state): State<AppState>,
+    caller: ApprovedUser,
+    ApiJson(request): ApiJson<NewAgent>,
+) -> Result<(StatusCode, Json<AgentView>), ApiError> {
+    quota::check_agent_quota(&state.db, &state.settings.tiers, &caller).await?;
+    let agent_id = AgentId::new();
+    run(
+        &state,
+        &caller,
+        agent_id,
+        AgentCommand::CreateAgent {
+            agent_id,
+            owner_id: caller.id,
+            name: request.name,
+            system_prompt: request.system_prompt.unwrap_or_default(),
+            model: request
+                .model
+                .unwrap_or_else(|| state.settings.defaults.model.clone()),
+            runtime: request.runtime.unwrap_or_default(),
+            backend: Backend::default(),
+            deployment_id: Uuid::now_v7(),
+        },
+    )
+    .await?;
+    tracing::info!(agent_id = %agent_id, owner = %caller.id, "agent created");
+    Ok((
+        StatusCode::CREATED,
+        Json(views::agent(&state.db, caller.id, agent_id).await?),
+    ))
+}
+
+/// One of the caller's agents.
+#[utoipa::path(get, path = "/api/v1/agents/{id}", operation_id = "get_agents_by_id", tag = "agents", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Agent id")),
+    responses((status = 200, description = "The agent.", body = AgentView), resp::Unauthorized, resp::Forbidden, resp::NotFound))]
+pub(crate) async fn get(
+    State(state): State<AppState>,
+    caller: ApprovedUser,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<Json<AgentView>, ApiError> {
+    Ok(Json(views::agent(&state.db, caller.id, AgentId(id)).await?))
+}
+
+/// Change name, prompt or model; a prompt or model change requests a redeploy.
+#[utoipa::path(patch, path = "/api/v1/agents/{id}", operation_id = "patch_agents_by_id", tag = "agents", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Agent id")),
+    request_body = AgentPatch,
+    responses((status = 200, description = "The updated agent.", body = AgentView),
+        resp::BadRequest, resp::Unauthorized, resp::Forbidden, resp::NotFound, resp::Conflict, resp::Validation, resp::RateLimited))]
+pub(crate) async fn update(
+    State(state): State<AppState>,
+    caller: ApprovedUser,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiJson(patch): ApiJson<AgentPatch>,
+) -> Result<Json<AgentView>, ApiError> {
+    let agent_id = owned(&state, &caller, id).await?;
+    run(
+        &state,
+        &caller,
+        agent_id,
+        AgentCommand::UpdateAgentConfig {
+            name: patch.name,
+            system_prompt: patch.system_prompt,
+            model: patch.model,
+            deployment_id: Uuid::now_v7(),
+        },
+    )
+    .await?;
+    Ok(Json(views::agent(&state.db, caller.id, agent_id).await?))
+}
+
+/// Delete an agent; its sandbox is then destroyed by the deployer.
+#[utoipa::path(delete, path = "/api/v1/agents/{id}", operation_id = "delete_agents_by_id", tag = "agents", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Agent id")),
+    responses((status = 204, description = "Deleted."), resp::Unauthorized, resp::Forbidden, resp::NotFound, resp::RateLimited))]
+pub(crate) async fn delete(
+    State(state): State<AppState>,
+    caller: ApprovedUser,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<StatusCode, ApiError> {
+    let agent_id = owned(&state, &caller, id).await?;
+    run(&state, &caller, agent_id, AgentCommand::DeleteAgent).await?;
+    tracing::info!(agent_id = %agent_id, "agent deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Deployment progress: status, the step reached (of 6) and the deployment history.
+#[utoipa::path(get, path = "/api/v1/agents/{id}/status", operation_id = "get_agents_by_id_status", tag = "agents", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Agent id")),
+    responses((status = 200, description = "Progress.", body = AgentStatusView), resp::Unauthorized, resp::Forbidden, resp::NotFound))]
+pub(crate) async fn status(
+    State(state): State<AppState>,
+    caller: ApprovedUser,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<Json<AgentStatusView>, ApiError> {
+    let agent = views::agent(&state.db, caller.id, AgentId(id)).await?;
+    let history = views::deployment_history(&state.db, AgentId(id)).await?;
+    let step_number = agent
+        .current_step
+        .as_deref()
+        .and_then(|step| step.parse::<DeploymentStep>().ok())
+        .map(DeploymentStep::number);
+    Ok(Json(AgentStatusView {
+        agent_id: agent.id,
+        status: agent.status,
+        deployment_id: agent.deployment_id,
+        current_step: agent.current_step,
+        step_number,
+        total_steps: DeploymentStep::ALL.len() as u8,
+        last_error: agent.last_error,
+        endpoint: agent.endpoint,
+        history,
+    }))
+}
+
+/// Deploy a failed or stopped agent again.
+#[utoipa::path(post, path = "/api/v1/agents/{id}/repair", operation_id = "post_agents_by_id_repair", tag = "agents", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Agent id")),
+    responses((status = 202, description = "Repair requested.", body = AgentView),
+        resp::Unauthorized, resp::Forbidden, resp::NotFound, resp::Conflict, resp::RateLimited))]
+pub(crate) async fn repair(
+    State(state): State<AppState>,
+    caller: ApprovedUser,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<(StatusCode, Json<AgentView>), ApiError> {
+    request_deployment(&state, &caller, id, |deployment_id| {
+        AgentCommand::RepairAgent { deployment_id }
+    })
+    .await
+}
+
+/// Deploy a running or paused agent again (latest runtime, same configuration).
+#[utoipa::path(post, path = "/api/v1/agents/{id}/redeploy", operation_id = "post_agents_by_id_redeploy", tag = "agents", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Agent id")),
+    responses((status = 202, description = "Redeploy requested.", body = AgentView),
+        resp::Unauthorized, resp::Forbidden, resp::NotFound, resp::Conflict, resp::RateLimited))]
+pub(crate) async fn redeploy(
+    State(state): State<AppState>,
+    caller: ApprovedUser,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<(StatusCode, Json<AgentView>), ApiError> {
+    request_deployment(&state, &caller, id, |deployment_id| {
+        AgentCommand::RedeployAgent { deployment_id }
+    })
+    .await
+}
+
+/// Opens a new deployment attempt with `command` and answers 202 with the agent.
+async fn request_deployment(
+    state: &AppState,
+    caller: &ApprovedUser,
+    id: Uuid,
+    command: impl FnOnce(Uuid) -> AgentCommand,
+) -> Result<(StatusCode, Json<AgentView>), ApiError> {
+    let agent_id = owned(state, caller, id).await?;
+    run(state, caller, agent_id, command(Uuid::now_v7())).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(views::agent(&state.db, caller.id, agent_id).await?),
+    ))
+}
+
+/// Ask the agent's runtime for its health (`GET {endpoint}/health`, 3 s timeout).
+#[utoipa::path(get, path = "/api/v1/agents/{id}/health", operation_id = "get_agents_by_id_health", tag = "agents", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Agent id")),
+    responses((status = 200, description = "What the runtime said (or that it did not answer).", body = AgentHealthView),
+        resp::Unauthorized, resp::Forbidden, resp::NotFound))]
+pub(crate) async fn health(
+    State(state): State<AppState>,
+    caller: ApprovedUser,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<Json<AgentHealthView>, ApiError> {
+    let agent = views::agent(&state.db, caller.id, AgentId(id)).await?;
+    let runtime_status = match (&agent.endpoint, agent.status.as_str()) {
+        (Some(endpoint), "running") => state
+            .http
+            .get(format!("{}/health", endpoint.trim_end_matches('/')))
+            .timeout(HEALTH_TIMEOUT)
+            .send()
+            .await
+            .ok()
+            .map(|response| response.status().as_u16()),
+        _ => None,
+    };
+    Ok(Json(AgentHealthView {
+        agent_id: agent.id,
+        status: agent.status,
+        endpoint: agent.endpoint,
+        healthy: runtime_status.is_some_and(|code| (200..300).contains(&code)),
+        runtime_status,
+        checked_at: Utc::now(),
+    }))
+}

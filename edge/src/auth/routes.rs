@@ -1,0 +1,268 @@
+//! `/api/v1/auth/*`: magic-link sign-in, refresh rotation, logout.
+
+use super::identity::sign_in_by_email;
+use super::magic::{MAX_CODE_ATTEMPTS, MagicError};
+use super::tokens::TokenPair;
+use crate::error::ApiError;
+use crate::extract::{ApiJson, AuthUser, ClientIp, token_error};
+use crate::openapi::resp;
+use crate::routes::ApiRouter;
+use crate::state::AppState;
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+use utoipa::ToSchema;
+
+/// The auth routes.
+pub fn routes() -> ApiRouter {
+    ApiRouter::new()
+        .post("/auth/login/email", login_email)
+        .post("/auth/verify-magic-link", verify_magic_link)
+        .post("/auth/refresh", refresh)
+        .post("/auth/logout", logout)
+        .post("/auth/logout/all", logout_all)
+}
+
+/// `POST /auth/login/email`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct LoginEmailRequest {
+    /// Where to send the link.
+    #[schema(example = "ada@example.com")]
+    pub email: String,
+}
+
+/// The answer to a login request (the same whether or not the address is known).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LoginSent {
+    /// Always `sent`.
+    pub status: String,
+    /// Seconds the link and code stay valid.
+    pub expires_in: u64,
+}
+
+/// `POST /auth/verify-magic-link`: either the link's token, or the address and its code.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct VerifyRequest {
+    /// The `token` query parameter of the emailed link.
+    pub token: Option<String>,
+    /// The address the code was sent to (with `code`).
+    pub email: Option<String>,
+    /// The 6-digit code from the email (with `email`).
+    #[schema(example = "123456")]
+    pub code: Option<String>,
+}
+
+/// `POST /auth/refresh`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct RefreshRequest {
+    /// The current refresh token; it is rotated (single use).
+    pub refresh_token: String,
+}
+
+/// Validates and canonicalizes an address (trimmed, lowercased).
+pub fn canonical_email(email: &str) -> Result<String, ApiError> {
+    let email = email.trim().to_lowercase();
+    let valid = email.len() <= 254
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
+        && email.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty()
+                && domain.contains('.')
+                && !domain.contains('@')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+        });
+    if valid {
+        Ok(email)
+    } else {
+        Err(ApiError::invalid_field("email", "must be an email address"))
+    }
+}
+
+fn auth_rate(state: &AppState, ip: &str) -> Result<(), ApiError> {
+    state.limiter.check(
+        "auth_per_ip",
+        ip,
+        state.settings.rate.auth_per_ip_per_minute,
+        Duration::from_secs(60),
+    )
+}
+
+/// Send a sign-in email holding a link and a 6-digit code.
+#[utoipa::path(post, path = "/api/v1/auth/login/email", operation_id = "post_auth_login_email", tag = "auth",
+    request_body = LoginEmailRequest,
+    responses(
+        (status = 202, description = "The email was sent (whether or not the address has an account).", body = LoginSent),
+        resp::BadRequest, resp::Validation, resp::RateLimited, resp::Unavailable,
+    ))]
+pub(crate) async fn login_email(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    ApiJson(request): ApiJson<LoginEmailRequest>,
+) -> Result<(StatusCode, Json<LoginSent>), ApiError> {
+    let email = canonical_email(&request.email)?;
+    auth_rate(&state, &ip)?;
+    state.limiter.check(
+        "login_per_email",
+        &email,
+        state.settings.rate.login_per_email_per_hour,
+        Duration::from_secs(3600),
+    )?;
+    let issued = state.magic.issue(&email).await.map_err(magic_error)?;
+    let ttl = state.settings.magic_link_ttl;
+    let link = format!(
+        "{}/auth/verify?token={}",
+        state.settings.frontend_url.trim_end_matches('/'),
+        issued.token
+    );
+    let body = format!(
+        "Sign in to Warren\n\nOpen this link:\n{link}\n\nor enter this code: {code}\n\n\
+         The link and the code work once, for {minutes} minutes. If you did not ask to sign in, \
+         ignore this email.\n",
+        code = issued.code,
+        minutes = ttl.as_secs().div_ceil(60),
+    );
+    state
+        .mailer
+        .send(&email, "Your Warren sign-in link", &body)
+        .await
+        .map_err(|err| {
+            tracing::error!(error = %err, "sending the sign-in email failed");
+            ApiError::Unavailable("email delivery")
+        })?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(LoginSent {
+            status: "sent".into(),
+            expires_in: ttl.as_secs(),
+        }),
+    ))
+}
+
+/// Redeem a magic link (`token`) or a code (`email` + `code`) for a token pair. Registers the
+/// user on first sign-in.
+#[utoipa::path(post, path = "/api/v1/auth/verify-magic-link", operation_id = "post_auth_verify_magic_link", tag = "auth",
+    request_body = VerifyRequest,
+    responses(
+        (status = 200, description = "Signed in.", body = TokenPair),
+        resp::BadRequest, resp::Unauthorized, resp::Validation, resp::RateLimited,
+    ))]
+pub(crate) async fn verify_magic_link(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    ApiJson(request): ApiJson<VerifyRequest>,
+) -> Result<Json<TokenPair>, ApiError> {
+    auth_rate(&state, &ip)?;
+    let email = match (&request.token, &request.email, &request.code) {
+        (Some(token), None, None) => state.magic.redeem_token(token.trim()).await,
+        (None, Some(email), Some(code)) => {
+            let email = canonical_email(email)?;
+            state.magic.redeem_code(&email, code).await
+        }
+        _ => {
+            return Err(ApiError::invalid_field(
+                "token",
+                "send either `token`, or `email` and `code`",
+            ));
+        }
+    }
+    .map_err(magic_error)?;
+    let user_id = sign_in_by_email(&state, &email).await?;
+    let pair = state.tokens.issue(user_id).await.map_err(token_error)?;
+    Ok(Json(pair))
+}
+
+/// Rotate a refresh token. Presenting an already-rotated token revokes its whole session.
+#[utoipa::path(post, path = "/api/v1/auth/refresh", operation_id = "post_auth_refresh", tag = "auth",
+    request_body = RefreshRequest,
+    responses(
+        (status = 200, description = "A new pair; the presented refresh token is now spent.", body = TokenPair),
+        resp::BadRequest, resp::Unauthorized, resp::Validation, resp::RateLimited,
+    ))]
+pub(crate) async fn refresh(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    ApiJson(request): ApiJson<RefreshRequest>,
+) -> Result<Json<TokenPair>, ApiError> {
+    auth_rate(&state, &ip)?;
+    let (_, pair) = state
+        .tokens
+        .refresh(request.refresh_token.trim())
+        .await
+        .map_err(token_error)?;
+    Ok(Json(pair))
+}
+
+/// Sign out this session: its refresh token and access tokens stop working.
+#[utoipa::path(post, path = "/api/v1/auth/logout", operation_id = "post_auth_logout", tag = "auth",
+    security(("bearer" = [])),
+    responses((status = 204, description = "Signed out."), resp::Unauthorized, resp::RateLimited))]
+pub(crate) async fn logout(
+    State(state): State<AppState>,
+    caller: AuthUser,
+) -> Result<StatusCode, ApiError> {
+    state
+        .tokens
+        .logout(caller.id, caller.session)
+        .await
+        .map_err(token_error)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Sign out every session of the caller.
+#[utoipa::path(post, path = "/api/v1/auth/logout/all", operation_id = "post_auth_logout_all", tag = "auth",
+    security(("bearer" = [])),
+    responses((status = 204, description = "Every session signed out."), resp::Unauthorized, resp::RateLimited))]
+pub(crate) async fn logout_all(
+    State(state): State<AppState>,
+    caller: AuthUser,
+) -> Result<StatusCode, ApiError> {
+    state
+        .tokens
+        .logout_all(caller.id)
+        .await
+        .map_err(token_error)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn magic_error(err: MagicError) -> ApiError {
+    let code = match &err {
+        MagicError::Invalid => "invalid_link",
+        MagicError::Expired => "link_expired",
+        MagicError::WrongCode => "invalid_code",
+        MagicError::Locked => "too_many_attempts",
+        MagicError::Store(_) => return ApiError::internal(err),
+    };
+    let message = match &err {
+        MagicError::WrongCode => {
+            format!("wrong code (at most {MAX_CODE_ATTEMPTS} attempts per email)")
+        }
+        other => other.to_string(),
+    };
+    ApiError::unauthorized(code, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_trimmed_and_lowercased_and_junk_is_refused() {
+        assert_eq!(
+            canonical_email("  Ada@Example.COM ").expect("valid"),
+            "ada@example.com"
+        );
+        for junk in [
+            "",
+            "ada",
+            "@example.com",
+            "ada@",
+            "ada@example",
+            "a b@example.com",
+            "a@b@c.d",
+        ] {
+            assert!(canonical_email(junk).is_err(), "{junk:?} accepted");
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! Extractors: input that answers in the error envelope, and who is calling.
+//!
+//! - [`ApiJson`], [`ApiPath`], [`ApiQuery`] — axum's extractors with their rejections mapped to
+//!   [`ApiError`] (bad JSON 400, wrong content type 415, too large 413, invalid fields 422).
+//! - [`AuthUser`] — a valid access token of a live session, and the user's *current* state
+//!   loaded from the log (through the command store's cache, caught up on every request), so a
+//!   reject, revoke or role change takes effect on the caller's next request on any replica.
+//! - [`ApprovedUser`] (403 `not_approved` otherwise) and [`AdminUser`] (403 `forbidden`).
+//! - [`ClientIp`] — the peer address, the key of per-IP rate limits.
+
+use crate::auth::tokens::TokenError;
+use crate::error::ApiError;
+use crate::state::AppState;
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::{Method, header};
+use serde_json::json;
+use std::net::SocketAddr;
+use std::ops::Deref;
+use std::time::Duration;
+use uuid::Uuid;
+use warren_domain::ids::UserId;
+use warren_domain::user::{Role, User};
+
+/// A JSON body; rejections answer in the envelope.
+#[derive(FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct ApiJson<T>(pub T);
+
+/// Path parameters; a malformed id answers 404.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct ApiPath<T>(pub T);
+
+/// Query parameters; rejections answer 422.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct ApiQuery<T>(pub T);
+
+/// The caller's address (the TCP peer).
+pub struct ClientIp(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientIp(client_ip(parts)))
+    }
+}
+
+/// The peer IP of a request, or `unknown` when served without connect info (tests).
+pub fn client_ip(parts: &Parts) -> String {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or_else(|| "unknown".to_owned(), |info| info.0.ip().to_string())
+}
+
+/// Whether a request changes something (and counts against write rate limits).
+pub fn is_write(method: &Method) -> bool {
+    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// A signed-in caller.
+#[derive(Clone, Debug)]
+pub struct AuthUser {
+    /// The user.
+    pub id: UserId,
+    /// The user's current state.
+    pub user: User,
+    /// Stream sequence of the user's last commit (for read-after-write on their rows).
+    pub seq: u64,
+    /// The session (refresh family) the access token belongs to.
+    pub session: Uuid,
+}
+
+impl FromRequestParts<AppState> for AuthUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| {
+                value
+                    .strip_prefix("Bearer ")
+                    .or_else(|| value.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .filter(|token| !token.is_empty())
+            .ok_or_else(|| {
+                ApiError::unauthorized(
+                    "unauthenticated",
+                    "sign in: send Authorization: Bearer <access token>",
+                )
+            })?;
+        let claims = state
+            .tokens
+            .verify_access(token)
+            .await
+            .map_err(token_error)?;
+        let id = UserId(claims.sub);
+        let (user, seq) = state
+            .commands
+            .users
+            .load(&id.to_string())
+            .await
+            .map_err(ApiError::internal)?;
+        if user.id.is_none() {
+            return Err(ApiError::unauthorized("invalid_token", "unknown user"));
+        }
+        if is_write(&parts.method) {
+            state.limiter.check(
+                "writes_per_user",
+                &id.to_string(),
+                state.settings.rate.write_per_user_per_minute,
+                Duration::from_secs(60),
+            )?;
+        }
+        Ok(AuthUser {
+            id,
+            user,
+            seq,
+            session: claims.sid,
+        })
+    }
+}
+
+/// Maps a refused token to its 401.
+pub fn token_error(err: TokenError) -> ApiError {
+    match err {
+        TokenError::Invalid => ApiError::unauthorized("invalid_token", "the token is invalid"),
+        TokenError::Expired => ApiError::unauthorized("token_expired", "the token has expired"),
+        TokenError::Revoked => {
+            ApiError::unauthorized("session_revoked", "this session was signed out")
+        }
+        TokenError::Reused => ApiError::unauthorized(
+            "refresh_token_reused",
+            "this refresh token was already used; the session is revoked",
+        ),
+        TokenError::Store(source) => ApiError::internal(source),
+    }
+}
+
+/// A signed-in caller whom an admin approved (or who joined while approval is open).
+#[derive(Clone, Debug)]
+pub struct ApprovedUser(pub AuthUser);
+
+impl Deref for ApprovedUser {
+    type Target = AuthUser;
+    fn deref(&self) -> &AuthUser {
+        &self.0
+    }
+}
+
+impl FromRequestParts<AppState> for ApprovedUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let caller = AuthUser::from_request_parts(parts, state).await?;
+        if !caller.user.is_approved() {
+            let status = caller.user.status;
+            return Err(ApiError::Client {
+                status: axum::http::StatusCode::FORBIDDEN,
+                code: "not_approved",
+                message: format!("your account is {status}; an admin has to approve it first"),
+                details: Some(json!({ "status": status.as_str() })),
+            });
+        }
+        Ok(ApprovedUser(caller))
+    }
+}
+
+/// An approved admin.
+#[derive(Clone, Debug)]
+pub struct AdminUser(pub AuthUser);
+
+impl Deref for AdminUser {
+    type Target = AuthUser;
+    fn deref(&self) -> &AuthUser {
+        &self.0
+    }
+}
+
+impl FromRequestParts<AppState> for AdminUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let caller = AuthUser::from_request_parts(parts, state).await?;
+        if caller.user.role != Role::Admin || !caller.user.is_approved() {
+            return Err(ApiError::forbidden("forbidden", "admins only"));
+        }
+        Ok(AdminUser(caller))
+    }
+}

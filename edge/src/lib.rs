@@ -1,0 +1,54 @@
+//! Warren's edge: the Axum HTTP surface (REST under `/api/v1`, later SSE and WebSocket).
+//!
+//! Handlers parse input into a command or a query and map the result; no business rules, and no
+//! SQL outside [`views`] and [`consistency`]. One error type owns the HTTP mapping. After a write, a
+//! handler waits (bounded) for the projection that serves its reads ([`consistency`]), so the
+//! client's next GET sees it.
+//!
+//! Layout:
+//! - [`settings`] — [`EdgeSettings`]: the edge's validated configuration.
+//! - [`state`] — [`AppState`]: command service, read-model pool, NATS, KV stores, mailer, limits.
+//! - [`error`] — [`ApiError`]: the one `IntoResponse` with the stable JSON envelope, and the one
+//!   table from domain codes to statuses.
+//! - [`extract`] — JSON/path/query extractors answering in the envelope; `AuthUser`,
+//!   `ApprovedUser`, `AdminUser`; the client IP.
+//! - [`routes`] — [`routes::ApiRouter`]: a router that records its (method, path) table.
+//! - [`server`] — every resource router merged in one place, shared layers, `serve`.
+//! - [`auth`] — magic links, tokens, identities and the `/auth` routes.
+//! - [`users`], [`keys`] — `/users/me`, connections, provider API keys.
+//! - [`admin`] — `/admin/users`: approve, reject, revoke, roles and tiers.
+//! - [`agents`] — `/agents`: create, configure, delete, deployment status, repair, redeploy, health.
+//! - [`usage`], [`quota`] — `/usage`, and the tier quotas (agents, messages per day).
+//! - [`secrets`] — AES-256-GCM sealing of provider keys in the `secrets` KV bucket.
+//! - [`mail`] — SMTP (or log) delivery.
+//! - [`consistency`] — bounded wait for a projection checkpoint (read-after-write).
+//! - [`ratelimit`] — per-process fixed-window request limits.
+//! - [`views`] — read-model queries and the JSON shapes of users, keys, agents, usage.
+//! - [`health`] — `GET /api/v1/health`: NATS, Postgres and each projection's lag.
+//! - [`openapi`] — the OpenAPI 3.1 document at `GET /api/v1/openapi.json`.
+
+pub mod admin;
+pub mod agents;
+pub mod auth;
+pub mod consistency;
+pub mod error;
+pub mod extract;
+pub mod health;
+pub mod keys;
+pub mod mail;
+pub mod openapi;
+pub mod quota;
+pub mod ratelimit;
+pub mod routes;
+pub mod secrets;
+pub mod server;
+pub mod settings;
+pub mod state;
+pub mod usage;
+pub mod users;
+pub mod views;
+
+pub use error::ApiError;
+pub use server::{router, serve};
+pub use settings::EdgeSettings;
+pub use state::AppState;

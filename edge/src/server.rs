@@ -1,0 +1,131 @@
+//! The router and the server loop: every resource router merged in one place, with the layers
+//! every route shares (body limit, per-IP write limit, CORS, the JSON error envelope for
+//! unknown routes, wrong methods and panics).
+
+use crate::error::ApiError;
+use crate::extract::{client_ip, is_write};
+use crate::routes::{API_PREFIX, ApiRouter};
+use crate::state::AppState;
+use crate::{admin, agents, auth, health, keys, openapi, usage, users};
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+/// Every API route, merged in one place.
+pub fn api() -> ApiRouter {
+    ApiRouter::new()
+        .merge(health::routes())
+        .merge(openapi::routes())
+        .merge(auth::routes::routes())
+        .merge(users::routes())
+        .merge(keys::routes())
+        .merge(admin::routes())
+        .merge(agents::routes())
+        .merge(usage::routes())
+}
+
+/// The whole HTTP surface.
+pub fn router(state: AppState) -> Router {
+    let max_body = state.settings.max_body_bytes;
+    let cors = cors_layer(&state.settings.cors_origins);
+    let api = api()
+        .into_router()
+        .method_not_allowed_fallback(|| async {
+            ApiError::client(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not accept that method",
+            )
+        })
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            limit_writes_per_ip,
+        ));
+    let mut router = Router::new()
+        .nest(API_PREFIX, api)
+        .fallback(|| async {
+            ApiError::client(StatusCode::NOT_FOUND, "not_found", "no such route")
+        })
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::Internal("handler panicked".into()).into_response()
+        }))
+        .with_state(state);
+    if let Some(cors) = cors {
+        router = router.layer(cors);
+    }
+    router
+}
+
+async fn limit_writes_per_ip(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if is_write(request.method()) {
+        let (parts, body) = request.into_parts();
+        let ip = client_ip(&parts);
+        if let Err(err) = state.limiter.check(
+            "writes_per_ip",
+            &ip,
+            state.settings.rate.write_per_ip_per_minute,
+            Duration::from_secs(60),
+        ) {
+            return err.into_response();
+        }
+        return next.run(Request::from_parts(parts, body)).await;
+    }
+    next.run(request).await
+}
+
+/// CORS for the configured origins (`*` for any); `None` when none are configured.
+fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|origin| HeaderValue::from_str(origin.trim_end_matches('/')).ok()),
+        )
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([
+                Method::GET,
+                Method::POST,
+                Method::PATCH,
+                Method::DELETE,
+                Method::OPTIONS,
+            ])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+            .expose_headers([HeaderName::from_static("retry-after")])
+            .max_age(Duration::from_secs(600)),
+    )
+}
+
+/// Serves until `shutdown` fires, then drains in-flight requests.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    .await
+}

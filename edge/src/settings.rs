@@ -1,0 +1,155 @@
+//! [`EdgeSettings`]: what the edge needs from the binary's one typed config, already validated
+//! and decoded (the edge never reads the environment).
+
+use std::collections::HashSet;
+use std::fmt;
+use std::time::Duration;
+use warren_domain::user::{ApprovalMode, Provider, Tier};
+
+/// Key material that must never be printed.
+#[derive(Clone)]
+pub struct KeyBytes(pub Vec<u8>);
+
+impl fmt::Debug for KeyBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// One tier's quotas.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Messages a user may send per UTC day.
+    pub messages_per_day: u64,
+    /// Agents a user may have at once (deleted ones do not count).
+    pub max_agents: u64,
+}
+
+/// Quotas per tier.
+#[derive(Clone, Copy, Debug)]
+pub struct TierLimits {
+    /// `free`.
+    pub free: Limits,
+    /// `pro`.
+    pub pro: Limits,
+    /// `enterprise`.
+    pub enterprise: Limits,
+}
+
+impl TierLimits {
+    /// The quotas of `tier`.
+    pub fn of(&self, tier: Tier) -> Limits {
+        match tier {
+            Tier::Free => self.free,
+            Tier::Pro => self.pro,
+            Tier::Enterprise => self.enterprise,
+        }
+    }
+}
+
+/// Request rate limits (fixed windows, per edge process; see ADR 0005).
+#[derive(Clone, Copy, Debug)]
+pub struct RateLimits {
+    /// Auth requests (login, verify, refresh) per client IP per minute.
+    pub auth_per_ip_per_minute: u32,
+    /// Magic-link emails per address per hour.
+    pub login_per_email_per_hour: u32,
+    /// Writes (POST, PATCH, DELETE) per signed-in user per minute.
+    pub write_per_user_per_minute: u32,
+    /// Writes per client IP per minute.
+    pub write_per_ip_per_minute: u32,
+}
+
+/// The platform's model defaults for users without a key of their own (used by chat).
+#[derive(Clone)]
+pub struct PlatformDefaults {
+    /// Provider of the shared key.
+    pub provider: Option<Provider>,
+    /// Endpoint override of the shared key.
+    pub base_url: Option<String>,
+    /// The shared key itself.
+    pub api_key: Option<KeyBytes>,
+    /// Model for new agents when none is given.
+    pub model: String,
+}
+
+impl fmt::Debug for PlatformDefaults {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PlatformDefaults")
+            .field("provider", &self.provider)
+            .field("base_url", &self.base_url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "[redacted]"))
+            .field("model", &self.model)
+            .finish()
+    }
+}
+
+/// Everything the edge is configured with.
+#[derive(Clone, Debug)]
+pub struct EdgeSettings {
+    /// Base URL of the web console; magic links point at `{frontend_url}/auth/verify`.
+    pub frontend_url: String,
+    /// HS256 key for access tokens (and the pepper of magic codes).
+    pub jwt_secret: KeyBytes,
+    /// AES-256-GCM master key for provider API keys (32 bytes).
+    pub encryption_key: KeyBytes,
+    /// Whether new users wait for an admin.
+    pub approval: ApprovalMode,
+    /// Lowercased addresses that become admins on first sign-in.
+    pub admin_emails: HashSet<String>,
+    /// Allowed browser origins (`*` for any); empty means no CORS headers.
+    pub cors_origins: Vec<String>,
+    /// How long a magic link and its code stay valid.
+    pub magic_link_ttl: Duration,
+    /// Access token lifetime.
+    pub access_token_ttl: Duration,
+    /// Refresh token lifetime.
+    pub refresh_token_ttl: Duration,
+    /// Quotas per tier.
+    pub tiers: TierLimits,
+    /// Request rate limits.
+    pub rate: RateLimits,
+    /// Shared model defaults.
+    pub defaults: PlatformDefaults,
+    /// Largest accepted request body, in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl EdgeSettings {
+    /// Settings for tests: fixed keys, approval required, generous limits.
+    pub fn for_tests() -> Self {
+        let limits = Limits {
+            messages_per_day: 100,
+            max_agents: 3,
+        };
+        Self {
+            frontend_url: "http://localhost:3000".into(),
+            jwt_secret: KeyBytes(vec![7; 32]),
+            encryption_key: KeyBytes(vec![9; 32]),
+            approval: ApprovalMode::Required,
+            admin_emails: HashSet::new(),
+            cors_origins: vec![],
+            magic_link_ttl: Duration::from_secs(900),
+            access_token_ttl: Duration::from_secs(900),
+            refresh_token_ttl: Duration::from_secs(30 * 86_400),
+            tiers: TierLimits {
+                free: limits,
+                pro: limits,
+                enterprise: limits,
+            },
+            rate: RateLimits {
+                auth_per_ip_per_minute: 10_000,
+                login_per_email_per_hour: 10_000,
+                write_per_user_per_minute: 10_000,
+                write_per_ip_per_minute: 10_000,
+            },
+            defaults: PlatformDefaults {
+                provider: None,
+                base_url: None,
+                api_key: None,
+                model: "test-model".into(),
+            },
+            max_body_bytes: 64 * 1024,
+        }
+    }
+}

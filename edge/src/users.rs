@@ -1,0 +1,126 @@
+//! `/api/v1/users/me*`: the caller's profile and sign-in connections.
+
+use crate::auth::identity::email_key;
+use crate::consistency::{self, projection};
+use crate::error::ApiError;
+use crate::extract::{ApiJson, ApiPath, AuthUser};
+use crate::openapi::resp;
+use crate::routes::ApiRouter;
+use crate::state::AppState;
+use crate::views::{self, ConnectionView, UserView};
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::Deserialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+use warren_commands::CommandMeta;
+use warren_domain::Actor;
+use warren_domain::ids::ConnectionId;
+use warren_domain::user::{AuthKind, UserCommand};
+
+/// The `/users/me` routes (API keys are in `keys`).
+pub fn routes() -> ApiRouter {
+    ApiRouter::new()
+        .get("/users/me", get_me)
+        .patch("/users/me", patch_me)
+        .get("/users/me/connections", list_connections)
+        .delete("/users/me/connections/{id}", delete_connection)
+}
+
+/// `PATCH /users/me`: fields left out are kept; a blank text clears it.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ProfilePatch {
+    /// Name to show.
+    pub display_name: Option<String>,
+    /// Picture URL (http or https).
+    pub avatar_url: Option<String>,
+    /// Whether clients show tool calls in chat.
+    pub show_tool_calls: Option<bool>,
+}
+
+/// The caller's profile, approval status and tier.
+#[utoipa::path(get, path = "/api/v1/users/me", operation_id = "get_users_me", tag = "users", security(("bearer" = [])),
+    responses((status = 200, description = "The profile.", body = UserView), resp::Unauthorized, resp::Unavailable))]
+pub(crate) async fn get_me(
+    State(state): State<AppState>,
+    caller: AuthUser,
+) -> Result<Json<UserView>, ApiError> {
+    consistency::caught_up(&state.db, projection::USERS, caller.seq).await?;
+    Ok(Json(views::user(&state.db, caller.id).await?))
+}
+
+/// Update the caller's profile and preferences.
+#[utoipa::path(patch, path = "/api/v1/users/me", operation_id = "patch_users_me", tag = "users", security(("bearer" = [])),
+    request_body = ProfilePatch,
+    responses((status = 200, description = "The updated profile.", body = UserView),
+        resp::BadRequest, resp::Unauthorized, resp::Validation, resp::RateLimited))]
+pub(crate) async fn patch_me(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    ApiJson(patch): ApiJson<ProfilePatch>,
+) -> Result<Json<UserView>, ApiError> {
+    let committed = state
+        .commands
+        .users
+        .execute(
+            &caller.id.to_string(),
+            UserCommand::UpdateProfile {
+                display_name: patch.display_name,
+                avatar_url: patch.avatar_url,
+                show_tool_calls: patch.show_tool_calls,
+            },
+            &CommandMeta::new(Actor::User(caller.id)),
+        )
+        .await?;
+    consistency::caught_up(&state.db, projection::USERS, committed.sequence).await?;
+    Ok(Json(views::user(&state.db, caller.id).await?))
+}
+
+/// The caller's sign-in methods.
+#[utoipa::path(get, path = "/api/v1/users/me/connections", operation_id = "get_users_me_connections", tag = "users", security(("bearer" = [])),
+    responses((status = 200, description = "Linked sign-in methods, oldest first.", body = Vec<ConnectionView>), resp::Unauthorized))]
+pub(crate) async fn list_connections(
+    State(state): State<AppState>,
+    caller: AuthUser,
+) -> Result<Json<Vec<ConnectionView>>, ApiError> {
+    consistency::caught_up(&state.db, projection::USERS, caller.seq).await?;
+    Ok(Json(views::connections(&state.db, caller.id).await?))
+}
+
+/// Unlink a sign-in method; the last one cannot be removed (409 `last_auth_method`).
+#[utoipa::path(delete, path = "/api/v1/users/me/connections/{id}", operation_id = "delete_users_me_connections_by_id", tag = "users", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Connection id")),
+    responses((status = 204, description = "Unlinked."), resp::Unauthorized, resp::NotFound, resp::Conflict, resp::RateLimited))]
+pub(crate) async fn delete_connection(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<StatusCode, ApiError> {
+    let connection_id = ConnectionId(id);
+    let unlinked = caller
+        .user
+        .auth_methods
+        .iter()
+        .find(|auth| auth.connection_id == connection_id)
+        .cloned();
+    let committed = state
+        .commands
+        .users
+        .execute(
+            &caller.id.to_string(),
+            UserCommand::UnlinkAuthMethod { connection_id },
+            &CommandMeta::new(Actor::User(caller.id)),
+        )
+        .await?;
+    // The address no longer signs this user in: release it.
+    if let Some(auth) = unlinked.filter(|auth| auth.kind == AuthKind::Email) {
+        state
+            .auth_kv
+            .remove(&email_key(&auth.external_id))
+            .await
+            .map_err(ApiError::internal)?;
+    }
+    consistency::caught_up(&state.db, projection::USERS, committed.sequence).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

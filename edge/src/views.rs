@@ -1,0 +1,275 @@
+//! Reads: the queries the edge runs on the read models and the JSON shapes they answer with.
+//! Every query is scoped by its owner, so another user's rows are simply not found.
+
+use crate::error::ApiError;
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::Serialize;
+use sqlx::PgPool;
+use utoipa::ToSchema;
+use uuid::Uuid;
+use warren_domain::ids::{AgentId, UserId};
+
+/// A user as clients see it.
+#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
+pub struct UserView {
+    /// The user.
+    pub id: Uuid,
+    /// Contact address.
+    pub email: Option<String>,
+    /// Name to show.
+    pub display_name: Option<String>,
+    /// Picture URL.
+    pub avatar_url: Option<String>,
+    /// Whether clients show tool calls.
+    pub show_tool_calls: bool,
+    /// `guest`, `user` or `admin`.
+    #[schema(example = "user")]
+    pub role: String,
+    /// `pending`, `approved`, `rejected` or `revoked`.
+    #[schema(example = "approved")]
+    pub status: String,
+    /// Why the user was rejected or revoked, if an admin said.
+    pub status_reason: Option<String>,
+    /// `free`, `pro` or `enterprise`.
+    #[schema(example = "free")]
+    pub tier: String,
+    /// First sign-in.
+    pub created_at: DateTime<Utc>,
+}
+
+const USER_COLUMNS: &str = "id, email, display_name, avatar_url, show_tool_calls, role, status, status_reason, tier, created_at";
+
+/// One user; 503 if the read model has not caught up with them yet.
+pub async fn user(db: &PgPool, id: UserId) -> Result<UserView, ApiError> {
+    sqlx::query_as::<_, UserView>(sqlx::AssertSqlSafe(format!(
+        "SELECT {USER_COLUMNS} FROM users WHERE id = $1"
+    )))
+    .bind(id.0)
+    .fetch_optional(db)
+    .await?
+    .ok_or(ApiError::Unavailable("the read models"))
+}
+
+/// Users by status (`None`: all), newest first.
+pub async fn users_by_status(
+    db: &PgPool,
+    status: Option<&str>,
+    limit: i64,
+) -> Result<Vec<UserView>, ApiError> {
+    Ok(sqlx::query_as::<_, UserView>(sqlx::AssertSqlSafe(format!(
+        "SELECT {USER_COLUMNS} FROM users WHERE ($1::text IS NULL OR status = $1) \
+         ORDER BY created_at DESC, id LIMIT $2"
+    )))
+    .bind(status)
+    .bind(limit)
+    .fetch_all(db)
+    .await?)
+}
+
+/// A linked sign-in method.
+#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
+pub struct ConnectionView {
+    /// The connection (use it to unlink).
+    pub id: Uuid,
+    /// `email`, `google`, `github`, `wallet` or `telegram`.
+    #[schema(example = "email")]
+    pub kind: String,
+    /// The identity at that provider (the address, for email).
+    pub external_id: String,
+    /// When it was linked.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A user's sign-in methods, oldest first.
+pub async fn connections(db: &PgPool, user: UserId) -> Result<Vec<ConnectionView>, ApiError> {
+    Ok(sqlx::query_as(
+        "SELECT id, kind, external_id, created_at FROM auth_methods WHERE user_id = $1 \
+         ORDER BY created_at, id",
+    )
+    .bind(user.0)
+    .fetch_all(db)
+    .await?)
+}
+
+/// A provider API key, masked.
+#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
+pub struct ApiKeyView {
+    /// The key (use it to delete).
+    pub id: Uuid,
+    /// `anthropic`, `openai`, `openrouter`, `libertai` or `custom`.
+    #[schema(example = "openai")]
+    pub provider: String,
+    /// Endpoint override.
+    pub base_url: Option<String>,
+    /// The user's name for it.
+    pub label: String,
+    /// The masked key, e.g. `sk-a…c123`.
+    pub fingerprint: String,
+    /// When it was added.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A user's provider keys, oldest first.
+pub async fn api_keys(db: &PgPool, user: UserId) -> Result<Vec<ApiKeyView>, ApiError> {
+    Ok(sqlx::query_as(
+        "SELECT id, provider, base_url, label, fingerprint, created_at FROM provider_keys \
+         WHERE user_id = $1 ORDER BY created_at, id",
+    )
+    .bind(user.0)
+    .fetch_all(db)
+    .await?)
+}
+
+/// An agent as its owner sees it.
+#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
+pub struct AgentView {
+    /// The agent.
+    pub id: Uuid,
+    /// Display name.
+    pub name: String,
+    /// The system prompt.
+    pub system_prompt: String,
+    /// Model identifier.
+    pub model: String,
+    /// `warren` or `baal_agent`.
+    pub runtime: String,
+    /// `process`, `docker` or `ssh`.
+    pub backend: String,
+    /// `deploying`, `running`, `failed`, `stopped`, `paused`.
+    pub status: String,
+    /// The current (or last) deployment attempt.
+    pub deployment_id: Option<Uuid>,
+    /// The last deployment step reached.
+    pub current_step: Option<String>,
+    /// The runtime's base URL once deployed.
+    pub endpoint: Option<String>,
+    /// The last deployment or health error.
+    pub last_error: Option<String>,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+const AGENT_COLUMNS: &str = "id, name, system_prompt, model, runtime, backend, status, deployment_id, \
+     current_step, endpoint, last_error, created_at, updated_at";
+
+/// One of `owner`'s agents (not deleted).
+pub async fn agent(db: &PgPool, owner: UserId, id: AgentId) -> Result<AgentView, ApiError> {
+    sqlx::query_as::<_, AgentView>(sqlx::AssertSqlSafe(format!(
+        "SELECT {AGENT_COLUMNS} FROM agents WHERE id = $1 AND owner_id = $2 AND status <> 'deleted'"
+    )))
+    .bind(id.0)
+    .bind(owner.0)
+    .fetch_optional(db)
+    .await?
+    .ok_or(ApiError::NotFound)
+}
+
+/// `owner`'s agents (not deleted), oldest first.
+pub async fn agents(db: &PgPool, owner: UserId) -> Result<Vec<AgentView>, ApiError> {
+    Ok(sqlx::query_as::<_, AgentView>(sqlx::AssertSqlSafe(format!(
+        "SELECT {AGENT_COLUMNS} FROM agents WHERE owner_id = $1 AND status <> 'deleted' \
+         ORDER BY created_at, id"
+    )))
+    .bind(owner.0)
+    .fetch_all(db)
+    .await?)
+}
+
+/// How many agents `owner` has (not deleted).
+pub async fn agent_count(db: &PgPool, owner: UserId) -> Result<u64, ApiError> {
+    let (count,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM agents WHERE owner_id = $1 AND status <> 'deleted'")
+            .bind(owner.0)
+            .fetch_one(db)
+            .await?;
+    Ok(count.max(0) as u64)
+}
+
+/// One deployment fact.
+#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
+pub struct DeploymentEventView {
+    /// The attempt.
+    pub deployment_id: Option<Uuid>,
+    /// `requested`, `repair_requested`, `redeploy_requested`, `step_completed`, `deployed`,
+    /// `failed`.
+    pub status: String,
+    /// The step, for step and failure facts.
+    pub step: Option<String>,
+    /// What went wrong, for failures.
+    pub error_message: Option<String>,
+    /// When.
+    pub created_at: DateTime<Utc>,
+}
+
+/// An agent's deployment facts, newest last (at most the last 100).
+pub async fn deployment_history(
+    db: &PgPool,
+    agent: AgentId,
+) -> Result<Vec<DeploymentEventView>, ApiError> {
+    Ok(sqlx::query_as(
+        "SELECT deployment_id, status, step, error_message, created_at FROM ( \
+           SELECT deployment_id, status, step, error_message, created_at, stream_seq, event_id \
+           FROM deployment_history WHERE agent_id = $1 ORDER BY stream_seq DESC, event_id DESC LIMIT 100 \
+         ) recent ORDER BY stream_seq, event_id",
+    )
+    .bind(agent.0)
+    .fetch_all(db)
+    .await?)
+}
+
+/// One day of a user's usage.
+#[derive(Debug, Default, Serialize, ToSchema, sqlx::FromRow)]
+pub struct DailyUsageView {
+    /// The UTC day.
+    #[schema(value_type = String, format = Date)]
+    pub day: NaiveDate,
+    /// Messages sent.
+    pub messages: i64,
+    /// Tokens read by models.
+    pub input_tokens: i64,
+    /// Tokens written by models.
+    pub output_tokens: i64,
+    /// Deployments requested.
+    pub deployments: i64,
+}
+
+/// A user's usage on `day` (zeros if none).
+pub async fn usage_on(
+    db: &PgPool,
+    user: UserId,
+    day: NaiveDate,
+) -> Result<DailyUsageView, ApiError> {
+    Ok(sqlx::query_as(
+        "SELECT day, messages, input_tokens, output_tokens, deployments FROM daily_usage \
+         WHERE user_id = $1 AND day = $2",
+    )
+    .bind(user.0)
+    .bind(day)
+    .fetch_optional(db)
+    .await?
+    .unwrap_or(DailyUsageView {
+        day,
+        ..Default::default()
+    }))
+}
+
+/// A user's usage per day over the last `days` days up to `today`, oldest first; days without
+/// usage are left out.
+pub async fn usage_history(
+    db: &PgPool,
+    user: UserId,
+    today: NaiveDate,
+    days: i64,
+) -> Result<Vec<DailyUsageView>, ApiError> {
+    Ok(sqlx::query_as(
+        "SELECT day, messages, input_tokens, output_tokens, deployments FROM daily_usage \
+         WHERE user_id = $1 AND day > $2::date - $3::int AND day <= $2::date ORDER BY day",
+    )
+    .bind(user.0)
+    .bind(today)
+    .bind(days as i32)
+    .fetch_all(db)
+    .await?)
+}
