@@ -1,0 +1,338 @@
+//! The runtime's one typed configuration: [`Config`], built by the binary from flags and
+//! `WARREN_AGENT_*` environment variables ([`Args`]), or directly by tests.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A value that must never be printed (a bearer token or a provider key).
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret value, for handing to a client library or comparing.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Self(value)
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(value: &str) -> Self {
+        Self(value.to_owned())
+    }
+}
+
+/// Which wire protocol the model provider speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// OpenAI chat completions; also OpenRouter, LibertAI and any OpenAI-compatible endpoint.
+    Openai,
+    /// Anthropic Messages.
+    Anthropic,
+}
+
+impl ProviderKind {
+    /// The provider's public API base (including `/v1`), used when no base URL is given.
+    pub fn default_base_url(self) -> &'static str {
+        match self {
+            ProviderKind::Openai => "https://api.openai.com/v1",
+            ProviderKind::Anthropic => "https://api.anthropic.com/v1",
+        }
+    }
+}
+
+/// Where and how to call the model.
+#[derive(Clone, Debug)]
+pub struct ModelSettings {
+    /// The wire protocol.
+    pub provider: ProviderKind,
+    /// The API base including `/v1` (e.g. `https://openrouter.ai/api/v1`); `None` = the
+    /// provider's default.
+    pub base_url: Option<String>,
+    /// The provider key; `None` sends no credentials (local servers).
+    pub api_key: Option<Secret>,
+    /// The model name.
+    pub model: String,
+    /// The system prompt; empty = none.
+    pub system_prompt: String,
+    /// Anthropic's required `max_tokens` per model turn.
+    pub max_tokens: u32,
+}
+
+impl ModelSettings {
+    /// The base URL actually used, without a trailing slash.
+    pub fn base_url(&self) -> String {
+        self.base_url
+            .as_deref()
+            .unwrap_or(self.provider.default_base_url())
+            .trim_end_matches('/')
+            .to_owned()
+    }
+}
+
+/// Bounds on what one request or tool call may use.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Default timeout of a `shell` tool call and of `POST /exec`.
+    pub shell_timeout: Duration,
+    /// The longest timeout a caller or the model may ask for.
+    pub max_shell_timeout: Duration,
+    /// Bytes of tool output kept (and of `/exec` output streamed).
+    pub output_cap: usize,
+    /// Model turns per run before the run stops with `max_iterations`.
+    pub max_iterations: u32,
+    /// Idle time after which a `keepalive` event is sent on an SSE stream.
+    pub keepalive: Duration,
+    /// Largest `POST /files/{path}` body.
+    pub max_upload_bytes: u64,
+    /// Largest body `web_fetch` reads.
+    pub fetch_max_bytes: usize,
+    /// Longest silence from the model provider (between stream chunks) before the run fails.
+    pub model_idle_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            shell_timeout: Duration::from_secs(120),
+            max_shell_timeout: Duration::from_secs(600),
+            output_cap: 64 * 1024,
+            max_iterations: 25,
+            keepalive: Duration::from_secs(15),
+            max_upload_bytes: 50 * 1024 * 1024,
+            fetch_max_bytes: 1024 * 1024,
+            model_idle_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Everything [`crate::serve`] needs.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The bearer token every route but `/health` requires.
+    pub token: Secret,
+    /// The directory tools and `/files` are confined to (created if missing).
+    pub workspace: PathBuf,
+    /// Where chat histories are kept as JSON across restarts; `None` = memory only.
+    pub state_dir: Option<PathBuf>,
+    /// The default model; a `POST /chat` may override provider, base URL, key and model.
+    pub model: ModelSettings,
+    /// Bounds.
+    pub limits: Limits,
+}
+
+/// Config problems found before serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The token is empty: the runtime never serves unauthenticated.
+    #[error("WARREN_AGENT_TOKEN must not be empty")]
+    EmptyToken,
+    /// A limit is zero where zero makes no sense.
+    #[error("{0} must be greater than zero")]
+    Zero(&'static str),
+}
+
+impl Config {
+    /// A config with the defaults: OpenAI protocol, no key, memory-only history.
+    pub fn new(workspace: impl Into<PathBuf>, token: impl Into<Secret>) -> Self {
+        Self {
+            token: token.into(),
+            workspace: workspace.into(),
+            state_dir: None,
+            model: ModelSettings {
+                provider: ProviderKind::Openai,
+                base_url: None,
+                api_key: None,
+                model: "gpt-4o-mini".into(),
+                system_prompt: DEFAULT_SYSTEM_PROMPT.into(),
+                max_tokens: 4096,
+            },
+            limits: Limits::default(),
+        }
+    }
+
+    /// Checks what the types cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.token.expose().is_empty() {
+            return Err(ConfigError::EmptyToken);
+        }
+        let limits = &self.limits;
+        let nonzero = [
+            ("shell timeout", limits.shell_timeout.is_zero()),
+            ("keepalive interval", limits.keepalive.is_zero()),
+            ("max tool iterations", limits.max_iterations == 0),
+            ("output cap", limits.output_cap == 0),
+        ];
+        match nonzero.into_iter().find(|(_, zero)| *zero) {
+            Some((name, _)) => Err(ConfigError::Zero(name)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The prompt used when none is configured.
+pub const DEFAULT_SYSTEM_PROMPT: &str = "You are a helpful assistant running inside a sandbox. \
+You can run shell commands and read, write, edit and list files in your workspace, and fetch web \
+pages. Use the tools when they help; answer concisely.";
+
+/// The binary's flags; each also reads its `WARREN_AGENT_*` variable.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "warren-agent",
+    version,
+    about = "Warren's agent runtime: a model loop with tools behind a baal-agent compatible HTTP API"
+)]
+pub struct Args {
+    /// Listen address; port 0 picks a free port. The bound address is printed on stdout first.
+    #[arg(long, env = "WARREN_AGENT_ADDR", default_value = "127.0.0.1:0")]
+    pub addr: SocketAddr,
+    /// Bearer token required on every route but /health.
+    #[arg(long, env = "WARREN_AGENT_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// Workspace directory (created if missing).
+    #[arg(long, env = "WARREN_AGENT_WORKSPACE", default_value = ".")]
+    pub workspace: PathBuf,
+    /// Directory for persisted chat histories; unset = memory only.
+    #[arg(long, env = "WARREN_AGENT_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Model provider protocol.
+    #[arg(
+        long,
+        env = "WARREN_AGENT_PROVIDER",
+        value_enum,
+        default_value = "openai"
+    )]
+    pub provider: ProviderKind,
+    /// API base including /v1 (default: the provider's public API).
+    #[arg(long, env = "WARREN_AGENT_BASE_URL")]
+    pub base_url: Option<String>,
+    /// Provider API key.
+    #[arg(long, env = "WARREN_AGENT_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Model name.
+    #[arg(long, env = "WARREN_AGENT_MODEL", default_value = "gpt-4o-mini")]
+    pub model: String,
+    /// System prompt (default: a short sandbox-assistant prompt).
+    #[arg(long, env = "WARREN_AGENT_SYSTEM_PROMPT")]
+    pub system_prompt: Option<String>,
+    /// Anthropic max_tokens per model turn.
+    #[arg(long, env = "WARREN_AGENT_MAX_TOKENS", default_value_t = 4096)]
+    pub max_tokens: u32,
+    /// Default shell/exec timeout, seconds.
+    #[arg(long, env = "WARREN_AGENT_SHELL_TIMEOUT_SECS", default_value_t = 120)]
+    pub shell_timeout_secs: u64,
+    /// Longest shell/exec timeout a request may ask for, seconds.
+    #[arg(
+        long,
+        env = "WARREN_AGENT_MAX_SHELL_TIMEOUT_SECS",
+        default_value_t = 600
+    )]
+    pub max_shell_timeout_secs: u64,
+    /// Bytes of tool output kept (and of /exec output streamed).
+    #[arg(long, env = "WARREN_AGENT_OUTPUT_CAP_BYTES", default_value_t = 64 * 1024)]
+    pub output_cap_bytes: usize,
+    /// Model turns per run.
+    #[arg(long, env = "WARREN_AGENT_MAX_TOOL_ITERATIONS", default_value_t = 25)]
+    pub max_tool_iterations: u32,
+    /// Idle seconds before a keepalive event.
+    #[arg(long, env = "WARREN_AGENT_KEEPALIVE_SECS", default_value_t = 15)]
+    pub keepalive_secs: u64,
+    /// Largest file upload, bytes.
+    #[arg(long, env = "WARREN_AGENT_MAX_UPLOAD_BYTES", default_value_t = 50 * 1024 * 1024)]
+    pub max_upload_bytes: u64,
+    /// Largest body web_fetch reads, bytes.
+    #[arg(long, env = "WARREN_AGENT_FETCH_MAX_BYTES", default_value_t = 1024 * 1024)]
+    pub fetch_max_bytes: usize,
+    /// Longest model silence between stream chunks, seconds.
+    #[arg(
+        long,
+        env = "WARREN_AGENT_MODEL_IDLE_TIMEOUT_SECS",
+        default_value_t = 300
+    )]
+    pub model_idle_timeout_secs: u64,
+}
+
+impl Args {
+    /// The listen address and the validated config.
+    pub fn into_config(self) -> Result<(SocketAddr, Config), ConfigError> {
+        let config = Config {
+            token: self.token.into(),
+            workspace: self.workspace,
+            state_dir: self.state_dir,
+            model: ModelSettings {
+                provider: self.provider,
+                base_url: self.base_url.filter(|url| !url.is_empty()),
+                api_key: self.api_key.filter(|key| !key.is_empty()).map(Secret),
+                model: self.model,
+                system_prompt: self
+                    .system_prompt
+                    .unwrap_or_else(|| DEFAULT_SYSTEM_PROMPT.into()),
+                max_tokens: self.max_tokens,
+            },
+            limits: Limits {
+                shell_timeout: Duration::from_secs(self.shell_timeout_secs),
+                max_shell_timeout: Duration::from_secs(self.max_shell_timeout_secs),
+                output_cap: self.output_cap_bytes,
+                max_iterations: self.max_tool_iterations,
+                keepalive: Duration::from_secs(self.keepalive_secs),
+                max_upload_bytes: self.max_upload_bytes,
+                fetch_max_bytes: self.fetch_max_bytes,
+                model_idle_timeout: Duration::from_secs(self.model_idle_timeout_secs),
+            },
+        };
+        config.validate()?;
+        Ok((self.addr, config))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn flags_build_a_config_and_secrets_never_print() {
+        let args = Args::try_parse_from([
+            "warren-agent",
+            "--token",
+            "tok",
+            "--provider",
+            "anthropic",
+            "--api-key",
+            "sk-secret",
+            "--keepalive-secs",
+            "3",
+        ])
+        .expect("parse");
+        let (addr, config) = args.into_config().expect("valid");
+        assert_eq!(addr.port(), 0);
+        assert_eq!(config.model.provider, ProviderKind::Anthropic);
+        assert_eq!(config.model.base_url(), "https://api.anthropic.com/v1");
+        assert_eq!(config.limits.keepalive, Duration::from_secs(3));
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("sk-secret") && !printed.contains("\"tok\""));
+    }
+
+    #[test]
+    fn an_empty_token_is_refused() {
+        let config = Config::new("/tmp", "");
+        assert!(matches!(config.validate(), Err(ConfigError::EmptyToken)));
+    }
+}

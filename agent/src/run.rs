@@ -1,0 +1,219 @@
+//! The model loop of one run: stream a model turn (forwarding `token`s), emit its `text`, run its
+//! tool calls (`tool_use` → `tool_result`, `file`), feed the results back, and repeat until the
+//! model answers without tools (`done`), the run is cancelled (`error` `cancelled`), the model
+//! fails (`error` `model_*`) or the turn budget runs out (`error` `max_iterations`). The
+//! terminal event is returned in [`RunEnd`], not sent.
+//!
+//! Only whole units go back into the history: the user message, and each model turn together
+//! with a result for every call it made (a cancelled call gets a "cancelled" result). A turn cut
+//! short by an error or a cancel is dropped, so the next request is always well-formed.
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Limits, ModelSettings};
+use crate::events::AgentEvent;
+use crate::model::{
+    Message, ModelError, ModelEvent, ToolCall, ToolSpec, TurnRequest, Usage, stream_turn,
+};
+use crate::tools::{ToolOutcome, Toolbox};
+
+/// One run's inputs.
+pub struct Run<'a> {
+    /// The HTTP client for the provider.
+    pub http: &'a reqwest::Client,
+    /// The model to call (request overrides already applied).
+    pub settings: ModelSettings,
+    /// The tools.
+    pub toolbox: &'a Toolbox,
+    /// Turn budget, idle timeout.
+    pub limits: &'a Limits,
+    /// Where events go.
+    pub events: &'a mpsc::Sender<AgentEvent>,
+    /// Fires to stop the run.
+    pub cancel: &'a CancellationToken,
+}
+
+/// A completed model turn.
+#[derive(Default)]
+struct Turn {
+    text: String,
+    calls: Vec<ToolCall>,
+    usage: Usage,
+}
+
+/// How a run ended: the messages to append to the history and the terminal event (`done` or
+/// `error`), which the caller sends only after releasing the chat, so a client that reacts to it
+/// at once is never told the chat is busy.
+pub struct RunEnd {
+    /// What to append to the chat's history.
+    pub appended: Vec<Message>,
+    /// `done` or `error`.
+    pub last: AgentEvent,
+}
+
+/// Why a model turn did not complete.
+enum Stopped {
+    Cancelled,
+    Failed(ModelError),
+    Idle(Duration),
+}
+
+impl Run<'_> {
+    /// Runs the loop for `message` after `history`, sending every event but the last.
+    pub async fn execute(self, history: &[Message], message: String) -> RunEnd {
+        let mut transcript = history.to_vec();
+        let start = transcript.len();
+        transcript.push(Message::User { content: message });
+        let specs = Toolbox::specs();
+        let mut usage = Usage::default();
+        let mut texts: Vec<String> = Vec::new();
+
+        for iteration in 1..=self.limits.max_iterations {
+            let turn = match self.model_turn(&transcript, &specs).await {
+                Ok(turn) => turn,
+                Err(stopped) => return end(transcript.split_off(start), stopped_event(stopped)),
+            };
+            usage += turn.usage;
+            if !turn.text.is_empty() {
+                self.emit(AgentEvent::Text {
+                    content: turn.text.clone(),
+                })
+                .await;
+                texts.push(turn.text.clone());
+            }
+            transcript.push(Message::Assistant {
+                text: turn.text,
+                tool_calls: turn.calls.clone(),
+            });
+            if turn.calls.is_empty() {
+                let done = AgentEvent::Done {
+                    text: texts.join("\n\n"),
+                    usage,
+                    iterations: iteration,
+                };
+                return end(transcript.split_off(start), done);
+            }
+            for call in &turn.calls {
+                self.emit(AgentEvent::ToolUse {
+                    call_id: call.id.clone(),
+                    name: call.name.clone(),
+                    input: call.input.clone(),
+                })
+                .await;
+            }
+            for call in &turn.calls {
+                let outcome = if self.cancel.is_cancelled() {
+                    ToolOutcome::failed("cancelled")
+                } else {
+                    self.toolbox.execute(call, self.cancel).await
+                };
+                self.emit(AgentEvent::ToolResult {
+                    call_id: call.id.clone(),
+                    name: call.name.clone(),
+                    ok: outcome.ok,
+                    output: outcome.output.clone(),
+                    truncated: outcome.truncated,
+                })
+                .await;
+                for (path, size) in &outcome.files {
+                    self.emit(AgentEvent::File {
+                        path: path.clone(),
+                        size: *size,
+                    })
+                    .await;
+                }
+                transcript.push(Message::Tool {
+                    call_id: call.id.clone(),
+                    name: call.name.clone(),
+                    output: outcome.output,
+                    ok: outcome.ok,
+                });
+            }
+            if self.cancel.is_cancelled() {
+                return end(
+                    transcript.split_off(start),
+                    stopped_event(Stopped::Cancelled),
+                );
+            }
+        }
+        let exhausted = AgentEvent::error(
+            "max_iterations",
+            format!(
+                "stopped after {} model turns without a final answer",
+                self.limits.max_iterations
+            ),
+            false,
+        );
+        end(transcript.split_off(start), exhausted)
+    }
+
+    /// Streams one model turn, forwarding text deltas as `token` events.
+    async fn model_turn(
+        &self,
+        transcript: &[Message],
+        specs: &[ToolSpec],
+    ) -> Result<Turn, Stopped> {
+        let idle = self.limits.model_idle_timeout;
+        let request = TurnRequest {
+            settings: &self.settings,
+            history: transcript,
+            tools: specs,
+        };
+        let mut stream = tokio::select! {
+            _ = self.cancel.cancelled() => return Err(Stopped::Cancelled),
+            started = tokio::time::timeout(idle, stream_turn(self.http, request)) => {
+                started.map_err(|_| Stopped::Idle(idle))?.map_err(Stopped::Failed)?
+            }
+        };
+        let mut turn = Turn::default();
+        loop {
+            let next = tokio::select! {
+                _ = self.cancel.cancelled() => return Err(Stopped::Cancelled),
+                next = tokio::time::timeout(idle, stream.next()) => {
+                    next.map_err(|_| Stopped::Idle(idle))?
+                }
+            };
+            match next {
+                Some(Ok(ModelEvent::TextDelta(delta))) => {
+                    turn.text.push_str(&delta);
+                    self.emit(AgentEvent::Token { delta }).await;
+                }
+                Some(Ok(ModelEvent::ToolCall(call))) => turn.calls.push(call),
+                Some(Ok(ModelEvent::Usage(usage))) => turn.usage += usage,
+                Some(Ok(ModelEvent::Finished)) | None => return Ok(turn),
+                Some(Err(err)) => return Err(Stopped::Failed(err)),
+            }
+        }
+    }
+
+    /// Sends an event; a gone client is noticed by the run's watcher, which cancels the run.
+    async fn emit(&self, event: AgentEvent) {
+        let _ = self.events.send(event).await;
+    }
+}
+
+fn end(appended: Vec<Message>, last: AgentEvent) -> RunEnd {
+    RunEnd { appended, last }
+}
+
+fn stopped_event(stopped: Stopped) -> AgentEvent {
+    match stopped {
+        Stopped::Cancelled => AgentEvent::error("cancelled", "the run was cancelled", false),
+        Stopped::Idle(idle) => AgentEvent::error(
+            "model_timeout",
+            format!("the model sent nothing for {}s", idle.as_secs()),
+            true,
+        ),
+        Stopped::Failed(err) => {
+            tracing::warn!(error = %err, code = err.code(), "model turn failed");
+            let message = match std::error::Error::source(&err) {
+                Some(source) => format!("{err}: {source}"),
+                None => err.to_string(),
+            };
+            AgentEvent::error(err.code(), message, err.retryable())
+        }
+    }
+}
