@@ -1,0 +1,100 @@
+//! The `warren` binary: every platform role as a subcommand, so each can run and scale alone.
+
+mod config;
+mod dev;
+mod roles;
+
+use clap::{Parser, Subcommand};
+use config::Config;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "warren",
+    version,
+    about = "Warren: deploy your own AI agent, talk to it from anywhere"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The whole platform in one process, with a local nats-server and PostgreSQL under ./.warren/.
+    Dev,
+    /// The HTTP edge only.
+    Edge,
+    /// One worker role.
+    Worker {
+        #[command(subcommand)]
+        role: WorkerRole,
+    },
+    /// Rebuild every read model from sequence 1 into a fresh schema, then swap it in.
+    Replay,
+    /// Create or update streams, buckets and the read-model schema, then exit.
+    Migrate,
+}
+
+#[derive(Subcommand)]
+enum WorkerRole {
+    /// Keeps the Postgres read models up to date.
+    Projector,
+    /// Emails admins about new registrations.
+    Notifier,
+    /// Runs agents as the log asks (the `process` provisioner) and reconciles them.
+    Deployer,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WARREN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let config = Config::load()?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    let outcome = match cli.command {
+        Command::Dev => dev::run(config, shutdown).await,
+        Command::Edge => roles::edge(&config, shutdown).await,
+        Command::Worker {
+            role: WorkerRole::Projector,
+        } => roles::projector(&config, shutdown).await,
+        Command::Worker {
+            role: WorkerRole::Notifier,
+        } => roles::notifier_role(&config, shutdown).await,
+        Command::Worker {
+            role: WorkerRole::Deployer,
+        } => roles::deployer_role(&config, shutdown).await,
+        Command::Replay => roles::replay(&config).await,
+        Command::Migrate => roles::migrate(&config).await,
+    };
+    if let Err(err) = &outcome {
+        tracing::error!(error = format!("{err:#}"), "warren stopped with an error");
+    }
+    outcome
+}
+
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => return,
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down");
+    shutdown.cancel();
+}

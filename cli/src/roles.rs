@@ -1,0 +1,225 @@
+//! Each role's `build → run(shutdown)`, shared by the standalone subcommands and `warren dev`.
+
+use crate::config::{Config, Secret};
+use anyhow::Context;
+use async_nats::jetstream;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use warren_commands::CommandService;
+use warren_edge::AppState;
+use warren_edge::mail::Mailer;
+use warren_projections::schema::{self, LIVE_SCHEMA};
+use warren_workers::deployer::Deployer;
+use warren_workers::notifier::{Notifier, Outbox};
+use warren_workers::projector::Projector;
+
+/// Connections every role needs.
+pub struct Platform {
+    pub nats: async_nats::Client,
+    pub js: jetstream::Context,
+    pub db: PgPool,
+    pub commands: CommandService,
+}
+
+/// Connects to NATS and Postgres, ensures the log topology and migrates the live schema.
+pub async fn connect(
+    config: &Config,
+    nats_url: &str,
+    database_url: &str,
+) -> anyhow::Result<Platform> {
+    let nats = async_nats::ConnectOptions::new()
+        .name("warren")
+        .retry_on_initial_connect()
+        .connect(nats_url)
+        .await
+        .with_context(|| format!("connecting to NATS at {nats_url}"))?;
+    let js = jetstream::new(nats.clone());
+    let commands = CommandService::start(js.clone(), &config.log_settings())
+        .await
+        .context("setting up the log")?;
+    let db = schema::open(database_url, LIVE_SCHEMA, config.db_max_connections)
+        .await
+        .context("opening the read models")?;
+    Ok(Platform {
+        nats,
+        js,
+        db,
+        commands,
+    })
+}
+
+/// Serves the edge until shutdown. Secrets missing from the config are generated once and kept
+/// in the data dir (only `warren dev` gets here without them: `warren edge` requires them).
+pub async fn serve_edge(
+    config: &Config,
+    platform: &Platform,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let jwt_secret = match &config.jwt_secret {
+        Some(secret) => secret.clone(),
+        None => dev_secret(config, "jwt_secret")?,
+    };
+    let encryption_key = match &config.encryption_key {
+        Some(key) => key.clone(),
+        None => dev_secret(config, "encryption_key")?,
+    };
+    let settings = config.edge_settings(&jwt_secret, &encryption_key)?;
+    let state = AppState::build(
+        platform.commands.clone(),
+        platform.db.clone(),
+        platform.nats.clone(),
+        settings,
+        mailer(config)?,
+    )
+    .await
+    .context("setting up the edge")?;
+    let listener = tokio::net::TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| format!("binding {}", config.http_addr))?;
+    tracing::info!(addr = %listener.local_addr()?, "edge listening");
+    warren_edge::serve(listener, state, shutdown)
+        .await
+        .context("serving http")
+}
+
+/// The SMTP mailer, or the log when `WARREN_SMTP_URL` is unset.
+pub fn mailer(config: &Config) -> anyhow::Result<Mailer> {
+    match &config.smtp_url {
+        Some(url) => Mailer::smtp(url.expose(), &config.smtp_from).context("WARREN_SMTP_URL"),
+        None => {
+            tracing::warn!(
+                "WARREN_SMTP_URL is not set: emails (sign-in links, codes) are written to this log"
+            );
+            Ok(Mailer::Log)
+        }
+    }
+}
+
+/// A development secret kept in `<data_dir>/<name>` (0600), generated on first use: 32 random
+/// bytes as 64 hex digits, which suits both the JWT secret and the encryption key.
+fn dev_secret(config: &Config, name: &str) -> anyhow::Result<Secret> {
+    let path = config.data_dir.join(name);
+    if let Ok(existing) = std::fs::read_to_string(&path) {
+        return Ok(Secret::from(existing.trim().to_owned()));
+    }
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let secret = hex::encode(rand::random::<[u8; 32]>());
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    std::io::Write::write_all(&mut file, secret.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    tracing::info!(path = %path.display(), "generated a development {name}");
+    Ok(Secret::from(secret))
+}
+
+/// `warren edge`.
+pub async fn edge(config: &Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    anyhow::ensure!(config.jwt_secret.is_some(), "WARREN_JWT_SECRET is not set");
+    anyhow::ensure!(
+        config.encryption_key.is_some(),
+        "WARREN_ENCRYPTION_KEY is not set"
+    );
+    anyhow::ensure!(config.smtp_url.is_some(), "WARREN_SMTP_URL is not set");
+    let platform = connect(config, config.require_nats()?, config.require_database()?).await?;
+    serve_edge(config, &platform, shutdown).await
+}
+
+/// The notifier, mailing through the configured SMTP server (or the log).
+pub fn notifier(config: &Config, platform: &Platform) -> anyhow::Result<Notifier<MailOutbox>> {
+    Ok(Notifier::build(
+        platform.js.clone(),
+        platform.db.clone(),
+        MailOutbox(mailer(config)?),
+        config.admin_email_list(),
+        config.frontend_url.trim_end_matches('/').to_owned(),
+    ))
+}
+
+/// `warren worker notifier`.
+pub async fn notifier_role(config: &Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    anyhow::ensure!(config.smtp_url.is_some(), "WARREN_SMTP_URL is not set");
+    let platform = connect(config, config.require_nats()?, config.require_database()?).await?;
+    notifier(config, &platform)?.run(shutdown).await;
+    Ok(())
+}
+
+/// The edge's mailer as the notifier's outbox.
+pub struct MailOutbox(Mailer);
+
+impl Outbox for MailOutbox {
+    async fn send(
+        &self,
+        to: &str,
+        subject: &str,
+        body: &str,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        Ok(self.0.send(to, subject, body).await?)
+    }
+}
+
+/// The deployer, sealing agent tokens under the encryption key (generated in the data dir
+/// under `warren dev`, required otherwise).
+pub async fn deployer(config: &Config, platform: &Platform, dev: bool) -> anyhow::Result<Deployer> {
+    let key = match &config.encryption_key {
+        Some(key) => key.clone(),
+        None if dev => dev_secret(config, "encryption_key")?,
+        None => anyhow::bail!("WARREN_ENCRYPTION_KEY is not set"),
+    };
+    let key = crate::config::decode_encryption_key(key.expose())?;
+    Deployer::build(platform.commands.clone(), &key, config.deployer_settings())
+        .await
+        .context("setting up the deployer")
+}
+
+/// `warren worker deployer`.
+pub async fn deployer_role(config: &Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let platform = connect(config, config.require_nats()?, config.require_database()?).await?;
+    deployer(config, &platform, false)
+        .await?
+        .run(shutdown)
+        .await;
+    Ok(())
+}
+
+/// `warren worker projector`.
+pub async fn projector(config: &Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let platform = connect(config, config.require_nats()?, config.require_database()?).await?;
+    Projector::build(platform.js, platform.db)
+        .run(shutdown)
+        .await;
+    Ok(())
+}
+
+/// `warren replay`.
+pub async fn replay(config: &Config) -> anyhow::Result<()> {
+    let database_url = config.require_database()?;
+    let platform = connect(config, config.require_nats()?, database_url).await?;
+    let report = warren_projections::replay::replay(&platform.js, database_url, &|p| {
+        tracing::info!(
+            projection = p.projection,
+            applied = p.applied,
+            pending = p.pending,
+            "replaying"
+        );
+    })
+    .await
+    .context("replay failed")?;
+    for (projection, applied) in &report.applied {
+        tracing::info!(projection, applied, "rebuilt");
+    }
+    tracing::info!(schema = report.built, "rebuilt read models swapped in");
+    Ok(())
+}
+
+/// `warren migrate`.
+pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+    connect(config, config.require_nats()?, config.require_database()?).await?;
+    tracing::info!("log topology and read-model schema are up to date");
+    Ok(())
+}

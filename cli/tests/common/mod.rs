@@ -1,0 +1,85 @@
+//! Starting the real `warren` binary for end-to-end tests.
+
+#![allow(dead_code)]
+
+pub mod scenario;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::process::{Child, Command};
+
+/// A running `warren` process in its own process group (so a crash test can kill it together
+/// with the nats-server and PostgreSQL it started). Killed when dropped.
+pub struct Warren {
+    pub child: Child,
+    pub log: std::path::PathBuf,
+}
+
+impl Warren {
+    /// Starts `warren <args>` with `env`, logging to `<log_dir>/<name>.log`.
+    pub fn spawn(args: &[&str], env: &[(&str, String)], log_dir: &Path, name: &str) -> Self {
+        let log = log_dir.join(format!("{name}.log"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_warren"));
+        command
+            .args(args)
+            .env_remove("WARREN_NATS_URL")
+            .env_remove("WARREN_DATABASE_URL")
+            .env("WARREN_LOG", "info,sqlx=warn")
+            .env("WARREN_CONFIG", log_dir.join("absent.toml"))
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file)
+            .process_group(0)
+            .kill_on_drop(true);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let child = command.spawn().expect("spawn warren");
+        Self { child, log }
+    }
+
+    /// SIGKILLs the whole process group: warren and every server it started.
+    pub async fn kill_group(&mut self) {
+        if let Some(pid) = self
+            .child
+            .id()
+            .and_then(|pid| rustix::process::Pid::from_raw(pid as i32))
+        {
+            rustix::process::kill_process_group(pid, rustix::process::Signal::KILL)
+                .expect("kill the process group");
+        }
+        let _ = self.child.wait().await;
+    }
+
+    /// Waits for the process to exit and returns whether it succeeded.
+    pub async fn wait_success(&mut self, timeout: Duration) -> bool {
+        match tokio::time::timeout(timeout, self.child.wait()).await {
+            Ok(Ok(status)) => status.success(),
+            _ => false,
+        }
+    }
+
+    /// The log so far (for assertion messages).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    warren_deploy::free_port().expect("free port")
+}
+
+/// GET a URL; the status and JSON body, or `None` if nothing answered.
+pub async fn get_json(url: &str) -> Option<(u16, serde_json::Value)> {
+    let response = reqwest::get(url).await.ok()?;
+    let status = response.status().as_u16();
+    let body = response.json().await.ok()?;
+    Some((status, body))
+}

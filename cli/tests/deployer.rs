@@ -1,0 +1,343 @@
+//! The deployer worker with the `process` provisioner, end to end: the real `warren worker
+//! deployer` runs real `warren-agent` processes as the log asks, records the six steps, stops,
+//! starts and destroys them, and a restarted deployer brings back only the agents that died.
+
+mod common;
+
+use common::Warren;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use warren_commands::codec;
+use warren_commands::topology::{AGENTS, LogSettings};
+use warren_commands::{CommandMeta, CommandService};
+use warren_domain::Actor;
+use warren_domain::agent::{Agent, AgentCommand, AgentEvent, Backend, DeploymentStep, RuntimeKind};
+use warren_domain::ids::{AgentId, UserId};
+use warren_testkit::{TestDb, TestNats};
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `warren-agent`, built by the workspace next to the `warren` binary under test.
+fn agent_bin() -> PathBuf {
+    let bin = Path::new(env!("CARGO_BIN_EXE_warren"))
+        .parent()
+        .expect("target dir")
+        .join("warren-agent");
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it first (cargo build -p warren-agent)",
+        bin.display()
+    );
+    bin
+}
+
+/// Kills every agent process recorded under the data dir when the test ends (agents outlive
+/// the deployer by design).
+struct AgentReaper(PathBuf);
+
+impl Drop for AgentReaper {
+    fn drop(&mut self) {
+        let Ok(entries) = std::fs::read_dir(self.0.join("agents")) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if let Some(pid) = read_pid(&entry.path().join("process.json"))
+                .and_then(rustix::process::Pid::from_raw)
+            {
+                let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+            }
+        }
+    }
+}
+
+fn read_pid(path: &Path) -> Option<i32> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    json["pid"].as_i64().and_then(|pid| i32::try_from(pid).ok())
+}
+
+fn alive(pid: i32) -> bool {
+    rustix::process::Pid::from_raw(pid)
+        .is_some_and(|pid| rustix::process::test_kill_process(pid).is_ok())
+}
+
+async fn healthy(endpoint: &str) -> bool {
+    reqwest::get(format!("{endpoint}/health"))
+        .await
+        .is_ok_and(|response| response.status().is_success())
+}
+
+/// Polls `check` until it yields a value or [`TIMEOUT`] passes.
+async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+struct Platform {
+    _nats: TestNats,
+    _db: TestDb,
+    dir: tempfile::TempDir,
+    env: Vec<(&'static str, String)>,
+    js: async_nats::jetstream::Context,
+    commands: CommandService,
+}
+
+impl Platform {
+    async fn start() -> Self {
+        let nats = TestNats::start().await;
+        let db = TestDb::create().await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let env = vec![
+            ("WARREN_NATS_URL", nats.url()),
+            ("WARREN_DATABASE_URL", db.url().to_owned()),
+            (
+                "WARREN_DATA_DIR",
+                dir.path().join("data").display().to_string(),
+            ),
+            ("WARREN_ENCRYPTION_KEY", "ab".repeat(32)),
+            ("WARREN_AGENT_BIN", agent_bin().display().to_string()),
+            ("WARREN_DEPLOYER_RECONCILE_SECS", "1".to_owned()),
+        ];
+        let js = nats.jetstream().await;
+        let commands = CommandService::start(js.clone(), &LogSettings::default())
+            .await
+            .expect("commands");
+        Self {
+            _nats: nats,
+            _db: db,
+            dir,
+            env,
+            js,
+            commands,
+        }
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn deployer(&self, name: &str) -> Warren {
+        Warren::spawn(&["worker", "deployer"], &self.env, self.dir.path(), name)
+    }
+
+    async fn create_agent(&self) -> (AgentId, UserId) {
+        let agent = AgentId::new();
+        let owner = UserId::new();
+        self.commands
+            .agents
+            .execute(
+                &agent.to_string(),
+                AgentCommand::CreateAgent {
+                    agent_id: agent,
+                    owner_id: owner,
+                    name: "deployed".into(),
+                    system_prompt: "You are helpful.".into(),
+                    model: "test-model".into(),
+                    runtime: RuntimeKind::Warren,
+                    backend: Backend::Process,
+                    deployment_id: uuid::Uuid::now_v7(),
+                },
+                &CommandMeta::new(Actor::User(owner)),
+            )
+            .await
+            .expect("create agent");
+        (agent, owner)
+    }
+
+    async fn command(&self, agent: AgentId, owner: UserId, command: AgentCommand) {
+        self.commands
+            .agents
+            .execute(
+                &agent.to_string(),
+                command,
+                &CommandMeta::new(Actor::User(owner)),
+            )
+            .await
+            .expect("agent command");
+    }
+
+    async fn agent(&self, agent: AgentId) -> Agent {
+        self.commands
+            .agents
+            .load(&agent.to_string())
+            .await
+            .expect("load agent")
+            .0
+    }
+
+    /// The agent's events, in log order.
+    async fn events(&self, agent: AgentId) -> Vec<AgentEvent> {
+        let mut stream = self.js.get_stream(AGENTS).await.expect("stream");
+        let last = stream.info().await.expect("info").state.last_sequence;
+        let subject = format!("agent.{agent}");
+        let mut events = Vec::new();
+        for seq in 1..=last {
+            let Ok(message) = stream.get_raw_message(seq).await else {
+                continue;
+            };
+            if message.subject.as_str() == subject {
+                events.extend(
+                    codec::decode::<AgentEvent>(&message.payload)
+                        .expect("decode")
+                        .into_iter()
+                        .map(|envelope| envelope.event),
+                );
+            }
+        }
+        events
+    }
+
+    /// Waits until the agent is deployed and answers; its endpoint and pid.
+    async fn deployed(&self, agent: AgentId, deployer: &Warren) -> (String, i32) {
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        let endpoint = loop {
+            if let Some(endpoint) = self.agent(agent).await.endpoint_url {
+                break endpoint;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the agent was not deployed: {:?}\n{}",
+                self.agent(agent).await,
+                deployer.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(
+            healthy(&endpoint).await,
+            "the deployed endpoint answers /health"
+        );
+        let pid = read_pid(&self.process_json(agent)).expect("pid in process.json");
+        assert!(alive(pid));
+        (endpoint, pid)
+    }
+
+    fn process_json(&self, agent: AgentId) -> PathBuf {
+        self.data()
+            .join("agents")
+            .join(agent.to_string())
+            .join("process.json")
+    }
+}
+
+#[tokio::test]
+async fn deployer_deploys_stops_starts_and_destroys_agent_processes() {
+    let platform = Platform::start().await;
+    let _reaper = AgentReaper(platform.data());
+    let deployer = platform.deployer("deployer");
+
+    // (1) Creating an agent deploys it through the six steps, in order.
+    let (agent, owner) = platform.create_agent().await;
+    let (endpoint, pid) = platform.deployed(agent, &deployer).await;
+    let events = platform.events(agent).await;
+    let steps: Vec<DeploymentStep> = events
+        .iter()
+        .filter_map(|event| match event {
+            AgentEvent::DeploymentStepCompleted { step, .. } => Some(*step),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        DeploymentStep::ALL.to_vec(),
+        "{}",
+        deployer.log_text()
+    );
+    assert!(
+        matches!(events.last(), Some(AgentEvent::AgentDeployed { endpoint_url, .. }) if *endpoint_url == endpoint)
+    );
+    let workspace = platform
+        .data()
+        .join("agents")
+        .join(agent.to_string())
+        .join("workspace");
+    assert!(workspace.is_dir());
+
+    // (2) Stop kills the process; start brings it back, healthy.
+    platform
+        .command(agent, owner, AgentCommand::StopAgent)
+        .await;
+    wait_for("the stopped agent's process is gone", || async {
+        (!alive(pid)).then_some(())
+    })
+    .await;
+    platform
+        .command(agent, owner, AgentCommand::StartAgent)
+        .await;
+    let started = wait_for("the started agent answers", || async {
+        let pid = read_pid(&platform.process_json(agent))?;
+        (alive(pid) && healthy(&endpoint).await).then_some(pid)
+    })
+    .await;
+    assert_ne!(started, pid, "a new process");
+
+    // (3) Delete kills it, removes the workspace and destroys the agent.
+    platform
+        .command(agent, owner, AgentCommand::DeleteAgent)
+        .await;
+    wait_for("the deleted agent is destroyed", || async {
+        platform.agent(agent).await.destroyed.then_some(())
+    })
+    .await;
+    assert!(!alive(started), "the deleted agent's process is gone");
+    assert!(!workspace.exists(), "the workspace is removed");
+    assert!(
+        platform
+            .events(agent)
+            .await
+            .iter()
+            .any(|event| matches!(event, AgentEvent::AgentDestroyed { .. }))
+    );
+}
+
+#[tokio::test]
+async fn restarted_deployer_reconciles_agent_processes_that_died() {
+    let platform = Platform::start().await;
+    let _reaper = AgentReaper(platform.data());
+    let mut deployer = platform.deployer("deployer-1");
+    let (dead, _) = platform.create_agent().await;
+    let (kept, _) = platform.create_agent().await;
+    let (dead_endpoint, dead_pid) = platform.deployed(dead, &deployer).await;
+    let (kept_endpoint, kept_pid) = platform.deployed(kept, &deployer).await;
+
+    deployer.kill_group().await;
+    assert!(alive(kept_pid), "agents outlive the deployer");
+    rustix::process::kill_process_group(
+        rustix::process::Pid::from_raw(dead_pid).expect("pid"),
+        rustix::process::Signal::KILL,
+    )
+    .expect("kill an agent by hand");
+    wait_for("the killed agent stops answering", || async {
+        (!healthy(&dead_endpoint).await).then_some(())
+    })
+    .await;
+
+    let deployer = platform.deployer("deployer-2");
+    let restarted = wait_for("the reconciler restarts the dead agent", || async {
+        let pid = read_pid(&platform.process_json(dead))?;
+        (pid != dead_pid && healthy(&dead_endpoint).await).then_some(pid)
+    })
+    .await;
+    assert!(alive(restarted));
+    assert_eq!(
+        read_pid(&platform.process_json(kept)),
+        Some(kept_pid),
+        "the running agent is left alone: {}",
+        deployer.log_text()
+    );
+    assert!(alive(kept_pid) && healthy(&kept_endpoint).await);
+    assert_eq!(
+        platform.agent(dead).await.endpoint_url.as_deref(),
+        Some(dead_endpoint.as_str()),
+        "restarted on its recorded address"
+    );
+}

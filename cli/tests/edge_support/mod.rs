@@ -1,0 +1,240 @@
+//! End-to-end support for the REST surface: the real `warren dev` on a TestNats, a TestDb and a
+//! TestSmtp, an HTTP client speaking JSON, and sign-in through the emailed link or code.
+
+#![allow(dead_code)]
+
+use crate::common::{Warren, free_port, get_json};
+use serde_json::{Value, json};
+use std::time::Duration;
+use warren_testkit::{Mail, TestDb, TestNats, TestSmtp, wait_until};
+
+/// The encryption key the platform runs with in these tests (so tests can open ciphertexts).
+pub const ENCRYPTION_KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
+/// Where the tests point `WARREN_AGENT_BIN`: nothing, so deployments fail at `installing`.
+pub const NO_AGENT_BIN: &str = "/nonexistent/warren-agent";
+
+/// A running platform and a client for it.
+pub struct Platform {
+    pub nats: TestNats,
+    pub db: TestDb,
+    pub smtp: TestSmtp,
+    pub warren: Warren,
+    pub base: String,
+    pub dir: tempfile::TempDir,
+    pub http: reqwest::Client,
+}
+
+/// An answer: status and JSON body (`Null` when empty), plus `Retry-After`.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Value,
+    pub retry_after: Option<u64>,
+}
+
+/// A signed-in session.
+#[derive(Clone, Debug)]
+pub struct Session {
+    pub access: String,
+    pub refresh: String,
+}
+
+impl Platform {
+    /// `warren dev` with `env` on top of the defaults (approval required, generous limits).
+    pub async fn start(env: &[(&str, &str)]) -> Self {
+        let nats = TestNats::start().await;
+        let db = TestDb::create().await;
+        let smtp = TestSmtp::start().await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let http_port = free_port();
+        let mut vars: Vec<(&str, String)> = vec![
+            ("WARREN_NATS_URL", nats.url()),
+            ("WARREN_DATABASE_URL", db.url().to_owned()),
+            ("WARREN_SMTP_URL", smtp.url()),
+            (
+                "WARREN_DATA_DIR",
+                dir.path().join("data").display().to_string(),
+            ),
+            ("WARREN_HTTP_ADDR", format!("127.0.0.1:{http_port}")),
+            ("WARREN_FRONTEND_URL", "http://console.test".into()),
+            ("WARREN_ENCRYPTION_KEY", ENCRYPTION_KEY.into()),
+            // No agent runtime: the deployer `warren dev` runs fails each deployment at the
+            // `installing` step, deterministically and without starting processes.
+            ("WARREN_AGENT_BIN", NO_AGENT_BIN.into()),
+            ("WARREN_RATE_AUTH_PER_IP_PER_MINUTE", "100000".into()),
+            ("WARREN_RATE_LOGIN_PER_EMAIL_PER_HOUR", "100000".into()),
+            ("WARREN_RATE_WRITES_PER_USER_PER_MINUTE", "100000".into()),
+            ("WARREN_RATE_WRITES_PER_IP_PER_MINUTE", "100000".into()),
+        ];
+        for (key, value) in env {
+            vars.retain(|(k, _)| k != key);
+            vars.push((key, (*value).to_owned()));
+        }
+        let warren = Warren::spawn(&["dev"], &vars, dir.path(), "warren");
+        let base = format!("http://127.0.0.1:{http_port}");
+        let health = format!("{base}/api/v1/health");
+        let started = tokio::time::timeout(Duration::from_secs(60), async {
+            while !matches!(get_json(&health).await, Some((200, _))) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        assert!(
+            started.is_ok(),
+            "warren never healthy; log:\n{}",
+            warren.log_text()
+        );
+        Self {
+            nats,
+            db,
+            smtp,
+            warren,
+            base,
+            dir,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Sends a request; `body` as JSON when given.
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Answer {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request");
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let text = response.text().await.expect("body");
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
+        };
+        if status >= 400 {
+            assert!(
+                body["error"]["code"].is_string() && body["error"]["message"].is_string(),
+                "{status} without the error envelope: {body}"
+            );
+        }
+        Answer {
+            status,
+            body,
+            retry_after,
+        }
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Answer {
+        self.call("GET", path, token, None).await
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Answer {
+        self.call("POST", path, token, Some(body)).await
+    }
+
+    pub async fn patch(&self, path: &str, token: Option<&str>, body: Value) -> Answer {
+        self.call("PATCH", path, token, Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str, token: Option<&str>) -> Answer {
+        self.call("DELETE", path, token, None).await
+    }
+
+    /// Asks for a sign-in email and returns it (the `n`th mail to `email`).
+    pub async fn request_link(&self, email: &str) -> Mail {
+        let before = self.smtp.mails_to(email).len();
+        let sent = self
+            .post("/api/v1/auth/login/email", None, json!({ "email": email }))
+            .await;
+        assert_eq!(sent.status, 202, "{sent:?}");
+        self.smtp
+            .wait_for_mail(email, before + 1, Duration::from_secs(10))
+            .await
+    }
+
+    /// Signs in through the emailed link.
+    pub async fn sign_in(&self, email: &str) -> Session {
+        let mail = self.request_link(email).await;
+        let answer = self
+            .post(
+                "/api/v1/auth/verify-magic-link",
+                None,
+                json!({ "token": link_token(&mail) }),
+            )
+            .await;
+        assert_eq!(answer.status, 200, "{answer:?}");
+        session(&answer.body)
+    }
+
+    /// Signs in and waits until the user's status is `status` (e.g. after an admin acts).
+    pub async fn wait_status(&self, session: &Session, status: &str) {
+        wait_until(Duration::from_secs(10), || async {
+            self.get("/api/v1/users/me", Some(&session.access))
+                .await
+                .body["status"]
+                == status
+        })
+        .await;
+    }
+}
+
+/// The token pair in a sign-in answer.
+pub fn session(body: &Value) -> Session {
+    assert_eq!(body["token_type"], "Bearer", "{body}");
+    assert!(body["expires_in"].as_u64().is_some_and(|s| s > 0), "{body}");
+    Session {
+        access: body["access_token"]
+            .as_str()
+            .expect("access_token")
+            .to_owned(),
+        refresh: body["refresh_token"]
+            .as_str()
+            .expect("refresh_token")
+            .to_owned(),
+    }
+}
+
+/// The `token` of the verify link in a sign-in email.
+pub fn link_token(mail: &Mail) -> String {
+    let text = mail.text();
+    let start = text
+        .find("/auth/verify?token=")
+        .unwrap_or_else(|| panic!("no link in {text}"))
+        + "/auth/verify?token=".len();
+    text[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .collect()
+}
+
+/// The 6-digit code in a sign-in email.
+pub fn code(mail: &Mail) -> String {
+    let text = mail.text();
+    let start = text
+        .find("code: ")
+        .unwrap_or_else(|| panic!("no code in {text}"))
+        + "code: ".len();
+    let code: String = text[start..].chars().take(6).collect();
+    assert!(code.chars().all(|c| c.is_ascii_digit()), "{code}");
+    code
+}
+
+/// A code that is not `code`.
+pub fn wrong_code(code: &str) -> String {
+    let n: u32 = code.parse().expect("digits");
+    format!("{:06}", (n + 1) % 1_000_000)
+}
