@@ -16,12 +16,14 @@
 //!   run would otherwise answer a message that no longer exists.
 //! - Ownership (the caller is the conversation's user) is the caller's check.
 //!
-//! Layout: `types` (modes, tool calls, usage, queue slots), `command`, `event`, `error`, and this
+//! Layout: `types` (modes, tool calls, usage, queue slots), `command`, `event`, `error`, `live`
+//! (the deltas published while a run happens, not folded), and this
 //! file's state, `decide` and `apply`.
 
 mod command;
 mod error;
 mod event;
+mod live;
 mod types;
 
 #[cfg(test)]
@@ -30,6 +32,7 @@ mod tests;
 pub use command::ConversationCommand;
 pub use error::ConversationError;
 pub use event::ConversationEvent;
+pub use live::{LiveDelta, RunStatus};
 pub use types::{CancelReason, MAX_PENDING_RUNS, PostMode, RunSlot, TokenUsage, ToolCall};
 
 use crate::aggregate::impl_aggregate;
