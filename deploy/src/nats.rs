@@ -149,29 +149,20 @@ impl LocalNats {
     /// Kills the server with SIGKILL, as a crash would, and waits for it to exit. Does nothing if
     /// it is not running.
     pub async fn kill(&mut self) -> Result<()> {
-        if let Some(mut child) = self.child.take() {
-            // Already-exited children make start_kill fail; wait() below reaps either way.
-            let _ = child.start_kill();
-            let _ = child.wait().await;
-        }
+        process::kill_child(&mut self.child).await;
         Ok(())
     }
 
     /// Stops the server gracefully (SIGTERM), killing it if it has not exited after 10 s.
     pub async fn stop(&mut self) -> Result<()> {
         let what = self.what();
-        if let Some(child) = self.child.as_mut() {
-            if let Some(pid) = child.id() {
-                process::send_signal(pid, Signal::TERM, &what)?;
-            }
-            if tokio::time::timeout(Duration::from_secs(10), child.wait())
-                .await
-                .is_ok()
-            {
-                self.child = None;
-            }
-        }
-        self.kill().await
+        process::stop_child(
+            &mut self.child,
+            Signal::TERM,
+            Duration::from_secs(10),
+            &what,
+        )
+        .await
     }
 
     /// Starts the server again on the same directory and port, killing it first if it still runs.

@@ -165,10 +165,7 @@ impl LocalPostgres {
 
     /// Kills the server with SIGKILL, as a crash would, and waits for it to exit.
     pub async fn kill(&mut self) -> Result<()> {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.start_kill();
-            let _ = child.wait().await;
-        }
+        process::kill_child(&mut self.child).await;
         Ok(())
     }
 
@@ -176,18 +173,7 @@ impl LocalPostgres {
     /// disconnects clients) and waits for it, killing it if it takes over 30 s.
     pub async fn stop(&mut self) -> Result<()> {
         let what = self.what();
-        if let Some(child) = self.child.as_mut() {
-            if let Some(pid) = child.id() {
-                process::send_signal(pid, Signal::INT, &what)?;
-            }
-            if tokio::time::timeout(Duration::from_secs(30), child.wait())
-                .await
-                .is_ok()
-            {
-                self.child = None;
-            }
-        }
-        self.kill().await
+        process::stop_child(&mut self.child, Signal::INT, Duration::from_secs(30), &what).await
     }
 
     /// Starts the server again on the same directory and port (after [`Self::kill`] or

@@ -79,6 +79,34 @@ pub(crate) fn send_signal(pid: u32, signal: Signal, what: &str) -> Result<()> {
     }
 }
 
+/// Kills `child` with SIGKILL, as a crash would, and reaps it. Does nothing if there is none.
+pub(crate) async fn kill_child(child: &mut Option<Child>) {
+    if let Some(mut child) = child.take() {
+        // Already-exited children make start_kill fail; wait() below reaps either way.
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+    }
+}
+
+/// Sends `signal` to `child` and waits up to `grace` for it to exit, then kills it.
+pub(crate) async fn stop_child(
+    child: &mut Option<Child>,
+    signal: Signal,
+    grace: Duration,
+    what: &str,
+) -> Result<()> {
+    if let Some(running) = child.as_mut() {
+        if let Some(pid) = running.id() {
+            send_signal(pid, signal, what)?;
+        }
+        if tokio::time::timeout(grace, running.wait()).await.is_ok() {
+            *child = None;
+        }
+    }
+    kill_child(child).await;
+    Ok(())
+}
+
 /// Whether this process runs with effective uid 0.
 pub(crate) fn is_root() -> bool {
     rustix::process::geteuid().is_root()
