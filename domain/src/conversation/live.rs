@@ -97,16 +97,19 @@ mod tests {
             text: "Hel".into(),
         };
         assert_eq!(
-            serde_json::to_value(&token).unwrap(),
+            serde_json::to_value(&token).expect("deltas serialize"),
             serde_json::json!({"type": "token", "data": {"run_id": Uuid::nil(), "text": "Hel"}})
         );
         let status = LiveDelta::Status {
             run_id,
             status: RunStatus::ExecutingTool,
         };
-        let json = serde_json::to_string(&status).unwrap();
+        let json = serde_json::to_string(&status).expect("deltas serialize");
         assert!(json.contains(r#""status":"executing_tool""#), "{json}");
-        assert_eq!(serde_json::from_str::<LiveDelta>(&json).unwrap(), status);
+        assert_eq!(
+            serde_json::from_str::<LiveDelta>(&json).expect("deltas deserialize"),
+            status
+        );
         assert_eq!(status.run_id(), run_id);
     }
 }
