@@ -8,10 +8,12 @@
 //! - [`aggregates`] — which stream and subject each domain aggregate lives on.
 //! - [`error`] — [`StoreError`] (one conflict variant, mapped in one place) and [`CommandError`].
 //! - [`service`] — [`CommandService`]: one store per aggregate type, the handle adapters call.
+//! - [`secrets`] — the AES-256-GCM box of secrets kept outside the log, and agents' tokens.
 
 pub mod aggregates;
 pub mod codec;
 pub mod error;
+pub mod secrets;
 pub mod service;
 pub mod store;
 pub mod topology;

@@ -5,14 +5,13 @@
 //! The stored value is `nonce (12 bytes) ‖ ciphertext+tag`, with the key id and owner as
 //! associated data, so a ciphertext copied under another id or user does not decrypt.
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Nonce};
+use aes_gcm::Aes256Gcm;
+use aes_gcm::aead::KeyInit;
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
+use warren_commands::secrets::{open, seal};
 use warren_commands::topology::KV_SECRETS;
 use warren_domain::ids::{KeyId, UserId};
-
-const NONCE_BYTES: usize = 12;
 
 /// Why a secret could not be stored, read or destroyed.
 #[derive(Debug, thiserror::Error)]
@@ -122,60 +121,4 @@ impl SecretStore {
 
 fn binding(owner: UserId, key_id: KeyId) -> Vec<u8> {
     format!("warren/provider_key/{owner}/{key_id}").into_bytes()
-}
-
-/// `nonce ‖ ciphertext` of `plain`, bound to `aad`.
-pub fn seal(cipher: &Aes256Gcm, aad: &[u8], plain: &[u8]) -> Option<Vec<u8>> {
-    let nonce_bytes: [u8; NONCE_BYTES] = rand::random();
-    let nonce = Nonce::from_slice(&nonce_bytes);
-    let ciphertext = cipher.encrypt(nonce, Payload { msg: plain, aad }).ok()?;
-    let mut out = Vec::with_capacity(NONCE_BYTES + ciphertext.len());
-    out.extend_from_slice(&nonce_bytes);
-    out.extend_from_slice(&ciphertext);
-    Some(out)
-}
-
-/// Opens what [`seal`] produced; `None` if it was tampered with or bound to something else.
-pub fn open(cipher: &Aes256Gcm, aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
-    if sealed.len() < NONCE_BYTES {
-        return None;
-    }
-    let (nonce, ciphertext) = sealed.split_at(NONCE_BYTES);
-    cipher
-        .decrypt(
-            Nonce::from_slice(nonce),
-            Payload {
-                msg: ciphertext,
-                aad,
-            },
-        )
-        .ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn cipher() -> Aes256Gcm {
-        Aes256Gcm::new_from_slice(&[3u8; 32]).expect("32-byte key")
-    }
-
-    #[test]
-    fn a_sealed_secret_opens_only_with_its_binding() {
-        let sealed = seal(&cipher(), b"a", b"sk-secret").expect("seal");
-        assert!(!sealed.windows(9).any(|w| w == b"sk-secret"));
-        assert_eq!(
-            open(&cipher(), b"a", &sealed).as_deref(),
-            Some(&b"sk-secret"[..])
-        );
-        assert_eq!(open(&cipher(), b"b", &sealed), None);
-    }
-
-    #[test]
-    fn a_tampered_ciphertext_does_not_open() {
-        let mut sealed = seal(&cipher(), b"a", b"sk-secret").expect("seal");
-        let last = sealed.len() - 1;
-        sealed[last] ^= 1;
-        assert_eq!(open(&cipher(), b"a", &sealed), None);
-    }
 }

@@ -22,7 +22,6 @@
 //! killed; deleted ones are cleaned up and destroyed.
 
 pub mod process;
-pub mod token;
 
 use crate::supervise::supervise;
 use async_nats::jetstream::{self, AckKind, consumer};
@@ -30,9 +29,9 @@ use futures::StreamExt;
 use process::{Layout, ProcessError, ProcessRecord, ProcessSettings};
 use std::path::PathBuf;
 use std::time::Duration;
-use token::TokenStore;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+use warren_commands::secrets::{self, AgentTokens, TokenError};
 use warren_commands::{CommandError, CommandMeta, CommandService, codec, topology};
 use warren_domain::agent::{
     Agent, AgentCommand, AgentError, AgentEvent, AgentStatus, DeploymentStep,
@@ -67,7 +66,7 @@ pub struct DeployerSettings {
 pub enum DeployerError {
     /// The token store could not be opened.
     #[error("opening the secrets bucket failed")]
-    Tokens(#[from] token::TokenError),
+    Tokens(#[from] TokenError),
     /// The consumer could not be set up or read.
     #[error("deployer consumer failed")]
     Consumer(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -87,7 +86,7 @@ enum Outcome {
 pub struct Deployer {
     js: jetstream::Context,
     commands: CommandService,
-    tokens: TokenStore,
+    tokens: AgentTokens,
     layout: Layout,
     settings: DeployerSettings,
     http: reqwest::Client,
@@ -105,7 +104,7 @@ impl Deployer {
         settings: DeployerSettings,
     ) -> Result<Self, DeployerError> {
         let js = commands.jetstream().clone();
-        let tokens = TokenStore::open(&js, master_key).await?;
+        let tokens = AgentTokens::open(&js, master_key).await?;
         Ok(Self {
             js,
             commands,
@@ -335,7 +334,7 @@ impl Deployer {
             }};
         }
         let (workspace, state_dir) = step!(S::Allocating, self.layout.allocate(agent_id));
-        let token = token::generate();
+        let token = secrets::generate();
         step!(S::Provisioning, self.tokens.put(agent_id, &token).await);
         let binary = step!(
             S::Installing,

@@ -1,12 +1,13 @@
-//! The agent's bearer token, kept outside the log: AES-256-GCM under the platform master key in
-//! the `secrets` KV bucket under `agent-token.<agent_id>`, bound to that key name as associated
-//! data. The box is a copy of `warren_edge::secrets::{seal, open}` (the workers do not depend on
-//! the edge); the stored form is the same `nonce (12 bytes) ‖ ciphertext+tag`.
+//! Secrets outside the log (DESIGN §2): the AES-256-GCM box every stored secret uses
+//! ([`seal`]/[`open`]: `nonce (12 bytes) ‖ ciphertext+tag`, bound to associated data), and
+//! [`AgentTokens`], each agent's bearer token in the `secrets` KV bucket under
+//! `agent-token.<agent_id>`, bound to that key name. The deployer writes tokens; the chat worker
+//! and the edge read them to reach runtimes. (Provider keys are the edge's, in the same bucket.)
 
+use crate::topology::KV_SECRETS;
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use async_nats::jetstream::{self, kv};
-use warren_commands::topology::KV_SECRETS;
 use warren_domain::ids::AgentId;
 
 const NONCE_BYTES: usize = 12;
@@ -30,7 +31,7 @@ pub enum TokenError {
 
 /// Seals and opens agent tokens. Cheap to clone.
 #[derive(Clone)]
-pub struct TokenStore {
+pub struct AgentTokens {
     cipher: Aes256Gcm,
     kv: kv::Store,
 }
@@ -40,7 +41,7 @@ pub fn token_entry(agent_id: AgentId) -> String {
     format!("agent-token.{agent_id}")
 }
 
-impl TokenStore {
+impl AgentTokens {
     /// Opens the `secrets` bucket (created by the command service's topology).
     pub async fn open(js: &jetstream::Context, master_key: &[u8]) -> Result<Self, TokenError> {
         let cipher = Aes256Gcm::new_from_slice(master_key).map_err(|_| TokenError::BadMasterKey)?;
@@ -95,7 +96,8 @@ pub fn generate() -> String {
     hex::encode(rand::random::<[u8; 32]>())
 }
 
-fn seal(cipher: &Aes256Gcm, aad: &[u8], plain: &[u8]) -> Option<Vec<u8>> {
+/// `nonce ‖ ciphertext` of `plain`, bound to `aad`.
+pub fn seal(cipher: &Aes256Gcm, aad: &[u8], plain: &[u8]) -> Option<Vec<u8>> {
     let nonce_bytes: [u8; NONCE_BYTES] = rand::random();
     let nonce = Nonce::from_slice(&nonce_bytes);
     let ciphertext = cipher.encrypt(nonce, Payload { msg: plain, aad }).ok()?;
@@ -105,7 +107,8 @@ fn seal(cipher: &Aes256Gcm, aad: &[u8], plain: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-fn open(cipher: &Aes256Gcm, aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+/// Opens what [`seal`] produced; `None` if it was tampered with or bound to something else.
+pub fn open(cipher: &Aes256Gcm, aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
     if sealed.len() < NONCE_BYTES {
         return None;
     }
@@ -124,6 +127,29 @@ fn open(cipher: &Aes256Gcm, aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn cipher() -> Aes256Gcm {
+        Aes256Gcm::new_from_slice(&[3u8; 32]).expect("32-byte key")
+    }
+
+    #[test]
+    fn a_sealed_secret_opens_only_with_its_binding() {
+        let sealed = seal(&cipher(), b"a", b"sk-secret").expect("seal");
+        assert!(!sealed.windows(9).any(|w| w == b"sk-secret"));
+        assert_eq!(
+            open(&cipher(), b"a", &sealed).as_deref(),
+            Some(&b"sk-secret"[..])
+        );
+        assert_eq!(open(&cipher(), b"b", &sealed), None);
+    }
+
+    #[test]
+    fn a_tampered_ciphertext_does_not_open() {
+        let mut sealed = seal(&cipher(), b"a", b"sk-secret").expect("seal");
+        let last = sealed.len() - 1;
+        sealed[last] ^= 1;
+        assert_eq!(open(&cipher(), b"a", &sealed), None);
+    }
 
     #[test]
     fn a_sealed_token_opens_only_under_its_own_key_name() {
