@@ -53,6 +53,9 @@ pub struct Conversation {
     pub title: Option<String>,
     /// Runs running or waiting, in queue order: index = position.
     pub runs: Vec<RunSlot>,
+    /// The text of a message whose `RunQueued` is still to be applied (same commit).
+    #[serde(skip)]
+    pending_text: Option<(RunId, String)>,
 }
 
 impl Conversation {
@@ -214,15 +217,25 @@ impl Conversation {
                     agent_id: *agent_id,
                     title: title.clone(),
                     runs: vec![],
+                    pending_text: None,
                 };
             }
             E::ConversationRenamed { title, .. } => self.title = Some(title.clone()),
+            // A post's `MessagePosted` precedes its `RunQueued` in the same commit: the first
+            // keeps the text, the second places the run.
+            E::MessagePosted { run_id, text, .. } => {
+                self.pending_text = Some((*run_id, text.clone()));
+            }
             E::RunQueued {
                 run_id,
                 message_id,
                 position,
                 ..
             } => {
+                let text = match self.pending_text.take() {
+                    Some((posted, text)) if posted == *run_id => text,
+                    _ => String::new(),
+                };
                 // `min` only guards a corrupt log; decide never emits a position past the end.
                 let index = (*position as usize).min(self.runs.len());
                 self.runs.insert(
@@ -230,6 +243,7 @@ impl Conversation {
                     RunSlot {
                         run_id: *run_id,
                         message_id: *message_id,
+                        text,
                         worker_id: None,
                         cancel_requested: false,
                     },
@@ -250,7 +264,7 @@ impl Conversation {
             E::RunCompleted { run_id, .. }
             | E::RunFailed { run_id, .. }
             | E::RunCancelled { run_id, .. } => self.runs.retain(|run| run.run_id != *run_id),
-            E::MessagePosted { .. } | E::HistoryCleared { .. } => {}
+            E::HistoryCleared { .. } => {}
         }
     }
 

@@ -467,3 +467,14 @@ fn a_full_turn_folds_back_to_an_empty_queue() {
     .state();
     assert!(conversation.runs.is_empty());
 }
+
+#[test]
+fn a_queued_run_keeps_the_text_of_the_message_it_answers() {
+    let conversation = given(busy()).state();
+    let texts: Vec<&str> = conversation
+        .runs
+        .iter()
+        .map(|slot| slot.text.as_str())
+        .collect();
+    assert_eq!(texts, ["message 1", "message 2", "message 3"]);
+}

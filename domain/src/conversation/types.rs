@@ -61,6 +61,9 @@ pub struct RunSlot {
     pub run_id: RunId,
     /// The message it answers.
     pub message_id: MessageId,
+    /// That message's text (what the worker sends the agent).
+    #[serde(default)]
+    pub text: String,
     /// The worker running it; `None` while it waits.
     pub worker_id: Option<String>,
     /// Whether a cancel was requested while it runs.
