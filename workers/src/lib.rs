@@ -7,7 +7,9 @@
 //! - [`projector`] — hosts the read-model projections.
 //! - [`deployer`] — runs agents (the `process` provisioner) as the log asks, and reconciles.
 //! - [`notifier`] — emails admins about new registrations.
+//! - [`chat`] — runs conversations' queued runs against agent runtimes, publishing live deltas.
 
+pub mod chat;
 pub mod deployer;
 pub mod notifier;
 pub mod projector;

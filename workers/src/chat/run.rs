@@ -1,0 +1,497 @@
+//! One run, from `RunStarted` to its recorded outcome: call the agent runtime, publish its live
+//! deltas (tokens coalesced), watch for cancels, keep the lease fresh, and record
+//! `CompleteRun`, `FailRun` or `CancelRun`. The lease is released only once the outcome is in the
+//! log: a run whose outcome cannot be recorded is left to the sweepers, never left hanging.
+
+use super::Shared;
+use super::lease::Held;
+use super::runtime::{IDLE_TIMEOUT, Runtime, RuntimeEvent};
+use async_nats::HeaderMap;
+use futures::StreamExt;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use warren_commands::{CommandError, CommandMeta, codec, topology};
+use warren_domain::Actor;
+use warren_domain::agent::AgentStatus;
+use warren_domain::conversation::{
+    ConversationCommand, ConversationError, ConversationEvent, LiveDelta, RunStatus, TokenUsage,
+    ToolCall,
+};
+use warren_domain::ids::{AgentId, ConversationId, MessageId, RunId};
+
+/// Tokens are published at most this often per run (DESIGN §4: 25–40 ms).
+const COALESCE: Duration = Duration::from_millis(30);
+/// Tool output kept in the log and in deltas, per call: a commit must stay well under NATS's
+/// message size limit even with many calls.
+pub const OUTPUT_CAP_BYTES: usize = 16 * 1024;
+/// How often recording an outcome is tried before the run is left to the sweepers.
+const RECORD_ATTEMPTS: u32 = 5;
+
+/// A run this worker has started.
+pub struct Job {
+    /// Its conversation.
+    pub conversation_id: ConversationId,
+    /// The conversation's agent.
+    pub agent_id: AgentId,
+    /// The run.
+    pub run_id: RunId,
+    /// The message it answers.
+    pub text: String,
+}
+
+/// How a run ended.
+#[derive(Debug, PartialEq)]
+enum Outcome {
+    Completed {
+        text: String,
+        usage: TokenUsage,
+    },
+    Failed {
+        code: String,
+        message: String,
+        retryable: bool,
+    },
+    /// Stopped after a cancel request: confirm it.
+    Cancelled,
+    /// Already out of the queue (interrupted, or taken over): record nothing.
+    Gone,
+}
+
+fn failed(code: &str, message: impl Into<String>, retryable: bool) -> Outcome {
+    Outcome::Failed {
+        code: code.to_owned(),
+        message: message.into(),
+        retryable,
+    }
+}
+
+/// Cuts `text` to at most `cap` bytes on a character boundary.
+fn bounded(mut text: String, cap: usize) -> String {
+    if text.len() > cap {
+        let mut end = cap;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
+/// What the run has seen so far.
+#[derive(Default)]
+struct Progress {
+    /// Token text not yet published, and when the first of it arrived.
+    pending: String,
+    pending_since: Option<tokio::time::Instant>,
+    /// Whether the current model turn streamed tokens (else its `text` is published whole).
+    turn_streamed: bool,
+    turns: Vec<String>,
+    tool_calls: Vec<ToolCall>,
+    status: Option<RunStatus>,
+}
+
+/// Runs the job to its recorded outcome, then releases the lease.
+pub async fn run(
+    shared: &Shared,
+    job: Job,
+    mut held: Held,
+    mut signals: async_nats::Subscriber,
+    shutdown: CancellationToken,
+) {
+    let started = Instant::now();
+    let live = Live {
+        shared,
+        subject: topology::conversation_live_subject(&job.conversation_id.to_string()),
+        run_id: job.run_id,
+    };
+    let mut progress = Progress::default();
+    let outcome = match resolve(shared, job.agent_id).await {
+        Err(outcome) => outcome,
+        Ok(runtime) => {
+            live.status(&mut progress, RunStatus::Thinking).await;
+            drive(
+                shared,
+                &job,
+                &runtime,
+                &live,
+                &mut progress,
+                &mut held,
+                &mut signals,
+                &shutdown,
+            )
+            .await
+        }
+    };
+    live.flush(&mut progress).await;
+    let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let command = match outcome {
+        Outcome::Completed { text, usage } => Some(ConversationCommand::CompleteRun {
+            run_id: job.run_id,
+            reply_id: MessageId::new(),
+            text,
+            tool_calls: progress.tool_calls,
+            usage,
+            duration_ms,
+        }),
+        Outcome::Failed {
+            code,
+            message,
+            retryable,
+        } => {
+            tracing::warn!(conversation_id = %job.conversation_id, run_id = %job.run_id, code, message, "run failed");
+            Some(ConversationCommand::FailRun {
+                run_id: job.run_id,
+                code,
+                message,
+                retryable,
+            })
+        }
+        Outcome::Cancelled => Some(ConversationCommand::CancelRun { run_id: job.run_id }),
+        Outcome::Gone => None,
+    };
+    if let Some(command) = command
+        && !record(shared, job.conversation_id, command).await
+    {
+        // Keep the lease: it goes stale, and a sweeper closes the run.
+        return;
+    }
+    if let Err(err) = shared.leases.release(held).await {
+        tracing::warn!(run_id = %job.run_id, error = %err, "releasing the run lease failed");
+    }
+}
+
+/// The agent's runtime, if the agent is running and has an endpoint and a token.
+async fn resolve(shared: &Shared, agent_id: AgentId) -> Result<Runtime, Outcome> {
+    let (agent, _) = shared
+        .commands
+        .agents
+        .load(&agent_id.to_string())
+        .await
+        .map_err(|err| failed("log_unavailable", err.to_string(), true))?;
+    let endpoint = match (&agent.status, &agent.endpoint_url) {
+        (AgentStatus::Running, Some(endpoint)) => endpoint.clone(),
+        (status, _) => {
+            return Err(failed(
+                "agent_unavailable",
+                format!("the agent is not running (it is {status})"),
+                true,
+            ));
+        }
+    };
+    let token = shared
+        .tokens
+        .get(agent_id)
+        .await
+        .map_err(|err| failed("agent_unavailable", err.to_string(), true))?
+        .ok_or_else(|| failed("agent_unavailable", "the agent has no token", true))?;
+    Ok(Runtime::new(shared.http.clone(), &endpoint, token))
+}
+
+/// Reads the runtime's stream until the run ends.
+#[allow(clippy::too_many_arguments)]
+async fn drive(
+    shared: &Shared,
+    job: &Job,
+    runtime: &Runtime,
+    live: &Live<'_>,
+    progress: &mut Progress,
+    held: &mut Held,
+    signals: &mut async_nats::Subscriber,
+    shutdown: &CancellationToken,
+) -> Outcome {
+    let chat_id = job.conversation_id.to_string();
+    let events = match runtime.chat(&chat_id, &job.text).await {
+        Ok(events) => events,
+        Err(err) => return failed("runtime_unavailable", err.to_string(), true),
+    };
+    let mut events = std::pin::pin!(events);
+    let mut beat = tokio::time::interval(shared.settings.lease_beat);
+    beat.tick().await;
+    let mut cancel_asked = false;
+    let mut interrupted = false;
+    loop {
+        let flush_at = progress.pending_since.map(|since| since + COALESCE);
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => {
+                return failed("worker_stopped", "the chat worker stopped during the run", true);
+            }
+            Some(signal) = signals.next() => {
+                let Some(kind) = cancel_signal(&signal.payload, job.run_id) else { continue };
+                interrupted |= kind == Signal::Gone;
+                if !cancel_asked {
+                    cancel_asked = true;
+                    if let Err(err) = runtime.cancel(&chat_id).await {
+                        // A baal-agent has no cancel route: dropping the stream stops it.
+                        tracing::info!(run_id = %job.run_id, error = %err, "runtime cancel failed, closing the stream");
+                        return if interrupted { Outcome::Gone } else { Outcome::Cancelled };
+                    }
+                }
+            }
+            _ = beat.tick() => {
+                if let Err(err) = shared.leases.beat(held).await {
+                    tracing::warn!(run_id = %job.run_id, error = %err, "lost the run lease, abandoning the run");
+                    return Outcome::Gone;
+                }
+            }
+            _ = sleep_until(flush_at) => live.flush(progress).await,
+            next = tokio::time::timeout(IDLE_TIMEOUT, events.next()) => {
+                let event = match next {
+                    Err(_) => return failed("runtime_stream_broken", "the agent runtime went silent", true),
+                    Ok(None) => return failed("runtime_stream_broken", "the agent runtime closed the stream before the run ended", true),
+                    Ok(Some(Err(err))) => return failed("runtime_stream_broken", err.to_string(), true),
+                    Ok(Some(Ok(event))) => event,
+                };
+                if let Some(outcome) = live.handle(progress, event).await {
+                    return match outcome {
+                        Outcome::Failed { code, .. } if code == "cancelled" && interrupted => Outcome::Gone,
+                        Outcome::Failed { code, .. } if code == "cancelled" => Outcome::Cancelled,
+                        other => other,
+                    };
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[derive(Debug, PartialEq)]
+enum Signal {
+    /// `CancelRequested`: stop and confirm.
+    Cancel,
+    /// `RunCancelled`: already out of the queue (interrupt).
+    Gone,
+}
+
+/// Whether a commit on the conversation asks this run to stop.
+fn cancel_signal(payload: &[u8], run_id: RunId) -> Option<Signal> {
+    let envelopes = codec::decode::<ConversationEvent>(payload).ok()?;
+    envelopes.iter().find_map(|envelope| match &envelope.event {
+        ConversationEvent::CancelRequested { run_id: r, .. } if *r == run_id => {
+            Some(Signal::Cancel)
+        }
+        ConversationEvent::RunCancelled { run_id: r, .. } if *r == run_id => Some(Signal::Gone),
+        _ => None,
+    })
+}
+
+/// Publishes one run's live deltas to `conv.<id>.live`.
+struct Live<'a> {
+    shared: &'a Shared,
+    subject: String,
+    run_id: RunId,
+}
+
+impl Live<'_> {
+    async fn publish(&self, delta: LiveDelta) {
+        let payload = match serde_json::to_vec(&delta) {
+            Ok(payload) => payload,
+            Err(err) => {
+                tracing::error!(error = %err, "a live delta does not serialize");
+                return;
+            }
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-TTL", self.shared.settings.live_ttl_header.as_str());
+        // Awaiting each ack keeps deltas ordered before the run's outcome in the stream.
+        let result = match self
+            .shared
+            .js
+            .publish_with_headers(self.subject.clone(), headers, payload.into())
+            .await
+        {
+            Ok(ack) => ack.await.map(|_| ()).map_err(|err| err.to_string()),
+            Err(err) => Err(err.to_string()),
+        };
+        if let Err(err) = result {
+            // Deltas are a live view; the outcome event carries everything durable.
+            tracing::warn!(
+                subject = self.subject,
+                error = err,
+                "publishing a live delta failed"
+            );
+        }
+    }
+
+    async fn status(&self, progress: &mut Progress, status: RunStatus) {
+        if progress.status != Some(status) {
+            progress.status = Some(status);
+            self.publish(LiveDelta::Status {
+                run_id: self.run_id,
+                status,
+            })
+            .await;
+        }
+    }
+
+    async fn flush(&self, progress: &mut Progress) {
+        progress.pending_since = None;
+        if progress.pending.is_empty() {
+            return;
+        }
+        let text = std::mem::take(&mut progress.pending);
+        self.publish(LiveDelta::Token {
+            run_id: self.run_id,
+            text,
+        })
+        .await;
+    }
+
+    /// Applies one runtime event; `Some` when it ends the run.
+    async fn handle(&self, progress: &mut Progress, event: RuntimeEvent) -> Option<Outcome> {
+        if !matches!(event, RuntimeEvent::Token(_)) {
+            self.flush(progress).await;
+        }
+        match event {
+            RuntimeEvent::Token(delta) => {
+                if !progress.turn_streamed {
+                    progress.turn_streamed = true;
+                    self.status(progress, RunStatus::Streaming).await;
+                }
+                progress.pending.push_str(&delta);
+                progress
+                    .pending_since
+                    .get_or_insert_with(tokio::time::Instant::now);
+            }
+            RuntimeEvent::Text(content) => {
+                if !progress.turn_streamed && !content.is_empty() {
+                    // A baal-agent turn: its text arrives whole.
+                    self.status(progress, RunStatus::Streaming).await;
+                    self.publish(LiveDelta::Token {
+                        run_id: self.run_id,
+                        text: content.clone(),
+                    })
+                    .await;
+                }
+                progress.turn_streamed = false;
+                progress.turns.push(content);
+            }
+            RuntimeEvent::ToolUse {
+                call_id,
+                name,
+                input,
+            } => {
+                progress.turn_streamed = false;
+                let call_id =
+                    call_id.unwrap_or_else(|| format!("call_{}", progress.tool_calls.len() + 1));
+                self.status(progress, RunStatus::ExecutingTool).await;
+                self.publish(LiveDelta::ToolCall {
+                    run_id: self.run_id,
+                    call_id: call_id.clone(),
+                    name: name.clone(),
+                    args: input.clone(),
+                })
+                .await;
+                progress.tool_calls.push(ToolCall {
+                    call_id,
+                    name,
+                    args: input,
+                    output: String::new(),
+                    ok: true,
+                });
+            }
+            RuntimeEvent::ToolResult {
+                call_id,
+                ok,
+                output,
+            } => {
+                let output = bounded(output, OUTPUT_CAP_BYTES);
+                self.publish(LiveDelta::ToolResult {
+                    run_id: self.run_id,
+                    call_id: call_id.clone(),
+                    ok,
+                    output: output.clone(),
+                })
+                .await;
+                if let Some(call) = progress
+                    .tool_calls
+                    .iter_mut()
+                    .find(|call| call.call_id == call_id)
+                {
+                    call.ok = ok;
+                    call.output = output;
+                }
+                self.status(progress, RunStatus::Thinking).await;
+            }
+            RuntimeEvent::File { path, size } => {
+                self.publish(LiveDelta::File {
+                    run_id: self.run_id,
+                    path,
+                    size,
+                })
+                .await;
+            }
+            RuntimeEvent::Done { text, usage } => {
+                let text = text.unwrap_or_else(|| {
+                    let turns: Vec<&str> = progress
+                        .turns
+                        .iter()
+                        .map(String::as_str)
+                        .filter(|t| !t.is_empty())
+                        .collect();
+                    turns.join("\n\n")
+                });
+                return Some(Outcome::Completed { text, usage });
+            }
+            RuntimeEvent::Error {
+                code,
+                message,
+                retryable,
+            } => {
+                return Some(Outcome::Failed {
+                    code,
+                    message,
+                    retryable,
+                });
+            }
+        }
+        None
+    }
+}
+
+/// Records the run's outcome; `false` if the log could not be reached in time.
+async fn record(
+    shared: &Shared,
+    conversation_id: ConversationId,
+    command: ConversationCommand,
+) -> bool {
+    let meta = CommandMeta::new(Actor::System(shared.worker_id.clone()));
+    for attempt in 1..=RECORD_ATTEMPTS {
+        match shared
+            .commands
+            .conversations
+            .execute(&conversation_id.to_string(), command.clone(), &meta)
+            .await
+        {
+            Ok(_) => return true,
+            // Cancelled or taken over meanwhile: nothing to record.
+            Err(CommandError::Rejected(ConversationError::RunNotActive { .. })) => return true,
+            Err(CommandError::Rejected(other)) => {
+                tracing::error!(%conversation_id, error = %other, "run outcome refused");
+                return true;
+            }
+            Err(err) => {
+                tracing::warn!(%conversation_id, attempt, error = %err, "recording the run outcome failed, retrying");
+                tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+            }
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_is_bounded_on_a_character_boundary() {
+        assert_eq!(bounded("héllo".into(), 2), "h");
+        assert_eq!(bounded("hello".into(), 10), "hello");
+    }
+}

@@ -1,0 +1,351 @@
+//! The chat worker's client of an agent runtime: `POST /chat` read as a stream of
+//! [`RuntimeEvent`]s, plus cancel and clear. Speaks both `warren-agent` (token deltas, call ids,
+//! tool results) and a plain baal-agent (whole-turn `text`, no ids): the differences are
+//! smoothed over by the run, not here.
+
+use eventsource_stream::Eventsource;
+use futures::{Stream, StreamExt};
+use serde::Deserialize;
+use std::time::Duration;
+use warren_domain::conversation::TokenUsage;
+
+/// How long connecting and sending a request to a runtime may take (the stream itself is bounded
+/// by the runtime's keepalives, see [`IDLE_TIMEOUT`]).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A runtime stream silent for this long is broken: runtimes send a keepalive every 15 s.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Why a runtime could not be talked to.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The request did not reach the runtime or its answer broke off.
+    #[error("the agent runtime is unreachable")]
+    Unreachable(#[source] reqwest::Error),
+    /// The runtime answered with an error status.
+    #[error("the agent runtime answered {status}: {body}")]
+    Status {
+        /// The HTTP status.
+        status: u16,
+        /// The body (bounded).
+        body: String,
+    },
+    /// The event stream broke off or could not be parsed.
+    #[error("the agent runtime's stream broke: {0}")]
+    Stream(String),
+}
+
+/// One event of a runtime's chat stream.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RuntimeEvent {
+    /// A piece of model text (`warren-agent` only).
+    Token(String),
+    /// The whole text of one model turn.
+    Text(String),
+    /// A tool call; baal-agent sends no id.
+    ToolUse {
+        /// The call's id, if the runtime gave one.
+        call_id: Option<String>,
+        /// The tool.
+        name: String,
+        /// Its arguments.
+        input: serde_json::Value,
+    },
+    /// A tool's result (`warren-agent` only).
+    ToolResult {
+        /// The call it answers.
+        call_id: String,
+        /// Whether it succeeded.
+        ok: bool,
+        /// Its output.
+        output: String,
+    },
+    /// The agent wrote a workspace file.
+    File {
+        /// Its path in the workspace.
+        path: String,
+        /// Its size, if given.
+        size: Option<u64>,
+    },
+    /// The run finished.
+    Done {
+        /// Every turn's text, if the runtime sent it.
+        text: Option<String>,
+        /// Tokens consumed.
+        usage: TokenUsage,
+    },
+    /// The run failed (or was cancelled: code `cancelled`).
+    Error {
+        /// Machine code.
+        code: String,
+        /// What happened.
+        message: String,
+        /// Whether trying again may succeed.
+        retryable: bool,
+    },
+}
+
+/// The JSON in one `data:` line.
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Wire {
+    Token {
+        delta: String,
+    },
+    Text {
+        content: String,
+    },
+    ToolUse {
+        call_id: Option<String>,
+        name: String,
+        #[serde(default)]
+        input: serde_json::Value,
+    },
+    ToolResult {
+        call_id: String,
+        #[serde(default = "yes")]
+        ok: bool,
+        #[serde(default)]
+        output: String,
+    },
+    File {
+        path: String,
+        size: Option<u64>,
+    },
+    Done {
+        text: Option<String>,
+        usage: Option<TokenUsage>,
+    },
+    Error {
+        code: Option<String>,
+        message: Option<String>,
+        content: Option<String>,
+        retryable: Option<bool>,
+    },
+    #[serde(other)]
+    Other,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Wire {
+    fn into_event(self) -> Option<RuntimeEvent> {
+        Some(match self {
+            Wire::Token { delta } => RuntimeEvent::Token(delta),
+            Wire::Text { content } => RuntimeEvent::Text(content),
+            Wire::ToolUse {
+                call_id,
+                name,
+                input,
+            } => RuntimeEvent::ToolUse {
+                call_id,
+                name,
+                input,
+            },
+            Wire::ToolResult {
+                call_id,
+                ok,
+                output,
+            } => RuntimeEvent::ToolResult {
+                call_id,
+                ok,
+                output,
+            },
+            Wire::File { path, size } => RuntimeEvent::File { path, size },
+            Wire::Done { text, usage } => RuntimeEvent::Done {
+                text,
+                usage: usage.unwrap_or_default(),
+            },
+            Wire::Error {
+                code,
+                message,
+                content,
+                retryable,
+            } => RuntimeEvent::Error {
+                code: code.unwrap_or_else(|| "runtime_error".to_owned()),
+                message: message
+                    .or(content)
+                    .unwrap_or_else(|| "the agent runtime reported an error".to_owned()),
+                retryable: retryable.unwrap_or(false),
+            },
+            // Keepalives and types this worker does not know.
+            Wire::Other => return None,
+        })
+    }
+}
+
+/// One agent's runtime, as the chat worker reaches it.
+#[derive(Clone)]
+pub struct Runtime {
+    http: reqwest::Client,
+    endpoint: String,
+    token: String,
+}
+
+impl Runtime {
+    /// A runtime at `endpoint` (its base URL) accepting `token`.
+    pub fn new(http: reqwest::Client, endpoint: &str, token: String) -> Self {
+        Self {
+            http,
+            endpoint: endpoint.trim_end_matches('/').to_owned(),
+            token,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.endpoint)
+    }
+
+    /// Starts a run of `message` in `chat_id` and streams its events. The stream ends after the
+    /// terminal `Done` or `Error`, or with an error if the runtime goes away first.
+    pub async fn chat(
+        &self,
+        chat_id: &str,
+        message: &str,
+    ) -> Result<impl Stream<Item = Result<RuntimeEvent, RuntimeError>> + use<>, RuntimeError> {
+        let response = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            self.http
+                .post(self.url("/chat"))
+                .bearer_auth(&self.token)
+                .json(&serde_json::json!({"message": message, "chat_id": chat_id}))
+                .send(),
+        )
+        .await
+        .map_err(|_| RuntimeError::Stream("no answer to POST /chat".to_owned()))?
+        .map_err(RuntimeError::Unreachable)?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            return Err(RuntimeError::Status {
+                status: status.as_u16(),
+                body: body.chars().take(512).collect(),
+            });
+        }
+        let events = response.bytes_stream().eventsource();
+        Ok(events.filter_map(|frame| async move {
+            match frame {
+                Err(err) => Some(Err(RuntimeError::Stream(err.to_string()))),
+                Ok(frame) => match serde_json::from_str::<Wire>(&frame.data) {
+                    Ok(wire) => wire.into_event().map(Ok),
+                    Err(err) => {
+                        tracing::warn!(error = %err, data = %frame.data, "unreadable runtime event, skipped");
+                        None
+                    }
+                },
+            }
+        }))
+    }
+
+    /// Asks the runtime to stop the chat's running run (its tool's process group is killed).
+    /// A baal-agent has no cancel route: closing the stream is what stops it there.
+    pub async fn cancel(&self, chat_id: &str) -> Result<(), RuntimeError> {
+        self.send(
+            self.http
+                .post(self.url(&format!("/chat/{}/cancel", encode(chat_id)))),
+        )
+        .await
+    }
+
+    /// Clears the chat's history in the runtime.
+    pub async fn clear(&self, chat_id: &str) -> Result<(), RuntimeError> {
+        self.send(
+            self.http
+                .delete(self.url(&format!("/chat/{}", encode(chat_id)))),
+        )
+        .await
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<(), RuntimeError> {
+        let response = request
+            .bearer_auth(&self.token)
+            .timeout(CONNECT_TIMEOUT)
+            .send()
+            .await
+            .map_err(RuntimeError::Unreachable)?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        Err(RuntimeError::Status {
+            status: status.as_u16(),
+            body: response
+                .text()
+                .await
+                .unwrap_or_default()
+                .chars()
+                .take(512)
+                .collect(),
+        })
+    }
+}
+
+/// Percent-encodes a chat id for a path segment (ids are UUIDs, but the protocol allows more).
+fn encode(segment: &str) -> String {
+    segment
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b':' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Option<RuntimeEvent> {
+        serde_json::from_str::<Wire>(json)
+            .expect("wire json")
+            .into_event()
+    }
+
+    #[test]
+    fn both_runtimes_events_are_understood() {
+        assert_eq!(
+            parse(r#"{"type":"token","delta":"Hel"}"#),
+            Some(RuntimeEvent::Token("Hel".into()))
+        );
+        // baal-agent: no call id, raw string input.
+        assert_eq!(
+            parse(r#"{"type":"tool_use","name":"shell","input":"{\"command\":\"ls\"}"}"#),
+            Some(RuntimeEvent::ToolUse {
+                call_id: None,
+                name: "shell".into(),
+                input: serde_json::json!("{\"command\":\"ls\"}"),
+            })
+        );
+        // baal-agent errors carry `content`, not `message`.
+        assert_eq!(
+            parse(r#"{"type":"error","content":"boom"}"#),
+            Some(RuntimeEvent::Error {
+                code: "runtime_error".into(),
+                message: "boom".into(),
+                retryable: false,
+            })
+        );
+        assert_eq!(
+            parse(r#"{"type":"done","text":"hi","usage":{"input_tokens":3,"output_tokens":4}}"#),
+            Some(RuntimeEvent::Done {
+                text: Some("hi".into()),
+                usage: TokenUsage {
+                    input_tokens: 3,
+                    output_tokens: 4
+                },
+            })
+        );
+        assert!(parse(r#"{"type":"done"}"#).is_some());
+        assert_eq!(parse(r#"{"type":"keepalive"}"#), None);
+        assert_eq!(parse(r#"{"type":"something_new","x":1}"#), None);
+    }
+
+    #[test]
+    fn chat_ids_are_encoded_for_paths() {
+        assert_eq!(encode("u1:a1"), "u1:a1");
+        assert_eq!(encode("a/b c"), "a%2Fb%20c");
+    }
+}
