@@ -68,10 +68,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             .await?
             .run(shutdown.clone()),
     );
+    let chat = tokio::spawn(
+        roles::chat(&config, &platform, true)
+            .await?
+            .run(shutdown.clone()),
+    );
     let served = roles::serve_edge(&config, &platform, shutdown.clone()).await;
     shutdown.cancel();
     projector.await.context("projector task")?;
     notifier.await.context("notifier task")?;
     deployer.await.context("deployer task")?;
+    chat.await.context("chat task")?;
     served
 }

@@ -44,6 +44,8 @@ enum WorkerRole {
     Notifier,
     /// Runs agents as the log asks (the `process` provisioner) and reconciles them.
     Deployer,
+    /// Runs conversations' queued messages against their agents, streaming live deltas.
+    Chat,
 }
 
 #[tokio::main]
@@ -70,6 +72,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Worker {
             role: WorkerRole::Deployer,
         } => roles::deployer_role(&config, shutdown).await,
+        Command::Worker {
+            role: WorkerRole::Chat,
+        } => roles::chat_role(&config, shutdown).await,
         Command::Replay => roles::replay(&config).await,
         Command::Migrate => roles::migrate(&config).await,
     };

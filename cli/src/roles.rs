@@ -9,6 +9,7 @@ use warren_commands::CommandService;
 use warren_edge::AppState;
 use warren_edge::mail::Mailer;
 use warren_projections::schema::{self, LIVE_SCHEMA};
+use warren_workers::chat::{ChatSettings, ChatWorker};
 use warren_workers::deployer::Deployer;
 use warren_workers::notifier::{Notifier, Outbox};
 use warren_workers::projector::Projector;
@@ -163,15 +164,40 @@ impl Outbox for MailOutbox {
     }
 }
 
-/// The deployer, sealing agent tokens under the encryption key (generated in the data dir
-/// under `warren dev`, required otherwise).
-pub async fn deployer(config: &Config, platform: &Platform, dev: bool) -> anyhow::Result<Deployer> {
+/// The 32-byte master key that seals agent tokens (generated in the data dir under
+/// `warren dev`, required otherwise).
+fn master_key(config: &Config, dev: bool) -> anyhow::Result<Vec<u8>> {
     let key = match &config.encryption_key {
         Some(key) => key.clone(),
         None if dev => dev_secret(config, "encryption_key")?,
         None => anyhow::bail!("WARREN_ENCRYPTION_KEY is not set"),
     };
-    let key = crate::config::decode_encryption_key(key.expose())?;
+    crate::config::decode_encryption_key(key.expose())
+}
+
+/// The chat worker, opening agent tokens under the master key.
+pub async fn chat(config: &Config, platform: &Platform, dev: bool) -> anyhow::Result<ChatWorker> {
+    let key = master_key(config, dev)?;
+    ChatWorker::build(
+        platform.nats.clone(),
+        platform.commands.clone(),
+        &key,
+        ChatSettings::default(),
+    )
+    .await
+    .context("setting up the chat worker")
+}
+
+/// `warren worker chat`.
+pub async fn chat_role(config: &Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let platform = connect(config, config.require_nats()?, config.require_database()?).await?;
+    chat(config, &platform, false).await?.run(shutdown).await;
+    Ok(())
+}
+
+/// The deployer, sealing agent tokens under the master key.
+pub async fn deployer(config: &Config, platform: &Platform, dev: bool) -> anyhow::Result<Deployer> {
+    let key = master_key(config, dev)?;
     Deployer::build(platform.commands.clone(), &key, config.deployer_settings())
         .await
         .context("setting up the deployer")

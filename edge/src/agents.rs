@@ -23,7 +23,9 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 use warren_commands::CommandMeta;
 use warren_domain::Actor;
-use warren_domain::agent::{AgentCommand, AgentStatus, Backend, DeploymentStep, RuntimeKind};
+use warren_domain::agent::{
+    Agent, AgentCommand, AgentStatus, Backend, DeploymentStep, RuntimeKind,
+};
 use warren_domain::ids::AgentId;
 
 /// How long `GET /agents/{id}/health` waits for the runtime.
@@ -111,6 +113,17 @@ pub struct AgentHealthView {
 
 /// Loads the agent if `caller` owns it and it is not deleted; 404 otherwise.
 async fn owned(state: &AppState, caller: &ApprovedUser, id: Uuid) -> Result<AgentId, ApiError> {
+    owned_agent(state, caller, id)
+        .await
+        .map(|(agent_id, _)| agent_id)
+}
+
+/// The agent's current state if `caller` owns it and it is not deleted; 404 otherwise.
+pub(crate) async fn owned_agent(
+    state: &AppState,
+    caller: &ApprovedUser,
+    id: Uuid,
+) -> Result<(AgentId, Agent), ApiError> {
     let agent_id = AgentId(id);
     let (agent, _) = state
         .commands
@@ -121,7 +134,7 @@ async fn owned(state: &AppState, caller: &ApprovedUser, id: Uuid) -> Result<Agen
     if agent.id.is_none() || agent.owner_id != caller.id || agent.status == AgentStatus::Deleted {
         return Err(ApiError::NotFound);
     }
-    Ok(agent_id)
+    Ok((agent_id, agent))
 }
 
 /// Runs `command` on the caller's agent and waits for the read model.

@@ -18,6 +18,9 @@
 //! - [`users`], [`keys`] — `/users/me`, connections, provider API keys.
 //! - [`admin`] — `/admin/users`: approve, reject, revoke, roles and tiers.
 //! - [`agents`] — `/agents`: create, configure, delete, deployment status, repair, redeploy, health.
+//! - [`chat`] — `/chat/{agent_id}`: post a message and stream its run as SSE from the log;
+//!   clear history, pending messages, and `/files` downloads proxied from the runtime.
+//! - [`conversations`] — `/conversations`: by last activity, and their messages.
 //! - [`usage`], [`quota`] — `/usage`, and the tier quotas (agents, messages per day).
 //! - [`secrets`] — AES-256-GCM sealing of provider keys in the `secrets` KV bucket.
 //! - [`mail`] — SMTP (or log) delivery.
@@ -30,7 +33,9 @@
 pub mod admin;
 pub mod agents;
 pub mod auth;
+pub mod chat;
 pub mod consistency;
+pub mod conversations;
 pub mod error;
 pub mod extract;
 pub mod health;

@@ -161,6 +161,13 @@ impl Modify for BearerAuth {
         crate::agents::health,
         crate::usage::summary,
         crate::usage::history,
+        crate::chat::send,
+        crate::chat::clear,
+        crate::chat::pending,
+        crate::chat::file,
+        crate::conversations::list,
+        crate::conversations::messages,
+        crate::conversations::cancel,
     ),
     components(schemas(ErrorEnvelope, ErrorBody)),
     tags(
@@ -169,6 +176,8 @@ impl Modify for BearerAuth {
         (name = "admin", description = "Approval flow, roles and tiers (admins only)"),
         (name = "agents", description = "Agents and their deployment (approved users)"),
         (name = "usage", description = "Usage against the tier's limits"),
+        (name = "chat", description = "Messages to agents, streamed runs and workspace files (approved users)"),
+        (name = "conversations", description = "Conversations by last activity and their messages"),
         (name = "meta", description = "Health and this document"),
     )
 )]

@@ -36,7 +36,8 @@ impl ApiRouter {
     fn add(mut self, method: Method, path: &str, route: MethodRouter<AppState>) -> Self {
         self.table.push(RouteSpec {
             method: method.as_str().to_ascii_lowercase(),
-            path: format!("{API_PREFIX}{path}"),
+            // OpenAPI writes a catch-all `{*rest}` as a plain `{rest}` parameter.
+            path: format!("{API_PREFIX}{}", path.replace("{*", "{")),
         });
         self.router = self.router.route(path, route);
         self

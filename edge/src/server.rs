@@ -6,7 +6,7 @@ use crate::error::ApiError;
 use crate::extract::{client_ip, is_write};
 use crate::routes::{API_PREFIX, ApiRouter};
 use crate::state::AppState;
-use crate::{admin, agents, auth, health, keys, openapi, usage, users};
+use crate::{admin, agents, auth, chat, conversations, health, keys, openapi, usage, users};
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
@@ -30,6 +30,8 @@ pub fn api() -> ApiRouter {
         .merge(admin::routes())
         .merge(agents::routes())
         .merge(usage::routes())
+        .merge(chat::routes())
+        .merge(conversations::routes())
 }
 
 /// The whole HTTP surface.
@@ -122,10 +124,15 @@ pub async fn serve(
     state: AppState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    let closing = state.closing.clone();
     axum::serve(
         listener,
         router(state).into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    .with_graceful_shutdown(async move {
+        shutdown.cancelled().await;
+        // Streams waiting on runs end now, so draining does not wait for the runs.
+        closing.cancel();
+    })
     .await
 }

@@ -9,7 +9,9 @@ use crate::secrets::{SecretError, SecretStore};
 use crate::settings::EdgeSettings;
 use sqlx::PgPool;
 use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 use warren_commands::CommandService;
+use warren_commands::secrets::{AgentTokens, TokenError};
 
 /// Why the edge could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +22,9 @@ pub enum StateError {
     /// The secrets bucket or the master key is unusable.
     #[error("opening the secret store failed")]
     Secrets(#[from] SecretError),
+    /// The agent token store is unusable.
+    #[error("opening the agent token store failed")]
+    AgentTokens(#[from] TokenError),
 }
 
 /// What handlers share. Cheap to clone.
@@ -45,8 +50,12 @@ pub struct AppState {
     pub mailer: Mailer,
     /// Request rate limits.
     pub limiter: Arc<RateLimiter>,
-    /// Outgoing HTTP (agent runtime health checks).
+    /// Outgoing HTTP (agent runtime health checks and proxies).
     pub http: reqwest::Client,
+    /// Agents' runtime tokens (for the proxies to runtimes).
+    pub agent_tokens: AgentTokens,
+    /// Cancelled when the server shuts down, so long-lived streams end and let it drain.
+    pub closing: CancellationToken,
 }
 
 impl AppState {
@@ -61,6 +70,7 @@ impl AppState {
         let js = commands.jetstream().clone();
         let auth_kv = AuthKv::open(&js).await?;
         let secrets = SecretStore::open(&js, &settings.encryption_key.0).await?;
+        let agent_tokens = AgentTokens::open(&js, &settings.encryption_key.0).await?;
         let tokens = Tokens::new(
             auth_kv.clone(),
             &settings.jwt_secret.0,
@@ -84,6 +94,8 @@ impl AppState {
             mailer,
             limiter: Arc::default(),
             http: reqwest::Client::new(),
+            agent_tokens,
+            closing: CancellationToken::new(),
         })
     }
 }

@@ -273,3 +273,118 @@ pub async fn usage_history(
     .fetch_all(db)
     .await?)
 }
+
+/// A conversation (session) as its user sees it.
+#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
+pub struct ConversationView {
+    /// The conversation.
+    pub id: Uuid,
+    /// The agent it is with.
+    pub agent_id: Uuid,
+    /// Its title (empty if none was given).
+    pub title: String,
+    /// Messages in it (user messages and replies).
+    pub message_count: i64,
+    /// The run going on now, if any.
+    pub active_run_id: Option<Uuid>,
+    /// When it was started.
+    pub created_at: DateTime<Utc>,
+    /// Its last message or change.
+    pub last_activity_at: DateTime<Utc>,
+}
+
+const CONVERSATION_COLUMNS: &str =
+    "id, agent_id, title, message_count, active_run_id, created_at, last_activity_at";
+
+/// The user's conversations (with one agent, if given), most recently active first.
+pub async fn conversations(
+    db: &PgPool,
+    user: UserId,
+    agent: Option<AgentId>,
+    limit: i64,
+) -> Result<Vec<ConversationView>, ApiError> {
+    Ok(
+        sqlx::query_as::<_, ConversationView>(sqlx::AssertSqlSafe(format!(
+            "SELECT {CONVERSATION_COLUMNS} FROM conversations \
+             WHERE user_id = $1 AND ($2::uuid IS NULL OR agent_id = $2) \
+             ORDER BY last_activity_at DESC, id LIMIT $3"
+        )))
+        .bind(user.0)
+        .bind(agent.map(|a| a.0))
+        .bind(limit)
+        .fetch_all(db)
+        .await?,
+    )
+}
+
+/// One of the user's conversations; `None` if missing or someone else's.
+pub async fn conversation(
+    db: &PgPool,
+    user: UserId,
+    id: Uuid,
+) -> Result<Option<ConversationView>, ApiError> {
+    Ok(
+        sqlx::query_as::<_, ConversationView>(sqlx::AssertSqlSafe(format!(
+            "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE id = $1 AND user_id = $2"
+        )))
+        .bind(id)
+        .bind(user.0)
+        .fetch_optional(db)
+        .await?,
+    )
+}
+
+/// A message: the user's, or the agent's reply with its tool calls and usage.
+#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
+pub struct MessageView {
+    /// The message.
+    pub id: Uuid,
+    /// Its conversation.
+    pub conversation_id: Uuid,
+    /// `user` or `assistant`.
+    #[schema(example = "user")]
+    pub role: String,
+    /// The run that answers it (user) or produced it (assistant).
+    pub run_id: Option<Uuid>,
+    /// The text.
+    pub text: String,
+    /// The posting client's connection id (user messages).
+    pub client_id: Option<String>,
+    /// The posting client's kind, e.g. `web`, `sse`, `telegram` (user messages).
+    pub client_kind: Option<String>,
+    /// Tool calls made while answering (replies): `[{call_id, name, args, output, ok}]`.
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub tool_calls: Option<serde_json::Value>,
+    /// Tokens read (replies).
+    pub input_tokens: Option<i64>,
+    /// Tokens written (replies).
+    pub output_tokens: Option<i64>,
+    /// How long the run took (replies).
+    pub duration_ms: Option<i64>,
+    /// When it was posted.
+    pub created_at: DateTime<Utc>,
+    /// Its position in the conversation's log (the stream sequence).
+    pub seq: i64,
+}
+
+/// Up to `limit` messages of a conversation before the message `before` (or the newest), oldest
+/// first. The caller checks that the conversation is the user's.
+pub async fn messages(
+    db: &PgPool,
+    conversation: Uuid,
+    before: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<MessageView>, ApiError> {
+    Ok(sqlx::query_as(
+        "SELECT * FROM (SELECT id, conversation_id, role, run_id, text, client_id, client_kind, \
+         tool_calls, input_tokens, output_tokens, duration_ms, created_at, stream_seq AS seq \
+         FROM messages WHERE conversation_id = $1 AND ($2::uuid IS NULL OR (stream_seq, id) < \
+         (SELECT stream_seq, id FROM messages WHERE id = $2 AND conversation_id = $1)) \
+         ORDER BY stream_seq DESC, id DESC LIMIT $3) page ORDER BY seq, id",
+    )
+    .bind(conversation)
+    .bind(before)
+    .bind(limit)
+    .fetch_all(db)
+    .await?)
+}

@@ -38,7 +38,9 @@ async fn every_documented_operation_is_routed() {
     let mut checked = 0;
     for (path, item) in doc["paths"].as_object().expect("paths") {
         for method in item.as_object().expect("item").keys() {
-            let uri = path.replace("{id}", "00000000-0000-0000-0000-000000000000");
+            let uri = path
+                .replace("{id}", "00000000-0000-0000-0000-000000000000")
+                .replace("{path}", "notes/today.md");
             let method = Method::from_bytes(method.to_uppercase().as_bytes()).expect("method");
             let request = Request::builder()
                 .method(method.clone())

@@ -1,0 +1,432 @@
+//! `/api/v1/chat/*` and `/api/v1/files/*`: talking to an agent the LiberClaw way.
+//!
+//! `POST /chat/{agent_id}` records the message (`PostMessage`: quota first, then the log) and
+//! streams *that run* as SSE, read back from the conversation's log — not proxied from the
+//! runtime. The chat worker does the talking; the stream is the run's deltas and outcome as
+//! they land, each with `id:` = its stream sequence. A client that drops loses nothing: the run
+//! goes on and its reply is in the log and in `GET /conversations/{id}/messages`.
+//!
+//! Without `conversation_id` a message goes to the caller's most recently active conversation
+//! with the agent (a new one the first time), like LiberClaw's one chat per agent.
+//!
+//! Layout: `frames` (log messages → SSE frames); this file's handlers and runtime proxies.
+
+pub mod frames;
+
+use crate::agents::owned_agent;
+use crate::consistency::{self, projection};
+use crate::error::ApiError;
+use crate::extract::{ApiJson, ApiPath, ApprovedUser};
+use crate::openapi::resp;
+use crate::quota;
+use crate::routes::ApiRouter;
+use crate::state::AppState;
+use crate::views;
+use async_nats::jetstream::{self, consumer};
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::{Stream, StreamExt};
+use serde::{Deserialize, Serialize};
+use std::convert::Infallible;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use utoipa::ToSchema;
+use uuid::Uuid;
+use warren_commands::{CommandMeta, topology};
+use warren_domain::Actor;
+use warren_domain::agent::{Agent, AgentStatus};
+use warren_domain::conversation::{ConversationCommand, PostMode};
+use warren_domain::ids::{AgentId, ConversationId, MessageId, RunId};
+
+/// A keepalive frame is sent this often while a run streams (baal-agent's interval).
+const KEEPALIVE: Duration = Duration::from_secs(15);
+/// How long a runtime proxy request may take.
+const PROXY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Frames buffered per client before the stream waits for it.
+const CLIENT_BUFFER: usize = 256;
+
+/// The chat and file routes.
+pub fn routes() -> ApiRouter {
+    ApiRouter::new()
+        .post("/chat/{id}", send)
+        .delete("/chat/{id}", clear)
+        .get("/chat/{id}/pending", pending)
+        .get("/files/{id}/{*path}", file)
+}
+
+/// `POST /chat/{agent_id}`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ChatRequest {
+    /// The message (not blank).
+    pub message: String,
+    /// The conversation to post in; the most recent one with this agent if left out.
+    pub conversation_id: Option<Uuid>,
+    /// `queue` (default: wait behind a running run) or `interrupt` (cancel it).
+    #[schema(value_type = Option<String>, example = "queue")]
+    pub mode: Option<PostMode>,
+}
+
+/// `DELETE /chat/{agent_id}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Cleared {
+    /// Always `ok`.
+    pub status: String,
+    /// The conversation whose history was cleared, if there was one.
+    pub conversation_id: Option<Uuid>,
+}
+
+/// The conversation a message goes to: the named one if it is the caller's and the agent's,
+/// else the latest with the agent, else a new one.
+async fn conversation_for(
+    state: &AppState,
+    caller: &ApprovedUser,
+    agent_id: AgentId,
+    requested: Option<Uuid>,
+) -> Result<ConversationId, ApiError> {
+    if let Some(id) = requested {
+        let (conversation, _) = state
+            .commands
+            .conversations
+            .load(&id.to_string())
+            .await
+            .map_err(ApiError::internal)?;
+        return match conversation.id {
+            Some(found)
+                if conversation.user_id == caller.id && conversation.agent_id == agent_id =>
+            {
+                Ok(found)
+            }
+            _ => Err(ApiError::NotFound),
+        };
+    }
+    let latest = views::conversations(&state.db, caller.id, Some(agent_id), 1).await?;
+    if let Some(conversation) = latest.first() {
+        return Ok(ConversationId(conversation.id));
+    }
+    let conversation_id = ConversationId::new();
+    let committed = state
+        .commands
+        .conversations
+        .execute(
+            &conversation_id.to_string(),
+            ConversationCommand::StartConversation {
+                conversation_id,
+                user_id: caller.id,
+                agent_id,
+                title: None,
+            },
+            &CommandMeta::new(Actor::User(caller.id)),
+        )
+        .await?;
+    // The next message without an id must find this conversation.
+    consistency::caught_up(&state.db, projection::CONVERSATIONS, committed.sequence).await?;
+    Ok(conversation_id)
+}
+
+/// Send a message to the agent and stream the run that answers it.
+#[utoipa::path(post, path = "/api/v1/chat/{id}", operation_id = "post_chat", tag = "chat", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Agent id")),
+    request_body = ChatRequest,
+    responses((status = 200, content_type = "text/event-stream", body = String,
+        description = "The run as SSE: `data:` JSON frames with a `type` of `queued`, `status`, `text` (a piece of the reply), `tool_use`, `tool_result`, `file`, `keepalive`, then `done` or `error`; `id:` is the conversation's log sequence."),
+        resp::BadRequest, resp::Unauthorized, resp::Forbidden, resp::NotFound, resp::Conflict,
+        resp::Validation, resp::RateLimited))]
+pub(crate) async fn send(
+    State(state): State<AppState>,
+    caller: ApprovedUser,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiJson(request): ApiJson<ChatRequest>,
+) -> Result<Response, ApiError> {
+    let (agent_id, _) = owned_agent(&state, &caller, id).await?;
+    quota::check_message_quota(&state.db, &state.settings.tiers, &caller).await?;
+    let conversation_id =
+        conversation_for(&state, &caller, agent_id, request.conversation_id).await?;
+    let run_id = RunId::new();
+    let committed = state
+        .commands
+        .conversations
+        .execute(
+            &conversation_id.to_string(),
+            ConversationCommand::PostMessage {
+                message_id: MessageId::new(),
+                run_id,
+                text: request.message,
+                client_id: None,
+                client_kind: Some("sse".to_owned()),
+                mode: request.mode.unwrap_or_default(),
+            },
+            &CommandMeta::new(Actor::User(caller.id)),
+        )
+        .await?;
+    let frames = run_frames(
+        state.commands.jetstream(),
+        state.closing.clone(),
+        conversation_id,
+        run_id,
+        committed.sequence,
+    )
+    .await?;
+    Ok(Sse::new(frames).into_response())
+}
+
+/// The run's frames from the log, starting at the commit that posted its message.
+async fn run_frames(
+    js: &jetstream::Context,
+    closing: CancellationToken,
+    conversation_id: ConversationId,
+    run_id: RunId,
+    from_seq: u64,
+) -> Result<impl Stream<Item = Result<Event, Infallible>> + use<>, ApiError> {
+    let stream = js
+        .get_stream_no_info(topology::CONVERSATIONS)
+        .await
+        .map_err(ApiError::internal)?;
+    let consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: format!("conv.{conversation_id}.>"),
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: from_seq,
+            },
+            ..Default::default()
+        })
+        .await
+        .map_err(ApiError::internal)?;
+    let mut messages = consumer.messages().await.map_err(ApiError::internal)?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Event>(CLIENT_BUFFER);
+    tokio::spawn(async move {
+        let mut keepalive = tokio::time::interval(KEEPALIVE);
+        keepalive.tick().await;
+        loop {
+            let message = tokio::select! {
+                _ = tx.closed() => return,
+                _ = closing.cancelled() => None,
+                _ = keepalive.tick() => {
+                    let event = Event::default().data(r#"{"type":"keepalive"}"#);
+                    if tx.send(event).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                next = messages.next() => next,
+            };
+            let message = match message {
+                Some(Ok(message)) => message,
+                other => {
+                    if let Some(Err(err)) = other {
+                        tracing::warn!(%conversation_id, error = %err, "reading the run from the log failed");
+                    }
+                    let data = serde_json::json!({
+                        "type": "error", "run_id": run_id, "code": "stream_interrupted",
+                        "message": "the live stream was interrupted; the run goes on",
+                        "content": "the live stream was interrupted; the run goes on",
+                        "retryable": true,
+                    });
+                    let _ = tx.send(Event::default().data(data.to_string())).await;
+                    return;
+                }
+            };
+            let seq = message.info().map(|info| info.stream_sequence).unwrap_or(0);
+            for frame in frames::of_message(message.subject.as_str(), &message.payload, run_id) {
+                let event = Event::default()
+                    .id(seq.to_string())
+                    .data(frame.data.to_string());
+                if tx.send(event).await.is_err() || frame.terminal {
+                    return;
+                }
+            }
+        }
+    });
+    Ok(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).map(Ok))
+}
+
+/// Clear the history of the caller's conversation with the agent (here and in the runtime).
+#[utoipa::path(delete, path = "/api/v1/chat/{id}", operation_id = "delete_chat", tag = "chat", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Agent id")),
+    responses((status = 200, description = "Cleared (or nothing to clear).", body = Cleared),
+        resp::Unauthorized, resp::Forbidden, resp::NotFound, resp::Conflict))]
+pub(crate) async fn clear(
+    State(state): State<AppState>,
+    caller: ApprovedUser,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<Json<Cleared>, ApiError> {
+    let (agent_id, _) = owned_agent(&state, &caller, id).await?;
+    let latest = views::conversations(&state.db, caller.id, Some(agent_id), 1).await?;
+    let Some(conversation) = latest.first() else {
+        return Ok(Json(Cleared {
+            status: "ok".to_owned(),
+            conversation_id: None,
+        }));
+    };
+    let committed = state
+        .commands
+        .conversations
+        .execute(
+            &conversation.id.to_string(),
+            ConversationCommand::ClearHistory,
+            &CommandMeta::new(Actor::User(caller.id)),
+        )
+        .await?;
+    consistency::caught_up(&state.db, projection::CONVERSATIONS, committed.sequence).await?;
+    Ok(Json(Cleared {
+        status: "ok".to_owned(),
+        conversation_id: Some(conversation.id),
+    }))
+}
+
+/// The runtime's base URL and token, if the agent is running.
+async fn runtime_of(
+    state: &AppState,
+    agent_id: AgentId,
+    agent: &Agent,
+) -> Result<(reqwest::Url, String), ApiError> {
+    let not_running = || ApiError::conflict("agent_not_running", "the agent is not running");
+    let (AgentStatus::Running, Some(endpoint)) = (&agent.status, &agent.endpoint_url) else {
+        return Err(not_running());
+    };
+    let url = reqwest::Url::parse(endpoint).map_err(ApiError::internal)?;
+    let token = state
+        .agent_tokens
+        .get(agent_id)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(not_running)?;
+    Ok((url, token))
+}
+
+/// Proactive messages the agent queued for the caller's conversation (heartbeats, subagents).
+#[utoipa::path(get, path = "/api/v1/chat/{id}/pending", operation_id = "get_chat_pending", tag = "chat", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Agent id")),
+    responses((status = 200, description = "`{\"messages\": [{\"chat_id\", \"content\"}]}`, taken from the runtime.", body = Object),
+        resp::Unauthorized, resp::Forbidden, resp::NotFound, resp::Conflict, resp::Unavailable))]
+pub(crate) async fn pending(
+    State(state): State<AppState>,
+    caller: ApprovedUser,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let (agent_id, agent) = owned_agent(&state, &caller, id).await?;
+    let (mut url, token) = runtime_of(&state, agent_id, &agent).await?;
+    let latest = views::conversations(&state.db, caller.id, Some(agent_id), 1).await?;
+    let Some(conversation) = latest.first() else {
+        return Ok(Json(serde_json::json!({"messages": []})));
+    };
+    url.set_path("/pending");
+    url.query_pairs_mut()
+        .append_pair("chat_id", &conversation.id.to_string());
+    let response = state
+        .http
+        .get(url)
+        .bearer_auth(token)
+        .timeout(PROXY_TIMEOUT)
+        .send()
+        .await
+        .map_err(|_| ApiError::Unavailable("the agent runtime"))?;
+    if !response.status().is_success() {
+        return Err(ApiError::Unavailable("the agent runtime"));
+    }
+    let body = response
+        .json::<serde_json::Value>()
+        .await
+        .map_err(|_| ApiError::Unavailable("the agent runtime"))?;
+    Ok(Json(body))
+}
+
+/// A workspace-relative path that cannot leave the workspace: no empty, `.` or `..` segment,
+/// no leading `/`, no backslash or NUL.
+fn safe_path(path: &str) -> Result<Vec<&str>, ApiError> {
+    let invalid = || {
+        ApiError::client(
+            StatusCode::BAD_REQUEST,
+            "invalid_path",
+            "the path must stay inside the agent's workspace",
+        )
+    };
+    if path.contains(['\\', '\0']) {
+        return Err(invalid());
+    }
+    let segments: Vec<&str> = path.split('/').collect();
+    if segments
+        .iter()
+        .any(|s| s.is_empty() || *s == "." || *s == "..")
+    {
+        return Err(invalid());
+    }
+    Ok(segments)
+}
+
+/// Download a file from the agent's workspace.
+#[utoipa::path(get, path = "/api/v1/files/{id}/{path}", operation_id = "get_file", tag = "chat", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Agent id"),
+        ("path" = String, Path, description = "Workspace-relative path; `..` is refused")),
+    responses((status = 200, description = "The file's bytes.", content_type = "application/octet-stream", body = Vec<u8>),
+        resp::BadRequest, resp::Unauthorized, resp::Forbidden, resp::NotFound, resp::Conflict, resp::Unavailable))]
+pub(crate) async fn file(
+    State(state): State<AppState>,
+    caller: ApprovedUser,
+    ApiPath((id, path)): ApiPath<(Uuid, String)>,
+) -> Result<Response, ApiError> {
+    let segments = safe_path(&path)?;
+    let (agent_id, agent) = owned_agent(&state, &caller, id).await?;
+    let (mut url, token) = runtime_of(&state, agent_id, &agent).await?;
+    url.path_segments_mut()
+        .map_err(|()| ApiError::Unavailable("the agent runtime"))?
+        .clear()
+        .push("files")
+        .extend(segments);
+    let response = state
+        .http
+        .get(url)
+        .bearer_auth(token)
+        .timeout(PROXY_TIMEOUT)
+        .send()
+        .await
+        .map_err(|_| ApiError::Unavailable("the agent runtime"))?;
+    match response.status() {
+        status if status.is_success() => {}
+        StatusCode::NOT_FOUND => return Err(ApiError::NotFound),
+        StatusCode::BAD_REQUEST => {
+            return Err(ApiError::client(
+                StatusCode::BAD_REQUEST,
+                "invalid_path",
+                "the path is not a file inside the agent's workspace",
+            ));
+        }
+        _ => return Err(ApiError::Unavailable("the agent runtime")),
+    }
+    let mut answer = Response::builder()
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::CACHE_CONTROL, "no-store");
+    if let Some(length) = response.content_length() {
+        answer = answer.header(header::CONTENT_LENGTH, length);
+    }
+    answer
+        .body(Body::from_stream(response.bytes_stream()))
+        .map_err(ApiError::internal)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_that_could_leave_the_workspace_are_refused() {
+        assert_eq!(
+            safe_path("out/report.md").ok(),
+            Some(vec!["out", "report.md"])
+        );
+        for bad in [
+            "../etc/passwd",
+            "a/../../b",
+            "/etc/passwd",
+            "a//b",
+            "./a",
+            "a\\..\\b",
+            "",
+        ] {
+            assert!(safe_path(bad).is_err(), "{bad}");
+        }
+    }
+}

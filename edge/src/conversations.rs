@@ -1,0 +1,171 @@
+//! `/api/v1/conversations*`: the caller's conversations by last activity, their messages, and
+//! cancelling a run. Another user's conversation is 404, like a missing one.
+
+use crate::error::ApiError;
+use crate::extract::{ApiJson, ApiPath, ApiQuery, ApprovedUser, AuthUser};
+use crate::openapi::resp;
+use crate::routes::ApiRouter;
+use crate::state::AppState;
+use crate::views::{self, ConversationView, MessageView};
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+use warren_commands::CommandMeta;
+use warren_domain::Actor;
+use warren_domain::conversation::{ConversationCommand, ConversationEvent};
+use warren_domain::ids::{AgentId, RunId};
+
+/// Most items one page holds.
+const MAX_PAGE: i64 = 200;
+
+/// The conversation routes.
+pub fn routes() -> ApiRouter {
+    ApiRouter::new()
+        .get("/conversations", list)
+        .get("/conversations/{id}/messages", messages)
+        .post("/conversations/{id}/cancel", cancel)
+}
+
+/// `POST /conversations/{id}/cancel`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct CancelRequest {
+    /// The run to cancel; the one running (or next up) if left out.
+    pub run_id: Option<Uuid>,
+}
+
+/// What a cancel did.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CancelAnswer {
+    /// The run.
+    pub run_id: Uuid,
+    /// `cancel_requested` (its worker stops it and confirms) or `cancelled` (it was waiting).
+    pub status: String,
+}
+
+/// `GET /conversations`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Only conversations with this agent.
+    pub agent_id: Option<Uuid>,
+    /// How many (1 to 200, default 50).
+    #[param(minimum = 1, maximum = 200)]
+    pub limit: Option<i64>,
+}
+
+/// `GET /conversations/{id}/messages`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct MessagesQuery {
+    /// Only messages before this one (for the previous page).
+    pub before: Option<Uuid>,
+    /// How many (1 to 200, default 50).
+    #[param(minimum = 1, maximum = 200)]
+    pub limit: Option<i64>,
+}
+
+fn page_size(limit: Option<i64>) -> Result<i64, ApiError> {
+    match limit {
+        None => Ok(50),
+        Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
+        Some(_) => Err(ApiError::invalid_field("limit", "must be from 1 to 200")),
+    }
+}
+
+/// The caller's conversations, most recently active first.
+#[utoipa::path(get, path = "/api/v1/conversations", operation_id = "get_conversations", tag = "conversations", security(("bearer" = [])),
+    params(ListQuery),
+    responses((status = 200, description = "Conversations.", body = Vec<ConversationView>), resp::Unauthorized, resp::Validation))]
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> Result<Json<Vec<ConversationView>>, ApiError> {
+    let limit = page_size(query.limit)?;
+    Ok(Json(
+        views::conversations(&state.db, caller.id, query.agent_id.map(AgentId), limit).await?,
+    ))
+}
+
+/// A page of a conversation's messages, oldest first.
+#[utoipa::path(get, path = "/api/v1/conversations/{id}/messages", operation_id = "get_conversation_messages", tag = "conversations", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Conversation id"), MessagesQuery),
+    responses((status = 200, description = "Messages, oldest first.", body = Vec<MessageView>),
+        resp::Unauthorized, resp::NotFound, resp::Validation))]
+pub(crate) async fn messages(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiQuery(query): ApiQuery<MessagesQuery>,
+) -> Result<Json<Vec<MessageView>>, ApiError> {
+    let limit = page_size(query.limit)?;
+    if views::conversation(&state.db, caller.id, id)
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::NotFound);
+    }
+    Ok(Json(
+        views::messages(&state.db, id, query.before, limit).await?,
+    ))
+}
+
+/// Cancel a run: a waiting one at once, a running one by asking its worker (which stops the
+/// agent's tool and confirms). The run's stream ends with an `error` frame of code `cancelled`.
+#[utoipa::path(post, path = "/api/v1/conversations/{id}/cancel", operation_id = "post_conversation_cancel", tag = "conversations", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Conversation id")),
+    request_body = CancelRequest,
+    responses((status = 202, description = "Cancelled or cancel requested.", body = CancelAnswer),
+        resp::BadRequest, resp::Unauthorized, resp::Forbidden, resp::NotFound, resp::Conflict, resp::Validation))]
+pub(crate) async fn cancel(
+    State(state): State<AppState>,
+    caller: ApprovedUser,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiJson(request): ApiJson<CancelRequest>,
+) -> Result<(StatusCode, Json<CancelAnswer>), ApiError> {
+    let (conversation, _) = state
+        .commands
+        .conversations
+        .load(&id.to_string())
+        .await
+        .map_err(ApiError::internal)?;
+    if conversation.id.is_none() || conversation.user_id != caller.id {
+        return Err(ApiError::NotFound);
+    }
+    let run_id = match request.run_id {
+        Some(run_id) => RunId(run_id),
+        None => conversation
+            .runs
+            .first()
+            .map(|slot| slot.run_id)
+            .ok_or_else(|| ApiError::conflict("run_not_active", "no run is going on"))?,
+    };
+    let committed = state
+        .commands
+        .conversations
+        .execute(
+            &id.to_string(),
+            ConversationCommand::RequestCancel { run_id },
+            &CommandMeta::new(Actor::User(caller.id)),
+        )
+        .await?;
+    let cancelled = committed
+        .events
+        .iter()
+        .any(|e| matches!(e.event, ConversationEvent::RunCancelled { .. }));
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(CancelAnswer {
+            run_id: run_id.0,
+            status: if cancelled {
+                "cancelled"
+            } else {
+                "cancel_requested"
+            }
+            .to_owned(),
+        }),
+    ))
+}
