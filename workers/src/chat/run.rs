@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use warren_commands::{CommandError, CommandMeta, codec, topology};
 use warren_domain::Actor;
-use warren_domain::agent::AgentStatus;
+use warren_domain::agent::{AgentCommand, AgentStatus};
 use warren_domain::conversation::{
     ConversationCommand, ConversationError, ConversationEvent, LiveDelta, RunStatus, TokenUsage,
     ToolCall,
@@ -109,7 +109,7 @@ pub async fn run(
         Err(outcome) => outcome,
         Ok(runtime) => {
             live.status(&mut progress, RunStatus::Thinking).await;
-            drive(
+            let outcome = drive(
                 shared,
                 &job,
                 &runtime,
@@ -119,7 +119,13 @@ pub async fn run(
                 &mut signals,
                 &shutdown,
             )
-            .await
+            .await;
+            if matches!(&outcome, Outcome::Failed { code, .. } if code.starts_with("runtime_"))
+                && !runtime.healthy().await
+            {
+                report_agent_failure(shared, job.agent_id).await;
+            }
+            outcome
         }
     };
     live.flush(&mut progress).await;
@@ -157,6 +163,25 @@ pub async fn run(
     }
     if let Err(err) = shared.leases.release(held).await {
         tracing::warn!(run_id = %job.run_id, error = %err, "releasing the run lease failed");
+    }
+}
+
+/// Marks the agent failed (its runtime is gone), so its owner sees it and can repair it.
+async fn report_agent_failure(shared: &Shared, agent_id: AgentId) {
+    let meta = CommandMeta::new(Actor::System(shared.worker_id.clone()));
+    let command = AgentCommand::ReportAgentFailure {
+        error: "the agent runtime stopped answering during a run".to_owned(),
+    };
+    match shared
+        .commands
+        .agents
+        .execute(&agent_id.to_string(), command, &meta)
+        .await
+    {
+        Ok(_) => tracing::warn!(%agent_id, "agent runtime is gone, agent marked failed"),
+        // No longer running (stopped, redeploying, failed already): nothing to report.
+        Err(CommandError::Rejected(_)) => {}
+        Err(err) => tracing::warn!(%agent_id, error = %err, "reporting the agent failure failed"),
     }
 }
 

@@ -248,6 +248,16 @@ impl Runtime {
         .await
     }
 
+    /// Whether the runtime answers `GET /health`.
+    pub async fn healthy(&self) -> bool {
+        self.http
+            .get(self.url("/health"))
+            .timeout(Duration::from_secs(3))
+            .send()
+            .await
+            .is_ok_and(|response| response.status().is_success())
+    }
+
     /// Clears the chat's history in the runtime.
     pub async fn clear(&self, chat_id: &str) -> Result<(), RuntimeError> {
         self.send(

@@ -1,0 +1,378 @@
+//! Agents that run and talk, end to end: the real `warren dev` (edge, projector, deployer, chat
+//! worker) deploys a real `warren-agent`, which talks to the scripted model server over the
+//! OpenAI streaming protocol; the test talks to the edge over HTTP/SSE like a client.
+
+mod chat_support;
+mod common;
+mod edge_support;
+
+use chat_support::{Chat, alive};
+use serde_json::json;
+use std::time::Duration;
+use warren_testkit::model_server::Reply;
+use warren_testkit::{wait_for, wait_until};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+#[tokio::test]
+async fn a_message_streams_text_a_tool_call_its_result_and_done_and_the_run_is_recorded() {
+    let chat = Chat::start(&[]).await;
+    chat.model.push(Reply::tool_call(
+        "shell",
+        json!({"command": "echo hi from the tool"}),
+    ));
+    chat.model.push(Reply::text("The tool said hi."));
+
+    let mut run = chat.send("Run echo for me").await;
+    let queued = run.until("queued").await;
+    assert_eq!(queued.data["position"], 0, "{queued:?}");
+    let conversation_id = queued.data["conversation_id"]
+        .as_str()
+        .expect("conversation id")
+        .to_owned();
+    let tool_use = run.until("tool_use").await;
+    assert_eq!(tool_use.data["name"], "shell");
+    assert_eq!(tool_use.data["input"]["command"], "echo hi from the tool");
+    let call_id = tool_use.data["call_id"]
+        .as_str()
+        .expect("call id")
+        .to_owned();
+    let result = run.until("tool_result").await;
+    assert_eq!(result.data["call_id"], call_id.as_str());
+    assert_eq!(result.data["ok"], true);
+    assert!(
+        result.data["output"]
+            .as_str()
+            .is_some_and(|o| o.contains("hi from the tool")),
+        "{result:?}"
+    );
+    let done = run.finish().await;
+    assert_eq!(done.kind(), "done", "{:?}", run.frames);
+    assert_eq!(done.data["text"], "The tool said hi.");
+    assert_eq!(
+        run.text(),
+        "The tool said hi.",
+        "text deltas add up to the reply"
+    );
+    assert_eq!(done.data["tool_calls"][0]["call_id"], call_id.as_str());
+
+    // Every frame carries the log cursor, in order.
+    let ids: Vec<u64> = run.frames.iter().map(|f| f.id.expect("id")).collect();
+    assert!(ids.windows(2).all(|w| w[0] <= w[1]), "{ids:?}");
+
+    // The completed run is in the messages read model …
+    let path = format!("/api/v1/conversations/{conversation_id}/messages");
+    let messages = wait_for(TIMEOUT, || async {
+        let answer = chat.platform.get(&path, Some(&chat.user.access)).await;
+        let list = answer.body.as_array()?.clone();
+        (list.len() == 2).then_some(list)
+    })
+    .await;
+    assert_eq!(messages[0]["role"], "user");
+    assert_eq!(messages[0]["text"], "Run echo for me");
+    assert_eq!(messages[1]["role"], "assistant");
+    assert_eq!(messages[1]["text"], "The tool said hi.");
+    assert_eq!(messages[1]["tool_calls"][0]["call_id"], call_id.as_str());
+    assert_eq!(messages[1]["tool_calls"][0]["name"], "shell");
+    let conversations = chat
+        .platform
+        .get("/api/v1/conversations", Some(&chat.user.access))
+        .await;
+    assert_eq!(conversations.body[0]["id"], conversation_id.as_str());
+
+    // … and in the log, as one RunCompleted with the tool call and its result.
+    let js = chat.platform.nats.jetstream().await;
+    let stream = js
+        .get_stream("CONVERSATIONS")
+        .await
+        .expect("conversations stream");
+    let last = stream
+        .get_last_raw_message_by_subject(&format!("conv.{conversation_id}.ev"))
+        .await
+        .expect("last commit");
+    let commit: serde_json::Value = serde_json::from_slice(&last.payload).expect("commit JSON");
+    assert_eq!(commit[0]["type"], "RunCompleted", "{commit}");
+    let data = &commit[0]["data"];
+    assert_eq!(data["tool_calls"][0]["name"], "shell");
+    assert!(
+        data["tool_calls"][0]["output"]
+            .as_str()
+            .is_some_and(|o| o.contains("hi from the tool"))
+    );
+    // The model was called with the platform key, twice (tool call, then the answer).
+    assert_eq!(chat.model.request_count(), 2);
+    assert_eq!(
+        chat.model.recorded()[0].api_key.as_deref(),
+        Some("sk-platform")
+    );
+}
+
+#[tokio::test]
+async fn a_second_message_during_a_run_is_queued_at_position_1_and_runs_after() {
+    let chat = Chat::start(&[]).await;
+    // The first run's tool waits for a file the test creates once the second message is queued.
+    chat.model.push(Reply::tool_call(
+        "shell",
+        json!({"command": "while [ ! -f release ]; do sleep 0.05; done; echo released"}),
+    ));
+    chat.model.push(Reply::text("First answer."));
+    chat.model.push(Reply::text("Second answer."));
+
+    let mut first = chat.send("first").await;
+    first.until("tool_use").await;
+    let mut second = chat.send("second").await;
+    let queued = second.until("queued").await;
+    assert_eq!(queued.data["position"], 1, "{queued:?}");
+
+    std::fs::write(chat.workspace().join("release"), b"").expect("release the tool");
+    let done = first.finish().await;
+    assert_eq!(done.data["text"], "First answer.", "{:?}", first.frames);
+    let done = second.finish().await;
+    assert_eq!(done.data["text"], "Second answer.", "{:?}", second.frames);
+    // The second run started only after the first completed.
+    let first_done = first.frames.last().and_then(|f| f.id).expect("id");
+    let second_text = second
+        .frames
+        .iter()
+        .find(|f| f.kind() == "text")
+        .and_then(|f| f.id)
+        .expect("second run's text");
+    assert!(second_text > first_done, "{first_done} < {second_text}");
+}
+
+#[tokio::test]
+async fn cancelling_a_running_shell_tool_kills_its_process_and_records_the_run_cancelled() {
+    let chat = Chat::start(&[]).await;
+    chat.model.push(Reply::tool_call(
+        "shell",
+        json!({"command": "echo $$ > tool.pid; exec sleep 600"}),
+    ));
+    let mut run = chat.send("sleep a long time").await;
+    let conversation_id = run.until("queued").await.data["conversation_id"]
+        .as_str()
+        .expect("conversation id")
+        .to_owned();
+    run.until("tool_use").await;
+    let pid_file = chat.workspace().join("tool.pid");
+    let pid: i32 = wait_for(TIMEOUT, || async {
+        std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+    })
+    .await;
+    assert!(alive(pid), "the tool runs");
+
+    let cancelled = chat
+        .platform
+        .post(
+            &format!("/api/v1/conversations/{conversation_id}/cancel"),
+            Some(&chat.user.access),
+            json!({}),
+        )
+        .await;
+    assert_eq!(cancelled.status, 202, "{cancelled:?}");
+    assert_eq!(cancelled.body["status"], "cancel_requested");
+    let end = run.finish().await;
+    assert_eq!(end.kind(), "error", "{:?}", run.frames);
+    assert_eq!(end.data["code"], "cancelled");
+    wait_until(TIMEOUT, || async { !alive(pid) }).await;
+
+    // The log says cancelled, and the agent takes the next message.
+    let js = chat.platform.nats.jetstream().await;
+    let stream = js.get_stream("CONVERSATIONS").await.expect("stream");
+    let last = stream
+        .get_last_raw_message_by_subject(&format!("conv.{conversation_id}.ev"))
+        .await
+        .expect("last commit");
+    let commit: serde_json::Value = serde_json::from_slice(&last.payload).expect("commit JSON");
+    assert_eq!(commit[0]["type"], "RunCancelled", "{commit}");
+    chat.model.push(Reply::text("Back."));
+    let mut next = chat.send("still there?").await;
+    assert_eq!(next.finish().await.data["text"], "Back.");
+}
+
+#[tokio::test]
+async fn the_message_past_the_daily_quota_is_refused_before_the_model_is_called() {
+    let chat = Chat::start(&[("WARREN_TIER_FREE_MESSAGES_PER_DAY", "1")]).await;
+    chat.model.push(Reply::text("One."));
+    let mut run = chat.send("one").await;
+    assert_eq!(run.finish().await.kind(), "done");
+    wait_until(TIMEOUT, || async {
+        chat.platform
+            .get("/api/v1/usage", Some(&chat.user.access))
+            .await
+            .body["messages"]["used"]
+            == 1
+    })
+    .await;
+
+    chat.model.push(Reply::text("Two."));
+    let refused = chat.post_chat(json!({"message": "two"})).await;
+    assert_eq!(refused.status(), 429);
+    let retry_after: u64 = refused
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After");
+    assert!(retry_after > 0 && retry_after <= 86_400, "{retry_after}");
+    let body: serde_json::Value = refused.json().await.expect("error envelope");
+    assert_eq!(body["error"]["code"], "quota_exceeded");
+    assert_eq!(
+        chat.model.request_count(),
+        1,
+        "the model never saw the second message"
+    );
+    assert_eq!(chat.model.pending_replies(), 1);
+}
+
+#[tokio::test]
+async fn a_runtime_that_crashes_mid_stream_fails_the_run_and_the_agent_can_be_repaired() {
+    let chat = Chat::start(&[]).await;
+    chat.model
+        .push(Reply::text("Starting to answer").then_hang());
+    let mut run = chat.send("crash please").await;
+    run.until("text").await;
+    let pid = chat.agent_pid();
+    rustix::process::kill_process_group(
+        rustix::process::Pid::from_raw(pid).expect("pid"),
+        rustix::process::Signal::KILL,
+    )
+    .expect("kill the runtime");
+    let end = run.finish().await;
+    assert_eq!(end.kind(), "error", "{:?}", run.frames);
+    assert_eq!(end.data["code"], "runtime_stream_broken");
+    assert_eq!(end.data["retryable"], true);
+
+    // The worker found the runtime gone and marked the agent failed, so it can be repaired.
+    let status_path = format!("/api/v1/agents/{}/status", chat.agent_id);
+    wait_until(TIMEOUT, || async {
+        chat.platform
+            .get(&status_path, Some(&chat.user.access))
+            .await
+            .body["status"]
+            == "failed"
+    })
+    .await;
+    let repaired = chat
+        .platform
+        .post(
+            &format!("/api/v1/agents/{}/repair", chat.agent_id),
+            Some(&chat.user.access),
+            json!({}),
+        )
+        .await;
+    assert_eq!(repaired.status, 202, "{repaired:?}");
+    chat.wait_running().await;
+    wait_until(TIMEOUT, || async { chat.agent_pid() != pid }).await;
+    chat.model.push(Reply::text("I am back."));
+    let mut next = chat.send("again").await;
+    let done = next.finish().await;
+    assert_eq!(done.data["text"], "I am back.", "{:?}", next.frames);
+}
+
+#[tokio::test]
+async fn another_users_agent_and_conversation_are_not_found() {
+    let chat = Chat::start(&[]).await;
+    chat.model.push(Reply::text("Mine."));
+    let mut run = chat.send("hello").await;
+    let conversation_id = run.until("queued").await.data["conversation_id"]
+        .as_str()
+        .expect("conversation id")
+        .to_owned();
+    run.finish().await;
+
+    let other = chat.platform.sign_in("other@example.com").await;
+    let token = Some(other.access.as_str());
+    let agent = &chat.agent_id;
+    let p = &chat.platform;
+    assert_eq!(
+        p.post(
+            &format!("/api/v1/chat/{agent}"),
+            token,
+            json!({"message": "hi"})
+        )
+        .await
+        .status,
+        404
+    );
+    assert_eq!(
+        p.delete(&format!("/api/v1/chat/{agent}"), token)
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        p.get(&format!("/api/v1/chat/{agent}/pending"), token)
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        p.get(&format!("/api/v1/files/{agent}/notes.txt"), token)
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        p.get(
+            &format!("/api/v1/conversations/{conversation_id}/messages"),
+            token
+        )
+        .await
+        .status,
+        404
+    );
+    assert_eq!(
+        p.post(
+            &format!("/api/v1/conversations/{conversation_id}/cancel"),
+            token,
+            json!({})
+        )
+        .await
+        .status,
+        404
+    );
+    assert_eq!(
+        p.get("/api/v1/conversations", token).await.body,
+        json!([]),
+        "no leak in listings"
+    );
+}
+
+#[tokio::test]
+async fn workspace_files_download_through_the_edge_and_traversal_is_refused() {
+    let chat = Chat::start(&[]).await;
+    std::fs::create_dir_all(chat.workspace().join("out")).expect("dir");
+    std::fs::write(chat.workspace().join("out/report.md"), b"# Report\n").expect("file");
+    let base = &chat.platform.base;
+    let agent = &chat.agent_id;
+    let http = &chat.platform.http;
+    let file = http
+        .get(format!("{base}/api/v1/files/{agent}/out/report.md"))
+        .bearer_auth(&chat.user.access)
+        .send()
+        .await
+        .expect("download");
+    assert_eq!(file.status(), 200);
+    assert_eq!(file.bytes().await.expect("bytes").as_ref(), b"# Report\n");
+    for bad in ["..%2F..%2Fprocess.json", "out/..%2F..%2Fprocess.json"] {
+        let refused = chat
+            .platform
+            .get(
+                &format!("/api/v1/files/{agent}/{bad}"),
+                Some(&chat.user.access),
+            )
+            .await;
+        assert_eq!(refused.status, 400, "{bad}: {refused:?}");
+        assert_eq!(refused.body["error"]["code"], "invalid_path");
+    }
+    let missing = chat
+        .platform
+        .get(
+            &format!("/api/v1/files/{agent}/nope.txt"),
+            Some(&chat.user.access),
+        )
+        .await;
+    assert_eq!(missing.status, 404);
+}
