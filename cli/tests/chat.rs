@@ -376,3 +376,84 @@ async fn workspace_files_download_through_the_edge_and_traversal_is_refused() {
         .await;
     assert_eq!(missing.status, 404);
 }
+
+/// The last commit on a conversation's facts subject: its events' type and data.
+async fn last_commit(chat: &Chat, conversation_id: &str) -> serde_json::Value {
+    let js = chat.platform.nats.jetstream().await;
+    let stream = js.get_stream("CONVERSATIONS").await.expect("stream");
+    let last = stream
+        .get_last_raw_message_by_subject(&format!("conv.{conversation_id}.ev"))
+        .await
+        .expect("last commit");
+    serde_json::from_slice(&last.payload).expect("commit JSON")
+}
+
+#[tokio::test]
+async fn the_run_of_a_killed_chat_worker_is_closed_by_another_replica() {
+    let mut chat = Chat::start(&[]).await;
+    // A second replica beside the one inside `warren dev`.
+    let env = vec![
+        ("WARREN_NATS_URL", chat.platform.nats.url()),
+        ("WARREN_DATABASE_URL", chat.platform.db.url().to_owned()),
+        (
+            "WARREN_ENCRYPTION_KEY",
+            edge_support::ENCRYPTION_KEY.to_owned(),
+        ),
+    ];
+    let mut replica = common::Warren::spawn(
+        &["worker", "chat"],
+        &env,
+        chat.platform.dir.path(),
+        "chat-replica",
+    );
+    let replica_pid = replica.child.id().expect("replica pid");
+    let dev_pid = chat.platform.warren.child.id().expect("dev pid");
+
+    chat.model.push(Reply::hang());
+    let mut run = chat.send("never finishes").await;
+    let conversation_id = run.until("queued").await.data["conversation_id"]
+        .as_str()
+        .expect("conversation id")
+        .to_owned();
+    run.until("text").await;
+    let started = last_commit(&chat, &conversation_id).await;
+    assert_eq!(started[0]["type"], "RunStarted", "{started}");
+    let run_id = started[0]["data"]["run_id"].clone();
+    let worker = started[0]["data"]["worker_id"]
+        .as_str()
+        .expect("worker id")
+        .to_owned();
+
+    // Kill whichever replica runs it; the other must close the run.
+    let (survivor_pid, replica_died) = if worker.starts_with(&format!("chat-{replica_pid}-")) {
+        replica.kill_group().await;
+        (dev_pid, true)
+    } else {
+        assert!(
+            worker.starts_with(&format!("chat-{dev_pid}-")),
+            "{worker} is neither {dev_pid} nor {replica_pid}"
+        );
+        chat.platform.warren.kill_group().await;
+        (replica_pid, false)
+    };
+    let failed = wait_for(Duration::from_secs(45), || async {
+        let commit = last_commit(&chat, &conversation_id).await;
+        (commit[0]["type"] == "RunFailed").then_some(commit)
+    })
+    .await;
+    let event = &failed[0];
+    assert_eq!(event["data"]["run_id"], run_id);
+    assert_eq!(event["data"]["code"], "worker_lost");
+    assert_eq!(event["data"]["retryable"], true);
+    assert!(
+        event["actor"]["id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with(&format!("chat-{survivor_pid}-"))),
+        "closed by the surviving replica: {event}"
+    );
+    if replica_died {
+        // The edge survived: its client saw the run end too.
+        let end = run.finish().await;
+        assert_eq!(end.data["code"], "worker_lost", "{:?}", run.frames);
+    }
+}
