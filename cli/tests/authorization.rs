@@ -125,6 +125,26 @@ async fn every_route_answers_each_kind_of_caller_with_its_expected_status() {
             == "failed"
     })
     .await;
+    // A talks to the failed agent once: the message is recorded, its run fails, and A has a
+    // conversation.
+    let posted = platform
+        .http
+        .post(format!("{}/api/v1/chat/{agent_id}", platform.base))
+        .bearer_auth(&a.access)
+        .json(&json!({ "message": "hello?" }))
+        .send()
+        .await
+        .expect("chat");
+    assert_eq!(posted.status(), 200);
+    let stream = posted.text().await.expect("the run's stream ends");
+    assert!(stream.contains(r#""code":"agent_unavailable""#), "{stream}");
+    let conversation = platform
+        .get("/api/v1/conversations", Some(&a.access))
+        .await
+        .body[0]["id"]
+        .as_str()
+        .expect("A's conversation")
+        .to_owned();
     let rows = vec![
         row("GET", "/api/v1/health", None, [200, 200, 200, 200, 200]),
         row(
@@ -225,6 +245,48 @@ async fn every_route_answers_each_kind_of_caller_with_its_expected_status() {
             None,
             [401, 403, 409, 404, 404],
         ),
+        row(
+            "POST",
+            "/api/v1/chat/{agent}",
+            Some(json!({ "message": " " })),
+            [401, 403, 422, 404, 404],
+        ),
+        row(
+            "GET",
+            "/api/v1/chat/{agent}/pending",
+            None,
+            [401, 403, 409, 404, 404],
+        ),
+        row(
+            "GET",
+            "/api/v1/files/{agent}/notes.txt",
+            None,
+            [401, 403, 409, 404, 404],
+        ),
+        row(
+            "GET",
+            "/api/v1/conversations",
+            None,
+            [401, 200, 200, 200, 200],
+        ),
+        row(
+            "GET",
+            "/api/v1/conversations/{conversation}/messages",
+            None,
+            [401, 404, 200, 404, 404],
+        ),
+        row(
+            "POST",
+            "/api/v1/conversations/{conversation}/cancel",
+            Some(json!({})),
+            [401, 403, 409, 404, 404],
+        ),
+        row(
+            "DELETE",
+            "/api/v1/chat/{agent}",
+            None,
+            [401, 403, 200, 404, 404],
+        ),
         row("GET", "/api/v1/usage", None, [401, 200, 200, 200, 200]),
         row(
             "GET",
@@ -303,7 +365,8 @@ async fn every_route_answers_each_kind_of_caller_with_its_expected_status() {
             .replace("{key}", &key_id)
             .replace("{conn}", &connection)
             .replace("{pending}", &pending_id)
-            .replace("{guest}", &guest_id);
+            .replace("{guest}", &guest_id)
+            .replace("{conversation}", &conversation);
         for (column, who, session) in callers {
             let answer = platform
                 .call(
@@ -323,7 +386,9 @@ async fn every_route_answers_each_kind_of_caller_with_its_expected_status() {
             if who == "B" && row.method == "GET" {
                 let text = answer.body.to_string();
                 assert!(
-                    !text.contains(&agent_id) && !text.contains(&key_id),
+                    !text.contains(&agent_id)
+                        && !text.contains(&key_id)
+                        && !text.contains(&conversation),
                     "{} leaks A's data to B: {text}",
                     row.path
                 );
