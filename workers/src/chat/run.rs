@@ -19,7 +19,9 @@ use warren_domain::conversation::{
 };
 use warren_domain::ids::{AgentId, ConversationId, MessageId, RunId};
 
-/// Tokens are published at most this often per run (DESIGN §4: 25–40 ms).
+/// Tokens are published at most this often per run (DESIGN §4: 25–40 ms). A token arriving
+/// after a quiet spell goes out at once; tokens arriving faster are gathered until the window
+/// since the last publish closes, so coalescing adds latency only to bursts.
 const COALESCE: Duration = Duration::from_millis(30);
 /// Tool output kept in the log and in deltas, per call: a commit must stay well under NATS's
 /// message size limit even with many calls.
@@ -80,9 +82,10 @@ fn bounded(mut text: String, cap: usize) -> String {
 /// What the run has seen so far.
 #[derive(Default)]
 struct Progress {
-    /// Token text not yet published, and when the first of it arrived.
+    /// Token text not yet published, when it is due, and when tokens were last published.
     pending: String,
-    pending_since: Option<tokio::time::Instant>,
+    flush_at: Option<tokio::time::Instant>,
+    last_flush: Option<tokio::time::Instant>,
     /// Whether the current model turn streamed tokens (else its `text` is published whole).
     turn_streamed: bool,
     turns: Vec<String>,
@@ -235,7 +238,7 @@ async fn drive(
     let mut cancel_asked = false;
     let mut interrupted = false;
     loop {
-        let flush_at = progress.pending_since.map(|since| since + COALESCE);
+        let flush_at = progress.flush_at;
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => {
@@ -356,10 +359,11 @@ impl Live<'_> {
     }
 
     async fn flush(&self, progress: &mut Progress) {
-        progress.pending_since = None;
+        progress.flush_at = None;
         if progress.pending.is_empty() {
             return;
         }
+        progress.last_flush = Some(tokio::time::Instant::now());
         let text = std::mem::take(&mut progress.pending);
         self.publish(LiveDelta::Token {
             run_id: self.run_id,
@@ -380,9 +384,13 @@ impl Live<'_> {
                     self.status(progress, RunStatus::Streaming).await;
                 }
                 progress.pending.push_str(&delta);
-                progress
-                    .pending_since
-                    .get_or_insert_with(tokio::time::Instant::now);
+                if progress.flush_at.is_none() {
+                    let now = tokio::time::Instant::now();
+                    match progress.last_flush.map(|last| last + COALESCE) {
+                        Some(due) if due > now => progress.flush_at = Some(due),
+                        _ => self.flush(progress).await,
+                    }
+                }
             }
             RuntimeEvent::Text(content) => {
                 if !progress.turn_streamed && !content.is_empty() {
