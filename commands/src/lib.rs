@@ -8,7 +8,8 @@
 //! - [`aggregates`] — which stream and subject each domain aggregate lives on.
 //! - [`error`] — [`StoreError`] (one conflict variant, mapped in one place) and [`CommandError`].
 //! - [`service`] — [`CommandService`]: one store per aggregate type, the handle adapters call.
-//! - [`secrets`] — the AES-256-GCM box of secrets kept outside the log, and agents' tokens.
+//! - [`secrets`] — the AES-256-GCM box of secrets kept outside the log: agents' tokens and users'
+//!   provider keys.
 
 pub mod aggregates;
 pub mod codec;

@@ -22,7 +22,6 @@
 //!   clear history, pending messages, and `/files` downloads proxied from the runtime.
 //! - [`conversations`] — `/conversations`: by last activity, and their messages.
 //! - [`usage`], [`quota`] — `/usage`, and the tier quotas (agents, messages per day).
-//! - [`secrets`] — AES-256-GCM sealing of provider keys in the `secrets` KV bucket.
 //! - [`mail`] — SMTP (or log) delivery.
 //! - [`consistency`] — bounded wait for a projection checkpoint (read-after-write).
 //! - [`ratelimit`] — per-process fixed-window request limits.
@@ -45,7 +44,6 @@ pub mod openapi;
 pub mod quota;
 pub mod ratelimit;
 pub mod routes;
-pub mod secrets;
 pub mod server;
 pub mod settings;
 pub mod state;

@@ -5,13 +5,12 @@ use crate::auth::store::{AuthKv, KvError};
 use crate::auth::tokens::Tokens;
 use crate::mail::Mailer;
 use crate::ratelimit::RateLimiter;
-use crate::secrets::{SecretError, SecretStore};
 use crate::settings::EdgeSettings;
 use sqlx::PgPool;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use warren_commands::CommandService;
-use warren_commands::secrets::{AgentTokens, TokenError};
+use warren_commands::secrets::{AgentTokens, ProviderKeys, SecretError, TokenError};
 
 /// Why the edge could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -45,7 +44,7 @@ pub struct AppState {
     /// Auth records that are not tokens (identities).
     pub auth_kv: AuthKv,
     /// Encrypted provider keys.
-    pub secrets: SecretStore,
+    pub secrets: ProviderKeys,
     /// Outgoing mail.
     pub mailer: Mailer,
     /// Request rate limits.
@@ -69,7 +68,7 @@ impl AppState {
     ) -> Result<Self, StateError> {
         let js = commands.jetstream().clone();
         let auth_kv = AuthKv::open(&js).await?;
-        let secrets = SecretStore::open(&js, &settings.encryption_key.0).await?;
+        let secrets = ProviderKeys::open(&js, &settings.encryption_key.0).await?;
         let agent_tokens = AgentTokens::open(&js, &settings.encryption_key.0).await?;
         let tokens = Tokens::new(
             auth_kv.clone(),

@@ -1,16 +1,14 @@
-//! Provider API keys outside the log (DESIGN §2): AES-256-GCM under the master key, stored in the
-//! `secrets` KV bucket under `provider_key.<key id>`. Events carry only the key id and a masked
-//! fingerprint; purging the KV entry destroys the key for good.
-//!
-//! The stored value is `nonce (12 bytes) ‖ ciphertext+tag`, with the key id and owner as
-//! associated data, so a ciphertext copied under another id or user does not decrypt.
+//! [`ProviderKeys`]: users' provider API keys under `provider_key.<key id>`, bound to the key id
+//! and its owner, so a ciphertext copied under another id or user does not decrypt. Events carry
+//! only the key id and a masked fingerprint; purging the entry destroys the key for good. The
+//! edge writes them; the chat worker reads them to run a user's messages on the user's key.
 
+use super::{open, seal};
+use crate::topology::KV_SECRETS;
 use aes_gcm::Aes256Gcm;
 use aes_gcm::aead::KeyInit;
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
-use warren_commands::secrets::{open, seal};
-use warren_commands::topology::KV_SECRETS;
 use warren_domain::ids::{KeyId, UserId};
 
 /// Why a secret could not be stored, read or destroyed.
@@ -59,7 +57,7 @@ pub enum SecretError {
 
 /// Seals and opens provider keys and keeps their ciphertext in KV. Cheap to clone.
 #[derive(Clone)]
-pub struct SecretStore {
+pub struct ProviderKeys {
     cipher: Aes256Gcm,
     kv: kv::Store,
 }
@@ -69,7 +67,7 @@ pub fn provider_key_entry(key_id: KeyId) -> String {
     format!("provider_key.{key_id}")
 }
 
-impl SecretStore {
+impl ProviderKeys {
     /// Opens the `secrets` bucket (created by the command service's topology).
     pub async fn open(js: &jetstream::Context, master_key: &[u8]) -> Result<Self, SecretError> {
         let cipher =

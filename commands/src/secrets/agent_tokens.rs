@@ -1,16 +1,12 @@
-//! Secrets outside the log (DESIGN §2): the AES-256-GCM box every stored secret uses
-//! ([`seal`]/[`open`]: `nonce (12 bytes) ‖ ciphertext+tag`, bound to associated data), and
-//! [`AgentTokens`], each agent's bearer token in the `secrets` KV bucket under
-//! `agent-token.<agent_id>`, bound to that key name. The deployer writes tokens; the chat worker
-//! and the edge read them to reach runtimes. (Provider keys are the edge's, in the same bucket.)
+//! [`AgentTokens`]: each agent's bearer token under `agent-token.<agent_id>`, bound to that key
+//! name. The deployer writes tokens; the chat worker and the edge read them to reach runtimes.
 
+use super::{open, seal};
 use crate::topology::KV_SECRETS;
-use aes_gcm::aead::{Aead, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Nonce};
+use aes_gcm::Aes256Gcm;
+use aes_gcm::aead::KeyInit;
 use async_nats::jetstream::{self, kv};
 use warren_domain::ids::AgentId;
-
-const NONCE_BYTES: usize = 12;
 
 /// Why a token could not be stored or read.
 #[derive(Debug, thiserror::Error)]
@@ -96,60 +92,9 @@ pub fn generate() -> String {
     hex::encode(rand::random::<[u8; 32]>())
 }
 
-/// `nonce ‖ ciphertext` of `plain`, bound to `aad`.
-pub fn seal(cipher: &Aes256Gcm, aad: &[u8], plain: &[u8]) -> Option<Vec<u8>> {
-    let nonce_bytes: [u8; NONCE_BYTES] = rand::random();
-    let nonce = Nonce::from_slice(&nonce_bytes);
-    let ciphertext = cipher.encrypt(nonce, Payload { msg: plain, aad }).ok()?;
-    let mut out = Vec::with_capacity(NONCE_BYTES + ciphertext.len());
-    out.extend_from_slice(&nonce_bytes);
-    out.extend_from_slice(&ciphertext);
-    Some(out)
-}
-
-/// Opens what [`seal`] produced; `None` if it was tampered with or bound to something else.
-pub fn open(cipher: &Aes256Gcm, aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
-    if sealed.len() < NONCE_BYTES {
-        return None;
-    }
-    let (nonce, ciphertext) = sealed.split_at(NONCE_BYTES);
-    cipher
-        .decrypt(
-            Nonce::from_slice(nonce),
-            Payload {
-                msg: ciphertext,
-                aad,
-            },
-        )
-        .ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn cipher() -> Aes256Gcm {
-        Aes256Gcm::new_from_slice(&[3u8; 32]).expect("32-byte key")
-    }
-
-    #[test]
-    fn a_sealed_secret_opens_only_with_its_binding() {
-        let sealed = seal(&cipher(), b"a", b"sk-secret").expect("seal");
-        assert!(!sealed.windows(9).any(|w| w == b"sk-secret"));
-        assert_eq!(
-            open(&cipher(), b"a", &sealed).as_deref(),
-            Some(&b"sk-secret"[..])
-        );
-        assert_eq!(open(&cipher(), b"b", &sealed), None);
-    }
-
-    #[test]
-    fn a_tampered_ciphertext_does_not_open() {
-        let mut sealed = seal(&cipher(), b"a", b"sk-secret").expect("seal");
-        let last = sealed.len() - 1;
-        sealed[last] ^= 1;
-        assert_eq!(open(&cipher(), b"a", &sealed), None);
-    }
 
     #[test]
     fn a_sealed_token_opens_only_under_its_own_key_name() {
