@@ -457,3 +457,30 @@ async fn the_run_of_a_killed_chat_worker_is_closed_by_another_replica() {
         assert_eq!(end.data["code"], "worker_lost", "{:?}", run.frames);
     }
 }
+
+#[tokio::test]
+async fn a_user_with_their_own_provider_key_is_served_on_it_not_on_the_platform_key() {
+    let chat = Chat::start(&[]).await;
+    let added = chat
+        .platform
+        .post(
+            "/api/v1/users/me/api-keys",
+            Some(&chat.user.access),
+            json!({
+                "provider": "custom",
+                "base_url": chat.model.url(),
+                "api_key": "sk-user-own-key-0123456789",
+            }),
+        )
+        .await;
+    assert_eq!(added.status, 201, "{added:?}");
+    chat.model.push(Reply::text("On your key."));
+    let mut run = chat.send("whose key?").await;
+    assert_eq!(run.finish().await.data["text"], "On your key.");
+    let recorded = chat.model.recorded();
+    assert_eq!(recorded.len(), 1);
+    assert_eq!(
+        recorded[0].api_key.as_deref(),
+        Some("sk-user-own-key-0123456789")
+    );
+}

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use warren_commands::secrets::{AgentTokens, TokenError};
+use warren_commands::secrets::{AgentTokens, ProviderKeys, SecretError, TokenError};
 use warren_commands::{CommandError, CommandMeta, CommandService, codec, topology};
 use warren_domain::Actor;
 use warren_domain::agent::AgentStatus;
@@ -70,6 +70,9 @@ pub enum ChatError {
     /// The token store could not be opened.
     #[error("opening the secrets bucket failed")]
     Tokens(#[from] TokenError),
+    /// The provider key store could not be opened.
+    #[error("opening the provider key store failed")]
+    ProviderKeys(#[from] SecretError),
     /// The lease bucket failed.
     #[error(transparent)]
     Leases(#[from] LeaseError),
@@ -88,6 +91,7 @@ pub struct Shared {
     nats: async_nats::Client,
     commands: CommandService,
     tokens: AgentTokens,
+    provider_keys: ProviderKeys,
     leases: Leases,
     http: reqwest::Client,
     settings: ChatSettings,
@@ -115,6 +119,7 @@ impl ChatWorker {
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         );
         let tokens = AgentTokens::open(&js, master_key).await?;
+        let provider_keys = ProviderKeys::open(&js, master_key).await?;
         let leases = Leases::open(&js, worker_id.clone()).await?;
         Ok(Self {
             shared: Arc::new(Shared {
@@ -122,6 +127,7 @@ impl ChatWorker {
                 nats,
                 commands,
                 tokens,
+                provider_keys,
                 leases,
                 http: reqwest::Client::new(),
                 settings,
@@ -302,6 +308,7 @@ impl ChatWorker {
         let job = run::Job {
             conversation_id,
             agent_id: conversation.agent_id,
+            user_id: conversation.user_id,
             run_id: next.run_id,
             text: next.text,
         };

@@ -5,7 +5,7 @@
 
 use super::Shared;
 use super::lease::Held;
-use super::runtime::{IDLE_TIMEOUT, Runtime, RuntimeEvent};
+use super::runtime::{IDLE_TIMEOUT, ModelOverride, Runtime, RuntimeEvent};
 use async_nats::HeaderMap;
 use futures::StreamExt;
 use std::time::{Duration, Instant};
@@ -17,7 +17,8 @@ use warren_domain::conversation::{
     ConversationCommand, ConversationError, ConversationEvent, LiveDelta, RunStatus, TokenUsage,
     ToolCall,
 };
-use warren_domain::ids::{AgentId, ConversationId, MessageId, RunId};
+use warren_domain::ids::{AgentId, ConversationId, MessageId, RunId, UserId};
+use warren_domain::user::Provider;
 
 /// Tokens are published at most this often per run (DESIGN §4: 25–40 ms). A token arriving
 /// after a quiet spell goes out at once; tokens arriving faster are gathered until the window
@@ -35,6 +36,8 @@ pub struct Job {
     pub conversation_id: ConversationId,
     /// The conversation's agent.
     pub agent_id: AgentId,
+    /// The conversation's user (whose own provider key, if any, the run uses).
+    pub user_id: UserId,
     /// The run.
     pub run_id: RunId,
     /// The message it answers.
@@ -108,14 +111,15 @@ pub async fn run(
         run_id: job.run_id,
     };
     let mut progress = Progress::default();
-    let outcome = match resolve(shared, job.agent_id).await {
+    let outcome = match resolve(shared, job.agent_id, job.user_id).await {
         Err(outcome) => outcome,
-        Ok(runtime) => {
+        Ok((runtime, model)) => {
             live.status(&mut progress, RunStatus::Thinking).await;
             let outcome = drive(
                 shared,
                 &job,
                 &runtime,
+                model.as_ref(),
                 &live,
                 &mut progress,
                 &mut held,
@@ -188,8 +192,13 @@ async fn report_agent_failure(shared: &Shared, agent_id: AgentId) {
     }
 }
 
-/// The agent's runtime, if the agent is running and has an endpoint and a token.
-async fn resolve(shared: &Shared, agent_id: AgentId) -> Result<Runtime, Outcome> {
+/// The agent's runtime, if the agent is running and has an endpoint and a token, and the user's
+/// own model key if they added one (the most recent; else the runtime's platform default).
+async fn resolve(
+    shared: &Shared,
+    agent_id: AgentId,
+    user_id: UserId,
+) -> Result<(Runtime, Option<ModelOverride>), Outcome> {
     let (agent, _) = shared
         .commands
         .agents
@@ -212,7 +221,45 @@ async fn resolve(shared: &Shared, agent_id: AgentId) -> Result<Runtime, Outcome>
         .await
         .map_err(|err| failed("agent_unavailable", err.to_string(), true))?
         .ok_or_else(|| failed("agent_unavailable", "the agent has no token", true))?;
-    Ok(Runtime::new(shared.http.clone(), &endpoint, token))
+    let model = user_model(shared, user_id).await?;
+    Ok((Runtime::new(shared.http.clone(), &endpoint, token), model))
+}
+
+/// The user's most recently added provider key as a model override.
+async fn user_model(shared: &Shared, user_id: UserId) -> Result<Option<ModelOverride>, Outcome> {
+    let (user, _) = shared
+        .commands
+        .users
+        .load(&user_id.to_string())
+        .await
+        .map_err(|err| failed("log_unavailable", err.to_string(), true))?;
+    let Some(key) = user.provider_keys.last() else {
+        return Ok(None);
+    };
+    let Some(api_key) = shared
+        .provider_keys
+        .get(user_id, key.key_id)
+        .await
+        .map_err(|err| failed("provider_key_unavailable", err.to_string(), true))?
+    else {
+        return Ok(None);
+    };
+    // OpenRouter, LibertAI and custom endpoints speak the OpenAI API.
+    let (provider, public_url) = match key.provider {
+        Provider::Anthropic => ("anthropic", None),
+        Provider::Openai => ("openai", None),
+        Provider::Openrouter => ("openai", Some("https://openrouter.ai/api/v1")),
+        Provider::Libertai => ("openai", Some("https://api.libertai.io/v1")),
+        Provider::Custom => ("openai", None),
+    };
+    Ok(Some(ModelOverride {
+        provider,
+        base_url: key
+            .base_url
+            .clone()
+            .or_else(|| public_url.map(str::to_owned)),
+        api_key,
+    }))
 }
 
 /// Reads the runtime's stream until the run ends.
@@ -221,6 +268,7 @@ async fn drive(
     shared: &Shared,
     job: &Job,
     runtime: &Runtime,
+    model: Option<&ModelOverride>,
     live: &Live<'_>,
     progress: &mut Progress,
     held: &mut Held,
@@ -228,7 +276,7 @@ async fn drive(
     shutdown: &CancellationToken,
 ) -> Outcome {
     let chat_id = job.conversation_id.to_string();
-    let events = match runtime.chat(&chat_id, &job.text).await {
+    let events = match runtime.chat(&chat_id, &job.text, model).await {
         Ok(events) => events,
         Err(err) => return failed("runtime_unavailable", err.to_string(), true),
     };

@@ -175,6 +175,18 @@ impl Wire {
     }
 }
 
+/// The model a run uses instead of the runtime's configured one: the user's own key.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct ModelOverride {
+    /// `openai` (any compatible API) or `anthropic`.
+    pub provider: &'static str,
+    /// The endpoint, if not the provider's public one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
+    /// The key.
+    pub api_key: String,
+}
+
 /// One agent's runtime, as the chat worker reaches it.
 #[derive(Clone)]
 pub struct Runtime {
@@ -203,13 +215,22 @@ impl Runtime {
         &self,
         chat_id: &str,
         message: &str,
+        model: Option<&ModelOverride>,
     ) -> Result<impl Stream<Item = Result<RuntimeEvent, RuntimeError>> + use<>, RuntimeError> {
+        let mut body = serde_json::json!({"message": message, "chat_id": chat_id});
+        if let (Some(model), Some(fields)) = (model, body.as_object_mut()) {
+            fields.insert("provider".into(), model.provider.into());
+            fields.insert("api_key".into(), model.api_key.clone().into());
+            if let Some(base_url) = &model.base_url {
+                fields.insert("base_url".into(), base_url.clone().into());
+            }
+        }
         let response = tokio::time::timeout(
             CONNECT_TIMEOUT,
             self.http
                 .post(self.url("/chat"))
                 .bearer_auth(&self.token)
-                .json(&serde_json::json!({"message": message, "chat_id": chat_id}))
+                .json(&body)
                 .send(),
         )
         .await
