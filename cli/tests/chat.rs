@@ -484,3 +484,65 @@ async fn a_user_with_their_own_provider_key_is_served_on_it_not_on_the_platform_
         Some("sk-user-own-key-0123456789")
     );
 }
+
+#[tokio::test]
+async fn an_interrupting_message_cancels_the_running_run_and_clearing_history_forgets_it() {
+    let chat = Chat::start(&[]).await;
+    chat.model
+        .push(Reply::text("Thinking about the first").then_hang());
+    chat.model.push(Reply::text("Answering the second."));
+    let mut first = chat.send("first").await;
+    first.until("text").await;
+    let mut second = chat
+        .send_with(json!({"message": "never mind, second", "mode": "interrupt"}))
+        .await;
+    assert_eq!(second.until("queued").await.data["position"], 0);
+    let end = first.finish().await;
+    assert_eq!(end.kind(), "error", "{:?}", first.frames);
+    assert_eq!(end.data["code"], "cancelled");
+    let done = second.finish().await;
+    assert_eq!(
+        done.data["text"], "Answering the second.",
+        "{:?}",
+        second.frames
+    );
+
+    // Clearing forgets the conversation here and in the runtime: the next model request
+    // carries only the new message.
+    let conversation_id = done.data["conversation_id"]
+        .as_str()
+        .expect("conversation id")
+        .to_owned();
+    let cleared = chat
+        .platform
+        .delete(
+            &format!("/api/v1/chat/{}", chat.agent_id),
+            Some(&chat.user.access),
+        )
+        .await;
+    assert_eq!(cleared.status, 200, "{cleared:?}");
+    assert_eq!(cleared.body["conversation_id"], conversation_id.as_str());
+    let messages = chat
+        .platform
+        .get(
+            &format!("/api/v1/conversations/{conversation_id}/messages"),
+            Some(&chat.user.access),
+        )
+        .await;
+    assert_eq!(messages.body, json!([]));
+    chat.model.push(Reply::text("Fresh start."));
+    // The worker handles the conversation's commits in order: HistoryCleared (clear the
+    // runtime's chat) before the next message's RunQueued.
+    let mut next = chat.send("hello again").await;
+    assert_eq!(next.finish().await.data["text"], "Fresh start.");
+    let request = chat.model.requests().last().cloned().expect("a request");
+    let texts: Vec<String> = request["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .filter(|m| m["role"] != "system")
+        .map(|m| m["content"].to_string())
+        .collect();
+    assert_eq!(texts.len(), 1, "only the new message: {texts:?}");
+    assert!(texts[0].contains("hello again"), "{texts:?}");
+}
