@@ -4,12 +4,14 @@
 //! Layout:
 //! - [`supervise`] — restart a worker loop with backoff until shutdown; a failure is logged with
 //!   its whole cause chain, never a panic.
+//! - [`consume`] — the durable-consumer loop the log-driven workers share (handle, then ack).
 //! - [`projector`] — hosts the read-model projections.
 //! - [`deployer`] — runs agents (the `process` provisioner) as the log asks, and reconciles.
 //! - [`notifier`] — emails admins about new registrations.
 //! - [`chat`] — runs conversations' queued runs against agent runtimes, publishing live deltas.
 
 pub mod chat;
+pub mod consume;
 pub mod deployer;
 pub mod notifier;
 pub mod projector;

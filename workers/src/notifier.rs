@@ -9,10 +9,10 @@
 //! Recipients are the configured admin addresses plus every approved admin in the users read
 //! model. Mail goes through an [`Outbox`], which the binary backs with its SMTP mailer.
 
+use crate::consume::{ConsumeError, Durable, Handled, consume};
 use crate::supervise::supervise;
-use async_nats::jetstream::{self, AckKind, consumer};
+use async_nats::jetstream;
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
 use sqlx::PgPool;
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -42,12 +42,8 @@ pub trait Outbox: Send + Sync + 'static {
 #[derive(Debug, thiserror::Error)]
 pub enum NotifierError {
     /// The consumer could not be set up or read.
-    #[error("notifier consumer failed")]
-    Consumer(#[source] Box<dyn std::error::Error + Send + Sync>),
-}
-
-fn consumer_error(err: impl std::error::Error + Send + Sync + 'static) -> NotifierError {
-    NotifierError::Consumer(Box::new(err))
+    #[error(transparent)]
+    Consumer(#[from] ConsumeError),
 }
 
 /// The notifier, built and ready to run.
@@ -88,53 +84,27 @@ impl<O: Outbox> Notifier<O> {
     }
 
     async fn run_once(&self, shutdown: CancellationToken) -> Result<(), NotifierError> {
-        let stream = self
-            .js
-            .get_stream_no_info(topology::USERS)
-            .await
-            .map_err(consumer_error)?;
-        let consumer = stream
-            .get_or_create_consumer(
-                CONSUMER,
-                consumer::pull::Config {
-                    durable_name: Some(CONSUMER.to_owned()),
-                    filter_subject: "user.*".to_owned(),
-                    deliver_policy: consumer::DeliverPolicy::All,
-                    ack_policy: consumer::AckPolicy::Explicit,
-                    ack_wait: Duration::from_secs(60),
-                    ..Default::default()
+        let durable = Durable {
+            stream: topology::USERS,
+            name: CONSUMER,
+            filter: "user.*",
+            ack_wait: Duration::from_secs(60),
+        };
+        consume(&self.js, &durable, &shutdown, |message| async move {
+            match self.handle(&message).await {
+                Ok(()) => Handled::Done,
+                Err(Outcome::Retry(reason)) => Handled::Retry {
+                    reason,
+                    after: Duration::from_secs(5),
                 },
-            )
-            .await
-            .map_err(consumer_error)?;
-        let mut messages = consumer.messages().await.map_err(consumer_error)?;
-        loop {
-            let message = tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                next = messages.next() => match next {
-                    Some(message) => message.map_err(consumer_error)?,
-                    None => return Ok(()),
-                },
-            };
-            let ack = match self.handle(&message).await {
-                Ok(()) => AckKind::Ack,
-                Err(Outcome::Retry(reason)) => {
-                    tracing::warn!(subject = %message.subject, reason, "notification failed, retrying later");
-                    AckKind::Nak(Some(Duration::from_secs(5)))
-                }
-                Err(Outcome::Poison(reason)) => {
-                    tracing::error!(subject = %message.subject, reason, "unreadable commit, skipped");
-                    AckKind::Term
-                }
-            };
-            message
-                .ack_with(ack)
-                .await
-                .map_err(NotifierError::Consumer)?;
-        }
+                Err(Outcome::Poison(reason)) => Handled::Poison(reason),
+            }
+        })
+        .await?;
+        Ok(())
     }
 
-    async fn handle(&self, message: &jetstream::Message) -> Result<(), Outcome> {
+    async fn handle(&self, message: &async_nats::Message) -> Result<(), Outcome> {
         let registers = message
             .headers
             .as_ref()

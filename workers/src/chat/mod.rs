@@ -21,9 +21,9 @@ pub mod lease;
 pub mod run;
 pub mod runtime;
 
+use crate::consume::{ConsumeError, Durable, Handled, consume};
 use crate::supervise::supervise;
-use async_nats::jetstream::{self, AckKind, consumer};
-use futures::StreamExt;
+use async_nats::jetstream;
 use lease::{LeaseError, Leases};
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,12 +77,8 @@ pub enum ChatError {
     #[error(transparent)]
     Leases(#[from] LeaseError),
     /// The consumer could not be set up or read.
-    #[error("chat consumer failed")]
-    Consumer(#[source] Box<dyn std::error::Error + Send + Sync>),
-}
-
-fn consumer_error(err: impl std::error::Error + Send + Sync + 'static) -> ChatError {
-    ChatError::Consumer(Box::new(err))
+    #[error(transparent)]
+    Consumer(#[from] ConsumeError),
 }
 
 /// What runs share.
@@ -164,53 +160,29 @@ impl ChatWorker {
     }
 
     async fn run_once(&self, shutdown: CancellationToken) -> Result<(), ChatError> {
-        let stream = self
-            .shared
-            .js
-            .get_stream_no_info(topology::CONVERSATIONS)
-            .await
-            .map_err(consumer_error)?;
-        let consumer = stream
-            .get_or_create_consumer(
-                CONSUMER,
-                consumer::pull::Config {
-                    durable_name: Some(CONSUMER.to_owned()),
-                    filter_subject: "conv.*.ev".to_owned(),
-                    deliver_policy: consumer::DeliverPolicy::All,
-                    ack_policy: consumer::AckPolicy::Explicit,
-                    ack_wait: Duration::from_secs(60),
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(consumer_error)?;
-        let mut messages = consumer.messages().await.map_err(consumer_error)?;
-        loop {
-            let message = tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                next = messages.next() => match next {
-                    Some(message) => message.map_err(consumer_error)?,
-                    None => return Ok(()),
-                },
+        let durable = Durable {
+            stream: topology::CONVERSATIONS,
+            name: CONSUMER,
+            filter: "conv.*.ev",
+            ack_wait: Duration::from_secs(60),
+        };
+        let shutdown = &shutdown;
+        consume(&self.shared.js, &durable, shutdown, |message| async move {
+            let envelopes = match codec::decode::<ConversationEvent>(&message.payload) {
+                Ok(envelopes) => envelopes,
+                Err(err) => return Handled::Poison(err.to_string()),
             };
-            let ack = match codec::decode::<ConversationEvent>(&message.payload) {
-                Err(err) => {
-                    tracing::error!(subject = %message.subject, error = %err, "unreadable commit, skipped");
-                    AckKind::Term
-                }
-                Ok(envelopes) => {
-                    let events: Vec<_> = envelopes.into_iter().map(|e| e.event).collect();
-                    match self.react(&events, &shutdown).await {
-                        Ok(()) => AckKind::Ack,
-                        Err(reason) => {
-                            tracing::warn!(subject = %message.subject, reason, "chat worker action failed, retrying later");
-                            AckKind::Nak(Some(Duration::from_secs(1)))
-                        }
-                    }
-                }
-            };
-            message.ack_with(ack).await.map_err(ChatError::Consumer)?;
-        }
+            let events: Vec<_> = envelopes.into_iter().map(|e| e.event).collect();
+            match self.react(&events, shutdown).await {
+                Ok(()) => Handled::Done,
+                Err(reason) => Handled::Retry {
+                    reason,
+                    after: Duration::from_secs(1),
+                },
+            }
+        })
+        .await?;
+        Ok(())
     }
 
     /// Reacts to one commit's events.

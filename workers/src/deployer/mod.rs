@@ -23,9 +23,9 @@
 
 pub mod process;
 
+use crate::consume::{ConsumeError, Durable, Handled, consume};
 use crate::supervise::supervise;
-use async_nats::jetstream::{self, AckKind, consumer};
-use futures::StreamExt;
+use async_nats::jetstream;
 use process::{Layout, ProcessError, ProcessRecord, ProcessSettings};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -68,12 +68,8 @@ pub enum DeployerError {
     #[error("opening the secrets bucket failed")]
     Tokens(#[from] TokenError),
     /// The consumer could not be set up or read.
-    #[error("deployer consumer failed")]
-    Consumer(#[source] Box<dyn std::error::Error + Send + Sync>),
-}
-
-fn consumer_error(err: impl std::error::Error + Send + Sync + 'static) -> DeployerError {
-    DeployerError::Consumer(Box::new(err))
+    #[error(transparent)]
+    Consumer(#[from] ConsumeError),
 }
 
 /// What handling one message came to.
@@ -135,56 +131,29 @@ impl Deployer {
     }
 
     async fn run_once(&self, shutdown: CancellationToken) -> Result<(), DeployerError> {
-        let stream = self
-            .js
-            .get_stream_no_info(topology::AGENTS)
-            .await
-            .map_err(consumer_error)?;
-        let consumer = stream
-            .get_or_create_consumer(
-                CONSUMER,
-                consumer::pull::Config {
-                    durable_name: Some(CONSUMER.to_owned()),
-                    filter_subject: "agent.*".to_owned(),
-                    deliver_policy: consumer::DeliverPolicy::All,
-                    ack_policy: consumer::AckPolicy::Explicit,
-                    ack_wait: Duration::from_secs(300),
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(consumer_error)?;
-        let mut messages = consumer.messages().await.map_err(consumer_error)?;
-        loop {
-            let message = tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                next = messages.next() => match next {
-                    Some(message) => message.map_err(consumer_error)?,
-                    None => return Ok(()),
-                },
+        let durable = Durable {
+            stream: topology::AGENTS,
+            name: CONSUMER,
+            filter: "agent.*",
+            ack_wait: Duration::from_secs(300),
+        };
+        consume(&self.js, &durable, &shutdown, |message| async move {
+            let envelopes = match codec::decode::<AgentEvent>(&message.payload) {
+                Ok(envelopes) => envelopes,
+                Err(err) => return Handled::Poison(err.to_string()),
             };
-            let ack = match codec::decode::<AgentEvent>(&message.payload) {
-                Err(err) => {
-                    tracing::error!(subject = %message.subject, error = %err, "unreadable commit, skipped");
-                    AckKind::Term
+            for envelope in envelopes {
+                if let Err(Outcome::Retry(reason)) = self.handle(&envelope.event).await {
+                    return Handled::Retry {
+                        reason,
+                        after: Duration::from_secs(2),
+                    };
                 }
-                Ok(envelopes) => {
-                    let mut ack = AckKind::Ack;
-                    for envelope in envelopes {
-                        if let Err(Outcome::Retry(reason)) = self.handle(&envelope.event).await {
-                            tracing::warn!(subject = %message.subject, reason, "deployer action failed, retrying later");
-                            ack = AckKind::Nak(Some(Duration::from_secs(2)));
-                            break;
-                        }
-                    }
-                    ack
-                }
-            };
-            message
-                .ack_with(ack)
-                .await
-                .map_err(DeployerError::Consumer)?;
-        }
+            }
+            Handled::Done
+        })
+        .await?;
+        Ok(())
     }
 
     async fn handle(&self, event: &AgentEvent) -> Result<(), Outcome> {
