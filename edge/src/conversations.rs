@@ -15,8 +15,8 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 use warren_commands::CommandMeta;
 use warren_domain::Actor;
-use warren_domain::conversation::{ConversationCommand, ConversationEvent};
-use warren_domain::ids::{AgentId, RunId};
+use warren_domain::conversation::{Conversation, ConversationCommand, ConversationEvent};
+use warren_domain::ids::{AgentId, RunId, UserId};
 
 /// Most items one page holds.
 const MAX_PAGE: i64 = 200;
@@ -65,6 +65,25 @@ pub struct MessagesQuery {
     /// How many (1 to 200, default 50).
     #[param(minimum = 1, maximum = 200)]
     pub limit: Option<i64>,
+}
+
+/// The conversation's current state if it is `user`'s; 404 otherwise (missing or someone
+/// else's alike).
+pub(crate) async fn owned_conversation(
+    state: &AppState,
+    user: UserId,
+    id: Uuid,
+) -> Result<Conversation, ApiError> {
+    let (conversation, _) = state
+        .commands
+        .conversations
+        .load(&id.to_string())
+        .await
+        .map_err(ApiError::internal)?;
+    if conversation.id.is_none() || conversation.user_id != user {
+        return Err(ApiError::NotFound);
+    }
+    Ok(conversation)
 }
 
 fn page_size(limit: Option<i64>) -> Result<i64, ApiError> {
@@ -126,15 +145,7 @@ pub(crate) async fn cancel(
     ApiPath(id): ApiPath<Uuid>,
     ApiJson(request): ApiJson<CancelRequest>,
 ) -> Result<(StatusCode, Json<CancelAnswer>), ApiError> {
-    let (conversation, _) = state
-        .commands
-        .conversations
-        .load(&id.to_string())
-        .await
-        .map_err(ApiError::internal)?;
-    if conversation.id.is_none() || conversation.user_id != caller.id {
-        return Err(ApiError::NotFound);
-    }
+    let conversation = owned_conversation(&state, caller.id, id).await?;
     let run_id = match request.run_id {
         Some(run_id) => RunId(run_id),
         None => conversation

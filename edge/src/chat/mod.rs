@@ -15,6 +15,7 @@ pub mod frames;
 
 use crate::agents::owned_agent;
 use crate::consistency::{self, projection};
+use crate::conversations::owned_conversation;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, ApprovedUser};
 use crate::openapi::resp;
@@ -88,18 +89,9 @@ async fn conversation_for(
     requested: Option<Uuid>,
 ) -> Result<ConversationId, ApiError> {
     if let Some(id) = requested {
-        let (conversation, _) = state
-            .commands
-            .conversations
-            .load(&id.to_string())
-            .await
-            .map_err(ApiError::internal)?;
+        let conversation = owned_conversation(state, caller.id, id).await?;
         return match conversation.id {
-            Some(found)
-                if conversation.user_id == caller.id && conversation.agent_id == agent_id =>
-            {
-                Ok(found)
-            }
+            Some(found) if conversation.agent_id == agent_id => Ok(found),
             _ => Err(ApiError::NotFound),
         };
     }
@@ -297,6 +289,22 @@ async fn runtime_of(
     Ok((url, token))
 }
 
+/// `GET url` on a runtime with its token; 503 if it does not answer.
+async fn runtime_get(
+    state: &AppState,
+    url: reqwest::Url,
+    token: &str,
+) -> Result<reqwest::Response, ApiError> {
+    state
+        .http
+        .get(url)
+        .bearer_auth(token)
+        .timeout(PROXY_TIMEOUT)
+        .send()
+        .await
+        .map_err(|_| ApiError::Unavailable("the agent runtime"))
+}
+
 /// Proactive messages the agent queued for the caller's conversation (heartbeats, subagents).
 #[utoipa::path(get, path = "/api/v1/chat/{id}/pending", operation_id = "get_chat_pending", tag = "chat", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Agent id")),
@@ -316,14 +324,7 @@ pub(crate) async fn pending(
     url.set_path("/pending");
     url.query_pairs_mut()
         .append_pair("chat_id", &conversation.id.to_string());
-    let response = state
-        .http
-        .get(url)
-        .bearer_auth(token)
-        .timeout(PROXY_TIMEOUT)
-        .send()
-        .await
-        .map_err(|_| ApiError::Unavailable("the agent runtime"))?;
+    let response = runtime_get(&state, url, &token).await?;
     if !response.status().is_success() {
         return Err(ApiError::Unavailable("the agent runtime"));
     }
@@ -376,14 +377,7 @@ pub(crate) async fn file(
         .clear()
         .push("files")
         .extend(segments);
-    let response = state
-        .http
-        .get(url)
-        .bearer_auth(token)
-        .timeout(PROXY_TIMEOUT)
-        .send()
-        .await
-        .map_err(|_| ApiError::Unavailable("the agent runtime"))?;
+    let response = runtime_get(&state, url, &token).await?;
     match response.status() {
         status if status.is_success() => {}
         StatusCode::NOT_FOUND => return Err(ApiError::NotFound),
