@@ -276,6 +276,12 @@ async fn every_route_answers_each_kind_of_caller_with_its_expected_status() {
             [401, 404, 200, 404, 404],
         ),
         row(
+            "GET",
+            "/api/v1/conversations/{conversation}/events",
+            None,
+            [401, 404, 200, 404, 404],
+        ),
+        row(
             "POST",
             "/api/v1/conversations/{conversation}/cancel",
             Some(json!({})),
@@ -368,6 +374,21 @@ async fn every_route_answers_each_kind_of_caller_with_its_expected_status() {
             .replace("{guest}", &guest_id)
             .replace("{conversation}", &conversation);
         for (column, who, session) in callers {
+            if path.ends_with("/events") {
+                // A stream that does not end: only its status counts.
+                let mut request = platform.http.get(format!("{}{path}", platform.base));
+                if let Some(session) = session {
+                    request = request.bearer_auth(&session.access);
+                }
+                let status = request.send().await.expect("request").status().as_u16();
+                if status != row.expect[column] {
+                    failures.push(format!(
+                        "{} {} as {who}: expected {}, got {status}",
+                        row.method, row.path, row.expect[column]
+                    ));
+                }
+                continue;
+            }
             let answer = platform
                 .call(
                     row.method,

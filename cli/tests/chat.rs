@@ -546,3 +546,83 @@ async fn an_interrupting_message_cancels_the_running_run_and_clearing_history_fo
     assert_eq!(texts.len(), 1, "only the new message: {texts:?}");
     assert!(texts[0].contains("hello again"), "{texts:?}");
 }
+
+#[tokio::test]
+async fn a_conversation_followed_with_a_cursor_gets_history_then_live_and_a_stale_cursor_a_reset() {
+    let chat = Chat::start(&[]).await;
+    chat.model
+        .push(Reply::tool_call("shell", json!({"command": "echo one"})));
+    chat.model.push(Reply::text("First reply."));
+    let mut run = chat.send("first").await;
+    run.finish().await;
+    let queued = run
+        .frames
+        .iter()
+        .find(|f| f.kind() == "queued")
+        .expect("queued");
+    let conversation_id = queued.data["conversation_id"]
+        .as_str()
+        .expect("conversation id")
+        .to_owned();
+    let run_id = queued.data["run_id"].clone();
+
+    // From the start: the whole run, frame for frame as its own stream had it (same ids, same
+    // data), with the conversation's other frames around it.
+    let mut feed = chat.follow(&conversation_id, Some(0)).await;
+    feed.until("done").await;
+    let of_run: Vec<_> = feed
+        .frames
+        .iter()
+        .filter(|f| f.data["run_id"] == run_id)
+        .map(|f| (f.id, f.data.clone()))
+        .collect();
+    let streamed: Vec<_> = run.frames.iter().map(|f| (f.id, f.data.clone())).collect();
+    assert_eq!(of_run, streamed);
+    assert_eq!(feed.frames[0].kind(), "message");
+    assert_eq!(feed.frames[0].data["text"], "first");
+
+    // Live: a second message shows up on the open feed.
+    chat.model.push(Reply::text("Second reply."));
+    let mut second = chat
+        .send_with(json!({"message": "second", "conversation_id": conversation_id}))
+        .await;
+    second.finish().await;
+    let message = feed.until("message").await;
+    assert_eq!(message.data["text"], "second");
+    assert_eq!(feed.until("done").await.data["text"], "Second reply.");
+
+    // Resume from any frame's cursor: exactly the frames after it, in order.
+    let all: Vec<_> = feed.frames.iter().map(|f| (f.id, f.data.clone())).collect();
+    let cursor = all[all.len() / 2].0.expect("id");
+    let mut resumed = chat.follow(&conversation_id, Some(cursor)).await;
+    let expected: Vec<_> = all
+        .iter()
+        .filter(|(id, _)| id.is_some_and(|id| id > cursor))
+        .cloned()
+        .collect();
+    while resumed.frames.len() < expected.len() {
+        resumed.next().await.expect("a resumed frame");
+    }
+    let got: Vec<_> = resumed
+        .frames
+        .iter()
+        .map(|f| (f.id, f.data.clone()))
+        .collect();
+    assert_eq!(got, expected);
+
+    // A cursor older than what the log keeps: an explicit reset with a snapshot, never a gap.
+    let js = chat.platform.nats.jetstream().await;
+    let mut stream = js.get_stream("CONVERSATIONS").await.expect("stream");
+    let last = stream.info().await.expect("info").state.last_sequence;
+    stream.purge().sequence(last).await.expect("purge");
+    let mut reset = chat.follow(&conversation_id, Some(1)).await;
+    let first = reset.next().await.expect("a frame");
+    assert_eq!(first.kind(), "reset", "{first:?}");
+    let texts: Vec<&str> = first.data["messages"]
+        .as_array()
+        .expect("snapshot messages")
+        .iter()
+        .filter_map(|m| m["text"].as_str())
+        .collect();
+    assert_eq!(texts, ["first", "First reply.", "second", "Second reply."]);
+}

@@ -1,6 +1,8 @@
-//! `/api/v1/conversations*`: the caller's conversations by last activity, their messages, and
-//! cancelling a run. Another user's conversation is 404, like a missing one.
+//! `/api/v1/conversations*`: the caller's conversations by last activity, their messages,
+//! cancelling a run, and following a conversation live with one cursor for history and live
+//! (`/events`). Another user's conversation is 404, like a missing one.
 
+use crate::chat::{Follow, follow};
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, ApiQuery, ApprovedUser, AuthUser};
 use crate::openapi::resp;
@@ -9,14 +11,18 @@ use crate::state::AppState;
 use crate::views::{self, ConversationView, MessageView};
 use axum::Json;
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::http::StatusCode;
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
-use warren_commands::CommandMeta;
+use warren_commands::{CommandMeta, topology};
 use warren_domain::Actor;
 use warren_domain::conversation::{Conversation, ConversationCommand, ConversationEvent};
-use warren_domain::ids::{AgentId, RunId, UserId};
+use warren_domain::ids::{AgentId, ConversationId, RunId, UserId};
 
 /// Most items one page holds.
 const MAX_PAGE: i64 = 200;
@@ -27,6 +33,18 @@ pub fn routes() -> ApiRouter {
         .get("/conversations", list)
         .get("/conversations/{id}/messages", messages)
         .post("/conversations/{id}/cancel", cancel)
+        .get("/conversations/{id}/events", events)
+}
+
+/// Messages in the snapshot that opens a stream without a cursor (or after a reset).
+const SNAPSHOT_MESSAGES: i64 = 50;
+
+/// `GET /conversations/{id}/events`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct EventsQuery {
+    /// Resume after this cursor (a frame's `id:`); the `Last-Event-ID` header does the same.
+    pub after: Option<u64>,
 }
 
 /// `POST /conversations/{id}/cancel`.
@@ -179,4 +197,69 @@ pub(crate) async fn cancel(
             .to_owned(),
         }),
     ))
+}
+
+/// Follow the conversation: every frame after the cursor, then live, each with `id:` = its log
+/// sequence, so a client that reconnects with `Last-Event-ID` (or `?after=`) gets exactly what it
+/// missed. Without a cursor the stream opens with a `snapshot` frame (the latest messages) and
+/// goes on from there; a cursor older than the log retains gets a `reset` frame with the same
+/// snapshot instead of a silent gap.
+#[utoipa::path(get, path = "/api/v1/conversations/{id}/events", operation_id = "get_conversation_events", tag = "conversations", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Conversation id"), EventsQuery,
+        ("Last-Event-ID" = Option<u64>, Header, description = "The last frame's `id:` seen (as `after`)")),
+    responses((status = 200, content_type = "text/event-stream", body = String,
+        description = "SSE: `snapshot` or `reset` first when there is no usable cursor, then `message`, `queued`, `run_started`, `status`, `text`, `tool_use`, `tool_result`, `file`, `cancel_requested`, `done`, `error`, `renamed`, `history_cleared` and `keepalive` frames; `id:` is the log sequence."),
+        resp::Unauthorized, resp::NotFound, resp::Validation))]
+pub(crate) async fn events(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiQuery(query): ApiQuery<EventsQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    owned_conversation(&state, caller.id, id).await?;
+    let cursor = query.after.or_else(|| {
+        headers
+            .get("last-event-id")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok())
+    });
+    let js = state.commands.jetstream();
+    let oldest = js
+        .get_stream(topology::CONVERSATIONS)
+        .await
+        .map_err(ApiError::internal)?
+        .cached_info()
+        .state
+        .first_sequence;
+    let (from_seq, opening) = match cursor {
+        Some(after) if after.saturating_add(1) >= oldest => (after + 1, vec![]),
+        expired => {
+            let (checkpoint, messages) =
+                views::message_snapshot(&state.db, id, SNAPSHOT_MESSAGES).await?;
+            let data = match expired {
+                Some(after) => json!({
+                    "type": "reset", "reason": "cursor_expired", "after": after,
+                    "oldest": oldest, "conversation_id": id, "messages": messages,
+                }),
+                None => json!({"type": "snapshot", "conversation_id": id, "messages": messages}),
+            };
+            let opening = Event::default()
+                .id(checkpoint.to_string())
+                .data(data.to_string());
+            (checkpoint + 1, vec![opening])
+        }
+    };
+    let frames = follow(
+        js,
+        state.closing.clone(),
+        Follow {
+            conversation_id: ConversationId(id),
+            from_seq,
+            run: None,
+            opening,
+        },
+    )
+    .await?;
+    Ok(Sse::new(frames).into_response())
 }

@@ -168,6 +168,7 @@ impl Modify for BearerAuth {
         crate::conversations::list,
         crate::conversations::messages,
         crate::conversations::cancel,
+        crate::conversations::events,
     ),
     components(schemas(ErrorEnvelope, ErrorBody)),
     tags(

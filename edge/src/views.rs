@@ -369,8 +369,8 @@ pub struct MessageView {
 
 /// Up to `limit` messages of a conversation before the message `before` (or the newest), oldest
 /// first. The caller checks that the conversation is the user's.
-pub async fn messages(
-    db: &PgPool,
+pub async fn messages<'e>(
+    db: impl sqlx::PgExecutor<'e>,
     conversation: Uuid,
     before: Option<Uuid>,
     limit: i64,
@@ -387,4 +387,25 @@ pub async fn messages(
     .bind(limit)
     .fetch_all(db)
     .await?)
+}
+
+/// The newest `limit` messages of a conversation (oldest first) and the conversations
+/// projection's checkpoint they are consistent with, read in one snapshot: a client that follows
+/// the log from `checkpoint + 1` after showing them misses nothing and sees nothing twice.
+pub async fn message_snapshot(
+    db: &PgPool,
+    conversation: Uuid,
+    limit: i64,
+) -> Result<(u64, Vec<MessageView>), ApiError> {
+    let mut tx = db.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    let checkpoint: Option<(i64,)> =
+        sqlx::query_as("SELECT last_seq FROM checkpoints WHERE projection = 'conversations'")
+            .fetch_optional(&mut *tx)
+            .await?;
+    let messages = messages(&mut *tx, conversation, None, limit).await?;
+    tx.commit().await?;
+    Ok((checkpoint.map_or(0, |(seq,)| seq.max(0) as u64), messages))
 }

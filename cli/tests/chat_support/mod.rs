@@ -122,6 +122,25 @@ impl Chat {
         RunStream::new(response)
     }
 
+    /// Follows the conversation's events (`GET /conversations/{id}/events`), resuming after
+    /// `last_event_id` if given.
+    pub async fn follow(&self, conversation_id: &str, last_event_id: Option<u64>) -> RunStream {
+        let mut request = self
+            .platform
+            .http
+            .get(format!(
+                "{}/api/v1/conversations/{conversation_id}/events",
+                self.platform.base
+            ))
+            .bearer_auth(&self.user.access);
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id.to_string());
+        }
+        let response = request.send().await.expect("events request");
+        assert_eq!(response.status(), 200, "events refused");
+        RunStream::new(response)
+    }
+
     /// Posts to the chat route and returns the raw response.
     pub async fn post_chat(&self, body: Value) -> reqwest::Response {
         self.platform
@@ -179,7 +198,8 @@ pub struct RunStream {
 }
 
 impl RunStream {
-    fn new(response: reqwest::Response) -> Self {
+    /// Reads any SSE response of the edge.
+    pub fn new(response: reqwest::Response) -> Self {
         Self {
             body: Box::pin(response.bytes_stream()),
             buffer: String::new(),

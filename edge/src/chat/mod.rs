@@ -154,25 +154,45 @@ pub(crate) async fn send(
             &CommandMeta::new(Actor::User(caller.id)),
         )
         .await?;
-    let frames = run_frames(
+    let frames = follow(
         state.commands.jetstream(),
         state.closing.clone(),
-        conversation_id,
-        run_id,
-        committed.sequence,
+        Follow {
+            conversation_id,
+            from_seq: committed.sequence,
+            run: Some(run_id),
+            opening: vec![],
+        },
     )
     .await?;
     Ok(Sse::new(frames).into_response())
 }
 
-/// The run's frames from the log, starting at the commit that posted its message.
-async fn run_frames(
+/// What a client follows of a conversation's log.
+pub(crate) struct Follow {
+    /// The conversation.
+    pub conversation_id: ConversationId,
+    /// The first stream sequence to deliver.
+    pub from_seq: u64,
+    /// Only this run's frames, ending with its terminal frame; else everything, until the client
+    /// goes.
+    pub run: Option<RunId>,
+    /// Frames sent before the log's (a snapshot or reset).
+    pub opening: Vec<Event>,
+}
+
+/// The conversation's frames from the log as SSE events, each with `id:` = its stream sequence.
+pub(crate) async fn follow(
     js: &jetstream::Context,
     closing: CancellationToken,
-    conversation_id: ConversationId,
-    run_id: RunId,
-    from_seq: u64,
+    follow: Follow,
 ) -> Result<impl Stream<Item = Result<Event, Infallible>> + use<>, ApiError> {
+    let Follow {
+        conversation_id,
+        from_seq,
+        run,
+        opening,
+    } = follow;
     let stream = js
         .get_stream_no_info(topology::CONVERSATIONS)
         .await
@@ -190,6 +210,11 @@ async fn run_frames(
     let mut messages = consumer.messages().await.map_err(ApiError::internal)?;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Event>(CLIENT_BUFFER);
     tokio::spawn(async move {
+        for event in opening {
+            if tx.send(event).await.is_err() {
+                return;
+            }
+        }
         let mut keepalive = tokio::time::interval(KEEPALIVE);
         keepalive.tick().await;
         loop {
@@ -212,7 +237,7 @@ async fn run_frames(
                         tracing::warn!(%conversation_id, error = %err, "reading the run from the log failed");
                     }
                     let data = serde_json::json!({
-                        "type": "error", "run_id": run_id, "code": "stream_interrupted",
+                        "type": "error", "run_id": run, "code": "stream_interrupted",
                         "message": "the live stream was interrupted; the run goes on",
                         "content": "the live stream was interrupted; the run goes on",
                         "retryable": true,
@@ -222,11 +247,11 @@ async fn run_frames(
                 }
             };
             let seq = message.info().map(|info| info.stream_sequence).unwrap_or(0);
-            for frame in frames::of_message(message.subject.as_str(), &message.payload, run_id) {
+            for frame in frames::of_message(message.subject.as_str(), &message.payload, run) {
                 let event = Event::default()
                     .id(seq.to_string())
                     .data(frame.data.to_string());
-                if tx.send(event).await.is_err() || frame.terminal {
+                if tx.send(event).await.is_err() || (run.is_some() && frame.terminal) {
                     return;
                 }
             }
