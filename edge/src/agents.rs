@@ -26,7 +26,7 @@ use warren_domain::Actor;
 use warren_domain::agent::{
     Agent, AgentCommand, AgentStatus, Backend, DeploymentStep, RuntimeKind,
 };
-use warren_domain::ids::AgentId;
+use warren_domain::ids::{AgentId, UserId};
 
 /// How long `GET /agents/{id}/health` waits for the runtime.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(3);
@@ -124,6 +124,15 @@ pub(crate) async fn owned_agent(
     caller: &ApprovedUser,
     id: Uuid,
 ) -> Result<(AgentId, Agent), ApiError> {
+    owned_agent_of(state, caller.id, id).await
+}
+
+/// The agent's current state if `owner` owns it and it is not deleted; 404 otherwise.
+pub(crate) async fn owned_agent_of(
+    state: &AppState,
+    owner: UserId,
+    id: Uuid,
+) -> Result<(AgentId, Agent), ApiError> {
     let agent_id = AgentId(id);
     let (agent, _) = state
         .commands
@@ -131,7 +140,7 @@ pub(crate) async fn owned_agent(
         .load(&agent_id.to_string())
         .await
         .map_err(ApiError::internal)?;
-    if agent.id.is_none() || agent.owner_id != caller.id || agent.status == AgentStatus::Deleted {
+    if agent.id.is_none() || agent.owner_id != owner || agent.status == AgentStatus::Deleted {
         return Err(ApiError::NotFound);
     }
     Ok((agent_id, agent))

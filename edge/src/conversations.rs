@@ -2,9 +2,10 @@
 //! cancelling a run, and following a conversation live with one cursor for history and live
 //! (`/events`). Another user's conversation is 404, like a missing one.
 
-use crate::chat::{Follow, follow};
+use crate::chat::KEEPALIVE;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, ApiQuery, ApprovedUser, AuthUser};
+use crate::follow::{self, Follow, Item, follow};
 use crate::openapi::resp;
 use crate::routes::ApiRouter;
 use crate::state::AppState;
@@ -13,7 +14,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::http::StatusCode;
-use axum::response::sse::{Event, Sse};
+use axum::response::sse::Sse;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -244,9 +245,10 @@ pub(crate) async fn events(
                 }),
                 None => json!({"type": "snapshot", "conversation_id": id, "messages": messages}),
             };
-            let opening = Event::default()
-                .id(checkpoint.to_string())
-                .data(data.to_string());
+            let opening = Item {
+                seq: Some(checkpoint),
+                data,
+            };
             (checkpoint + 1, vec![opening])
         }
     };
@@ -258,8 +260,9 @@ pub(crate) async fn events(
             from_seq,
             run: None,
             opening,
+            keepalive: Some(KEEPALIVE),
         },
     )
     .await?;
-    Ok(Sse::new(frames).into_response())
+    Ok(Sse::new(follow::sse(frames)).into_response())
 }

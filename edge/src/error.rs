@@ -127,7 +127,8 @@ impl ApiError {
         }
     }
 
-    fn body(&self) -> ErrorBody {
+    /// What the client is told (never internal detail).
+    pub fn body(&self) -> ErrorBody {
         let (code, message, details) = match self {
             ApiError::Client {
                 code,

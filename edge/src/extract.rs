@@ -95,6 +95,22 @@ impl FromRequestParts<AppState> for AuthUser {
                     "sign in: send Authorization: Bearer <access token>",
                 )
             })?;
+        let caller = AuthUser::from_token(state, token).await?;
+        if is_write(&parts.method) {
+            state.limiter.check(
+                "writes_per_user",
+                &caller.id.to_string(),
+                state.settings.rate.write_per_user_per_minute,
+                Duration::from_secs(60),
+            )?;
+        }
+        Ok(caller)
+    }
+}
+
+impl AuthUser {
+    /// The signed-in user an access token names (its signature, expiry and session checked).
+    pub async fn from_token(state: &AppState, token: &str) -> Result<Self, ApiError> {
         let claims = state
             .tokens
             .verify_access(token)
@@ -109,14 +125,6 @@ impl FromRequestParts<AppState> for AuthUser {
             .map_err(ApiError::internal)?;
         if user.id.is_none() {
             return Err(ApiError::unauthorized("invalid_token", "unknown user"));
-        }
-        if is_write(&parts.method) {
-            state.limiter.check(
-                "writes_per_user",
-                &id.to_string(),
-                state.settings.rate.write_per_user_per_minute,
-                Duration::from_secs(60),
-            )?;
         }
         Ok(AuthUser {
             id,

@@ -20,6 +20,8 @@
 //! - [`agents`] — `/agents`: create, configure, delete, deployment status, repair, redeploy, health.
 //! - [`chat`] — `/chat/{agent_id}`: post a message and stream its run as SSE from the log;
 //!   clear history, pending messages, and `/files` downloads proxied from the runtime.
+//! - [`follow`] — following a conversation's log from a cursor, for SSE and WebSocket clients.
+//! - [`gateway`] — `GET /ws`: the gateway protocol v1 over WebSocket.
 //! - [`conversations`] — `/conversations`: by last activity, and their messages.
 //! - [`usage`], [`quota`] — `/usage`, and the tier quotas (agents, messages per day).
 //! - [`mail`] — SMTP (or log) delivery.
@@ -37,6 +39,8 @@ pub mod consistency;
 pub mod conversations;
 pub mod error;
 pub mod extract;
+pub mod follow;
+pub mod gateway;
 pub mod health;
 pub mod keys;
 pub mod mail;

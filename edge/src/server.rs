@@ -6,7 +6,9 @@ use crate::error::ApiError;
 use crate::extract::{client_ip, is_write};
 use crate::routes::{API_PREFIX, ApiRouter};
 use crate::state::AppState;
-use crate::{admin, agents, auth, chat, conversations, health, keys, openapi, usage, users};
+use crate::{
+    admin, agents, auth, chat, conversations, gateway, health, keys, openapi, usage, users,
+};
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
@@ -54,6 +56,7 @@ pub fn router(state: AppState) -> Router {
         ));
     let mut router = Router::new()
         .nest(API_PREFIX, api)
+        .merge(gateway::routes())
         .fallback(|| async {
             ApiError::client(StatusCode::NOT_FOUND, "not_found", "no such route")
         })

@@ -409,3 +409,26 @@ pub async fn message_snapshot(
     tx.commit().await?;
     Ok((checkpoint.map_or(0, |(seq,)| seq.max(0) as u64), messages))
 }
+
+/// A page of the user's conversations by last activity, and how many there are in all.
+pub async fn conversations_page(
+    db: &PgPool,
+    user: UserId,
+    limit: i64,
+    offset: i64,
+) -> Result<(Vec<ConversationView>, i64), ApiError> {
+    let page = sqlx::query_as::<_, ConversationView>(sqlx::AssertSqlSafe(format!(
+        "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE user_id = $1 \
+         ORDER BY last_activity_at DESC, id LIMIT $2 OFFSET $3"
+    )))
+    .bind(user.0)
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(db)
+    .await?;
+    let (total,): (i64,) = sqlx::query_as("SELECT count(*) FROM conversations WHERE user_id = $1")
+        .bind(user.0)
+        .fetch_one(db)
+        .await?;
+    Ok((page, total))
+}

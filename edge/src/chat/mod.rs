@@ -9,7 +9,8 @@
 //! Without `conversation_id` a message goes to the caller's most recently active conversation
 //! with the agent (a new one the first time), like LiberClaw's one chat per agent.
 //!
-//! Layout: `frames` (log messages → SSE frames); this file's handlers and runtime proxies.
+//! Layout: `frames` (log messages → frames); this file's handlers and runtime proxies; the
+//! streaming itself is [`crate::follow`].
 
 pub mod frames;
 
@@ -18,37 +19,32 @@ use crate::consistency::{self, projection};
 use crate::conversations::owned_conversation;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, ApprovedUser};
+use crate::follow::{self, Follow, follow};
 use crate::openapi::resp;
 use crate::quota;
 use crate::routes::ApiRouter;
 use crate::state::AppState;
 use crate::views;
-use async_nats::jetstream::{self, consumer};
 use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
-use axum::response::sse::{Event, Sse};
+use axum::response::sse::Sse;
 use axum::response::{IntoResponse, Response};
-use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
-use std::convert::Infallible;
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
 use uuid::Uuid;
-use warren_commands::{CommandMeta, topology};
+use warren_commands::CommandMeta;
 use warren_domain::Actor;
 use warren_domain::agent::{Agent, AgentStatus};
 use warren_domain::conversation::{ConversationCommand, PostMode};
 use warren_domain::ids::{AgentId, ConversationId, MessageId, RunId};
 
-/// A keepalive frame is sent this often while a run streams (baal-agent's interval).
-const KEEPALIVE: Duration = Duration::from_secs(15);
+/// A keepalive frame is sent this often on SSE streams (baal-agent's interval).
+pub(crate) const KEEPALIVE: Duration = Duration::from_secs(15);
 /// How long a runtime proxy request may take.
 const PROXY_TIMEOUT: Duration = Duration::from_secs(30);
-/// Frames buffered per client before the stream waits for it.
-const CLIENT_BUFFER: usize = 256;
 
 /// The chat and file routes.
 pub fn routes() -> ApiRouter {
@@ -162,102 +158,11 @@ pub(crate) async fn send(
             from_seq: committed.sequence,
             run: Some(run_id),
             opening: vec![],
+            keepalive: Some(KEEPALIVE),
         },
     )
     .await?;
-    Ok(Sse::new(frames).into_response())
-}
-
-/// What a client follows of a conversation's log.
-pub(crate) struct Follow {
-    /// The conversation.
-    pub conversation_id: ConversationId,
-    /// The first stream sequence to deliver.
-    pub from_seq: u64,
-    /// Only this run's frames, ending with its terminal frame; else everything, until the client
-    /// goes.
-    pub run: Option<RunId>,
-    /// Frames sent before the log's (a snapshot or reset).
-    pub opening: Vec<Event>,
-}
-
-/// The conversation's frames from the log as SSE events, each with `id:` = its stream sequence.
-pub(crate) async fn follow(
-    js: &jetstream::Context,
-    closing: CancellationToken,
-    follow: Follow,
-) -> Result<impl Stream<Item = Result<Event, Infallible>> + use<>, ApiError> {
-    let Follow {
-        conversation_id,
-        from_seq,
-        run,
-        opening,
-    } = follow;
-    let stream = js
-        .get_stream_no_info(topology::CONVERSATIONS)
-        .await
-        .map_err(ApiError::internal)?;
-    let consumer = stream
-        .create_consumer(consumer::pull::OrderedConfig {
-            filter_subject: format!("conv.{conversation_id}.>"),
-            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                start_sequence: from_seq,
-            },
-            ..Default::default()
-        })
-        .await
-        .map_err(ApiError::internal)?;
-    let mut messages = consumer.messages().await.map_err(ApiError::internal)?;
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Event>(CLIENT_BUFFER);
-    tokio::spawn(async move {
-        for event in opening {
-            if tx.send(event).await.is_err() {
-                return;
-            }
-        }
-        let mut keepalive = tokio::time::interval(KEEPALIVE);
-        keepalive.tick().await;
-        loop {
-            let message = tokio::select! {
-                _ = tx.closed() => return,
-                _ = closing.cancelled() => None,
-                _ = keepalive.tick() => {
-                    let event = Event::default().data(r#"{"type":"keepalive"}"#);
-                    if tx.send(event).await.is_err() {
-                        return;
-                    }
-                    continue;
-                }
-                next = messages.next() => next,
-            };
-            let message = match message {
-                Some(Ok(message)) => message,
-                other => {
-                    if let Some(Err(err)) = other {
-                        tracing::warn!(%conversation_id, error = %err, "reading the run from the log failed");
-                    }
-                    let data = serde_json::json!({
-                        "type": "error", "run_id": run, "code": "stream_interrupted",
-                        "message": "the live stream was interrupted; the run goes on",
-                        "content": "the live stream was interrupted; the run goes on",
-                        "retryable": true,
-                    });
-                    let _ = tx.send(Event::default().data(data.to_string())).await;
-                    return;
-                }
-            };
-            let seq = message.info().map(|info| info.stream_sequence).unwrap_or(0);
-            for frame in frames::of_message(message.subject.as_str(), &message.payload, run) {
-                let event = Event::default()
-                    .id(seq.to_string())
-                    .data(frame.data.to_string());
-                if tx.send(event).await.is_err() || (run.is_some() && frame.terminal) {
-                    return;
-                }
-            }
-        }
-    });
-    Ok(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).map(Ok))
+    Ok(Sse::new(follow::sse(frames)).into_response())
 }
 
 /// Clear the history of the caller's conversation with the agent (here and in the runtime).

@@ -1,0 +1,283 @@
+//! The WebSocket gateway (protocol v1), end to end over real WebSockets against the real
+//! `warren dev`, a real `warren-agent` and the scripted model server: the handshake and error
+//! rules, several clients on one session, queueing, cancelling and slash commands.
+
+mod chat_support;
+mod common;
+mod edge_support;
+mod gateway_support;
+
+use chat_support::Chat;
+use gateway_support::Ws;
+use serde_json::{Value, json};
+use warren_testkit::model_server::Reply;
+
+fn close_reason(
+    close: Option<tokio_tungstenite::tungstenite::protocol::CloseFrame>,
+) -> (u16, String) {
+    let close = close.expect("a close frame with a reason");
+    (u16::from(close.code), close.reason.to_string())
+}
+
+#[tokio::test]
+async fn the_handshake_comes_first_and_bad_frames_get_errors_or_a_reasoned_close() {
+    let chat = Chat::start(&[]).await;
+    let base = &chat.platform.base;
+
+    // No token: closed, saying why.
+    let mut ws = Ws::open(base).await;
+    ws.send_text(
+        r#"{"type":"req","id":"c","method":"connect","params":{"version":"1","clientType":"cli"}}"#,
+    )
+    .await;
+    let (code, reason) = close_reason(ws.closed().await);
+    assert_eq!(code, 1008);
+    assert!(reason.contains("token"), "{reason}");
+
+    // Anything but connect first: closed.
+    let mut ws = Ws::open(base).await;
+    ws.send_text(r#"{"type":"req","id":"1","method":"status","params":{}}"#)
+        .await;
+    let (code, reason) = close_reason(ws.closed().await);
+    assert_eq!(code, 1008);
+    assert!(reason.contains("connect"), "{reason}");
+
+    // Malformed JSON first: closed.
+    let mut ws = Ws::open(base).await;
+    ws.send_text("{not json").await;
+    assert_eq!(close_reason(ws.closed().await).0, 1007);
+
+    // A forged token: closed.
+    let mut ws = Ws::open(base).await;
+    ws.send_text(r#"{"type":"req","id":"c","method":"connect","params":{"version":"1","clientType":"cli","token":"forged"}}"#)
+        .await;
+    assert_eq!(close_reason(ws.closed().await).0, 1008);
+
+    // A good handshake, then an unknown method and bad params: error answers, still open.
+    let (mut ws, hello) = Ws::connect(base, &chat.user.access).await;
+    assert_eq!(hello["protocolVersion"], "1");
+    let methods: Vec<&str> = hello["supportedMethods"]
+        .as_array()
+        .expect("methods")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for method in [
+        "agent",
+        "agent.cancel",
+        "sessions.list",
+        "sessions.new",
+        "sessions.switch",
+        "sessions.history",
+        "status",
+    ] {
+        assert!(methods.contains(&method), "{method} in {methods:?}");
+    }
+    let unknown = ws.call("sessions.delete", json!({})).await;
+    assert_eq!(unknown["ok"], false);
+    assert_eq!(unknown["errorCode"], "unknown_method");
+    let bad = ws.call("sessions.switch", json!({"sessionId": 42})).await;
+    assert_eq!(bad["ok"], false);
+    assert_eq!(bad["errorCode"], "invalid_params");
+    let other = ws
+        .call(
+            "sessions.switch",
+            json!({"sessionId": "00000000-0000-0000-0000-000000000001"}),
+        )
+        .await;
+    assert_eq!(other["errorCode"], "not_found");
+    let status = ws.call("status", json!({})).await;
+    assert_eq!(status["ok"], true, "{status}");
+    assert!(status["payload"]["gateway"]["activeConnections"].as_u64() >= Some(1));
+
+    // An oversized frame closes the connection (1009); malformed JSON later too (1007).
+    let (mut big, _) = Ws::connect(base, &chat.user.access).await;
+    big.send_text(&format!(
+        r#"{{"type":"req","id":"x","method":"agent","params":{{"message":"{}"}}}}"#,
+        "a".repeat(200 * 1024)
+    ))
+    .await;
+    assert!(big.closed().await.is_none_or(|c| u16::from(c.code) == 1009));
+    ws.send_text("[1, 2").await;
+    assert_eq!(close_reason(ws.closed().await).0, 1007);
+}
+
+/// Events without the per-connection parts, for comparing clients.
+fn shared_view(events: &[Value]) -> Vec<(Value, Value)> {
+    events
+        .iter()
+        .map(|e| {
+            let mut payload = e["payload"].clone();
+            payload.as_object_mut().map(|p| p.remove("fromSelf"));
+            (
+                e["seq"].clone(),
+                json!({"event": e["event"], "payload": payload}),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn two_websocket_clients_and_an_sse_client_on_one_session_see_the_same_events() {
+    let chat = Chat::start(&[]).await;
+    let base = &chat.platform.base;
+    let (mut a, _) = Ws::connect(base, &chat.user.access).await;
+    let created = a
+        .call(
+            "sessions.new",
+            json!({"agentId": chat.agent_id, "title": "Shared"}),
+        )
+        .await;
+    assert_eq!(created["ok"], true, "{created}");
+    let session = created["payload"]["sessionId"]
+        .as_str()
+        .expect("session")
+        .to_owned();
+    let (mut b, _) = Ws::connect(base, &chat.user.access).await;
+    let switched = b
+        .call("sessions.switch", json!({"sessionId": session}))
+        .await;
+    assert_eq!(switched["ok"], true, "{switched}");
+    let mut sse = chat.follow(&session, Some(0)).await;
+
+    chat.model
+        .push(Reply::tool_call("shell", json!({"command": "echo shared"})));
+    chat.model.push(Reply::text("Both of you see this."));
+    let sent = a.call("agent", json!({"message": "hello from A"})).await;
+    assert_eq!(sent["ok"], true, "{sent}");
+    assert_eq!(sent["payload"]["status"], "accepted");
+    let final_a = a.until("final").await;
+    let final_b = b.until("final").await;
+    assert_eq!(final_a["payload"]["content"], "Both of you see this.");
+    assert_eq!(final_a, final_b);
+    sse.until("done").await;
+
+    // The same events in the same order with the same cursors; only fromSelf differs.
+    assert_eq!(shared_view(&a.events), shared_view(&b.events));
+    let message_a = a
+        .events
+        .iter()
+        .find(|e| e["event"] == "message")
+        .expect("echo");
+    let message_b = b
+        .events
+        .iter()
+        .find(|e| e["event"] == "message")
+        .expect("echo");
+    assert_eq!(message_a["payload"]["fromSelf"], true);
+    assert_eq!(message_b["payload"]["fromSelf"], false);
+    assert_eq!(message_a["payload"]["content"], "hello from A");
+    for name in ["queued", "tool_call", "tool_result", "token"] {
+        assert!(
+            a.events.iter().any(|e| e["event"] == name),
+            "{name}: {:?}",
+            a.events
+        );
+    }
+    // The SSE client saw every one of those log positions too.
+    let ws_seqs: Vec<u64> = a.events.iter().filter_map(|e| e["seq"].as_u64()).collect();
+    let sse_seqs: Vec<u64> = sse.frames.iter().filter_map(|f| f.id).collect();
+    for seq in &ws_seqs {
+        assert!(
+            sse_seqs.contains(seq),
+            "{seq} missing from SSE {sse_seqs:?}"
+        );
+    }
+    assert!(ws_seqs.windows(2).all(|w| w[0] <= w[1]), "{ws_seqs:?}");
+
+    // Resuming B after a cursor replays exactly what followed it.
+    let cursor = ws_seqs[ws_seqs.len() / 2];
+    let (mut resumed, _) = Ws::connect(base, &chat.user.access).await;
+    let again = resumed
+        .call(
+            "sessions.switch",
+            json!({"sessionId": session, "after": cursor}),
+        )
+        .await;
+    assert_eq!(again["ok"], true);
+    resumed.until("final").await;
+    let expected: Vec<_> = shared_view(&b.events)
+        .into_iter()
+        .filter(|(seq, _)| seq.as_u64().is_some_and(|s| s > cursor))
+        .collect();
+    assert_eq!(shared_view(&resumed.events), expected);
+}
+
+#[tokio::test]
+async fn messages_queue_and_cancel_over_websocket_and_slash_commands_are_answered() {
+    let chat = Chat::start(&[]).await;
+    let base = &chat.platform.base;
+    let (mut ws, _) = Ws::connect(base, &chat.user.access).await;
+    chat.model.push(Reply::tool_call(
+        "shell",
+        json!({"command": "echo $$ > ws.pid; exec sleep 600"}),
+    ));
+    let first = ws
+        .call(
+            "agent",
+            json!({"message": "long one", "agentId": chat.agent_id}),
+        )
+        .await;
+    assert_eq!(first["ok"], true, "{first}");
+    let first_run = first["payload"]["runId"].clone();
+    ws.until("tool_call").await;
+
+    let second = ws.call("agent", json!({"message": "after it"})).await;
+    assert_eq!(second["payload"]["status"], "queued", "{second}");
+    assert_eq!(second["payload"]["position"], 1);
+    let queued = loop {
+        let event = ws.until("queued").await;
+        if event["payload"]["runId"] == second["payload"]["runId"] {
+            break event;
+        }
+    };
+    assert_eq!(queued["payload"]["position"], 1);
+
+    // The waiting run is cancelled at once; the running one by its worker.
+    let cancel = ws
+        .call("agent.cancel", json!({"runId": second["payload"]["runId"]}))
+        .await;
+    assert_eq!(cancel["ok"], true, "{cancel}");
+    let cancelled = ws.until("cancelled").await;
+    assert_eq!(cancelled["payload"]["runId"], second["payload"]["runId"]);
+    let stop = ws.call("agent", json!({"message": "/cancel"})).await;
+    assert_eq!(stop["ok"], true, "{stop}");
+    assert_eq!(stop["payload"]["command"], "cancel");
+    let cancelled = ws.until("cancelled").await;
+    assert_eq!(cancelled["payload"]["runId"], first_run);
+
+    // Slash commands.
+    let help = ws.call("agent", json!({"message": "/help"})).await;
+    assert!(
+        help["payload"]["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("/sessions"))
+    );
+    let sessions = ws.call("agent", json!({"message": "/sessions"})).await;
+    assert!(
+        sessions["payload"]["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("Recent sessions")),
+        "{sessions}"
+    );
+    let new = ws.call("agent", json!({"message": "/new"})).await;
+    assert_eq!(new["ok"], true, "{new}");
+    let listed = ws.call("sessions.list", json!({"limit": 10})).await;
+    assert_eq!(listed["payload"]["total"], 2);
+    assert_eq!(
+        listed["payload"]["sessions"][0]["id"],
+        new["payload"]["result"]["sessionId"]
+    );
+    let back = ws.call("agent", json!({"message": "/session 2"})).await;
+    assert_eq!(back["ok"], true, "{back}");
+    let history = ws.call("sessions.history", json!({"limit": 10})).await;
+    let contents: Vec<&str> = history["payload"]["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .filter_map(|m| m["content"].as_str())
+        .collect();
+    assert_eq!(contents, ["long one", "after it"]);
+    let unknown = ws.call("agent", json!({"message": "/frobnicate"})).await;
+    assert_eq!(unknown["errorCode"], "unknown_command");
+}

@@ -1,0 +1,118 @@
+//! A WebSocket client of the gateway protocol v1 for the end-to-end tests.
+
+#![allow(dead_code)]
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+
+const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// One connection, with every event it has received.
+pub struct Ws {
+    socket: Socket,
+    next_id: u64,
+    pub events: Vec<Value>,
+}
+
+impl Ws {
+    /// Opens `/ws` without a handshake.
+    pub async fn open(base: &str) -> Self {
+        let url = format!("{}/ws", base.replacen("http://", "ws://", 1));
+        let (socket, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("websocket upgrade");
+        Self {
+            socket,
+            next_id: 0,
+            events: Vec::new(),
+        }
+    }
+
+    /// Opens `/ws` and connects with `token`; returns the connect answer's payload too.
+    pub async fn connect(base: &str, token: &str) -> (Self, Value) {
+        let mut ws = Self::open(base).await;
+        let answer = ws
+            .call(
+                "connect",
+                json!({"version": "1", "clientType": "cli", "token": token}),
+            )
+            .await;
+        assert_eq!(answer["ok"], true, "{answer}");
+        (ws, answer["payload"].clone())
+    }
+
+    /// Sends raw text.
+    pub async fn send_text(&mut self, text: &str) {
+        self.socket
+            .send(Message::Text(text.into()))
+            .await
+            .expect("send");
+    }
+
+    /// Sends a request and returns its response (events meanwhile are kept in `events`).
+    pub async fn call(&mut self, method: &str, params: Value) -> Value {
+        self.next_id += 1;
+        let id = format!("req-{}", self.next_id);
+        let frame = json!({"type": "req", "id": id, "method": method, "params": params});
+        self.send_text(&frame.to_string()).await;
+        loop {
+            let frame = self
+                .frame()
+                .await
+                .unwrap_or_else(|close| panic!("closed while waiting for {method}: {close:?}"));
+            if frame["type"] == "res" && frame["id"] == id.as_str() {
+                return frame;
+            }
+        }
+    }
+
+    /// The next frame (events are also kept); `Err` with the close frame when it closes.
+    pub async fn frame(&mut self) -> Result<Value, Option<CloseFrame>> {
+        loop {
+            let message = tokio::time::timeout(FRAME_TIMEOUT, self.socket.next())
+                .await
+                .expect("a frame in time");
+            match message {
+                Some(Ok(Message::Text(text))) => {
+                    let frame: Value = serde_json::from_str(&text).expect("JSON frame");
+                    if frame["type"] == "event" {
+                        self.events.push(frame.clone());
+                    }
+                    return Ok(frame);
+                }
+                Some(Ok(Message::Close(close))) => return Err(close),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Err(None),
+            }
+        }
+    }
+
+    /// Reads until an event named `name` arrives (or was already received after `from`).
+    pub async fn until(&mut self, name: &str) -> Value {
+        loop {
+            let frame = self
+                .frame()
+                .await
+                .unwrap_or_else(|close| panic!("closed before {name}: {close:?}"));
+            if frame["type"] == "event" && frame["event"] == name {
+                return frame;
+            }
+        }
+    }
+
+    /// Waits for the server to close the connection; its close frame.
+    pub async fn closed(&mut self) -> Option<CloseFrame> {
+        loop {
+            match self.frame().await {
+                Ok(_) => continue,
+                Err(close) => return close,
+            }
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! `GET /ws`: the gateway protocol v1 over WebSocket (Agent Blob, `specs/002`), the same
+//! conversations every other client sees.
+//!
+//! A connection must open with `connect` (version `1`, a `clientType`, and the access token as
+//! `params.token` unless the upgrade carried `Authorization`); malformed JSON or a bad handshake
+//! closes it with a reason. After that, `req` frames get `res` frames with the same id — an
+//! unknown method or bad params is an error response and the connection stays open — and the
+//! current session's log arrives as `event` frames whose `seq` is the log cursor (`message` with
+//! `fromSelf`, `queued`, `token`, `tool_call`, `tool_result`, `status`, `final`, `cancelled`,
+//! `error`). `sessions.switch` takes `after` to resume exactly after a cursor. Messages that are
+//! gateway slash commands (`/new`, `/sessions`, …) are answered by the gateway.
+//!
+//! Layout: `protocol` (frames and the log → event mapping), `methods` (what each method and
+//! slash command does); this file runs the connection.
+
+mod methods;
+pub mod protocol;
+
+use crate::extract::AuthUser;
+use crate::follow::Item;
+use crate::state::AppState;
+use axum::Router;
+use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code};
+use axum::http::{HeaderMap, header};
+use axum::response::Response;
+use axum::routing::get;
+use protocol::Req;
+use serde_json::Value;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use warren_domain::ids::{AgentId, ConversationId};
+
+/// The largest frame a client may send; larger ones close the connection (1009).
+pub const MAX_FRAME_BYTES: usize = 64 * 1024;
+/// How long a client has to send `connect`.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A ping goes out this often; a client silent for three of them is gone.
+const PING_EVERY: Duration = Duration::from_secs(20);
+
+/// Open connections in this process (for `status`).
+static CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
+/// When this process's gateway started serving (for `status`).
+static STARTED: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
+/// The `/ws` route (outside `/api/v1`: it is not REST and not in the OpenAPI document).
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/ws", get(upgrade))
+}
+
+async fn upgrade(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    STARTED.get_or_init(Instant::now);
+    let header_token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(|v| v.trim().to_owned());
+    ws.max_message_size(MAX_FRAME_BYTES)
+        .max_frame_size(MAX_FRAME_BYTES)
+        .on_upgrade(move |socket| async move {
+            CONNECTIONS.fetch_add(1, Ordering::Relaxed);
+            run(state, socket, header_token).await;
+            CONNECTIONS.fetch_sub(1, Ordering::Relaxed);
+        })
+}
+
+/// The session a connection is in.
+#[derive(Clone, Debug)]
+struct Session {
+    id: ConversationId,
+    agent_id: AgentId,
+}
+
+/// One connection's state.
+struct Conn {
+    state: AppState,
+    user: AuthUser,
+    client_id: String,
+    client_type: String,
+    session: Option<Session>,
+    /// The current session's log, as frames.
+    follower: Option<mpsc::Receiver<Item>>,
+    /// The last `sessions.list` answer, for `/session <n>`.
+    listed: Vec<ConversationId>,
+}
+
+/// How a connection ends.
+struct Close {
+    code: u16,
+    reason: String,
+}
+
+fn close(code: u16, reason: impl Into<String>) -> Close {
+    Close {
+        code,
+        reason: reason.into(),
+    }
+}
+
+async fn send(socket: &mut WebSocket, frame: &Value) -> bool {
+    socket
+        .send(Message::Text(Utf8Bytes::from(frame.to_string())))
+        .await
+        .is_ok()
+}
+
+async fn run(state: AppState, mut socket: WebSocket, header_token: Option<String>) {
+    let outcome = match handshake(&state, &mut socket, header_token).await {
+        Ok(conn) => serve(conn, &mut socket).await,
+        Err(end) => Err(end),
+    };
+    if let Err(end) = outcome {
+        let _ = socket
+            .send(Message::Close(Some(CloseFrame {
+                code: end.code,
+                reason: Utf8Bytes::from(end.reason),
+            })))
+            .await;
+    }
+}
+
+/// Reads the first frame, which must be a valid `connect`.
+async fn handshake(
+    state: &AppState,
+    socket: &mut WebSocket,
+    header_token: Option<String>,
+) -> Result<Conn, Close> {
+    let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, next_text(socket))
+        .await
+        .map_err(|_| close(close_code::POLICY, "no connect frame within 10 s"))??;
+    let req: Req = serde_json::from_str(&first).map_err(|_| {
+        close(
+            close_code::INVALID,
+            "malformed JSON: the first frame must be connect",
+        )
+    })?;
+    if req.kind != "req" || req.method != "connect" {
+        return Err(close(
+            close_code::POLICY,
+            "the first frame must be a connect request",
+        ));
+    }
+    if req.params["version"].as_str() != Some(protocol::VERSION) {
+        return Err(close(
+            close_code::PROTOCOL,
+            "unsupported protocol version (this gateway speaks 1)",
+        ));
+    }
+    let token = req.params["token"]
+        .as_str()
+        .map(str::to_owned)
+        .or(header_token)
+        .ok_or_else(|| {
+            close(
+                close_code::POLICY,
+                "connect needs params.token or an Authorization header",
+            )
+        })?;
+    let user = AuthUser::from_token(state, &token).await.map_err(|err| {
+        close(
+            close_code::POLICY,
+            format!("not signed in: {}", err.body().message),
+        )
+    })?;
+    let client_type = req.params["clientType"]
+        .as_str()
+        .unwrap_or("web")
+        .to_owned();
+    let conn = Conn {
+        state: state.clone(),
+        user,
+        client_id: format!("ws-{}", uuid::Uuid::now_v7().simple()),
+        client_type,
+        session: None,
+        follower: None,
+        listed: Vec::new(),
+    };
+    let answer = protocol::ok(
+        &req.id,
+        serde_json::json!({
+            "gatewayVersion": protocol::GATEWAY_VERSION,
+            "protocolVersion": protocol::VERSION,
+            "supportedMethods": protocol::METHODS,
+            "clientId": conn.client_id,
+        }),
+    );
+    if !send(socket, &answer).await {
+        return Err(close(close_code::AWAY, "gone"));
+    }
+    Ok(conn)
+}
+
+/// The next text frame; pings and pongs are skipped, anything else ends the connection.
+async fn next_text(socket: &mut WebSocket) -> Result<String, Close> {
+    loop {
+        match socket.recv().await {
+            Some(Ok(Message::Text(text))) => return Ok(text.to_string()),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            Some(Ok(Message::Binary(_))) => {
+                return Err(close(
+                    close_code::UNSUPPORTED,
+                    "binary frames are not supported",
+                ));
+            }
+            Some(Ok(Message::Close(_))) | None => return Err(close(close_code::NORMAL, "bye")),
+            Some(Err(err)) => return Err(close(close_code::SIZE, format!("bad frame: {err}"))),
+        }
+    }
+}
+
+async fn next_item(follower: &mut Option<mpsc::Receiver<Item>>) -> Option<Item> {
+    match follower {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Answers requests and forwards the session's events until the client goes.
+async fn serve(mut conn: Conn, socket: &mut WebSocket) -> Result<(), Close> {
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.tick().await;
+    let mut last_heard = Instant::now();
+    loop {
+        tokio::select! {
+            incoming = socket.recv() => {
+                last_heard = Instant::now();
+                let text = match incoming {
+                    Some(Ok(Message::Text(text))) => text.to_string(),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    Some(Ok(Message::Binary(_))) => {
+                        return Err(close(close_code::UNSUPPORTED, "binary frames are not supported"));
+                    }
+                    Some(Ok(Message::Close(_))) | None => return Ok(()),
+                    Some(Err(err)) => return Err(close(close_code::SIZE, format!("bad frame: {err}"))),
+                };
+                let value: Value = serde_json::from_str(&text)
+                    .map_err(|_| close(close_code::INVALID, "malformed JSON"))?;
+                let answer = match serde_json::from_value::<Req>(value.clone()) {
+                    Ok(req) if req.kind == "req" => conn.handle(req).await,
+                    _ => protocol::fail(
+                        value["id"].as_str().unwrap_or(""),
+                        "invalid_frame",
+                        "expected {\"type\": \"req\", \"id\", \"method\", \"params\"}",
+                    ),
+                };
+                if !send(socket, &answer).await {
+                    return Ok(());
+                }
+            }
+            item = next_item(&mut conn.follower) => {
+                let Some(item) = item else {
+                    conn.follower = None;
+                    continue;
+                };
+                let Some(session) = &conn.session else { continue };
+                let session_id = session.id.to_string();
+                if let Some(event) = protocol::of_item(&item, &session_id, &conn.client_id)
+                    && !send(socket, &event).await
+                {
+                    return Ok(());
+                }
+            }
+            _ = ping.tick() => {
+                if last_heard.elapsed() > PING_EVERY * 3 {
+                    return Err(close(close_code::AWAY, "no answer to pings"));
+                }
+                if socket.send(Message::Ping(Default::default())).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
