@@ -281,3 +281,176 @@ async fn messages_queue_and_cancel_over_websocket_and_slash_commands_are_answere
     let unknown = ws.call("agent", json!({"message": "/frobnicate"})).await;
     assert_eq!(unknown["errorCode"], "unknown_command");
 }
+
+/// Every frame of a conversation's feed up to the log's current end: (cursor, frame).
+async fn full_feed(chat: &Chat, session: &str) -> Vec<(u64, Value)> {
+    let js = chat.platform.nats.jetstream().await;
+    let mut stream = js.get_stream("CONVERSATIONS").await.expect("stream");
+    let last = stream.info().await.expect("info").state.last_sequence;
+    let mut feed = chat.follow(session, Some(0)).await;
+    while feed.frames.last().and_then(|f| f.id) != Some(last) {
+        feed.next().await.expect("a frame");
+    }
+    feed.frames
+        .iter()
+        .map(|f| (f.id.expect("id"), f.data.clone()))
+        .collect()
+}
+
+#[tokio::test]
+async fn clients_dropped_at_random_points_resume_with_every_event_exactly_once_in_order() {
+    use rand::Rng;
+    let chat = Chat::start(&[]).await;
+    // A conversation with some history: three runs with tool calls and streamed text.
+    let (mut ws, _) = Ws::connect(&chat.platform.base, &chat.user.access).await;
+    let created = ws
+        .call("sessions.new", json!({"agentId": chat.agent_id}))
+        .await;
+    let session = created["payload"]["sessionId"]
+        .as_str()
+        .expect("session")
+        .to_owned();
+    for n in 0..3 {
+        chat.model.push(Reply::tool_call(
+            "shell",
+            json!({"command": format!("echo {n}")}),
+        ));
+        chat.model
+            .push(Reply::text(format!("Answer {n} in a few words here.")));
+        ws.call("agent", json!({"message": format!("question {n}")}))
+            .await;
+        ws.until("final").await;
+    }
+    let reference = full_feed(&chat, &session).await;
+    assert!(reference.len() > 20, "{}", reference.len());
+    let last = reference.last().expect("frames").0;
+
+    let mut rng = rand::rng();
+    for trial in 0..200 {
+        let mut got: Vec<(u64, Value)> = Vec::new();
+        let mut cursor = 0;
+        let over_ws = trial % 2 == 1;
+        while cursor < last {
+            let take = rng.random_range(1..=12);
+            if over_ws {
+                let (mut client, _) = Ws::connect(&chat.platform.base, &chat.user.access).await;
+                let switched = client
+                    .call(
+                        "sessions.switch",
+                        json!({"sessionId": session, "after": cursor}),
+                    )
+                    .await;
+                if switched["ok"] != true {
+                    let log = chat.platform.warren.log_text();
+                    let cause: Vec<&str> = log
+                        .lines()
+                        .filter(|l| l.contains("ERROR") || l.contains("WARN"))
+                        .collect();
+                    panic!("trial {trial}: {switched}\n{}", cause.join("\n"));
+                }
+                while client.events.len() < take
+                    && client.events.last().and_then(|e| e["seq"].as_u64()) != Some(last)
+                {
+                    client.frame().await.expect("open");
+                }
+                for event in &client.events {
+                    let seq = event["seq"].as_u64().expect("seq");
+                    got.push((seq, event["event"].clone()));
+                    cursor = seq;
+                }
+            } else {
+                let mut feed = chat.follow(&session, Some(cursor)).await;
+                while feed.frames.len() < take
+                    && feed.frames.last().and_then(|f| f.id) != Some(last)
+                {
+                    feed.next().await.expect("a frame");
+                }
+                for frame in &feed.frames {
+                    let seq = frame.id.expect("id");
+                    got.push((seq, frame.data["type"].clone()));
+                    cursor = seq;
+                }
+            }
+            // Dropping the client here is the disconnect.
+        }
+        // Several frames can share a cursor (one commit, several events): a client that drops
+        // between them resumes after the whole commit, so compare per commit.
+        let commits = |frames: &[(u64, Value)]| {
+            let mut seqs: Vec<u64> = frames.iter().map(|(s, _)| *s).collect();
+            seqs.dedup();
+            seqs
+        };
+        // The gateway sends no event for `run_started` and `cancel_requested` facts.
+        let relevant: Vec<(u64, Value)> = reference
+            .iter()
+            .filter(|(_, f)| {
+                !over_ws || !matches!(f["type"].as_str(), Some("run_started" | "cancel_requested"))
+            })
+            .cloned()
+            .collect();
+        let expected = commits(&relevant);
+        assert_eq!(commits(&got), expected, "trial {trial}: gap or duplicate");
+        assert!(
+            got.windows(2).all(|w| w[0].0 <= w[1].0),
+            "trial {trial}: out of order"
+        );
+    }
+}
+
+#[tokio::test]
+async fn two_edge_processes_serve_one_conversation_with_identical_events() {
+    let chat = Chat::start(&[]).await;
+    let data = chat.platform.dir.path().join("data");
+    let jwt = std::fs::read_to_string(data.join("jwt_secret")).expect("dev jwt secret");
+    let port = common::free_port();
+    let env = vec![
+        ("WARREN_NATS_URL", chat.platform.nats.url()),
+        ("WARREN_DATABASE_URL", chat.platform.db.url().to_owned()),
+        ("WARREN_JWT_SECRET", jwt.trim().to_owned()),
+        (
+            "WARREN_ENCRYPTION_KEY",
+            edge_support::ENCRYPTION_KEY.to_owned(),
+        ),
+        ("WARREN_SMTP_URL", chat.platform.smtp.url()),
+        ("WARREN_HTTP_ADDR", format!("127.0.0.1:{port}")),
+    ];
+    let edge = common::Warren::spawn(&["edge"], &env, chat.platform.dir.path(), "edge-2");
+    let second = format!("http://127.0.0.1:{port}");
+    warren_testkit::wait_until(std::time::Duration::from_secs(30), || async {
+        matches!(
+            common::get_json(&format!("{second}/api/v1/health")).await,
+            Some((200, _))
+        )
+    })
+    .await;
+
+    let (mut a, _) = Ws::connect(&chat.platform.base, &chat.user.access).await;
+    let created = a
+        .call("sessions.new", json!({"agentId": chat.agent_id}))
+        .await;
+    let session = created["payload"]["sessionId"]
+        .as_str()
+        .expect("session")
+        .to_owned();
+    let (mut b, _) = Ws::connect(&second, &chat.user.access).await;
+    assert_eq!(
+        b.call("sessions.switch", json!({"sessionId": session}))
+            .await["ok"],
+        true
+    );
+    chat.model.push(Reply::text("Served by both edges."));
+    let sent = b
+        .call("agent", json!({"message": "from the second edge"}))
+        .await;
+    assert_eq!(sent["ok"], true, "{sent}");
+    a.until("final").await;
+    b.until("final").await;
+    assert_eq!(shared_view(&a.events), shared_view(&b.events));
+    let echo = a
+        .events
+        .iter()
+        .find(|e| e["event"] == "message")
+        .expect("echo");
+    assert_eq!(echo["payload"]["fromSelf"], false);
+    drop(edge);
+}

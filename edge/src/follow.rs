@@ -71,9 +71,48 @@ pub async fn follow(
         })
         .await
         .map_err(ApiError::internal)?;
-    let mut messages = consumer.messages().await.map_err(ApiError::internal)?;
+    let name = consumer.cached_info().name.clone();
+    let messages = consumer.messages().await.map_err(ApiError::internal)?;
     let (tx, rx) = mpsc::channel::<Item>(CLIENT_BUFFER);
+    let pump = Pump {
+        tx,
+        closing,
+        conversation_id,
+        run,
+    };
     tokio::spawn(async move {
+        pump.run(messages, opening, keepalive).await;
+        // The server would drop the consumer only after 30 s idle: clients that come and go
+        // quickly would pile them up until then.
+        if let Err(err) = stream.delete_consumer(&name).await {
+            tracing::debug!(consumer = name, error = %err, "deleting a follower's consumer failed");
+        }
+    });
+    Ok(rx)
+}
+
+/// Moves one follower's log into its client's channel.
+struct Pump {
+    tx: mpsc::Sender<Item>,
+    closing: CancellationToken,
+    conversation_id: ConversationId,
+    run: Option<RunId>,
+}
+
+impl Pump {
+    /// Until the client goes, the run ends, the server closes or the log read fails.
+    async fn run(
+        self,
+        mut messages: consumer::pull::Ordered,
+        opening: Vec<Item>,
+        keepalive: Option<Duration>,
+    ) {
+        let Pump {
+            tx,
+            closing,
+            conversation_id,
+            run,
+        } = self;
         for item in opening {
             if tx.send(item).await.is_err() {
                 return;
@@ -114,21 +153,16 @@ pub async fn follow(
             let seq = message.info().map(|info| info.stream_sequence).ok();
             for frame in frames::of_message(message.subject.as_str(), &message.payload, run) {
                 let ends = run.is_some() && frame.terminal;
-                if tx
-                    .send(Item {
-                        seq,
-                        data: frame.data,
-                    })
-                    .await
-                    .is_err()
-                    || ends
-                {
+                let item = Item {
+                    seq,
+                    data: frame.data,
+                };
+                if tx.send(item).await.is_err() || ends {
                     return;
                 }
             }
         }
-    });
-    Ok(rx)
+    }
 }
 
 async fn tick(ticks: &mut Option<tokio::time::Interval>) {

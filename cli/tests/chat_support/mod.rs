@@ -209,6 +209,8 @@ impl RunStream {
 
     /// The next frame other than keepalives; `None` when the stream ended.
     pub async fn next(&mut self) -> Option<Frame> {
+        // One deadline for the frame, however many keepalives arrive meanwhile.
+        let deadline = tokio::time::Instant::now() + FRAME_TIMEOUT;
         loop {
             if let Some(end) = self.buffer.find("\n\n") {
                 let block: String = self.buffer.drain(..end + 2).collect();
@@ -229,7 +231,7 @@ impl RunStream {
                 self.frames.push(frame.clone());
                 return Some(frame);
             }
-            let chunk = tokio::time::timeout(FRAME_TIMEOUT, self.body.next())
+            let chunk = tokio::time::timeout_at(deadline, self.body.next())
                 .await
                 .expect("an SSE frame in time")?;
             self.buffer

@@ -74,8 +74,10 @@ impl Ws {
 
     /// The next frame (events are also kept); `Err` with the close frame when it closes.
     pub async fn frame(&mut self) -> Result<Value, Option<CloseFrame>> {
+        // One deadline for the frame, however many pings arrive meanwhile.
+        let deadline = tokio::time::Instant::now() + FRAME_TIMEOUT;
         loop {
-            let message = tokio::time::timeout(FRAME_TIMEOUT, self.socket.next())
+            let message = tokio::time::timeout_at(deadline, self.socket.next())
                 .await
                 .expect("a frame in time");
             match message {
