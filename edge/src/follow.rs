@@ -16,8 +16,9 @@ use tokio_util::sync::CancellationToken;
 use warren_commands::topology;
 use warren_domain::ids::{ConversationId, RunId};
 
-/// Frames buffered per client before the follower waits for it.
-const CLIENT_BUFFER: usize = 256;
+/// Frames buffered per client. A live client this far behind is dropped with a `slow_consumer`
+/// error frame (it resumes with its cursor); while it replays history it sets the pace.
+pub const CLIENT_BUFFER: usize = 256;
 
 /// What a client follows of a conversation's log.
 pub struct Follow {
@@ -150,13 +151,28 @@ impl Pump {
                     return;
                 }
             };
-            let seq = message.info().map(|info| info.stream_sequence).ok();
+            let info = message.info().ok();
+            let seq = info.as_ref().map(|info| info.stream_sequence);
+            // While replaying history the client sets the pace; once live, it must keep up.
+            let live = info.is_none_or(|info| info.pending == 0);
             for frame in frames::of_message(message.subject.as_str(), &message.payload, run) {
                 let ends = run.is_some() && frame.terminal;
                 let item = Item {
                     seq,
                     data: frame.data,
                 };
+                if live && tx.capacity() == 1 {
+                    // The client stopped reading: drop it (it resumes with its cursor) rather
+                    // than hold its consumer and buffer without bound.
+                    let message = "this client fell behind; resume after the last cursor it got";
+                    let data = json!({
+                        "type": "error", "run_id": run, "code": "slow_consumer",
+                        "message": message, "content": message, "retryable": true,
+                    });
+                    let _ = tx.try_send(Item { seq: None, data });
+                    tracing::info!(%conversation_id, "dropped a client that fell behind");
+                    return;
+                }
                 if tx.send(item).await.is_err() || ends {
                     return;
                 }

@@ -267,6 +267,9 @@ async fn serve(mut conn: Conn, socket: &mut WebSocket) -> Result<(), Close> {
                 {
                     return Ok(());
                 }
+                if item.data["code"] == "slow_consumer" {
+                    return Err(close(close_code::AGAIN, "too slow: reconnect and resume with sessions.switch after your last seq"));
+                }
             }
             _ = ping.tick() => {
                 if last_heard.elapsed() > PING_EVERY * 3 {
