@@ -454,3 +454,103 @@ async fn two_edge_processes_serve_one_conversation_with_identical_events() {
     assert_eq!(echo["payload"]["fromSelf"], false);
     drop(edge);
 }
+
+#[tokio::test]
+async fn sessions_stay_isolated_clients_come_and_go_and_model_errors_are_error_events() {
+    let chat = Chat::start(&[]).await;
+    let base = &chat.platform.base;
+    let (mut a, _) = Ws::connect(base, &chat.user.access).await;
+    let one = a
+        .call(
+            "sessions.new",
+            json!({"agentId": chat.agent_id, "title": "one"}),
+        )
+        .await;
+    let one = one["payload"]["sessionId"]
+        .as_str()
+        .expect("session")
+        .to_owned();
+    let (mut b, _) = Ws::connect(base, &chat.user.access).await;
+    let two = b
+        .call(
+            "sessions.new",
+            json!({"agentId": chat.agent_id, "title": "two"}),
+        )
+        .await;
+    let two = two["payload"]["sessionId"]
+        .as_str()
+        .expect("session")
+        .to_owned();
+    let (mut watcher, _) = Ws::connect(base, &chat.user.access).await;
+    watcher
+        .call("sessions.switch", json!({"sessionId": one}))
+        .await;
+
+    // B works in session two: nothing of it reaches session one's clients.
+    chat.model.push(Reply::text("For session two only."));
+    b.call("agent", json!({"message": "in two"})).await;
+    b.until("final").await;
+    // A's message in session one: A and the watcher see it; B, in two, does not.
+    chat.model.push(Reply::text("For session one."));
+    a.call("agent", json!({"message": "in one"})).await;
+    a.until("final").await;
+    watcher.until("final").await;
+    for client in [&a, &watcher] {
+        assert!(
+            client
+                .events
+                .iter()
+                .all(|e| e["payload"]["sessionId"] == one.as_str()),
+            "{:?}",
+            client.events
+        );
+        assert!(
+            !client
+                .events
+                .iter()
+                .any(|e| e["payload"]["content"] == "in two")
+        );
+    }
+    assert!(!b.events.iter().any(|e| e["payload"]["content"] == "in one"));
+    assert!(
+        b.events
+            .iter()
+            .all(|e| e["payload"]["sessionId"] == two.as_str()),
+        "{:?}",
+        b.events
+    );
+    // Session one, just used, moves to the top of the list (once the read model has it).
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let listed = b.call("sessions.list", json!({})).await;
+        if listed["payload"]["sessions"][0]["id"] == one.as_str() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{listed}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    // A leaves mid-conversation; the watcher goes on receiving, including a cancel.
+    drop(a);
+    chat.model.push(Reply::hang());
+    let (mut c, _) = Ws::connect(base, &chat.user.access).await;
+    c.call("sessions.switch", json!({"sessionId": one})).await;
+    let sent = c.call("agent", json!({"message": "hang on"})).await;
+    watcher.until("token").await;
+    c.call("agent.cancel", json!({"runId": sent["payload"]["runId"]}))
+        .await;
+    let cancelled = watcher.until("cancelled").await;
+    assert_eq!(cancelled["payload"]["runId"], sent["payload"]["runId"]);
+    assert_eq!(
+        c.until("cancelled").await["payload"]["runId"],
+        sent["payload"]["runId"]
+    );
+
+    // The model refusing the key: an error event, not retryable, the connection open.
+    chat.model.push(Reply::error_with(401, "invalid api key"));
+    c.call("agent", json!({"message": "with a bad key"})).await;
+    let error = c.until("error").await;
+    assert_eq!(error["payload"]["retryable"], false, "{error}");
+    assert_eq!(error["payload"]["errorCode"], "model_http_error");
+    assert_eq!(c.call("status", json!({})).await["ok"], true);
+}
