@@ -5,7 +5,7 @@
 use crate::chat::KEEPALIVE;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, ApiQuery, ApprovedUser, AuthUser};
-use crate::follow::{self, Follow, Item, follow};
+use crate::follow::{self, Follow, Item, Start, follow};
 use crate::openapi::resp;
 use crate::routes::ApiRouter;
 use crate::state::AppState;
@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
-use warren_commands::{CommandMeta, topology};
+use warren_commands::CommandMeta;
 use warren_domain::Actor;
 use warren_domain::conversation::{Conversation, ConversationCommand, ConversationEvent};
 use warren_domain::ids::{AgentId, ConversationId, RunId, UserId};
@@ -225,19 +225,14 @@ pub(crate) async fn events(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse().ok())
     });
-    let js = state.commands.jetstream();
-    let oldest = js
-        .get_stream(topology::CONVERSATIONS)
-        .await
-        .map_err(ApiError::internal)?
-        .cached_info()
-        .state
-        .first_sequence;
-    let (from_seq, opening) = match cursor {
-        Some(after) if after.saturating_add(1) >= oldest => (after + 1, vec![]),
-        expired => {
-            let (checkpoint, messages) =
-                views::message_snapshot(&state.db, id, SNAPSHOT_MESSAGES).await?;
+    let (from_seq, opening) = match Start::of(&state, id, cursor, SNAPSHOT_MESSAGES).await? {
+        Start::After(after) => (after + 1, vec![]),
+        Start::Snapshot {
+            checkpoint,
+            messages,
+            expired,
+            oldest,
+        } => {
             let data = match expired {
                 Some(after) => json!({
                     "type": "reset", "reason": "cursor_expired", "after": after,
@@ -253,7 +248,7 @@ pub(crate) async fn events(
         }
     };
     let frames = follow(
-        js,
+        state.commands.jetstream(),
         state.closing.clone(),
         Follow {
             conversation_id: ConversationId(id),

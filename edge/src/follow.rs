@@ -5,6 +5,8 @@
 
 use crate::chat::frames;
 use crate::error::ApiError;
+use crate::state::AppState;
+use crate::views;
 use async_nats::jetstream::{self, consumer};
 use axum::response::sse::Event;
 use futures::{Stream, StreamExt};
@@ -13,6 +15,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 use warren_commands::topology;
 use warren_domain::ids::{ConversationId, RunId};
 
@@ -33,6 +36,55 @@ pub struct Follow {
     pub opening: Vec<Item>,
     /// A `keepalive` frame this often, if the transport needs one.
     pub keepalive: Option<Duration>,
+}
+
+/// Where a client joining a conversation starts reading its log.
+pub enum Start {
+    /// Its cursor is still in the log: right after it.
+    After(u64),
+    /// No cursor, or one older than the log keeps (`expired`): the latest messages, consistent
+    /// with the log up to `checkpoint`, then the log from `checkpoint + 1`.
+    Snapshot {
+        /// The log sequence the messages are consistent with.
+        checkpoint: u64,
+        /// The latest messages, oldest first.
+        messages: Vec<views::MessageView>,
+        /// The cursor that was too old, if one was given.
+        expired: Option<u64>,
+        /// The oldest sequence the log still keeps.
+        oldest: u64,
+    },
+}
+
+impl Start {
+    /// Decides where a client with cursor `after` starts; snapshots hold `limit` messages.
+    pub async fn of(
+        state: &AppState,
+        conversation: Uuid,
+        after: Option<u64>,
+        limit: i64,
+    ) -> Result<Self, ApiError> {
+        let oldest = state
+            .commands
+            .jetstream()
+            .get_stream(topology::CONVERSATIONS)
+            .await
+            .map_err(ApiError::internal)?
+            .cached_info()
+            .state
+            .first_sequence;
+        if let Some(after) = after.filter(|after| after.saturating_add(1) >= oldest) {
+            return Ok(Start::After(after));
+        }
+        let (checkpoint, messages) =
+            views::message_snapshot(&state.db, conversation, limit).await?;
+        Ok(Start::Snapshot {
+            checkpoint,
+            messages,
+            expired: after,
+            oldest,
+        })
+    }
 }
 
 /// One frame for the client: its cursor (none for keepalives) and its JSON.

@@ -5,12 +5,12 @@ use super::protocol::{self, Req};
 use super::{CONNECTIONS, Conn, STARTED, Session};
 use crate::conversations::owned_conversation;
 use crate::error::ApiError;
-use crate::follow::{Follow, Item, follow};
+use crate::follow::{Follow, Item, Start, follow};
 use crate::{quota, views};
 use serde_json::{Value, json};
 use std::sync::atomic::Ordering;
 use uuid::Uuid;
-use warren_commands::{CommandMeta, topology};
+use warren_commands::CommandMeta;
 use warren_domain::Actor;
 use warren_domain::conversation::{ConversationCommand, ConversationEvent, PostMode};
 use warren_domain::ids::{AgentId, ConversationId, MessageId, RunId};
@@ -131,21 +131,16 @@ impl Conn {
         after: Option<u64>,
     ) -> Result<Vec<Value>, Refusal> {
         let conversation = owned_conversation(&self.state, self.user.id, id).await?;
-        let oldest = self
-            .state
-            .commands
-            .jetstream()
-            .get_stream(topology::CONVERSATIONS)
-            .await
-            .map_err(ApiError::internal)?
-            .cached_info()
-            .state
-            .first_sequence;
-        let (from_seq, opening, recent) = match after {
-            Some(after) if after.saturating_add(1) >= oldest => (after + 1, vec![], vec![]),
-            expired => {
-                let (checkpoint, messages) =
-                    views::message_snapshot(&self.state.db, id, RECENT_MESSAGES).await?;
+        let (from_seq, opening, recent) = match Start::of(&self.state, id, after, RECENT_MESSAGES)
+            .await?
+        {
+            Start::After(after) => (after + 1, vec![], vec![]),
+            Start::Snapshot {
+                checkpoint,
+                messages,
+                expired,
+                ..
+            } => {
                 let recent: Vec<Value> = messages.iter().map(message_view).collect();
                 let opening = match expired {
                     Some(_) => vec![Item {
