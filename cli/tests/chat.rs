@@ -611,6 +611,13 @@ async fn a_conversation_followed_with_a_cursor_gets_history_then_live_and_a_stal
     assert_eq!(got, expected);
 
     // A cursor older than what the log keeps: an explicit reset with a snapshot, never a gap.
+    // (The messages are projected first: purging would take them from the projector too.)
+    let path = format!("/api/v1/conversations/{conversation_id}/messages");
+    wait_for(TIMEOUT, || async {
+        let answer = chat.platform.get(&path, Some(&chat.user.access)).await;
+        (answer.body.as_array()?.len() == 4).then_some(())
+    })
+    .await;
     let js = chat.platform.nats.jetstream().await;
     let mut stream = js.get_stream("CONVERSATIONS").await.expect("stream");
     let last = stream.info().await.expect("info").state.last_sequence;

@@ -240,16 +240,12 @@ pub(crate) async fn events(
                 }),
                 None => json!({"type": "snapshot", "conversation_id": id, "messages": messages}),
             };
-            let opening = Item {
-                seq: Some(checkpoint),
-                data,
-            };
+            let opening = Item::new(Some(checkpoint), data);
             (checkpoint + 1, vec![opening])
         }
     };
     let frames = follow(
-        state.commands.jetstream(),
-        state.closing.clone(),
+        &state.hub,
         Follow {
             conversation_id: ConversationId(id),
             from_seq,

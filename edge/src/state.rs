@@ -3,6 +3,7 @@
 use crate::auth::magic::MagicLinks;
 use crate::auth::store::{AuthKv, KvError};
 use crate::auth::tokens::Tokens;
+use crate::follow::hub::Hub;
 use crate::mail::Mailer;
 use crate::ratelimit::RateLimiter;
 use crate::settings::EdgeSettings;
@@ -55,6 +56,8 @@ pub struct AppState {
     pub agent_tokens: AgentTokens,
     /// Cancelled when the server shuts down, so long-lived streams end and let it drain.
     pub closing: CancellationToken,
+    /// Live conversations: one shared read of each per process.
+    pub hub: Hub,
 }
 
 impl AppState {
@@ -76,6 +79,7 @@ impl AppState {
             settings.access_token_ttl,
             settings.refresh_token_ttl,
         );
+        let closing = CancellationToken::new();
         let magic = MagicLinks::new(
             auth_kv.clone(),
             &settings.jwt_secret.0,
@@ -94,7 +98,8 @@ impl AppState {
             limiter: Arc::default(),
             http: reqwest::Client::new(),
             agent_tokens,
-            closing: CancellationToken::new(),
+            hub: Hub::new(js, closing.clone()),
+            closing,
         })
     }
 }

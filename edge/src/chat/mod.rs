@@ -151,8 +151,7 @@ pub(crate) async fn send(
         )
         .await?;
     let frames = follow(
-        state.commands.jetstream(),
-        state.closing.clone(),
+        &state.hub,
         Follow {
             conversation_id,
             from_seq: committed.sequence,

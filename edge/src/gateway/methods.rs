@@ -143,18 +143,17 @@ impl Conn {
             } => {
                 let recent: Vec<Value> = messages.iter().map(message_view).collect();
                 let opening = match expired {
-                    Some(_) => vec![Item {
-                        seq: Some(checkpoint),
-                        data: json!({"type": "reset", "reason": "cursor_expired", "messages": recent}),
-                    }],
+                    Some(_) => vec![Item::new(
+                        Some(checkpoint),
+                        json!({"type": "reset", "reason": "cursor_expired", "messages": recent}),
+                    )],
                     None => vec![],
                 };
                 (checkpoint + 1, opening, recent)
             }
         };
         let follower = follow(
-            self.state.commands.jetstream(),
-            self.state.closing.clone(),
+            &self.state.hub,
             Follow {
                 conversation_id: ConversationId(id),
                 from_seq,

@@ -17,7 +17,7 @@ mod methods;
 pub mod protocol;
 
 use crate::extract::AuthUser;
-use crate::follow::Item;
+use crate::follow::Follower;
 use crate::state::AppState;
 use axum::Router;
 use axum::extract::State;
@@ -29,7 +29,6 @@ use protocol::Req;
 use serde_json::Value;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
 use warren_domain::ids::{AgentId, ConversationId};
 
 /// The largest frame a client may send; larger ones close the connection (1009).
@@ -87,7 +86,7 @@ struct Conn {
     client_type: String,
     session: Option<Session>,
     /// The current session's log, as frames.
-    follower: Option<mpsc::Receiver<Item>>,
+    follower: Option<Follower>,
     /// The last `sessions.list` answer, for `/session <n>`.
     listed: Vec<ConversationId>,
 }
@@ -216,9 +215,9 @@ async fn next_text(socket: &mut WebSocket) -> Result<String, Close> {
     }
 }
 
-async fn next_item(follower: &mut Option<mpsc::Receiver<Item>>) -> Option<Item> {
+async fn next_item(follower: &mut Option<Follower>) -> Option<crate::follow::Item> {
     match follower {
-        Some(rx) => rx.recv().await,
+        Some(follower) => follower.next().await,
         None => std::future::pending().await,
     }
 }
@@ -262,12 +261,12 @@ async fn serve(mut conn: Conn, socket: &mut WebSocket) -> Result<(), Close> {
                 };
                 let Some(session) = &conn.session else { continue };
                 let session_id = session.id.to_string();
-                if let Some(event) = protocol::of_item(&item, &session_id, &conn.client_id)
-                    && !send(socket, &event).await
+                if let Some(event) = protocol::encode(&item, &session_id, &conn.client_id)
+                    && socket.send(Message::Text(event)).await.is_err()
                 {
                     return Ok(());
                 }
-                if item.data["code"] == "slow_consumer" {
+                if item.data()["code"] == "slow_consumer" {
                     return Err(close(close_code::AGAIN, "too slow: reconnect and resume with sessions.switch after your last seq"));
                 }
             }

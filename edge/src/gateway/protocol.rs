@@ -2,6 +2,7 @@
 //! conversation's log frames ([`crate::follow::Item`]) become `event` frames.
 
 use crate::follow::Item;
+use axum::extract::ws::Utf8Bytes;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -54,9 +55,22 @@ pub fn event(name: &str, payload: Value, seq: Option<u64>) -> Value {
     frame
 }
 
+/// The event frame's text for this connection, made once per item for all clients that sent
+/// its message and once for all others.
+pub fn encode(item: &Item, session_id: &str, client_id: &str) -> Option<Utf8Bytes> {
+    let from_self = from_self(item, client_id);
+    item.encoded(from_self, |item| {
+        of_item(item, session_id, client_id).map(|event| Utf8Bytes::from(event.to_string()))
+    })
+}
+
+fn from_self(item: &Item, client_id: &str) -> bool {
+    item.data()["client_id"].as_str() == Some(client_id)
+}
+
 /// The event a log frame is for this connection (`client_id` tells `fromSelf`), if any.
 pub fn of_item(item: &Item, session_id: &str, client_id: &str) -> Option<Value> {
-    let d = &item.data;
+    let d = item.data();
     let run_id = &d["run_id"];
     let (name, payload) = match d["type"].as_str()? {
         "message" => (
@@ -133,7 +147,7 @@ pub fn of_item(item: &Item, session_id: &str, client_id: &str) -> Option<Value> 
     };
     let mut payload = payload;
     payload["sessionId"] = session_id.into();
-    Some(event(name, payload, item.seq))
+    Some(event(name, payload, item.seq()))
 }
 
 #[cfg(test)]
@@ -142,11 +156,11 @@ mod tests {
 
     #[test]
     fn log_frames_become_protocol_events_with_the_cursor_as_seq() {
-        let item = Item {
-            seq: Some(7),
-            data: json!({"type": "message", "run_id": "r", "text": "hi", "message_id": "m",
+        let item = Item::new(
+            Some(7),
+            json!({"type": "message", "run_id": "r", "text": "hi", "message_id": "m",
                 "client_id": "ws-1", "client_kind": "web"}),
-        };
+        );
         let mine = of_item(&item, "s", "ws-1").expect("event");
         assert_eq!(mine["event"], "message");
         assert_eq!(mine["seq"], 7);
@@ -154,18 +168,15 @@ mod tests {
         assert_eq!(mine["payload"]["sessionId"], "s");
         let theirs = of_item(&item, "s", "ws-2").expect("event");
         assert_eq!(theirs["payload"]["fromSelf"], false);
-        let cancelled = Item {
-            seq: Some(9),
-            data: json!({"type": "error", "run_id": "r", "code": "cancelled", "message": "x"}),
-        };
+        let cancelled = Item::new(
+            Some(9),
+            json!({"type": "error", "run_id": "r", "code": "cancelled", "message": "x"}),
+        );
         assert_eq!(
             of_item(&cancelled, "s", "c").expect("event")["event"],
             "cancelled"
         );
-        let keepalive = Item {
-            seq: None,
-            data: json!({"type": "keepalive"}),
-        };
+        let keepalive = Item::new(None, json!({"type": "keepalive"}));
         assert!(of_item(&keepalive, "s", "c").is_none());
     }
 }
