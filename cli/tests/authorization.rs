@@ -281,6 +281,7 @@ async fn every_route_answers_each_kind_of_caller_with_its_expected_status() {
             None,
             [401, 404, 200, 404, 404],
         ),
+        row("GET", "/api/v1/events", None, [401, 200, 200, 200, 200]),
         row(
             "POST",
             "/api/v1/conversations/{conversation}/cancel",

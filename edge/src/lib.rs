@@ -1,4 +1,4 @@
-//! Warren's edge: the Axum HTTP surface (REST under `/api/v1`, later SSE and WebSocket).
+//! Warren's edge: the Axum HTTP surface (REST under `/api/v1`, SSE and the WebSocket gateway).
 //!
 //! Handlers parse input into a command or a query and map the result; no business rules, and no
 //! SQL outside [`views`] and [`consistency`]. One error type owns the HTTP mapping. After a write, a
@@ -20,7 +20,9 @@
 //! - [`agents`] — `/agents`: create, configure, delete, deployment status, repair, redeploy, health.
 //! - [`chat`] — `/chat/{agent_id}`: post a message and stream its run as SSE from the log;
 //!   clear history, pending messages, and `/files` downloads proxied from the runtime.
-//! - [`follow`] — following a conversation's log from a cursor, for SSE and WebSocket clients.
+//! - [`follow`] — following a conversation's log from a cursor, for SSE and WebSocket clients,
+//!   through one shared read per conversation per process ([`follow::hub`]).
+//! - [`feed`] — `GET /events`: the user-wide live feed of agent and conversation changes.
 //! - [`gateway`] — `GET /ws`: the gateway protocol v1 over WebSocket.
 //! - [`conversations`] — `/conversations`: by last activity, and their messages.
 //! - [`usage`], [`quota`] — `/usage`, and the tier quotas (agents, messages per day).
@@ -39,6 +41,7 @@ pub mod consistency;
 pub mod conversations;
 pub mod error;
 pub mod extract;
+pub mod feed;
 pub mod follow;
 pub mod gateway;
 pub mod health;

@@ -169,6 +169,7 @@ impl Modify for BearerAuth {
         crate::conversations::messages,
         crate::conversations::cancel,
         crate::conversations::events,
+        crate::feed::events,
     ),
     components(schemas(ErrorEnvelope, ErrorBody)),
     tags(

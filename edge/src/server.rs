@@ -7,7 +7,7 @@ use crate::extract::{client_ip, is_write};
 use crate::routes::{API_PREFIX, ApiRouter};
 use crate::state::AppState;
 use crate::{
-    admin, agents, auth, chat, conversations, gateway, health, keys, openapi, usage, users,
+    admin, agents, auth, chat, conversations, feed, gateway, health, keys, openapi, usage, users,
 };
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -35,6 +35,7 @@ pub fn api() -> ApiRouter {
         .merge(usage::routes())
         .merge(chat::routes())
         .merge(conversations::routes())
+        .merge(feed::routes())
 }
 
 /// The whole HTTP surface.

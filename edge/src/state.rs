@@ -3,6 +3,7 @@
 use crate::auth::magic::MagicLinks;
 use crate::auth::store::{AuthKv, KvError};
 use crate::auth::tokens::Tokens;
+use crate::feed::Feed;
 use crate::follow::hub::Hub;
 use crate::mail::Mailer;
 use crate::ratelimit::RateLimiter;
@@ -58,6 +59,8 @@ pub struct AppState {
     pub closing: CancellationToken,
     /// Live conversations: one shared read of each per process.
     pub hub: Hub,
+    /// The user-wide feeds: one read of the agents' and conversations' logs per process.
+    pub feed: Feed,
 }
 
 impl AppState {
@@ -87,7 +90,6 @@ impl AppState {
         );
         Ok(Self {
             commands,
-            db,
             nats,
             settings: Arc::new(settings),
             tokens,
@@ -98,7 +100,9 @@ impl AppState {
             limiter: Arc::default(),
             http: reqwest::Client::new(),
             agent_tokens,
-            hub: Hub::new(js, closing.clone()),
+            hub: Hub::new(js.clone(), closing.clone()),
+            feed: Feed::new(js, db.clone(), closing.clone()),
+            db,
             closing,
         })
     }

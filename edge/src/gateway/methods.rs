@@ -74,6 +74,11 @@ impl Conn {
             "sessions.switch" => self.switch(&req.params).await,
             "sessions.history" => self.history(&req.params).await,
             "status" => self.status(&req.params).await,
+            "feed.subscribe" => self.subscribe().await,
+            "feed.unsubscribe" => {
+                self.feed = None;
+                Ok(json!({"subscribed": false}))
+            }
             "connect" => Err(Refusal(
                 "already_connected".into(),
                 "connect is the first frame only".into(),
@@ -90,6 +95,14 @@ impl Conn {
             Ok(payload) => protocol::ok(&req.id, payload),
             Err(Refusal(code, message)) => protocol::fail(&req.id, &code, &message),
         }
+    }
+
+    /// `feed.subscribe`: `feed` events for every change to the user's agents and conversations.
+    async fn subscribe(&mut self) -> Result<Value, Refusal> {
+        if self.feed.is_none() {
+            self.feed = Some(self.state.feed.subscribe(self.user.id).await?);
+        }
+        Ok(json!({"subscribed": true}))
     }
 
     fn meta(&self) -> CommandMeta {

@@ -17,6 +17,7 @@ mod methods;
 pub mod protocol;
 
 use crate::extract::AuthUser;
+use crate::feed::FeedFollower;
 use crate::follow::Follower;
 use crate::state::AppState;
 use axum::Router;
@@ -87,6 +88,8 @@ struct Conn {
     session: Option<Session>,
     /// The current session's log, as frames.
     follower: Option<Follower>,
+    /// The user-wide feed, once subscribed.
+    feed: Option<FeedFollower>,
     /// The last `sessions.list` answer, for `/session <n>`.
     listed: Vec<ConversationId>,
 }
@@ -180,6 +183,7 @@ async fn handshake(
         client_type,
         session: None,
         follower: None,
+        feed: None,
         listed: Vec::new(),
     };
     let answer = protocol::ok(
@@ -218,6 +222,13 @@ async fn next_text(socket: &mut WebSocket) -> Result<String, Close> {
 async fn next_item(follower: &mut Option<Follower>) -> Option<crate::follow::Item> {
     match follower {
         Some(follower) => follower.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_feed(feed: &mut Option<FeedFollower>) -> Option<crate::follow::Item> {
+    match feed {
+        Some(feed) => feed.next().await,
         None => std::future::pending().await,
     }
 }
@@ -268,6 +279,23 @@ async fn serve(mut conn: Conn, socket: &mut WebSocket) -> Result<(), Close> {
                 }
                 if item.data()["code"] == "slow_consumer" {
                     return Err(close(close_code::AGAIN, "too slow: reconnect and resume with sessions.switch after your last seq"));
+                }
+            }
+            item = next_feed(&mut conn.feed) => {
+                let Some(item) = item else {
+                    conn.feed = None;
+                    continue;
+                };
+                let data = item.data();
+                let frame = match data["type"].as_str() {
+                    Some("error") => protocol::event("error", serde_json::json!({
+                        "scope": "feed", "message": data["message"], "retryable": data["retryable"],
+                        "errorCode": data["code"],
+                    }), None),
+                    _ => protocol::event("feed", data.clone(), None),
+                };
+                if !send(socket, &frame).await {
+                    return Ok(());
                 }
             }
             _ = ping.tick() => {

@@ -19,6 +19,8 @@ pub const METHODS: &[&str] = &[
     "sessions.switch",
     "sessions.history",
     "status",
+    "feed.subscribe",
+    "feed.unsubscribe",
 ];
 
 /// A client's request.
