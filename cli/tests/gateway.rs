@@ -554,3 +554,115 @@ async fn sessions_stay_isolated_clients_come_and_go_and_model_errors_are_error_e
     assert_eq!(error["payload"]["errorCode"], "model_http_error");
     assert_eq!(c.call("status", json!({})).await["ok"], true);
 }
+
+/// Reads `token` events until `count` arrived, counting them in `progress`; returns their seqs.
+async fn read_tokens(
+    mut ws: Ws,
+    count: usize,
+    progress: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> (Ws, Vec<u64>) {
+    let mut seqs = Vec::with_capacity(count);
+    while seqs.len() < count {
+        let frame = ws.frame().await.expect("a fast client is never dropped");
+        if frame["event"] == "token" {
+            seqs.push(frame["seq"].as_u64().expect("seq"));
+            progress.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        assert_ne!(frame["event"], "error", "{frame}");
+    }
+    (ws, seqs)
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_while_the_fast_ones_get_every_event_on_time() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let chat = Chat::start(&[]).await;
+    let base = &chat.platform.base;
+    let (mut owner, _) = Ws::connect(base, &chat.user.access).await;
+    let created = owner
+        .call("sessions.new", json!({"agentId": chat.agent_id}))
+        .await;
+    let session = created["payload"]["sessionId"]
+        .as_str()
+        .expect("session")
+        .to_owned();
+    let (mut other, _) = Ws::connect(base, &chat.user.access).await;
+    other
+        .call("sessions.switch", json!({"sessionId": session}))
+        .await;
+    let mut slow = Ws::connect_small_window(base, &chat.user.access).await;
+    let switched = slow
+        .call("sessions.switch", json!({"sessionId": session}))
+        .await;
+    assert_eq!(switched["ok"], true, "{switched}");
+
+    // A long, fast stream of large deltas (more than the slow client's socket buffers and its
+    // 256-frame allowance together). The slow client reads nothing meanwhile; the fast ones are
+    // never more than a batch behind, so any stall of theirs would stop the test.
+    const TOTAL: usize = 1600;
+    const BATCH: usize = 100;
+    let progress: Vec<Arc<AtomicUsize>> = (0..2).map(|_| Arc::default()).collect();
+    let readers: Vec<_> = [owner, other]
+        .into_iter()
+        .zip(&progress)
+        .map(|(ws, progress)| tokio::spawn(read_tokens(ws, TOTAL, progress.clone())))
+        .collect();
+    let js = chat.platform.nats.jetstream().await;
+    let run_id = uuid::Uuid::now_v7();
+    let text = "x".repeat(4096);
+    let mut published = Vec::with_capacity(TOTAL);
+    for batch in 0..TOTAL / BATCH {
+        for _ in 0..BATCH {
+            let delta = json!({"type": "token", "data": {"run_id": run_id, "text": text}});
+            let ack = js
+                .publish(format!("conv.{session}.live"), delta.to_string().into())
+                .await
+                .expect("publish")
+                .await
+                .expect("ack");
+            published.push(ack.sequence);
+        }
+        let done = (batch + 1) * BATCH;
+        warren_testkit::wait_until(std::time::Duration::from_secs(20), || async {
+            progress.iter().all(|p| p.load(Ordering::Relaxed) >= done)
+        })
+        .await;
+    }
+    for reader in readers {
+        let (_, seqs) = reader.await.expect("fast reader");
+        assert_eq!(seqs, published, "a fast client missed or reordered events");
+    }
+
+    // The slow client now reads: a prefix of the stream in order, then the reason, then a close
+    // asking it to come back.
+    let mut got = Vec::new();
+    let mut reason = None;
+    let close = loop {
+        match slow.frame().await {
+            Ok(frame) if frame["event"] == "token" => {
+                got.push(frame["seq"].as_u64().expect("seq"));
+            }
+            Ok(frame) if frame["event"] == "error" => reason = Some(frame["payload"].clone()),
+            Ok(_) => {}
+            Err(close) => break close,
+        }
+    };
+    assert!(got.len() < TOTAL, "the slow client was not dropped");
+    assert_eq!(got, published[..got.len()]);
+    let reason = reason.expect("an error event saying why");
+    assert_eq!(reason["errorCode"], "slow_consumer");
+    assert_eq!(reason["retryable"], true);
+    let (code, text) = close_reason(close);
+    assert_eq!(code, 1013, "{text}");
+
+    // It resumes after its last seq and gets the rest, exactly once.
+    let (mut again, _) = Ws::connect(base, &chat.user.access).await;
+    let mut params = json!({"sessionId": session});
+    if let Some(last) = got.last() {
+        params["after"] = (*last).into();
+    }
+    again.call("sessions.switch", params).await;
+    let (_, rest) = read_tokens(again, TOTAL - got.len(), Arc::default()).await;
+    assert_eq!(rest, published[got.len()..]);
+}

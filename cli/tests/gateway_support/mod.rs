@@ -34,6 +34,36 @@ impl Ws {
         }
     }
 
+    /// Opens `/ws` over a socket with a tiny receive buffer, so that a client which stops
+    /// reading soon stops the server's writes to it too, and connects with `token`.
+    pub async fn connect_small_window(base: &str, token: &str) -> Self {
+        let url = format!("{}/ws", base.replacen("http://", "ws://", 1));
+        let address = base
+            .trim_start_matches("http://")
+            .parse()
+            .expect("host:port");
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4096).expect("receive buffer");
+        let stream = socket.connect(address).await.expect("tcp connect");
+        let (socket, _) =
+            tokio_tungstenite::client_async(url, tokio_tungstenite::MaybeTlsStream::Plain(stream))
+                .await
+                .expect("websocket upgrade");
+        let mut ws = Self {
+            socket,
+            next_id: 0,
+            events: Vec::new(),
+        };
+        let answer = ws
+            .call(
+                "connect",
+                json!({"version": "1", "clientType": "cli", "token": token}),
+            )
+            .await;
+        assert_eq!(answer["ok"], true, "{answer}");
+        ws
+    }
+
     /// Opens `/ws` and connects with `token`; returns the connect answer's payload too.
     pub async fn connect(base: &str, token: &str) -> (Self, Value) {
         let mut ws = Self::open(base).await;

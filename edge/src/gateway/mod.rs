@@ -38,6 +38,8 @@ pub const MAX_FRAME_BYTES: usize = 64 * 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A ping goes out this often; a client silent for three of them is gone.
 const PING_EVERY: Duration = Duration::from_secs(20);
+/// A client that takes no bytes for this long is dropped (its buffers are the kernel's).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Open connections in this process (for `status`).
 static CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
@@ -108,10 +110,15 @@ fn close(code: u16, reason: impl Into<String>) -> Close {
 }
 
 async fn send(socket: &mut WebSocket, frame: &Value) -> bool {
-    socket
-        .send(Message::Text(Utf8Bytes::from(frame.to_string())))
-        .await
-        .is_ok()
+    write(socket, Message::Text(Utf8Bytes::from(frame.to_string()))).await
+}
+
+/// Writes one message; false if the client is gone or has not taken it for [`WRITE_TIMEOUT`].
+async fn write(socket: &mut WebSocket, message: Message) -> bool {
+    matches!(
+        tokio::time::timeout(WRITE_TIMEOUT, socket.send(message)).await,
+        Ok(Ok(()))
+    )
 }
 
 async fn run(state: AppState, mut socket: WebSocket, header_token: Option<String>) {
@@ -120,12 +127,11 @@ async fn run(state: AppState, mut socket: WebSocket, header_token: Option<String
         Err(end) => Err(end),
     };
     if let Err(end) = outcome {
-        let _ = socket
-            .send(Message::Close(Some(CloseFrame {
-                code: end.code,
-                reason: Utf8Bytes::from(end.reason),
-            })))
-            .await;
+        let frame = CloseFrame {
+            code: end.code,
+            reason: Utf8Bytes::from(end.reason),
+        };
+        write(&mut socket, Message::Close(Some(frame))).await;
     }
 }
 
@@ -273,7 +279,7 @@ async fn serve(mut conn: Conn, socket: &mut WebSocket) -> Result<(), Close> {
                 let Some(session) = &conn.session else { continue };
                 let session_id = session.id.to_string();
                 if let Some(event) = protocol::encode(&item, &session_id, &conn.client_id)
-                    && socket.send(Message::Text(event)).await.is_err()
+                    && !write(socket, Message::Text(event)).await
                 {
                     return Ok(());
                 }
@@ -302,7 +308,7 @@ async fn serve(mut conn: Conn, socket: &mut WebSocket) -> Result<(), Close> {
                 if last_heard.elapsed() > PING_EVERY * 3 {
                     return Err(close(close_code::AWAY, "no answer to pings"));
                 }
-                if socket.send(Message::Ping(Default::default())).await.is_err() {
+                if !write(socket, Message::Ping(Default::default())).await {
                     return Ok(());
                 }
             }
