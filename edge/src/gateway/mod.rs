@@ -34,6 +34,8 @@ use warren_domain::ids::{AgentId, ConversationId};
 
 /// The largest frame a client may send; larger ones close the connection (1009).
 pub const MAX_FRAME_BYTES: usize = 64 * 1024;
+/// What a connection's read buffer starts with (it grows for larger frames, up to the limit).
+const READ_BUFFER_BYTES: usize = 4 * 1024;
 /// How long a client has to send `connect`.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A ping goes out this often; a client silent for three of them is gone.
@@ -65,8 +67,11 @@ async fn upgrade(
                 .or_else(|| v.strip_prefix("bearer "))
         })
         .map(|v| v.trim().to_owned());
+    // Small buffers: most connections sit idle, and frames are written (and flushed) one by one.
     ws.max_message_size(MAX_FRAME_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(0)
         .on_upgrade(move |socket| async move {
             CONNECTIONS.fetch_add(1, Ordering::Relaxed);
             run(state, socket, header_token).await;
