@@ -282,6 +282,80 @@ async fn messages_queue_and_cancel_over_websocket_and_slash_commands_are_answere
     assert_eq!(unknown["errorCode"], "unknown_command");
 }
 
+#[tokio::test]
+async fn two_requests_sent_at_once_are_answered_one_after_the_other() {
+    let chat = Chat::start(&[]).await;
+    let base = &chat.platform.base;
+    let (mut ws, _) = Ws::connect(base, &chat.user.access).await;
+    chat.model
+        .push(Reply::text("The first answer, in several words."));
+    chat.model.push(Reply::text("The second answer."));
+    // Both requests go out before either answer is read.
+    ws.send_text(
+        &json!({"type": "req", "id": "one", "method": "agent",
+        "params": {"message": "first", "agentId": chat.agent_id}})
+        .to_string(),
+    )
+    .await;
+    let first = loop {
+        let frame = ws.frame().await.expect("open");
+        if frame["id"] == "one" {
+            break frame;
+        }
+    };
+    ws.send_text(
+        &json!({"type": "req", "id": "two", "method": "agent",
+        "params": {"message": "second"}})
+        .to_string(),
+    )
+    .await;
+    let second = loop {
+        let frame = ws.frame().await.expect("open");
+        if frame["id"] == "two" {
+            break frame;
+        }
+    };
+    let (one, two) = (&first["payload"]["runId"], &second["payload"]["runId"]);
+    // Read until both runs are final.
+    let mut finals = 0;
+    while finals < 2 {
+        if ws.until("final").await["payload"]["runId"].is_string() {
+            finals += 1;
+        }
+    }
+    // The second waited its turn: every event of the first run's work comes before any of the
+    // second's, and each got its own answer.
+    let work = |run: &Value| -> Vec<usize> {
+        ws.events
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e["payload"]["runId"] == *run)
+            .filter(|(_, e)| matches!(e["event"].as_str(), Some("token" | "status" | "final")))
+            .map(|(i, _)| i)
+            .collect()
+    };
+    let (of_one, of_two) = (work(one), work(two));
+    assert!(!of_one.is_empty() && !of_two.is_empty());
+    assert!(of_one.iter().max() < of_two.iter().min(), "{:?}", ws.events);
+    let answer = |run: &Value| {
+        ws.events
+            .iter()
+            .find(|e| e["event"] == "final" && e["payload"]["runId"] == *run)
+            .map(|e| e["payload"]["content"].clone())
+    };
+    assert_eq!(
+        answer(one),
+        Some(json!("The first answer, in several words."))
+    );
+    assert_eq!(answer(two), Some(json!("The second answer.")));
+    let queued = ws
+        .events
+        .iter()
+        .find(|e| e["event"] == "queued" && e["payload"]["runId"] == *two)
+        .expect("the second was queued");
+    assert!(queued["payload"]["position"].as_u64().is_some());
+}
+
 /// Every frame of a conversation's feed up to the log's current end: (cursor, frame).
 async fn full_feed(chat: &Chat, session: &str) -> Vec<(u64, Value)> {
     let js = chat.platform.nats.jetstream().await;
