@@ -654,22 +654,11 @@ async fn a_client_that_stops_reading_is_dropped_while_the_fast_ones_get_every_ev
     let chat = Chat::start(&[]).await;
     let base = &chat.platform.base;
     let (mut owner, _) = Ws::connect(base, &chat.user.access).await;
-    let created = owner
-        .call("sessions.new", json!({"agentId": chat.agent_id}))
-        .await;
-    let session = created["payload"]["sessionId"]
-        .as_str()
-        .expect("session")
-        .to_owned();
+    let session = owner.new_session(&chat.agent_id).await;
     let (mut other, _) = Ws::connect(base, &chat.user.access).await;
-    other
-        .call("sessions.switch", json!({"sessionId": session}))
-        .await;
+    other.switch(&session).await;
     let mut slow = Ws::connect_small_window(base, &chat.user.access).await;
-    let switched = slow
-        .call("sessions.switch", json!({"sessionId": session}))
-        .await;
-    assert_eq!(switched["ok"], true, "{switched}");
+    slow.switch(&session).await;
 
     // A long, fast stream of large deltas (more than the slow client's socket buffers and its
     // 256-frame allowance together). The slow client reads nothing meanwhile; the fast ones are

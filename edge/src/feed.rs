@@ -364,30 +364,30 @@ impl Pump {
 
 /// An agent commit's events, and its owner if it names one.
 fn of_agent(payload: &[u8]) -> (Option<UserId>, Vec<Value>) {
-    let Ok(envelopes) = codec::decode::<AgentEvent>(payload) else {
-        return (None, vec![]);
-    };
-    let owner = envelopes.iter().find_map(|envelope| match &envelope.event {
+    of_commit::<AgentEvent>(payload, |event| match event {
         AgentEvent::AgentCreated { owner_id, .. } => Some(*owner_id),
         _ => None,
-    });
-    let events = envelopes
-        .iter()
-        .filter_map(|envelope| serde_json::to_value(&envelope.event).ok())
-        .collect();
-    (owner, events)
+    })
 }
 
 /// A conversation commit's events, and its user if it names one.
 fn of_conversation(payload: &[u8]) -> (Option<UserId>, Vec<Value>) {
-    let Ok(envelopes) = codec::decode::<ConversationEvent>(payload) else {
-        return (None, vec![]);
-    };
-    let owner = envelopes.iter().find_map(|envelope| match &envelope.event {
+    of_commit::<ConversationEvent>(payload, |event| match event {
         ConversationEvent::ConversationStarted { user_id, .. }
         | ConversationEvent::MessagePosted { user_id, .. } => Some(*user_id),
         _ => None,
-    });
+    })
+}
+
+/// A commit's events as JSON, and the owner the first event naming one names.
+fn of_commit<E: serde::de::DeserializeOwned + serde::Serialize>(
+    payload: &[u8],
+    owner: impl Fn(&E) -> Option<UserId>,
+) -> (Option<UserId>, Vec<Value>) {
+    let Ok(envelopes) = codec::decode::<E>(payload) else {
+        return (None, vec![]);
+    };
+    let owner = envelopes.iter().find_map(|envelope| owner(&envelope.event));
     let events = envelopes
         .iter()
         .filter_map(|envelope| serde_json::to_value(&envelope.event).ok())

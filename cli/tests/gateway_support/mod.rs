@@ -54,27 +54,45 @@ impl Ws {
             next_id: 0,
             events: Vec::new(),
         };
-        let answer = ws
+        ws.handshake(token).await;
+        ws
+    }
+
+    /// Sends `connect` with `token`; its answer's payload.
+    async fn handshake(&mut self, token: &str) -> Value {
+        let answer = self
             .call(
                 "connect",
                 json!({"version": "1", "clientType": "cli", "token": token}),
             )
             .await;
         assert_eq!(answer["ok"], true, "{answer}");
-        ws
+        answer["payload"].clone()
+    }
+
+    /// Opens a new session with `agent`; its id.
+    pub async fn new_session(&mut self, agent: &str) -> String {
+        let created = self.call("sessions.new", json!({"agentId": agent})).await;
+        assert_eq!(created["ok"], true, "{created}");
+        created["payload"]["sessionId"]
+            .as_str()
+            .expect("session id")
+            .to_owned()
+    }
+
+    /// Switches to `session`.
+    pub async fn switch(&mut self, session: &str) {
+        let switched = self
+            .call("sessions.switch", json!({"sessionId": session}))
+            .await;
+        assert_eq!(switched["ok"], true, "{switched}");
     }
 
     /// Opens `/ws` and connects with `token`; returns the connect answer's payload too.
     pub async fn connect(base: &str, token: &str) -> (Self, Value) {
         let mut ws = Self::open(base).await;
-        let answer = ws
-            .call(
-                "connect",
-                json!({"version": "1", "clientType": "cli", "token": token}),
-            )
-            .await;
-        assert_eq!(answer["ok"], true, "{answer}");
-        (ws, answer["payload"].clone())
+        let hello = ws.handshake(token).await;
+        (ws, hello)
     }
 
     /// Sends raw text.
