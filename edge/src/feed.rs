@@ -140,48 +140,20 @@ impl Feed {
 
     /// Starts reading both logs from their ends.
     async fn open(&self, upstream: &Upstream) -> Result<(), ApiError> {
-        let mut reads = Vec::new();
-        for (stream, filter) in [
-            (topology::AGENTS, "agent.>"),
-            (topology::CONVERSATIONS, "conv.*.ev"),
-        ] {
-            let stream = self
-                .inner
-                .js
-                .get_stream_no_info(stream)
-                .await
-                .map_err(ApiError::internal)?;
-            let consumer = stream
-                .create_consumer(consumer::pull::OrderedConfig {
-                    filter_subject: filter.to_owned(),
-                    deliver_policy: consumer::DeliverPolicy::New,
-                    ..Default::default()
-                })
-                .await
-                .map_err(ApiError::internal)?;
-            let name = consumer.cached_info().name.clone();
-            reads.push((
-                consumer.messages().await.map_err(ApiError::internal)?,
-                stream,
-                name,
-            ));
-        }
-        let (conversations, agents) = match (reads.pop(), reads.pop()) {
-            (Some(conversations), Some(agents)) => (conversations, agents),
-            _ => unreachable!("two reads were opened"),
-        };
+        let js = &self.inner.js;
+        let agents = Read::from_end(js, topology::AGENTS, "agent.>").await?;
+        let conversations = Read::from_end(js, topology::CONVERSATIONS, "conv.*.ev").await?;
         let pump = Pump {
             feed: self.clone(),
             stop: upstream.stop.clone(),
             owners: HashMap::new(),
         };
         tokio::spawn(async move {
-            pump.run(agents.0, conversations.0).await;
-            for (stream, name) in [(agents.1, agents.2), (conversations.1, conversations.2)] {
-                if let Err(err) = stream.delete_consumer(&name).await {
-                    tracing::debug!(consumer = name, error = %err, "deleting a feed consumer failed");
-                }
-            }
+            let (mut agents, mut conversations) = (agents, conversations);
+            pump.run(&mut agents.messages, &mut conversations.messages)
+                .await;
+            agents.close().await;
+            conversations.close().await;
         });
         Ok(())
     }
@@ -268,6 +240,48 @@ impl Drop for FeedFollower {
     }
 }
 
+/// One of the feed's reads: an ordered consumer from a stream's end.
+struct Read {
+    messages: consumer::pull::Ordered,
+    stream: jetstream::stream::Stream<()>,
+    name: String,
+}
+
+impl Read {
+    async fn from_end(
+        js: &jetstream::Context,
+        stream: &str,
+        filter: &str,
+    ) -> Result<Self, ApiError> {
+        let stream = js
+            .get_stream_no_info(stream)
+            .await
+            .map_err(ApiError::internal)?;
+        let consumer = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: filter.to_owned(),
+                deliver_policy: consumer::DeliverPolicy::New,
+                ..Default::default()
+            })
+            .await
+            .map_err(ApiError::internal)?;
+        let name = consumer.cached_info().name.clone();
+        let messages = consumer.messages().await.map_err(ApiError::internal)?;
+        Ok(Self {
+            messages,
+            stream,
+            name,
+        })
+    }
+
+    /// Deletes the consumer now rather than after the server's idle threshold.
+    async fn close(self) {
+        if let Err(err) = self.stream.delete_consumer(&self.name).await {
+            tracing::debug!(consumer = self.name, error = %err, "deleting a feed consumer failed");
+        }
+    }
+}
+
 /// Routes both logs' commits to their owners' subscribers.
 struct Pump {
     feed: Feed,
@@ -279,8 +293,8 @@ struct Pump {
 impl Pump {
     async fn run(
         mut self,
-        mut agents: consumer::pull::Ordered,
-        mut conversations: consumer::pull::Ordered,
+        agents: &mut consumer::pull::Ordered,
+        conversations: &mut consumer::pull::Ordered,
     ) {
         let closing = self.feed.inner.closing.clone();
         loop {
@@ -408,7 +422,7 @@ fn sse(
                 Some(first) => first,
                 None => tokio::select! {
                     item = follower.next() => item?,
-                    _ = ticks.tick() => Item::new(None, json!({"type": "keepalive"})),
+                    _ = ticks.tick() => crate::follow::keepalive(),
                 },
             };
             Some((

@@ -326,8 +326,9 @@ impl Follower {
                     };
                     let (seq, pending) = (info.stream_sequence, info.pending);
                     let bound = catch_up.bound;
-                    let subject = message.subject.clone();
-                    for frame in frames::of_message(subject.as_str(), &message.payload, None) {
+                    for frame in
+                        frames::of_message(message.subject.as_str(), &message.payload, None)
+                    {
                         self.accept(Item::of_frame(Some(seq), frame));
                     }
                     if matches!(self.phase, Phase::Ended) {
@@ -361,7 +362,7 @@ impl Follower {
                             }
                         }
                         Err(broadcast::error::RecvError::Lagged(_)) => {
-                            tracing::info!(conversation_id = %self.room_id(), "dropped a client that fell behind");
+                            tracing::info!(conversation_id = %self.room.id(), "dropped a client that fell behind");
                             self.end(slow_consumer(self.run));
                         }
                         Err(broadcast::error::RecvError::Closed) => {
@@ -371,10 +372,6 @@ impl Follower {
                 }
             }
         }
-    }
-
-    fn room_id(&self) -> ConversationId {
-        self.room.id()
     }
 
     /// Queues a log frame if this client wants it; a run's terminal frame ends a run's follower.
@@ -452,7 +449,8 @@ async fn catch_up(
     }
 }
 
-fn keepalive() -> Item {
+/// A `keepalive` frame (no cursor).
+pub(crate) fn keepalive() -> Item {
     Item::new(None, json!({"type": "keepalive"}))
 }
 
