@@ -136,6 +136,18 @@ pub struct Config {
     pub model: ModelSettings,
     /// Bounds.
     pub limits: Limits,
+    /// The platform this runtime works for, if it offers the session tools.
+    pub platform: Option<Platform>,
+}
+
+/// Where the session tools (`sessions_search`, `sessions_get`) ask: the platform's runtime API,
+/// called with this runtime's own token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Platform {
+    /// The platform's base URL, e.g. `http://127.0.0.1:8080`.
+    pub url: String,
+    /// The agent this runtime is.
+    pub agent_id: String,
 }
 
 /// Config problems found before serving.
@@ -165,6 +177,7 @@ impl Config {
                 max_tokens: 4096,
             },
             limits: Limits::default(),
+            platform: None,
         }
     }
 
@@ -267,6 +280,12 @@ pub struct Args {
         default_value_t = 300
     )]
     pub model_idle_timeout_secs: u64,
+    /// The platform's base URL for the session tools (set by the deployer, with the agent id).
+    #[arg(long, env = "WARREN_AGENT_PLATFORM_URL", requires = "agent_id")]
+    pub platform_url: Option<String>,
+    /// The agent this runtime is, for the session tools.
+    #[arg(long, env = "WARREN_AGENT_ID")]
+    pub agent_id: Option<String>,
 }
 
 impl Args {
@@ -295,6 +314,15 @@ impl Args {
                 max_upload_bytes: self.max_upload_bytes,
                 fetch_max_bytes: self.fetch_max_bytes,
                 model_idle_timeout: Duration::from_secs(self.model_idle_timeout_secs),
+            },
+            platform: match (self.platform_url, self.agent_id) {
+                (Some(url), Some(agent_id)) if !url.is_empty() && !agent_id.is_empty() => {
+                    Some(Platform {
+                        url: url.trim_end_matches('/').to_owned(),
+                        agent_id,
+                    })
+                }
+                _ => None,
             },
         };
         config.validate()?;

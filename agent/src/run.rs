@@ -67,7 +67,7 @@ impl Run<'_> {
         let mut transcript = history.to_vec();
         let start = transcript.len();
         transcript.push(Message::User { content: message });
-        let specs = Toolbox::specs();
+        let specs = self.toolbox.specs();
         let mut usage = Usage::default();
         let mut texts: Vec<String> = Vec::new();
 

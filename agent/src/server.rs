@@ -82,7 +82,10 @@ impl AppState {
             .user_agent(concat!("warren-agent/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(ServeError::HttpClient)?;
-        let toolbox = Toolbox::new(workspace.clone(), config.limits.clone(), http.clone());
+        let mut toolbox = Toolbox::new(workspace.clone(), config.limits.clone(), http.clone());
+        if let Some(platform) = &config.platform {
+            toolbox = toolbox.with_platform(platform, config.token.clone());
+        }
         Ok(Self {
             config: Arc::new(config),
             workspace,

@@ -134,6 +134,9 @@ pub struct Config {
     /// `WARREN_DEPLOYER_HEALTH_TIMEOUT_SECS`: how long a started agent runtime may take to answer
     /// `GET /health` before its deployment fails at the health check.
     pub deployer_health_timeout_secs: u64,
+    /// `WARREN_RUNTIME_PLATFORM_URL`: the edge URL the deployer gives each runtime for its
+    /// session tools. Unset: `http://` + `WARREN_HTTP_ADDR`, an unspecified address as loopback.
+    pub runtime_platform_url: Option<String>,
 }
 
 impl Default for Config {
@@ -178,6 +181,7 @@ impl Default for Config {
             agent_bin: None,
             deployer_reconcile_secs: 30,
             deployer_health_timeout_secs: 30,
+            runtime_platform_url: None,
         }
     }
 }
@@ -312,7 +316,28 @@ impl Config {
                 .default_api_key
                 .as_ref()
                 .map(|key| key.expose().to_owned()),
+            platform_url: self.runtime_platform_url(),
         }
+    }
+
+    /// Where runtimes reach the edge: `WARREN_RUNTIME_PLATFORM_URL`, else the edge's own
+    /// listen address (an unspecified one as loopback).
+    pub fn runtime_platform_url(&self) -> String {
+        if let Some(url) = self
+            .runtime_platform_url
+            .as_deref()
+            .filter(|u| !u.is_empty())
+        {
+            return url.trim_end_matches('/').to_owned();
+        }
+        let mut addr = self.http_addr;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(match addr.ip() {
+                std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        format!("http://{addr}")
     }
 
     /// The log settings derived from this config.

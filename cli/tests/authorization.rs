@@ -282,6 +282,19 @@ async fn every_route_answers_each_kind_of_caller_with_its_expected_status() {
             [401, 404, 200, 404, 404],
         ),
         row("GET", "/api/v1/events", None, [401, 200, 200, 200, 200]),
+        // The runtime API takes agent tokens only: no user's token opens it.
+        row(
+            "GET",
+            "/api/v1/runtime/agents/{agent}/sessions",
+            None,
+            [401, 401, 401, 401, 401],
+        ),
+        row(
+            "GET",
+            "/api/v1/runtime/agents/{agent}/sessions/{conversation}",
+            None,
+            [401, 401, 401, 401, 401],
+        ),
         row(
             "POST",
             "/api/v1/conversations/{conversation}/cancel",

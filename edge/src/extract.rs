@@ -74,27 +74,31 @@ pub struct AuthUser {
     pub session: Uuid,
 }
 
+/// The token of an `Authorization: Bearer <token>` header, if there is a non-empty one.
+pub fn bearer_token(parts: &Parts) -> Option<&str> {
+    parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| {
+            value
+                .strip_prefix("Bearer ")
+                .or_else(|| value.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|token| !token.is_empty())
+}
+
 impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| {
-                value
-                    .strip_prefix("Bearer ")
-                    .or_else(|| value.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .filter(|token| !token.is_empty())
-            .ok_or_else(|| {
-                ApiError::unauthorized(
-                    "unauthenticated",
-                    "sign in: send Authorization: Bearer <access token>",
-                )
-            })?;
+        let token = bearer_token(parts).ok_or_else(|| {
+            ApiError::unauthorized(
+                "unauthenticated",
+                "sign in: send Authorization: Bearer <access token>",
+            )
+        })?;
         let caller = AuthUser::from_token(state, token).await?;
         if is_write(&parts.method) {
             state.limiter.check(

@@ -25,6 +25,8 @@
 //! - [`feed`] — `GET /events`: the user-wide live feed of agent and conversation changes.
 //! - [`gateway`] — `GET /ws`: the gateway protocol v1 over WebSocket.
 //! - [`conversations`] — `/conversations`: by last activity, and their messages.
+//! - [`runtime_api`] — `/runtime/agents/{id}/sessions`: what agent runtimes call back on for
+//!   their session tools, authenticated by the agent's own token.
 //! - [`usage`], [`quota`] — `/usage`, and the tier quotas (agents, messages per day).
 //! - [`mail`] — SMTP (or log) delivery.
 //! - [`consistency`] — bounded wait for a projection checkpoint (read-after-write).
@@ -51,6 +53,7 @@ pub mod openapi;
 pub mod quota;
 pub mod ratelimit;
 pub mod routes;
+pub mod runtime_api;
 pub mod server;
 pub mod settings;
 pub mod state;

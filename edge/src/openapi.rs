@@ -122,6 +122,10 @@ impl Modify for BearerAuth {
                     .build(),
             ),
         );
+        components.add_security_scheme(
+            "agent_token",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
     }
 }
 
@@ -170,6 +174,8 @@ impl Modify for BearerAuth {
         crate::conversations::cancel,
         crate::conversations::events,
         crate::feed::events,
+        crate::runtime_api::search,
+        crate::runtime_api::get_session,
     ),
     components(schemas(ErrorEnvelope, ErrorBody)),
     tags(
@@ -180,6 +186,7 @@ impl Modify for BearerAuth {
         (name = "usage", description = "Usage against the tier's limits"),
         (name = "chat", description = "Messages to agents, streamed runs and workspace files (approved users)"),
         (name = "conversations", description = "Conversations by last activity and their messages"),
+        (name = "runtime", description = "What agent runtimes call back on, with their agent token"),
         (name = "meta", description = "Health and this document"),
     )
 )]

@@ -7,7 +7,8 @@ use crate::extract::{client_ip, is_write};
 use crate::routes::{API_PREFIX, ApiRouter};
 use crate::state::AppState;
 use crate::{
-    admin, agents, auth, chat, conversations, feed, gateway, health, keys, openapi, usage, users,
+    admin, agents, auth, chat, conversations, feed, gateway, health, keys, openapi, runtime_api,
+    usage, users,
 };
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -36,6 +37,7 @@ pub fn api() -> ApiRouter {
         .merge(chat::routes())
         .merge(conversations::routes())
         .merge(feed::routes())
+        .merge(runtime_api::routes())
 }
 
 /// The whole HTTP surface.

@@ -334,6 +334,82 @@ pub async fn conversation(
     )
 }
 
+/// A session as an agent's session tools see it.
+#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
+pub struct SessionMatch {
+    /// The conversation.
+    pub id: Uuid,
+    /// Its title (empty if none was given).
+    pub title: String,
+    /// Messages in it.
+    pub message_count: i64,
+    /// When it was started.
+    pub created_at: DateTime<Utc>,
+    /// Its last message or change.
+    pub last_activity_at: DateTime<Utc>,
+    /// Its newest message with the first query word (its newest message without a query).
+    pub snippet: Option<String>,
+}
+
+const SESSION_MATCH_COLUMNS: &str = "c.id, c.title, c.message_count, c.created_at, \
+     c.last_activity_at, (SELECT m.text FROM messages m WHERE m.conversation_id = c.id \
+     AND (cardinality($3::text[]) = 0 OR m.text ILIKE ($3::text[])[1]) \
+     ORDER BY m.stream_seq DESC LIMIT 1) AS snippet";
+
+/// The user's conversations with the agent in which every pattern (`ILIKE`) matches the title
+/// or a message, last active within `range` if given, most recently active first.
+pub async fn search_sessions(
+    db: &PgPool,
+    user: UserId,
+    agent: AgentId,
+    patterns: &[String],
+    range: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    limit: i64,
+) -> Result<Vec<SessionMatch>, ApiError> {
+    Ok(
+        sqlx::query_as::<_, SessionMatch>(sqlx::AssertSqlSafe(format!(
+            "SELECT {SESSION_MATCH_COLUMNS} FROM conversations c \
+         WHERE c.user_id = $1 AND c.agent_id = $2 \
+         AND NOT EXISTS (SELECT 1 FROM unnest($3::text[]) AS p(pattern) \
+             WHERE c.title NOT ILIKE p.pattern AND NOT EXISTS (SELECT 1 FROM messages m \
+                 WHERE m.conversation_id = c.id AND m.text ILIKE p.pattern)) \
+         AND ($4::timestamptz IS NULL OR c.last_activity_at >= $4) \
+         AND ($5::timestamptz IS NULL OR c.last_activity_at < $5) \
+         ORDER BY c.last_activity_at DESC, c.id LIMIT $6"
+        )))
+        .bind(user.0)
+        .bind(agent.0)
+        .bind(patterns)
+        .bind(range.map(|(from, _)| from))
+        .bind(range.map(|(_, to)| to))
+        .bind(limit)
+        .fetch_all(db)
+        .await?,
+    )
+}
+
+/// One of the user's conversations with the agent; `None` if missing or not theirs.
+pub async fn agent_session(
+    db: &PgPool,
+    user: UserId,
+    agent: AgentId,
+    id: Uuid,
+) -> Result<Option<SessionMatch>, ApiError> {
+    let none: &[String] = &[];
+    Ok(
+        sqlx::query_as::<_, SessionMatch>(sqlx::AssertSqlSafe(format!(
+            "SELECT {SESSION_MATCH_COLUMNS} FROM conversations c \
+         WHERE c.user_id = $1 AND c.agent_id = $2 AND c.id = $4"
+        )))
+        .bind(user.0)
+        .bind(agent.0)
+        .bind(none)
+        .bind(id)
+        .fetch_optional(db)
+        .await?,
+    )
+}
+
 /// A message: the user's, or the agent's reply with its tool calls and usage.
 #[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
 pub struct MessageView {

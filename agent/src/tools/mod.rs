@@ -4,8 +4,11 @@
 //! - `shell` — `bash -c` in the workspace, own process group, timeout, output cap.
 //! - [`fs`] — `read_file`, `write_file`, `edit_file` (exact string replacement), `list_files`.
 //! - [`web`] — `web_fetch`: GET a URL, bounded body.
+//! - [`sessions`] — `sessions_search`, `sessions_get`: the user's sessions with this agent,
+//!   from the platform (offered only when the runtime knows its platform).
 
 pub mod fs;
+pub mod sessions;
 pub mod web;
 
 use std::time::Duration;
@@ -14,7 +17,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Limits;
+use crate::config::{Limits, Platform, Secret};
 use crate::model::{ToolCall, ToolSpec};
 use crate::process::{self, CappedText, Chunk, Utf8Decoder};
 use crate::workspace::Workspace;
@@ -62,6 +65,7 @@ pub struct Toolbox {
     workspace: Workspace,
     limits: Limits,
     http: reqwest::Client,
+    sessions: Option<sessions::Sessions>,
 }
 
 impl Toolbox {
@@ -71,11 +75,27 @@ impl Toolbox {
             workspace,
             limits,
             http,
+            sessions: None,
         }
     }
 
+    /// Adds the session tools, asking `platform` with the runtime's `token`.
+    pub fn with_platform(mut self, platform: &Platform, token: Secret) -> Self {
+        self.sessions = Some(sessions::Sessions::new(self.http.clone(), platform, token));
+        self
+    }
+
     /// What is offered to the model.
-    pub fn specs() -> Vec<ToolSpec> {
+    pub fn specs(&self) -> Vec<ToolSpec> {
+        let mut specs = Self::local_specs();
+        if self.sessions.is_some() {
+            specs.extend(sessions::Sessions::specs());
+        }
+        specs
+    }
+
+    /// The tools that need nothing but the workspace and the network.
+    fn local_specs() -> Vec<ToolSpec> {
         vec![
             ToolSpec {
                 name: "shell",
@@ -170,6 +190,11 @@ impl Toolbox {
                 "web_fetch" => {
                     web::fetch(&self.http, input, self.limits.fetch_max_bytes, cap).await
                 }
+                "sessions_search" | "sessions_get" => match &self.sessions {
+                    Some(tools) if call.name == "sessions_search" => tools.search(input, cap).await,
+                    Some(tools) => tools.get(input, cap).await,
+                    None => ToolOutcome::failed(format!("unknown tool {:?}", call.name)),
+                },
                 other => ToolOutcome::failed(format!("unknown tool {other:?}")),
             }
         };

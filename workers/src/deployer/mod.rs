@@ -59,6 +59,8 @@ pub struct DeployerSettings {
     pub default_base_url: Option<String>,
     /// Platform default API key (passed in the environment, never written to disk).
     pub default_api_key: Option<String>,
+    /// The edge URL runtimes call back on for their session tools.
+    pub platform_url: String,
 }
 
 /// Why the deployer could not start or its consumer stopped.
@@ -318,6 +320,8 @@ impl Deployer {
             provider: self.settings.default_provider.clone(),
             base_url: self.settings.default_base_url.clone(),
             addr: "127.0.0.1:0".into(),
+            platform_url: Some(self.settings.platform_url.clone()),
+            agent_id: Some(agent_id),
         };
         let mut process_record = ProcessRecord {
             settings,

@@ -38,6 +38,12 @@ pub struct ProcessSettings {
     /// The address to bind: `127.0.0.1:0` for a fresh deployment, the recorded address for a
     /// restart (so the endpoint in the log stays valid).
     pub addr: String,
+    /// The edge URL the runtime's session tools call (absent in records written before them).
+    #[serde(default)]
+    pub platform_url: Option<String>,
+    /// The agent, for the session tools.
+    #[serde(default)]
+    pub agent_id: Option<AgentId>,
 }
 
 /// `process.json`: the settings plus the running process, if started.
@@ -224,6 +230,11 @@ pub async fn start(
     }
     if let Some(key) = api_key {
         command.env("WARREN_AGENT_API_KEY", key);
+    }
+    if let (Some(url), Some(agent_id)) = (&settings.platform_url, settings.agent_id) {
+        command
+            .env("WARREN_AGENT_PLATFORM_URL", url)
+            .env("WARREN_AGENT_ID", agent_id.to_string());
     }
     let mut child = command.spawn().map_err(|err| {
         ProcessError::Start(format!(
