@@ -14,8 +14,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::http::StatusCode;
-use axum::response::sse::Sse;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
@@ -255,5 +254,5 @@ pub(crate) async fn events(
         },
     )
     .await?;
-    Ok(Sse::new(follow::sse(frames)).into_response())
+    Ok(follow::sse(frames))
 }

@@ -21,13 +21,11 @@ use crate::routes::ApiRouter;
 use crate::state::AppState;
 use async_nats::jetstream::{self, consumer};
 use axum::extract::State;
-use axum::response::sse::{Event, Sse};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use futures::StreamExt;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{OnceCell, broadcast};
 use tokio_util::sync::CancellationToken;
@@ -56,7 +54,7 @@ pub(crate) async fn events(
     caller: AuthUser,
 ) -> Result<Response, ApiError> {
     let follower = state.feed.subscribe(caller.id).await?;
-    Ok(Sse::new(sse(follower)).into_response())
+    Ok(sse(follower))
 }
 
 /// The feed of one edge process. Cheap to clone.
@@ -410,12 +408,10 @@ fn of_commit<E: serde::de::DeserializeOwned + serde::Serialize>(
 }
 
 /// A feed as SSE: `ready`, then its frames and keepalives.
-fn sse(
-    follower: FeedFollower,
-) -> impl futures::Stream<Item = Result<Event, Infallible>> + Send + 'static {
+fn sse(follower: FeedFollower) -> Response {
     let ticks = tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
     let ready = Item::new(None, json!({"type": "ready"}));
-    futures::stream::unfold(
+    crate::follow::sse_response(futures::stream::unfold(
         (follower, ticks, Some(ready)),
         |(mut follower, mut ticks, first)| async move {
             let item = match first {
@@ -425,10 +421,7 @@ fn sse(
                     _ = ticks.tick() => crate::follow::keepalive(),
                 },
             };
-            Some((
-                Ok(Event::default().data(item.json())),
-                (follower, ticks, None),
-            ))
+            Some((item, (follower, ticks, None)))
         },
-    )
+    ))
 }

@@ -28,9 +28,22 @@ pub enum StateError {
     AgentTokens(#[from] TokenError),
 }
 
-/// What handlers share. Cheap to clone.
+/// What handlers share: one [`Shared`] behind an `Arc`, so a clone is one counter increment.
+/// Every live connection holds one, and the KV stores and streams inside carry their cached
+/// stream info (kilobytes each), so a field-by-field clone would cost that per connection.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The parts of [`AppState`].
+pub struct Shared {
     /// The write side.
     pub commands: CommandService,
     /// The read models (live schema).
@@ -88,7 +101,7 @@ impl AppState {
             &settings.jwt_secret.0,
             settings.magic_link_ttl,
         );
-        Ok(Self {
+        Ok(Self(Arc::new(Shared {
             commands,
             nats,
             settings: Arc::new(settings),
@@ -104,6 +117,6 @@ impl AppState {
             feed: Feed::new(js, db.clone(), closing.clone()),
             db,
             closing,
-        })
+        })))
     }
 }

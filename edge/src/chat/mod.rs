@@ -29,8 +29,7 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
-use axum::response::sse::Sse;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use utoipa::ToSchema;
@@ -161,7 +160,7 @@ pub(crate) async fn send(
         },
     )
     .await?;
-    Ok(Sse::new(follow::sse(frames)).into_response())
+    Ok(follow::sse(frames))
 }
 
 /// Clear the history of the caller's conversation with the agent (here and in the runtime).

@@ -5,7 +5,8 @@
 //! - [`Follower`] — one client's view: its opening frames (snapshot or reset), the part of the
 //!   log it is missing read by itself, then the room's live frames, each exactly once and in
 //!   order. Every frame carries its message's stream sequence, the cursor a client resumes from.
-//! - [`sse`] — a follower as an SSE stream; the gateway formats the same [`Item`]s as events.
+//! - [`sse`] — a follower as an SSE response (each frame's bytes made once for all clients);
+//!   the gateway formats the same [`Item`]s as events.
 
 pub mod hub;
 
@@ -14,8 +15,10 @@ use crate::error::ApiError;
 use crate::state::AppState;
 use crate::views;
 use async_nats::jetstream::{self, consumer, stream};
+use axum::body::{Body, Bytes};
 use axum::extract::ws::Utf8Bytes;
-use axum::response::sse::Event;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
 use hub::{Hub, Joined, Room};
 use serde_json::{Value, json};
@@ -108,6 +111,8 @@ struct Encoded {
     run_id: Option<RunId>,
     terminal: bool,
     json: OnceLock<String>,
+    /// The SSE event (`id:` and `data:` lines).
+    sse: OnceLock<Bytes>,
     /// The gateway's `event` frame, for a client that sent the message and for any other.
     ws: [OnceLock<Option<Utf8Bytes>>; 2],
 }
@@ -132,6 +137,7 @@ impl Item {
             run_id: frame.run_id,
             terminal: frame.terminal,
             json: OnceLock::new(),
+            sse: OnceLock::new(),
             ws: Default::default(),
         }))
     }
@@ -149,6 +155,25 @@ impl Item {
     /// The frame as JSON text.
     pub fn json(&self) -> &str {
         self.0.json.get_or_init(|| self.0.data.to_string())
+    }
+
+    /// The frame as one SSE event: `id: <seq>` (if it has one) and `data: <json>`. JSON text
+    /// has no raw newline, so one `data:` line carries it.
+    pub fn sse(&self) -> Bytes {
+        self.0
+            .sse
+            .get_or_init(|| {
+                let json = self.json();
+                let mut event = String::with_capacity(json.len() + 32);
+                if let Some(seq) = self.0.seq {
+                    event.push_str(&format!("id: {seq}\n"));
+                }
+                event.push_str("data: ");
+                event.push_str(json);
+                event.push_str("\n\n");
+                Bytes::from(event)
+            })
+            .clone()
     }
 
     /// The frame in another encoding, made once per `variant` (0 or 1) by `encode`.
@@ -281,12 +306,14 @@ impl Follower {
                 Phase::Ended => return None,
                 Phase::Joining => match self.room.join(self.through) {
                     Joined::Live(tail, frames) => self.go_live(tail, frames),
-                    Joined::Behind(bound) => match catch_up(
+                    // Boxed: opening a log read is a large future, and a client waiting here
+                    // for live frames should not carry its size for its whole life.
+                    Joined::Behind(bound) => match Box::pin(catch_up(
                         self.hub.jetstream(),
                         self.room.id(),
                         self.through + 1,
                         bound,
-                    )
+                    ))
                     .await
                     {
                         Ok(Some(catch_up)) => self.phase = Phase::CatchUp(Box::new(catch_up)),
@@ -343,8 +370,10 @@ impl Follower {
                 }
                 Phase::Live { frames, skip } => {
                     let skip = *skip;
+                    // No watch on the server's closing here: the room's pump sees it and sends
+                    // every live client its last frame (a watch per client would take and
+                    // release the shared token's lock for every frame of every client).
                     let next = tokio::select! {
-                        _ = self.hub.closing().cancelled() => Err(broadcast::error::RecvError::Closed),
                         _ = tick(&mut self.ticks) => {
                             self.queue.push_back(keepalive());
                             continue;
@@ -463,15 +492,26 @@ async fn tick(ticks: &mut Option<tokio::time::Interval>) {
     }
 }
 
-/// The frames as SSE events: `id:` = the cursor, `data:` = the frame.
-pub fn sse(follower: Follower) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
-    futures::stream::unfold(follower, |mut follower| async move {
-        let item = follower.next().await?;
-        let event = Event::default().data(item.json());
-        let event = match item.seq() {
-            Some(seq) => event.id(seq.to_string()),
-            None => event,
-        };
-        Some((Ok(event), follower))
-    })
+/// The follower as an SSE response: `id:` = the cursor, `data:` = the frame.
+pub fn sse(follower: Follower) -> Response {
+    sse_response(futures::stream::unfold(
+        follower,
+        |mut follower| async move {
+            let item = follower.next().await?;
+            Some((item, follower))
+        },
+    ))
+}
+
+/// An SSE response of `items`, each written as [`Item::sse`] (made once, shared by every client).
+pub fn sse_response(items: impl Stream<Item = Item> + Send + 'static) -> Response {
+    let body = Body::from_stream(items.map(|item| Ok::<_, Infallible>(item.sse())));
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
 }

@@ -127,8 +127,11 @@ async fn write(socket: &mut WebSocket, message: Message) -> bool {
 }
 
 async fn run(state: AppState, mut socket: WebSocket, header_token: Option<String>) {
-    let outcome = match handshake(&state, &mut socket, header_token).await {
-        Ok(conn) => serve(conn, &mut socket).await,
+    // Both phases are boxed: inline, the task would be sized for the larger of them plus
+    // whatever the compiler cannot overlap (measured: 3.5 KB per idle connection, against
+    // 1.7 KB for `serve` alone), and every idle connection would carry it.
+    let outcome = match Box::pin(handshake(&state, &mut socket, header_token)).await {
+        Ok(conn) => Box::pin(serve(conn, &mut socket)).await,
         Err(end) => Err(end),
     };
     if let Err(end) = outcome {
@@ -265,7 +268,9 @@ async fn serve(mut conn: Conn, socket: &mut WebSocket) -> Result<(), Close> {
                 let value: Value = serde_json::from_str(&text)
                     .map_err(|_| close(close_code::INVALID, "malformed JSON"))?;
                 let answer = match serde_json::from_value::<Req>(value.clone()) {
-                    Ok(req) if req.kind == "req" => conn.handle(req).await,
+                    // Boxed: a request's future (queries, commands) is large and short-lived;
+                    // inline, every idle connection would carry its size.
+                    Ok(req) if req.kind == "req" => Box::pin(conn.handle(req)).await,
                     _ => protocol::fail(
                         value["id"].as_str().unwrap_or(""),
                         "invalid_frame",
