@@ -13,7 +13,7 @@ use crate::error::ApiError;
 use crate::state::AppState;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts};
 use axum::http::request::Parts;
-use axum::http::{Method, header};
+use axum::http::{HeaderMap, Method, header};
 use serde_json::json;
 use std::net::SocketAddr;
 use std::ops::Deref;
@@ -75,9 +75,8 @@ pub struct AuthUser {
 }
 
 /// The token of an `Authorization: Bearer <token>` header, if there is a non-empty one.
-pub fn bearer_token(parts: &Parts) -> Option<&str> {
-    parts
-        .headers
+pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| {
@@ -93,7 +92,7 @@ impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer_token(parts).ok_or_else(|| {
+        let token = bearer_token(&parts.headers).ok_or_else(|| {
             ApiError::unauthorized(
                 "unauthenticated",
                 "sign in: send Authorization: Bearer <access token>",

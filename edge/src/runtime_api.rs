@@ -12,8 +12,8 @@ use crate::routes::ApiRouter;
 use crate::state::AppState;
 use crate::views::{self, MessageView, SessionMatch};
 use axum::Json;
-use axum::extract::FromRequestParts;
 use axum::extract::State;
+use axum::extract::{FromRequestParts, RawPathParams};
 use axum::http::request::Parts;
 use chrono::{DateTime, Datelike, Days, Duration, NaiveTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -55,16 +55,16 @@ impl FromRequestParts<AppState> for RuntimeCaller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer_token(parts).ok_or_else(invalid)?.to_owned();
-        // The first path segment after `/runtime/agents/` is the agent; a bad one is 401 like
-        // a bad token, so the route never tells which agents exist.
-        let agent = parts
-            .uri
-            .path()
-            .split('/')
-            .skip_while(|segment| *segment != "agents")
-            .nth(1)
-            .and_then(|segment| segment.parse::<Uuid>().ok())
+        let token = bearer_token(&parts.headers).ok_or_else(invalid)?.to_owned();
+        // A malformed agent id is 401 like a bad token, so the route never tells which agents
+        // exist.
+        let params = RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|_| invalid())?;
+        let agent = params
+            .iter()
+            .find(|(key, _)| *key == "agent_id")
+            .and_then(|(_, value)| value.parse::<Uuid>().ok())
             .map(AgentId)
             .ok_or_else(invalid)?;
         let stored = state

@@ -16,14 +16,14 @@
 mod methods;
 pub mod protocol;
 
-use crate::extract::AuthUser;
+use crate::extract::{AuthUser, bearer_token};
 use crate::feed::FeedFollower;
 use crate::follow::Follower;
 use crate::state::AppState;
 use axum::Router;
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code};
-use axum::http::{HeaderMap, header};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::get;
 use protocol::Req;
@@ -59,14 +59,7 @@ async fn upgrade(
     ws: WebSocketUpgrade,
 ) -> Response {
     STARTED.get_or_init(Instant::now);
-    let header_token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(|v| v.trim().to_owned());
+    let header_token = bearer_token(&headers).map(str::to_owned);
     // Small buffers: most connections sit idle, and frames are written (and flushed) one by one.
     ws.max_message_size(MAX_FRAME_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
