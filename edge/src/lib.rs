@@ -14,6 +14,8 @@
 //!   `ApprovedUser`, `AdminUser`; the client IP.
 //! - [`routes`] — [`routes::ApiRouter`]: a router that records its (method, path) table.
 //! - [`server`] — every resource router merged in one place, shared layers, `serve`.
+//! - [`lane`] — follow streams (SSE `GET`s) answered by a small HTTP/1 writer of its own;
+//!   hyper serves every other connection.
 //! - [`auth`] — magic links, tokens, identities and the `/auth` routes.
 //! - [`users`], [`keys`] — `/users/me`, connections, provider API keys.
 //! - [`admin`] — `/admin/users`: approve, reject, revoke, roles and tiers.
@@ -48,6 +50,7 @@ pub mod follow;
 pub mod gateway;
 pub mod health;
 pub mod keys;
+pub mod lane;
 pub mod mail;
 pub mod openapi;
 pub mod quota;

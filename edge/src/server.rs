@@ -1,9 +1,11 @@
 //! The router and the server loop: every resource router merged in one place, with the layers
 //! every route shares (body limit, per-IP write limit, CORS, the JSON error envelope for
-//! unknown routes, wrong methods and panics).
+//! unknown routes, wrong methods and panics), and the server loop that puts follow streams on
+//! the [`lane`](crate::lane).
 
 use crate::error::ApiError;
 use crate::extract::{client_ip, is_write};
+use crate::lane::{Lane, Sniffer};
 use crate::routes::{API_PREFIX, ApiRouter};
 use crate::state::AppState;
 use crate::{
@@ -20,6 +22,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
@@ -125,26 +128,33 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
     )
 }
 
-/// Serves until `shutdown` fires, then drains in-flight requests.
+/// Serves until `shutdown` fires, then drains in-flight requests and open streams.
+///
+/// Follow streams (SSE `GET`s) are answered on the [`lane`](crate::lane); hyper serves every
+/// other connection.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let closing = state.closing.clone();
-    // SSE frames are small writes: Nagle would hold one back until the client's delayed ACK
-    // (measured: a 40 ms stall on the first delta of a run).
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(
+    let app = router(state);
+    let tasks = TaskTracker::new();
+    let lane = Lane::new(app.clone(), shutdown.clone(), tasks.clone());
+    // `tap_io` is what gives a custom listener axum's `ConnectInfo<SocketAddr>`; the sniffer
+    // already set each socket's options.
+    let listener = Sniffer::new(listener, lane).tap_io(|_| {});
+    let served = axum::serve(
         listener,
-        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+        app.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(async move {
         shutdown.cancelled().await;
         // Streams waiting on runs end now, so draining does not wait for the runs.
         closing.cancel();
     })
-    .await
+    .await;
+    tasks.close();
+    tasks.wait().await;
+    served
 }
