@@ -9,9 +9,14 @@
 
 use axum::Router;
 use axum::body::{Body, HttpBody};
+use axum::body::{BodyDataStream, Bytes};
 use axum::http::response::Parts;
 use axum::http::{Request, header};
+use bytes::Buf;
 use futures::StreamExt;
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::task::Poll;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -22,6 +27,8 @@ use tower::ServiceExt;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// A write the client does not take for this long ends the connection (as on the gateway).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Frames written in one go at most (as many as hyper's write queue holds).
+const MAX_BATCH: usize = 16;
 
 /// Answers `request` on `tcp` through `router`, then closes the connection.
 pub async fn serve(
@@ -40,22 +47,19 @@ pub async fn serve(
     }
 }
 
-async fn respond(
-    mut tcp: TcpStream,
-    request: Request<Body>,
-    router: Router,
-) -> std::io::Result<()> {
+async fn respond(mut tcp: TcpStream, request: Request<Body>, router: Router) -> io::Result<()> {
     let Ok(response) = router.oneshot(request).await;
     let (parts, body) = response.into_parts();
-    write(&mut tcp, &encode_head(&parts, body.size_hint().exact())).await?;
-    let mut frames = body.into_data_stream();
+    let head = Bytes::from(encode_head(&parts, body.size_hint().exact()));
+    write(&mut tcp, vec![head]).await?;
+    let mut frames = Frames::new(body);
     let mut probe = [0u8; 16];
     loop {
         tokio::select! {
             biased;
-            frame = frames.next() => match frame {
-                Some(Ok(bytes)) => write(&mut tcp, &bytes).await?,
-                Some(Err(_)) | None => break,
+            batch = frames.ready() => match batch {
+                Some(batch) => write(&mut tcp, batch).await?,
+                None => break,
             },
             read = tcp.read(&mut probe) => match read {
                 // Gone. (Anything it sends after the head is ignored: the connection ends with
@@ -68,11 +72,74 @@ async fn respond(
     tcp.shutdown().await
 }
 
-async fn write(tcp: &mut TcpStream, bytes: &[u8]) -> std::io::Result<()> {
-    // The timer is only armed when the write does not complete at once.
-    tokio::time::timeout(WRITE_TIMEOUT, tcp.write_all(bytes))
+/// A body's frames, taken as many as are ready at a time (a client that fell behind a few
+/// frames gets them in one write, as hyper's write queue would give them).
+struct Frames {
+    data: BodyDataStream,
+    ended: bool,
+}
+
+impl Frames {
+    fn new(body: Body) -> Self {
+        Self {
+            data: body.into_data_stream(),
+            ended: false,
+        }
+    }
+
+    /// The frames ready now, waiting for the first; `None` once the body has ended.
+    async fn ready(&mut self) -> Option<Vec<Bytes>> {
+        poll_fn(|cx| {
+            let mut batch = Vec::new();
+            while !self.ended && batch.len() < MAX_BATCH {
+                match self.data.poll_next_unpin(cx) {
+                    Poll::Ready(Some(Ok(bytes))) if bytes.is_empty() => {}
+                    Poll::Ready(Some(Ok(bytes))) => batch.push(bytes),
+                    Poll::Ready(Some(Err(_)) | None) => self.ended = true,
+                    Poll::Pending => break,
+                }
+            }
+            match (batch.is_empty(), self.ended) {
+                (false, _) => Poll::Ready(Some(batch)),
+                (true, true) => Poll::Ready(None),
+                (true, false) => Poll::Pending,
+            }
+        })
         .await
-        .map_err(|_| std::io::ErrorKind::TimedOut)?
+    }
+}
+
+/// Writes `batch` whole, vectored; a client that takes none of it for [`WRITE_TIMEOUT`] ends
+/// the connection. (The timer is only armed when the write does not complete at once.)
+async fn write(tcp: &mut TcpStream, mut batch: Vec<Bytes>) -> io::Result<()> {
+    let all = async {
+        let mut first = 0;
+        while first < batch.len() {
+            let mut slices = [IoSlice::new(&[]); MAX_BATCH];
+            let pending = &batch[first..batch.len().min(first + MAX_BATCH)];
+            for (slice, bytes) in slices.iter_mut().zip(pending) {
+                *slice = IoSlice::new(bytes);
+            }
+            let mut written = tcp.write_vectored(&slices[..pending.len()]).await?;
+            if written == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            while written > 0 {
+                let len = batch[first].len();
+                if written >= len {
+                    written -= len;
+                    first += 1;
+                } else {
+                    batch[first].advance(written);
+                    written = 0;
+                }
+            }
+        }
+        Ok(())
+    };
+    tokio::time::timeout(WRITE_TIMEOUT, all)
+        .await
+        .map_err(|_| io::ErrorKind::TimedOut)?
 }
 
 /// The status line and headers of `parts`, with the lane's own framing headers.
@@ -112,6 +179,46 @@ pub fn encode_head(parts: &Parts, length: Option<u64>) -> Vec<u8> {
 mod tests {
     use super::*;
     use axum::http::{HeaderValue, Response, StatusCode};
+    use std::convert::Infallible;
+
+    #[tokio::test]
+    async fn ready_frames_come_in_batches_and_the_end_comes_once() {
+        let items = (0..40u8).map(|i| Ok::<_, Infallible>(Bytes::from(vec![i; 3])));
+        let with_empty = items.chain([Ok(Bytes::new())]);
+        let mut frames = Frames::new(Body::from_stream(futures::stream::iter(with_empty)));
+        let mut sizes = Vec::new();
+        let mut seen = Vec::new();
+        while let Some(batch) = frames.ready().await {
+            sizes.push(batch.len());
+            seen.extend(batch.iter().map(|bytes| bytes[0]));
+        }
+        assert_eq!(sizes, [16, 16, 8]);
+        assert_eq!(seen, (0..40).collect::<Vec<u8>>());
+        // Asking again after the end is not polling the body again.
+        assert!(frames.ready().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_batch_larger_than_the_socket_takes_is_written_whole_in_order() -> io::Result<()> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let client = tokio::spawn(async move {
+            let mut tcp = TcpStream::connect(addr).await?;
+            let mut all = Vec::new();
+            tcp.read_to_end(&mut all).await?;
+            io::Result::Ok(all)
+        });
+        let (mut tcp, _) = listener.accept().await?;
+        // 16 MiB in 16 frames: far more than one write takes, so most writes end mid-frame.
+        let batch: Vec<Bytes> = (0..16u8).map(|i| Bytes::from(vec![i; 1 << 20])).collect();
+        let expected: Vec<u8> = batch.iter().flat_map(|b| b.iter().copied()).collect();
+        write(&mut tcp, batch).await?;
+        drop(tcp);
+        let received = client.await.map_err(io::Error::other)??;
+        assert_eq!(received.len(), expected.len());
+        assert!(received == expected, "bytes out of order");
+        Ok(())
+    }
 
     fn head_of(response: Response<()>, length: Option<u64>) -> String {
         let (parts, ()) = response.into_parts();
