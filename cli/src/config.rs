@@ -14,6 +14,7 @@ use warren_domain::user::{ApprovalMode, Provider};
 use warren_edge::settings::{
     EdgeSettings, KeyBytes, Limits, PlatformDefaults, RateLimits, TierLimits,
 };
+use warren_workers::chat::ChatSettings;
 
 /// A value that must never be printed (it may hold a password).
 #[derive(Clone, Deserialize)]
@@ -134,6 +135,14 @@ pub struct Config {
     /// `WARREN_DEPLOYER_HEALTH_TIMEOUT_SECS`: how long a started agent runtime may take to answer
     /// `GET /health` before its deployment fails at the health check.
     pub deployer_health_timeout_secs: u64,
+    /// `WARREN_CHAT_LEASE_BEAT_SECS`: how often a chat worker rewrites the lease of each run it
+    /// is running.
+    pub chat_lease_beat_secs: u64,
+    /// `WARREN_CHAT_LEASE_STALE_SECS`: a run whose lease is older than this belongs to a dead
+    /// worker, and another replica fails it as `worker_lost` (at least twice the beat).
+    pub chat_lease_stale_secs: u64,
+    /// `WARREN_CHAT_SWEEP_SECS`: how often each chat worker looks for stale leases.
+    pub chat_sweep_secs: u64,
     /// `WARREN_RUNTIME_PLATFORM_URL`: the edge URL the deployer gives each runtime for its
     /// session tools. Unset: `http://` + `WARREN_HTTP_ADDR`, an unspecified address as loopback.
     pub runtime_platform_url: Option<String>,
@@ -181,6 +190,9 @@ impl Default for Config {
             agent_bin: None,
             deployer_reconcile_secs: 30,
             deployer_health_timeout_secs: 30,
+            chat_lease_beat_secs: 3,
+            chat_lease_stale_secs: 15,
+            chat_sweep_secs: 5,
             runtime_platform_url: None,
         }
     }
@@ -225,6 +237,14 @@ impl Config {
             self.deployer_reconcile_secs >= 1 && self.deployer_health_timeout_secs >= 1,
             "WARREN_DEPLOYER_RECONCILE_SECS and WARREN_DEPLOYER_HEALTH_TIMEOUT_SECS must be ≥ 1"
         );
+        anyhow::ensure!(
+            self.chat_lease_beat_secs >= 1 && self.chat_sweep_secs >= 1,
+            "WARREN_CHAT_LEASE_BEAT_SECS and WARREN_CHAT_SWEEP_SECS must be ≥ 1"
+        );
+        anyhow::ensure!(
+            self.chat_lease_stale_secs >= 2 * self.chat_lease_beat_secs,
+            "WARREN_CHAT_LEASE_STALE_SECS must be at least twice WARREN_CHAT_LEASE_BEAT_SECS"
+        );
         if let Some(secret) = &self.jwt_secret {
             anyhow::ensure!(
                 secret.expose().len() >= 32,
@@ -249,6 +269,16 @@ impl Config {
             .into_iter()
             .map(|email| email.to_lowercase())
             .collect()
+    }
+
+    /// The chat worker's settings.
+    pub fn chat_settings(&self) -> ChatSettings {
+        ChatSettings {
+            lease_beat: Duration::from_secs(self.chat_lease_beat_secs),
+            lease_stale: Duration::from_secs(self.chat_lease_stale_secs),
+            sweep_every: Duration::from_secs(self.chat_sweep_secs),
+            ..ChatSettings::default()
+        }
     }
 
     /// The edge's settings, given the resolved JWT secret and encryption key.
@@ -399,6 +429,35 @@ mod tests {
             config.admin_email_list(),
             ["ada@example.com", "bob@example.com"]
         );
+    }
+
+    #[test]
+    fn chat_lease_timings_are_read_and_a_stale_age_under_two_beats_is_refused() {
+        let config = Config {
+            chat_lease_beat_secs: 2,
+            chat_lease_stale_secs: 9,
+            chat_sweep_secs: 1,
+            ..Config::default()
+        };
+        assert!(config.validate().is_ok());
+        let settings = config.chat_settings();
+        assert_eq!(settings.lease_beat, Duration::from_secs(2));
+        assert_eq!(settings.lease_stale, Duration::from_secs(9));
+        assert_eq!(settings.sweep_every, Duration::from_secs(1));
+        let config = Config {
+            chat_lease_stale_secs: 3,
+            ..config
+        };
+        let refused = config.validate().expect_err("stale < 2 beats");
+        assert!(
+            refused.to_string().contains("WARREN_CHAT_LEASE_STALE_SECS"),
+            "{refused}"
+        );
+        let config = Config {
+            chat_sweep_secs: 0,
+            ..Config::default()
+        };
+        assert!(config.validate().is_err());
     }
 
     #[test]

@@ -9,7 +9,7 @@ use warren_commands::CommandService;
 use warren_edge::AppState;
 use warren_edge::mail::Mailer;
 use warren_projections::schema::{self, LIVE_SCHEMA};
-use warren_workers::chat::{ChatSettings, ChatWorker};
+use warren_workers::chat::ChatWorker;
 use warren_workers::deployer::Deployer;
 use warren_workers::notifier::{Notifier, Outbox};
 use warren_workers::projector::Projector;
@@ -182,7 +182,7 @@ pub async fn chat(config: &Config, platform: &Platform, dev: bool) -> anyhow::Re
         platform.nats.clone(),
         platform.commands.clone(),
         &key,
-        ChatSettings::default(),
+        config.chat_settings(),
     )
     .await
     .context("setting up the chat worker")

@@ -390,9 +390,16 @@ async fn last_commit(chat: &Chat, conversation_id: &str) -> serde_json::Value {
 
 #[tokio::test]
 async fn the_run_of_a_killed_chat_worker_is_closed_by_another_replica() {
-    let mut chat = Chat::start(&[]).await;
+    // Short lease timings: a dead worker's run is closed within stale + sweep = 5 s of its last
+    // beat. With the defaults it takes at least 12 s, which the wait below does not allow.
+    let leases = [
+        ("WARREN_CHAT_LEASE_BEAT_SECS", "1"),
+        ("WARREN_CHAT_LEASE_STALE_SECS", "4"),
+        ("WARREN_CHAT_SWEEP_SECS", "1"),
+    ];
+    let mut chat = Chat::start(&leases).await;
     // A second replica beside the one inside `warren dev`.
-    let env = vec![
+    let mut env = vec![
         ("WARREN_NATS_URL", chat.platform.nats.url()),
         ("WARREN_DATABASE_URL", chat.platform.db.url().to_owned()),
         (
@@ -400,6 +407,7 @@ async fn the_run_of_a_killed_chat_worker_is_closed_by_another_replica() {
             edge_support::ENCRYPTION_KEY.to_owned(),
         ),
     ];
+    env.extend(leases.map(|(key, value)| (key, value.to_owned())));
     let mut replica = common::Warren::spawn(
         &["worker", "chat"],
         &env,
@@ -436,7 +444,7 @@ async fn the_run_of_a_killed_chat_worker_is_closed_by_another_replica() {
         chat.platform.warren.kill_group().await;
         (replica_pid, false)
     };
-    let failed = wait_for(Duration::from_secs(45), || async {
+    let failed = wait_for(Duration::from_secs(10), || async {
         let commit = last_commit(&chat, &conversation_id).await;
         (commit[0]["type"] == "RunFailed").then_some(commit)
     })
