@@ -90,6 +90,13 @@ async fn the_handshake_comes_first_and_bad_frames_get_errors_or_a_reasoned_close
     assert_eq!(status["ok"], true, "{status}");
     assert!(status["payload"]["gateway"]["activeConnections"].as_u64() >= Some(1));
 
+    // A frame far larger than the connection's first read buffer, but under the limit, is read
+    // whole and answered.
+    let padded = ws
+        .call("status", json!({"pad": "p".repeat(60 * 1024)}))
+        .await;
+    assert!(padded["ok"].is_boolean(), "{padded}");
+
     // An oversized frame closes the connection (1009); malformed JSON later too (1007).
     let (mut big, _) = Ws::connect(base, &chat.user.access).await;
     big.send_text(&format!(

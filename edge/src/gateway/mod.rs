@@ -35,7 +35,9 @@ use warren_domain::ids::{AgentId, ConversationId};
 /// The largest frame a client may send; larger ones close the connection (1009).
 pub const MAX_FRAME_BYTES: usize = 64 * 1024;
 /// What a connection's read buffer starts with (it grows for larger frames, up to the limit).
-const READ_BUFFER_BYTES: usize = 4 * 1024;
+/// Client frames are small, and tungstenite zero-fills the whole buffer before each read, so
+/// every byte of it is resident for the life of the connection.
+const READ_BUFFER_BYTES: usize = 1024;
 /// How long a client has to send `connect`.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A ping goes out this often; a client silent for three of them is gone.
