@@ -5,7 +5,7 @@
 use crate::chat::KEEPALIVE;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, ApiQuery, ApprovedUser, AuthUser};
-use crate::follow::{self, Follow, Item, Start, follow};
+use crate::follow::{self, Expired, Follow, Item, Start, follow};
 use crate::openapi::resp;
 use crate::routes::ApiRouter;
 use crate::state::AppState;
@@ -230,10 +230,9 @@ pub(crate) async fn events(
             checkpoint,
             messages,
             expired,
-            oldest,
         } => {
             let data = match expired {
-                Some(after) => json!({
+                Some(Expired { after, oldest }) => json!({
                     "type": "reset", "reason": "cursor_expired", "after": after,
                     "oldest": oldest, "conversation_id": id, "messages": messages,
                 }),

@@ -62,39 +62,52 @@ pub enum Start {
         /// The latest messages, oldest first.
         messages: Vec<views::MessageView>,
         /// The cursor that was too old, if one was given.
-        expired: Option<u64>,
-        /// The oldest sequence the log still keeps.
-        oldest: u64,
+        expired: Option<Expired>,
     },
+}
+
+/// A cursor older than the log keeps.
+#[derive(Clone, Copy, Debug)]
+pub struct Expired {
+    /// The cursor.
+    pub after: u64,
+    /// The oldest sequence the log still keeps.
+    pub oldest: u64,
 }
 
 impl Start {
     /// Decides where a client with cursor `after` starts; snapshots hold `limit` messages.
+    /// Only a cursor costs a look at the log's retention (one JetStream request).
     pub async fn of(
         state: &AppState,
         conversation: Uuid,
         after: Option<u64>,
         limit: i64,
     ) -> Result<Self, ApiError> {
-        let oldest = state
-            .commands
-            .jetstream()
-            .get_stream(topology::CONVERSATIONS)
-            .await
-            .map_err(ApiError::internal)?
-            .cached_info()
-            .state
-            .first_sequence;
-        if let Some(after) = after.filter(|after| after.saturating_add(1) >= oldest) {
-            return Ok(Start::After(after));
-        }
+        let expired = match after {
+            None => None,
+            Some(after) => {
+                let oldest = state
+                    .commands
+                    .jetstream()
+                    .get_stream(topology::CONVERSATIONS)
+                    .await
+                    .map_err(ApiError::internal)?
+                    .cached_info()
+                    .state
+                    .first_sequence;
+                if after.saturating_add(1) >= oldest {
+                    return Ok(Start::After(after));
+                }
+                Some(Expired { after, oldest })
+            }
+        };
         let (checkpoint, messages) =
             views::message_snapshot(&state.db, conversation, limit).await?;
         Ok(Start::Snapshot {
             checkpoint,
             messages,
-            expired: after,
-            oldest,
+            expired,
         })
     }
 }

@@ -152,7 +152,6 @@ impl Conn {
                 checkpoint,
                 messages,
                 expired,
-                ..
             } => {
                 let recent: Vec<Value> = messages.iter().map(message_view).collect();
                 let opening = match expired {
