@@ -1,12 +1,15 @@
 //! Agents that run and talk, end to end: the real `warren dev` (edge, projector, deployer, chat
 //! worker) deploys a real `warren-agent`, which talks to the scripted model server over the
-//! OpenAI streaming protocol; the test talks to the edge over HTTP/SSE like a client.
+//! OpenAI streaming protocol; the test talks to the edge over HTTP/SSE like a client (and over
+//! the WebSocket gateway where a cursor's reset is compared).
 
 mod chat_support;
 mod common;
 mod edge_support;
+mod gateway_support;
 
 use chat_support::{Chat, alive};
+use gateway_support::Ws;
 use serde_json::json;
 use std::time::Duration;
 use warren_testkit::model_server::Reply;
@@ -640,4 +643,30 @@ async fn a_conversation_followed_with_a_cursor_gets_history_then_live_and_a_stal
         .filter_map(|m| m["text"].as_str())
         .collect();
     assert_eq!(texts, ["first", "First reply.", "second", "Second reply."]);
+
+    // The same cursor over the WebSocket gateway (`sessions.switch` with `after`): a `reset`
+    // event with the same messages.
+    let (mut ws, _) = Ws::connect(&chat.platform.base, &chat.user.access).await;
+    let switched = ws
+        .call(
+            "sessions.switch",
+            json!({"sessionId": conversation_id, "after": 1}),
+        )
+        .await;
+    assert_eq!(switched["ok"], true, "{switched}");
+    let reset = match ws.events.iter().find(|e| e["event"] == "reset").cloned() {
+        Some(reset) => reset,
+        None => ws.until("reset").await,
+    };
+    assert_eq!(reset["payload"]["reason"], "cursor_expired", "{reset}");
+    let contents: Vec<&str> = reset["payload"]["recentMessages"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no recentMessages: {reset}"))
+        .iter()
+        .filter_map(|m| m["content"].as_str())
+        .collect();
+    assert_eq!(
+        contents,
+        ["first", "First reply.", "second", "Second reply."]
+    );
 }
