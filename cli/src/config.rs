@@ -143,6 +143,9 @@ pub struct Config {
     pub chat_lease_stale_secs: u64,
     /// `WARREN_CHAT_SWEEP_SECS`: how often each chat worker looks for stale leases.
     pub chat_sweep_secs: u64,
+    /// `WARREN_CHAT_LIVE_TTL_SECS`: how long a run's live deltas (tokens, tool calls) stay in the
+    /// log for replay; the run's facts are kept regardless.
+    pub chat_live_ttl_secs: u64,
     /// `WARREN_RUNTIME_PLATFORM_URL`: the edge URL the deployer gives each runtime for its
     /// session tools. Unset: `http://` + `WARREN_HTTP_ADDR`, an unspecified address as loopback.
     pub runtime_platform_url: Option<String>,
@@ -193,6 +196,7 @@ impl Default for Config {
             chat_lease_beat_secs: 3,
             chat_lease_stale_secs: 15,
             chat_sweep_secs: 5,
+            chat_live_ttl_secs: 86_400,
             runtime_platform_url: None,
         }
     }
@@ -238,8 +242,10 @@ impl Config {
             "WARREN_DEPLOYER_RECONCILE_SECS and WARREN_DEPLOYER_HEALTH_TIMEOUT_SECS must be ≥ 1"
         );
         anyhow::ensure!(
-            self.chat_lease_beat_secs >= 1 && self.chat_sweep_secs >= 1,
-            "WARREN_CHAT_LEASE_BEAT_SECS and WARREN_CHAT_SWEEP_SECS must be ≥ 1"
+            self.chat_lease_beat_secs >= 1
+                && self.chat_sweep_secs >= 1
+                && self.chat_live_ttl_secs >= 1,
+            "WARREN_CHAT_LEASE_BEAT_SECS, WARREN_CHAT_SWEEP_SECS and WARREN_CHAT_LIVE_TTL_SECS must be ≥ 1"
         );
         anyhow::ensure!(
             self.chat_lease_stale_secs >= 2 * self.chat_lease_beat_secs,
@@ -277,7 +283,7 @@ impl Config {
             lease_beat: Duration::from_secs(self.chat_lease_beat_secs),
             lease_stale: Duration::from_secs(self.chat_lease_stale_secs),
             sweep_every: Duration::from_secs(self.chat_sweep_secs),
-            ..ChatSettings::default()
+            live_ttl_header: format!("{}s", self.chat_live_ttl_secs),
         }
     }
 
@@ -432,15 +438,17 @@ mod tests {
     }
 
     #[test]
-    fn chat_lease_timings_are_read_and_a_stale_age_under_two_beats_is_refused() {
+    fn chat_timings_are_read_and_a_stale_age_under_two_beats_is_refused() {
         let config = Config {
             chat_lease_beat_secs: 2,
             chat_lease_stale_secs: 9,
             chat_sweep_secs: 1,
+            chat_live_ttl_secs: 3_600,
             ..Config::default()
         };
         assert!(config.validate().is_ok());
         let settings = config.chat_settings();
+        assert_eq!(settings.live_ttl_header, "3600s");
         assert_eq!(settings.lease_beat, Duration::from_secs(2));
         assert_eq!(settings.lease_stale, Duration::from_secs(9));
         assert_eq!(settings.sweep_every, Duration::from_secs(1));

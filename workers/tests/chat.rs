@@ -96,7 +96,10 @@ async fn a_plain_baal_agent_run_gets_synthesised_call_ids_and_is_recorded_whole(
         nats.client().await,
         commands.clone(),
         &KEY,
-        ChatSettings::default(),
+        ChatSettings {
+            live_ttl_header: "90s".into(),
+            ..ChatSettings::default()
+        },
     )
     .await
     .expect("worker");
@@ -170,6 +173,9 @@ async fn a_plain_baal_agent_run_gets_synthesised_call_ids_and_is_recorded_whole(
             .await
             .expect("a delta in time")
             .expect("subscription open");
+        // Each delta expires from the log after the configured time.
+        let ttl = message.headers.as_ref().and_then(|h| h.get("Nats-TTL"));
+        assert_eq!(ttl.map(|v| v.as_str()), Some("90s"));
         match serde_json::from_slice::<LiveDelta>(&message.payload).expect("delta") {
             LiveDelta::Token { text, .. } => texts.push_str(&text),
             LiveDelta::ToolCall { call_id, .. } => call_ids.push(call_id),
