@@ -8,8 +8,7 @@
 //! ends the connection.
 
 use axum::Router;
-use axum::body::{Body, HttpBody};
-use axum::body::{BodyDataStream, Bytes};
+use axum::body::{Body, BodyDataStream, Bytes, HttpBody};
 use axum::http::response::Parts;
 use axum::http::{Request, header};
 use bytes::Buf;
