@@ -71,15 +71,39 @@ impl CommandMeta {
         }
     }
 
-    fn to_metadata(&self) -> HashMap<String, String> {
-        let mut map = HashMap::from([
-            (META_COMMAND_ID.to_owned(), self.command_id.to_string()),
-            (META_ACTOR.to_owned(), self.actor.to_header()),
-        ]);
-        if let Some(tp) = &self.traceparent {
-            map.insert(META_TRACEPARENT.to_owned(), tp.clone());
+    fn stamp(&self) -> Stamp {
+        Stamp {
+            command_id: self.command_id,
+            actor: self.actor.clone(),
+            traceparent: self.traceparent.clone().unwrap_or_else(new_traceparent),
         }
-        map
+    }
+}
+
+/// What a commit carries besides its events: from a [`CommandMeta`] directly, or from the
+/// metadata map of the `cqrs_es` interface.
+struct Stamp {
+    command_id: CommandId,
+    actor: Actor,
+    traceparent: String,
+}
+
+impl Stamp {
+    fn of_metadata(metadata: &HashMap<String, String>) -> Result<Self, StoreError> {
+        Ok(Self {
+            command_id: metadata
+                .get(META_COMMAND_ID)
+                .and_then(|id| id.parse().ok())
+                .ok_or(StoreError::MissingMetadata(META_COMMAND_ID))?,
+            actor: metadata
+                .get(META_ACTOR)
+                .and_then(|a| Actor::from_header(a))
+                .ok_or(StoreError::MissingMetadata(META_ACTOR))?,
+            traceparent: metadata
+                .get(META_TRACEPARENT)
+                .cloned()
+                .unwrap_or_else(new_traceparent),
+        })
     }
 }
 
@@ -244,7 +268,7 @@ where
                     duplicate: false,
                 });
             }
-            match self.append(events, ctx, &meta.to_metadata()).await {
+            match self.append(events, ctx, meta.stamp()).await {
                 Ok(committed) => return Ok(committed),
                 Err(StoreError::Conflict) => {
                     tracing::debug!(aggregate_id, attempt, "append conflict, retrying");
@@ -280,11 +304,17 @@ where
                 .cache
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if cache.len() >= self.capacity && !cache.contains_key(aggregate_id) {
-                // Drop every entry nobody is using; simple, and a miss only costs a catch-up.
-                cache.retain(|_, slot| Arc::strong_count(slot) > 1);
+            match cache.get(aggregate_id) {
+                Some(slot) => slot.clone(),
+                None => {
+                    if cache.len() >= self.capacity {
+                        // Drop every entry nobody is using; simple, and a miss only costs a
+                        // catch-up.
+                        cache.retain(|_, slot| Arc::strong_count(slot) > 1);
+                    }
+                    cache.entry(aggregate_id.to_owned()).or_default().clone()
+                }
             }
-            cache.entry(aggregate_id.to_owned()).or_default().clone()
         };
         let mut entry = slot.lock_owned().await;
         if !entry.fresh {
@@ -342,20 +372,13 @@ where
         &self,
         events: Vec<A::Event>,
         mut ctx: StoreContext<A>,
-        metadata: &HashMap<String, String>,
+        stamp: Stamp,
     ) -> Result<Committed<A::Event>, StoreError> {
-        let command_id: CommandId = metadata
-            .get(META_COMMAND_ID)
-            .and_then(|id| id.parse().ok())
-            .ok_or(StoreError::MissingMetadata(META_COMMAND_ID))?;
-        let actor = metadata
-            .get(META_ACTOR)
-            .and_then(|a| Actor::from_header(a))
-            .ok_or(StoreError::MissingMetadata(META_ACTOR))?;
-        let traceparent = metadata
-            .get(META_TRACEPARENT)
-            .cloned()
-            .unwrap_or_else(new_traceparent);
+        let Stamp {
+            command_id,
+            actor,
+            traceparent,
+        } = stamp;
         let occurred_at = Utc::now();
         let envelopes: Vec<Envelope<A::Event>> = events
             .into_iter()
@@ -371,13 +394,14 @@ where
             .collect();
         let body = codec::encode(&envelopes).map_err(StoreError::Encode)?;
         let types: Vec<String> = envelopes.iter().map(|e| e.event.event_type()).collect();
+        let command_text = command_id.to_string();
         let mut headers = HeaderMap::new();
         headers.insert(HEADER_ACTOR, actor.to_header().as_str());
         headers.insert(HEADER_TRACEPARENT, traceparent.as_str());
         headers.insert(HEADER_EVENT_TYPES, types.join(",").as_str());
         let publish = PublishMessage::build()
             .headers(headers)
-            .message_id(command_id.to_string())
+            .message_id(command_text.clone())
             .expected_last_subject_sequence(ctx.entry.last_seq)
             .payload(body.into());
 
@@ -403,7 +427,7 @@ where
         entry.aggregate = ctx.aggregate;
         entry.version += envelopes.len();
         entry.last_seq = ack.sequence;
-        entry.remember(command_id.to_string(), ack.sequence);
+        entry.remember(command_text, ack.sequence);
         Ok(Committed {
             events: envelopes,
             sequence: ack.sequence,
@@ -477,8 +501,9 @@ where
         }
         let base = context.entry.version;
         let aggregate_id = context.aggregate_id.clone();
+        let stamp = Stamp::of_metadata(&metadata).map_err(into_aggregate_error)?;
         let committed = self
-            .append(events, context, &metadata)
+            .append(events, context, stamp)
             .await
             .map_err(into_aggregate_error)?;
         Ok(committed
