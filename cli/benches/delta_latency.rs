@@ -11,6 +11,9 @@
 //! 40; `WARREN_BENCH_TOKEN_MS` between tokens, default 50 — slower than the 30 ms coalescing
 //! window, so what is measured is the platform's overhead, not deliberate batching).
 
+#[path = "support/seed.rs"]
+mod seed;
+
 use axum::Router;
 use axum::response::sse::{Event, Sse};
 use axum::routing::{get, post};
@@ -20,13 +23,10 @@ use std::convert::Infallible;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+use warren_commands::CommandService;
 use warren_commands::secrets::AgentTokens;
-use warren_commands::{CommandMeta, CommandService};
-use warren_domain::Actor;
-use warren_domain::agent::{AgentCommand, Backend, DeploymentStep, RuntimeKind};
-use warren_domain::conversation::ConversationCommand;
-use warren_domain::ids::{AgentId, ConnectionId, ConversationId, UserId};
-use warren_domain::user::{ApprovalMode, AuthKind, AuthMethod, UserCommand};
+use warren_domain::agent::{AgentCommand, DeploymentStep};
+use warren_domain::ids::{AgentId, ConversationId};
 use warren_edge::mail::Mailer;
 use warren_edge::{AppState, EdgeSettings};
 use warren_projections::schema::{self, LIVE_SCHEMA};
@@ -202,85 +202,32 @@ async fn setup(
     )
     .await
     .expect("edge state");
-    let meta = || CommandMeta::new(Actor::System("bench".into()));
-    let user = UserId::new();
-    commands
-        .users
-        .execute(
-            &user.to_string(),
-            UserCommand::RegisterUser {
-                user_id: user,
-                email: None,
-                display_name: None,
-                avatar_url: None,
-                auth: AuthMethod {
-                    connection_id: ConnectionId::new(),
-                    kind: AuthKind::Email,
-                    external_id: user.to_string(),
-                },
-                approval: ApprovalMode::Open,
-                is_admin: false,
-            },
-            &meta(),
-        )
-        .await
-        .expect("register");
+    let user = seed::user(&commands).await;
     let access = state.tokens.issue(user).await.expect("tokens").access_token;
 
-    let agent = AgentId::new();
     let deployment_id = Uuid::now_v7();
-    let mut agent_commands = vec![AgentCommand::CreateAgent {
-        agent_id: agent,
-        owner_id: user,
-        name: "bench".into(),
-        system_prompt: String::new(),
-        model: "bench".into(),
-        runtime: RuntimeKind::default(),
-        backend: Backend::default(),
-        deployment_id,
-    }];
-    agent_commands.extend(DeploymentStep::ALL.iter().map(|step| {
-        AgentCommand::CompleteDeploymentStep {
+    let deployed = DeploymentStep::ALL
+        .iter()
+        .map(|step| AgentCommand::CompleteDeploymentStep {
             deployment_id,
             step: *step,
-        }
-    }));
-    agent_commands.push(AgentCommand::CompleteDeployment {
-        deployment_id,
-        endpoint_url: runtime_url.clone(),
-    });
-    for command in agent_commands {
-        commands
-            .agents
-            .execute(&agent.to_string(), command, &meta())
-            .await
-            .expect("agent command");
-    }
+        })
+        .chain([AgentCommand::CompleteDeployment {
+            deployment_id,
+            endpoint_url: runtime_url.clone(),
+        }]);
+    let agent = seed::agent(&commands, user, deployment_id, deployed).await;
     AgentTokens::open(&js, &MASTER_KEY)
         .await
         .expect("tokens")
         .put(agent, AGENT_TOKEN)
         .await
         .expect("token");
-    let mut conversations = Vec::new();
-    for _ in 0..100 {
-        let id = ConversationId::new();
-        commands
-            .conversations
-            .execute(
-                &id.to_string(),
-                ConversationCommand::StartConversation {
-                    conversation_id: id,
-                    user_id: user,
-                    agent_id: agent,
-                    title: None,
-                },
-                &meta(),
-            )
-            .await
-            .expect("conversation");
-        conversations.push(id);
-    }
+    let conversations: Vec<ConversationId> = seed::conversations(&commands, user, agent, 100)
+        .await
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
 
     let worker = ChatWorker::build(
         nats.client().await,

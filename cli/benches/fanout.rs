@@ -28,6 +28,8 @@ mod bare;
 mod clients;
 #[path = "fanout/report.rs"]
 mod report;
+#[path = "support/seed.rs"]
+mod seed;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream;
@@ -46,12 +48,9 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncBufReadExt;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-use warren_commands::{CommandMeta, CommandService, topology};
-use warren_domain::Actor;
-use warren_domain::agent::{AgentCommand, Backend, RuntimeKind};
-use warren_domain::conversation::{ConversationCommand, LiveDelta};
-use warren_domain::ids::{AgentId, ConnectionId, ConversationId, RunId, UserId};
-use warren_domain::user::{ApprovalMode, AuthKind, AuthMethod, UserCommand};
+use warren_commands::{CommandService, topology};
+use warren_domain::conversation::LiveDelta;
+use warren_domain::ids::RunId;
 use warren_edge::auth::store::AuthKv;
 use warren_edge::auth::tokens::Tokens;
 use warren_edge::consistency::{caught_up, projection};
@@ -144,64 +143,18 @@ impl Platform {
             .expect("read models");
         tokio::spawn(Projector::build(js.clone(), pool.clone()).run(shutdown.clone()));
 
-        let meta = || CommandMeta::new(Actor::System("bench".into()));
-        let user = UserId::new();
-        let register = UserCommand::RegisterUser {
-            user_id: user,
-            email: None,
-            display_name: None,
-            avatar_url: None,
-            auth: AuthMethod {
-                connection_id: ConnectionId::new(),
-                kind: AuthKind::Email,
-                external_id: user.to_string(),
-            },
-            approval: ApprovalMode::Open,
-            is_admin: false,
-        };
-        commands
-            .users
-            .execute(&user.to_string(), register, &meta())
-            .await
-            .expect("register");
-        let agent = AgentId::new();
-        let create = AgentCommand::CreateAgent {
-            agent_id: agent,
-            owner_id: user,
-            name: "bench".into(),
-            system_prompt: String::new(),
-            model: "bench".into(),
-            runtime: RuntimeKind::default(),
-            backend: Backend::default(),
-            deployment_id: Uuid::now_v7(),
-        };
-        commands
-            .agents
-            .execute(&agent.to_string(), create, &meta())
-            .await
-            .expect("create agent");
-        let mut conversations = Vec::new();
-        let mut last_seq = 0;
-        for _ in 0..settings.conversations {
-            let id = ConversationId::new();
-            let start = ConversationCommand::StartConversation {
-                conversation_id: id,
-                user_id: user,
-                agent_id: agent,
-                title: None,
-            };
-            let committed = commands
-                .conversations
-                .execute(&id.to_string(), start, &meta())
-                .await
-                .expect("start conversation");
-            last_seq = last_seq.max(committed.sequence);
-            conversations.push(Conversation {
+        let user = seed::user(&commands).await;
+        let agent = seed::agent(&commands, user, Uuid::now_v7(), []).await;
+        let started = seed::conversations(&commands, user, agent, settings.conversations).await;
+        let last_seq = started.iter().map(|(_, seq)| *seq).max().unwrap_or(0);
+        let conversations: Vec<Conversation> = started
+            .into_iter()
+            .map(|(id, _)| Conversation {
                 id: id.0,
                 subject: topology::conversation_live_subject(&id.to_string()),
                 run: RunId::new(),
-            });
-        }
+            })
+            .collect();
         wait_until(Duration::from_secs(60), || async {
             caught_up(&pool, projection::CONVERSATIONS, last_seq)
                 .await
