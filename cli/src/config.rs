@@ -117,6 +117,9 @@ pub struct Config {
     pub rate_writes_per_ip_per_minute: u32,
     /// `WARREN_HTTP_MAX_BODY_BYTES`: the largest request body accepted (413 beyond).
     pub http_max_body_bytes: usize,
+    /// `WARREN_HEALTH_MAX_LAG`: pending commits beyond which `/api/v1/health` reports a
+    /// projection as lagging (`degraded`).
+    pub health_max_lag: u64,
     /// `WARREN_DEFAULT_PROVIDER`: provider of the platform key for users without their own
     /// (`anthropic | openai | openrouter | libertai | custom`).
     pub default_provider: Option<Provider>,
@@ -186,6 +189,7 @@ impl Default for Config {
             rate_writes_per_user_per_minute: 60,
             rate_writes_per_ip_per_minute: 300,
             http_max_body_bytes: 256 * 1024,
+            health_max_lag: 1_000,
             default_provider: None,
             default_base_url: None,
             default_api_key: None,
@@ -331,6 +335,7 @@ impl Config {
                 model: self.default_model.clone(),
             },
             max_body_bytes: self.http_max_body_bytes,
+            health_max_lag: self.health_max_lag,
         })
     }
 

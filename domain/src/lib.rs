@@ -18,6 +18,7 @@
 //! Layout:
 //! - [`ids`] — typed UUID newtypes (`UserId`, `AgentId`, `ConversationId`, `CommandId`, …).
 //! - [`envelope`] — the stored form of an event: payload + id, version, command id, actor, time.
+//! - [`authority`] — who may cause each event (checked again by readers of the log).
 //! - [`names`] — stable string names of the small enums (roles, statuses, steps) and their parse
 //!   error.
 //! - [`user`] — registration, approval, roles, auth methods, provider keys, tiers.
@@ -25,6 +26,7 @@
 //! - [`conversation`] — messages, the one-run-at-a-time queue, cancel, interrupt, history.
 
 pub mod agent;
+pub mod authority;
 pub mod conversation;
 pub mod envelope;
 pub mod ids;
@@ -37,4 +39,5 @@ mod aggregate;
 mod testing;
 mod text;
 
+pub use authority::Authority;
 pub use envelope::{Actor, Envelope};

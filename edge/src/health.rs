@@ -1,5 +1,14 @@
-//! `GET /api/v1/health`: is NATS connected, does Postgres answer, how far behind is each projection.
-//! Degraded answers 503 in the error envelope, with the same report under `details`.
+//! `GET /api/v1/health`: is NATS connected, does Postgres answer, how far behind is each
+//! projection, and did any of them park a commit.
+//!
+//! Three answers:
+//! - `ok` (200): every dependency answers and the read models are current;
+//! - `degraded` (200): the platform serves, but something needs an operator: a projection parked
+//!   commits (facts missing from the read models) or lags more than `WARREN_HEALTH_MAX_LAG`
+//!   commits behind the log. `problems` says what. Still 200, so a load balancer keeps routing to
+//!   an edge that works: a parked commit is not a reason to stop serving everyone else;
+//! - `unavailable` (503, in the error envelope with the report under `details`): NATS or
+//!   PostgreSQL is down.
 
 use crate::error::ApiError;
 use crate::openapi::resp;
@@ -15,15 +24,17 @@ use warren_projections::status::{self, Lag};
 /// The health report.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Health {
-    /// `ok` when every dependency answers, else `degraded`.
+    /// `ok`, or `degraded` when a projection parked commits or lags (see `problems`).
     pub status: &'static str,
     /// NATS connection state.
     pub nats: &'static str,
     /// Postgres reachability.
     pub postgres: &'static str,
-    /// Each projection's checkpoint and pending commits.
+    /// Each projection's checkpoint, pending commits and parked commits.
     #[schema(value_type = Vec<Object>)]
     pub projections: Vec<Lag>,
+    /// What makes the platform degraded, one sentence each; empty when `ok`.
+    pub problems: Vec<String>,
 }
 
 /// The health routes.
@@ -31,10 +42,10 @@ pub fn routes() -> ApiRouter {
     ApiRouter::new().get("/health", health)
 }
 
-/// Liveness of the platform's dependencies and each projection's lag.
+/// Liveness of the platform's dependencies, each projection's lag and parked commits.
 #[utoipa::path(get, path = "/api/v1/health", operation_id = "get_health", tag = "meta",
     responses(
-        (status = 200, description = "Every dependency answers.", body = Health),
+        (status = 200, description = "The platform serves; `status` is `ok` or `degraded`.", body = Health),
         resp::Unavailable,
     ))]
 pub(crate) async fn health(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
@@ -44,14 +55,20 @@ pub(crate) async fn health(State(state): State<AppState>) -> Result<Json<Health>
     );
     let projections = status::lags(state.commands.jetstream(), &state.db).await;
     let pg_ok = projections.is_ok();
-    let ok = nats_ok && pg_ok;
+    let projections = projections.unwrap_or_default();
+    let problems = problems(&projections, state.settings.health_max_lag);
     let body = Health {
-        status: if ok { "ok" } else { "degraded" },
+        status: if problems.is_empty() {
+            "ok"
+        } else {
+            "degraded"
+        },
         nats: if nats_ok { "ok" } else { "disconnected" },
         postgres: if pg_ok { "ok" } else { "unreachable" },
-        projections: projections.unwrap_or_default(),
+        projections,
+        problems,
     };
-    if ok {
+    if nats_ok && pg_ok {
         return Ok(Json(body));
     }
     Err(ApiError::Client {
@@ -60,4 +77,49 @@ pub(crate) async fn health(State(state): State<AppState>) -> Result<Json<Health>
         message: "a dependency is down".into(),
         details: serde_json::to_value(&body).ok(),
     })
+}
+
+/// What an operator should look at: parked commits, and projections more than `max_lag`
+/// commits behind.
+fn problems(projections: &[Lag], max_lag: u64) -> Vec<String> {
+    let mut problems = Vec::new();
+    for lag in projections {
+        if lag.parked > 0 {
+            problems.push(format!(
+                "projection {} parked {} commit(s) it could not apply (see parked_events)",
+                lag.projection, lag.parked
+            ));
+        }
+        if let Some(pending) = lag.pending.filter(|pending| *pending > max_lag) {
+            problems.push(format!(
+                "projection {} is {pending} commits behind the log",
+                lag.projection
+            ));
+        }
+    }
+    problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lag(pending: Option<u64>, parked: u64) -> Lag {
+        Lag {
+            projection: "users",
+            checkpoint: 7,
+            pending,
+            parked,
+        }
+    }
+
+    #[test]
+    fn parked_commits_and_a_long_lag_are_problems_a_short_lag_is_not() {
+        assert!(problems(&[lag(Some(10), 0)], 1000).is_empty());
+        assert!(problems(&[lag(None, 0)], 1000).is_empty());
+        let found = problems(&[lag(Some(1001), 2)], 1000);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found[0].contains("parked 2"), "{found:?}");
+        assert!(found[1].contains("1001 commits behind"), "{found:?}");
+    }
 }

@@ -113,6 +113,8 @@ pub struct EdgeSettings {
     pub defaults: PlatformDefaults,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
+    /// Pending commits beyond which `GET /api/v1/health` reports a projection as lagging.
+    pub health_max_lag: u64,
 }
 
 impl EdgeSettings {
@@ -150,6 +152,7 @@ impl EdgeSettings {
                 model: "test-model".into(),
             },
             max_body_bytes: 64 * 1024,
+            health_max_lag: 1_000,
         }
     }
 }

@@ -6,8 +6,8 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 use warren_commands::topology;
-use warren_domain::Envelope;
 use warren_domain::agent::AgentEvent;
+use warren_domain::{Authority, Envelope};
 
 /// The agents projection.
 pub struct Agents;
@@ -17,6 +17,25 @@ impl Projection for Agents {
     const STREAM: &'static str = topology::AGENTS;
     const FILTER: &'static str = "agent.*";
     type Event = AgentEvent;
+
+    fn authority(event: &AgentEvent) -> Authority {
+        event.authority()
+    }
+
+    async fn subject(
+        tx: &mut PgConnection,
+        envelope: &Envelope<AgentEvent>,
+    ) -> Result<Option<Uuid>, sqlx::Error> {
+        // The row's owner wins over what the event says: only a creation names its owner.
+        let Ok(agent_id) = envelope.aggregate_id.parse::<Uuid>() else {
+            return Ok(None);
+        };
+        let stored: Option<Uuid> = sqlx::query_scalar("SELECT owner_id FROM agents WHERE id = $1")
+            .bind(agent_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        Ok(stored.or_else(|| envelope.event.owner().map(|owner| owner.0)))
+    }
 
     async fn apply(
         tx: &mut PgConnection,

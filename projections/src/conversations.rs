@@ -6,8 +6,8 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 use warren_commands::topology;
-use warren_domain::Envelope;
 use warren_domain::conversation::ConversationEvent;
+use warren_domain::{Authority, Envelope};
 
 /// The conversations projection.
 pub struct Conversations;
@@ -20,6 +20,26 @@ impl Projection for Conversations {
     const STREAM: &'static str = topology::CONVERSATIONS;
     const FILTER: &'static str = "conv.*.ev";
     type Event = ConversationEvent;
+
+    fn authority(event: &ConversationEvent) -> Authority {
+        event.authority()
+    }
+
+    async fn subject(
+        tx: &mut PgConnection,
+        envelope: &Envelope<ConversationEvent>,
+    ) -> Result<Option<Uuid>, sqlx::Error> {
+        // The row's owner wins over what the event says: only a creation names its owner.
+        let Ok(conversation_id) = envelope.aggregate_id.parse::<Uuid>() else {
+            return Ok(None);
+        };
+        let stored: Option<Uuid> =
+            sqlx::query_scalar("SELECT user_id FROM conversations WHERE id = $1")
+                .bind(conversation_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        Ok(stored.or_else(|| envelope.event.owner().map(|owner| owner.0)))
+    }
 
     async fn apply(
         tx: &mut PgConnection,

@@ -6,7 +6,9 @@
 //!
 //! Layout:
 //! - [`schema`] — the read-model schema, pools bound to it, the embedded migrations.
-//! - [`runner`] — the projector loop: durable consumer, batch + checkpoint transactions, parking.
+//! - [`runner`] — the projector loop: durable consumer, batch + checkpoint transactions, parking
+//!   of commits that cannot be read, may not be applied, or that the database refuses.
+//! - [`guard`] — the check every commit passes before it is applied: could its actor cause it?
 //! - [`users`], [`agents`], [`conversations`] — each aggregate's events → rows.
 //! - [`usage`] — usage facts and daily counters, written by several projections.
 //! - [`replay`] — `warren replay`: rebuild into a fresh schema while live, then swap it in.
@@ -14,6 +16,7 @@
 
 pub mod agents;
 pub mod conversations;
+pub mod guard;
 pub mod replay;
 pub mod runner;
 pub mod schema;
@@ -26,7 +29,8 @@ use serde::de::DeserializeOwned;
 use sqlx::{PgConnection, PgPool};
 use std::future::Future;
 use tokio_util::sync::CancellationToken;
-use warren_domain::Envelope;
+use uuid::Uuid;
+use warren_domain::{Authority, Envelope};
 
 pub use runner::ProjectorError;
 
@@ -39,7 +43,17 @@ pub trait Projection: Send + Sync + 'static {
     /// The subjects it reads (durable facts only).
     const FILTER: &'static str;
     /// The aggregate's event type.
-    type Event: DeserializeOwned + Send + Sync;
+    type Event: DeserializeOwned + serde::Serialize + Send + Sync;
+
+    /// Which signed-in users may cause `event` (see [`warren_domain::authority`]).
+    fn authority(event: &Self::Event) -> Authority;
+
+    /// The user `envelope` is about (the user, or the agent's or conversation's owner), from the
+    /// event or from this projection's own rows; `None` when it is unknown here.
+    fn subject(
+        tx: &mut PgConnection,
+        envelope: &Envelope<Self::Event>,
+    ) -> impl Future<Output = Result<Option<Uuid>, sqlx::Error>> + Send;
 
     /// Applies one event of the commit stored at stream sequence `seq`.
     fn apply(

@@ -158,12 +158,73 @@ pub enum BatchOutcome {
 
 /// Applies a batch in one transaction with the checkpoint. `swap_lock`: take the shared swap lock
 /// (live projectors do; a rebuild, which runs while the swap holds the lock, must not).
+///
+/// A commit the database refuses (bad data, a broken constraint, a value too large) must not stop
+/// every later commit, whoever they belong to: the whole batch is rolled back and applied again
+/// with a savepoint per commit, so that the refused one is parked and the rest applied.
 pub async fn apply_batch<P: Projection>(
     pool: &PgPool,
     committed: u64,
     messages: &[jetstream::Message],
     swap_lock: bool,
 ) -> Result<BatchOutcome, ProjectorError> {
+    match try_batch::<P>(pool, committed, messages, swap_lock, Isolation::Batch).await {
+        Err(Attempt::Refused(seq)) => {
+            tracing::info!(
+                projection = P::NAME,
+                seq,
+                "the database refused a commit; applying the batch one commit at a time"
+            );
+            try_batch::<P>(pool, committed, messages, swap_lock, Isolation::PerCommit)
+                .await
+                .map_err(Attempt::into_error)
+        }
+        other => other.map_err(Attempt::into_error),
+    }
+}
+
+/// How a batch's commits are isolated from each other.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Isolation {
+    /// One transaction, no savepoints: the fast path.
+    Batch,
+    /// A savepoint per commit, so a refused commit can be parked alone.
+    PerCommit,
+}
+
+/// Why one attempt at a batch ended early.
+enum Attempt {
+    /// On the fast path, the database refused the commit at this sequence.
+    Refused(u64),
+    /// Anything else: the projector stops and is restarted.
+    Failed(ProjectorError),
+}
+
+impl Attempt {
+    fn into_error(self) -> ProjectorError {
+        match self {
+            Attempt::Failed(err) => err,
+            // Only the fast path refuses; the per-commit path parks instead.
+            Attempt::Refused(seq) => ProjectorError::Database(sqlx::Error::Protocol(format!(
+                "commit {seq} refused on the per-commit path"
+            ))),
+        }
+    }
+}
+
+impl From<sqlx::Error> for Attempt {
+    fn from(err: sqlx::Error) -> Self {
+        Attempt::Failed(ProjectorError::Database(err))
+    }
+}
+
+async fn try_batch<P: Projection>(
+    pool: &PgPool,
+    committed: u64,
+    messages: &[jetstream::Message],
+    swap_lock: bool,
+    isolation: Isolation,
+) -> Result<BatchOutcome, Attempt> {
     let mut tx = pool.begin().await?;
     if swap_lock {
         sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
@@ -193,7 +254,25 @@ pub async fn apply_batch<P: Projection>(
         if seq <= last {
             continue; // redelivered: already in this schema
         }
-        apply_message::<P>(&mut tx, seq, &message.subject, &message.payload).await?;
+        let (subject, payload) = (message.subject.as_str(), &message.payload[..]);
+        match isolation {
+            Isolation::Batch => match apply_message::<P>(&mut tx, seq, subject, payload).await {
+                Err(err) if refused_by_database(&err) => return Err(Attempt::Refused(seq)),
+                other => other?,
+            },
+            Isolation::PerCommit => {
+                let mut savepoint = sqlx::Acquire::begin(&mut *tx).await?;
+                match apply_message::<P>(&mut savepoint, seq, subject, payload).await {
+                    Ok(()) => savepoint.commit().await?,
+                    Err(err) if refused_by_database(&err) => {
+                        savepoint.rollback().await?;
+                        let reason = format!("the read model refused it: {}", error_chain(&err));
+                        park::<P>(&mut tx, seq, subject, payload, &reason).await?;
+                    }
+                    Err(err) => return Err(err.into()),
+                }
+            }
+        }
         last = seq;
     }
     sqlx::query("UPDATE checkpoints SET last_seq = $2 WHERE projection = $1")
@@ -205,42 +284,89 @@ pub async fn apply_batch<P: Projection>(
     Ok(BatchOutcome::Applied(last))
 }
 
-/// Applies one stored commit, or parks it with the reason if it cannot be read.
+/// Whether the database refused a commit for what it holds (a data exception such as a NUL in
+/// text, a broken constraint, a value beyond a limit), as opposed to failing for a reason that
+/// a retry can cure (a lost connection, a serialization failure).
+fn refused_by_database(err: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = err else {
+        return false;
+    };
+    // SQLSTATE classes 22 (data exception), 23 (integrity constraint violation) and 54
+    // (program limit exceeded, e.g. an index row too large).
+    db.code().is_some_and(|code| {
+        ["22", "23", "54"]
+            .iter()
+            .any(|class| code.starts_with(class))
+    })
+}
+
+/// Applies one stored commit, or parks it with the reason if it cannot be read or its actor
+/// could not have caused it ([`guard`](crate::guard)).
 pub async fn apply_message<P: Projection>(
     tx: &mut sqlx::PgConnection,
     seq: u64,
     subject: &str,
     payload: &[u8],
 ) -> Result<(), sqlx::Error> {
-    match codec::decode::<P::Event>(payload) {
-        Ok(envelopes) => {
-            for envelope in &envelopes {
-                P::apply(tx, seq, envelope).await?;
-            }
-        }
+    let envelopes = match codec::decode::<P::Event>(payload) {
+        Ok(envelopes) => envelopes,
         Err(err) => {
             let reason = error_chain(&err);
-            tracing::warn!(
-                projection = P::NAME,
-                seq,
-                subject,
-                reason,
-                "parking unreadable event"
-            );
-            sqlx::query(
-                "INSERT INTO parked_events (projection, stream_seq, subject, reason, payload) \
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-            )
-            .bind(P::NAME)
-            .bind(seq as i64)
-            .bind(subject)
-            .bind(&reason)
-            .bind(String::from_utf8_lossy(payload).into_owned())
-            .execute(&mut *tx)
-            .await?;
+            return park::<P>(tx, seq, subject, payload, &reason).await;
         }
+    };
+    if let Some(reason) = crate::guard::refusal::<P>(tx, &envelopes).await? {
+        return park::<P>(tx, seq, subject, payload, &reason).await;
+    }
+    for envelope in &envelopes {
+        P::apply(tx, seq, envelope).await?;
     }
     Ok(())
+}
+
+/// Keeps a commit that will not be applied, with why, and raises the alarm: `GET
+/// /api/v1/health` reports parked commits as degraded until an operator deals with them.
+async fn park<P: Projection>(
+    tx: &mut sqlx::PgConnection,
+    seq: u64,
+    subject: &str,
+    payload: &[u8],
+    reason: &str,
+) -> Result<(), sqlx::Error> {
+    tracing::error!(
+        projection = P::NAME,
+        seq,
+        subject,
+        reason,
+        "parked a commit: it is not applied to the read model"
+    );
+    PARKED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // Whatever made the commit unfit may be in these strings too: PostgreSQL text holds no NUL.
+    sqlx::query(
+        "INSERT INTO parked_events (projection, stream_seq, subject, reason, payload) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+    )
+    .bind(P::NAME)
+    .bind(seq as i64)
+    .bind(storable(subject))
+    .bind(storable(reason))
+    .bind(storable(&String::from_utf8_lossy(payload)))
+    .execute(&mut *tx)
+    .await
+    .map(drop)
+}
+
+/// Commits parked by this process since it started (every projection), for logs and metrics;
+/// the durable count is the `parked_events` table.
+pub static PARKED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// `text` with every NUL replaced (U+FFFD), so PostgreSQL can store it.
+fn storable(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\0') {
+        text.replace('\0', "\u{fffd}").into()
+    } else {
+        text.into()
+    }
 }
 
 fn error_chain(err: &dyn std::error::Error) -> String {

@@ -1,4 +1,5 @@
-//! How far behind each projection is, for `/api/v1/health` and `warren replay`'s progress.
+//! How far behind each projection is and how many commits it parked, for `/api/v1/health` and
+//! `warren replay`'s progress.
 
 use crate::{Projection, agents::Agents, conversations::Conversations, runner, users::Users};
 use async_nats::jetstream;
@@ -14,6 +15,9 @@ pub struct Lag {
     pub checkpoint: u64,
     /// Commits in the log not yet applied (`None` when the projector has not started).
     pub pending: Option<u64>,
+    /// Commits kept aside instead of applied (unreadable, not allowed, or refused by the
+    /// database); each one is a fact missing from the read model until an operator acts.
+    pub parked: u64,
 }
 
 async fn lag_of<P: Projection>(js: &jetstream::Context, pool: &PgPool) -> Result<Lag, sqlx::Error> {
@@ -25,10 +29,16 @@ async fn lag_of<P: Projection>(js: &jetstream::Context, pool: &PgPool) -> Result
         },
         Err(_) => None,
     };
+    let parked: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM parked_events WHERE projection = $1")
+            .bind(P::NAME)
+            .fetch_one(pool)
+            .await?;
     Ok(Lag {
         projection: P::NAME,
         checkpoint,
         pending,
+        parked: parked as u64,
     })
 }
 

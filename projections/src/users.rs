@@ -2,9 +2,10 @@
 
 use crate::Projection;
 use sqlx::PgConnection;
+use uuid::Uuid;
 use warren_commands::topology;
-use warren_domain::Envelope;
 use warren_domain::user::UserEvent;
+use warren_domain::{Authority, Envelope};
 
 /// The users projection.
 pub struct Users;
@@ -14,6 +15,17 @@ impl Projection for Users {
     const STREAM: &'static str = topology::USERS;
     const FILTER: &'static str = "user.*";
     type Event = UserEvent;
+
+    fn authority(event: &UserEvent) -> Authority {
+        event.authority()
+    }
+
+    async fn subject(
+        _: &mut PgConnection,
+        envelope: &Envelope<UserEvent>,
+    ) -> Result<Option<Uuid>, sqlx::Error> {
+        Ok(Some(envelope.event.subject().0))
+    }
 
     async fn apply(
         tx: &mut PgConnection,

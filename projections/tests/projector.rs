@@ -185,3 +185,242 @@ async fn a_redelivered_batch_changes_nothing() {
         .expect("stale");
     assert_eq!(stale, BatchOutcome::Moved(6));
 }
+
+/// Appends one commit of `events` for `aggregate` on `subject` as `actor`, straight to the log
+/// (no aggregate decides it: this is what a forged or buggy writer could store).
+async fn publish_raw<E: serde::Serialize>(
+    js: &jetstream::Context,
+    subject: String,
+    aggregate: &str,
+    actor: Actor,
+    events: Vec<E>,
+) {
+    let envelopes: Vec<warren_domain::Envelope<E>> = events
+        .into_iter()
+        .map(|event| warren_domain::Envelope {
+            id: warren_domain::ids::EventId::new(),
+            version: codec::CURRENT_VERSION.to_owned(),
+            aggregate_id: aggregate.to_owned(),
+            command_id: warren_domain::ids::CommandId::new(),
+            actor: actor.clone(),
+            occurred_at: chrono::Utc::now(),
+            event,
+        })
+        .collect();
+    js.publish(subject, codec::encode(&envelopes).expect("encode").into())
+        .await
+        .expect("publish")
+        .await
+        .expect("ack");
+}
+
+async fn parked(pool: &sqlx::PgPool) -> Vec<(i64, String)> {
+    sqlx::query_as("SELECT stream_seq, reason FROM parked_events ORDER BY stream_seq")
+        .fetch_all(pool)
+        .await
+        .expect("parked")
+}
+
+#[tokio::test]
+async fn a_commit_the_database_refuses_is_parked_and_the_commits_around_it_are_applied() {
+    let (_nats, _db, js, commands, pool) = setup().await;
+    let meta = || CommandMeta::new(Actor::System("t".into()));
+    let before = UserId::new();
+    commands
+        .users
+        .execute(&before.to_string(), register(before), &meta())
+        .await
+        .expect("register");
+    // PostgreSQL text cannot hold U+0000: this row can never be written.
+    let poisoned = UserId::new();
+    publish_raw(
+        &js,
+        topology::user_subject(&poisoned.to_string()),
+        &poisoned.to_string(),
+        Actor::User(poisoned),
+        vec![warren_domain::user::UserEvent::UserRegistered {
+            user_id: poisoned,
+            email: None,
+            display_name: Some("nul\u{0}byte".into()),
+            avatar_url: None,
+            show_tool_calls: true,
+            auth: AuthMethod {
+                connection_id: ConnectionId::new(),
+                kind: AuthKind::Email,
+                external_id: poisoned.to_string(),
+            },
+            role: warren_domain::user::Role::User,
+            status: warren_domain::user::UserStatus::Approved,
+            tier: warren_domain::user::Tier::Free,
+        }],
+    )
+    .await;
+    let after = UserId::new();
+    commands
+        .users
+        .execute(&after.to_string(), register(after), &meta())
+        .await
+        .expect("register");
+
+    // All three commits arrive in one batch: the refused one must not take the others down.
+    let shutdown = CancellationToken::new();
+    let projector = tokio::spawn(warren_projections::run_all(
+        js.clone(),
+        pool.clone(),
+        shutdown.clone(),
+    ));
+    wait_until(Duration::from_secs(30), || async {
+        runner::checkpoint(&pool, "users")
+            .await
+            .expect("checkpoint")
+            == 3
+    })
+    .await;
+    assert_eq!(count(&pool, "SELECT count(*) FROM users").await, 2);
+    let parked = parked(&pool).await;
+    assert_eq!(parked.len(), 1, "{parked:?}");
+    assert_eq!(parked[0].0, 2);
+    assert!(
+        parked[0].1.contains("read model refused") && parked[0].1.contains("0x00"),
+        "{parked:?}"
+    );
+    let lags = warren_projections::status::lags(&js, &pool)
+        .await
+        .expect("lags");
+    assert_eq!(
+        lags.iter().map(|lag| lag.parked).collect::<Vec<_>>(),
+        vec![1, 0, 0]
+    );
+
+    // Later commits keep flowing.
+    let later = UserId::new();
+    commands
+        .users
+        .execute(&later.to_string(), register(later), &meta())
+        .await
+        .expect("register");
+    wait_until(Duration::from_secs(5), || async {
+        count(&pool, "SELECT count(*) FROM users").await == 3
+    })
+    .await;
+    shutdown.cancel();
+    projector.await.expect("join").expect("projector");
+}
+
+#[tokio::test]
+async fn a_commit_whose_actor_could_not_have_caused_it_is_parked_never_applied() {
+    let (_nats, _db, js, commands, pool) = setup().await;
+    let user = UserId::new();
+    // Approval required: a pending guest.
+    let mut command = register(user);
+    if let UserCommand::RegisterUser { approval, .. } = &mut command {
+        *approval = ApprovalMode::Required;
+    }
+    commands
+        .users
+        .execute(
+            &user.to_string(),
+            command,
+            &CommandMeta::new(Actor::User(user)),
+        )
+        .await
+        .expect("register");
+    // The guest "approves" and promotes themself.
+    publish_raw(
+        &js,
+        topology::user_subject(&user.to_string()),
+        &user.to_string(),
+        Actor::User(user),
+        vec![
+            warren_domain::user::UserEvent::UserApproved {
+                user_id: user,
+                role: warren_domain::user::Role::User,
+            },
+            warren_domain::user::UserEvent::RoleChanged {
+                user_id: user,
+                role: warren_domain::user::Role::Admin,
+            },
+        ],
+    )
+    .await;
+    // Someone edits another user's profile.
+    let other = UserId::new();
+    commands
+        .users
+        .execute(
+            &other.to_string(),
+            register(other),
+            &CommandMeta::new(Actor::User(other)),
+        )
+        .await
+        .expect("register");
+    publish_raw(
+        &js,
+        topology::user_subject(&other.to_string()),
+        &other.to_string(),
+        Actor::User(user),
+        vec![warren_domain::user::UserEvent::ProfileUpdated {
+            user_id: other,
+            display_name: Some("owned".into()),
+            avatar_url: None,
+            show_tool_calls: true,
+        }],
+    )
+    .await;
+    // The user's own profile change, and a platform role's approval, are applied.
+    commands
+        .users
+        .execute(
+            &user.to_string(),
+            UserCommand::UpdateProfile {
+                display_name: Some("Grace".into()),
+                avatar_url: None,
+                show_tool_calls: None,
+            },
+            &CommandMeta::new(Actor::User(user)),
+        )
+        .await
+        .expect("profile");
+
+    let shutdown = CancellationToken::new();
+    let projector = tokio::spawn(warren_projections::run_all(
+        js.clone(),
+        pool.clone(),
+        shutdown.clone(),
+    ));
+    wait_until(Duration::from_secs(30), || async {
+        runner::checkpoint(&pool, "users")
+            .await
+            .expect("checkpoint")
+            == 5
+    })
+    .await;
+    let (status, role, name): (String, String, Option<String>) =
+        sqlx::query_as("SELECT status, role, display_name FROM users WHERE id = $1")
+            .bind(user.0)
+            .fetch_one(&pool)
+            .await
+            .expect("user row");
+    assert_eq!((status.as_str(), role.as_str()), ("pending", "guest"));
+    assert_eq!(name.as_deref(), Some("Grace"));
+    let other_name: Option<String> =
+        sqlx::query_scalar("SELECT display_name FROM users WHERE id = $1")
+            .bind(other.0)
+            .fetch_one(&pool)
+            .await
+            .expect("other row");
+    assert_eq!(other_name.as_deref(), Some("Ada"));
+    let parked = parked(&pool).await;
+    assert_eq!(
+        parked.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(),
+        vec![2, 4],
+        "{parked:?}"
+    );
+    assert!(
+        parked[0].1.contains("UserApproved needs an admin"),
+        "{parked:?}"
+    );
+    assert!(parked[1].1.contains("may not cause it"), "{parked:?}");
+    shutdown.cancel();
+    projector.await.expect("join").expect("projector");
+}
