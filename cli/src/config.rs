@@ -109,8 +109,12 @@ pub struct Config {
     pub tier_enterprise_max_agents: u64,
     /// `WARREN_RATE_AUTH_PER_IP_PER_MINUTE`: sign-in, verify and refresh requests per client IP.
     pub rate_auth_per_ip_per_minute: u32,
-    /// `WARREN_RATE_LOGIN_PER_EMAIL_PER_HOUR`: sign-in emails per address.
+    /// `WARREN_RATE_LOGIN_PER_EMAIL_PER_HOUR`: sign-in emails per address per requesting IP.
     pub rate_login_per_email_per_hour: u32,
+    /// `WARREN_RATE_LOGIN_PER_EMAIL_ALL_IPS_PER_HOUR`: sign-in emails per address, whoever asks.
+    pub rate_login_per_email_all_ips_per_hour: u32,
+    /// `WARREN_RATE_CODE_ATTEMPTS_PER_IP_PER_HOUR`: sign-in code attempts per client IP.
+    pub rate_code_attempts_per_ip_per_hour: u32,
     /// `WARREN_RATE_WRITES_PER_USER_PER_MINUTE`: POST/PATCH/DELETE requests per signed-in user.
     pub rate_writes_per_user_per_minute: u32,
     /// `WARREN_RATE_WRITES_PER_IP_PER_MINUTE`: POST/PATCH/DELETE requests per client IP.
@@ -186,6 +190,8 @@ impl Default for Config {
             tier_enterprise_max_agents: 50,
             rate_auth_per_ip_per_minute: 30,
             rate_login_per_email_per_hour: 5,
+            rate_login_per_email_all_ips_per_hour: 20,
+            rate_code_attempts_per_ip_per_hour: 30,
             rate_writes_per_user_per_minute: 60,
             rate_writes_per_ip_per_minute: 300,
             http_max_body_bytes: 256 * 1024,
@@ -322,6 +328,8 @@ impl Config {
             rate: RateLimits {
                 auth_per_ip_per_minute: self.rate_auth_per_ip_per_minute,
                 login_per_email_per_hour: self.rate_login_per_email_per_hour,
+                login_per_email_all_ips_per_hour: self.rate_login_per_email_all_ips_per_hour,
+                code_attempts_per_ip_per_hour: self.rate_code_attempts_per_ip_per_hour,
                 write_per_user_per_minute: self.rate_writes_per_user_per_minute,
                 write_per_ip_per_minute: self.rate_writes_per_ip_per_minute,
             },

@@ -4,7 +4,7 @@
 mod common;
 mod edge_support;
 
-use edge_support::{Platform, code, link_token, session, wrong_code};
+use edge_support::{Platform, client_from, code, link_token, session, wrong_code};
 use serde_json::json;
 use std::time::Duration;
 use warren_testkit::wait_for;
@@ -123,7 +123,7 @@ async fn an_expired_link_and_its_code_are_refused() {
 }
 
 #[tokio::test]
-async fn the_sixth_wrong_code_locks_the_email_even_for_the_right_code() {
+async fn the_sixth_wrong_code_locks_that_code_but_not_the_link_in_the_same_email() {
     let platform = Platform::start(&[]).await;
     let mail = platform.request_link("guess@example.com").await;
     let right = code(&mail);
@@ -142,26 +142,27 @@ async fn the_sixth_wrong_code_locks_the_email_even_for_the_right_code() {
             "attempt {attempt}"
         );
     }
-    let sixth = platform
-        .post(
-            "/api/v1/auth/verify-magic-link",
-            None,
-            json!({ "email": "guess@example.com", "code": wrong }),
-        )
-        .await;
-    assert_eq!(sixth.status, 401);
-    assert_eq!(sixth.body["error"]["code"], "too_many_attempts");
-    for body in [
-        json!({ "email": "guess@example.com", "code": right }),
-        json!({ "token": link_token(&mail) }),
-    ] {
+    for code in [&wrong, &right] {
         let answer = platform
-            .post("/api/v1/auth/verify-magic-link", None, body)
+            .post(
+                "/api/v1/auth/verify-magic-link",
+                None,
+                json!({ "email": "guess@example.com", "code": code }),
+            )
             .await;
         assert_eq!(answer.status, 401, "{answer:?}");
         assert_eq!(answer.body["error"]["code"], "too_many_attempts");
     }
-    // A new email starts over.
+    // The link is a 256-bit secret, not a 6-digit one: guessing codes does not lock it.
+    let by_link = platform
+        .post(
+            "/api/v1/auth/verify-magic-link",
+            None,
+            json!({ "token": link_token(&mail) }),
+        )
+        .await;
+    assert_eq!(by_link.status, 200, "{by_link:?}");
+    // A new email starts the code over.
     let fresh = platform.request_link("guess@example.com").await;
     let answer = platform
         .post(
@@ -171,6 +172,79 @@ async fn the_sixth_wrong_code_locks_the_email_even_for_the_right_code() {
         )
         .await;
     assert_eq!(answer.status, 200, "{answer:?}");
+}
+
+#[tokio::test]
+async fn a_strangers_sign_in_requests_and_wrong_codes_do_not_stop_the_owner_from_signing_in() {
+    // Production limits for sign-in emails and codes.
+    let platform = Platform::start(&[
+        ("WARREN_RATE_LOGIN_PER_EMAIL_PER_HOUR", "5"),
+        ("WARREN_RATE_LOGIN_PER_EMAIL_ALL_IPS_PER_HOUR", "20"),
+        ("WARREN_RATE_CODE_ATTEMPTS_PER_IP_PER_HOUR", "30"),
+    ])
+    .await;
+    let victim = "victim@example.com";
+    let stranger = client_from("127.0.0.2");
+    for _ in 0..5 {
+        let asked = platform
+            .call_from(
+                &stranger,
+                "POST",
+                "/api/v1/auth/login/email",
+                None,
+                Some(json!({ "email": victim })),
+            )
+            .await;
+        assert_eq!(asked.status, 202, "{asked:?}");
+    }
+    let sixth = platform
+        .call_from(
+            &stranger,
+            "POST",
+            "/api/v1/auth/login/email",
+            None,
+            Some(json!({ "email": victim })),
+        )
+        .await;
+    assert_eq!(sixth.status, 429, "{sixth:?}");
+    let fifth = platform
+        .smtp
+        .wait_for_mail(victim, 5, Duration::from_secs(10))
+        .await;
+    let wrong = wrong_code(&code(&fifth));
+    for _ in 0..6 {
+        let guessed = platform
+            .call_from(
+                &stranger,
+                "POST",
+                "/api/v1/auth/verify-magic-link",
+                None,
+                Some(json!({ "email": victim, "code": wrong })),
+            )
+            .await;
+        assert_eq!(guessed.status, 401, "{guessed:?}");
+    }
+
+    // The owner, from their own address: a fresh email, and its code signs them in.
+    let fresh = platform.request_link(victim).await;
+    let by_code = platform
+        .post(
+            "/api/v1/auth/verify-magic-link",
+            None,
+            json!({ "email": victim, "code": code(&fresh) }),
+        )
+        .await;
+    assert_eq!(by_code.status, 200, "{by_code:?}");
+    // And the links the stranger had sent them still work: a request never voids a link.
+    let first = &platform.smtp.mails_to(victim)[0];
+    let by_link = platform
+        .post(
+            "/api/v1/auth/verify-magic-link",
+            None,
+            json!({ "token": link_token(first) }),
+        )
+        .await;
+    assert_eq!(by_link.status, 200, "{by_link:?}");
 }
 
 #[tokio::test]

@@ -52,8 +52,12 @@ impl TierLimits {
 pub struct RateLimits {
     /// Auth requests (login, verify, refresh) per client IP per minute.
     pub auth_per_ip_per_minute: u32,
-    /// Magic-link emails per address per hour.
+    /// Magic-link emails per address per requesting IP per hour.
     pub login_per_email_per_hour: u32,
+    /// Magic-link emails per address per hour, whoever asks (stops mail bombing).
+    pub login_per_email_all_ips_per_hour: u32,
+    /// Sign-in code attempts per client IP per hour.
+    pub code_attempts_per_ip_per_hour: u32,
     /// Writes (POST, PATCH, DELETE) per signed-in user per minute.
     pub write_per_user_per_minute: u32,
     /// Writes per client IP per minute.
@@ -142,6 +146,8 @@ impl EdgeSettings {
             rate: RateLimits {
                 auth_per_ip_per_minute: 10_000,
                 login_per_email_per_hour: 10_000,
+                login_per_email_all_ips_per_hour: 10_000,
+                code_attempts_per_ip_per_hour: 10_000,
                 write_per_user_per_minute: 10_000,
                 write_per_ip_per_minute: 10_000,
             },

@@ -64,6 +64,11 @@ impl Platform {
             ("WARREN_AGENT_BIN", NO_AGENT_BIN.into()),
             ("WARREN_RATE_AUTH_PER_IP_PER_MINUTE", "100000".into()),
             ("WARREN_RATE_LOGIN_PER_EMAIL_PER_HOUR", "100000".into()),
+            (
+                "WARREN_RATE_LOGIN_PER_EMAIL_ALL_IPS_PER_HOUR",
+                "100000".into(),
+            ),
+            ("WARREN_RATE_CODE_ATTEMPTS_PER_IP_PER_HOUR", "100000".into()),
             ("WARREN_RATE_WRITES_PER_USER_PER_MINUTE", "100000".into()),
             ("WARREN_RATE_WRITES_PER_IP_PER_MINUTE", "100000".into()),
         ];
@@ -104,8 +109,20 @@ impl Platform {
         token: Option<&str>,
         body: Option<Value>,
     ) -> Answer {
+        self.call_from(&self.http, method, path, token, body).await
+    }
+
+    /// Sends a request through `client` (e.g. one bound to another source address).
+    pub async fn call_from(
+        &self,
+        client: &reqwest::Client,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Answer {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        let mut request = client.request(method, format!("{}{path}", self.base));
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
@@ -190,6 +207,15 @@ impl Platform {
         })
         .await;
     }
+}
+
+/// An HTTP client whose connections come from `ip` (any 127.0.0.0/8 address is loopback), so a
+/// test can be two clients with two addresses.
+pub fn client_from(ip: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(ip.parse::<std::net::IpAddr>().expect("ip"))
+        .build()
+        .expect("client")
 }
 
 /// The token pair in a sign-in answer.

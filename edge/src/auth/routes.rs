@@ -103,11 +103,21 @@ pub(crate) async fn login_email(
 ) -> Result<(StatusCode, Json<LoginSent>), ApiError> {
     let email = canonical_email(&request.email)?;
     auth_rate(&state, &ip)?;
+    // Per address *and* requesting IP: a stranger asking for someone's address exhausts their
+    // own allowance, not the owner's. The looser per-address cap only stops mail bombing.
+    let rate = state.settings.rate;
+    let hour = Duration::from_secs(3600);
     state.limiter.check(
         "login_per_email",
+        &format!("{email} {ip}"),
+        rate.login_per_email_per_hour,
+        hour,
+    )?;
+    state.limiter.check(
+        "login_per_email_all_ips",
         &email,
-        state.settings.rate.login_per_email_per_hour,
-        Duration::from_secs(3600),
+        rate.login_per_email_all_ips_per_hour,
+        hour,
     )?;
     let issued = state.magic.issue(&email).await.map_err(magic_error)?;
     let ttl = state.settings.magic_link_ttl;
@@ -158,6 +168,13 @@ pub(crate) async fn verify_magic_link(
         (Some(token), None, None) => state.magic.redeem_token(token.trim()).await,
         (None, Some(email), Some(code)) => {
             let email = canonical_email(email)?;
+            // Guessing codes costs the guesser's IP, whatever the address.
+            state.limiter.check(
+                "code_attempts_per_ip",
+                &ip,
+                state.settings.rate.code_attempts_per_ip_per_hour,
+                Duration::from_secs(3600),
+            )?;
             state.magic.redeem_code(&email, code).await
         }
         _ => {
@@ -236,7 +253,7 @@ fn magic_error(err: MagicError) -> ApiError {
     };
     let message = match &err {
         MagicError::WrongCode => {
-            format!("wrong code (at most {MAX_CODE_ATTEMPTS} attempts per email)")
+            format!("wrong code (at most {MAX_CODE_ATTEMPTS} attempts per emailed code)")
         }
         other => other.to_string(),
     };
