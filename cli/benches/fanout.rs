@@ -172,7 +172,12 @@ impl Platform {
         let token = tokens.issue(user).await.expect("token").access_token;
         let edge_env = vec![
             ("WARREN_NATS_URL", nats.url()),
-            ("WARREN_DATABASE_URL", db.url().to_owned()),
+            (
+                "WARREN_NATS_CREDENTIALS_DIR",
+                nats.keys().dir().display().to_string(),
+            ),
+            ("WARREN_DATABASE_URL", db.writer_url()),
+            ("WARREN_DATABASE_READER_URL", db.reader_url()),
             ("WARREN_JWT_SECRET", JWT_SECRET.to_owned()),
             ("WARREN_ENCRYPTION_KEY", ENCRYPTION_KEY.to_owned()),
             ("WARREN_SMTP_URL", smtp.url()),
@@ -320,6 +325,14 @@ impl Server {
         let exe = std::env::current_exe().expect("this bench's path");
         let mut child = tokio::process::Command::new(exe)
             .env(bare::NATS_URL_ENV, platform.nats.url())
+            .env(
+                bare::NATS_SEED_ENV,
+                platform
+                    .nats
+                    .keys()
+                    .seed(warren_deploy::Role::Admin)
+                    .expect("admin seed"),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .kill_on_drop(true)

@@ -46,9 +46,20 @@ impl From<String> for Secret {
 pub struct Config {
     /// `WARREN_NATS_URL`: the NATS server. Unset under `warren dev`: a local one is started.
     pub nats_url: Option<String>,
-    /// `WARREN_DATABASE_URL`: the read-model PostgreSQL database. Unset under `warren dev`: a
-    /// local cluster is started.
+    /// `WARREN_NATS_CREDENTIALS_DIR`: a directory of role keys (`<role>.nk` nkey seeds: admin,
+    /// edge, projector, deployer, chat, notifier); each role connects with its own. `warren dev`
+    /// with its own nats-server generates them in `<data_dir>/credentials/nats`.
+    pub nats_credentials_dir: Option<PathBuf>,
+    /// `WARREN_NATS_SEED`: the nkey seed this (single-role) process connects with; wins over
+    /// the directory.
+    pub nats_seed: Option<Secret>,
+    /// `WARREN_DATABASE_URL`: the read-model PostgreSQL database, as the role that owns the
+    /// read-model schema and writes it (projector, `warren replay`, `warren migrate`). Unset
+    /// under `warren dev`: a local cluster is started.
     pub database_url: Option<Secret>,
+    /// `WARREN_DATABASE_READER_URL`: the same database as a role that may only read it (the
+    /// edge and the workers). Unset: they use `WARREN_DATABASE_URL` (with a warning).
+    pub database_reader_url: Option<Secret>,
     /// `WARREN_HTTP_ADDR`: where the edge listens.
     pub http_addr: SocketAddr,
     /// `WARREN_DATA_DIR`: where `warren dev` keeps its NATS store and Postgres cluster.
@@ -162,7 +173,10 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             nats_url: None,
+            nats_credentials_dir: None,
+            nats_seed: None,
             database_url: None,
+            database_reader_url: None,
             http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from(".warren"),
             nats_replicas: 1,
@@ -410,6 +424,21 @@ impl Config {
             .as_ref()
             .map(Secret::expose)
             .ok_or_else(|| anyhow::anyhow!("WARREN_DATABASE_URL is not set"))
+    }
+
+    /// Where the edge and workers connect to the database: `WARREN_DATABASE_READER_URL`, else
+    /// the writer's URL, with a warning that they run with more rights than they need.
+    pub fn require_reader_database(&self) -> anyhow::Result<&str> {
+        match &self.database_reader_url {
+            Some(url) => Ok(url.expose()),
+            None => {
+                tracing::warn!(
+                    "WARREN_DATABASE_READER_URL is not set: this role reads the database as the \
+                     writer (WARREN_DATABASE_URL), with rights it does not need"
+                );
+                self.require_database()
+            }
+        }
     }
 }
 

@@ -1,83 +1,163 @@
 //! `warren dev`: the whole platform in one process. Uses `WARREN_NATS_URL` / `WARREN_DATABASE_URL`
 //! when set; otherwise starts a local nats-server (store in `<data_dir>/nats`) and a local
 //! PostgreSQL cluster (`<data_dir>/pg`), both stopped when `warren dev` exits.
+//!
+//! Even in one process every role is itself: each connects to NATS with its own key and
+//! permissions, the projector writes the read models as their owner and everyone else reads
+//! them as a reader (ADR 13). The local servers admit nothing else: the nats-server only the
+//! roles' keys (generated in `<data_dir>/credentials/nats`), PostgreSQL only password logins
+//! (`<data_dir>/credentials/postgres`), all files owner-only.
 
 use crate::config::Config;
-use crate::roles;
+use crate::roles::{self, Endpoints};
 use anyhow::Context;
+use std::path::Path;
 use tokio_util::sync::CancellationToken;
-use warren_deploy::{LocalNats, LocalPostgres, NatsOptions, PostgresOptions};
+use warren_deploy::postgres::{self as pg, Login};
+use warren_deploy::{LocalNats, LocalPostgres, NatsKeys, NatsOptions, PostgresOptions, Role};
 use warren_workers::projector::Projector;
 
 /// The database `warren dev` uses on its local cluster.
 const DEV_DATABASE: &str = "warren";
+/// The login role that owns and writes the read models on the local cluster.
+const DEV_WRITER: &str = "warren_writer";
+/// The login role the edge and workers read with on the local cluster.
+const DEV_READER: &str = "warren_reader";
 
 /// Runs every role until shutdown.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let credentials = config.data_dir.join("credentials");
+    warren_deploy::nats_auth::create_private_dir(&credentials.join("postgres"))?;
     // Keep the local servers alive for the whole run; dropping them stops them.
     let mut _local_nats = None;
-    let nats_url = match &config.nats_url {
-        Some(url) => url.clone(),
+    let (nats_url, nats_keys) = match &config.nats_url {
+        Some(url) => (
+            url.clone(),
+            config.nats_credentials_dir.as_ref().map(NatsKeys::open),
+        ),
         None => {
             let options = NatsOptions {
                 port: config.dev_nats_port,
                 sync_interval: config.nats_sync_interval.clone(),
+                keys: Some(
+                    config
+                        .nats_credentials_dir
+                        .clone()
+                        .unwrap_or_else(|| credentials.join("nats")),
+                ),
                 ..Default::default()
             };
             let nats = LocalNats::start(config.data_dir.join("nats"), options)
                 .await
                 .context("starting nats-server")?;
             tracing::info!(url = nats.url(), "local nats-server started");
-            let url = nats.url();
+            let found = (nats.url(), nats.keys().cloned());
             _local_nats = Some(nats);
-            url
+            found
         }
     };
     let mut _local_pg = None;
-    let database_url = match &config.database_url {
-        Some(url) => url.expose().to_owned(),
+    let (writer_url, reader_url) = match &config.database_url {
+        Some(url) => (
+            url.expose().to_owned(),
+            config.require_reader_database()?.to_owned(),
+        ),
         None => {
-            let pg = LocalPostgres::start(
-                config.data_dir.join("pg"),
-                PostgresOptions {
-                    port: config.dev_postgres_port,
-                    ..Default::default()
-                },
-            )
-            .await
-            .context("starting PostgreSQL")?;
-            pg.create_database(DEV_DATABASE)
-                .await
-                .context("creating the dev database")?;
-            tracing::info!(port = pg.port(), "local PostgreSQL started");
-            let url = pg.url(DEV_DATABASE);
+            let (pg, writer, reader) =
+                local_postgres(&config, &credentials.join("postgres")).await?;
+            let urls = (
+                pg.url_as(&writer.user, &writer.password, DEV_DATABASE),
+                pg.url_as(&reader.user, &reader.password, DEV_DATABASE),
+            );
             _local_pg = Some(pg);
-            url
+            urls
         }
     };
+    let endpoints = Endpoints {
+        nats_url,
+        nats_keys,
+        writer_url,
+        reader_url,
+    };
 
-    let platform = roles::connect(&config, &nats_url, &database_url).await?;
+    let writer_db = roles::database(&config, &endpoints.writer_url, true).await?;
+    let reader_db = roles::database(&config, &endpoints.reader_url, false).await?;
+    // The admin sets up the log's streams and buckets, then leaves.
+    let admin = roles::connect_with(&config, &endpoints, Role::Admin, writer_db.clone()).await?;
+    admin
+        .nats
+        .drain()
+        .await
+        .context("closing the admin connection")?;
+    let connect = |role, db| roles::connect_with(&config, &endpoints, role, db);
+    let projector = connect(Role::Projector, writer_db).await?;
+    let notifier = connect(Role::Notifier, reader_db.clone()).await?;
+    let deployer = connect(Role::Deployer, reader_db.clone()).await?;
+    let chat = connect(Role::Chat, reader_db.clone()).await?;
+    let edge = connect(Role::Edge, reader_db).await?;
+
     let projector = tokio::spawn(
-        Projector::build(platform.js.clone(), platform.db.clone()).run(shutdown.clone()),
+        Projector::build(projector.js.clone(), projector.db.clone()).run(shutdown.clone()),
     );
-    let notifier = tokio::spawn(roles::notifier(&config, &platform)?.run(shutdown.clone()));
+    let notifier = tokio::spawn(roles::notifier(&config, &notifier)?.run(shutdown.clone()));
     let deployer = tokio::spawn(
-        roles::deployer(&config, &platform, true)
+        roles::deployer(&config, &deployer, true)
             .await?
             .run(shutdown.clone()),
     );
     let chat = tokio::spawn(
-        roles::chat(&config, &platform, true)
+        roles::chat(&config, &chat, true)
             .await?
             .run(shutdown.clone()),
     );
-    let served = roles::serve_edge(&config, &platform, shutdown.clone()).await;
+    let served = roles::serve_edge(&config, &edge, shutdown.clone()).await;
     shutdown.cancel();
     projector.await.context("projector task")?;
     notifier.await.context("notifier task")?;
     deployer.await.context("deployer task")?;
     chat.await.context("chat task")?;
     served
+}
+
+/// Starts the local PostgreSQL (passwords required, the superuser's generated) with the
+/// `warren` database, its writer and its reader.
+async fn local_postgres(
+    config: &Config,
+    credentials: &Path,
+) -> anyhow::Result<(LocalPostgres, Login, Login)> {
+    let password = |name: &str| -> anyhow::Result<String> {
+        Ok(
+            roles::generated_secret(&credentials.join(format!("{name}.password")))?
+                .expose()
+                .to_owned(),
+        )
+    };
+    let pg = LocalPostgres::start(
+        config.data_dir.join("pg"),
+        PostgresOptions {
+            port: config.dev_postgres_port,
+            superuser_password: Some(password("postgres")?),
+            ..Default::default()
+        },
+    )
+    .await
+    .context("starting PostgreSQL")?;
+    pg.create_database(DEV_DATABASE)
+        .await
+        .context("creating the dev database")?;
+    let writer = Login {
+        user: DEV_WRITER.into(),
+        password: password(DEV_WRITER)?,
+    };
+    let reader = Login {
+        user: DEV_READER.into(),
+        password: password(DEV_READER)?,
+    };
+    pg::provision_roles(&pg.url("postgres"), DEV_DATABASE, &writer, &reader)
+        .await
+        .context("setting up the dev database's roles")?;
+    tracing::info!(port = pg.port(), "local PostgreSQL started");
+    Ok((pg, writer, reader))
 }

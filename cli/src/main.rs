@@ -34,6 +34,20 @@ enum Command {
     Replay,
     /// Create or update streams, buckets and the read-model schema, then exit.
     Migrate,
+    /// Write the roles' NATS keys (DIR/credentials/<role>.nk, generated once) and the
+    /// authorization files a nats-server of deploy/nats/ includes (DIR/auth.conf,
+    /// DIR/cluster-auth.conf), then exit.
+    NatsAuth {
+        /// Where to write them, e.g. deploy/nats or deploy/nats/cluster.
+        dir: std::path::PathBuf,
+        /// The cluster's node hostnames, for the routes (port 6222).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "warren-nats-1,warren-nats-2,warren-nats-3"
+        )]
+        routes: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -57,6 +71,16 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let cli = Cli::parse();
+    if let Command::NatsAuth { dir, routes } = &cli.command {
+        let routes: Vec<&str> = routes.iter().map(String::as_str).collect();
+        let keys = warren_deploy::nats_auth::write_server_files(dir, &routes)?;
+        println!(
+            "wrote {0}/auth.conf, {0}/cluster-auth.conf and the roles' keys in {1}",
+            dir.display(),
+            keys.dir().display()
+        );
+        return Ok(());
+    }
     let config = Config::load()?;
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
@@ -77,6 +101,7 @@ async fn main() -> anyhow::Result<()> {
         } => roles::chat_role(&config, shutdown).await,
         Command::Replay => roles::replay(&config).await,
         Command::Migrate => roles::migrate(&config).await,
+        Command::NatsAuth { .. } => Ok(()),
     };
     if let Err(err) = &outcome {
         tracing::error!(error = format!("{err:#}"), "warren stopped with an error");

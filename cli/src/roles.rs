@@ -6,6 +6,7 @@ use async_nats::jetstream;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use warren_commands::CommandService;
+use warren_deploy::nats_auth::{self, NatsKeys, Role};
 use warren_edge::AppState;
 use warren_edge::mail::Mailer;
 use warren_projections::schema::{self, LIVE_SCHEMA};
@@ -22,31 +23,125 @@ pub struct Platform {
     pub commands: CommandService,
 }
 
-/// Connects to NATS and Postgres, ensures the log topology and migrates the live schema.
-pub async fn connect(
+/// Where this process finds the platform's services, and with which credentials.
+#[derive(Clone, Debug)]
+pub struct Endpoints {
+    /// The NATS server.
+    pub nats_url: String,
+    /// The roles' NATS keys (`<role>.nk`), if the server requires them.
+    pub nats_keys: Option<NatsKeys>,
+    /// The read-model writer's database URL.
+    pub writer_url: String,
+    /// The readers' database URL.
+    pub reader_url: String,
+}
+
+impl Endpoints {
+    /// From `WARREN_NATS_URL`, `WARREN_NATS_CREDENTIALS_DIR`, `WARREN_DATABASE_URL` and
+    /// `WARREN_DATABASE_READER_URL` (a role run on its own; `reader` says whether it reads only).
+    pub fn from_config(config: &Config, reader: bool) -> anyhow::Result<Self> {
+        Ok(Self {
+            nats_url: config.require_nats()?.to_owned(),
+            nats_keys: config.nats_credentials_dir.as_ref().map(NatsKeys::open),
+            writer_url: config.require_database()?.to_owned(),
+            reader_url: if reader {
+                config.require_reader_database()?.to_owned()
+            } else {
+                config.require_database()?.to_owned()
+            },
+        })
+    }
+}
+
+/// Connects to NATS as `role`: with `WARREN_NATS_SEED`, else the role's key from the keys
+/// directory, else (a server without authorization) with no key at all.
+pub async fn connect_nats(
     config: &Config,
-    nats_url: &str,
-    database_url: &str,
-) -> anyhow::Result<Platform> {
-    let nats = async_nats::ConnectOptions::new()
-        .name("warren")
+    endpoints: &Endpoints,
+    role: Role,
+) -> anyhow::Result<async_nats::Client> {
+    let seed = match (&config.nats_seed, &endpoints.nats_keys) {
+        (Some(seed), _) => Some(seed.expose().to_owned()),
+        (None, Some(keys)) => Some(keys.seed(role).with_context(|| {
+            format!("reading the NATS key of the {role} role (WARREN_NATS_CREDENTIALS_DIR)")
+        })?),
+        (None, None) => None,
+    };
+    if seed.is_none() {
+        tracing::warn!(
+            %role,
+            "connecting to NATS without a key (set WARREN_NATS_CREDENTIALS_DIR or WARREN_NATS_SEED)"
+        );
+    }
+    let url = &endpoints.nats_url;
+    nats_auth::options(seed, role)
         .retry_on_initial_connect()
-        .connect(nats_url)
+        .event_callback(move |event| async move {
+            match event {
+                // A refused subject is a bug in the role's permissions or an attack: say so.
+                async_nats::Event::ServerError(err) => {
+                    tracing::error!(%role, error = %err, "NATS server error");
+                }
+                other => tracing::debug!(%role, event = %other, "NATS connection event"),
+            }
+        })
+        .connect(url)
         .await
-        .with_context(|| format!("connecting to NATS at {nats_url}"))?;
+        .with_context(|| format!("connecting to NATS at {url} as {role}"))
+}
+
+/// Connects `role` to NATS and opens the log's stores (creating the topology first when the
+/// role is the admin), on `db`.
+pub async fn connect_with(
+    config: &Config,
+    endpoints: &Endpoints,
+    role: Role,
+    db: PgPool,
+) -> anyhow::Result<Platform> {
+    let nats = connect_nats(config, endpoints, role).await?;
     let js = jetstream::new(nats.clone());
-    let commands = CommandService::start(js.clone(), &config.log_settings())
-        .await
-        .context("setting up the log")?;
-    let db = schema::open(database_url, LIVE_SCHEMA, config.db_max_connections)
-        .await
-        .context("opening the read models")?;
+    let commands = if role == Role::Admin {
+        CommandService::start(js.clone(), &config.log_settings())
+            .await
+            .context("setting up the log")?
+    } else {
+        CommandService::open(js.clone())
+            .await
+            .context("opening the log")?
+    };
     Ok(Platform {
         nats,
         js,
         db,
         commands,
     })
+}
+
+/// The read models as their writer (migrated to the latest schema) or as a reader.
+pub async fn database(config: &Config, url: &str, writer: bool) -> anyhow::Result<PgPool> {
+    if writer {
+        schema::open(url, LIVE_SCHEMA, config.db_max_connections)
+            .await
+            .context("opening the read models")
+    } else {
+        schema::pool(url, LIVE_SCHEMA, config.db_max_connections)
+            .await
+            .context("connecting to the read models")
+    }
+}
+
+/// Connects a role run on its own: NATS as itself, the database as writer (admin, projector)
+/// or reader (everyone else).
+pub async fn connect(config: &Config, role: Role) -> anyhow::Result<Platform> {
+    let writer = matches!(role, Role::Admin | Role::Projector);
+    let endpoints = Endpoints::from_config(config, !writer)?;
+    let url = if writer {
+        &endpoints.writer_url
+    } else {
+        &endpoints.reader_url
+    };
+    let db = database(config, url, writer).await?;
+    connect_with(config, &endpoints, role, db).await
 }
 
 /// Serves the edge until shutdown. Secrets missing from the config are generated once and kept
@@ -99,23 +194,29 @@ pub fn mailer(config: &Config) -> anyhow::Result<Mailer> {
 /// A development secret kept in `<data_dir>/<name>` (0600), generated on first use: 32 random
 /// bytes as 64 hex digits, which suits both the JWT secret and the encryption key.
 fn dev_secret(config: &Config, name: &str) -> anyhow::Result<Secret> {
-    let path = config.data_dir.join(name);
-    if let Ok(existing) = std::fs::read_to_string(&path) {
+    generated_secret(&config.data_dir.join(name))
+}
+
+/// The secret kept in `path` (0600), generated on first use as 64 hex digits; its directory is
+/// created if missing.
+pub fn generated_secret(path: &std::path::Path) -> anyhow::Result<Secret> {
+    if let Ok(existing) = std::fs::read_to_string(path) {
         return Ok(Secret::from(existing.trim().to_owned()));
     }
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     let secret = hex::encode(rand::random::<[u8; 32]>());
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut file = options
-        .open(&path)
+        .open(path)
         .with_context(|| format!("creating {}", path.display()))?;
     std::io::Write::write_all(&mut file, secret.as_bytes())
         .with_context(|| format!("writing {}", path.display()))?;
-    tracing::info!(path = %path.display(), "generated a development {name}");
+    tracing::info!(path = %path.display(), "generated a development secret");
     Ok(Secret::from(secret))
 }
 
@@ -127,7 +228,7 @@ pub async fn edge(config: &Config, shutdown: CancellationToken) -> anyhow::Resul
         "WARREN_ENCRYPTION_KEY is not set"
     );
     anyhow::ensure!(config.smtp_url.is_some(), "WARREN_SMTP_URL is not set");
-    let platform = connect(config, config.require_nats()?, config.require_database()?).await?;
+    let platform = connect(config, Role::Edge).await?;
     serve_edge(config, &platform, shutdown).await
 }
 
@@ -145,7 +246,7 @@ pub fn notifier(config: &Config, platform: &Platform) -> anyhow::Result<Notifier
 /// `warren worker notifier`.
 pub async fn notifier_role(config: &Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     anyhow::ensure!(config.smtp_url.is_some(), "WARREN_SMTP_URL is not set");
-    let platform = connect(config, config.require_nats()?, config.require_database()?).await?;
+    let platform = connect(config, Role::Notifier).await?;
     notifier(config, &platform)?.run(shutdown).await;
     Ok(())
 }
@@ -190,7 +291,7 @@ pub async fn chat(config: &Config, platform: &Platform, dev: bool) -> anyhow::Re
 
 /// `warren worker chat`.
 pub async fn chat_role(config: &Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let platform = connect(config, config.require_nats()?, config.require_database()?).await?;
+    let platform = connect(config, Role::Chat).await?;
     chat(config, &platform, false).await?.run(shutdown).await;
     Ok(())
 }
@@ -205,7 +306,7 @@ pub async fn deployer(config: &Config, platform: &Platform, dev: bool) -> anyhow
 
 /// `warren worker deployer`.
 pub async fn deployer_role(config: &Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let platform = connect(config, config.require_nats()?, config.require_database()?).await?;
+    let platform = connect(config, Role::Deployer).await?;
     deployer(config, &platform, false)
         .await?
         .run(shutdown)
@@ -215,7 +316,7 @@ pub async fn deployer_role(config: &Config, shutdown: CancellationToken) -> anyh
 
 /// `warren worker projector`.
 pub async fn projector(config: &Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let platform = connect(config, config.require_nats()?, config.require_database()?).await?;
+    let platform = connect(config, Role::Projector).await?;
     Projector::build(platform.js, platform.db)
         .run(shutdown)
         .await;
@@ -225,7 +326,7 @@ pub async fn projector(config: &Config, shutdown: CancellationToken) -> anyhow::
 /// `warren replay`.
 pub async fn replay(config: &Config) -> anyhow::Result<()> {
     let database_url = config.require_database()?;
-    let platform = connect(config, config.require_nats()?, database_url).await?;
+    let platform = connect(config, Role::Projector).await?;
     let report = warren_projections::replay::replay(&platform.js, database_url, &|p| {
         tracing::info!(
             projection = p.projection,
@@ -243,9 +344,10 @@ pub async fn replay(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `warren migrate`.
+/// `warren migrate`: the log's streams and buckets (as the admin) and the read-model schema (as
+/// its writer).
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
-    connect(config, config.require_nats()?, config.require_database()?).await?;
+    connect(config, Role::Admin).await?;
     tracing::info!("log topology and read-model schema are up to date");
     Ok(())
 }

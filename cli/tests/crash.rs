@@ -98,7 +98,10 @@ async fn sigkill_under_load_loses_no_acknowledged_command_and_read_models_conver
     healthy(ports.http, &warren).await;
 
     let nats_url = format!("nats://127.0.0.1:{}", ports.nats);
-    let client = async_nats::ConnectOptions::new()
+    // The admin's key, which `warren dev` generated for its nats-server.
+    let keys = warren_deploy::NatsKeys::open(dir.path().join("data/credentials/nats"));
+    let seed = keys.seed(warren_deploy::Role::Admin).expect("admin key");
+    let client = warren_deploy::nats_auth::options(Some(seed), warren_deploy::Role::Admin)
         .retry_on_initial_connect()
         .connect(&nats_url)
         .await
@@ -186,8 +189,14 @@ async fn sigkill_under_load_loses_no_acknowledged_command_and_read_models_conver
     }
 
     // The read models converge: every user in the log has its row, at its last name.
+    let password = std::fs::read_to_string(
+        dir.path()
+            .join("data/credentials/postgres/warren_reader.password"),
+    )
+    .expect("the reader's password");
     let db = sqlx::PgPool::connect(&format!(
-        "postgres://postgres@127.0.0.1:{}/warren",
+        "postgres://warren_reader:{}@127.0.0.1:{}/warren",
+        password.trim(),
         ports.pg
     ))
     .await

@@ -99,7 +99,12 @@ impl Platform {
         let dir = tempfile::tempdir().expect("tempdir");
         let env = vec![
             ("WARREN_NATS_URL", nats.url()),
-            ("WARREN_DATABASE_URL", db.url().to_owned()),
+            (
+                "WARREN_NATS_CREDENTIALS_DIR",
+                nats.keys().dir().display().to_string(),
+            ),
+            ("WARREN_DATABASE_URL", db.writer_url()),
+            ("WARREN_DATABASE_READER_URL", db.reader_url()),
             (
                 "WARREN_DATA_DIR",
                 dir.path().join("data").display().to_string(),

@@ -21,7 +21,12 @@ async fn start(
         &["dev"],
         &[
             ("WARREN_NATS_URL", nats.url()),
-            ("WARREN_DATABASE_URL", db.url().to_owned()),
+            (
+                "WARREN_NATS_CREDENTIALS_DIR",
+                nats.keys().dir().display().to_string(),
+            ),
+            ("WARREN_DATABASE_URL", db.writer_url()),
+            ("WARREN_DATABASE_READER_URL", db.reader_url()),
             ("WARREN_DATA_DIR", data.display().to_string()),
             ("WARREN_HTTP_ADDR", format!("127.0.0.1:{port}")),
             ("WARREN_AGENT_BIN", "/nonexistent/warren-agent".into()),

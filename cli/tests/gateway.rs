@@ -486,7 +486,12 @@ async fn two_edge_processes_serve_one_conversation_with_identical_events() {
     let port = common::free_port();
     let env = vec![
         ("WARREN_NATS_URL", chat.platform.nats.url()),
-        ("WARREN_DATABASE_URL", chat.platform.db.url().to_owned()),
+        (
+            "WARREN_NATS_CREDENTIALS_DIR",
+            chat.platform.nats.keys().dir().display().to_string(),
+        ),
+        ("WARREN_DATABASE_URL", chat.platform.db.writer_url()),
+        ("WARREN_DATABASE_READER_URL", chat.platform.db.reader_url()),
         ("WARREN_JWT_SECRET", jwt.trim().to_owned()),
         (
             "WARREN_ENCRYPTION_KEY",

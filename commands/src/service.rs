@@ -16,6 +16,17 @@ pub enum StartError {
     /// A stream could not be opened.
     #[error("opening a stream failed")]
     Open(#[from] jetstream::context::GetStreamError),
+    /// A stream or bucket of the log is not there (or this role may not see it).
+    #[error(
+        "the log's {name} is missing or not visible to this role: run `warren migrate` (with the admin credentials) first"
+    )]
+    Missing {
+        /// The stream or bucket.
+        name: String,
+        /// Cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 /// One store per aggregate type, sharing one JetStream connection. Cheap to clone.
@@ -31,9 +42,25 @@ pub struct CommandService {
 }
 
 impl CommandService {
-    /// Ensures the log's topology and opens the three stores.
+    /// Ensures the log's topology, then opens the three stores. Creating streams takes the
+    /// admin role's rights: `warren migrate`, `warren dev`'s setup and tests.
     pub async fn start(js: jetstream::Context, settings: &LogSettings) -> Result<Self, StartError> {
         topology::ensure(&js, settings).await?;
+        Self::open(js).await
+    }
+
+    /// Opens the three stores of a log whose topology exists, as any role does at start; says
+    /// clearly when it does not. (Only `USERS` is checked: every role may see it, while a role
+    /// may see only some of the others.)
+    pub async fn open(js: jetstream::Context) -> Result<Self, StartError> {
+        for stream in [topology::USERS] {
+            js.get_stream(stream)
+                .await
+                .map_err(|source| StartError::Missing {
+                    name: format!("stream {stream}"),
+                    source: Box::new(source),
+                })?;
+        }
         Ok(Self {
             users: Store::open(js.clone()).await?,
             agents: Store::open(js.clone()).await?,

@@ -109,8 +109,7 @@ impl Stored for Account {
 
 async fn setup() -> (TestNats, jetstream::Context) {
     let nats = TestNats::start().await;
-    let client = async_nats::connect(nats.url()).await.expect("connect");
-    let js = jetstream::new(client);
+    let js = jetstream::new(nats.client().await);
     topology::ensure(&js, &LogSettings::default())
         .await
         .expect("topology");

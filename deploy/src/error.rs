@@ -102,6 +102,18 @@ pub enum Error {
     #[error("invalid database name {0:?}: use ASCII letters, digits and `_`, at most 63 bytes")]
     InvalidDatabaseName(String),
 
+    /// A NATS client could not connect.
+    #[error("connecting to NATS at {url} as {role}")]
+    NatsConnect {
+        /// The server.
+        url: String,
+        /// The role connecting.
+        role: &'static str,
+        /// Cause.
+        #[source]
+        source: async_nats::ConnectError,
+    },
+
     /// A SQL statement against a local server failed.
     #[error("{action} on {url}")]
     Sql {

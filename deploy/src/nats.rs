@@ -1,5 +1,5 @@
 //! [`LocalNats`]: a `nats-server` child process with JetStream on file storage in a given
-//! directory.
+//! directory, admitting only the platform roles' keys when it is given a key directory.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -7,10 +7,11 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use rustix::process::Signal;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::process::{Child, Command};
 
 use crate::error::{Error, Result};
+use crate::nats_auth::{self, NatsKeys, Role};
 use crate::process::{self, POLL_INTERVAL};
 
 /// The environment variable naming the `nats-server` binary to run (else it is looked up in
@@ -36,6 +37,10 @@ pub struct NatsOptions {
     pub ready_timeout: Duration,
     /// The binary to run; `None` uses [`NATS_SERVER_BIN_ENV`], then `PATH`.
     pub binary: Option<PathBuf>,
+    /// Where the roles' nkey seeds are (generated if missing): only those keys may connect,
+    /// each with its role's permissions. `None` runs a server anyone may use (tests of the
+    /// launcher itself only).
+    pub keys: Option<PathBuf>,
 }
 
 impl Default for NatsOptions {
@@ -46,6 +51,7 @@ impl Default for NatsOptions {
             max_payload: 1024 * 1024,
             ready_timeout: Duration::from_secs(30),
             binary: None,
+            keys: None,
         }
     }
 }
@@ -55,14 +61,14 @@ impl Default for NatsOptions {
 /// Its files live in the directory given to [`LocalNats::start`]: `nats-server.conf`,
 /// `nats-server.log` (stdout and stderr) and `jetstream/` (the store). The server is killed when
 /// this value is dropped; the directory is left alone, so a new `LocalNats` on it sees the same
-/// streams.
+/// streams. It has no monitoring port: readiness is checked as a client would.
 #[derive(Debug)]
 pub struct LocalNats {
     dir: PathBuf,
     port: u16,
-    http_port: u16,
     binary: PathBuf,
     options: NatsOptions,
+    keys: Option<NatsKeys>,
     child: Option<Child>,
 }
 
@@ -70,10 +76,18 @@ impl LocalNats {
     /// Writes the config into `dir` (created if missing), starts `nats-server` and waits until it
     /// accepts connections and `/healthz?js-enabled-only=true` answers ok.
     pub async fn start(dir: impl AsRef<Path>, options: NatsOptions) -> Result<Self> {
-        let dir = dir.as_ref().to_owned();
+        // Absolute: the server runs inside `dir` and is given its config by path.
+        let dir =
+            std::path::absolute(dir.as_ref()).map_err(|e| Error::io("resolve", dir.as_ref(), e))?;
         let binary = nats_server_binary(options.binary.as_deref())?;
         std::fs::create_dir_all(dir.join("jetstream"))
             .map_err(|e| Error::io("create directory", &dir, e))?;
+        let keys = match &options.keys {
+            Some(keys) => Some(NatsKeys::ensure(
+                std::path::absolute(keys).map_err(|e| Error::io("resolve", keys, e))?,
+            )?),
+            None => None,
+        };
 
         let mut attempts_left = if options.port.is_some() {
             1
@@ -87,10 +101,10 @@ impl LocalNats {
                     Some(port) => port,
                     None => process::free_port()?,
                 },
-                http_port: process::free_port()?,
                 dir: dir.clone(),
                 binary: binary.clone(),
                 options: options.clone(),
+                keys: keys.clone(),
                 child: None,
             };
             match nats.launch().await {
@@ -116,9 +130,14 @@ impl LocalNats {
         self.port
     }
 
-    /// The HTTP monitoring endpoint, `http://127.0.0.1:PORT`.
-    pub fn monitoring_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.http_port)
+    /// The roles' keys, when the server requires them.
+    pub fn keys(&self) -> Option<&NatsKeys> {
+        self.keys.as_ref()
+    }
+
+    /// A client connected as `role` (with its key when the server requires keys).
+    pub async fn connect(&self, role: Role) -> Result<async_nats::Client> {
+        nats_auth::connect(&self.url(), self.keys.as_ref(), role).await
     }
 
     /// The directory holding config, log and store.
@@ -177,30 +196,32 @@ impl LocalNats {
     }
 
     /// The config file's text.
-    fn render_config(&self) -> String {
+    fn render_config(&self) -> Result<String> {
         let store = self.store_dir();
-        format!(
+        let authorization = match &self.keys {
+            Some(keys) => nats_auth::authorization(keys)?,
+            None => String::new(),
+        };
+        Ok(format!(
             "# Written by warren-deploy for a local JetStream server; rewritten on every start.\n\
              server_name: \"warren-local-{port}\"\n\
              listen: \"127.0.0.1:{port}\"\n\
-             http: \"127.0.0.1:{http_port}\"\n\
              max_payload: {max_payload}\n\
              jetstream {{\n\
              \x20 store_dir: {store}\n\
              \x20 sync_interval: {sync}\n\
-             }}\n",
+             }}\n\
+             {authorization}",
             port = self.port,
-            http_port = self.http_port,
             max_payload = self.options.max_payload,
             store = quote(&store.to_string_lossy()),
             sync = quote(&self.options.sync_interval),
-        )
+        ))
     }
 
     async fn launch(&mut self) -> Result<()> {
         let config = self.config_path();
-        std::fs::write(&config, self.render_config())
-            .map_err(|e| Error::io("write config", &config, e))?;
+        write_config(&config, &self.render_config()?)?;
         let log = self.log_path();
         let (stdout, stderr) = process::open_log(&log)?;
         let started = Instant::now();
@@ -235,15 +256,14 @@ impl LocalNats {
         let what = self.what();
         let log = self.log_path();
         let client = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
-        let http = SocketAddr::from((Ipv4Addr::LOCALHOST, self.http_port));
         let mut check = "accepting connections";
         loop {
             if let Some(child) = self.child.as_mut() {
                 process::check_alive(child, &what, &log)?;
             }
             if process::tcp_accepts(client, Duration::from_millis(200)).await {
-                check = "healthz?js-enabled-only=true";
-                if jetstream_healthy(http).await {
+                check = "JetStream answering the admin";
+                if self.jetstream_ready().await {
                     return Ok(());
                 }
             }
@@ -257,6 +277,23 @@ impl LocalNats {
             }
             tokio::time::sleep(POLL_INTERVAL).await;
         }
+    }
+
+    /// Whether JetStream answers an account-info request from the admin role.
+    async fn jetstream_ready(&self) -> bool {
+        let probe = async {
+            let client = self.connect(Role::Admin).await.ok()?;
+            let ready = async_nats::jetstream::new(client.clone())
+                .query_account()
+                .await
+                .is_ok();
+            let _ = client.drain().await;
+            Some(ready)
+        };
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), probe).await,
+            Ok(Some(true))
+        )
     }
 }
 
@@ -313,29 +350,10 @@ pub async fn find_running(url: &str) -> bool {
     )
 }
 
-/// Asks the monitoring endpoint whether JetStream is enabled and healthy.
-async fn jetstream_healthy(http: SocketAddr) -> bool {
-    let probe = async {
-        let mut stream = tokio::net::TcpStream::connect(http).await.ok()?;
-        stream
-            .write_all(
-                b"GET /healthz?js-enabled-only=true HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
-            )
-            .await
-            .ok()?;
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await.ok()?;
-        let text = String::from_utf8_lossy(&response);
-        let status_ok = text
-            .lines()
-            .next()
-            .is_some_and(|line| line.split_whitespace().nth(1) == Some("200"));
-        Some(status_ok && text.contains("\"ok\""))
-    };
-    matches!(
-        tokio::time::timeout(Duration::from_secs(1), probe).await,
-        Ok(Some(true))
-    )
+/// Writes the server's config owner-only: it lists the roles' permissions.
+fn write_config(path: &Path, text: &str) -> Result<()> {
+    let _ = std::fs::remove_file(path);
+    crate::nats_auth::write_private(path, text.as_bytes())
 }
 
 /// A NATS config string literal.
@@ -351,12 +369,12 @@ mod tests {
         LocalNats {
             dir: dir.to_owned(),
             port: 4333,
-            http_port: 8333,
             binary: "nats-server".into(),
             options: NatsOptions {
                 sync_interval: sync_interval.to_owned(),
                 ..NatsOptions::default()
             },
+            keys: None,
             child: None,
         }
     }
@@ -364,9 +382,9 @@ mod tests {
     #[test]
     fn config_enables_jetstream_in_the_given_directory() {
         let nats = unstarted(Path::new("/data/nats"), "always");
-        let config = nats.render_config();
+        let config = nats.render_config().expect("config");
         assert!(config.contains("listen: \"127.0.0.1:4333\""), "{config}");
-        assert!(config.contains("http: \"127.0.0.1:8333\""), "{config}");
+        assert!(!config.contains("http"), "no monitoring port: {config}");
         assert!(
             config.contains("store_dir: \"/data/nats/jetstream\""),
             "{config}"
@@ -389,6 +407,7 @@ mod tests {
 
     #[tokio::test]
     async fn find_running_is_false_for_a_server_that_is_not_nats() {
+        use tokio::io::AsyncWriteExt;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");

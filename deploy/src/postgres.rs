@@ -41,6 +41,10 @@ pub struct PostgresOptions {
     /// Directory with `initdb` and `postgres`; `None` uses [`PG_BIN_DIR_ENV`], then the directory
     /// of `initdb` in `PATH`, then the newest `/usr/lib/postgresql/*/bin`.
     pub bin_dir: Option<PathBuf>,
+    /// The superuser's password: every connection (TCP and socket) must then log in with a
+    /// password (`scram-sha-256`). `None` trusts every local connection: throwaway test
+    /// clusters only.
+    pub superuser_password: Option<String>,
 }
 
 impl Default for PostgresOptions {
@@ -54,12 +58,14 @@ impl Default for PostgresOptions {
             ready_timeout: Duration::from_secs(60),
             keep_running: false,
             bin_dir: None,
+            superuser_password: None,
         }
     }
 }
 
-/// A PostgreSQL server running as a child of this process, trusting local TCP connections as
-/// user `postgres`.
+/// A PostgreSQL server running as a child of this process; its superuser is `postgres`, with a
+/// password when [`PostgresOptions::superuser_password`] is set (else local connections are
+/// trusted).
 ///
 /// The directory given to [`LocalPostgres::start`] holds `data/` (the cluster), `run/` (the Unix
 /// socket) and `postgres.log`. When this process runs as root, the server runs as the `postgres`
@@ -79,7 +85,8 @@ impl LocalPostgres {
     /// Creates `dir` if needed, runs `initdb` if the cluster does not exist yet, starts the
     /// server and waits until it accepts connections.
     pub async fn start(dir: impl AsRef<Path>, options: PostgresOptions) -> Result<Self> {
-        let dir = dir.as_ref().to_owned();
+        let dir =
+            std::path::absolute(dir.as_ref()).map_err(|e| Error::io("resolve", dir.as_ref(), e))?;
         let bin_dir = postgres_bin_dir(options.bin_dir.as_deref())?;
         let run_as = if process::is_root() {
             Some(RunAs::postgres().await?)
@@ -113,7 +120,10 @@ impl LocalPostgres {
                 None => process::free_port()?,
             };
             match pg.launch().await {
-                Ok(()) => return Ok(pg),
+                Ok(()) => {
+                    pg.require_passwords().await?;
+                    return Ok(pg);
+                }
                 Err(Error::Exited { .. }) if attempts_left > 0 => {
                     if pg.options.port.is_some() {
                         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -128,9 +138,26 @@ impl LocalPostgres {
         }
     }
 
-    /// The URL of database `dbname`: `postgres://postgres@127.0.0.1:PORT/dbname`.
+    /// The superuser's URL of database `dbname`: `postgres://postgres[:password]@127.0.0.1:PORT/dbname`.
     pub fn url(&self, dbname: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{dbname}", self.port)
+        match &self.options.superuser_password {
+            Some(password) => format!(
+                "postgres://postgres:{}@127.0.0.1:{}/{dbname}",
+                url_encode(password),
+                self.port
+            ),
+            None => format!("postgres://postgres@127.0.0.1:{}/{dbname}", self.port),
+        }
+    }
+
+    /// The URL of database `dbname` for the login role `user` with `password`.
+    pub fn url_as(&self, user: &str, password: &str, dbname: &str) -> String {
+        format!(
+            "postgres://{}:{}@127.0.0.1:{}/{dbname}",
+            url_encode(user),
+            url_encode(password),
+            self.port
+        )
     }
 
     /// The TCP port.
@@ -214,20 +241,34 @@ impl LocalPostgres {
         }
         let started = Instant::now();
         let mut initdb = self.command("initdb");
-        initdb.arg("-D").arg(&data).args([
-            "-A",
-            "trust",
-            "-U",
-            "postgres",
-            "-E",
-            "UTF8",
-            "--locale=C",
-        ]);
+        initdb
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "postgres", "-E", "UTF8", "--locale=C"]);
         if self.options.initdb_no_sync {
             initdb.arg("--no-sync");
         }
+        // initdb reads the superuser's password from a file (never the command line).
+        let pwfile = self.dir.join("run").join("initdb-password");
+        match &self.options.superuser_password {
+            Some(password) => {
+                let _ = std::fs::remove_file(&pwfile);
+                crate::nats_auth::write_private(&pwfile, password.as_bytes())?;
+                if let Some(user) = self.run_as {
+                    user.chown(&pwfile)?;
+                }
+                initdb
+                    .args(["-A", "scram-sha-256", "--pwfile"])
+                    .arg(&pwfile);
+            }
+            None => {
+                initdb.args(["-A", "trust"]);
+            }
+        }
+        let output = initdb.output().await;
+        let _ = std::fs::remove_file(&pwfile);
         let program = self.bin_dir.join("initdb");
-        let output = initdb.output().await.map_err(|source| Error::SpawnFailed {
+        let output = output.map_err(|source| Error::SpawnFailed {
             program: program.clone(),
             source,
         })?;
@@ -240,11 +281,73 @@ impl LocalPostgres {
                 output: text.trim().to_owned(),
             });
         }
+        if self.options.superuser_password.is_some() {
+            self.mark_passwords_required()?;
+        }
         tracing::info!(
             data = %data.display(),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "initdb done"
         );
+        Ok(())
+    }
+
+    /// The file saying the superuser has its password and `pg_hba.conf` asks for one.
+    fn passwords_marker(&self) -> PathBuf {
+        self.dir.join("passwords-required")
+    }
+
+    fn mark_passwords_required(&self) -> Result<()> {
+        let marker = self.passwords_marker();
+        std::fs::write(&marker, "scram-sha-256\n").map_err(|e| Error::io("write", &marker, e))
+    }
+
+    /// `pg_hba.conf`: every connection logs in with a password, or (no superuser password set)
+    /// every local one is trusted. Rewritten at each start so an edit cannot linger.
+    fn write_hba(&self, passwords: bool) -> Result<()> {
+        let method = if passwords { "scram-sha-256" } else { "trust" };
+        let hba = self.data_dir().join("pg_hba.conf");
+        let text = format!(
+            "# Written by warren-deploy at each start.\n\
+             # TYPE  DATABASE  USER  ADDRESS       METHOD\n\
+             local   all       all                 {method}\n\
+             host    all       all   127.0.0.1/32  {method}\n\
+             host    all       all   ::1/128       {method}\n"
+        );
+        std::fs::write(&hba, text).map_err(|e| Error::io("write", &hba, e))?;
+        if let Some(user) = self.run_as {
+            user.chown(&hba)?;
+        }
+        Ok(())
+    }
+
+    /// A cluster made before passwords were required (trusting local connections): give the
+    /// superuser its password, then require passwords from everyone.
+    async fn require_passwords(&mut self) -> Result<()> {
+        let Some(password) = self.options.superuser_password.clone() else {
+            return Ok(());
+        };
+        if self.passwords_marker().exists() {
+            return Ok(());
+        }
+        let url = self.url("postgres");
+        let action = "set the superuser's password";
+        let mut conn = connect(&url, action).await?;
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "ALTER ROLE postgres PASSWORD {}",
+            quote_literal(&password)
+        )))
+        .execute(&mut conn)
+        .await
+        .map_err(|source| sql_error(action, &url, source))?;
+        self.write_hba(true)?;
+        sqlx::query("SELECT pg_reload_conf()")
+            .execute(&mut conn)
+            .await
+            .map_err(|source| sql_error(action, &url, source))?;
+        let _ = conn.close().await;
+        self.mark_passwords_required()?;
+        tracing::info!("the local PostgreSQL now requires passwords (scram-sha-256)");
         Ok(())
     }
 
@@ -278,6 +381,12 @@ impl LocalPostgres {
     }
 
     async fn launch(&mut self) -> Result<()> {
+        // Until `require_passwords` has run on an old cluster, it trusts as it did before.
+        let passwords =
+            self.options.superuser_password.is_some() && self.passwords_marker().exists();
+        if self.options.superuser_password.is_none() || passwords {
+            self.write_hba(passwords)?;
+        }
         let log = self.log_path();
         let (stdout, stderr) = process::open_log(&log)?;
         if let Some(user) = self.run_as {
@@ -338,11 +447,14 @@ impl LocalPostgres {
     async fn wait_ready(&mut self, started: Instant) -> Result<()> {
         let what = self.what();
         let log = self.log_path();
-        let options = PgConnectOptions::new()
+        let mut options = PgConnectOptions::new()
             .host("127.0.0.1")
             .port(self.port)
             .username("postgres")
             .database("postgres");
+        if let Some(password) = &self.options.superuser_password {
+            options = options.password(password);
+        }
         loop {
             if let Some(child) = self.child.as_mut() {
                 process::check_alive(child, &what, &log)?;
@@ -517,6 +629,172 @@ async fn connect(server_url: &str, action: &str) -> Result<PgConnection> {
         .map_err(|source| sql_error(action, server_url, source))
 }
 
+/// A login role Warren's processes use: its name and password.
+#[derive(Clone)]
+pub struct Login {
+    /// The role's name (a plain identifier).
+    pub user: String,
+    /// Its password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for Login {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Login")
+            .field("user", &self.user)
+            .field("password", &"[redacted]")
+            .finish()
+    }
+}
+
+/// Sets up database `database` on the server of `server_url` (a superuser's, or one with
+/// `CREATEROLE`) for Warren's two kinds of connection (ADR 13):
+/// - `writer` (the projector, `warren replay`, `warren migrate`) owns the read-model schemas:
+///   it may create schemas in the database and owns every table of `warren`;
+/// - `reader` (the edge and the workers) may connect and read every table the writer makes,
+///   now and after a rebuild, and nothing else.
+///
+/// Neither is a superuser, nor may create databases or roles; nobody else may connect to the
+/// database. Idempotent: passwords are (re)set, an existing `warren` schema is handed to the
+/// writer.
+pub async fn provision_roles(
+    server_url: &str,
+    database: &str,
+    writer: &Login,
+    reader: &Login,
+) -> Result<()> {
+    validate_database_name(database)?;
+    for login in [writer, reader] {
+        validate_database_name(&login.user)?;
+    }
+    let action = format!("set up roles of database {database}");
+    let mut conn = connect(server_url, &action).await?;
+    let (w, r) = (&writer.user, &reader.user);
+    let mut statements = Vec::new();
+    for login in [writer, reader] {
+        let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_roles WHERE rolname = $1")
+            .bind(&login.user)
+            .fetch_optional(&mut conn)
+            .await
+            .map_err(|source| sql_error(&action, server_url, source))?;
+        let verb = if exists.is_some() { "ALTER" } else { "CREATE" };
+        statements.push(format!(
+            "{verb} ROLE \"{}\" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS \
+             PASSWORD {}",
+            login.user,
+            quote_literal(&login.password)
+        ));
+    }
+    statements.extend([
+        format!("REVOKE ALL ON DATABASE \"{database}\" FROM PUBLIC"),
+        format!("GRANT CONNECT, CREATE, TEMPORARY ON DATABASE \"{database}\" TO \"{w}\""),
+        format!("GRANT CONNECT ON DATABASE \"{database}\" TO \"{r}\""),
+    ]);
+    run_all(&mut conn, &statements, &action, server_url).await?;
+    let _ = conn.close().await;
+
+    let database_url = database_url(server_url, database);
+    let mut conn = connect(&database_url, &action).await?;
+    let mut statements = vec![
+        "REVOKE CREATE ON SCHEMA public FROM PUBLIC".to_owned(),
+        format!("ALTER DEFAULT PRIVILEGES FOR ROLE \"{w}\" GRANT USAGE ON SCHEMAS TO \"{r}\""),
+        format!("ALTER DEFAULT PRIVILEGES FOR ROLE \"{w}\" GRANT SELECT ON TABLES TO \"{r}\""),
+    ];
+    // A schema made before the roles existed (by a superuser) goes to the writer.
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT quote_ident(schemaname) || '.' || quote_ident(tablename) FROM pg_tables \
+         WHERE schemaname = 'warren'",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .map_err(|source| sql_error(&action, &database_url, source))?;
+    let schema: Option<i32> =
+        sqlx::query_scalar("SELECT 1 FROM pg_namespace WHERE nspname = 'warren'")
+            .fetch_optional(&mut conn)
+            .await
+            .map_err(|source| sql_error(&action, &database_url, source))?;
+    if schema.is_some() {
+        statements.push(format!("ALTER SCHEMA warren OWNER TO \"{w}\""));
+        statements.extend(
+            tables
+                .iter()
+                .map(|table| format!("ALTER TABLE {table} OWNER TO \"{w}\"")),
+        );
+        statements.extend([
+            format!("GRANT USAGE ON SCHEMA warren TO \"{r}\""),
+            format!("GRANT SELECT ON ALL TABLES IN SCHEMA warren TO \"{r}\""),
+        ]);
+    }
+    run_all(&mut conn, &statements, &action, &database_url).await?;
+    let _ = conn.close().await;
+    Ok(())
+}
+
+/// The URL of database `dbname` on the server of `server_url`, logging in as `login`.
+pub fn login_url(server_url: &str, login: &Login, dbname: &str) -> String {
+    let url = database_url(server_url, dbname);
+    let authority_start = url.find("://").map_or(0, |i| i + 3);
+    let rest = &url[authority_start..];
+    let host_start = rest.find(['/', '?']).map_or(rest.len(), |end| {
+        rest[..end].rfind('@').map_or(0, |at| at + 1)
+    });
+    format!(
+        "{}{}:{}@{}",
+        &url[..authority_start],
+        url_encode(&login.user),
+        url_encode(&login.password),
+        &rest[host_start..]
+    )
+}
+
+/// Drops the login roles of [`provision_roles`] (after their database is gone).
+pub async fn drop_roles(server_url: &str, users: &[&str]) -> Result<()> {
+    let action = "drop roles";
+    let mut conn = connect(server_url, action).await?;
+    for user in users {
+        validate_database_name(user)?;
+        sqlx::raw_sql(AssertSqlSafe(format!("DROP ROLE IF EXISTS \"{user}\"")))
+            .execute(&mut conn)
+            .await
+            .map_err(|source| sql_error(action, server_url, source))?;
+    }
+    let _ = conn.close().await;
+    Ok(())
+}
+
+async fn run_all(
+    conn: &mut PgConnection,
+    statements: &[String],
+    action: &str,
+    url: &str,
+) -> Result<()> {
+    for statement in statements {
+        sqlx::raw_sql(AssertSqlSafe(statement.clone()))
+            .execute(&mut *conn)
+            .await
+            .map_err(|source| sql_error(action, url, source))?;
+    }
+    Ok(())
+}
+
+/// A SQL string literal (standard-conforming strings: only `'` needs doubling).
+fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// Percent-encodes everything but unreserved characters, for a URL's user info.
+fn url_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
 fn sql_error(action: &str, url: &str, source: sqlx::Error) -> Error {
     Error::Sql {
         action: action.to_owned(),
@@ -552,6 +830,26 @@ mod tests {
             "postgres://u:p@h:1/t1?sslmode=disable"
         );
         assert_eq!(database_url("postgres://h:1", "t1"), "postgres://h:1/t1");
+    }
+
+    #[test]
+    fn login_url_swaps_the_user_info_and_the_database() {
+        let login = Login {
+            user: "w".into(),
+            password: "p@ss".into(),
+        };
+        assert_eq!(
+            login_url("postgres://postgres@127.0.0.1:5432/postgres", &login, "db"),
+            "postgres://w:p%40ss@127.0.0.1:5432/db"
+        );
+        assert_eq!(
+            login_url("postgres://a:b@h:1/x?sslmode=disable", &login, "db"),
+            "postgres://w:p%40ss@h:1/db?sslmode=disable"
+        );
+        assert_eq!(
+            login_url("postgres://h:1", &login, "db"),
+            "postgres://w:p%40ss@h:1/db"
+        );
     }
 
     #[test]

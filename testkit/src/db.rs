@@ -24,7 +24,10 @@ pub const TEST_DATABASE_URL_ENV: &str = "WARREN_TEST_DATABASE_URL";
 /// The server URL, found once per test process.
 static SERVER_URL: OnceCell<String> = OnceCell::const_new();
 
-/// A fresh, uniquely named database (`warren_test_<uuid>`) for one test, with a pool on it.
+/// A fresh, uniquely named database (`warren_test_<uuid>`) for one test, with a pool on it, and
+/// its own writer and reader login roles set up as `warren dev` sets up its database (ADR 13):
+/// [`TestDb::warren_env`] is what a `warren` process gets, so tests run every role as the role it
+/// is in production. [`TestDb::url`] and [`TestDb::pool`] are the superuser's, for checks.
 ///
 /// Dropping it drops the database (best effort, `WITH (FORCE)`, so open connections are cut),
 /// including when the test panics. A database left behind by a killed test process is harmless:
@@ -34,6 +37,8 @@ pub struct TestDb {
     name: String,
     url: String,
     server_url: String,
+    writer: pg::Login,
+    reader: pg::Login,
     pool: PgPool,
 }
 
@@ -55,6 +60,12 @@ impl TestDb {
             .clone();
         let name = format!("warren_test_{}", uuid::Uuid::new_v4().simple());
         pg::create_database(&server_url, &name).await?;
+        let login = |suffix: &str| pg::Login {
+            user: format!("{name}_{suffix}"),
+            password: uuid::Uuid::new_v4().simple().to_string(),
+        };
+        let (writer, reader) = (login("w"), login("r"));
+        pg::provision_roles(&server_url, &name, &writer, &reader).await?;
         let url = pg::database_url(&server_url, &name);
         let pool = PgPoolOptions::new()
             .max_connections(5)
@@ -65,6 +76,8 @@ impl TestDb {
             name,
             url,
             server_url,
+            writer,
+            reader,
             pool,
         })
     }
@@ -84,6 +97,25 @@ impl TestDb {
         &self.pool
     }
 
+    /// The URL of the read-model writer's login (projector, replay, migrate).
+    pub fn writer_url(&self) -> String {
+        pg::login_url(&self.server_url, &self.writer, &self.name)
+    }
+
+    /// The URL of the readers' login (edge and workers).
+    pub fn reader_url(&self) -> String {
+        pg::login_url(&self.server_url, &self.reader, &self.name)
+    }
+
+    /// What a `warren` process needs to use this database as production does:
+    /// `WARREN_DATABASE_URL` (the writer) and `WARREN_DATABASE_READER_URL`.
+    pub fn warren_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("WARREN_DATABASE_URL", self.writer_url()),
+            ("WARREN_DATABASE_READER_URL", self.reader_url()),
+        ]
+    }
+
     /// The URL of the server's `postgres` database, for checks across databases.
     pub fn server_url(&self) -> &str {
         &self.server_url
@@ -94,6 +126,7 @@ impl Drop for TestDb {
     fn drop(&mut self) {
         let server_url = self.server_url.clone();
         let name = self.name.clone();
+        let roles = [self.writer.user.clone(), self.reader.user.clone()];
         // Drop has no `.await` and may run inside a current-thread runtime, which cannot be
         // blocked on; a short-lived thread with its own runtime can.
         let dropped = std::thread::spawn(move || {
@@ -102,10 +135,10 @@ impl Drop for TestDb {
                 .build()
                 .ok()?;
             runtime.block_on(async {
-                tokio::time::timeout(
-                    Duration::from_secs(10),
-                    pg::drop_database(&server_url, &name),
-                )
+                tokio::time::timeout(Duration::from_secs(10), async {
+                    pg::drop_database(&server_url, &name).await?;
+                    pg::drop_roles(&server_url, &[&roles[0], &roles[1]]).await
+                })
                 .await
                 .ok()?
                 .ok()

@@ -3,10 +3,12 @@
 use std::ops::{Deref, DerefMut};
 
 use tempfile::TempDir;
-use warren_deploy::{LocalNats, NatsOptions};
+use warren_deploy::{LocalNats, NatsKeys, NatsOptions, Role};
 
 /// A fresh `nats-server` with JetStream (file storage) in its own temporary directory, on a
-/// free port, for one test.
+/// free port, for one test. Like every server Warren runs, it admits only the platform roles'
+/// keys (generated in its directory), each with its role's permissions; [`TestNats::client`]
+/// is the admin.
 ///
 /// Dereferences to [`LocalNats`], so `url()`, `kill()` and `restart()` are at hand. Dropping it
 /// kills the server and removes its directory.
@@ -43,6 +45,10 @@ impl TestNats {
     /// Starts a server with the given options.
     pub async fn try_start(options: NatsOptions) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("warren-nats-").tempdir()?;
+        let options = NatsOptions {
+            keys: Some(options.keys.unwrap_or_else(|| dir.path().join("keys"))),
+            ..options
+        };
         let nats = LocalNats::start(dir.path(), options).await?;
         Ok(Self { nats, dir })
     }
@@ -52,13 +58,35 @@ impl TestNats {
         &self.dir
     }
 
-    /// A client connected to this server. Panics if it cannot connect.
+    /// A client connected as the admin role. Panics if it cannot connect.
     pub async fn client(&self) -> async_nats::Client {
-        let url = self.nats.url();
-        match async_nats::connect(&url).await {
+        self.client_as(Role::Admin).await
+    }
+
+    /// A client connected as `role`, with that role's key and permissions. Panics if it cannot
+    /// connect.
+    pub async fn client_as(&self, role: Role) -> async_nats::Client {
+        match self.nats.connect(role).await {
             Ok(client) => client,
-            Err(e) => panic!("TestNats: cannot connect to {url}: {}", report(&e)),
+            Err(e) => panic!("TestNats: cannot connect as {role}: {}", report(&e)),
         }
+    }
+
+    /// The roles' keys (`<role>.nk` seed files).
+    pub fn keys(&self) -> &NatsKeys {
+        self.nats.keys().expect("TestNats always starts with keys")
+    }
+
+    /// What a `warren` process needs to reach this server: `WARREN_NATS_URL` and
+    /// `WARREN_NATS_CREDENTIALS_DIR`.
+    pub fn warren_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("WARREN_NATS_URL", self.nats.url()),
+            (
+                "WARREN_NATS_CREDENTIALS_DIR",
+                self.keys().dir().display().to_string(),
+            ),
+        ]
     }
 
     /// A JetStream context on a new client of this server.

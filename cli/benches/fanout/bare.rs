@@ -26,6 +26,8 @@ use tokio::sync::broadcast;
 
 /// Set (to the NATS URL) when this binary is to be the bare server.
 pub const NATS_URL_ENV: &str = "WARREN_FANOUT_BARE_NATS_URL";
+/// The nkey seed it subscribes with (the test server admits keys only).
+pub const NATS_SEED_ENV: &str = "WARREN_FANOUT_BARE_NATS_SEED";
 /// Frames buffered per conversation, as many as the edge buffers per client.
 const ROOM_BUFFER: usize = 256;
 /// A WebSocket connection's read buffer.
@@ -64,7 +66,11 @@ impl Hub {
 
 /// Serves until killed.
 pub async fn serve(nats_url: &str) {
-    let nats = async_nats::connect(nats_url).await.expect("bare: nats");
+    let seed = std::env::var(NATS_SEED_ENV).expect("bare: the NATS seed");
+    let nats = async_nats::ConnectOptions::with_nkey(seed)
+        .connect(nats_url)
+        .await
+        .expect("bare: nats");
     let subscription = nats
         .subscribe("conv.*.live")
         .await

@@ -50,7 +50,12 @@ impl Platform {
         let http_port = free_port();
         let mut vars: Vec<(&str, String)> = vec![
             ("WARREN_NATS_URL", nats.url()),
-            ("WARREN_DATABASE_URL", db.url().to_owned()),
+            (
+                "WARREN_NATS_CREDENTIALS_DIR",
+                nats.keys().dir().display().to_string(),
+            ),
+            ("WARREN_DATABASE_URL", db.writer_url()),
+            ("WARREN_DATABASE_READER_URL", db.reader_url()),
             ("WARREN_SMTP_URL", smtp.url()),
             (
                 "WARREN_DATA_DIR",

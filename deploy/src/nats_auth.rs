@@ -1,0 +1,466 @@
+//! Who may do what on NATS: one nkey per platform role, each with the least it needs (ADR 13).
+//!
+//! Nothing connects to Warren's NATS without a key, and a role's key opens only its own
+//! subjects: the edge and the command paths publish the commits they own, the projector only
+//! reads, an agent runtime has no key at all. The server's config holds public keys only
+//! ([`authorization`]); each role's seed is a file of its own ([`NatsKeys`]), written owner-only.
+//!
+//! What each role may publish (requests to the JetStream API are publishes too) and subscribe:
+//!
+//! | role | commits it appends | log it reads | KV it writes |
+//! |---|---|---|---|
+//! | `edge` | `user.*`, `agent.*`, `conv.*.ev` | users, agents, conversations | `auth_tokens`, `secrets` |
+//! | `projector` | — | users, agents, conversations | — |
+//! | `deployer` | `agent.*` | users, agents | `secrets` (agent tokens) |
+//! | `chat` | `conv.*.ev`, `conv.*.live`, `agent.*` (a runtime gone) | users, agents, conversations | `leases` |
+//! | `notifier` | — | users | — |
+//! | `admin` | everything: `warren migrate` (streams, buckets), operators | | |
+//!
+//! Replies come back on a per-role inbox prefix (`_INBOX_<role>.>`), so no role can read
+//! another's answers.
+
+use std::fmt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use nkeys::KeyPair;
+
+use crate::error::{Error, Result};
+
+/// A platform role with its own NATS key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Streams, buckets, operations: `warren migrate`, tests, operators.
+    Admin,
+    /// The HTTP edge.
+    Edge,
+    /// The read-model projector (and `warren replay`).
+    Projector,
+    /// The deployer.
+    Deployer,
+    /// The chat worker.
+    Chat,
+    /// The notifier.
+    Notifier,
+}
+
+impl Role {
+    /// Every role.
+    pub const ALL: [Role; 6] = [
+        Role::Admin,
+        Role::Edge,
+        Role::Projector,
+        Role::Deployer,
+        Role::Chat,
+        Role::Notifier,
+    ];
+
+    /// The role's name: its key file is `<name>.nk`, its inbox prefix `_INBOX_<name>`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Edge => "edge",
+            Role::Projector => "projector",
+            Role::Deployer => "deployer",
+            Role::Chat => "chat",
+            Role::Notifier => "notifier",
+        }
+    }
+
+    /// The prefix of the role's reply subjects (give it to the client's `custom_inbox_prefix`).
+    pub fn inbox_prefix(self) -> String {
+        format!("_INBOX_{}", self.name())
+    }
+
+    /// What the role may publish and subscribe to.
+    pub fn permissions(self) -> Permissions {
+        use Access::*;
+        const USERS: &str = "USERS";
+        const AGENTS: &str = "AGENTS";
+        const CONVERSATIONS: &str = "CONVERSATIONS";
+        let mut p = Permissions::default();
+        if self == Role::Admin {
+            p.publish.push(">".into());
+            p.subscribe.push(">".into());
+            return p;
+        }
+        p.publish.push("$JS.API.INFO".into());
+        p.subscribe.push(format!("{}.>", self.inbox_prefix()));
+        let grants: &[(Access, &str)] = match self {
+            Role::Admin => &[],
+            Role::Edge => &[
+                (Append, "user.*"),
+                (Append, "agent.*"),
+                (Append, "conv.*.ev"),
+                (Follow, USERS),
+                (Follow, AGENTS),
+                (Follow, CONVERSATIONS),
+                (KvWrite, "auth_tokens"),
+                (KvWrite, "secrets"),
+            ],
+            Role::Projector => &[(Follow, USERS), (Follow, AGENTS), (Follow, CONVERSATIONS)],
+            Role::Deployer => &[
+                (Append, "agent.*"),
+                (Read, USERS),
+                (Follow, AGENTS),
+                (KvWrite, "secrets"),
+            ],
+            Role::Chat => &[
+                // A runtime that vanished mid-run marks its agent failed.
+                (Append, "agent.*"),
+                (Append, "conv.*.ev"),
+                (Append, "conv.*.live"),
+                // A running run watches its conversation's facts for a cancel request.
+                (Watch, "conv.*.ev"),
+                (Read, USERS),
+                (Read, AGENTS),
+                (Follow, CONVERSATIONS),
+                (KvRead, "secrets"),
+                (KvWrite, "leases"),
+                (KvList, "leases"),
+            ],
+            Role::Notifier => &[(Follow, USERS)],
+        };
+        for (access, target) in grants {
+            access.grant(target, &mut p);
+        }
+        p
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Role::ALL
+            .into_iter()
+            .find(|role| role.name() == s)
+            .ok_or_else(|| format!("unknown role {s:?}"))
+    }
+}
+
+/// Kinds of access, each a set of subjects.
+#[derive(Clone, Copy)]
+enum Access {
+    /// Publish commits to these subjects.
+    Append,
+    /// Subscribe (core NATS) to these subjects.
+    Watch,
+    /// Read a stream's messages by direct get (load aggregates).
+    Read,
+    /// [`Access::Read`] plus consumers on the stream (projections, workers, live follows).
+    Follow,
+    /// Read a KV bucket's keys.
+    KvRead,
+    /// Read and write a KV bucket's keys.
+    KvWrite,
+    /// List a KV bucket's keys (an ordered consumer on its stream).
+    KvList,
+}
+
+impl Access {
+    fn grant(self, target: &str, p: &mut Permissions) {
+        let read = |stream: &str, p: &mut Permissions| {
+            p.publish.extend([
+                format!("$JS.API.STREAM.INFO.{stream}"),
+                format!("$JS.API.DIRECT.GET.{stream}"),
+                format!("$JS.API.DIRECT.GET.{stream}.>"),
+                format!("$JS.API.STREAM.MSG.GET.{stream}"),
+            ]);
+        };
+        let consume = |stream: &str, p: &mut Permissions| {
+            p.publish.extend([
+                format!("$JS.API.CONSUMER.CREATE.{stream}"),
+                format!("$JS.API.CONSUMER.CREATE.{stream}.>"),
+                format!("$JS.API.CONSUMER.DURABLE.CREATE.{stream}.*"),
+                format!("$JS.API.CONSUMER.INFO.{stream}.*"),
+                format!("$JS.API.CONSUMER.DELETE.{stream}.*"),
+                format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.*"),
+                format!("$JS.ACK.{stream}.>"),
+            ]);
+        };
+        match self {
+            Access::Append => p.publish.push(target.to_owned()),
+            Access::Watch => p.subscribe.push(target.to_owned()),
+            Access::Read => read(target, p),
+            Access::Follow => {
+                read(target, p);
+                consume(target, p);
+            }
+            Access::KvRead => read(&format!("KV_{target}"), p),
+            Access::KvWrite => {
+                read(&format!("KV_{target}"), p);
+                p.publish.push(format!("$KV.{target}.>"));
+            }
+            Access::KvList => {
+                consume(&format!("KV_{target}"), p);
+                p.publish.push("$JS.FC.>".into());
+            }
+        }
+    }
+}
+
+/// Subjects a role may publish to and subscribe to.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Permissions {
+    /// Allowed publish subjects (wildcards allowed).
+    pub publish: Vec<String>,
+    /// Allowed subscribe subjects.
+    pub subscribe: Vec<String>,
+}
+
+/// The `authorization` block of a nats-server config: every role's public key with its
+/// permissions. Nothing else may connect.
+pub fn authorization(keys: &NatsKeys) -> Result<String> {
+    let mut out = String::from("authorization {\n  users = [\n");
+    for role in Role::ALL {
+        let permissions = role.permissions();
+        let list = |subjects: &[String]| {
+            subjects
+                .iter()
+                .map(|s| format!("\"{s}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        out.push_str(&format!(
+            "    # {role}\n    {{ nkey: \"{key}\", permissions: {{ publish: {{ allow: [{publish}] }}, \
+             subscribe: {{ allow: [{subscribe}] }} }} }}\n",
+            key = keys.public_key(role)?,
+            publish = list(&permissions.publish),
+            subscribe = list(&permissions.subscribe),
+        ));
+    }
+    out.push_str("  ]\n}\n");
+    Ok(out)
+}
+
+/// How `role` connects: its name, its inbox prefix and, given its seed, its key.
+pub fn options(seed: Option<String>, role: Role) -> async_nats::ConnectOptions {
+    let options = async_nats::ConnectOptions::new()
+        .name(format!("warren-{role}"))
+        .custom_inbox_prefix(role.inbox_prefix());
+    match seed {
+        Some(seed) => options.nkey(seed),
+        None => options,
+    }
+}
+
+/// Connects to `url` as `role`, with its key from `keys` when given.
+pub async fn connect(url: &str, keys: Option<&NatsKeys>, role: Role) -> Result<async_nats::Client> {
+    let seed = keys.map(|keys| keys.seed(role)).transpose()?;
+    options(seed, role)
+        .connect(url)
+        .await
+        .map_err(|source| Error::NatsConnect {
+            url: url.to_owned(),
+            role: role.name(),
+            source,
+        })
+}
+
+/// Writes what a nats-server of `deploy/nats/` includes: `auth.conf` (every role's public key
+/// and permissions) and `cluster-auth.conf` (a password that routes between the cluster's
+/// nodes must present, with the routes that present it), and the roles' keys under
+/// `credentials/` (generated once; hand each role its own file). Returns the keys.
+pub fn write_server_files(dir: &Path, route_hosts: &[&str]) -> Result<NatsKeys> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
+    let keys = NatsKeys::ensure(dir.join("credentials"))?;
+    let auth = dir.join("auth.conf");
+    let _ = std::fs::remove_file(&auth);
+    write_private(
+        &auth,
+        format!(
+            "# Generated by `warren nats-auth`: only these keys may connect (ADR 13).\n{}",
+            authorization(&keys)?
+        )
+        .as_bytes(),
+    )?;
+    let route_password = keys.route_password()?;
+    let routes = route_hosts
+        .iter()
+        .map(|host| format!("    nats-route://route:{route_password}@{host}:6222"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let cluster = dir.join("cluster-auth.conf");
+    let _ = std::fs::remove_file(&cluster);
+    write_private(
+        &cluster,
+        format!(
+            "# Generated by `warren nats-auth`: a node joins the cluster only with this password.\n\
+             authorization {{\n  user: route\n  password: \"{route_password}\"\n}}\n\
+             # Every node lists all of them (its own route is ignored).\nroutes: [\n{routes}\n]\n"
+        )
+        .as_bytes(),
+    )?;
+    Ok(keys)
+}
+
+/// A directory of role seeds, `<role>.nk`, each readable by its owner only.
+#[derive(Clone, Debug)]
+pub struct NatsKeys {
+    dir: PathBuf,
+}
+
+impl NatsKeys {
+    /// The keys in `dir`, generating any that are missing (the directory is made owner-only).
+    pub fn ensure(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref().to_owned();
+        create_private_dir(&dir)?;
+        let keys = Self { dir };
+        for role in Role::ALL {
+            let path = keys.path(role);
+            if path.exists() {
+                continue;
+            }
+            let seed = KeyPair::new_user()
+                .seed()
+                .map_err(|e| Error::io("generate nkey", &path, std::io::Error::other(e)))?;
+            write_private(&path, seed.as_bytes())?;
+        }
+        Ok(keys)
+    }
+
+    /// The keys in `dir`, which must exist.
+    pub fn open(dir: impl AsRef<Path>) -> Self {
+        Self {
+            dir: dir.as_ref().to_owned(),
+        }
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The seed file of `role`.
+    pub fn path(&self, role: Role) -> PathBuf {
+        self.dir.join(format!("{}.nk", role.name()))
+    }
+
+    /// The seed of `role` (what the client signs the server's challenge with).
+    pub fn seed(&self, role: Role) -> Result<String> {
+        let path = self.path(role);
+        let seed = std::fs::read_to_string(&path).map_err(|e| Error::io("read", &path, e))?;
+        Ok(seed.trim().to_owned())
+    }
+
+    /// The password cluster routes present (derived from the admin key, so it is as secret
+    /// as that key and needs no file of its own).
+    fn route_password(&self) -> Result<String> {
+        let seed = self.seed(Role::Admin)?;
+        let pair = KeyPair::from_seed(&seed).map_err(|e| {
+            Error::io(
+                "parse nkey seed",
+                self.path(Role::Admin),
+                std::io::Error::other(e),
+            )
+        })?;
+        let signature = pair
+            .sign(b"warren cluster route")
+            .map_err(|e| Error::io("sign", self.path(Role::Admin), std::io::Error::other(e)))?;
+        Ok(signature[..24]
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect())
+    }
+
+    /// The public key of `role` (what the server config lists).
+    pub fn public_key(&self, role: Role) -> Result<String> {
+        let path = self.path(role);
+        let pair = KeyPair::from_seed(&self.seed(role)?)
+            .map_err(|e| Error::io("parse nkey seed", &path, std::io::Error::other(e)))?;
+        Ok(pair.public_key())
+    }
+}
+
+/// Creates `dir` (and parents) and makes it owner-only.
+pub fn create_private_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| Error::io("restrict", dir, e))?;
+    }
+    Ok(())
+}
+
+/// Writes a new owner-only file (0600); never overwrites.
+pub(crate) fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .map_err(|e| Error::io("create", path, e))?;
+    file.write_all(contents)
+        .map_err(|e| Error::io("write", path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_projector_and_the_notifier_append_nothing_and_no_role_but_admin_manages_streams() {
+        for role in [Role::Projector, Role::Notifier] {
+            let p = role.permissions();
+            assert!(
+                p.publish
+                    .iter()
+                    .all(|s| s.starts_with("$JS.API.") || s.starts_with("$JS.ACK.")),
+                "{role}: {p:?}"
+            );
+        }
+        for role in Role::ALL.into_iter().filter(|r| *r != Role::Admin) {
+            let p = role.permissions();
+            assert!(
+                !p.publish.iter().any(|s| s.contains("STREAM.CREATE")
+                    || s.contains("STREAM.UPDATE")
+                    || s.contains("STREAM.DELETE")
+                    || s.contains("STREAM.PURGE")
+                    || s.contains("MSG.DELETE")
+                    || s == ">"),
+                "{role}: {p:?}"
+            );
+            assert_eq!(p.subscribe[0], format!("_INBOX_{role}.>"));
+        }
+    }
+
+    #[test]
+    fn keys_are_generated_once_owner_only_and_listed_by_public_key() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let keys = NatsKeys::ensure(dir.path().join("nats")).expect("keys");
+        let first = keys.seed(Role::Edge).expect("seed");
+        assert!(first.starts_with("SU"), "a user seed");
+        let again = NatsKeys::ensure(dir.path().join("nats")).expect("keys");
+        assert_eq!(again.seed(Role::Edge).expect("seed"), first);
+        let mode = std::fs::metadata(keys.path(Role::Edge))
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let dir_mode = std::fs::metadata(keys.dir())
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(dir_mode & 0o777, 0o700);
+        let block = authorization(&keys).expect("block");
+        assert!(
+            block.contains(&keys.public_key(Role::Chat).expect("key")),
+            "{block}"
+        );
+        assert!(
+            !block.contains(&first),
+            "seeds never reach the server config"
+        );
+    }
+}
