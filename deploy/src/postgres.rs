@@ -93,6 +93,10 @@ impl LocalPostgres {
         } else {
             None
         };
+        let dir = match run_as {
+            Some(user) if !user.can_reach(&dir) => relocate(&dir)?,
+            _ => dir,
+        };
         for sub in [&dir, &dir.join("run")] {
             std::fs::create_dir_all(sub).map_err(|e| Error::io("create directory", sub, e))?;
             if let Some(user) = run_as {
@@ -479,6 +483,44 @@ impl LocalPostgres {
         }
     }
 }
+
+/// Where a cluster lives when the `postgres` user cannot reach `dir` (run as root under a
+/// parent only root may search, e.g. a clone in `/root` or a `mktemp -d`): a directory of its
+/// own under [`RELOCATED_ROOT`], named after `dir` so each data dir keeps its cluster across
+/// restarts, with a symlink at `dir` pointing to it when `dir` does not exist yet.
+fn relocate(dir: &Path) -> Result<PathBuf> {
+    // FNV-1a of the path: a stable name, not a secret.
+    let hash = dir
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+            (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
+        });
+    let root = Path::new(RELOCATED_ROOT);
+    std::fs::create_dir_all(root).map_err(|e| Error::io("create directory", root, e))?;
+    let relocated = root.join(format!("{hash:016x}"));
+    std::fs::create_dir_all(&relocated)
+        .map_err(|e| Error::io("create directory", &relocated, e))?;
+    if std::fs::symlink_metadata(dir).is_err() {
+        if let Some(parent) = dir.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| Error::io("create directory", parent, e))?;
+        }
+        std::os::unix::fs::symlink(&relocated, dir).map_err(|e| Error::io("symlink", dir, e))?;
+    }
+    tracing::warn!(
+        wanted = %dir.display(),
+        cluster = %relocated.display(),
+        "PostgreSQL runs as the `postgres` user, which cannot reach the data dir (a parent \
+         directory is not searchable by others); its cluster is kept in {} instead",
+        relocated.display()
+    );
+    Ok(relocated)
+}
+
+/// Where clusters go that the `postgres` user could not reach where they were asked for.
+pub const RELOCATED_ROOT: &str = "/var/lib/warren/postgres";
 
 impl Drop for LocalPostgres {
     fn drop(&mut self) {

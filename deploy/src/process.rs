@@ -128,6 +128,20 @@ impl RunAs {
         Ok(Self { uid, gid })
     }
 
+    /// Whether this user may search every directory from `/` down to `path` (the ones that exist;
+    /// missing ones will be made by us, searchable). Supplementary groups are not considered.
+    pub(crate) fn can_reach(&self, path: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        path.ancestors()
+            .filter_map(|dir| std::fs::metadata(dir).ok())
+            .all(|meta| {
+                let mode = meta.mode();
+                (meta.uid() == self.uid && mode & 0o100 != 0)
+                    || (meta.gid() == self.gid && mode & 0o010 != 0)
+                    || mode & 0o001 != 0
+            })
+    }
+
     /// Gives `path` to this user (not recursively).
     pub(crate) fn chown(&self, path: &Path) -> Result<()> {
         std::os::unix::fs::chown(path, Some(self.uid), Some(self.gid))
