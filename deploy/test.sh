@@ -14,7 +14,8 @@
 #      off, it is throwaway) and exports WARREN_TEST_DATABASE_URL for it. Otherwise the testkit
 #      starts a cluster of its own;
 #   3. runs the doc tests, then every test target with cargo-nextest. Benches are compiled (so
-#      they cannot rot) but not run; a filterset of yours (-E) replaces that default.
+#      they cannot rot) but not run; a filterset of yours (-E) is narrowed to exclude them too,
+#      unless it names kind(bench) itself.
 # Exits non-zero if any step or test failed.
 set -euo pipefail
 
@@ -25,6 +26,15 @@ SCRIPT=test.sh
 source deploy/install.sh
 
 # --- arguments ----------------------------------------------------------------------------------
+
+# A filterset of the caller's, still without the benchmarks (listing a bench target runs it in
+# full), unless it asks for benchmarks itself.
+without_benches() {
+    case $1 in
+    *"kind(bench)"*) printf '%s' "$1" ;;
+    *) printf '(%s) & not kind(bench)' "$1" ;;
+    esac
+}
 
 # Package selection goes to both runs; everything else to nextest only.
 packages=()
@@ -44,12 +54,17 @@ while [ $# -gt 0 ]; do
     -E | --filterset | --filter-expr)
         [ $# -ge 2 ] || die "$1 needs a value"
         own_filterset=1
-        nextest_args+=("$1" "$2")
+        nextest_args+=(-E "$(without_benches "$2")")
         shift 2
         ;;
-    -E?* | --filterset=* | --filter-expr=*)
+    -E?*)
         own_filterset=1
-        nextest_args+=("$1")
+        nextest_args+=(-E "$(without_benches "${1#-E}")")
+        shift
+        ;;
+    --filterset=* | --filter-expr=*)
+        own_filterset=1
+        nextest_args+=(-E "$(without_benches "${1#*=}")")
         shift
         ;;
     *)

@@ -85,8 +85,8 @@ pub struct Config {
     /// `WARREN_SMTP_FROM`: the sender of every email.
     pub smtp_from: String,
     /// `WARREN_FRONTEND_URL`: the web console's base URL; links point at
-    /// `{frontend_url}/auth/verify?token=…`.
-    pub frontend_url: String,
+    /// `{frontend_url}/auth/verify?token=…`. Unset: the address the edge listens on.
+    pub frontend_url: Option<String>,
     /// `WARREN_JWT_SECRET`: HS256 key of access tokens (≥ 32 bytes). Required outside
     /// `warren dev`, which generates one and keeps it in `<data_dir>/jwt_secret`.
     pub jwt_secret: Option<Secret>,
@@ -187,7 +187,7 @@ impl Default for Config {
             dev_postgres_port: None,
             smtp_url: None,
             smtp_from: "Warren <warren@localhost>".into(),
-            frontend_url: "http://localhost:8080".into(),
+            frontend_url: None,
             jwt_secret: None,
             encryption_key: None,
             approval: ApprovalMode::Required,
@@ -322,7 +322,7 @@ impl Config {
             max_agents,
         };
         Ok(EdgeSettings {
-            frontend_url: self.frontend_url.trim_end_matches('/').to_owned(),
+            frontend_url: self.frontend_url(),
             jwt_secret: KeyBytes(jwt_secret.expose().as_bytes().to_vec()),
             encryption_key: KeyBytes(decode_encryption_key(encryption_key.expose())?),
             approval: self.approval,
@@ -386,13 +386,27 @@ impl Config {
     /// Where runtimes reach the edge: `WARREN_RUNTIME_PLATFORM_URL`, else the edge's own
     /// listen address (an unspecified one as loopback).
     pub fn runtime_platform_url(&self) -> String {
-        if let Some(url) = self
+        match self
             .runtime_platform_url
             .as_deref()
             .filter(|u| !u.is_empty())
         {
-            return url.trim_end_matches('/').to_owned();
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => self.listen_url(),
         }
+    }
+
+    /// The console's base URL for links in emails: `WARREN_FRONTEND_URL`, else the edge's own
+    /// listen address (an unspecified one as loopback), which serves the console.
+    pub fn frontend_url(&self) -> String {
+        match self.frontend_url.as_deref().filter(|u| !u.is_empty()) {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => self.listen_url(),
+        }
+    }
+
+    /// `http://` + the address the edge listens on, an unspecified one as loopback.
+    fn listen_url(&self) -> String {
         let mut addr = self.http_addr;
         if addr.ip().is_unspecified() {
             addr.set_ip(match addr.ip() {
@@ -508,6 +522,20 @@ mod tests {
             ..Config::default()
         };
         assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn links_point_at_the_address_the_edge_listens_on_unless_a_frontend_is_configured() {
+        let config = Config {
+            http_addr: SocketAddr::from(([0, 0, 0, 0], 9191)),
+            ..Config::default()
+        };
+        assert_eq!(config.frontend_url(), "http://127.0.0.1:9191");
+        let config = Config {
+            frontend_url: Some("https://console.example/".into()),
+            ..config
+        };
+        assert_eq!(config.frontend_url(), "https://console.example");
     }
 
     #[test]

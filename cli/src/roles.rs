@@ -239,7 +239,7 @@ pub fn notifier(config: &Config, platform: &Platform) -> anyhow::Result<Notifier
         platform.db.clone(),
         MailOutbox(mailer(config)?),
         config.admin_email_list(),
-        config.frontend_url.trim_end_matches('/').to_owned(),
+        config.frontend_url(),
     ))
 }
 
@@ -298,6 +298,11 @@ pub async fn chat_role(config: &Config, shutdown: CancellationToken) -> anyhow::
 
 /// The deployer, sealing agent tokens under the master key.
 pub async fn deployer(config: &Config, platform: &Platform, dev: bool) -> anyhow::Result<Deployer> {
+    // Say at start, not at the first deployment's third step, that no agent can be deployed.
+    if let Err(err) = warren_workers::deployer::process::locate_binary(config.agent_bin.as_deref())
+    {
+        tracing::warn!(error = %err, "agents cannot be deployed until the runtime is found");
+    }
     let key = master_key(config, dev)?;
     Deployer::build(platform.commands.clone(), &key, config.deployer_settings())
         .await

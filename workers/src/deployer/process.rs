@@ -187,7 +187,13 @@ pub fn locate_binary(configured: Option<&Path>) -> Result<PathBuf, ProcessError>
         .flat_map(std::env::split_paths)
         .map(|dir| dir.join(name))
         .find(|path| path.is_file())
-        .ok_or_else(|| ProcessError::Start("warren-agent not found (set WARREN_AGENT_BIN)".into()))
+        .ok_or_else(|| {
+            ProcessError::Start(
+                "warren-agent not found next to warren or on PATH: build it \
+                 (`cargo build --release --bin warren-agent`; deploy/dev.sh does) or set WARREN_AGENT_BIN"
+                    .into(),
+            )
+        })
 }
 
 /// Starts the runtime in its own process group; returns its pid and endpoint. The child is not
