@@ -42,7 +42,8 @@ pub enum Lines {
 /// Why a single-line text is refused for its characters.
 const SINGLE_LINE_REASON: &str = "must be one line without control characters";
 /// Why a multi-line text is refused for its characters.
-const MULTI_LINE_REASON: &str = "must not contain control characters other than tab and line breaks";
+const MULTI_LINE_REASON: &str =
+    "must not contain control characters other than tab and line breaks";
 
 impl Lines {
     /// Whether `c` may appear in such a field.

@@ -7,7 +7,9 @@ use std::borrow::Cow;
 #[test]
 fn multi_line_text_refuses_every_control_character_but_tab_and_line_breaks() {
     assert_eq!(MESSAGE.violation("line one\n\tline two\r\n"), None);
-    for c in ['\0', '\u{7}', '\u{8}', '\u{b}', '\u{c}', '\u{1b}', '\u{7f}', '\u{85}', '\u{9f}'] {
+    for c in [
+        '\0', '\u{7}', '\u{8}', '\u{b}', '\u{c}', '\u{1b}', '\u{7f}', '\u{85}', '\u{9f}',
+    ] {
         assert_eq!(
             MESSAGE.violation(&format!("a{c}b")),
             Some(MULTI_LINE_REASON),
@@ -21,7 +23,9 @@ fn multi_line_text_refuses_every_control_character_but_tab_and_line_breaks() {
 #[test]
 fn single_line_text_refuses_line_breaks_and_tabs_too() {
     assert_eq!(TITLE.violation("Plans for Tuesday ✓"), None);
-    for c in ['\n', '\r', '\t', '\0', '\u{1b}', '\u{7f}', '\u{85}', '\u{2028}', '\u{2029}'] {
+    for c in [
+        '\n', '\r', '\t', '\0', '\u{1b}', '\u{7f}', '\u{85}', '\u{2028}', '\u{2029}',
+    ] {
         assert_eq!(
             TITLE.violation(&format!("a{c}b")),
             Some(SINGLE_LINE_REASON),
@@ -51,9 +55,15 @@ fn lengths_count_characters_not_bytes() {
 fn escaping_turns_controls_into_visible_characters_one_for_one() {
     assert_eq!(escape("plain\ttext\n", Lines::Multi), "plain\ttext\n");
     assert!(matches!(escape("plain", Lines::Multi), Cow::Borrowed(_)));
-    assert_eq!(escape("a\0b\u{1b}[1m\u{7}\u{7f}", Lines::Multi), "a␀b␛[1m␇␡");
+    assert_eq!(
+        escape("a\0b\u{1b}[1m\u{7}\u{7f}", Lines::Multi),
+        "a␀b␛[1m␇␡"
+    );
     assert_eq!(escape("a\tb\nc", Lines::Single), "a␉b␊c");
-    assert_eq!(escape("a\u{85}b\u{2028}", Lines::Single), "a\\u{0085}b\\u{2028}");
+    assert_eq!(
+        escape("a\u{85}b\u{2028}", Lines::Single),
+        "a\\u{0085}b\\u{2028}"
+    );
     let hostile = "\0".repeat(10);
     assert_eq!(escape(&hostile, Lines::Multi).chars().count(), 10);
 }
