@@ -39,6 +39,9 @@ async fn log_heads(platform: &Platform) -> Vec<u64> {
     heads
 }
 
+/// Requests to one route: (method, path, caller, [(body, the field its refusal names)]).
+type Case<'a> = (&'a str, &'a str, &'a Session, Vec<(Value, &'a str)>);
+
 /// Asserts a 422 `validation_failed` whose details name `field`.
 #[track_caller]
 fn assert_refused(answer: &Answer, field: &str, what: &str) {
@@ -109,8 +112,7 @@ async fn a_control_character_in_any_rest_text_field_is_a_422_naming_it_and_appen
     let revoke_path = format!("/api/v1/admin/users/{user_id}/revoke");
     let me = "/api/v1/users/me";
     let keys = "/api/v1/users/me/api-keys";
-    // (method, path, caller, [(body, the field the refusal names)]).
-    let cases: Vec<(&str, &str, &Session, Vec<(Value, &str)>)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "PATCH",
             me,
