@@ -1,22 +1,14 @@
 //! Given/when/then tests of the text rules on every free-text field of the conversation
 //! commands, the chat worker's included.
 
+use super::tests::{
+    AGENT, CONV, REPLY, USER, given, message, posted, queued, run, run_started, started,
+};
 use super::*;
-use crate::testing::{self, Given};
 use ConversationCommand as C;
 use ConversationEvent as E;
 use serde_json::json;
-use uuid::Uuid;
 
-fn given(events: impl IntoIterator<Item = ConversationEvent>) -> Given<Conversation> {
-    testing::given(events)
-}
-
-const CONV: ConversationId = ConversationId(Uuid::from_u128(1));
-const USER: UserId = UserId(Uuid::from_u128(2));
-const AGENT: AgentId = AgentId(Uuid::from_u128(3));
-const RUN: RunId = RunId(Uuid::from_u128(101));
-const MESSAGE: MessageId = MessageId(Uuid::from_u128(201));
 /// Characters no field accepts, and characters only multi-line fields accept.
 const NEVER: [&str; 4] = ["\u{0}", "\u{1b}", "\u{7}", "\u{7f}"];
 const LINE_BREAKS: [&str; 3] = ["\n", "\r", "\t"];
@@ -30,19 +22,10 @@ fn start(title: &str) -> ConversationCommand {
     }
 }
 
-fn started() -> Vec<ConversationEvent> {
-    vec![E::ConversationStarted {
-        conversation_id: CONV,
-        user_id: USER,
-        agent_id: AGENT,
-        title: None,
-    }]
-}
-
 fn post(text: &str, client_id: &str, client_kind: &str) -> ConversationCommand {
     C::PostMessage {
-        message_id: MESSAGE,
-        run_id: RUN,
+        message_id: message(1),
+        run_id: run(1),
         text: text.into(),
         client_id: Some(client_id.into()),
         client_kind: Some(client_kind.into()),
@@ -50,39 +33,15 @@ fn post(text: &str, client_id: &str, client_kind: &str) -> ConversationCommand {
     }
 }
 
-/// Started, with the run posted and waiting.
+/// Started, with run 1 waiting.
 fn waiting() -> Vec<ConversationEvent> {
-    let mut events = started();
-    events.extend([
-        E::MessagePosted {
-            conversation_id: CONV,
-            message_id: MESSAGE,
-            agent_id: AGENT,
-            user_id: USER,
-            text: "hi".into(),
-            client_id: None,
-            client_kind: None,
-            run_id: RUN,
-            position: 0,
-        },
-        E::RunQueued {
-            conversation_id: CONV,
-            run_id: RUN,
-            message_id: MESSAGE,
-            position: 0,
-        },
-    ]);
-    events
+    vec![started(), posted(1, 0), queued(1, 0)]
 }
 
-/// Started, with the run running.
+/// Started, with run 1 running.
 fn running() -> Vec<ConversationEvent> {
     let mut events = waiting();
-    events.push(E::RunStarted {
-        conversation_id: CONV,
-        run_id: RUN,
-        worker_id: "chat-1".into(),
-    });
+    events.push(run_started(1));
     events
 }
 
@@ -98,8 +57,8 @@ fn call(call_id: &str, name: &str, args: serde_json::Value, output: &str) -> Too
 
 fn complete(text: &str, tool_calls: Vec<ToolCall>) -> ConversationCommand {
     C::CompleteRun {
-        run_id: RUN,
-        reply_id: MessageId(Uuid::from_u128(99)),
+        run_id: run(1),
+        reply_id: REPLY,
         text: text.into(),
         tool_calls,
         usage: TokenUsage::default(),
@@ -109,19 +68,10 @@ fn complete(text: &str, tool_calls: Vec<ToolCall>) -> ConversationCommand {
 
 fn fail(code: &str, message: &str) -> ConversationCommand {
     C::FailRun {
-        run_id: RUN,
+        run_id: run(1),
         code: code.into(),
         message: message.into(),
         retryable: false,
-    }
-}
-
-/// Asserts `command` on a state built from `events` is refused as invalid `field`.
-#[track_caller]
-fn refused(events: Vec<ConversationEvent>, command: ConversationCommand, field: &str) {
-    match given(events).when(command).then_error("invalid_input") {
-        ConversationError::InvalidInput { field: got, .. } => assert_eq!(got, field),
-        other => panic!("expected invalid_input, got {other}"),
     }
 }
 
@@ -129,38 +79,41 @@ fn refused(events: Vec<ConversationEvent>, command: ConversationCommand, field: 
 fn a_title_is_one_line_without_control_characters() {
     for c in NEVER.into_iter().chain(LINE_BREAKS) {
         let title = format!("Plans{c}now");
-        refused(vec![], start(&title), "title");
-        refused(started(), C::RenameConversation { title }, "title");
+        given([]).when(start(&title)).then_invalid("title");
+        given([started()])
+            .when(C::RenameConversation { title })
+            .then_invalid("title");
     }
-    refused(vec![], start(&"t".repeat(201)), "title");
+    given([])
+        .when(start(&"t".repeat(201)))
+        .then_invalid("title");
 }
 
 #[test]
 fn a_message_may_span_lines_but_holds_no_other_control_character() {
     for c in NEVER {
-        refused(started(), post(&format!("hi{c}"), "ws-1", "web"), "text");
+        given([started()])
+            .when(post(&format!("hi{c}"), "ws-1", "web"))
+            .then_invalid("text");
     }
-    refused(started(), post(&"m".repeat(32001), "ws-1", "web"), "text");
-    given(started())
+    given([started()])
+        .when(post(&"m".repeat(32001), "ws-1", "web"))
+        .then_invalid("text");
+    given([started()])
         .when(post("line one\n\tline two", "ws-1", "web"))
         .then_events([
             E::MessagePosted {
                 conversation_id: CONV,
-                message_id: MESSAGE,
+                message_id: message(1),
                 agent_id: AGENT,
                 user_id: USER,
                 text: "line one\n\tline two".into(),
                 client_id: Some("ws-1".into()),
                 client_kind: Some("web".into()),
-                run_id: RUN,
+                run_id: run(1),
                 position: 0,
             },
-            E::RunQueued {
-                conversation_id: CONV,
-                run_id: RUN,
-                message_id: MESSAGE,
-                position: 0,
-            },
+            queued(1, 0),
         ]);
 }
 
@@ -168,65 +121,77 @@ fn a_message_may_span_lines_but_holds_no_other_control_character() {
 fn the_posting_clients_id_and_kind_are_one_line_without_control_characters() {
     for c in NEVER.into_iter().chain(LINE_BREAKS) {
         let bad = format!("ws{c}1");
-        refused(started(), post("hi", &bad, "web"), "client_id");
-        refused(started(), post("hi", "ws-1", &bad), "client_kind");
+        given([started()])
+            .when(post("hi", &bad, "web"))
+            .then_invalid("client_id");
+        given([started()])
+            .when(post("hi", "ws-1", &bad))
+            .then_invalid("client_kind");
     }
-    refused(
-        started(),
-        post("hi", "ws-1", &"k".repeat(33)),
-        "client_kind",
-    );
+    given([started()])
+        .when(post("hi", "ws-1", &"k".repeat(33)))
+        .then_invalid("client_kind");
 }
 
 #[test]
 fn a_worker_id_holds_no_control_character() {
-    let command = C::StartRun {
-        run_id: RUN,
-        worker_id: "chat\u{0}1".into(),
-    };
-    refused(waiting(), command, "worker_id");
+    given(waiting())
+        .when(C::StartRun {
+            run_id: run(1),
+            worker_id: "chat\u{0}1".into(),
+        })
+        .then_invalid("worker_id");
 }
 
 #[test]
 fn a_completed_run_keeps_the_rules_in_its_reply_and_every_tool_call() {
     let fine = || call("call_1", "shell", json!({"command": "ls\n"}), "a\tb\n");
+    let refused = |calls: Vec<ToolCall>, field: &str| {
+        given(running())
+            .when(complete("ok", calls))
+            .then_invalid(field);
+    };
     for c in NEVER {
         let bad = format!("x{c}");
-        refused(running(), complete(&bad, vec![fine()]), "text");
+        given(running())
+            .when(complete(&bad, vec![fine()]))
+            .then_invalid("text");
         let output = call("call_1", "shell", json!({}), &bad);
-        refused(
-            running(),
-            complete("ok", vec![fine(), output]),
-            "tool_calls.output",
-        );
-        let args = call(
-            "call_1",
-            "shell",
-            json!({"command": ["ls", bad.clone()]}),
-            "",
-        );
-        refused(running(), complete("ok", vec![args]), "tool_calls.args");
+        refused(vec![fine(), output], "tool_calls.output");
+        let args = call("call_1", "shell", json!({"command": ["ls", bad]}), "");
+        refused(vec![args], "tool_calls.args");
     }
     for c in NEVER.into_iter().chain(LINE_BREAKS) {
         let bad = format!("x{c}");
-        let id = call(&bad, "shell", json!({}), "");
-        refused(running(), complete("ok", vec![id]), "tool_calls.call_id");
-        let name = call("call_1", &bad, json!({}), "");
-        refused(running(), complete("ok", vec![name]), "tool_calls.name");
+        refused(
+            vec![call(&bad, "shell", json!({}), "")],
+            "tool_calls.call_id",
+        );
+        refused(vec![call("call_1", &bad, json!({}), "")], "tool_calls.name");
     }
     let key = call("call_1", "shell", json!({"k\u{0}": 1}), "");
-    refused(running(), complete("ok", vec![key]), "tool_calls.args");
-    refused(running(), complete(&"r".repeat(100_001), vec![]), "text");
+    refused(vec![key], "tool_calls.args");
+    given(running())
+        .when(complete(&"r".repeat(100_001), vec![]))
+        .then_invalid("text");
 }
 
 #[test]
 fn a_failed_run_has_a_one_line_code_and_a_message_without_control_characters() {
     for c in NEVER {
-        refused(running(), fail(&format!("E{c}"), "m"), "code");
-        refused(running(), fail("E", &format!("m{c}")), "message");
+        given(running())
+            .when(fail(&format!("E{c}"), "m"))
+            .then_invalid("code");
+        given(running())
+            .when(fail("E", &format!("m{c}")))
+            .then_invalid("message");
     }
-    refused(running(), fail("E\nX", "m"), "code");
-    refused(running(), fail("E", &"m".repeat(2001)), "message");
+    given(running())
+        .when(fail("E\nX", "m"))
+        .then_invalid("code");
+    given(running())
+        .when(fail("E", &"m".repeat(2001)))
+        .then_invalid("message");
 }
 
 #[test]
@@ -243,8 +208,8 @@ fn text_the_chat_worker_fitted_is_always_accepted() {
         .when(complete(&reply, vec![fitted.clone()]))
         .then_events([E::RunCompleted {
             conversation_id: CONV,
-            run_id: RUN,
-            reply_id: MessageId(Uuid::from_u128(99)),
+            run_id: run(1),
+            reply_id: REPLY,
             user_id: USER,
             agent_id: AGENT,
             text: reply.clone(),
@@ -252,17 +217,15 @@ fn text_the_chat_worker_fitted_is_always_accepted() {
             usage: TokenUsage::default(),
             duration_ms: 10,
         }]);
-    let (code, message) = (
-        text::FAILURE_CODE.fit(&hostile),
-        text::FAILURE_MESSAGE.fit(&hostile),
-    );
+    let code = text::FAILURE_CODE.fit(&hostile);
+    let message = text::FAILURE_MESSAGE.fit(&hostile);
     given(running())
         .when(fail(&code, &message))
         .then_events([E::RunFailed {
             conversation_id: CONV,
-            run_id: RUN,
-            code: code.clone(),
-            message: message.clone(),
+            run_id: run(1),
+            code,
+            message,
             retryable: false,
         }]);
 }

@@ -1,24 +1,20 @@
 //! Given/when/then tests of the text rules on every free-text field of the user commands.
 
+use super::tests::{USER, approved, given, pending};
 use super::*;
-use crate::testing::{self, Given};
 use uuid::Uuid;
 
-fn given(events: impl IntoIterator<Item = UserEvent>) -> Given<User> {
-    testing::given(events)
-}
-
-const USER: UserId = UserId(Uuid::from_u128(1));
-const LINK: ConnectionId = ConnectionId(Uuid::from_u128(11));
-const KEY: KeyId = KeyId(Uuid::from_u128(21));
+const LINK: ConnectionId = ConnectionId(Uuid::from_u128(31));
+const KEY: KeyId = KeyId(Uuid::from_u128(32));
+const URL: &str = "https://example.com/a.png";
 /// Characters no field accepts, and characters only multi-line fields accept.
 const NEVER: [&str; 4] = ["\u{0}", "\u{1b}", "\u{7}", "\u{85}"];
 const LINE_BREAKS: [&str; 3] = ["\n", "\r", "\t"];
 
-fn auth(external_id: &str) -> AuthMethod {
+fn auth(kind: AuthKind, external_id: &str) -> AuthMethod {
     AuthMethod {
         connection_id: LINK,
-        kind: AuthKind::Email,
+        kind,
         external_id: external_id.into(),
     }
 }
@@ -29,34 +25,18 @@ fn register(email: &str, display_name: &str, avatar_url: &str, external_id: &str
         email: Some(email.into()),
         display_name: Some(display_name.into()),
         avatar_url: Some(avatar_url.into()),
-        auth: auth(external_id),
+        auth: auth(AuthKind::Email, external_id),
         approval: ApprovalMode::Required,
         is_admin: false,
     }
 }
 
-fn pending() -> UserEvent {
-    UserEvent::UserRegistered {
-        user_id: USER,
-        email: Some("ada@example.com".into()),
-        display_name: None,
-        avatar_url: None,
-        show_tool_calls: true,
-        auth: auth("ada@example.com"),
-        role: Role::Guest,
-        status: UserStatus::Pending,
-        tier: Tier::Free,
+fn profile(display_name: Option<&str>, avatar_url: Option<&str>) -> UserCommand {
+    UserCommand::UpdateProfile {
+        display_name: display_name.map(Into::into),
+        avatar_url: avatar_url.map(Into::into),
+        show_tool_calls: None,
     }
-}
-
-fn approved() -> Vec<UserEvent> {
-    vec![
-        pending(),
-        UserEvent::UserApproved {
-            user_id: USER,
-            role: Role::User,
-        },
-    ]
 }
 
 fn set_key(label: &str, base_url: &str, fingerprint: &str) -> UserCommand {
@@ -69,50 +49,39 @@ fn set_key(label: &str, base_url: &str, fingerprint: &str) -> UserCommand {
     }
 }
 
-/// Asserts `command` on a state built from `events` is refused as invalid `field`.
-#[track_caller]
-fn refused(events: Vec<UserEvent>, command: UserCommand, field: &str) {
-    match given(events).when(command).then_error("invalid_input") {
-        UserError::InvalidInput { field: got, .. } => assert_eq!(got, field),
-        other => panic!("expected invalid_input, got {other}"),
-    }
-}
-
 #[test]
 fn registration_refuses_control_characters_in_every_text_field() {
-    let url = "https://example.com/a.png";
     for c in NEVER.into_iter().chain(LINE_BREAKS) {
         let bad = format!("x{c}y");
         let email = format!("a{c}b@example.com");
-        refused(vec![], register(&email, "Ada", url, "a@x.io"), "email");
-        refused(
-            vec![],
-            register("a@x.io", &bad, url, "a@x.io"),
-            "display_name",
-        );
-        let avatar = format!("{url}{c}x");
-        refused(
-            vec![],
-            register("a@x.io", "Ada", &avatar, "a@x.io"),
-            "avatar_url",
-        );
-        refused(vec![], register("a@x.io", "Ada", url, &bad), "external_id");
+        let avatar = format!("{URL}{c}x");
+        given([])
+            .when(register(&email, "Ada", URL, "a@x.io"))
+            .then_invalid("email");
+        given([])
+            .when(register("a@x.io", &bad, URL, "a@x.io"))
+            .then_invalid("display_name");
+        given([])
+            .when(register("a@x.io", "Ada", &avatar, "a@x.io"))
+            .then_invalid("avatar_url");
+        given([])
+            .when(register("a@x.io", "Ada", URL, &bad))
+            .then_invalid("external_id");
     }
 }
 
 #[test]
 fn registration_refuses_overlong_names_emails_and_ids() {
-    let url = "https://example.com/a.png";
     let email = format!("{}@example.com", "a".repeat(250));
-    refused(vec![], register(&email, "Ada", url, "a@x.io"), "email");
-    let name = "n".repeat(101);
-    refused(
-        vec![],
-        register("a@x.io", &name, url, "a@x.io"),
-        "display_name",
-    );
-    let id = "i".repeat(257);
-    refused(vec![], register("a@x.io", "Ada", url, &id), "external_id");
+    given([])
+        .when(register(&email, "Ada", URL, "a@x.io"))
+        .then_invalid("email");
+    given([])
+        .when(register("a@x.io", &"n".repeat(101), URL, "a@x.io"))
+        .then_invalid("display_name");
+    given([])
+        .when(register("a@x.io", "Ada", URL, &"i".repeat(257)))
+        .then_invalid("external_id");
 }
 
 #[test]
@@ -125,7 +94,7 @@ fn names_are_checked_after_trimming_so_surrounding_line_breaks_are_harmless() {
             display_name: Some("Ada Lovelace".into()),
             avatar_url: None,
             show_tool_calls: true,
-            auth: auth("a@x.io"),
+            auth: auth(AuthKind::Email, "a@x.io"),
             role: Role::Guest,
             status: UserStatus::Pending,
             tier: Tier::Free,
@@ -140,39 +109,33 @@ fn a_profile_update_refuses_control_characters_and_overlong_names() {
         "Ada\nLovelace",
         &"n".repeat(101),
     ] {
-        let command = UserCommand::UpdateProfile {
-            display_name: Some(bad.into()),
-            avatar_url: None,
-            show_tool_calls: None,
-        };
-        refused(approved(), command, "display_name");
+        given(approved())
+            .when(profile(Some(bad), None))
+            .then_invalid("display_name");
     }
-    let command = UserCommand::UpdateProfile {
-        display_name: None,
-        avatar_url: Some("https://example.com/\u{0}.png".into()),
-        show_tool_calls: None,
-    };
-    refused(approved(), command, "avatar_url");
+    given(approved())
+        .when(profile(None, Some("https://example.com/\u{0}.png")))
+        .then_invalid("avatar_url");
 }
 
 #[test]
 fn a_rejection_or_revocation_reason_may_span_lines_but_holds_no_other_control() {
     for c in NEVER {
         let reason = Some(format!("n{c}o"));
-        refused(
-            vec![pending()],
-            UserCommand::RejectUser { reason },
-            "reason",
-        );
-        let reason = Some(format!("n{c}o"));
-        refused(approved(), UserCommand::RevokeAccess { reason }, "reason");
+        given([pending()])
+            .when(UserCommand::RejectUser {
+                reason: reason.clone(),
+            })
+            .then_invalid("reason");
+        given(approved())
+            .when(UserCommand::RevokeAccess { reason })
+            .then_invalid("reason");
     }
-    let reason = Some("x".repeat(1001));
-    refused(
-        vec![pending()],
-        UserCommand::RejectUser { reason },
-        "reason",
-    );
+    given([pending()])
+        .when(UserCommand::RejectUser {
+            reason: Some("x".repeat(1001)),
+        })
+        .then_invalid("reason");
     given([pending()])
         .when(UserCommand::RejectUser {
             reason: Some("Not now.\nTry again in May.".into()),
@@ -186,16 +149,10 @@ fn a_rejection_or_revocation_reason_may_span_lines_but_holds_no_other_control() 
 #[test]
 fn a_linked_identity_holds_no_control_character() {
     for c in NEVER.into_iter().chain(LINE_BREAKS) {
-        let auth = AuthMethod {
-            connection_id: ConnectionId(Uuid::from_u128(12)),
-            kind: AuthKind::Github,
-            external_id: format!("4{c}2"),
-        };
-        refused(
-            approved(),
-            UserCommand::LinkAuthMethod { auth },
-            "external_id",
-        );
+        let auth = auth(AuthKind::Github, &format!("4{c}2"));
+        given(approved())
+            .when(UserCommand::LinkAuthMethod { auth })
+            .then_invalid("external_id");
     }
 }
 
@@ -203,30 +160,24 @@ fn a_linked_identity_holds_no_control_character() {
 fn a_provider_key_refuses_control_characters_in_its_label_url_and_fingerprint() {
     let url = "https://llm.example.com/v1";
     for c in NEVER.into_iter().chain(LINE_BREAKS) {
-        let bad = format!("wo{c}rk");
-        refused(approved(), set_key(&bad, url, "sk-a…c123"), "label");
-        let bad_url = format!("{url}{c}x");
-        refused(
-            approved(),
-            set_key("work", &bad_url, "sk-a…c123"),
-            "base_url",
-        );
+        let label = format!("wo{c}rk");
+        let base_url = format!("{url}{c}x");
         let fingerprint = format!("sk{c}…c123");
-        refused(
-            approved(),
-            set_key("work", url, &fingerprint),
-            "fingerprint",
-        );
+        given(approved())
+            .when(set_key(&label, url, "sk-a…c123"))
+            .then_invalid("label");
+        given(approved())
+            .when(set_key("work", &base_url, "sk-a…c123"))
+            .then_invalid("base_url");
+        given(approved())
+            .when(set_key("work", url, &fingerprint))
+            .then_invalid("fingerprint");
     }
-    refused(
-        approved(),
-        set_key(&"l".repeat(65), url, "sk-a…c123"),
-        "label",
-    );
+    given(approved())
+        .when(set_key(&"l".repeat(65), url, "sk-a…c123"))
+        .then_invalid("label");
     let long_url = format!("{url}/{}", "p".repeat(2048));
-    refused(
-        approved(),
-        set_key("work", &long_url, "sk-a…c123"),
-        "base_url",
-    );
+    given(approved())
+        .when(set_key("work", &long_url, "sk-a…c123"))
+        .then_invalid("base_url");
 }
