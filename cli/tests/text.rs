@@ -9,7 +9,7 @@ mod common;
 mod edge_support;
 mod gateway_support;
 
-use chat_support::Chat;
+use chat_support::{Chat, runtime_env};
 use edge_support::{Answer, Platform, Session};
 use gateway_support::Ws;
 use serde_json::{Value, json};
@@ -354,18 +354,6 @@ async fn websocket_frames_close_with_1007_for_invalid_utf8_and_1002_for_protocol
     // A well-formed connection is unaffected.
     let (mut ws, _) = Ws::connect(&platform.base, &user.access).await;
     assert_eq!(ws.call("status", json!({})).await["ok"], true);
-}
-
-/// One of the runtime's environment variables, read from `/proc` (what the deployer gave it).
-fn runtime_env(pid: i32, name: &str) -> Option<String> {
-    let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("the runtime's environ");
-    environ.split(|&b| b == 0).find_map(|entry| {
-        let entry = std::str::from_utf8(entry).ok()?;
-        entry
-            .strip_prefix(name)?
-            .strip_prefix('=')
-            .map(str::to_owned)
-    })
 }
 
 /// Whether `text` holds a control character other than tab and line breaks.
