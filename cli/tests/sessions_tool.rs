@@ -9,23 +9,11 @@ mod common;
 mod edge_support;
 mod gateway_support;
 
-use chat_support::Chat;
+use chat_support::{Chat, runtime_env};
 use chrono::Utc;
 use gateway_support::Ws;
 use serde_json::{Value, json};
 use warren_testkit::model_server::Reply;
-
-/// One of the runtime's environment variables, read from `/proc` (what the deployer gave it).
-fn runtime_env(pid: i32, name: &str) -> Option<String> {
-    let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("the runtime's environ");
-    environ.split(|&b| b == 0).find_map(|entry| {
-        let entry = std::str::from_utf8(entry).ok()?;
-        entry
-            .strip_prefix(name)?
-            .strip_prefix('=')
-            .map(str::to_owned)
-    })
-}
 
 /// Sends `message` as an `agent` request in the current session and waits for its `final`.
 async fn ask(ws: &mut Ws, message: &str) -> Value {

@@ -5,14 +5,15 @@
 //! `Aggregate::handle` body is "decide, then write each event to the sink" and nothing else.
 
 /// Implements `cqrs_es::DomainEvent`, `cqrs_es::Aggregate` (and, under test, `testing::Decider`)
-/// by delegating to the inherent `event_type`, `event_version`, `decide`, `apply` and `code`.
+/// by delegating to the inherent `event_type`, `event_version`, `decide`, `apply` and `code`;
+/// `error` names an enum with an `InvalidInput { field, reason }` variant.
 macro_rules! impl_aggregate {
     (
         aggregate: $aggregate:ty,
         type: $type:literal,
         command: $command:ty,
         event: $event:ty,
-        error: $error:ty $(,)?
+        error: $error:ident $(,)?
     ) => {
         impl ::cqrs_es::DomainEvent for $event {
             fn event_type(&self) -> String {
@@ -64,6 +65,13 @@ macro_rules! impl_aggregate {
 
             fn code(error: &$error) -> &'static str {
                 error.code()
+            }
+
+            fn invalid_field(error: &$error) -> Option<&'static str> {
+                match error {
+                    $error::InvalidInput { field, .. } => Some(field),
+                    _ => None,
+                }
             }
         }
     };

@@ -12,6 +12,8 @@
 //! - Event enums are adjacently tagged (`{"type": "<Variant>", "data": {…}}`), all at version
 //!   `"1"`; the variant name is the stable type string.
 //! - Errors expose `code()`, a stable snake_case string the edge maps to HTTP.
+//! - Every free-text field of every command keeps its [`text`] rule (no control characters,
+//!   a maximum length), whoever sends it; a refusal is `invalid_input` naming the field.
 //! - "Set" commands that would change nothing are accepted with no events; transitions from the
 //!   wrong state are refused (`invalid_state` and friends).
 //!
@@ -21,6 +23,8 @@
 //! - [`authority`] — who may cause each event (checked again by readers of the log).
 //! - [`names`] — stable string names of the small enums (roles, statuses, steps) and their parse
 //!   error.
+//! - [`text`] — the text rules every free-text command field keeps (no control characters,
+//!   per-field maxima), and the escaping that makes runtime output keep them.
 //! - [`user`] — registration, approval, roles, auth methods, provider keys, tiers.
 //! - [`agent`] — agent configuration and lifecycle, with the six deployment steps.
 //! - [`conversation`] — messages, the one-run-at-a-time queue, cancel, interrupt, history.
@@ -31,13 +35,13 @@ pub mod conversation;
 pub mod envelope;
 pub mod ids;
 pub mod names;
+pub mod text;
 pub mod user;
 
-// Internals: the cqrs-es wrapper macro, shared text rules, the given/when/then test helper.
+// Internals: the cqrs-es wrapper macro, the given/when/then test helper.
 mod aggregate;
 #[cfg(test)]
 mod testing;
-mod text;
 
 pub use authority::Authority;
 pub use envelope::{Actor, Envelope};

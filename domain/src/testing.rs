@@ -1,5 +1,6 @@
-//! Given/when/then for aggregate tests: `given(events).when(command).then_events([..])` or
-//! `.then_error("code")`. Synchronous and runtime-free, because `decide` and `apply` are.
+//! Given/when/then for aggregate tests: `given(events).when(command).then_events([..])`,
+//! `.then_error("code")` or `.then_invalid("field")`. Synchronous and runtime-free, because
+//! `decide` and `apply` are.
 
 use std::fmt;
 
@@ -12,6 +13,7 @@ pub(crate) trait Decider: Default + fmt::Debug {
     fn decide(&self, command: &Self::Command) -> Result<Vec<Self::Event>, Self::Error>;
     fn apply(&mut self, event: &Self::Event);
     fn code(error: &Self::Error) -> &'static str;
+    fn invalid_field(error: &Self::Error) -> Option<&'static str>;
 }
 
 /// An aggregate rebuilt from past events.
@@ -99,6 +101,17 @@ impl<A: Decider> Then<A> {
                 error
             }
         }
+    }
+
+    /// Asserts the decision was refused as `invalid_input` naming `field`.
+    #[track_caller]
+    pub(crate) fn then_invalid(self, field: &str) {
+        let error = self.then_error("invalid_input");
+        assert_eq!(
+            A::invalid_field(&error),
+            Some(field),
+            "the field of {error}"
+        );
     }
 }
 

@@ -5,6 +5,7 @@
 use crate::consistency::{self, projection};
 use crate::error::ApiError;
 use crate::extract::{AdminUser, ApiJson, ApiPath, ApiQuery};
+use crate::input::TextFields;
 use crate::openapi::{resp, role_schema, tier_schema};
 use crate::routes::ApiRouter;
 use crate::state::AppState;
@@ -17,6 +18,7 @@ use uuid::Uuid;
 use warren_commands::CommandMeta;
 use warren_domain::Actor;
 use warren_domain::ids::UserId;
+use warren_domain::text;
 use warren_domain::user::{Role, Tier, UserCommand};
 
 /// The most users one listing returns.
@@ -55,6 +57,10 @@ pub struct Reason {
     pub reason: Option<String>,
 }
 
+impl TextFields for Reason {
+    const TEXT_FIELDS: &'static [(&'static str, text::TextRule)] = &[("reason", text::REASON)];
+}
+
 /// `PATCH /admin/users/{id}`: fields left out are kept.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct UserPatch {
@@ -65,6 +71,8 @@ pub struct UserPatch {
     #[schema(schema_with = tier_schema)]
     pub tier: Option<Tier>,
 }
+
+impl TextFields for UserPatch {}
 
 /// Users by approval status, newest first.
 #[utoipa::path(get, path = "/api/v1/admin/users", operation_id = "get_admin_users", tag = "admin", security(("bearer" = [])),

@@ -8,6 +8,7 @@
 use crate::consistency::{self, projection};
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, ApprovedUser};
+use crate::input::TextFields;
 use crate::openapi::{resp, runtime_schema};
 use crate::quota;
 use crate::routes::ApiRouter;
@@ -27,6 +28,7 @@ use warren_domain::agent::{
     Agent, AgentCommand, AgentStatus, Backend, DeploymentStep, RuntimeKind,
 };
 use warren_domain::ids::{AgentId, UserId};
+use warren_domain::text;
 
 /// How long `GET /agents/{id}/health` waits for the runtime.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(3);
@@ -69,6 +71,21 @@ pub struct AgentPatch {
     pub system_prompt: Option<String>,
     /// New model.
     pub model: Option<String>,
+}
+
+/// The text fields of both agent bodies.
+const AGENT_FIELDS: &[(&str, text::TextRule)] = &[
+    ("name", text::AGENT_NAME),
+    ("system_prompt", text::SYSTEM_PROMPT),
+    ("model", text::MODEL),
+];
+
+impl TextFields for NewAgent {
+    const TEXT_FIELDS: &'static [(&'static str, text::TextRule)] = AGENT_FIELDS;
+}
+
+impl TextFields for AgentPatch {
+    const TEXT_FIELDS: &'static [(&'static str, text::TextRule)] = AGENT_FIELDS;
 }
 
 /// Deployment progress.

@@ -6,6 +6,7 @@ use crate::chat::KEEPALIVE;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, ApiQuery, ApprovedUser, AuthUser};
 use crate::follow::{self, Expired, Follow, Item, Start, follow};
+use crate::input::TextFields;
 use crate::openapi::resp;
 use crate::routes::ApiRouter;
 use crate::state::AppState;
@@ -53,6 +54,8 @@ pub struct CancelRequest {
     /// The run to cancel; the one running (or next up) if left out.
     pub run_id: Option<Uuid>,
 }
+
+impl TextFields for CancelRequest {}
 
 /// What a cancel did.
 #[derive(Debug, Serialize, ToSchema)]

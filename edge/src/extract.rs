@@ -1,7 +1,8 @@
 //! Extractors: input that answers in the error envelope, and who is calling.
 //!
 //! - [`ApiJson`], [`ApiPath`], [`ApiQuery`] — axum's extractors with their rejections mapped to
-//!   [`ApiError`] (bad JSON 400, wrong content type 415, too large 413, invalid fields 422).
+//!   [`ApiError`] (bad JSON 400, wrong content type 415, too large 413, invalid fields 422), and
+//!   every string in them checked by [`crate::input`] first (422 naming the field).
 //! - [`AuthUser`] — a valid access token of a live session, and the user's *current* state
 //!   loaded from the log (through the command store's cache, caught up on every request), so a
 //!   reject, revoke or role change takes effect on the caller's next request on any replica.
@@ -10,11 +11,15 @@
 
 use crate::auth::tokens::TokenError;
 use crate::error::ApiError;
+use crate::input::{TextFields, check_json, check_pairs};
 use crate::state::AppState;
-use axum::extract::{ConnectInfo, FromRequest, FromRequestParts};
+use axum::extract::{
+    ConnectInfo, FromRequest, FromRequestParts, Path, Query, RawPathParams, Request,
+};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, Method, header};
-use serde_json::json;
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::ops::Deref;
 use std::time::Duration;
@@ -22,20 +27,73 @@ use uuid::Uuid;
 use warren_domain::ids::UserId;
 use warren_domain::user::{Role, User};
 
-/// A JSON body; rejections answer in the envelope.
-#[derive(FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+/// A JSON body whose every string keeps the text rules ([`TextFields`] names the fields that
+/// keep a domain field's rule too); rejections answer in the envelope.
 pub struct ApiJson<T>(pub T);
 
-/// Path parameters; a malformed id answers 404.
-#[derive(FromRequestParts)]
-#[from_request(via(axum::extract::Path), rejection(ApiError))]
+impl<T, S> FromRequest<S> for ApiJson<T>
+where
+    T: DeserializeOwned + TextFields,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        // Read as a value first: the strings are checked where they are, by their path, before
+        // the body becomes a type (and, later, a command).
+        let axum::Json(value) = axum::Json::<Value>::from_request(request, state).await?;
+        check_json(&value, T::TEXT_FIELDS)?;
+        serde_json::from_value(value)
+            .map(ApiJson)
+            .map_err(|err| ApiError::Client {
+                status: StatusCode::UNPROCESSABLE_ENTITY,
+                code: "validation_failed",
+                message: format!("Failed to deserialize the JSON body into the target type: {err}"),
+                details: None,
+            })
+    }
+}
+
+/// Path parameters, each free of control characters; a malformed id answers 404.
 pub struct ApiPath<T>(pub T);
 
-/// Query parameters; rejections answer 422.
-#[derive(FromRequestParts)]
-#[from_request(via(axum::extract::Query), rejection(ApiError))]
+impl<T, S> FromRequestParts<S> for ApiPath<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(value) = Path::<T>::from_request_parts(parts, state).await?;
+        if let Ok(raw) = RawPathParams::from_request_parts(parts, state).await {
+            check_pairs(&raw)?;
+        }
+        Ok(ApiPath(value))
+    }
+}
+
+/// Query parameters, each free of control characters; rejections answer 422.
 pub struct ApiQuery<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for ApiQuery<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let Query(pairs) = Query::<Vec<(String, String)>>::try_from_uri(&parts.uri)?;
+        check_pairs(
+            pairs
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.as_str())),
+        )?;
+        let Query(value) = Query::<T>::try_from_uri(&parts.uri)?;
+        Ok(ApiQuery(value))
+    }
+}
 
 /// The caller's address (the TCP peer).
 pub struct ClientIp(pub String);

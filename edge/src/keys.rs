@@ -7,6 +7,7 @@
 use crate::consistency::{self, projection};
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, AuthUser};
+use crate::input::TextFields;
 use crate::openapi::{provider_schema, resp};
 use crate::routes::ApiRouter;
 use crate::state::AppState;
@@ -20,6 +21,7 @@ use uuid::Uuid;
 use warren_commands::CommandMeta;
 use warren_domain::Actor;
 use warren_domain::ids::KeyId;
+use warren_domain::text;
 use warren_domain::user::{Provider, UserCommand, UserEvent, fingerprint};
 
 /// The longest API key accepted, in bytes.
@@ -46,6 +48,11 @@ pub struct NewApiKey {
     pub base_url: Option<String>,
     /// Your name for it; a key with the same provider and label is replaced.
     pub label: Option<String>,
+}
+
+impl TextFields for NewApiKey {
+    const TEXT_FIELDS: &'static [(&'static str, text::TextRule)] =
+        &[("label", text::KEY_LABEL), ("base_url", text::BASE_URL)];
 }
 
 /// The caller's provider keys, masked.

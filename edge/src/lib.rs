@@ -12,6 +12,8 @@
 //!   table from domain codes to statuses.
 //! - [`extract`] — JSON/path/query extractors answering in the envelope; `AuthUser`,
 //!   `ApprovedUser`, `AdminUser`; the client IP.
+//! - [`input`] — the text rules on every string a client or runtime sends (bodies, queries,
+//!   paths, gateway params), checked before any command is built.
 //! - [`routes`] — [`routes::ApiRouter`]: a router that records its (method, path) table.
 //! - [`server`] — every resource router merged in one place, shared layers, `serve`.
 //! - [`lane`] — follow streams (SSE `GET`s) answered by a small HTTP/1 writer of its own;
@@ -49,6 +51,7 @@ pub mod feed;
 pub mod follow;
 pub mod gateway;
 pub mod health;
+pub mod input;
 pub mod keys;
 pub mod lane;
 pub mod mail;

@@ -4,6 +4,7 @@ use crate::auth::identity::email_key;
 use crate::consistency::{self, projection};
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, AuthUser};
+use crate::input::TextFields;
 use crate::openapi::resp;
 use crate::routes::ApiRouter;
 use crate::state::AppState;
@@ -17,6 +18,7 @@ use uuid::Uuid;
 use warren_commands::CommandMeta;
 use warren_domain::Actor;
 use warren_domain::ids::ConnectionId;
+use warren_domain::text;
 use warren_domain::user::{AuthKind, UserCommand};
 
 /// The `/users/me` routes (API keys are in `keys`).
@@ -37,6 +39,13 @@ pub struct ProfilePatch {
     pub avatar_url: Option<String>,
     /// Whether clients show tool calls in chat.
     pub show_tool_calls: Option<bool>,
+}
+
+impl TextFields for ProfilePatch {
+    const TEXT_FIELDS: &'static [(&'static str, text::TextRule)] = &[
+        ("display_name", text::DISPLAY_NAME),
+        ("avatar_url", text::AVATAR_URL),
+    ];
 }
 
 /// The caller's profile, approval status and tier.

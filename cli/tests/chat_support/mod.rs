@@ -275,6 +275,18 @@ impl RunStream {
     }
 }
 
+/// One of the runtime's environment variables, read from `/proc` (what the deployer gave it).
+pub fn runtime_env(pid: i32, name: &str) -> Option<String> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("the runtime's environ");
+    environ.split(|&b| b == 0).find_map(|entry| {
+        let entry = std::str::from_utf8(entry).ok()?;
+        entry
+            .strip_prefix(name)?
+            .strip_prefix('=')
+            .map(str::to_owned)
+    })
+}
+
 /// Whether a process is alive.
 pub fn alive(pid: i32) -> bool {
     rustix::process::Pid::from_raw(pid)

@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 
 const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -101,6 +102,11 @@ impl Ws {
             .send(Message::Text(text.into()))
             .await
             .expect("send");
+    }
+
+    /// Sends one raw frame as it is (for frames that break the protocol).
+    pub async fn send_frame(&mut self, frame: Frame) {
+        self.socket.send(Message::Frame(frame)).await.expect("send");
     }
 
     /// Sends a request and returns its response (events meanwhile are kept in `events`).

@@ -2,6 +2,7 @@
 
 use super::types::{AgentStatus, DeploymentStep};
 use crate::ids::AgentId;
+use crate::text::InvalidText;
 use thiserror::Error;
 use uuid::Uuid;
 
@@ -91,5 +92,11 @@ impl AgentError {
             AgentError::StepOutOfOrder { .. } => "step_out_of_order",
             AgentError::DeploymentIncomplete { .. } => "deployment_incomplete",
         }
+    }
+}
+
+impl From<InvalidText> for AgentError {
+    fn from(InvalidText { field, reason }: InvalidText) -> Self {
+        AgentError::InvalidInput { field, reason }
     }
 }

@@ -14,6 +14,8 @@
 //! - Pause, resume and destroy are idempotent (their issuers act on observations that repeat);
 //!   everything else on a deleted agent is refused with `deleted`.
 //! - Ownership and quotas are the caller's checks; the state keeps `owner_id` for them.
+//! - Every text field keeps its [`crate::text`] rule: name, model and endpoint on one line; the
+//!   prompt and the deployer's and lifecycle's error texts may span lines.
 //!
 //! Layout: `types` (status, steps, runtime, backend), `command`, `event`, `error`, and this
 //! file's state, `decide` and `apply`.
@@ -25,6 +27,8 @@ mod types;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod text_tests;
 
 pub use command::AgentCommand;
 pub use error::AgentError;
@@ -33,12 +37,12 @@ pub use types::{AgentStatus, Backend, Deployment, DeploymentStep, RedeployReason
 
 use crate::aggregate::impl_aggregate;
 use crate::ids::{AgentId, UserId};
-use crate::text::{is_http_url, non_blank};
+use crate::text::{self, is_http_url, non_blank};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// The longest agent name accepted, in characters.
-pub const MAX_AGENT_NAME_CHARS: usize = 64;
+pub const MAX_AGENT_NAME_CHARS: usize = text::AGENT_NAME.max_chars;
 
 /// An agent as folded from its events. `id` is `None` until `AgentCreated`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -88,7 +92,7 @@ impl Agent {
                         agent_id: *agent_id,
                         owner_id: *owner_id,
                         name: valid_name(name)?,
-                        system_prompt: system_prompt.trim().to_owned(),
+                        system_prompt: valid_prompt(system_prompt)?,
                         model: valid_model(model)?,
                         runtime: *runtime,
                         backend: *backend,
@@ -147,6 +151,7 @@ impl Agent {
                 step,
                 error,
             } => {
+                text::AGENT_ERROR.check(error)?;
                 self.expect_step(*deployment_id, *step)?;
                 Ok(vec![AgentEvent::DeploymentFailed {
                     agent_id,
@@ -185,14 +190,17 @@ impl Agent {
                 &[S::Paused],
                 AgentEvent::AgentResumed { agent_id },
             ),
-            C::ReportAgentFailure { error } => self.transition(
-                "report a failure of",
-                &[S::Running],
-                AgentEvent::AgentFailed {
-                    agent_id,
-                    error: error.clone(),
-                },
-            ),
+            C::ReportAgentFailure { error } => {
+                text::AGENT_ERROR.check(error)?;
+                self.transition(
+                    "report a failure of",
+                    &[S::Running],
+                    AgentEvent::AgentFailed {
+                        agent_id,
+                        error: error.clone(),
+                    },
+                )
+            }
             C::RepairAgent { deployment_id } => self.transition(
                 "repair",
                 &[S::Failed, S::Stopped],
@@ -355,6 +363,7 @@ impl Agent {
                 field: "endpoint_url",
                 reason: "must be an http or https URL",
             })?;
+        text::ENDPOINT_URL.check(&endpoint_url)?;
         Ok(vec![AgentEvent::AgentDeployed {
             agent_id,
             deployment_id,
@@ -373,9 +382,9 @@ impl Agent {
         let name = name.map_or_else(|| Ok(self.name.clone()), |name| valid_name(name))?;
         let model = model.map_or_else(|| Ok(self.model.clone()), |model| valid_model(model))?;
         let system_prompt = system_prompt.map_or_else(
-            || self.system_prompt.clone(),
-            |prompt| prompt.trim().to_owned(),
-        );
+            || Ok(self.system_prompt.clone()),
+            |prompt| valid_prompt(prompt),
+        )?;
         let needs_redeploy = system_prompt != self.system_prompt || model != self.model;
         if !needs_redeploy && name == self.name {
             return Ok(vec![]);
@@ -402,20 +411,24 @@ fn valid_name(name: &str) -> Result<String, AgentError> {
         field: "name",
         reason: "must not be blank",
     })?;
-    if name.chars().count() > MAX_AGENT_NAME_CHARS {
-        return Err(AgentError::InvalidInput {
-            field: "name",
-            reason: "longer than 64 characters",
-        });
-    }
+    text::AGENT_NAME.check(&name)?;
     Ok(name)
 }
 
 fn valid_model(model: &str) -> Result<String, AgentError> {
-    non_blank(model).ok_or(AgentError::InvalidInput {
+    let model = non_blank(model).ok_or(AgentError::InvalidInput {
         field: "model",
         reason: "must not be blank",
-    })
+    })?;
+    text::MODEL.check(&model)?;
+    Ok(model)
+}
+
+/// The trimmed prompt (empty is fine: no system prompt).
+fn valid_prompt(prompt: &str) -> Result<String, AgentError> {
+    let prompt = prompt.trim();
+    text::SYSTEM_PROMPT.check(prompt)?;
+    Ok(prompt.to_owned())
 }
 
 impl_aggregate! {

@@ -5,13 +5,13 @@ use crate::testing::{self, Given};
 use AgentCommand as C;
 use AgentEvent as E;
 
-fn given(events: impl IntoIterator<Item = AgentEvent>) -> Given<Agent> {
+pub(super) fn given(events: impl IntoIterator<Item = AgentEvent>) -> Given<Agent> {
     testing::given(events)
 }
 
-const AGENT: AgentId = AgentId(Uuid::from_u128(1));
-const OWNER: UserId = UserId(Uuid::from_u128(2));
-const FIRST: Uuid = Uuid::from_u128(10);
+pub(super) const AGENT: AgentId = AgentId(Uuid::from_u128(1));
+pub(super) const OWNER: UserId = UserId(Uuid::from_u128(2));
+pub(super) const FIRST: Uuid = Uuid::from_u128(10);
 const SECOND: Uuid = Uuid::from_u128(11);
 const ENDPOINT: &str = "http://127.0.0.1:4100";
 
@@ -28,7 +28,7 @@ fn create() -> AgentCommand {
     }
 }
 
-fn created() -> Vec<AgentEvent> {
+pub(super) fn created() -> Vec<AgentEvent> {
     vec![
         E::AgentCreated {
             agent_id: AGENT,
@@ -55,7 +55,7 @@ fn step(deployment_id: Uuid, step: DeploymentStep) -> AgentEvent {
 }
 
 /// History up to and including `last` completed in the first attempt.
-fn deploying_through(last: DeploymentStep) -> Vec<AgentEvent> {
+pub(super) fn deploying_through(last: DeploymentStep) -> Vec<AgentEvent> {
     let mut events = created();
     events.extend(
         DeploymentStep::ALL
@@ -66,7 +66,7 @@ fn deploying_through(last: DeploymentStep) -> Vec<AgentEvent> {
     events
 }
 
-fn running() -> Vec<AgentEvent> {
+pub(super) fn running() -> Vec<AgentEvent> {
     let mut events = deploying_through(DeploymentStep::HealthCheck);
     events.push(E::AgentDeployed {
         agent_id: AGENT,

@@ -1,6 +1,7 @@
 //! Why a conversation command was refused.
 
 use crate::ids::{ConversationId, RunId};
+use crate::text::InvalidText;
 use thiserror::Error;
 
 /// A refused conversation command. [`ConversationError::code`] is the stable machine code the
@@ -75,5 +76,11 @@ impl ConversationError {
             ConversationError::DuplicateRun { .. } => "duplicate_run",
             ConversationError::QueueFull { .. } => "queue_full",
         }
+    }
+}
+
+impl From<InvalidText> for ConversationError {
+    fn from(InvalidText { field, reason }: InvalidText) -> Self {
+        ConversationError::InvalidInput { field, reason }
     }
 }

@@ -15,6 +15,10 @@
 //! - `ClearHistory` is refused while any run is running or waiting (`run_in_progress`): a waiting
 //!   run would otherwise answer a message that no longer exists.
 //! - Ownership (the caller is the conversation's user) is the caller's check.
+//! - Every text field keeps its [`crate::text`] rule, the chat worker's too: titles, client and
+//!   worker ids, tool names and call ids, failure codes on one line; messages, replies, tool
+//!   output, tool arguments' strings and failure messages may span lines. The worker escapes
+//!   what a runtime sends so its commands always keep them.
 //!
 //! Layout: `types` (modes, tool calls, usage, queue slots), `command`, `event`, `error`, `live`
 //! (the deltas published while a run happens, not folded), and this
@@ -28,6 +32,8 @@ mod types;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod text_tests;
 
 pub use command::ConversationCommand;
 pub use error::ConversationError;
@@ -37,7 +43,7 @@ pub use types::{CancelReason, MAX_PENDING_RUNS, PostMode, RunSlot, TokenUsage, T
 
 use crate::aggregate::impl_aggregate;
 use crate::ids::{AgentId, ConversationId, MessageId, RunId, UserId};
-use crate::text::{non_blank, optional};
+use crate::text::{self, Lines, non_blank, optional};
 use serde::{Deserialize, Serialize};
 
 /// A conversation as folded from its events. `id` is `None` until `ConversationStarted`.
@@ -88,12 +94,16 @@ impl Conversation {
                     user_id,
                     agent_id,
                     title,
-                } => Ok(vec![E::ConversationStarted {
-                    conversation_id: *conversation_id,
-                    user_id: *user_id,
-                    agent_id: *agent_id,
-                    title: optional(title.as_ref()),
-                }]),
+                } => {
+                    let title = optional(title.as_ref());
+                    text::TITLE.check_optional(title.as_deref())?;
+                    Ok(vec![E::ConversationStarted {
+                        conversation_id: *conversation_id,
+                        user_id: *user_id,
+                        agent_id: *agent_id,
+                        title,
+                    }])
+                }
                 _ => Err(ConversationError::NotFound {
                     command: command.name(),
                 }),
@@ -108,6 +118,7 @@ impl Conversation {
                     field: "title",
                     reason: "must not be blank",
                 })?;
+                text::TITLE.check(&title)?;
                 Ok(if self.title.as_ref() == Some(&title) {
                     vec![]
                 } else {
@@ -143,6 +154,8 @@ impl Conversation {
                 usage,
                 duration_ms,
             } => {
+                text::REPLY.check(text)?;
+                tool_calls.iter().try_for_each(valid_tool_call)?;
                 self.expect_running(*run_id)?;
                 Ok(vec![E::RunCompleted {
                     conversation_id,
@@ -162,6 +175,8 @@ impl Conversation {
                 message,
                 retryable,
             } => {
+                text::FAILURE_CODE.check(code)?;
+                text::FAILURE_MESSAGE.check(message)?;
                 self.expect_running(*run_id)?;
                 Ok(vec![E::RunFailed {
                     conversation_id,
@@ -283,6 +298,9 @@ impl Conversation {
                 reason: "must not be blank",
             });
         }
+        text::MESSAGE.check(text)?;
+        text::CLIENT_ID.check_optional(client_id.as_deref())?;
+        text::CLIENT_KIND.check_optional(client_kind.as_deref())?;
         if self.position(run_id).is_some() {
             return Err(ConversationError::DuplicateRun { run_id });
         }
@@ -338,6 +356,7 @@ impl Conversation {
             field: "worker_id",
             reason: "must not be blank",
         })?;
+        text::WORKER_ID.check(&worker_id)?;
         if let Some(running) = self.running() {
             return Err(ConversationError::RunInProgress {
                 run_id: running.run_id,
@@ -370,6 +389,21 @@ impl Conversation {
             Some(run) if run.run_id == run_id => Ok(()),
             _ => Err(ConversationError::RunNotActive { run_id }),
         }
+    }
+}
+
+/// A tool call keeps the text rules: call id and name on one line, output and every string (and
+/// key) of the arguments multi-line.
+fn valid_tool_call(call: &ToolCall) -> Result<(), ConversationError> {
+    text::CALL_ID.check(&call.call_id)?;
+    text::TOOL_NAME.check(&call.name)?;
+    text::TOOL_OUTPUT.check(&call.output)?;
+    match text::json_violation(&call.args, Lines::Multi) {
+        Some(violation) => Err(ConversationError::InvalidInput {
+            field: text::TOOL_ARGS_FIELD,
+            reason: violation.reason,
+        }),
+        None => Ok(()),
     }
 }
 

@@ -7,24 +7,24 @@ use ConversationCommand as C;
 use ConversationEvent as E;
 use uuid::Uuid;
 
-fn given(events: impl IntoIterator<Item = ConversationEvent>) -> Given<Conversation> {
+pub(super) fn given(events: impl IntoIterator<Item = ConversationEvent>) -> Given<Conversation> {
     testing::given(events)
 }
 
-const CONV: ConversationId = ConversationId(Uuid::from_u128(1));
-const USER: UserId = UserId(Uuid::from_u128(2));
-const AGENT: AgentId = AgentId(Uuid::from_u128(3));
-const REPLY: MessageId = MessageId(Uuid::from_u128(99));
+pub(super) const CONV: ConversationId = ConversationId(Uuid::from_u128(1));
+pub(super) const USER: UserId = UserId(Uuid::from_u128(2));
+pub(super) const AGENT: AgentId = AgentId(Uuid::from_u128(3));
+pub(super) const REPLY: MessageId = MessageId(Uuid::from_u128(99));
 
-fn run(n: u128) -> RunId {
+pub(super) fn run(n: u128) -> RunId {
     RunId(Uuid::from_u128(100 + n))
 }
 
-fn message(n: u128) -> MessageId {
+pub(super) fn message(n: u128) -> MessageId {
     MessageId(Uuid::from_u128(200 + n))
 }
 
-fn started() -> ConversationEvent {
+pub(super) fn started() -> ConversationEvent {
     E::ConversationStarted {
         conversation_id: CONV,
         user_id: USER,
@@ -44,7 +44,7 @@ fn post(n: u128, mode: PostMode) -> ConversationCommand {
     }
 }
 
-fn posted(n: u128, position: u32) -> ConversationEvent {
+pub(super) fn posted(n: u128, position: u32) -> ConversationEvent {
     E::MessagePosted {
         conversation_id: CONV,
         message_id: message(n),
@@ -58,7 +58,7 @@ fn posted(n: u128, position: u32) -> ConversationEvent {
     }
 }
 
-fn queued(n: u128, position: u32) -> ConversationEvent {
+pub(super) fn queued(n: u128, position: u32) -> ConversationEvent {
     E::RunQueued {
         conversation_id: CONV,
         run_id: run(n),
@@ -67,7 +67,7 @@ fn queued(n: u128, position: u32) -> ConversationEvent {
     }
 }
 
-fn run_started(n: u128) -> ConversationEvent {
+pub(super) fn run_started(n: u128) -> ConversationEvent {
     E::RunStarted {
         conversation_id: CONV,
         run_id: run(n),

@@ -2,6 +2,7 @@
 
 use super::types::{AuthKind, UserStatus};
 use crate::ids::{ConnectionId, KeyId, UserId};
+use crate::text::InvalidText;
 use thiserror::Error;
 
 /// A refused user command. [`UserError::code`] is the stable machine code the edge maps.
@@ -90,5 +91,11 @@ impl UserError {
             UserError::DuplicateKey { .. } => "duplicate_key",
             UserError::KeyNotFound { .. } => "key_not_found",
         }
+    }
+}
+
+impl From<InvalidText> for UserError {
+    fn from(InvalidText { field, reason }: InvalidText) -> Self {
+        UserError::InvalidInput { field, reason }
     }
 }

@@ -11,6 +11,8 @@
 //! - A user keeps at least one auth method. Uniqueness of an identity *across* users is the
 //!   caller's check (it needs a read model); here an identity is never linked twice to one user.
 //! - Provider keys need an approved user; the log only sees a key id and a masked fingerprint.
+//! - Every text field keeps its [`crate::text`] rule (emails, names, URLs, ids, labels and
+//!   fingerprints on one line; reasons may span lines), checked on the trimmed value stored.
 //!
 //! Layout: `types` (value types), `command`, `event`, `error`, and this file's state, `decide`
 //! and `apply`.
@@ -22,6 +24,8 @@ mod types;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod text_tests;
 
 pub use command::UserCommand;
 pub use error::UserError;
@@ -33,7 +37,7 @@ pub use types::{
 
 use crate::aggregate::impl_aggregate;
 use crate::ids::{ConnectionId, KeyId, UserId};
-use crate::text::{is_http_url, non_blank, optional};
+use crate::text::{self, is_http_url, non_blank, optional};
 use serde::{Deserialize, Serialize};
 
 /// A user as folded from its events. `id` is `None` until `UserRegistered`.
@@ -224,16 +228,14 @@ impl User {
         user_id: UserId,
         reason: Option<&String>,
     ) -> Result<Vec<UserEvent>, UserError> {
+        let reason = valid_reason(reason)?;
         if self.status != UserStatus::Pending {
             return Err(UserError::InvalidState {
                 action: "reject",
                 status: self.status,
             });
         }
-        Ok(vec![UserEvent::UserRejected {
-            user_id,
-            reason: optional(reason),
-        }])
+        Ok(vec![UserEvent::UserRejected { user_id, reason }])
     }
 
     fn revoke(
@@ -241,6 +243,7 @@ impl User {
         user_id: UserId,
         reason: Option<&String>,
     ) -> Result<Vec<UserEvent>, UserError> {
+        let reason = valid_reason(reason)?;
         if self.status != UserStatus::Approved {
             return Err(UserError::InvalidState {
                 action: "revoke",
@@ -249,7 +252,7 @@ impl User {
         }
         Ok(vec![UserEvent::UserAccessRevoked {
             user_id,
-            reason: optional(reason),
+            reason,
             role: Role::Guest,
         }])
     }
@@ -316,7 +319,7 @@ impl User {
         show_tool_calls: Option<bool>,
     ) -> Result<Vec<UserEvent>, UserError> {
         let display_name = match display_name {
-            Some(name) => non_blank(name),
+            Some(name) => valid_display_name(Some(name))?,
             None => self.display_name.clone(),
         };
         let avatar_url = match avatar_url {
@@ -354,6 +357,7 @@ impl User {
             });
         }
         let base_url = optional(base_url);
+        text::BASE_URL.check_optional(base_url.as_deref())?;
         match &base_url {
             None if provider == Provider::Custom => {
                 return Err(UserError::InvalidInput {
@@ -379,10 +383,13 @@ impl User {
                 reason: "too long for a masked key; never put a key in an event",
             });
         }
+        text::FINGERPRINT.check(&fingerprint)?;
+        let label = optional(label);
+        text::KEY_LABEL.check_optional(label.as_deref())?;
         if self.provider_keys.iter().any(|key| key.key_id == key_id) {
             return Err(UserError::DuplicateKey { key_id });
         }
-        let label = optional(label).unwrap_or_else(|| "default".to_owned());
+        let label = label.unwrap_or_else(|| "default".to_owned());
         let mut events: Vec<UserEvent> = self
             .provider_key(provider, &label)
             .map(|old| UserEvent::ProviderKeyRemoved {
@@ -426,6 +433,7 @@ fn register(
     is_admin: bool,
 ) -> Result<Vec<UserEvent>, UserError> {
     let email = optional(email);
+    text::EMAIL.check_optional(email.as_deref())?;
     if email.as_ref().is_some_and(|email| !email.contains('@')) {
         return Err(UserError::InvalidInput {
             field: "email",
@@ -440,7 +448,7 @@ fn register(
     Ok(vec![UserEvent::UserRegistered {
         user_id,
         email,
-        display_name: optional(display_name),
+        display_name: valid_display_name(display_name)?,
         avatar_url: valid_avatar(avatar_url)?,
         show_tool_calls: true,
         auth: valid_auth(auth)?,
@@ -455,6 +463,7 @@ fn valid_auth(auth: &AuthMethod) -> Result<AuthMethod, UserError> {
         field: "external_id",
         reason: "must not be blank",
     })?;
+    text::EXTERNAL_ID.check(&external_id)?;
     Ok(AuthMethod {
         external_id,
         ..auth.clone()
@@ -462,13 +471,29 @@ fn valid_auth(auth: &AuthMethod) -> Result<AuthMethod, UserError> {
 }
 
 fn valid_avatar(url: Option<&String>) -> Result<Option<String>, UserError> {
-    match optional(url) {
+    let url = optional(url);
+    text::AVATAR_URL.check_optional(url.as_deref())?;
+    match url {
         Some(url) if !is_http_url(&url) => Err(UserError::InvalidInput {
             field: "avatar_url",
             reason: "must be an http or https URL",
         }),
         url => Ok(url),
     }
+}
+
+/// The trimmed name, `None` when blank.
+fn valid_display_name(name: Option<&String>) -> Result<Option<String>, UserError> {
+    let name = optional(name);
+    text::DISPLAY_NAME.check_optional(name.as_deref())?;
+    Ok(name)
+}
+
+/// The trimmed reason, `None` when blank.
+fn valid_reason(reason: Option<&String>) -> Result<Option<String>, UserError> {
+    let reason = optional(reason);
+    text::REASON.check_optional(reason.as_deref())?;
+    Ok(reason)
 }
 
 impl_aggregate! {

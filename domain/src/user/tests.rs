@@ -4,11 +4,11 @@ use super::*;
 use crate::testing::{self, Given};
 use uuid::Uuid;
 
-fn given(events: impl IntoIterator<Item = UserEvent>) -> Given<User> {
+pub(super) fn given(events: impl IntoIterator<Item = UserEvent>) -> Given<User> {
     testing::given(events)
 }
 
-const USER: UserId = UserId(Uuid::from_u128(1));
+pub(super) const USER: UserId = UserId(Uuid::from_u128(1));
 const EMAIL_LINK: ConnectionId = ConnectionId(Uuid::from_u128(11));
 const GITHUB_LINK: ConnectionId = ConnectionId(Uuid::from_u128(12));
 const KEY: KeyId = KeyId(Uuid::from_u128(21));
@@ -56,11 +56,11 @@ fn registered(role: Role, status: UserStatus) -> UserEvent {
     }
 }
 
-fn pending() -> UserEvent {
+pub(super) fn pending() -> UserEvent {
     registered(Role::Guest, UserStatus::Pending)
 }
 
-fn approved() -> Vec<UserEvent> {
+pub(super) fn approved() -> Vec<UserEvent> {
     vec![
         pending(),
         UserEvent::UserApproved {

@@ -120,7 +120,7 @@ pub struct ProviderKey {
 }
 
 /// The longest fingerprint an event accepts, so a whole key can never pass for one.
-pub const MAX_FINGERPRINT_CHARS: usize = 16;
+pub const MAX_FINGERPRINT_CHARS: usize = crate::text::FINGERPRINT.max_chars;
 
 /// Masks a secret for display and for events: a short head and tail around an ellipsis
 /// (`sk-a…c123`), less of it for short secrets, never more than 8 of its characters.

@@ -61,6 +61,12 @@ pub struct RefreshRequest {
     pub refresh_token: String,
 }
 
+// Sign-in input becomes no command field as sent (addresses are canonicalized first); every
+// string is still checked for control characters.
+impl crate::input::TextFields for LoginEmailRequest {}
+impl crate::input::TextFields for VerifyRequest {}
+impl crate::input::TextFields for RefreshRequest {}
+
 /// Validates and canonicalizes an address (trimmed, lowercased).
 pub fn canonical_email(email: &str) -> Result<String, ApiError> {
     let email = email.trim().to_lowercase();

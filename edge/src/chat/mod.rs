@@ -20,6 +20,7 @@ use crate::conversations::owned_conversation;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, ApprovedUser};
 use crate::follow::{self, Follow, follow};
+use crate::input::TextFields;
 use crate::openapi::resp;
 use crate::quota;
 use crate::routes::ApiRouter;
@@ -39,6 +40,7 @@ use warren_domain::Actor;
 use warren_domain::agent::{Agent, AgentStatus};
 use warren_domain::conversation::{ConversationCommand, PostMode};
 use warren_domain::ids::{AgentId, ConversationId, MessageId, RunId};
+use warren_domain::text;
 
 /// A keepalive frame is sent this often on SSE streams (baal-agent's interval).
 pub(crate) const KEEPALIVE: Duration = Duration::from_secs(15);
@@ -64,6 +66,10 @@ pub struct ChatRequest {
     /// `queue` (default: wait behind a running run) or `interrupt` (cancel it).
     #[schema(value_type = Option<String>, example = "queue")]
     pub mode: Option<PostMode>,
+}
+
+impl TextFields for ChatRequest {
+    const TEXT_FIELDS: &'static [(&'static str, text::TextRule)] = &[("message", text::MESSAGE)];
 }
 
 /// `DELETE /chat/{agent_id}`.

@@ -6,6 +6,7 @@ use super::{CONNECTIONS, Conn, STARTED, Session};
 use crate::conversations::owned_conversation;
 use crate::error::ApiError;
 use crate::follow::{Follow, Item, Start, follow};
+use crate::input::check_json;
 use crate::{quota, views};
 use serde_json::{Value, json};
 use std::sync::atomic::Ordering;
@@ -66,6 +67,10 @@ fn message_view(m: &views::MessageView) -> Value {
 impl Conn {
     /// Answers one request.
     pub(super) async fn handle(&mut self, req: Req) -> Value {
+        // Before any method runs: no string in the params may carry a control character.
+        if let Err(refused) = check_json(&req.params, protocol::text_params(&req.method)) {
+            return protocol::invalid_field(&req.id, &refused.field, refused.reason);
+        }
         let outcome = match req.method.as_str() {
             "agent" => self.agent(&req.params).await,
             "agent.cancel" => self.cancel(&req.params).await,

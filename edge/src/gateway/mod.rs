@@ -4,11 +4,14 @@
 //! A connection must open with `connect` (version `1`, a `clientType`, and the access token as
 //! `params.token` unless the upgrade carried `Authorization`); malformed JSON or a bad handshake
 //! closes it with a reason. After that, `req` frames get `res` frames with the same id — an
-//! unknown method or bad params is an error response and the connection stays open — and the
+//! unknown method or bad params (a control character in any string included: `invalid_params`
+//! naming the field) is an error response and the connection stays open — and the
 //! current session's log arrives as `event` frames whose `seq` is the log cursor (`message` with
 //! `fromSelf`, `queued`, `token`, `tool_call`, `tool_result`, `status`, `final`, `cancelled`,
 //! `error`). `sessions.switch` takes `after` to resume exactly after a cursor. Messages that are
-//! gateway slash commands (`/new`, `/sessions`, …) are answered by the gateway.
+//! gateway slash commands (`/new`, `/sessions`, …) are answered by the gateway. A frame that
+//! breaks the WebSocket protocol closes with its RFC 6455 code: 1007 for invalid UTF-8 in a text
+//! frame, 1009 for one over the size limit, 1002 for any other violation.
 //!
 //! Layout: `protocol` (frames and the log → event mapping), `methods` (what each method and
 //! slash command does); this file runs the connection.
@@ -19,6 +22,7 @@ pub mod protocol;
 use crate::extract::{AuthUser, bearer_token};
 use crate::feed::FeedFollower;
 use crate::follow::Follower;
+use crate::input::check_json;
 use crate::state::AppState;
 use axum::Router;
 use axum::extract::State;
@@ -32,6 +36,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use warren_domain::ids::{AgentId, ConversationId};
 
+/// The most bytes a close frame's reason may hold (RFC 6455 §5.5: 125 with the code).
+const MAX_CLOSE_REASON_BYTES: usize = 123;
 /// The largest frame a client may send; larger ones close the connection (1009).
 pub const MAX_FRAME_BYTES: usize = 64 * 1024;
 /// What a connection's read buffer starts with (it grows for larger frames, up to the limit).
@@ -129,7 +135,14 @@ async fn run(state: AppState, mut socket: WebSocket, header_token: Option<String
         Ok(conn) => Box::pin(serve(conn, &mut socket)).await,
         Err(end) => Err(end),
     };
-    if let Err(end) = outcome {
+    if let Err(mut end) = outcome {
+        if end.reason.len() > MAX_CLOSE_REASON_BYTES {
+            let mut cut = MAX_CLOSE_REASON_BYTES;
+            while !end.reason.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            end.reason.truncate(cut);
+        }
         let frame = CloseFrame {
             code: end.code,
             reason: Utf8Bytes::from(end.reason),
@@ -157,6 +170,15 @@ async fn handshake(
         return Err(close(
             close_code::POLICY,
             "the first frame must be a connect request",
+        ));
+    }
+    if let Err(refused) = check_json(&req.params, protocol::text_params("connect")) {
+        // Answered like any bad params, then closed: a client that is not connected cannot stay.
+        let answer = protocol::invalid_field(&req.id, &refused.field, refused.reason);
+        send(socket, &answer).await;
+        return Err(close(
+            close_code::POLICY,
+            format!("invalid params.{}: {}", refused.field, refused.reason),
         ));
     }
     if req.params["version"].as_str() != Some(protocol::VERSION) {
@@ -223,8 +245,25 @@ async fn next_text(socket: &mut WebSocket) -> Result<String, Close> {
                 ));
             }
             Some(Ok(Message::Close(_))) | None => return Err(close(close_code::NORMAL, "bye")),
-            Some(Err(err)) => return Err(close(close_code::SIZE, format!("bad frame: {err}"))),
+            Some(Err(err)) => return Err(read_failed(err)),
         }
+    }
+}
+
+/// How a failed read closes the connection (RFC 6455 §7.4.1): invalid UTF-8 in a text message
+/// is 1007, a message over the limit 1009, any other protocol violation (an unknown opcode, an
+/// unmasked or fragmented control frame, reserved bits, a stray continuation) 1002.
+fn read_failed(err: axum::Error) -> Close {
+    use tokio_tungstenite::tungstenite::Error;
+    match err.into_inner().downcast_ref::<Error>() {
+        Some(Error::Utf8(_)) => close(close_code::INVALID, "invalid UTF-8 in a text frame"),
+        Some(Error::Capacity(err)) => close(close_code::SIZE, format!("frame too large: {err}")),
+        Some(Error::Protocol(err)) => {
+            close(close_code::PROTOCOL, format!("protocol violation: {err}"))
+        }
+        Some(Error::AttackAttempt) => close(close_code::POLICY, "attack attempt"),
+        // The connection itself failed (reset, I/O): there is likely nobody left to tell.
+        _ => close(close_code::ERROR, "the connection failed"),
     }
 }
 
@@ -258,7 +297,7 @@ async fn serve(mut conn: Conn, socket: &mut WebSocket) -> Result<(), Close> {
                         return Err(close(close_code::UNSUPPORTED, "binary frames are not supported"));
                     }
                     Some(Ok(Message::Close(_))) | None => return Ok(()),
-                    Some(Err(err)) => return Err(close(close_code::SIZE, format!("bad frame: {err}"))),
+                    Some(Err(err)) => return Err(read_failed(err)),
                 };
                 let value: Value = serde_json::from_str(&text)
                     .map_err(|_| close(close_code::INVALID, "malformed JSON"))?;

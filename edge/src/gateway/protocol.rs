@@ -5,6 +5,7 @@ use crate::follow::Item;
 use axum::extract::ws::Utf8Bytes;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use warren_domain::text::{self, TextRule};
 
 /// The protocol version this gateway speaks.
 pub const VERSION: &str = "1";
@@ -38,6 +39,17 @@ pub struct Req {
     pub params: Value,
 }
 
+/// The domain rule each method's params that become command fields follow, beyond the check of
+/// every string in every request's params ([`crate::input`]).
+pub fn text_params(method: &str) -> &'static [(&'static str, TextRule)] {
+    match method {
+        "connect" => &[("clientType", text::CLIENT_KIND)],
+        "agent" => &[("message", text::MESSAGE)],
+        "sessions.new" => &[("title", text::TITLE)],
+        _ => &[],
+    }
+}
+
 /// A successful response.
 pub fn ok(id: &str, payload: Value) -> Value {
     json!({"type": "res", "id": id, "ok": true, "payload": payload})
@@ -46,6 +58,18 @@ pub fn ok(id: &str, payload: Value) -> Value {
 /// A failed response (the connection stays open).
 pub fn fail(id: &str, code: &str, message: &str) -> Value {
     json!({"type": "res", "id": id, "ok": false, "error": message, "errorCode": code})
+}
+
+/// A request refused for one of its params: `invalid_params`, naming the field in the message and
+/// in `details.fields` as REST's 422 does (the connection stays open).
+pub fn invalid_field(id: &str, field: &str, reason: &str) -> Value {
+    let mut frame = fail(
+        id,
+        "invalid_params",
+        &format!("invalid params.{field}: {reason}"),
+    );
+    frame["details"] = json!({"fields": [{"field": field, "reason": reason}]});
+    frame
 }
 
 /// An event frame.

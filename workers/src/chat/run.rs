@@ -2,6 +2,10 @@
 //! deltas (tokens coalesced), watch for cancels, keep the lease fresh, and record
 //! `CompleteRun`, `FailRun` or `CancelRun`. The lease is released only once the outcome is in the
 //! log: a run whose outcome cannot be recorded is left to the sweepers, never left hanging.
+//!
+//! The runtime's text arrives escaped (`runtime`); the outcome is also fitted to the domain's
+//! maxima here (the reply, failure codes and messages, which may quote a runtime's answer), so
+//! the aggregate never refuses it for its text and a run is always recorded.
 
 use super::Shared;
 use super::lease::Held;
@@ -18,6 +22,7 @@ use warren_domain::conversation::{
     ToolCall,
 };
 use warren_domain::ids::{AgentId, ConversationId, MessageId, RunId, UserId};
+use warren_domain::text;
 use warren_domain::user::Provider;
 
 /// Tokens are published at most this often per run (DESIGN §4: 25–40 ms). A token arriving
@@ -25,8 +30,10 @@ use warren_domain::user::Provider;
 /// since the last publish closes, so coalescing adds latency only to bursts.
 const COALESCE: Duration = Duration::from_millis(30);
 /// Tool output kept in the log and in deltas, per call: a commit must stay well under NATS's
-/// message size limit even with many calls.
+/// message size limit even with many calls. In bytes, so never more characters than the
+/// domain's `TOOL_OUTPUT` rule allows.
 pub const OUTPUT_CAP_BYTES: usize = 16 * 1024;
+const _: () = assert!(OUTPUT_CAP_BYTES <= text::TOOL_OUTPUT.max_chars);
 /// How often recording an outcome is tried before the run is left to the sweepers.
 const RECORD_ATTEMPTS: u32 = 5;
 
@@ -141,7 +148,7 @@ pub async fn run(
         Outcome::Completed { text, usage } => Some(ConversationCommand::CompleteRun {
             run_id: job.run_id,
             reply_id: MessageId::new(),
-            text,
+            text: text::REPLY.fit(&text),
             tool_calls: progress.tool_calls,
             usage,
             duration_ms,
@@ -151,6 +158,8 @@ pub async fn run(
             message,
             retryable,
         } => {
+            let code = text::FAILURE_CODE.fit(&code);
+            let message = text::FAILURE_MESSAGE.fit(&message);
             tracing::warn!(conversation_id = %job.conversation_id, run_id = %job.run_id, code, message, "run failed");
             Some(ConversationCommand::FailRun {
                 run_id: job.run_id,

@@ -2,12 +2,19 @@
 //! [`RuntimeEvent`]s, plus cancel and clear. Speaks both `warren-agent` (token deltas, call ids,
 //! tool results) and a plain baal-agent (whole-turn `text`, no ids): the differences are
 //! smoothed over by the run, not here.
+//!
+//! A runtime and the model behind it are hostile: every string they send is escaped here, as it
+//! is read, to keep the domain's text rules (control characters become visible control pictures,
+//! `␀` for NUL; ids, names and codes are also cut to their maxima), so what the worker publishes
+//! live and records in the log never carries a control character (`docs/adr/0012-text-rules.md`).
 
 use eventsource_stream::Eventsource;
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
+use std::borrow::Cow;
 use std::time::Duration;
 use warren_domain::conversation::TokenUsage;
+use warren_domain::text::{self, Lines};
 
 /// How long connecting and sending a request to a runtime may take (the stream itself is bounded
 /// by the runtime's keepalives, see [`IDLE_TIMEOUT`]).
@@ -129,32 +136,44 @@ fn yes() -> bool {
     true
 }
 
+/// `text` with what multi-line text may not hold escaped (no copy when there is none).
+fn escaped(text: String) -> String {
+    match text::escape(&text, Lines::Multi) {
+        Cow::Borrowed(_) => text,
+        Cow::Owned(escaped) => escaped,
+    }
+}
+
 impl Wire {
+    /// The event, every string escaped (and ids, names and codes fitted) to the text rules.
     fn into_event(self) -> Option<RuntimeEvent> {
         Some(match self {
-            Wire::Token { delta } => RuntimeEvent::Token(delta),
-            Wire::Text { content } => RuntimeEvent::Text(content),
+            Wire::Token { delta } => RuntimeEvent::Token(escaped(delta)),
+            Wire::Text { content } => RuntimeEvent::Text(escaped(content)),
             Wire::ToolUse {
                 call_id,
                 name,
                 input,
             } => RuntimeEvent::ToolUse {
-                call_id,
-                name,
-                input,
+                call_id: call_id.map(|id| text::CALL_ID.fit(&id)),
+                name: text::TOOL_NAME.fit(&name),
+                input: text::escape_json(&input),
             },
             Wire::ToolResult {
                 call_id,
                 ok,
                 output,
             } => RuntimeEvent::ToolResult {
-                call_id,
+                call_id: text::CALL_ID.fit(&call_id),
                 ok,
-                output,
+                output: escaped(output),
             },
-            Wire::File { path, size } => RuntimeEvent::File { path, size },
+            Wire::File { path, size } => RuntimeEvent::File {
+                path: text::escape(&path, Lines::Single).into_owned(),
+                size,
+            },
             Wire::Done { text, usage } => RuntimeEvent::Done {
-                text,
+                text: text.map(escaped),
                 usage: usage.unwrap_or_default(),
             },
             Wire::Error {
@@ -163,10 +182,13 @@ impl Wire {
                 content,
                 retryable,
             } => RuntimeEvent::Error {
-                code: code.unwrap_or_else(|| "runtime_error".to_owned()),
-                message: message
-                    .or(content)
-                    .unwrap_or_else(|| "the agent runtime reported an error".to_owned()),
+                code: text::FAILURE_CODE.fit(code.as_deref().unwrap_or("runtime_error")),
+                message: text::FAILURE_MESSAGE.fit(
+                    message
+                        .or(content)
+                        .as_deref()
+                        .unwrap_or("the agent runtime reported an error"),
+                ),
                 retryable: retryable.unwrap_or(false),
             },
             // Keepalives and types this worker does not know.
@@ -372,6 +394,55 @@ mod tests {
         assert!(parse(r#"{"type":"done"}"#).is_some());
         assert_eq!(parse(r#"{"type":"keepalive"}"#), None);
         assert_eq!(parse(r#"{"type":"something_new","x":1}"#), None);
+    }
+
+    #[test]
+    fn every_string_a_runtime_sends_is_escaped_as_it_is_read() {
+        assert_eq!(
+            parse(r#"{"type":"token","delta":"a\u0000b\u001b[2J\n"}"#),
+            Some(RuntimeEvent::Token("a␀b␛[2J\n".into()))
+        );
+        assert_eq!(
+            parse(
+                r#"{"type":"tool_use","call_id":"c\u0000","name":"sh\u0007","input":{"k\u0000":["\u007f"]}}"#
+            ),
+            Some(RuntimeEvent::ToolUse {
+                call_id: Some("c␀".into()),
+                name: "sh␇".into(),
+                input: serde_json::json!({"k␀": ["␡"]}),
+            })
+        );
+        assert_eq!(
+            parse(r#"{"type":"tool_result","call_id":"c\u0000","output":"x\u0000\ty"}"#),
+            Some(RuntimeEvent::ToolResult {
+                call_id: "c␀".into(),
+                ok: true,
+                output: "x␀\ty".into(),
+            })
+        );
+        assert_eq!(
+            parse(r#"{"type":"file","path":"a\nb\u0000.txt","size":3}"#),
+            Some(RuntimeEvent::File {
+                path: "a␊b␀.txt".into(),
+                size: Some(3),
+            })
+        );
+        assert_eq!(
+            parse(r#"{"type":"done","text":"bye\u0000"}"#),
+            Some(RuntimeEvent::Done {
+                text: Some("bye␀".into()),
+                usage: TokenUsage::default(),
+            })
+        );
+        let long_code = "E".repeat(100);
+        let error = format!(r#"{{"type":"error","code":"{long_code}\n","message":"m\u0000"}}"#);
+        match parse(&error) {
+            Some(RuntimeEvent::Error { code, message, .. }) => {
+                assert_eq!(text::FAILURE_CODE.violation(&code), None, "{code}");
+                assert_eq!(message, "m␀");
+            }
+            other => panic!("an error event, got {other:?}"),
+        }
     }
 
     #[test]

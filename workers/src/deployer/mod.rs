@@ -257,7 +257,9 @@ impl Deployer {
                     AgentCommand::FailDeployment {
                         deployment_id,
                         step,
-                        error,
+                        // The runtime's or the system's words: fitted to the text rules, never
+                        // refused for them.
+                        error: warren_domain::text::AGENT_ERROR.fit(&error),
                     },
                 )
                 .await?;
