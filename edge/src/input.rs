@@ -2,7 +2,7 @@
 //! query string, a path or the gateway's params — is checked before any command is built, so a
 //! NUL or another control character is a clear refusal naming the field (REST: 422
 //! `validation_failed`; gateway: `invalid_params`), never a log entry the read side cannot store
-//! (`docs/adr/0012-text-rules.md`).
+//! (`docs/adr/0015-text-rules.md`).
 //!
 //! Two layers, both the domain's rules ([`warren_domain::text`]):
 //! - every string and every object key of the input keeps the multi-line rule (no control

@@ -5,7 +5,7 @@
 //! characters also rewrite terminals, logs and other clients' screens. So each aggregate checks
 //! every free-text field of every command with that field's [`TextRule`], whoever sent it (an
 //! edge, a worker, a script), and refuses with `invalid_input` naming the field
-//! (`docs/adr/0012-text-rules.md`):
+//! (`docs/adr/0015-text-rules.md`):
 //!
 //! - Never allowed: the Unicode control characters (category Cc: C0 U+0000–U+001F, DEL U+007F,
 //!   C1 U+0080–U+009F), except tab, LF and CR in multi-line fields ([`Lines::Multi`]: message

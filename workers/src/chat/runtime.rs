@@ -6,7 +6,7 @@
 //! A runtime and the model behind it are hostile: every string they send is escaped here, as it
 //! is read, to keep the domain's text rules (control characters become visible control pictures,
 //! `␀` for NUL; ids, names and codes are also cut to their maxima), so what the worker publishes
-//! live and records in the log never carries a control character (`docs/adr/0012-text-rules.md`).
+//! live and records in the log never carries a control character (`docs/adr/0015-text-rules.md`).
 
 use eventsource_stream::Eventsource;
 use futures::{Stream, StreamExt};
