@@ -182,6 +182,8 @@ impl Platform {
             ("WARREN_ENCRYPTION_KEY", ENCRYPTION_KEY.to_owned()),
             ("WARREN_SMTP_URL", smtp.url()),
             ("WARREN_LOG", "warn".to_owned()),
+            // Every client of the bench comes from 127.0.0.1.
+            ("WARREN_HTTP_MAX_CONNECTIONS_PER_IP", "100000".to_owned()),
         ];
         let own_consumers = js
             .get_stream(topology::CONVERSATIONS)

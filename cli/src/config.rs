@@ -132,6 +132,20 @@ pub struct Config {
     pub rate_writes_per_ip_per_minute: u32,
     /// `WARREN_HTTP_MAX_BODY_BYTES`: the largest request body accepted (413 beyond).
     pub http_max_body_bytes: usize,
+    /// `WARREN_HTTP_IDLE_TIMEOUT_SECS`: a connection that sends no byte this long after it was
+    /// accepted is closed.
+    pub http_idle_timeout_secs: u64,
+    /// `WARREN_HTTP_HEADER_TIMEOUT_SECS`: a request head not complete this long after the edge
+    /// started waiting for it (at accept, or after the previous response) closes the connection.
+    pub http_header_timeout_secs: u64,
+    /// `WARREN_HTTP_MAX_CONNECTIONS`: connections at once in all; 0 = the file-descriptor limit
+    /// minus 1,024 kept for NATS, PostgreSQL, agent processes and files.
+    pub http_max_connections: usize,
+    /// `WARREN_HTTP_MAX_CONNECTIONS_PER_IP`: connections at once from one client address.
+    pub http_max_connections_per_ip: usize,
+    /// `WARREN_HTTP_UNCAPPED_IPS`: comma-separated addresses the per-IP cap does not apply to (a
+    /// reverse proxy in front of the edge).
+    pub http_uncapped_ips: String,
     /// `WARREN_HEALTH_MAX_LAG`: pending commits beyond which `/api/v1/health` reports a
     /// projection as lagging (`degraded`).
     pub health_max_lag: u64,
@@ -210,6 +224,11 @@ impl Default for Config {
             rate_writes_per_ip_per_minute: 300,
             http_max_body_bytes: 256 * 1024,
             health_max_lag: 1_000,
+            http_idle_timeout_secs: 10,
+            http_header_timeout_secs: 10,
+            http_max_connections: 0,
+            http_max_connections_per_ip: 256,
+            http_uncapped_ips: String::new(),
             default_provider: None,
             default_base_url: None,
             default_api_key: None,
@@ -256,6 +275,12 @@ impl Config {
                 && self.access_token_ttl_secs >= 1
                 && self.refresh_token_ttl_secs >= 1,
             "WARREN_MAGIC_LINK_TTL_SECS, WARREN_ACCESS_TOKEN_TTL_SECS and WARREN_REFRESH_TOKEN_TTL_SECS must be ≥ 1"
+        );
+        anyhow::ensure!(
+            self.http_idle_timeout_secs >= 1
+                && self.http_header_timeout_secs >= 1
+                && self.http_max_connections_per_ip >= 1,
+            "WARREN_HTTP_IDLE_TIMEOUT_SECS, WARREN_HTTP_HEADER_TIMEOUT_SECS and WARREN_HTTP_MAX_CONNECTIONS_PER_IP must be ≥ 1"
         );
         anyhow::ensure!(
             self.http_max_body_bytes >= 1024,
@@ -358,6 +383,30 @@ impl Config {
             },
             max_body_bytes: self.http_max_body_bytes,
             health_max_lag: self.health_max_lag,
+            http: self.http_limits()?,
+        })
+    }
+
+    /// The edge's connection caps and timeouts; an automatic total cap follows the process's
+    /// file-descriptor limit (read after [`crate::fds::raise_limit`]).
+    pub fn http_limits(&self) -> anyhow::Result<warren_edge::conns::HttpLimits> {
+        let uncapped_ips = split_list(&self.http_uncapped_ips)
+            .iter()
+            .map(|ip| {
+                ip.parse().map_err(|_| {
+                    anyhow::anyhow!("WARREN_HTTP_UNCAPPED_IPS: {ip:?} is not an IP address")
+                })
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(warren_edge::conns::HttpLimits {
+            idle_timeout: Duration::from_secs(self.http_idle_timeout_secs),
+            header_timeout: Duration::from_secs(self.http_header_timeout_secs),
+            max_connections: match self.http_max_connections {
+                0 => crate::fds::connection_budget(),
+                n => n,
+            },
+            max_connections_per_ip: self.http_max_connections_per_ip,
+            uncapped_ips,
         })
     }
 

@@ -2,6 +2,7 @@
 
 mod config;
 mod dev;
+mod fds;
 mod roles;
 
 use clap::{Parser, Subcommand};
@@ -81,7 +82,9 @@ async fn main() -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    let fd_limit = fds::raise_limit();
     let config = Config::load()?;
+    fds::warn_if_low(fd_limit, config.http_limits()?.max_connections);
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     let outcome = match cli.command {

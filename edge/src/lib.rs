@@ -18,6 +18,8 @@
 //! - [`server`] — every resource router merged in one place, shared layers, `serve`.
 //! - [`lane`] — follow streams (SSE `GET`s) answered by a small HTTP/1 writer of its own;
 //!   hyper serves every other connection.
+//! - [`conns`] — connection caps (per IP, in all, a reserve for health) and the idle and
+//!   header timeouts.
 //! - [`auth`] — magic links, tokens, identities and the `/auth` routes.
 //! - [`users`], [`keys`] — `/users/me`, connections, provider API keys.
 //! - [`admin`] — `/admin/users`: approve, reject, revoke, roles and tiers.
@@ -43,6 +45,7 @@ pub mod admin;
 pub mod agents;
 pub mod auth;
 pub mod chat;
+pub mod conns;
 pub mod consistency;
 pub mod conversations;
 pub mod error;

@@ -3,6 +3,7 @@
 //! unknown routes, wrong methods and panics), and the server loop that puts follow streams on
 //! the [`lane`](crate::lane).
 
+use crate::conns::Connections;
 use crate::error::ApiError;
 use crate::extract::{client_ip, is_write};
 use crate::lane::{Lane, Sniffer};
@@ -13,16 +14,21 @@ use crate::{
     usage, users,
 };
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::body::Body;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::serve::ListenerExt;
-use std::net::SocketAddr;
+use axum::serve::Listener;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::service::TowerToHyperService;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
@@ -131,30 +137,60 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
 /// Serves until `shutdown` fires, then drains in-flight requests and open streams.
 ///
 /// Follow streams (SSE `GET`s) are answered on the [`lane`](crate::lane); hyper serves every
-/// other connection.
+/// other connection, with a header timeout (which also closes keep-alive connections idle
+/// between requests). Every connection is counted against the caps of [`crate::conns`].
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let closing = state.closing.clone();
+    let limits = state.settings.http.clone();
     let app = router(state);
     let tasks = TaskTracker::new();
-    let lane = Lane::new(app.clone(), shutdown.clone(), tasks.clone());
-    // `tap_io` is what gives a custom listener axum's `ConnectInfo<SocketAddr>`; the sniffer
-    // already set each socket's options.
-    let listener = Sniffer::new(listener, lane).tap_io(|_| {});
-    let served = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        shutdown.cancelled().await;
-        // Streams waiting on runs end now, so draining does not wait for the runs.
-        closing.cancel();
-    })
-    .await;
+    let connections = Connections::new(limits.clone());
+    let lane = Lane::new(app.clone(), shutdown.clone(), tasks.clone(), connections);
+    let mut sniffer = Sniffer::new(listener, lane);
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    // CONNECT for WebSockets over HTTP/2, as axum::serve does.
+    builder.http2().enable_connect_protocol();
+    loop {
+        let (io, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = sniffer.accept() => accepted,
+        };
+        let service = TowerToHyperService::new(app.clone().map_request(
+            move |mut request: Request<Incoming>| {
+                request.extensions_mut().insert(ConnectInfo(peer));
+                request.map(Body::new)
+            },
+        ));
+        let builder = builder.clone();
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = shutdown.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        });
+    }
+    // Streams waiting on runs end now, so draining does not wait for the runs.
+    closing.cancel();
     tasks.close();
-    tasks.wait().await;
-    served
+    if tokio::time::timeout(DRAIN, tasks.wait()).await.is_err() {
+        tracing::warn!("connections still open {DRAIN:?} after shutdown; dropping them");
+    }
+    Ok(())
 }
+
+/// How long shutdown waits for in-flight requests and streams.
+const DRAIN: Duration = Duration::from_secs(10);

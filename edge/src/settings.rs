@@ -119,6 +119,8 @@ pub struct EdgeSettings {
     pub max_body_bytes: usize,
     /// Pending commits beyond which `GET /api/v1/health` reports a projection as lagging.
     pub health_max_lag: u64,
+    /// Connection caps and timeouts.
+    pub http: crate::conns::HttpLimits,
 }
 
 impl EdgeSettings {
@@ -159,6 +161,7 @@ impl EdgeSettings {
             },
             max_body_bytes: 64 * 1024,
             health_max_lag: 1_000,
+            http: crate::conns::HttpLimits::default(),
         }
     }
 }

@@ -21,32 +21,38 @@ pub struct Lag {
 }
 
 async fn lag_of<P: Projection>(js: &jetstream::Context, pool: &PgPool) -> Result<Lag, sqlx::Error> {
-    let checkpoint = runner::checkpoint(pool, P::NAME).await?;
-    let pending = match js.get_stream_no_info(P::STREAM).await {
-        Ok(stream) => match stream.consumer_info(runner::consumer_name::<P>()).await {
-            Ok(info) => Some(info.num_pending + info.num_ack_pending as u64),
+    let pending = async {
+        match js.get_stream_no_info(P::STREAM).await {
+            Ok(stream) => match stream.consumer_info(runner::consumer_name::<P>()).await {
+                Ok(info) => Some(info.num_pending + info.num_ack_pending as u64),
+                Err(_) => None,
+            },
             Err(_) => None,
-        },
-        Err(_) => None,
+        }
     };
-    let parked: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM parked_events WHERE projection = $1")
-            .bind(P::NAME)
-            .fetch_one(pool)
-            .await?;
+    // The checkpoint and the parked count in one query.
+    let positions = sqlx::query_as::<_, (Option<i64>, i64)>(
+        "SELECT (SELECT last_seq FROM checkpoints WHERE projection = $1), \
+         (SELECT count(*) FROM parked_events WHERE projection = $1)",
+    )
+    .bind(P::NAME)
+    .fetch_one(pool);
+    let (pending, positions) = futures::join!(pending, positions);
+    let (checkpoint, parked) = positions?;
     Ok(Lag {
         projection: P::NAME,
-        checkpoint,
+        checkpoint: checkpoint.unwrap_or(0) as u64,
         pending,
         parked: parked as u64,
     })
 }
 
-/// The lag of every projection.
+/// The lag of every projection (asked at once: health checks should be cheap).
 pub async fn lags(js: &jetstream::Context, pool: &PgPool) -> Result<Vec<Lag>, sqlx::Error> {
-    Ok(vec![
-        lag_of::<Users>(js, pool).await?,
-        lag_of::<Agents>(js, pool).await?,
-        lag_of::<Conversations>(js, pool).await?,
-    ])
+    let (users, agents, conversations) = futures::try_join!(
+        lag_of::<Users>(js, pool),
+        lag_of::<Agents>(js, pool),
+        lag_of::<Conversations>(js, pool),
+    )?;
+    Ok(vec![users, agents, conversations])
 }

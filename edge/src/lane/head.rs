@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 /// The routes the lane answers, as the router writes them (checked against its table in the
 /// tests below).
@@ -17,8 +18,6 @@ pub const FOLLOW_ROUTES: [&str; 2] = ["/api/v1/conversations/{id}/events", "/api
 const MAX_HEAD: usize = 16 * 1024;
 /// What the sniffer first reserves (a head with a bearer token fits).
 const FIRST_READ: usize = 1024;
-/// How long the sniffer waits for a whole head before handing the connection to hyper as it is.
-const HEAD_WAIT: Duration = Duration::from_secs(30);
 /// Headers beyond this many make the head hyper's.
 const MAX_HEADERS: usize = 64;
 
@@ -31,20 +30,58 @@ pub enum Verdict {
     Other(Vec<u8>),
     /// The client went away before sending anything.
     Closed,
+    /// Nothing came within the idle timeout, or the head was not whole within the header
+    /// timeout: close the connection.
+    TimedOut,
 }
 
-/// Reads the first request head from `tcp` (sent by `peer`) and decides.
-pub async fn read(tcp: &mut TcpStream, peer: SocketAddr) -> Verdict {
+impl Verdict {
+    /// Whether this is a `GET /api/v1/health` (a follow stream never is).
+    pub fn is_health(&self) -> bool {
+        matches!(self, Verdict::Other(read) if is_health_request(read))
+    }
+}
+
+/// How long a connection may take: to send a first byte (`idle`), and to finish the head
+/// (`header`), both counted from accepting it.
+#[derive(Clone, Copy, Debug)]
+pub struct Deadlines {
+    /// No byte by then: closed.
+    pub idle: Duration,
+    /// No whole head (for the lane) by then: closed.
+    pub header: Duration,
+}
+
+/// Reads the first request head from `tcp` (sent by `peer`, accepted at `accepted`) and decides.
+/// A head that is clearly not a follow stream goes to hyper as soon as that is clear, and hyper's
+/// own header timeout bounds the rest of it.
+pub async fn read(
+    tcp: &mut TcpStream,
+    peer: SocketAddr,
+    accepted: Instant,
+    deadlines: Deadlines,
+) -> Verdict {
     let mut read = Vec::with_capacity(FIRST_READ);
-    match tokio::time::timeout(HEAD_WAIT, fill(tcp, &mut read, peer)).await {
+    let first = tokio::time::timeout_at(accepted + deadlines.idle, tcp.read_buf(&mut read)).await;
+    match first {
+        Err(_) => return Verdict::TimedOut,
+        Ok(Ok(0) | Err(_)) => return Verdict::Closed,
+        Ok(Ok(_)) => {}
+    }
+    match tokio::time::timeout_at(accepted + deadlines.header, fill(tcp, &mut read, peer)).await {
         Ok(verdict) => verdict.unwrap_or(Verdict::Other(read)),
-        Err(_) => Verdict::Other(read),
+        Err(_) => Verdict::TimedOut,
     }
 }
 
 /// Reads until the head is whole or clearly not a follow stream; `None` hands `read` to hyper.
 async fn fill(tcp: &mut TcpStream, read: &mut Vec<u8>, peer: SocketAddr) -> Option<Verdict> {
     loop {
+        match classify(read, peer) {
+            Classified::Partial => {}
+            Classified::Follow(request) => return Some(Verdict::Follow(request)),
+            Classified::Other => return None,
+        }
         if read.len() == read.capacity() {
             if read.len() >= MAX_HEAD {
                 return None;
@@ -52,16 +89,21 @@ async fn fill(tcp: &mut TcpStream, read: &mut Vec<u8>, peer: SocketAddr) -> Opti
             read.reserve(read.len());
         }
         match tcp.read_buf(read).await {
-            Ok(0) | Err(_) if read.is_empty() => return Some(Verdict::Closed),
             Ok(0) | Err(_) => return None,
             Ok(_) => {}
         }
-        match classify(read, peer) {
-            Classified::Partial => {}
-            Classified::Follow(request) => return Some(Verdict::Follow(request)),
-            Classified::Other => return None,
-        }
     }
+}
+
+/// Whether `read` starts a `GET /api/v1/health` (all a connection in the health reserve may ask).
+pub fn is_health_request(read: &[u8]) -> bool {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut head = httparse::Request::new(&mut headers);
+    matches!(head.parse(read), Ok(httparse::Status::Complete(_)))
+        && head.method == Some("GET")
+        && head
+            .path
+            .is_some_and(|path| path.split('?').next() == Some("/api/v1/health"))
 }
 
 enum Classified {

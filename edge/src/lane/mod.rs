@@ -19,11 +19,13 @@
 pub mod head;
 pub mod stream;
 
+use crate::conns::{self, Admission, Connections, Slot};
 use axum::Router;
 use axum::serve::Listener;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -35,7 +37,8 @@ use tokio_util::task::TaskTracker;
 /// Connections waiting to be handed to hyper; the sniffing tasks wait when it is full.
 const HANDOFF_QUEUE: usize = 256;
 
-/// A listener that keeps follow streams for the lane and hands every other connection on.
+/// A listener that keeps follow streams for the lane and hands every other connection on,
+/// within the connection caps and timeouts ([`crate::conns`]).
 pub struct Sniffer {
     tcp: TcpListener,
     handed: mpsc::Receiver<(Rewound, SocketAddr)>,
@@ -43,22 +46,30 @@ pub struct Sniffer {
     lane: Lane,
 }
 
-/// What each sniffing task needs: the router to answer with, the shutdown, and the tracker that
-/// `serve` waits on.
+/// What each sniffing task needs: the router to answer with, the shutdown, the tracker that
+/// `serve` waits on, and the connection counts.
 #[derive(Clone)]
 pub struct Lane {
     router: Router,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    connections: Arc<Connections>,
 }
 
 impl Lane {
-    /// A lane answering through `router` until `shutdown`, its tasks tracked by `tasks`.
-    pub fn new(router: Router, shutdown: CancellationToken, tasks: TaskTracker) -> Self {
+    /// A lane answering through `router` until `shutdown`, its tasks tracked by `tasks`, its
+    /// connections counted by `connections`.
+    pub fn new(
+        router: Router,
+        shutdown: CancellationToken,
+        tasks: TaskTracker,
+        connections: Arc<Connections>,
+    ) -> Self {
         Self {
             router,
             shutdown,
             tasks,
+            connections,
         }
     }
 }
@@ -75,23 +86,56 @@ impl Sniffer {
         }
     }
 
-    fn sniff(&self, mut tcp: TcpStream, peer: SocketAddr) {
+    fn admit(&self, tcp: TcpStream, peer: SocketAddr) {
+        match self.lane.connections.admit(peer.ip()) {
+            Admission::Serve(slot) => self.sniff(tcp, peer, slot, false),
+            Admission::HealthOnly(slot) => self.sniff(tcp, peer, slot, true),
+            // Written without waiting: a client that does not read gets nothing.
+            Admission::Refuse(_) => {
+                let _ = tcp.try_write(conns::REFUSED);
+            }
+        }
+    }
+
+    /// Reads the connection's first head within the timeouts and hands it to whoever answers
+    /// it; `health_only` connections (past the total cap) may only ask for health.
+    fn sniff(&self, mut tcp: TcpStream, peer: SocketAddr, slot: Slot, health_only: bool) {
         // SSE frames are small writes: Nagle would hold one back until the client's delayed
         // ACK (measured: a 40 ms stall on the first delta of a run).
         let _ = tcp.set_nodelay(true);
         let lane = self.lane.clone();
         let hand = self.hand.clone();
+        let accepted = tokio::time::Instant::now();
+        let limits = lane.connections.limits();
+        let deadlines = if health_only {
+            head::Deadlines {
+                idle: conns::HEALTH_HEAD_TIMEOUT,
+                header: conns::HEALTH_HEAD_TIMEOUT,
+            }
+        } else {
+            head::Deadlines {
+                idle: limits.idle_timeout,
+                header: limits.header_timeout,
+            }
+        };
         self.lane.tasks.spawn(async move {
             let shutdown = lane.shutdown.clone();
             tokio::select! {
                 _ = shutdown.cancelled() => {}
-                verdict = head::read(&mut tcp, peer) => match verdict {
+                verdict = head::read(&mut tcp, peer, accepted, deadlines) => match verdict {
+                    head::Verdict::Follow(_) | head::Verdict::Other(_) if health_only && !verdict.is_health() => {
+                        let _ = tcp.try_write(conns::REFUSED);
+                    }
                     head::Verdict::Follow(request) => {
+                        let _slot = slot;
                         stream::serve(tcp, *request, lane.router, &lane.shutdown).await;
                     }
                     head::Verdict::Other(read) => {
                         // An error means the server stopped accepting: the connection closes.
-                        let _ = hand.send((Rewound::new(read, tcp), peer)).await;
+                        let _ = hand.send((Rewound::new(read, tcp, slot), peer)).await;
+                    }
+                    head::Verdict::TimedOut => {
+                        let _ = tcp.try_write(conns::TIMED_OUT);
                     }
                     head::Verdict::Closed => {}
                 },
@@ -109,7 +153,7 @@ impl Listener for Sniffer {
             tokio::select! {
                 Some(handed) = self.handed.recv() => return handed,
                 accepted = self.tcp.accept() => match accepted {
-                    Ok((tcp, peer)) => self.sniff(tcp, peer),
+                    Ok((tcp, peer)) => self.admit(tcp, peer),
                     Err(err) if is_connection_error(&err) => {}
                     Err(err) => {
                         // Out of file descriptors, say: give the process a moment.
@@ -135,16 +179,23 @@ fn is_connection_error(err: &io::Error) -> bool {
     )
 }
 
-/// A TCP connection with the bytes the sniffer already read put back in front of it.
+/// A TCP connection with the bytes the sniffer already read put back in front of it, holding
+/// its place under the connection caps for as long as it lives (upgraded to a WebSocket too).
 pub struct Rewound {
     read: Vec<u8>,
     at: usize,
     tcp: TcpStream,
+    _slot: Slot,
 }
 
 impl Rewound {
-    fn new(read: Vec<u8>, tcp: TcpStream) -> Self {
-        Self { read, at: 0, tcp }
+    fn new(read: Vec<u8>, tcp: TcpStream, slot: Slot) -> Self {
+        Self {
+            read,
+            at: 0,
+            tcp,
+            _slot: slot,
+        }
     }
 }
 
