@@ -71,6 +71,20 @@ impl Warren {
     }
 }
 
+impl Drop for Warren {
+    /// Kills the whole process group, so the nats-server and PostgreSQL a `warren dev` started
+    /// do not outlive a test that ends without stopping it.
+    fn drop(&mut self) {
+        if let Some(pid) = self
+            .child
+            .id()
+            .and_then(|pid| rustix::process::Pid::from_raw(pid as i32))
+        {
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
+    }
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     warren_deploy::free_port().expect("free port")
