@@ -126,6 +126,8 @@ pub struct Config {
     pub rate_login_per_email_all_ips_per_hour: u32,
     /// `WARREN_RATE_CODE_ATTEMPTS_PER_IP_PER_HOUR`: sign-in code attempts per client IP.
     pub rate_code_attempts_per_ip_per_hour: u32,
+    /// `WARREN_RATE_WS_CONNECTS_PER_IP_PER_MINUTE`: WebSocket connection attempts per client IP.
+    pub rate_ws_connects_per_ip_per_minute: u32,
     /// `WARREN_RATE_WRITES_PER_USER_PER_MINUTE`: POST/PATCH/DELETE requests per signed-in user.
     pub rate_writes_per_user_per_minute: u32,
     /// `WARREN_RATE_WRITES_PER_IP_PER_MINUTE`: POST/PATCH/DELETE requests per client IP.
@@ -220,6 +222,7 @@ impl Default for Config {
             rate_login_per_email_per_hour: 5,
             rate_login_per_email_all_ips_per_hour: 20,
             rate_code_attempts_per_ip_per_hour: 30,
+            rate_ws_connects_per_ip_per_minute: 60,
             rate_writes_per_user_per_minute: 60,
             rate_writes_per_ip_per_minute: 300,
             http_max_body_bytes: 256 * 1024,
@@ -369,6 +372,7 @@ impl Config {
                 login_per_email_per_hour: self.rate_login_per_email_per_hour,
                 login_per_email_all_ips_per_hour: self.rate_login_per_email_all_ips_per_hour,
                 code_attempts_per_ip_per_hour: self.rate_code_attempts_per_ip_per_hour,
+                ws_connects_per_ip_per_minute: self.rate_ws_connects_per_ip_per_minute,
                 write_per_user_per_minute: self.rate_writes_per_user_per_minute,
                 write_per_ip_per_minute: self.rate_writes_per_ip_per_minute,
             },

@@ -233,6 +233,25 @@ async fn every_route_answers_each_kind_of_caller_with_its_expected_status() {
             None,
             [401, 403, 200, 404, 404],
         ),
+        // A's agent failed: it cannot be restarted or started, only stopped, then repaired.
+        row(
+            "POST",
+            "/api/v1/agents/{agent}/restart",
+            None,
+            [401, 403, 409, 404, 404],
+        ),
+        row(
+            "POST",
+            "/api/v1/agents/{agent}/start",
+            None,
+            [401, 403, 409, 404, 404],
+        ),
+        row(
+            "POST",
+            "/api/v1/agents/{agent}/stop",
+            None,
+            [401, 403, 202, 404, 404],
+        ),
         row(
             "POST",
             "/api/v1/agents/{agent}/repair",

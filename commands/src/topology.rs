@@ -18,6 +18,12 @@ pub const KV_SECRETS: &str = "secrets";
 pub const KV_AUTH: &str = "auth_tokens";
 /// KV bucket for worker leases (who runs what).
 pub const KV_LEASES: &str = "leases";
+/// KV bucket for request rate-limit windows, shared by every edge process; keys expire after
+/// the longest window (an hour).
+pub const KV_RATE_LIMITS: &str = "rate_limits";
+/// KV bucket for idempotency keys: the first answer to a write, replayed to its retries; kept
+/// for a day.
+pub const KV_IDEMPOTENCY: &str = "idempotency";
 
 /// The subject of a user's commits.
 pub fn user_subject(id: &str) -> String {
@@ -116,10 +122,18 @@ pub async fn ensure(js: &jetstream::Context, settings: &LogSettings) -> Result<(
             .await
             .map_err(|source| TopologyError::Stream { name, source })?;
     }
-    for (name, history) in [(KV_SECRETS, 1), (KV_AUTH, 1), (KV_LEASES, 1)] {
+    let hour = Duration::from_secs(3600);
+    for (name, max_age) in [
+        (KV_SECRETS, Duration::ZERO),
+        (KV_AUTH, Duration::ZERO),
+        (KV_LEASES, Duration::ZERO),
+        (KV_RATE_LIMITS, hour),
+        (KV_IDEMPOTENCY, 24 * hour),
+    ] {
         js.create_or_update_key_value(kv::Config {
             bucket: name.to_owned(),
-            history,
+            history: 1,
+            max_age,
             storage: stream::StorageType::File,
             num_replicas: settings.replicas,
             ..Default::default()

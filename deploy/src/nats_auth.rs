@@ -9,7 +9,7 @@
 //!
 //! | role | commits it appends | log it reads | KV it writes |
 //! |---|---|---|---|
-//! | `edge` | `user.*`, `agent.*`, `conv.*.ev` | users, agents, conversations | `auth_tokens`, `secrets` |
+//! | `edge` | `user.*`, `agent.*`, `conv.*.ev` | users, agents, conversations | `auth_tokens`, `secrets`, `rate_limits`, `idempotency` |
 //! | `projector` | — | users, agents, conversations | — |
 //! | `deployer` | `agent.*` | users, agents | `secrets` (agent tokens) |
 //! | `chat` | `conv.*.ev`, `conv.*.live`, `agent.*` (a runtime gone) | users, agents, conversations | `leases` |
@@ -96,7 +96,11 @@ impl Role {
                 (Follow, AGENTS),
                 (Follow, CONVERSATIONS),
                 (KvWrite, "auth_tokens"),
+                // Open connections watch sessions for logouts and revocations.
+                (KvList, "auth_tokens"),
                 (KvWrite, "secrets"),
+                (KvWrite, "rate_limits"),
+                (KvWrite, "idempotency"),
             ],
             Role::Projector => &[(Follow, USERS), (Follow, AGENTS), (Follow, CONVERSATIONS)],
             Role::Deployer => &[

@@ -5,12 +5,11 @@
 //! so the next GET agrees. Deploying is the deployer's work: here a create, a prompt/model change,
 //! a repair or a redeploy only records the request (and the status shows its progress).
 
-use crate::consistency::{self, projection};
+use crate::app::{self, agents::Lifecycle};
 use crate::error::ApiError;
-use crate::extract::{ApiJson, ApiPath, ApprovedUser};
+use crate::extract::{ApiJson, ApiPath, ApprovedUser, IdempotencyKey};
 use crate::input::TextFields;
 use crate::openapi::{resp, runtime_schema};
-use crate::quota;
 use crate::routes::ApiRouter;
 use crate::state::AppState;
 use crate::views::{self, AgentView, DeploymentEventView};
@@ -22,12 +21,8 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use utoipa::ToSchema;
 use uuid::Uuid;
-use warren_commands::CommandMeta;
-use warren_domain::Actor;
-use warren_domain::agent::{
-    Agent, AgentCommand, AgentStatus, Backend, DeploymentStep, RuntimeKind,
-};
-use warren_domain::ids::{AgentId, UserId};
+use warren_domain::agent::{Agent, Backend, DeploymentStep, RuntimeKind};
+use warren_domain::ids::AgentId;
 use warren_domain::text;
 
 /// How long `GET /agents/{id}/health` waits for the runtime.
@@ -42,6 +37,9 @@ pub fn routes() -> ApiRouter {
         .patch("/agents/{id}", update)
         .delete("/agents/{id}", delete)
         .get("/agents/{id}/status", status)
+        .post("/agents/{id}/stop", stop)
+        .post("/agents/{id}/start", start)
+        .post("/agents/{id}/restart", restart)
         .post("/agents/{id}/repair", repair)
         .post("/agents/{id}/redeploy", redeploy)
         .get("/agents/{id}/health", health)
@@ -128,59 +126,29 @@ pub struct AgentHealthView {
     pub checked_at: DateTime<Utc>,
 }
 
-/// Loads the agent if `caller` owns it and it is not deleted; 404 otherwise.
-async fn owned(state: &AppState, caller: &ApprovedUser, id: Uuid) -> Result<AgentId, ApiError> {
-    owned_agent(state, caller, id)
-        .await
-        .map(|(agent_id, _)| agent_id)
-}
-
 /// The agent's current state if `caller` owns it and it is not deleted; 404 otherwise.
 pub(crate) async fn owned_agent(
     state: &AppState,
     caller: &ApprovedUser,
     id: Uuid,
 ) -> Result<(AgentId, Agent), ApiError> {
-    owned_agent_of(state, caller.id, id).await
+    app::agents::owned_agent(state, caller.id, AgentId(id)).await
 }
 
-/// The agent's current state if `owner` owns it and it is not deleted; 404 otherwise.
-pub(crate) async fn owned_agent_of(
-    state: &AppState,
-    owner: UserId,
-    id: Uuid,
-) -> Result<(AgentId, Agent), ApiError> {
-    let agent_id = AgentId(id);
-    let (agent, _) = state
-        .commands
-        .agents
-        .load(&agent_id.to_string())
-        .await
-        .map_err(ApiError::internal)?;
-    if agent.id.is_none() || agent.owner_id != owner || agent.status == AgentStatus::Deleted {
-        return Err(ApiError::NotFound);
-    }
-    Ok((agent_id, agent))
-}
-
-/// Runs `command` on the caller's agent and waits for the read model.
-async fn run(
+/// The agent as the read model has it, or, while the read model lags behind the write that
+/// made it, as the log has it: a successful write never answers 404.
+async fn answer(
     state: &AppState,
     caller: &ApprovedUser,
     agent_id: AgentId,
-    command: AgentCommand,
-) -> Result<(), ApiError> {
-    let committed = state
-        .commands
-        .agents
-        .execute(
-            &agent_id.to_string(),
-            command,
-            &CommandMeta::new(Actor::User(caller.id)),
-        )
-        .await?;
-    consistency::caught_up(&state.db, projection::AGENTS, committed.sequence).await?;
-    Ok(())
+) -> Result<AgentView, ApiError> {
+    match views::agent(&state.db, caller.id, agent_id).await {
+        Err(ApiError::NotFound) => {
+            let (_, agent) = app::agents::owned_agent(state, caller.id, agent_id).await?;
+            views::agent_from_log(&agent, Utc::now()).ok_or(ApiError::NotFound)
+        }
+        other => other,
+    }
 }
 
 /// The caller's agents, oldest first.
@@ -201,32 +169,25 @@ pub(crate) async fn list(
 pub(crate) async fn create(
     State(state): State<AppState>,
     caller: ApprovedUser,
+    key: IdempotencyKey,
     ApiJson(request): ApiJson<NewAgent>,
 ) -> Result<(StatusCode, Json<AgentView>), ApiError> {
-    quota::check_agent_quota(&state.db, &state.settings.tiers, &caller).await?;
-    let agent_id = AgentId::new();
-    run(
+    let agent_id = app::agents::create(
         &state,
         &caller,
-        agent_id,
-        AgentCommand::CreateAgent {
-            agent_id,
-            owner_id: caller.id,
+        app::agents::NewAgent {
             name: request.name,
-            system_prompt: request.system_prompt.unwrap_or_default(),
-            model: request
-                .model
-                .unwrap_or_else(|| state.settings.defaults.model.clone()),
+            system_prompt: request.system_prompt,
+            model: request.model,
             runtime: request.runtime.unwrap_or_default(),
             backend: Backend::default(),
-            deployment_id: Uuid::now_v7(),
         },
+        key.command_id(caller.id),
     )
     .await?;
-    tracing::info!(agent_id = %agent_id, owner = %caller.id, "agent created");
     Ok((
         StatusCode::CREATED,
-        Json(views::agent(&state.db, caller.id, agent_id).await?),
+        Json(answer(&state, &caller, agent_id).await?),
     ))
 }
 
@@ -252,22 +213,23 @@ pub(crate) async fn update(
     State(state): State<AppState>,
     caller: ApprovedUser,
     ApiPath(id): ApiPath<Uuid>,
+    key: IdempotencyKey,
     ApiJson(patch): ApiJson<AgentPatch>,
 ) -> Result<Json<AgentView>, ApiError> {
-    let agent_id = owned(&state, &caller, id).await?;
-    run(
+    let change = app::agents::Change {
+        name: patch.name,
+        system_prompt: patch.system_prompt,
+        model: patch.model,
+    };
+    let agent_id = app::agents::configure(
         &state,
         &caller,
-        agent_id,
-        AgentCommand::UpdateAgentConfig {
-            name: patch.name,
-            system_prompt: patch.system_prompt,
-            model: patch.model,
-            deployment_id: Uuid::now_v7(),
-        },
+        AgentId(id),
+        change,
+        key.command_id(caller.id),
     )
     .await?;
-    Ok(Json(views::agent(&state.db, caller.id, agent_id).await?))
+    Ok(Json(answer(&state, &caller, agent_id).await?))
 }
 
 /// Delete an agent; its sandbox is then destroyed by the deployer.
@@ -278,10 +240,16 @@ pub(crate) async fn delete(
     State(state): State<AppState>,
     caller: ApprovedUser,
     ApiPath(id): ApiPath<Uuid>,
+    key: IdempotencyKey,
 ) -> Result<StatusCode, ApiError> {
-    let agent_id = owned(&state, &caller, id).await?;
-    run(&state, &caller, agent_id, AgentCommand::DeleteAgent).await?;
-    tracing::info!(agent_id = %agent_id, "agent deleted");
+    app::agents::lifecycle(
+        &state,
+        &caller,
+        AgentId(id),
+        Lifecycle::Delete,
+        key.command_id(caller.id),
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -314,20 +282,60 @@ pub(crate) async fn status(
     }))
 }
 
+/// Stop the agent's sandbox (it keeps its workspace; start brings it back).
+#[utoipa::path(post, path = "/api/v1/agents/{id}/stop", operation_id = "post_agents_by_id_stop", tag = "agents", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Agent id")),
+    responses((status = 202, description = "Stop requested.", body = AgentView),
+        resp::Unauthorized, resp::Forbidden, resp::NotFound, resp::Conflict, resp::RateLimited))]
+pub(crate) async fn stop(
+    state: State<AppState>,
+    caller: ApprovedUser,
+    id: ApiPath<Uuid>,
+    key: IdempotencyKey,
+) -> Result<(StatusCode, Json<AgentView>), ApiError> {
+    act(state, caller, id, key, Lifecycle::Stop).await
+}
+
+/// Start a stopped agent.
+#[utoipa::path(post, path = "/api/v1/agents/{id}/start", operation_id = "post_agents_by_id_start", tag = "agents", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Agent id")),
+    responses((status = 202, description = "Start requested.", body = AgentView),
+        resp::Unauthorized, resp::Forbidden, resp::NotFound, resp::Conflict, resp::RateLimited))]
+pub(crate) async fn start(
+    state: State<AppState>,
+    caller: ApprovedUser,
+    id: ApiPath<Uuid>,
+    key: IdempotencyKey,
+) -> Result<(StatusCode, Json<AgentView>), ApiError> {
+    act(state, caller, id, key, Lifecycle::Start).await
+}
+
+/// Restart a running agent.
+#[utoipa::path(post, path = "/api/v1/agents/{id}/restart", operation_id = "post_agents_by_id_restart", tag = "agents", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Agent id")),
+    responses((status = 202, description = "Restart requested.", body = AgentView),
+        resp::Unauthorized, resp::Forbidden, resp::NotFound, resp::Conflict, resp::RateLimited))]
+pub(crate) async fn restart(
+    state: State<AppState>,
+    caller: ApprovedUser,
+    id: ApiPath<Uuid>,
+    key: IdempotencyKey,
+) -> Result<(StatusCode, Json<AgentView>), ApiError> {
+    act(state, caller, id, key, Lifecycle::Restart).await
+}
+
 /// Deploy a failed or stopped agent again.
 #[utoipa::path(post, path = "/api/v1/agents/{id}/repair", operation_id = "post_agents_by_id_repair", tag = "agents", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Agent id")),
     responses((status = 202, description = "Repair requested.", body = AgentView),
         resp::Unauthorized, resp::Forbidden, resp::NotFound, resp::Conflict, resp::RateLimited))]
 pub(crate) async fn repair(
-    State(state): State<AppState>,
+    state: State<AppState>,
     caller: ApprovedUser,
-    ApiPath(id): ApiPath<Uuid>,
+    id: ApiPath<Uuid>,
+    key: IdempotencyKey,
 ) -> Result<(StatusCode, Json<AgentView>), ApiError> {
-    request_deployment(&state, &caller, id, |deployment_id| {
-        AgentCommand::RepairAgent { deployment_id }
-    })
-    .await
+    act(state, caller, id, key, Lifecycle::Repair).await
 }
 
 /// Deploy a running or paused agent again (latest runtime, same configuration).
@@ -336,28 +344,33 @@ pub(crate) async fn repair(
     responses((status = 202, description = "Redeploy requested.", body = AgentView),
         resp::Unauthorized, resp::Forbidden, resp::NotFound, resp::Conflict, resp::RateLimited))]
 pub(crate) async fn redeploy(
+    state: State<AppState>,
+    caller: ApprovedUser,
+    id: ApiPath<Uuid>,
+    key: IdempotencyKey,
+) -> Result<(StatusCode, Json<AgentView>), ApiError> {
+    act(state, caller, id, key, Lifecycle::Redeploy).await
+}
+
+/// Asks `what` of the caller's agent and answers 202 with the agent.
+async fn act(
     State(state): State<AppState>,
     caller: ApprovedUser,
     ApiPath(id): ApiPath<Uuid>,
+    key: IdempotencyKey,
+    what: Lifecycle,
 ) -> Result<(StatusCode, Json<AgentView>), ApiError> {
-    request_deployment(&state, &caller, id, |deployment_id| {
-        AgentCommand::RedeployAgent { deployment_id }
-    })
-    .await
-}
-
-/// Opens a new deployment attempt with `command` and answers 202 with the agent.
-async fn request_deployment(
-    state: &AppState,
-    caller: &ApprovedUser,
-    id: Uuid,
-    command: impl FnOnce(Uuid) -> AgentCommand,
-) -> Result<(StatusCode, Json<AgentView>), ApiError> {
-    let agent_id = owned(state, caller, id).await?;
-    run(state, caller, agent_id, command(Uuid::now_v7())).await?;
+    let agent_id = app::agents::lifecycle(
+        &state,
+        &caller,
+        AgentId(id),
+        what,
+        key.command_id(caller.id),
+    )
+    .await?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(views::agent(&state.db, caller.id, agent_id).await?),
+        Json(answer(&state, &caller, agent_id).await?),
     ))
 }
 

@@ -2,9 +2,10 @@
 //! cancelling a run, and following a conversation live with one cursor for history and live
 //! (`/events`). Another user's conversation is 404, like a missing one.
 
+use crate::app;
 use crate::chat::KEEPALIVE;
 use crate::error::ApiError;
-use crate::extract::{ApiJson, ApiPath, ApiQuery, ApprovedUser, AuthUser};
+use crate::extract::{ApiJson, ApiPath, ApiQuery, ApprovedUser, AuthUser, IdempotencyKey};
 use crate::follow::{self, Expired, Follow, Item, Start, follow};
 use crate::input::TextFields;
 use crate::openapi::resp;
@@ -20,9 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
-use warren_commands::CommandMeta;
-use warren_domain::Actor;
-use warren_domain::conversation::{Conversation, ConversationCommand, ConversationEvent};
+use warren_domain::conversation::Conversation;
 use warren_domain::ids::{AgentId, ConversationId, RunId, UserId};
 
 /// Most items one page holds.
@@ -95,16 +94,7 @@ pub(crate) async fn owned_conversation(
     user: UserId,
     id: Uuid,
 ) -> Result<Conversation, ApiError> {
-    let (conversation, _) = state
-        .commands
-        .conversations
-        .load(&id.to_string())
-        .await
-        .map_err(ApiError::internal)?;
-    if conversation.id.is_none() || conversation.user_id != user {
-        return Err(ApiError::NotFound);
-    }
-    Ok(conversation)
+    app::chat::owned_conversation(state, user, ConversationId(id)).await
 }
 
 fn page_size(limit: Option<i64>) -> Result<i64, ApiError> {
@@ -164,35 +154,22 @@ pub(crate) async fn cancel(
     State(state): State<AppState>,
     caller: ApprovedUser,
     ApiPath(id): ApiPath<Uuid>,
+    key: IdempotencyKey,
     ApiJson(request): ApiJson<CancelRequest>,
 ) -> Result<(StatusCode, Json<CancelAnswer>), ApiError> {
-    let conversation = owned_conversation(&state, caller.id, id).await?;
-    let run_id = match request.run_id {
-        Some(run_id) => RunId(run_id),
-        None => conversation
-            .runs
-            .first()
-            .map(|slot| slot.run_id)
-            .ok_or_else(|| ApiError::conflict("run_not_active", "no run is going on"))?,
-    };
-    let committed = state
-        .commands
-        .conversations
-        .execute(
-            &id.to_string(),
-            ConversationCommand::RequestCancel { run_id },
-            &CommandMeta::new(Actor::User(caller.id)),
-        )
-        .await?;
-    let cancelled = committed
-        .events
-        .iter()
-        .any(|e| matches!(e.event, ConversationEvent::RunCancelled { .. }));
+    let cancelled = app::chat::cancel(
+        &state,
+        &caller,
+        ConversationId(id),
+        request.run_id.map(RunId),
+        key.command_id(caller.id),
+    )
+    .await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(CancelAnswer {
-            run_id: run_id.0,
-            status: if cancelled {
+            run_id: cancelled.run_id.0,
+            status: if cancelled.at_once {
                 "cancelled"
             } else {
                 "cancel_requested"
@@ -256,5 +233,5 @@ pub(crate) async fn events(
         },
     )
     .await?;
-    Ok(follow::sse(frames))
+    Ok(follow::sse_for(&state, &caller, frames))
 }

@@ -9,7 +9,7 @@
 //! - [`ApprovedUser`] (403 `not_approved` otherwise) and [`AdminUser`] (403 `forbidden`).
 //! - [`ClientIp`] — the peer address, the key of per-IP rate limits.
 
-use crate::auth::tokens::TokenError;
+use crate::app::{access, limits};
 use crate::error::ApiError;
 use crate::input::{TextFields, check_json, check_pairs};
 use crate::state::AppState;
@@ -19,13 +19,8 @@ use axum::extract::{
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::net::SocketAddr;
-use std::ops::Deref;
-use std::time::Duration;
-use uuid::Uuid;
-use warren_domain::ids::UserId;
-use warren_domain::user::{Role, User};
 
 /// A JSON body whose every string keeps the text rules ([`TextFields`] names the fields that
 /// keep a domain field's rule too); rejections answer in the envelope.
@@ -119,19 +114,6 @@ pub fn is_write(method: &Method) -> bool {
     !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
 }
 
-/// A signed-in caller.
-#[derive(Clone, Debug)]
-pub struct AuthUser {
-    /// The user.
-    pub id: UserId,
-    /// The user's current state.
-    pub user: User,
-    /// Stream sequence of the user's last commit (for read-after-write on their rows).
-    pub seq: u64,
-    /// The session (refresh family) the access token belongs to.
-    pub session: Uuid,
-}
-
 /// The token of an `Authorization: Bearer <token>` header, if there is a non-empty one.
 pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     headers
@@ -156,99 +138,23 @@ impl FromRequestParts<AppState> for AuthUser {
                 "sign in: send Authorization: Bearer <access token>",
             )
         })?;
-        let caller = AuthUser::from_token(state, token).await?;
+        let caller = access::authenticate(state, token).await?;
         if is_write(&parts.method) {
-            state.limiter.check(
-                "writes_per_user",
-                &caller.id.to_string(),
-                state.settings.rate.write_per_user_per_minute,
-                Duration::from_secs(60),
-            )?;
+            limits::user_write(state, caller.id).await?;
         }
         Ok(caller)
     }
 }
 
-impl AuthUser {
-    /// The signed-in user an access token names (its signature, expiry and session checked).
-    pub async fn from_token(state: &AppState, token: &str) -> Result<Self, ApiError> {
-        let claims = state
-            .tokens
-            .verify_access(token)
-            .await
-            .map_err(token_error)?;
-        let id = UserId(claims.sub);
-        let (user, seq) = state
-            .commands
-            .users
-            .load(&id.to_string())
-            .await
-            .map_err(ApiError::internal)?;
-        if user.id.is_none() {
-            return Err(ApiError::unauthorized("invalid_token", "unknown user"));
-        }
-        Ok(AuthUser {
-            id,
-            user,
-            seq,
-            session: claims.sid,
-        })
-    }
-}
-
-/// Maps a refused token to its 401.
-pub fn token_error(err: TokenError) -> ApiError {
-    match err {
-        TokenError::Invalid => ApiError::unauthorized("invalid_token", "the token is invalid"),
-        TokenError::Expired => ApiError::unauthorized("token_expired", "the token has expired"),
-        TokenError::Revoked => {
-            ApiError::unauthorized("session_revoked", "this session was signed out")
-        }
-        TokenError::Reused => ApiError::unauthorized(
-            "refresh_token_reused",
-            "this refresh token was already used; the session is revoked",
-        ),
-        TokenError::Store(source) => ApiError::internal(source),
-    }
-}
-
-/// A signed-in caller whom an admin approved (or who joined while approval is open).
-#[derive(Clone, Debug)]
-pub struct ApprovedUser(pub AuthUser);
-
-impl Deref for ApprovedUser {
-    type Target = AuthUser;
-    fn deref(&self) -> &AuthUser {
-        &self.0
-    }
-}
+pub use crate::app::access::{AdminUser, ApprovedUser, AuthUser, token_error};
+pub use crate::idempotency::IdempotencyKey;
 
 impl FromRequestParts<AppState> for ApprovedUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let caller = AuthUser::from_request_parts(parts, state).await?;
-        if !caller.user.is_approved() {
-            let status = caller.user.status;
-            return Err(ApiError::Client {
-                status: axum::http::StatusCode::FORBIDDEN,
-                code: "not_approved",
-                message: format!("your account is {status}; an admin has to approve it first"),
-                details: Some(json!({ "status": status.as_str() })),
-            });
-        }
-        Ok(ApprovedUser(caller))
-    }
-}
-
-/// An approved admin.
-#[derive(Clone, Debug)]
-pub struct AdminUser(pub AuthUser);
-
-impl Deref for AdminUser {
-    type Target = AuthUser;
-    fn deref(&self) -> &AuthUser {
-        &self.0
+        access::approved(state, caller).await
     }
 }
 
@@ -257,9 +163,6 @@ impl FromRequestParts<AppState> for AdminUser {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let caller = AuthUser::from_request_parts(parts, state).await?;
-        if caller.user.role != Role::Admin || !caller.user.is_approved() {
-            return Err(ApiError::forbidden("forbidden", "admins only"));
-        }
-        Ok(AdminUser(caller))
+        access::admin(caller)
     }
 }

@@ -54,7 +54,7 @@ pub(crate) async fn events(
     caller: AuthUser,
 ) -> Result<Response, ApiError> {
     let follower = state.feed.subscribe(caller.id).await?;
-    Ok(sse(follower))
+    Ok(sse(&state, &caller, follower))
 }
 
 /// The feed of one edge process. Cheap to clone.
@@ -407,11 +407,11 @@ fn of_commit<E: serde::de::DeserializeOwned + serde::Serialize>(
     (owner, events)
 }
 
-/// A feed as SSE: `ready`, then its frames and keepalives.
-fn sse(follower: FeedFollower) -> Response {
+/// A feed as SSE: `ready`, then its frames and keepalives, until the caller's access ends.
+fn sse(state: &AppState, caller: &AuthUser, follower: FeedFollower) -> Response {
     let ticks = tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
     let ready = Item::new(None, json!({"type": "ready"}));
-    crate::follow::sse_response(futures::stream::unfold(
+    let items = futures::stream::unfold(
         (follower, ticks, Some(ready)),
         |(mut follower, mut ticks, first)| async move {
             let item = match first {
@@ -423,5 +423,6 @@ fn sse(follower: FeedFollower) -> Response {
             };
             Some((item, (follower, ticks, None)))
         },
-    ))
+    );
+    crate::follow::sse_response(crate::follow::guarded(state.clone(), caller.clone(), items))
 }

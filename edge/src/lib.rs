@@ -6,6 +6,9 @@
 //! client's next GET sees it.
 //!
 //! Layout:
+//! - [`app`] — the application layer: every use case once (access, limits, chat, agents), called
+//!   by the REST handlers and the gateway alike; adapters only translate.
+//! - [`idempotency`] — `Idempotency-Key` / `idempotencyKey`: retries return the first answer.
 //! - [`settings`] — [`EdgeSettings`]: the edge's validated configuration.
 //! - [`state`] — [`AppState`]: command service, read-model pool, NATS, KV stores, mailer, limits.
 //! - [`error`] — [`ApiError`]: the one `IntoResponse` with the stable JSON envelope, and the one
@@ -43,6 +46,7 @@
 
 pub mod admin;
 pub mod agents;
+pub mod app;
 pub mod auth;
 pub mod chat;
 pub mod conns;
@@ -54,6 +58,7 @@ pub mod feed;
 pub mod follow;
 pub mod gateway;
 pub mod health;
+pub mod idempotency;
 pub mod input;
 pub mod keys;
 pub mod lane;

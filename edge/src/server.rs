@@ -64,6 +64,10 @@ pub fn router(state: AppState) -> Router {
         })
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
+            crate::idempotency::middleware,
+        ))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
             limit_writes_per_ip,
         ));
     let mut router = Router::new()
@@ -91,12 +95,7 @@ async fn limit_writes_per_ip(
     if is_write(request.method()) {
         let (parts, body) = request.into_parts();
         let ip = client_ip(&parts);
-        if let Err(err) = state.limiter.check(
-            "writes_per_ip",
-            &ip,
-            state.settings.rate.write_per_ip_per_minute,
-            Duration::from_secs(60),
-        ) {
+        if let Err(err) = crate::app::limits::ip_write(&state, &ip).await {
             return err.into_response();
         }
         return next.run(Request::from_parts(parts, body)).await;

@@ -58,6 +58,8 @@ pub struct RateLimits {
     pub login_per_email_all_ips_per_hour: u32,
     /// Sign-in code attempts per client IP per hour.
     pub code_attempts_per_ip_per_hour: u32,
+    /// WebSocket connection attempts per client IP per minute.
+    pub ws_connects_per_ip_per_minute: u32,
     /// Writes (POST, PATCH, DELETE) per signed-in user per minute.
     pub write_per_user_per_minute: u32,
     /// Writes per client IP per minute.
@@ -150,6 +152,7 @@ impl EdgeSettings {
                 login_per_email_per_hour: 10_000,
                 login_per_email_all_ips_per_hour: 10_000,
                 code_attempts_per_ip_per_hour: 10_000,
+                ws_connects_per_ip_per_minute: 10_000,
                 write_per_user_per_minute: 10_000,
                 write_per_ip_per_minute: 10_000,
             },

@@ -1,10 +1,12 @@
 //! Shared handles every handler gets.
 
+use crate::app::revocation::Revocations;
 use crate::auth::magic::MagicLinks;
 use crate::auth::store::{AuthKv, KvError};
 use crate::auth::tokens::Tokens;
 use crate::feed::Feed;
 use crate::follow::hub::Hub;
+use crate::idempotency::Ledger;
 use crate::mail::Mailer;
 use crate::ratelimit::RateLimiter;
 use crate::settings::EdgeSettings;
@@ -26,6 +28,15 @@ pub enum StateError {
     /// The agent token store is unusable.
     #[error("opening the agent token store failed")]
     AgentTokens(#[from] TokenError),
+    /// A KV bucket of the edge's (rate limits, idempotency keys) could not be opened.
+    #[error("opening bucket {bucket} failed")]
+    Bucket {
+        /// The bucket.
+        bucket: &'static str,
+        /// Cause.
+        #[source]
+        source: async_nats::jetstream::context::KeyValueError,
+    },
 }
 
 /// What handlers share: one [`Shared`] behind an `Arc`, so a clone is one counter increment.
@@ -62,8 +73,12 @@ pub struct Shared {
     pub secrets: ProviderKeys,
     /// Outgoing mail.
     pub mailer: Mailer,
-    /// Request rate limits.
-    pub limiter: Arc<RateLimiter>,
+    /// Request rate limits, shared by every edge process.
+    pub limiter: RateLimiter,
+    /// Who must re-check their open connections (logouts, revocations, role changes).
+    pub revocations: Revocations,
+    /// First answers of idempotent writes, shared by every edge process.
+    pub idempotency: Ledger,
     /// Outgoing HTTP (agent runtime health checks and proxies).
     pub http: reqwest::Client,
     /// Agents' runtime tokens (for the proxies to runtimes).
@@ -96,6 +111,18 @@ impl AppState {
             settings.refresh_token_ttl,
         );
         let closing = CancellationToken::new();
+        let limiter = RateLimiter::open(&js)
+            .await
+            .map_err(|source| StateError::Bucket {
+                bucket: warren_commands::topology::KV_RATE_LIMITS,
+                source,
+            })?;
+        let idempotency = Ledger::open(&js)
+            .await
+            .map_err(|source| StateError::Bucket {
+                bucket: warren_commands::topology::KV_IDEMPOTENCY,
+                source,
+            })?;
         let magic = MagicLinks::new(
             auth_kv.clone(),
             &settings.jwt_secret.0,
@@ -110,7 +137,9 @@ impl AppState {
             auth_kv,
             secrets,
             mailer,
-            limiter: Arc::default(),
+            limiter,
+            idempotency,
+            revocations: Revocations::start(js.clone(), closing.clone()),
             http: reqwest::Client::new(),
             agent_tokens,
             hub: Hub::new(js.clone(), closing.clone()),

@@ -151,6 +151,39 @@ pub struct AgentView {
     pub updated_at: DateTime<Utc>,
 }
 
+/// An agent as its aggregate (the log) says it is: for an answer that must not wait on the read
+/// model, such as a create whose projection lags.
+pub fn agent_from_log(agent: &warren_domain::agent::Agent, at: DateTime<Utc>) -> Option<AgentView> {
+    Some(AgentView {
+        id: agent.id?.0,
+        name: agent.name.clone(),
+        system_prompt: agent.system_prompt.clone(),
+        model: agent.model.clone(),
+        runtime: agent.runtime.as_str().to_owned(),
+        backend: agent.backend.as_str().to_owned(),
+        status: agent.status.as_str().to_owned(),
+        deployment_id: agent.deployment.as_ref().map(|d| d.deployment_id),
+        current_step: agent
+            .deployment
+            .as_ref()
+            .and_then(|d| d.completed)
+            .map(|step| step.as_str().to_owned()),
+        endpoint: agent.endpoint_url.clone(),
+        last_error: None,
+        created_at: at,
+        updated_at: at,
+    })
+}
+
+/// How many approved admins the platform has.
+pub async fn admin_count(db: &PgPool) -> Result<u64, ApiError> {
+    let (count,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM users WHERE role = 'admin' AND status = 'approved'")
+            .fetch_one(db)
+            .await?;
+    Ok(count.max(0) as u64)
+}
+
 const AGENT_COLUMNS: &str = "id, name, system_prompt, model, runtime, backend, status, deployment_id, \
      current_step, endpoint, last_error, created_at, updated_at";
 

@@ -76,6 +76,7 @@ impl Platform {
             ("WARREN_RATE_CODE_ATTEMPTS_PER_IP_PER_HOUR", "100000".into()),
             ("WARREN_RATE_WRITES_PER_USER_PER_MINUTE", "100000".into()),
             ("WARREN_RATE_WRITES_PER_IP_PER_MINUTE", "100000".into()),
+            ("WARREN_RATE_WS_CONNECTS_PER_IP_PER_MINUTE", "100000".into()),
         ];
         for (key, value) in env {
             vars.retain(|(k, _)| k != key);

@@ -3,6 +3,7 @@
 use super::identity::sign_in_by_email;
 use super::magic::{MAX_CODE_ATTEMPTS, MagicError};
 use super::tokens::TokenPair;
+use crate::app::limits;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, AuthUser, ClientIp, token_error};
 use crate::openapi::resp;
@@ -12,7 +13,6 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
-use std::time::Duration;
 use utoipa::ToSchema;
 
 /// The auth routes.
@@ -86,15 +86,6 @@ pub fn canonical_email(email: &str) -> Result<String, ApiError> {
     }
 }
 
-fn auth_rate(state: &AppState, ip: &str) -> Result<(), ApiError> {
-    state.limiter.check(
-        "auth_per_ip",
-        ip,
-        state.settings.rate.auth_per_ip_per_minute,
-        Duration::from_secs(60),
-    )
-}
-
 /// Send a sign-in email holding a link and a 6-digit code.
 #[utoipa::path(post, path = "/api/v1/auth/login/email", operation_id = "post_auth_login_email", tag = "auth",
     request_body = LoginEmailRequest,
@@ -108,23 +99,10 @@ pub(crate) async fn login_email(
     ApiJson(request): ApiJson<LoginEmailRequest>,
 ) -> Result<(StatusCode, Json<LoginSent>), ApiError> {
     let email = canonical_email(&request.email)?;
-    auth_rate(&state, &ip)?;
+    limits::auth_request(&state, &ip).await?;
     // Per address *and* requesting IP: a stranger asking for someone's address exhausts their
     // own allowance, not the owner's. The looser per-address cap only stops mail bombing.
-    let rate = state.settings.rate;
-    let hour = Duration::from_secs(3600);
-    state.limiter.check(
-        "login_per_email",
-        &format!("{email} {ip}"),
-        rate.login_per_email_per_hour,
-        hour,
-    )?;
-    state.limiter.check(
-        "login_per_email_all_ips",
-        &email,
-        rate.login_per_email_all_ips_per_hour,
-        hour,
-    )?;
+    limits::sign_in_email(&state, &email, &ip).await?;
     let issued = state.magic.issue(&email).await.map_err(magic_error)?;
     let ttl = state.settings.magic_link_ttl;
     let link = format!(
@@ -169,18 +147,13 @@ pub(crate) async fn verify_magic_link(
     ClientIp(ip): ClientIp,
     ApiJson(request): ApiJson<VerifyRequest>,
 ) -> Result<Json<TokenPair>, ApiError> {
-    auth_rate(&state, &ip)?;
+    limits::auth_request(&state, &ip).await?;
     let email = match (&request.token, &request.email, &request.code) {
         (Some(token), None, None) => state.magic.redeem_token(token.trim()).await,
         (None, Some(email), Some(code)) => {
             let email = canonical_email(email)?;
             // Guessing codes costs the guesser's IP, whatever the address.
-            state.limiter.check(
-                "code_attempts_per_ip",
-                &ip,
-                state.settings.rate.code_attempts_per_ip_per_hour,
-                Duration::from_secs(3600),
-            )?;
+            limits::code_attempt(&state, &ip).await?;
             state.magic.redeem_code(&email, code).await
         }
         _ => {
@@ -208,7 +181,7 @@ pub(crate) async fn refresh(
     ClientIp(ip): ClientIp,
     ApiJson(request): ApiJson<RefreshRequest>,
 ) -> Result<Json<TokenPair>, ApiError> {
-    auth_rate(&state, &ip)?;
+    limits::auth_request(&state, &ip).await?;
     let (_, pair) = state
         .tokens
         .refresh(request.refresh_token.trim())

@@ -159,6 +159,15 @@ impl Tokens {
         Ok(claims)
     }
 
+    /// Whether `user`'s session `sid` is still alive (not signed out, revoked or expired): what
+    /// an open connection re-checks when its access may have changed.
+    pub async fn session_alive(&self, user: UserId, sid: Uuid) -> Result<(), TokenError> {
+        let Some((record, _)) = self.kv.get::<Family>(&family_key(user, sid)).await? else {
+            return Err(TokenError::Revoked);
+        };
+        self.check_family(user, &record).await
+    }
+
     /// Ends one session.
     pub async fn logout(&self, user: UserId, session: Uuid) -> Result<(), TokenError> {
         self.revoke_family(&family_key(user, session)).await
@@ -222,6 +231,15 @@ impl Tokens {
             expires_in: self.access_ttl.as_secs(),
         })
     }
+}
+
+/// The user a session record's key (`refresh.<user>.<family>`, `epoch.<user>`) belongs to.
+pub fn user_of_key(key: &str) -> Option<UserId> {
+    let rest = key
+        .strip_prefix("refresh.")
+        .or_else(|| key.strip_prefix("epoch."))?;
+    let user = rest.split('.').next()?;
+    Uuid::try_parse(user).ok().map(UserId)
 }
 
 fn family_key(user: UserId, family: Uuid) -> String {

@@ -15,14 +15,15 @@
 pub mod frames;
 
 use crate::agents::owned_agent;
-use crate::consistency::{self, projection};
-use crate::conversations::owned_conversation;
+use crate::app::{
+    self,
+    chat::{Client, Target},
+};
 use crate::error::ApiError;
-use crate::extract::{ApiJson, ApiPath, ApprovedUser};
+use crate::extract::{ApiJson, ApiPath, ApprovedUser, IdempotencyKey};
 use crate::follow::{self, Follow, follow};
 use crate::input::TextFields;
 use crate::openapi::resp;
-use crate::quota;
 use crate::routes::ApiRouter;
 use crate::state::AppState;
 use crate::views;
@@ -35,11 +36,9 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use utoipa::ToSchema;
 use uuid::Uuid;
-use warren_commands::CommandMeta;
-use warren_domain::Actor;
 use warren_domain::agent::{Agent, AgentStatus};
-use warren_domain::conversation::{ConversationCommand, PostMode};
-use warren_domain::ids::{AgentId, ConversationId, MessageId, RunId};
+use warren_domain::conversation::PostMode;
+use warren_domain::ids::{AgentId, ConversationId};
 use warren_domain::text;
 
 /// A keepalive frame is sent this often on SSE streams (baal-agent's interval).
@@ -81,45 +80,6 @@ pub struct Cleared {
     pub conversation_id: Option<Uuid>,
 }
 
-/// The conversation a message goes to: the named one if it is the caller's and the agent's,
-/// else the latest with the agent, else a new one.
-async fn conversation_for(
-    state: &AppState,
-    caller: &ApprovedUser,
-    agent_id: AgentId,
-    requested: Option<Uuid>,
-) -> Result<ConversationId, ApiError> {
-    if let Some(id) = requested {
-        let conversation = owned_conversation(state, caller.id, id).await?;
-        return match conversation.id {
-            Some(found) if conversation.agent_id == agent_id => Ok(found),
-            _ => Err(ApiError::NotFound),
-        };
-    }
-    let latest = views::conversations(&state.db, caller.id, Some(agent_id), 1).await?;
-    if let Some(conversation) = latest.first() {
-        return Ok(ConversationId(conversation.id));
-    }
-    let conversation_id = ConversationId::new();
-    let committed = state
-        .commands
-        .conversations
-        .execute(
-            &conversation_id.to_string(),
-            ConversationCommand::StartConversation {
-                conversation_id,
-                user_id: caller.id,
-                agent_id,
-                title: None,
-            },
-            &CommandMeta::new(Actor::User(caller.id)),
-        )
-        .await?;
-    // The next message without an id must find this conversation.
-    consistency::caught_up(&state.db, projection::CONVERSATIONS, committed.sequence).await?;
-    Ok(conversation_id)
-}
-
 /// Send a message to the agent and stream the run that answers it.
 #[utoipa::path(post, path = "/api/v1/chat/{id}", operation_id = "post_chat", tag = "chat", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Agent id")),
@@ -132,41 +92,41 @@ pub(crate) async fn send(
     State(state): State<AppState>,
     caller: ApprovedUser,
     ApiPath(id): ApiPath<Uuid>,
+    key: IdempotencyKey,
     ApiJson(request): ApiJson<ChatRequest>,
 ) -> Result<Response, ApiError> {
-    let (agent_id, _) = owned_agent(&state, &caller, id).await?;
-    quota::check_message_quota(&state.db, &state.settings.tiers, &caller).await?;
-    let conversation_id =
-        conversation_for(&state, &caller, agent_id, request.conversation_id).await?;
-    let run_id = RunId::new();
-    let committed = state
-        .commands
-        .conversations
-        .execute(
-            &conversation_id.to_string(),
-            ConversationCommand::PostMessage {
-                message_id: MessageId::new(),
-                run_id,
-                text: request.message,
-                client_id: None,
-                client_kind: Some("sse".to_owned()),
-                mode: request.mode.unwrap_or_default(),
+    let agent = AgentId(id);
+    let target = match request.conversation_id {
+        Some(conversation) => Target::Both(ConversationId(conversation), agent),
+        None => Target::Agent(agent),
+    };
+    let posted = app::chat::post(
+        &state,
+        &caller,
+        app::chat::Message {
+            target,
+            text: request.message,
+            mode: request.mode.unwrap_or_default(),
+            client: Client {
+                id: None,
+                kind: "sse".to_owned(),
             },
-            &CommandMeta::new(Actor::User(caller.id)),
-        )
-        .await?;
+            command_id: key.command_id(caller.id),
+        },
+    )
+    .await?;
     let frames = follow(
         &state.hub,
         Follow {
-            conversation_id,
-            from_seq: committed.sequence,
-            run: Some(run_id),
+            conversation_id: posted.conversation_id,
+            from_seq: posted.seq,
+            run: Some(posted.run_id),
             opening: vec![],
             keepalive: Some(KEEPALIVE),
         },
     )
     .await?;
-    Ok(follow::sse(frames))
+    Ok(follow::sse_for(&state, &caller, frames))
 }
 
 /// Clear the history of the caller's conversation with the agent (here and in the runtime).
@@ -178,28 +138,12 @@ pub(crate) async fn clear(
     State(state): State<AppState>,
     caller: ApprovedUser,
     ApiPath(id): ApiPath<Uuid>,
+    key: IdempotencyKey,
 ) -> Result<Json<Cleared>, ApiError> {
-    let (agent_id, _) = owned_agent(&state, &caller, id).await?;
-    let latest = views::conversations(&state.db, caller.id, Some(agent_id), 1).await?;
-    let Some(conversation) = latest.first() else {
-        return Ok(Json(Cleared {
-            status: "ok".to_owned(),
-            conversation_id: None,
-        }));
-    };
-    let committed = state
-        .commands
-        .conversations
-        .execute(
-            &conversation.id.to_string(),
-            ConversationCommand::ClearHistory,
-            &CommandMeta::new(Actor::User(caller.id)),
-        )
-        .await?;
-    consistency::caught_up(&state.db, projection::CONVERSATIONS, committed.sequence).await?;
+    let cleared = app::chat::clear(&state, &caller, AgentId(id), key.command_id(caller.id)).await?;
     Ok(Json(Cleared {
         status: "ok".to_owned(),
-        conversation_id: Some(conversation.id),
+        conversation_id: cleared.map(|id| id.0),
     }))
 }
 

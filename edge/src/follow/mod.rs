@@ -12,6 +12,7 @@ pub mod hub;
 
 use crate::chat::frames::{self, Frame};
 use crate::error::ApiError;
+use crate::extract::AuthUser;
 use crate::state::AppState;
 use crate::views;
 use async_nats::jetstream::{self, consumer, stream};
@@ -514,6 +515,52 @@ pub fn sse(follower: Follower) -> Response {
             Some((item, follower))
         },
     ))
+}
+
+/// The follower as an SSE response for `caller`, ended with an `error` frame (the refusal's
+/// code: `session_revoked`, `access_revoked`, `role_changed`, …) as soon as their access ends.
+pub fn sse_for(state: &AppState, caller: &AuthUser, follower: Follower) -> Response {
+    let items = futures::stream::unfold(follower, |mut follower| async move {
+        let item = follower.next().await?;
+        Some((item, follower))
+    });
+    sse_response(guarded(state.clone(), caller.clone(), items))
+}
+
+/// `items` while `caller` may still have them: when the caller's access may have changed
+/// ([`crate::app::revocation`]) they are re-checked, and a refusal ends the stream with an
+/// `error` frame naming it (within a moment of the logout, revocation or role change).
+pub fn guarded(
+    state: AppState,
+    caller: AuthUser,
+    items: impl Stream<Item = Item> + Send + 'static,
+) -> impl Stream<Item = Item> + Send + 'static {
+    let watch = state.revocations.watch(caller.id);
+    futures::stream::unfold(
+        Some((Box::pin(items), watch, caller, state)),
+        |open| async move {
+            let (mut items, mut watch, mut caller, state) = open?;
+            loop {
+                tokio::select! {
+                    item = items.next() => {
+                        let item = item?;
+                        return Some((item, Some((items, watch, caller, state))));
+                    }
+                    _ = watch.changed() => match crate::app::access::recheck(&state, &caller).await {
+                        Ok(fresh) => caller = fresh,
+                        Err(refusal) => {
+                            let body = refusal.body();
+                            let last = Item::new(None, json!({
+                                "type": "error", "code": body.code, "message": body.message,
+                                "retryable": false,
+                            }));
+                            return Some((last, None));
+                        }
+                    },
+                }
+            }
+        },
+    )
 }
 
 /// An SSE response of `items`, each written as [`Item::sse`] (made once, shared by every client).

@@ -3,37 +3,56 @@
 
 use super::protocol::{self, Req};
 use super::{CONNECTIONS, Conn, STARTED, Session};
+use crate::app::access::ApprovedUser;
+use crate::app::chat::{Client, Target};
+use crate::app::limits;
+use crate::auth::tokens::TokenError;
 use crate::conversations::owned_conversation;
 use crate::error::ApiError;
 use crate::follow::{Follow, Item, Start, follow};
+use crate::idempotency::{Begin, IdempotencyKey, request_hash};
 use crate::input::check_json;
-use crate::{quota, views};
+use crate::views;
 use serde_json::{Value, json};
 use std::sync::atomic::Ordering;
 use uuid::Uuid;
-use warren_commands::CommandMeta;
-use warren_domain::Actor;
-use warren_domain::conversation::{ConversationCommand, ConversationEvent, PostMode};
-use warren_domain::ids::{AgentId, ConversationId, MessageId, RunId};
+use warren_domain::conversation::PostMode;
+use warren_domain::ids::{AgentId, CommandId, ConversationId, RunId};
 
 /// Messages `sessions.switch` answers with.
 const RECENT_MESSAGES: i64 = 20;
 
-/// A refusal: its stable code and what to tell the client.
-struct Refusal(String, String);
+/// A refusal: its stable code, what to tell the client, and (for limits) when to retry.
+pub(super) struct Refusal(String, String, Option<u64>, Option<Value>);
+
+impl Refusal {
+    fn new(code: &str, message: impl Into<String>) -> Self {
+        Refusal(code.to_owned(), message.into(), None, None)
+    }
+}
 
 impl From<ApiError> for Refusal {
     fn from(err: ApiError) -> Self {
         if let ApiError::Internal(source) = &err {
             tracing::error!(error = %source, "gateway request failed");
         }
+        let retry_after = match &err {
+            ApiError::TooMany {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            _ => None,
+        };
         let body = err.body();
-        Refusal(body.code, body.message)
+        Refusal(body.code, body.message, retry_after, body.details)
     }
 }
 
+/// The methods that change something: counted against the caller's write limit, and the ones an
+/// `idempotencyKey` applies to.
+const WRITES: [&str; 3] = ["agent", "agent.cancel", "sessions.new"];
+
 fn bad_params(message: &str) -> Refusal {
-    Refusal("invalid_params".into(), message.into())
+    Refusal::new("invalid_params", message)
 }
 
 fn uuid_param(params: &Value, name: &str) -> Result<Option<Uuid>, Refusal> {
@@ -57,6 +76,38 @@ fn int_param(params: &Value, name: &str, default: i64, max: i64) -> Result<i64, 
     }
 }
 
+/// A refusal as the `res` frame: `errorCode`, `error`, and `retryAfter` (seconds) for limits.
+fn refused(id: &str, Refusal(code, message, retry_after, details): Refusal) -> Value {
+    let mut frame = protocol::fail(id, &code, &message);
+    if let Some(secs) = retry_after {
+        frame["retryAfter"] = secs.into();
+    }
+    if let Some(details) = details {
+        frame["details"] = details;
+    }
+    frame
+}
+
+/// Whether an `agent` request is a gateway slash command (answered here, not a write).
+fn is_slash_command(params: &Value) -> bool {
+    params["message"]
+        .as_str()
+        .is_some_and(|m| m.trim_start().starts_with('/'))
+}
+
+/// `params.idempotencyKey`, checked like the REST header.
+fn idempotency_key(params: &Value) -> Result<Option<String>, Refusal> {
+    match &params["idempotencyKey"] {
+        Value::Null => Ok(None),
+        Value::String(key) => IdempotencyKey::parse(Some(key))
+            .map(|key| key.0)
+            .map_err(|_| {
+                bad_params("params.idempotencyKey must be 1 to 255 visible ASCII characters")
+            }),
+        _ => Err(bad_params("params.idempotencyKey must be a string")),
+    }
+}
+
 fn message_view(m: &views::MessageView) -> Value {
     json!({
         "id": m.id, "role": m.role, "content": m.text, "runId": m.run_id,
@@ -65,12 +116,74 @@ fn message_view(m: &views::MessageView) -> Value {
 }
 
 impl Conn {
-    /// Answers one request.
+    /// Answers one request, as of now: the caller is checked again first (a logout, revocation
+    /// or expiry since the last request ends the connection: see [`Conn::ending`]), writes count
+    /// against the caller's write limit, and a write with an `idempotencyKey` is answered once.
     pub(super) async fn handle(&mut self, req: Req) -> Value {
         // Before any method runs: no string in the params may carry a control character.
         if let Err(refused) = check_json(&req.params, protocol::text_params(&req.method)) {
             return protocol::invalid_field(&req.id, &refused.field, refused.reason);
         }
+        if let Err(refusal) = self.still_allowed().await {
+            let answer = refused(&req.id, Refusal::from(refusal));
+            return answer;
+        }
+        let is_write = WRITES.contains(&req.method.as_str())
+            && !(req.method == "agent" && is_slash_command(&req.params));
+        let key = match idempotency_key(&req.params) {
+            Ok(key) => key,
+            Err(refusal) => return refused(&req.id, refusal),
+        };
+        let claim = match (&key, is_write) {
+            (Some(key), true) => {
+                let mut params = req.params.clone();
+                if let Some(map) = params.as_object_mut() {
+                    map.remove("idempotencyKey");
+                }
+                let hash = request_hash(&req.method, "gateway", params.to_string().as_bytes());
+                let scope = format!("gateway:{}", self.user.id);
+                match self.state.idempotency.begin(&scope, key, &hash).await {
+                    Err(err) => return refused(&req.id, err.into()),
+                    Ok(Begin::Replay(_, _, payload)) => {
+                        let payload = serde_json::from_str(&payload).unwrap_or(Value::Null);
+                        let mut answer = protocol::ok(&req.id, payload);
+                        answer["replayed"] = true.into();
+                        return answer;
+                    }
+                    Ok(Begin::Reused) => {
+                        return refused(
+                            &req.id,
+                            Refusal::new(
+                                "idempotency_key_reused",
+                                "this idempotencyKey was used for a different request",
+                            ),
+                        );
+                    }
+                    Ok(Begin::InProgress) => {
+                        return refused(
+                            &req.id,
+                            Refusal(
+                                "idempotency_in_progress".into(),
+                                "a request with this idempotencyKey is still running".into(),
+                                Some(1),
+                                None,
+                            ),
+                        );
+                    }
+                    Ok(Begin::Again) => None,
+                    Ok(Begin::Fresh(claim)) => Some(claim),
+                }
+            }
+            _ => None,
+        };
+        // A replayed write was counted when it first ran.
+        if is_write && let Err(limited) = limits::user_write(&self.state, self.user.id).await {
+            if let Some(claim) = claim {
+                self.state.idempotency.abandon(claim).await;
+            }
+            return refused(&req.id, limited.into());
+        }
+        self.command_id = IdempotencyKey(key).command_id(self.user.id);
         let outcome = match req.method.as_str() {
             "agent" => self.agent(&req.params).await,
             "agent.cancel" => self.cancel(&req.params).await,
@@ -84,22 +197,70 @@ impl Conn {
                 self.feed = None;
                 Ok(json!({"subscribed": false}))
             }
-            "connect" => Err(Refusal(
-                "already_connected".into(),
-                "connect is the first frame only".into(),
+            "auth.refresh" => self.refresh_token(&req.params).await,
+            "connect" => Err(Refusal::new(
+                "already_connected",
+                "connect is the first frame only",
             )),
-            other => Err(Refusal(
-                "unknown_method".into(),
+            other => Err(Refusal::new(
+                "unknown_method",
                 format!(
                     "unknown method `{other}`; supported: {}",
                     protocol::METHODS.join(", ")
                 ),
             )),
         };
+        if let Some(claim) = claim {
+            match &outcome {
+                Ok(payload) => {
+                    let kept = Some((200, None, payload.to_string()));
+                    self.state.idempotency.finish(claim, kept).await;
+                }
+                Err(_) => self.state.idempotency.abandon(claim).await,
+            }
+        }
         match outcome {
             Ok(payload) => protocol::ok(&req.id, payload),
-            Err(Refusal(code, message)) => protocol::fail(&req.id, &code, &message),
+            Err(refusal) => refused(&req.id, refusal),
         }
+    }
+
+    /// The caller as of now; a refusal also marks the connection as ending.
+    pub(super) async fn still_allowed(&mut self) -> Result<(), ApiError> {
+        if self.user.expires_at <= chrono::Utc::now().timestamp() {
+            let expired = crate::app::access::token_error(TokenError::Expired);
+            self.end_with(&expired);
+            return Err(expired);
+        }
+        match crate::app::access::recheck(&self.state, &self.user).await {
+            Ok(fresh) => {
+                self.user = fresh;
+                Ok(())
+            }
+            Err(refusal) => {
+                self.end_with(&refusal);
+                Err(refusal)
+            }
+        }
+    }
+
+    fn end_with(&mut self, refusal: &ApiError) {
+        let body = refusal.body();
+        self.ending = Some((body.code, body.message));
+    }
+
+    /// `auth.refresh {token}`: a new access token for the same user (from `POST /auth/refresh`),
+    /// so the connection outlives the one it opened with.
+    async fn refresh_token(&mut self, params: &Value) -> Result<Value, Refusal> {
+        let token = params["token"]
+            .as_str()
+            .ok_or_else(|| bad_params("params.token (a new access token) is required"))?;
+        let fresh = crate::app::access::authenticate(&self.state, token).await?;
+        if fresh.id != self.user.id {
+            return Err(Refusal::new("invalid_token", "the token is another user's"));
+        }
+        self.user = fresh;
+        Ok(json!({"expiresAt": self.user.expires_at}))
     }
 
     /// `feed.subscribe`: `feed` events for every change to the user's agents and conversations.
@@ -110,19 +271,12 @@ impl Conn {
         Ok(json!({"subscribed": true}))
     }
 
-    fn meta(&self) -> CommandMeta {
-        CommandMeta::new(Actor::User(self.user.id))
-    }
-
-    fn require_approved(&self) -> Result<(), Refusal> {
-        if self.user.user.is_approved() {
-            Ok(())
-        } else {
-            Err(Refusal(
-                "not_approved".into(),
-                "your account waits for an admin's approval".into(),
-            ))
-        }
+    /// The caller as an approved user (cloned out: the connection itself is not `Sync`).
+    fn approved(
+        &self,
+    ) -> impl std::future::Future<Output = Result<ApprovedUser, Refusal>> + Send + 'static {
+        let (state, user) = (self.state.clone(), self.user.clone());
+        async move { Ok(crate::app::access::approved(&state, user).await?) }
     }
 
     /// The session named by `params.sessionId` (switching to it), else the current one.
@@ -133,10 +287,9 @@ impl Conn {
             self.follow_session(id, None).await?;
         }
         self.session.clone().ok_or_else(|| {
-            Refusal(
-                "no_session".into(),
-                "no session yet: call sessions.new with an agentId (or send one with agentId)"
-                    .into(),
+            Refusal::new(
+                "no_session",
+                "no session yet: call sessions.new with an agentId (or send one with agentId)",
             )
         })
     }
@@ -188,7 +341,7 @@ impl Conn {
         Ok(recent)
     }
 
-    /// `agent {message, sessionId?, agentId?, mode?}`.
+    /// `agent {message, sessionId?, agentId?, mode?, idempotencyKey?}`.
     async fn agent(&mut self, params: &Value) -> Result<Value, Refusal> {
         let message = params["message"]
             .as_str()
@@ -198,12 +351,13 @@ impl Conn {
         if message.trim_start().starts_with('/') {
             return self.command(message.trim()).await;
         }
-        self.require_approved()?;
+        let caller = self.approved().await?;
         if self.session.is_none()
             && params["sessionId"].is_null()
             && let Some(agent) = uuid_param(params, "agentId")?
         {
-            self.start_session(AgentId(agent), None).await?;
+            self.start_session(AgentId(agent), None, CommandId::new())
+                .await?;
         }
         let session = self.session_for(params).await?;
         let mode = match params["mode"].as_str() {
@@ -211,65 +365,41 @@ impl Conn {
             Some("interrupt") => PostMode::Interrupt,
             Some(_) => return Err(bad_params("params.mode is queue or interrupt")),
         };
-        quota::check_message_quota(&self.state.db, &self.state.settings.tiers, &self.user).await?;
-        let run_id = RunId::new();
-        let committed = self
-            .state
-            .commands
-            .conversations
-            .execute(
-                &session.id.to_string(),
-                ConversationCommand::PostMessage {
-                    message_id: MessageId::new(),
-                    run_id,
-                    text: message,
-                    client_id: Some(self.client_id.clone()),
-                    client_kind: Some(self.client_type.clone()),
-                    mode,
+        let posted = crate::app::chat::post(
+            &self.state,
+            &caller,
+            crate::app::chat::Message {
+                target: Target::Conversation(session.id),
+                text: message,
+                mode,
+                client: Client {
+                    id: Some(self.client_id.clone()),
+                    kind: self.client_type.clone(),
                 },
-                &self.meta(),
-            )
-            .await
-            .map_err(ApiError::from)?;
-        let position = committed.events.iter().find_map(|e| match e.event {
-            ConversationEvent::RunQueued { position, .. } => Some(position),
-            _ => None,
-        });
-        let status = if position.unwrap_or(0) > 0 {
+                command_id: self.command_id,
+            },
+        )
+        .await?;
+        let status = if posted.position > 0 {
             "queued"
         } else {
             "accepted"
         };
         Ok(json!({
-            "runId": run_id, "sessionId": session.id, "status": status, "position": position,
-            "seq": committed.sequence,
+            "runId": posted.run_id, "sessionId": posted.conversation_id, "status": status,
+            "position": posted.position, "seq": posted.seq,
         }))
     }
 
     /// `agent.cancel {runId?}`: the given run, or the current session's running one.
     async fn cancel(&mut self, params: &Value) -> Result<Value, Refusal> {
-        self.require_approved()?;
+        let caller = self.approved().await?;
         let session = self.session_for(params).await?;
-        let conversation = owned_conversation(&self.state, self.user.id, session.id.0).await?;
-        let run_id = match uuid_param(params, "runId")? {
-            Some(run) => RunId(run),
-            None => conversation
-                .runs
-                .first()
-                .map(|slot| slot.run_id)
-                .ok_or_else(|| Refusal("run_not_active".into(), "no run is going on".into()))?,
-        };
-        self.state
-            .commands
-            .conversations
-            .execute(
-                &session.id.to_string(),
-                ConversationCommand::RequestCancel { run_id },
-                &self.meta(),
-            )
-            .await
-            .map_err(ApiError::from)?;
-        Ok(json!({"runId": run_id, "message": "Cancellation requested"}))
+        let run = uuid_param(params, "runId")?.map(RunId);
+        let cancelled =
+            crate::app::chat::cancel(&self.state, &caller, session.id, run, self.command_id)
+                .await?;
+        Ok(json!({"runId": cancelled.run_id, "message": "Cancellation requested"}))
     }
 
     /// `sessions.list {limit?, offset?}`, most recently active first.
@@ -296,38 +426,16 @@ impl Conn {
         &mut self,
         agent: AgentId,
         title: Option<String>,
+        command_id: CommandId,
     ) -> Result<Value, Refusal> {
-        self.require_approved()?;
-        let (agent, _) = crate::agents::owned_agent_of(&self.state, self.user.id, agent.0).await?;
-        let id = ConversationId::new();
-        let committed = self
-            .state
-            .commands
-            .conversations
-            .execute(
-                &id.to_string(),
-                ConversationCommand::StartConversation {
-                    conversation_id: id,
-                    user_id: self.user.id,
-                    agent_id: agent,
-                    title: title.clone(),
-                },
-                &self.meta(),
-            )
-            .await
-            .map_err(ApiError::from)?;
-        crate::consistency::caught_up(
-            &self.state.db,
-            crate::consistency::projection::CONVERSATIONS,
-            committed.sequence,
-        )
-        .await
-        .map_err(ApiError::from)?;
-        self.follow_session(id.0, Some(committed.sequence)).await?;
-        let created_at = committed.events.first().map(|e| e.occurred_at);
+        let caller = self.approved().await?;
+        let started =
+            crate::app::chat::start(&self.state, &caller, agent, title, command_id).await?;
+        self.follow_session(started.conversation_id.0, Some(started.seq))
+            .await?;
         Ok(json!({
-            "sessionId": id, "agentId": agent, "title": title.unwrap_or_default(),
-            "createdAt": created_at,
+            "sessionId": started.conversation_id, "agentId": started.agent_id,
+            "title": started.title.unwrap_or_default(), "createdAt": started.created_at,
         }))
     }
 
@@ -342,7 +450,8 @@ impl Conn {
                 .ok_or_else(|| bad_params("params.agentId is required"))?,
         };
         let title = params["title"].as_str().map(str::to_owned);
-        self.start_session(agent, title).await
+        let command_id = self.command_id;
+        self.start_session(agent, title, command_id).await
     }
 
     /// `sessions.switch {sessionId, after?}`.
@@ -419,6 +528,7 @@ impl Conn {
         let arg = words.next();
         let (payload, text) = match name {
             "/new" => {
+                limits::user_write(&self.state, self.user.id).await?;
                 let answer = self.new_session(&json!({})).await?;
                 let text = format!(
                     "✓ New session {}",
@@ -489,6 +599,7 @@ impl Conn {
                 (answer, text)
             }
             "/cancel" => {
+                limits::user_write(&self.state, self.user.id).await?;
                 let answer = self.cancel(&json!({})).await?;
                 (answer, "✓ Cancellation requested".to_owned())
             }
@@ -498,8 +609,8 @@ impl Conn {
                     .to_owned(),
             ),
             other => {
-                return Err(Refusal(
-                    "unknown_command".into(),
+                return Err(Refusal::new(
+                    "unknown_command",
                     format!("unknown command {other}; /help lists them"),
                 ));
             }

@@ -8,7 +8,15 @@
 //! naming the field) is an error response and the connection stays open — and the
 //! current session's log arrives as `event` frames whose `seq` is the log cursor (`message` with
 //! `fromSelf`, `queued`, `token`, `tool_call`, `tool_result`, `status`, `final`, `cancelled`,
-//! `error`). `sessions.switch` takes `after` to resume exactly after a cursor. Messages that are
+//! `error`). `sessions.switch` takes `after` to resume exactly after a cursor.
+//!
+//! Every request is authorised as of now ([`crate::app::access`]), and so is the connection
+//! itself: a logout, a revoked session or family, an admin's revoke or reject and a role change
+//! end it within a moment ([`crate::app::revocation`]), as does the access token's expiry unless
+//! the client renewed it with `auth.refresh {token}` — each time an `error` event with the code
+//! (`session_revoked`, `access_revoked`, `role_changed`, `token_expired`), then a close with
+//! 1008. Writes (`agent`, `agent.cancel`, `sessions.new`) count against the caller's write limit
+//! with REST's (an error with `retryAfter`); `idempotencyKey` makes a write answer once. Messages that are
 //! gateway slash commands (`/new`, `/sessions`, …) are answered by the gateway. A frame that
 //! breaks the WebSocket protocol closes with its RFC 6455 code: 1007 for invalid UTF-8 in a text
 //! frame, 1009 for one over the size limit, 1002 for any other violation.
@@ -19,7 +27,8 @@
 mod methods;
 pub mod protocol;
 
-use crate::extract::{AuthUser, bearer_token};
+use crate::app::revocation::AccessWatch;
+use crate::extract::{AuthUser, ClientIp, bearer_token};
 use crate::feed::FeedFollower;
 use crate::follow::Follower;
 use crate::input::check_json;
@@ -28,13 +37,13 @@ use axum::Router;
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code};
 use axum::http::HeaderMap;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use protocol::Req;
 use serde_json::Value;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use warren_domain::ids::{AgentId, ConversationId};
+use warren_domain::ids::{AgentId, CommandId, ConversationId};
 
 /// The most bytes a close frame's reason may hold (RFC 6455 §5.5: 125 with the code).
 const MAX_CLOSE_REASON_BYTES: usize = 123;
@@ -63,10 +72,14 @@ pub fn routes() -> Router<AppState> {
 
 async fn upgrade(
     State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
     STARTED.get_or_init(Instant::now);
+    if let Err(limited) = crate::app::limits::gateway_connect(&state, &ip).await {
+        return limited.into_response();
+    }
     let header_token = bearer_token(&headers).map(str::to_owned);
     // Small buffers: most connections sit idle, and frames are written (and flushed) one by one.
     ws.max_message_size(MAX_FRAME_BYTES)
@@ -100,6 +113,12 @@ struct Conn {
     feed: Option<FeedFollower>,
     /// The last `sessions.list` answer, for `/session <n>`.
     listed: Vec<ConversationId>,
+    /// The command id of the write being answered (decided by its `idempotencyKey`).
+    command_id: CommandId,
+    /// Why the connection must end (set when the caller is no longer allowed).
+    ending: Option<(String, String)>,
+    /// Tells the connection when the caller's access may have changed.
+    watch: AccessWatch,
 }
 
 /// How a connection ends.
@@ -197,18 +216,21 @@ async fn handshake(
                 "connect needs params.token or an Authorization header",
             )
         })?;
-    let user = AuthUser::from_token(state, &token).await.map_err(|err| {
-        close(
-            close_code::POLICY,
-            format!("not signed in: {}", err.body().message),
-        )
-    })?;
+    let user = crate::app::access::authenticate(state, &token)
+        .await
+        .map_err(|err| {
+            close(
+                close_code::POLICY,
+                format!("not signed in: {}", err.body().message),
+            )
+        })?;
     let client_type = req.params["clientType"]
         .as_str()
         .unwrap_or("web")
         .to_owned();
     let conn = Conn {
         state: state.clone(),
+        watch: state.revocations.watch(user.id),
         user,
         client_id: format!("ws-{}", uuid::Uuid::now_v7().simple()),
         client_type,
@@ -216,6 +238,8 @@ async fn handshake(
         follower: None,
         feed: None,
         listed: Vec::new(),
+        command_id: CommandId::new(),
+        ending: None,
     };
     let answer = protocol::ok(
         &req.id,
@@ -267,6 +291,27 @@ fn read_failed(err: axum::Error) -> Close {
     }
 }
 
+/// Sleeps until an access token expiring at `expires_at` (seconds since the epoch) has expired.
+async fn expiry(expires_at: i64) {
+    let left = expires_at
+        .saturating_sub(chrono::Utc::now().timestamp())
+        .max(0) as u64;
+    // One second past the stamp: the check that follows must see it expired.
+    tokio::time::sleep(Duration::from_secs(left + 1)).await;
+}
+
+/// Tells the client why its connection ends (an `error` event with the refusal's code), and
+/// closes it with 1008 (policy violation) and that code as the reason.
+async fn ended(socket: &mut WebSocket, code: &str, message: &str) -> Close {
+    let frame = protocol::event(
+        "error",
+        serde_json::json!({"errorCode": code, "message": message, "retryable": false}),
+        None,
+    );
+    send(socket, &frame).await;
+    close(close_code::POLICY, code.to_owned())
+}
+
 async fn next_item(follower: &mut Option<Follower>) -> Option<crate::follow::Item> {
     match follower {
         Some(follower) => follower.next().await,
@@ -313,6 +358,23 @@ async fn serve(mut conn: Conn, socket: &mut WebSocket) -> Result<(), Close> {
                 };
                 if !send(socket, &answer).await {
                     return Ok(());
+                }
+                if let Some((code, message)) = conn.ending.take() {
+                    return Err(ended(socket, &code, &message).await);
+                }
+            }
+            _ = conn.watch.changed() => {
+                if conn.still_allowed().await.is_err()
+                    && let Some((code, message)) = conn.ending.take()
+                {
+                    return Err(ended(socket, &code, &message).await);
+                }
+            }
+            _ = expiry(conn.user.expires_at) => {
+                if conn.still_allowed().await.is_err()
+                    && let Some((code, message)) = conn.ending.take()
+                {
+                    return Err(ended(socket, &code, &message).await);
                 }
             }
             item = next_item(&mut conn.follower) => {

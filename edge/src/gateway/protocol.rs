@@ -22,6 +22,7 @@ pub const METHODS: &[&str] = &[
     "status",
     "feed.subscribe",
     "feed.unsubscribe",
+    "auth.refresh",
 ];
 
 /// A client's request.

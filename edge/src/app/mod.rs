@@ -1,0 +1,19 @@
+//! The application layer (DESIGN §3a, ADR 17): each use case written once, returning a typed
+//! outcome, for every channel — REST handlers and gateway methods only translate requests into
+//! these calls and outcomes into their protocol. A rule that holds on one channel (approval,
+//! revocation, a quota, a rate limit) therefore holds on all.
+//!
+//! Layout:
+//! - [`access`] — who is asking, as of now: authentication, approval, admin, re-checks of open
+//!   connections.
+//! - [`revocation`] — the per-process watch that tells open connections to re-check.
+//! - [`limits`] — every rate limit by name, counted across edge processes.
+//! - [`chat`] — post a message (ownership, approval, quota, conversation pick or start, queue
+//!   mode), cancel a run, clear history, start a conversation.
+//! - [`agents`] — create, configure, delete, stop, start, restart, repair, redeploy.
+
+pub mod access;
+pub mod agents;
+pub mod chat;
+pub mod limits;
+pub mod revocation;
