@@ -18,39 +18,6 @@ use warren_testkit::wait_until;
 /// How soon an open connection must hear that its caller lost access.
 const WITHIN: Duration = Duration::from_secs(1);
 
-/// A second `warren edge` on the same log and database, with `extra` settings: its base URL
-/// (and the process).
-async fn second_edge(
-    platform: &Platform,
-    extra: &[(&'static str, &str)],
-) -> (String, common::Warren) {
-    let jwt = std::fs::read_to_string(platform.dir.path().join("data/jwt_secret"))
-        .expect("the dev JWT secret");
-    let port = common::free_port();
-    let mut env = vec![
-        ("WARREN_JWT_SECRET", jwt.trim().to_owned()),
-        (
-            "WARREN_ENCRYPTION_KEY",
-            edge_support::ENCRYPTION_KEY.to_owned(),
-        ),
-        ("WARREN_SMTP_URL", platform.smtp.url()),
-        ("WARREN_HTTP_ADDR", format!("127.0.0.1:{port}")),
-    ];
-    env.extend(platform.nats.warren_env());
-    env.extend(platform.db.warren_env());
-    env.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
-    let edge = common::Warren::spawn(&["edge"], &env, platform.dir.path(), "edge-2");
-    let base = format!("http://127.0.0.1:{port}");
-    wait_until(Duration::from_secs(30), || async {
-        matches!(
-            common::get_json(&format!("{base}/api/v1/health")).await,
-            Some((200, _))
-        )
-    })
-    .await;
-    (base, edge)
-}
-
 /// An SSE stream's text until it ends (or `within` passes); the text and how long it took.
 async fn read_to_end(response: reqwest::Response, within: Duration) -> (String, Option<Duration>) {
     let started = Instant::now();
@@ -287,11 +254,9 @@ async fn gateway_writes_count_against_the_rest_write_limit_on_every_edge_process
     assert_eq!(ws.call("sessions.list", json!({})).await["ok"], true);
 
     // Write 4 and 5 on the second edge process: the fourth passes, the fifth is over the limit.
-    let (second, _edge) = second_edge(
-        &platform,
-        &[("WARREN_RATE_WRITES_PER_USER_PER_MINUTE", "4")],
-    )
-    .await;
+    let (second, _edge) = platform
+        .second_edge(&[("WARREN_RATE_WRITES_PER_USER_PER_MINUTE", "4")])
+        .await;
     let (mut other, _) = Ws::connect(&second, &me.access).await;
     let session = ws.call("status", json!({})).await["payload"]["session"]["id"].clone();
     other.switch(session.as_str().expect("session")).await;
@@ -345,7 +310,7 @@ async fn one_idempotency_key_makes_one_agent_and_one_message_on_any_edge() {
     ])
     .await;
     let me = platform.sign_in("careful@example.com").await;
-    let (second, _edge) = second_edge(&platform, &[]).await;
+    let (second, _edge) = platform.second_edge(&[]).await;
     let create = |base: String, key: &'static str, name: &'static str| {
         let (http, access) = (platform.http.clone(), me.access.clone());
         async move {
@@ -456,4 +421,29 @@ async fn a_create_answers_201_with_the_agent_while_the_read_side_is_paused() {
             .contains(&id)
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_body_field_the_api_does_not_know_or_of_the_wrong_type_is_a_422_naming_it() {
+    let platform = Platform::start(&[("WARREN_APPROVAL", "open")]).await;
+    let me = platform.sign_in("typed@example.com").await;
+    for (body, field) in [
+        (json!({"name": "x", "backend": "ssh"}), "backend"),
+        (json!({"name": 5}), "name"),
+        (json!({"system_prompt": "no name"}), "name"),
+    ] {
+        let refused = platform
+            .post("/api/v1/agents", Some(&me.access), body.clone())
+            .await;
+        assert_eq!(refused.status, 422, "{body}: {refused:?}");
+        assert_eq!(
+            refused.body["error"]["details"]["fields"][0]["field"], field,
+            "{body}: {refused:?}"
+        );
+    }
+    assert_eq!(
+        platform.get("/api/v1/agents", Some(&me.access)).await.body,
+        json!([]),
+        "nothing was created"
+    );
 }

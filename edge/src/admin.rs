@@ -52,6 +52,7 @@ fn status_filter_schema() -> utoipa::openapi::Object {
 
 /// `POST /admin/users/{id}/reject` and `/revoke`.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct Reason {
     /// Shown to the user.
     pub reason: Option<String>,
@@ -63,6 +64,7 @@ impl TextFields for Reason {
 
 /// `PATCH /admin/users/{id}`: fields left out are kept.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct UserPatch {
     /// `user` or `admin` (the user must be approved; `guest` is refused: revoke instead).
     #[schema(schema_with = role_schema)]

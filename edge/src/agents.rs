@@ -47,6 +47,7 @@ pub fn routes() -> ApiRouter {
 
 /// `POST /agents`.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct NewAgent {
     /// Display name (1 to 64 characters).
     #[schema(example = "Research helper")]
@@ -62,6 +63,7 @@ pub struct NewAgent {
 
 /// `PATCH /agents/{id}`: fields left out are kept. A prompt or model change redeploys.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct AgentPatch {
     /// New display name.
     pub name: Option<String>,

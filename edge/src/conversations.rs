@@ -49,6 +49,7 @@ pub struct EventsQuery {
 
 /// `POST /conversations/{id}/cancel`.
 #[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CancelRequest {
     /// The run to cancel; the one running (or next up) if left out.
     pub run_id: Option<Uuid>,

@@ -17,7 +17,7 @@ use axum::extract::{
     ConnectInfo, FromRequest, FromRequestParts, Path, Query, RawPathParams, Request,
 };
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::http::{HeaderMap, Method, header};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::net::SocketAddr;
@@ -38,15 +38,28 @@ where
         // the body becomes a type (and, later, a command).
         let axum::Json(value) = axum::Json::<Value>::from_request(request, state).await?;
         check_json(&value, T::TEXT_FIELDS)?;
-        serde_json::from_value(value)
+        serde_path_to_error::deserialize(value)
             .map(ApiJson)
-            .map_err(|err| ApiError::Client {
-                status: StatusCode::UNPROCESSABLE_ENTITY,
-                code: "validation_failed",
-                message: format!("Failed to deserialize the JSON body into the target type: {err}"),
-                details: None,
-            })
+            .map_err(|err| body_error(&err))
     }
+}
+
+/// A body that does not fit its type: 422 naming the field (a field of a wrong type, a missing
+/// one, or one the API does not know — never silently ignored).
+fn body_error(err: &serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let inner = err.inner().to_string();
+    // A missing field is named by serde's message only (the path stops above it).
+    let named = inner
+        .strip_prefix("unknown field `")
+        .or_else(|| inner.strip_prefix("missing field `"))
+        .and_then(|rest| rest.split('`').next());
+    let path = err.path().to_string();
+    let field = match (path.as_str(), named) {
+        (".", Some(name)) => name.to_owned(),
+        (path, _) => path.to_owned(),
+    };
+    let reason = inner.split(" at line ").next().unwrap_or(&inner).to_owned();
+    ApiError::invalid_field(&field, reason)
 }
 
 /// Path parameters, each free of control characters; a malformed id answers 404.

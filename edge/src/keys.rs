@@ -37,6 +37,7 @@ pub fn routes() -> ApiRouter {
 
 /// `POST /users/me/api-keys`.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct NewApiKey {
     /// Which API the key is for.
     #[schema(schema_with = provider_schema)]

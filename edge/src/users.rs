@@ -1,6 +1,6 @@
 //! `/api/v1/users/me*`: the caller's profile and sign-in connections.
 
-use crate::auth::identity::email_key;
+use crate::app::identity::email_key;
 use crate::consistency::{self, projection};
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, AuthUser};
@@ -32,6 +32,7 @@ pub fn routes() -> ApiRouter {
 
 /// `PATCH /users/me`: fields left out are kept; a blank text clears it.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ProfilePatch {
     /// Name to show.
     pub display_name: Option<String>,

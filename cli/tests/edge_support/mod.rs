@@ -77,6 +77,9 @@ impl Platform {
             ("WARREN_RATE_WRITES_PER_USER_PER_MINUTE", "100000".into()),
             ("WARREN_RATE_WRITES_PER_IP_PER_MINUTE", "100000".into()),
             ("WARREN_RATE_WS_CONNECTS_PER_IP_PER_MINUTE", "100000".into()),
+            // Someone who never signs in: the first person to sign in does not become admin.
+            // Tests of that bootstrap set this empty.
+            ("WARREN_ADMIN_EMAILS", "operator@admin.test".into()),
         ];
         for (key, value) in env {
             vars.retain(|(k, _)| k != key);
@@ -105,6 +108,36 @@ impl Platform {
             dir,
             http: reqwest::Client::new(),
         }
+    }
+
+    /// A second `warren edge` on this platform's log and database, with `extra` settings on top
+    /// (what a restart with a new configuration would run): its base URL, and the process.
+    pub async fn second_edge(&self, extra: &[(&'static str, &str)]) -> (String, Warren) {
+        let jwt = std::fs::read_to_string(self.dir.path().join("data/jwt_secret"))
+            .expect("the dev JWT secret");
+        let port = free_port();
+        let mut env = vec![
+            ("WARREN_JWT_SECRET", jwt.trim().to_owned()),
+            ("WARREN_ENCRYPTION_KEY", ENCRYPTION_KEY.to_owned()),
+            ("WARREN_SMTP_URL", self.smtp.url()),
+            ("WARREN_HTTP_ADDR", format!("127.0.0.1:{port}")),
+            ("WARREN_FRONTEND_URL", "http://console.test".into()),
+            ("WARREN_AGENT_BIN", NO_AGENT_BIN.into()),
+        ];
+        env.extend(self.nats.warren_env());
+        env.extend(self.db.warren_env());
+        for (key, value) in extra {
+            env.retain(|(k, _)| k != key);
+            env.push((key, (*value).to_owned()));
+        }
+        let edge = Warren::spawn(&["edge"], &env, self.dir.path(), &format!("edge-{port}"));
+        let base = format!("http://127.0.0.1:{port}");
+        let health = format!("{base}/api/v1/health");
+        wait_until(Duration::from_secs(30), || async {
+            matches!(get_json(&health).await, Some((200, _)))
+        })
+        .await;
+        (base, edge)
     }
 
     /// Sends a request; `body` as JSON when given.

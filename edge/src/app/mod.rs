@@ -11,9 +11,11 @@
 //! - [`chat`] — post a message (ownership, approval, quota, conversation pick or start, queue
 //!   mode), cancel a run, clear history, start a conversation.
 //! - [`agents`] — create, configure, delete, stop, start, restart, repair, redeploy.
+//! - [`identity`] — sign-in by an identity (email today): registration, and who is admin.
 
 pub mod access;
 pub mod agents;
 pub mod chat;
+pub mod identity;
 pub mod limits;
 pub mod revocation;

@@ -4,11 +4,9 @@
 //! - [`store`] — [`store::AuthKv`]: JSON records in the `auth_tokens` KV bucket, revision-checked.
 //! - [`tokens`] — access JWTs (HS256 pinned) and refresh families with reuse detection.
 //! - [`magic`] — magic links and 6-digit codes: hashed, single use, TTL, attempt lock.
-//! - [`identity`] — email → user id, claimed atomically; registration on first sign-in.
 //! - [`routes`] — `POST /auth/login/email`, `/auth/verify-magic-link`, `/auth/refresh`,
 //!   `/auth/logout`, `/auth/logout/all`.
 
-pub mod identity;
 pub mod magic;
 pub mod routes;
 pub mod store;

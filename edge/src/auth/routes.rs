@@ -1,6 +1,5 @@
 //! `/api/v1/auth/*`: magic-link sign-in, refresh rotation, logout.
 
-use super::identity::sign_in_by_email;
 use super::magic::{MAX_CODE_ATTEMPTS, MagicError};
 use super::tokens::TokenPair;
 use crate::app::limits;
@@ -27,6 +26,7 @@ pub fn routes() -> ApiRouter {
 
 /// `POST /auth/login/email`.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct LoginEmailRequest {
     /// Where to send the link.
     #[schema(example = "ada@example.com")]
@@ -44,6 +44,7 @@ pub struct LoginSent {
 
 /// `POST /auth/verify-magic-link`: either the link's token, or the address and its code.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct VerifyRequest {
     /// The `token` query parameter of the emailed link.
     pub token: Option<String>,
@@ -54,8 +55,20 @@ pub struct VerifyRequest {
     pub code: Option<String>,
 }
 
+/// The answer to a sign-in: the token pair, and whether this sign-in made the user an admin
+/// (the platform's first, or listed in `WARREN_ADMIN_EMAILS`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SignedIn {
+    /// The tokens.
+    #[serde(flatten)]
+    pub pair: TokenPair,
+    /// True when this sign-in made the user an admin.
+    pub became_admin: bool,
+}
+
 /// `POST /auth/refresh`.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RefreshRequest {
     /// The current refresh token; it is rotated (single use).
     pub refresh_token: String,
@@ -139,14 +152,14 @@ pub(crate) async fn login_email(
 #[utoipa::path(post, path = "/api/v1/auth/verify-magic-link", operation_id = "post_auth_verify_magic_link", tag = "auth",
     request_body = VerifyRequest,
     responses(
-        (status = 200, description = "Signed in.", body = TokenPair),
+        (status = 200, description = "Signed in.", body = SignedIn),
         resp::BadRequest, resp::Unauthorized, resp::Validation, resp::RateLimited,
     ))]
 pub(crate) async fn verify_magic_link(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
     ApiJson(request): ApiJson<VerifyRequest>,
-) -> Result<Json<TokenPair>, ApiError> {
+) -> Result<Json<SignedIn>, ApiError> {
     limits::auth_request(&state, &ip).await?;
     let email = match (&request.token, &request.email, &request.code) {
         (Some(token), None, None) => state.magic.redeem_token(token.trim()).await,
@@ -164,9 +177,16 @@ pub(crate) async fn verify_magic_link(
         }
     }
     .map_err(magic_error)?;
-    let user_id = sign_in_by_email(&state, &email).await?;
-    let pair = state.tokens.issue(user_id).await.map_err(token_error)?;
-    Ok(Json(pair))
+    let signed_in = crate::app::identity::sign_in_by_email(&state, &email).await?;
+    let pair = state
+        .tokens
+        .issue(signed_in.user_id)
+        .await
+        .map_err(token_error)?;
+    Ok(Json(SignedIn {
+        pair,
+        became_admin: signed_in.became_admin,
+    }))
 }
 
 /// Rotate a refresh token. Presenting an already-rotated token revokes its whole session.

@@ -57,6 +57,7 @@ pub fn routes() -> ApiRouter {
 
 /// `POST /chat/{agent_id}`.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ChatRequest {
     /// The message (not blank).
     pub message: String,
