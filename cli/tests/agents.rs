@@ -70,7 +70,7 @@ async fn an_approved_user_creates_lists_patches_repairs_and_deletes_an_agent() {
     assert_eq!(health.body["healthy"], false);
     assert_eq!(health.body["runtime_status"], Value::Null);
 
-    // Redeploy is for running agents; repair is for failed ones.
+    // A failed agent may be redeployed, or repaired: each is a new attempt.
     let redeploy = platform
         .call(
             "POST",
@@ -79,17 +79,21 @@ async fn an_approved_user_creates_lists_patches_repairs_and_deletes_an_agent() {
             None,
         )
         .await;
-    assert_eq!(redeploy.status, 409);
-    assert_eq!(redeploy.body["error"]["code"], "invalid_state");
+    assert_eq!(redeploy.status, 202, "{redeploy:?}");
+    assert_ne!(
+        redeploy.body["deployment_id"], agent["deployment_id"],
+        "a new attempt"
+    );
+    failed(&platform, token, &id, 2).await;
     let repaired = platform
         .call("POST", &format!("/api/v1/agents/{id}/repair"), token, None)
         .await;
     assert_eq!(repaired.status, 202, "{repaired:?}");
     assert_ne!(
-        repaired.body["deployment_id"], agent["deployment_id"],
+        repaired.body["deployment_id"], redeploy.body["deployment_id"],
         "a new attempt"
     );
-    let progress = failed(&platform, token, &id, 2).await;
+    let progress = failed(&platform, token, &id, 3).await;
     assert!(history(&progress.body).contains(&"repair_requested".to_owned()));
 
     // A name change alone does not redeploy; a prompt change does.

@@ -16,6 +16,8 @@ struct Row {
     path: &'static str,
     body: Option<Value>,
     expect: Expect,
+    /// The status A's agent must have settled at before this row runs (lifecycle rows).
+    settle: Option<&'static str>,
 }
 
 fn row(method: &'static str, path: &'static str, body: Option<Value>, expect: Expect) -> Row {
@@ -24,6 +26,15 @@ fn row(method: &'static str, path: &'static str, body: Option<Value>, expect: Ex
         path,
         body,
         expect,
+        settle: None,
+    }
+}
+
+/// A row that runs once A's agent is `status` (its failed deployments settle in their time).
+fn settled(status: &'static str, row: Row) -> Row {
+    Row {
+        settle: Some(status),
+        ..row
     }
 }
 
@@ -233,7 +244,8 @@ async fn every_route_answers_each_kind_of_caller_with_its_expected_status() {
             None,
             [401, 403, 200, 404, 404],
         ),
-        // A's agent failed: it cannot be restarted or started, only stopped, then repaired.
+        // A's agent failed: it cannot be restarted or started; it can be redeployed, stopped
+        // (once failed again) and then repaired.
         row(
             "POST",
             "/api/v1/agents/{agent}/restart",
@@ -246,23 +258,32 @@ async fn every_route_answers_each_kind_of_caller_with_its_expected_status() {
             None,
             [401, 403, 409, 404, 404],
         ),
-        row(
-            "POST",
-            "/api/v1/agents/{agent}/stop",
-            None,
-            [401, 403, 202, 404, 404],
+        settled(
+            "failed",
+            row(
+                "POST",
+                "/api/v1/agents/{agent}/redeploy",
+                None,
+                [401, 403, 202, 404, 404],
+            ),
         ),
-        row(
-            "POST",
-            "/api/v1/agents/{agent}/repair",
-            None,
-            [401, 403, 202, 404, 404],
+        settled(
+            "failed",
+            row(
+                "POST",
+                "/api/v1/agents/{agent}/stop",
+                None,
+                [401, 403, 202, 404, 404],
+            ),
         ),
-        row(
-            "POST",
-            "/api/v1/agents/{agent}/redeploy",
-            None,
-            [401, 403, 409, 404, 404],
+        settled(
+            "stopped",
+            row(
+                "POST",
+                "/api/v1/agents/{agent}/repair",
+                None,
+                [401, 403, 202, 404, 404],
+            ),
         ),
         row(
             "POST",
@@ -398,6 +419,16 @@ async fn every_route_answers_each_kind_of_caller_with_its_expected_status() {
     ];
     let mut failures = vec![];
     for row in &rows {
+        if let Some(status) = row.settle {
+            warren_testkit::wait_until(std::time::Duration::from_secs(20), || async {
+                platform
+                    .get(&format!("/api/v1/agents/{agent_id}"), Some(&a.access))
+                    .await
+                    .body["status"]
+                    == status
+            })
+            .await;
+        }
         let path = row
             .path
             .replace("{agent}", &agent_id)

@@ -340,7 +340,7 @@ pub(crate) async fn repair(
     act(state, caller, id, key, Lifecycle::Repair).await
 }
 
-/// Deploy a running or paused agent again (latest runtime, same configuration).
+/// Deploy a running, paused or failed agent again (latest runtime, same configuration).
 #[utoipa::path(post, path = "/api/v1/agents/{id}/redeploy", operation_id = "post_agents_by_id_redeploy", tag = "agents", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Agent id")),
     responses((status = 202, description = "Redeploy requested.", body = AgentView),

@@ -209,9 +209,10 @@ impl Agent {
                     deployment_id: *deployment_id,
                 },
             ),
+            // A failed agent may be redeployed too: a newcomer's first try is often that.
             C::RedeployAgent { deployment_id } => self.transition(
                 "redeploy",
-                &[S::Running, S::Paused],
+                &[S::Running, S::Paused, S::Failed],
                 AgentEvent::RedeployRequested {
                     agent_id,
                     deployment_id: *deployment_id,

@@ -512,8 +512,21 @@ fn a_running_agent_can_be_redeployed() {
 }
 
 #[test]
-fn a_failed_agent_cannot_be_redeployed() {
+fn a_failed_agent_can_be_redeployed() {
     given(failed())
+        .when(C::RedeployAgent {
+            deployment_id: SECOND,
+        })
+        .then_events([E::RedeployRequested {
+            agent_id: AGENT,
+            deployment_id: SECOND,
+            reason: RedeployReason::Manual,
+        }]);
+}
+
+#[test]
+fn a_stopped_agent_is_started_or_repaired_not_redeployed() {
+    given(stopped())
         .when(C::RedeployAgent {
             deployment_id: SECOND,
         })
