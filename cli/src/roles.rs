@@ -207,15 +207,7 @@ pub fn generated_secret(path: &std::path::Path) -> anyhow::Result<Secret> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let secret = hex::encode(rand::random::<[u8; 32]>());
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    std::io::Write::write_all(&mut file, secret.as_bytes())
-        .with_context(|| format!("writing {}", path.display()))?;
+    warren_deploy::nats_auth::write_private(path, secret.as_bytes())?;
     tracing::info!(path = %path.display(), "generated a development secret");
     Ok(Secret::from(secret))
 }

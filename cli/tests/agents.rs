@@ -112,10 +112,14 @@ async fn an_approved_user_creates_lists_patches_repairs_and_deletes_an_agent() {
             .await
             .body,
     );
-    assert!(
-        !before.contains(&"redeploy_requested".to_owned()),
-        "{before:?}"
-    );
+    // The one manual redeploy above, no more.
+    let redeploys = |history: &[String]| {
+        history
+            .iter()
+            .filter(|fact| *fact == "redeploy_requested")
+            .count()
+    };
+    assert_eq!(redeploys(&before), 1, "{before:?}");
     let reprompted = platform
         .patch(
             &format!("/api/v1/agents/{id}"),
@@ -131,10 +135,7 @@ async fn an_approved_user_creates_lists_patches_repairs_and_deletes_an_agent() {
             .await
             .body,
     );
-    assert!(
-        after.contains(&"redeploy_requested".to_owned()),
-        "{after:?}"
-    );
+    assert_eq!(redeploys(&after), 2, "{after:?}");
     let too_long = platform
         .patch(
             &format!("/api/v1/agents/{id}"),

@@ -396,7 +396,7 @@ pub fn create_private_dir(dir: &Path) -> Result<()> {
 }
 
 /// Writes a new owner-only file (0600); never overwrites.
-pub(crate) fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
+pub fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]

@@ -214,6 +214,35 @@ async fn publish_raw<E: serde::Serialize>(
         .expect("ack");
 }
 
+/// The projector, running.
+struct Running {
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), warren_projections::ProjectorError>>,
+}
+
+impl Running {
+    /// Starts the projector and waits until the users projection reached `checkpoint`.
+    async fn until(js: &jetstream::Context, pool: &sqlx::PgPool, checkpoint: u64) -> Self {
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(warren_projections::run_all(
+            js.clone(),
+            pool.clone(),
+            shutdown.clone(),
+        ));
+        wait_until(Duration::from_secs(30), || async {
+            runner::checkpoint(pool, "users").await.expect("checkpoint") == checkpoint
+        })
+        .await;
+        Self { shutdown, task }
+    }
+
+    /// Stops it; it must not have failed.
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.expect("join").expect("projector");
+    }
+}
+
 async fn parked(pool: &sqlx::PgPool) -> Vec<(i64, String)> {
     sqlx::query_as("SELECT stream_seq, reason FROM parked_events ORDER BY stream_seq")
         .fetch_all(pool)
@@ -263,19 +292,7 @@ async fn a_commit_the_database_refuses_is_parked_and_the_commits_around_it_are_a
         .expect("register");
 
     // All three commits arrive in one batch: the refused one must not take the others down.
-    let shutdown = CancellationToken::new();
-    let projector = tokio::spawn(warren_projections::run_all(
-        js.clone(),
-        pool.clone(),
-        shutdown.clone(),
-    ));
-    wait_until(Duration::from_secs(30), || async {
-        runner::checkpoint(&pool, "users")
-            .await
-            .expect("checkpoint")
-            == 3
-    })
-    .await;
+    let projector = Running::until(&js, &pool, 3).await;
     assert_eq!(count(&pool, "SELECT count(*) FROM users").await, 2);
     let parked = parked(&pool).await;
     assert_eq!(parked.len(), 1, "{parked:?}");
@@ -303,8 +320,7 @@ async fn a_commit_the_database_refuses_is_parked_and_the_commits_around_it_are_a
         count(&pool, "SELECT count(*) FROM users").await == 3
     })
     .await;
-    shutdown.cancel();
-    projector.await.expect("join").expect("projector");
+    projector.stop().await;
 }
 
 #[tokio::test]
@@ -382,19 +398,7 @@ async fn a_commit_whose_actor_could_not_have_caused_it_is_parked_never_applied()
         .await
         .expect("profile");
 
-    let shutdown = CancellationToken::new();
-    let projector = tokio::spawn(warren_projections::run_all(
-        js.clone(),
-        pool.clone(),
-        shutdown.clone(),
-    ));
-    wait_until(Duration::from_secs(30), || async {
-        runner::checkpoint(&pool, "users")
-            .await
-            .expect("checkpoint")
-            == 5
-    })
-    .await;
+    let projector = Running::until(&js, &pool, 5).await;
     let (status, role, name): (String, String, Option<String>) =
         sqlx::query_as("SELECT status, role, display_name FROM users WHERE id = $1")
             .bind(user.0)
@@ -421,6 +425,5 @@ async fn a_commit_whose_actor_could_not_have_caused_it_is_parked_never_applied()
         "{parked:?}"
     );
     assert!(parked[1].1.contains("may not cause it"), "{parked:?}");
-    shutdown.cancel();
-    projector.await.expect("join").expect("projector");
+    projector.stop().await;
 }
