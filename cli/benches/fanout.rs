@@ -138,7 +138,8 @@ impl Platform {
         let commands = CommandService::start(js.clone(), &Default::default())
             .await
             .expect("command service");
-        let pool = schema::open(db.url(), LIVE_SCHEMA, 5)
+        // As the writer: the edge reads as the reader, which sees the writer's tables only.
+        let pool = schema::open(&db.writer_url(), LIVE_SCHEMA, 5)
             .await
             .expect("read models");
         tokio::spawn(Projector::build(js.clone(), pool.clone()).run(shutdown.clone()));
@@ -184,6 +185,7 @@ impl Platform {
             ("WARREN_LOG", "warn".to_owned()),
             // Every client of the bench comes from 127.0.0.1.
             ("WARREN_HTTP_MAX_CONNECTIONS_PER_IP", "100000".to_owned()),
+            ("WARREN_RATE_WS_CONNECTS_PER_IP_PER_MINUTE", "100000".to_owned()),
         ];
         let own_consumers = js
             .get_stream(topology::CONVERSATIONS)
