@@ -185,7 +185,10 @@ impl Platform {
             ("WARREN_LOG", "warn".to_owned()),
             // Every client of the bench comes from 127.0.0.1.
             ("WARREN_HTTP_MAX_CONNECTIONS_PER_IP", "100000".to_owned()),
-            ("WARREN_RATE_WS_CONNECTS_PER_IP_PER_MINUTE", "100000".to_owned()),
+            (
+                "WARREN_RATE_WS_CONNECTS_PER_IP_PER_MINUTE",
+                "100000".to_owned(),
+            ),
         ];
         let own_consumers = js
             .get_stream(topology::CONVERSATIONS)

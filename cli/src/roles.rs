@@ -169,13 +169,26 @@ pub async fn serve_edge(
     )
     .await
     .context("setting up the edge")?;
-    let listener = tokio::net::TcpListener::bind(config.http_addr)
-        .await
-        .with_context(|| format!("binding {}", config.http_addr))?;
+    let listener =
+        listen(config.http_addr).with_context(|| format!("binding {}", config.http_addr))?;
     tracing::info!(addr = %listener.local_addr()?, "edge listening");
     warren_edge::serve(listener, state, shutdown)
         .await
         .context("serving http")
+}
+
+/// The edge's listening socket, with a deep accept queue: `TcpListener::bind` listens with 128,
+/// and under a burst of connections a full queue drops SYNs, which the client retries only
+/// after a second. The kernel caps the depth at `net.core.somaxconn`.
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
 
 /// The SMTP mailer, or the log when `WARREN_SMTP_URL` is unset.

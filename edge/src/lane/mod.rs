@@ -90,10 +90,7 @@ impl Sniffer {
         match self.lane.connections.admit(peer.ip()) {
             Admission::Serve(slot) => self.sniff(tcp, peer, slot, false),
             Admission::HealthOnly(slot) => self.sniff(tcp, peer, slot, true),
-            // Written without waiting: a client that does not read gets nothing.
-            Admission::Refuse(_) => {
-                let _ = tcp.try_write(conns::REFUSED);
-            }
+            Admission::Refuse(_) => refuse(tcp),
         }
     }
 
@@ -167,6 +164,15 @@ impl Listener for Sniffer {
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
         self.tcp.local_addr()
+    }
+}
+
+/// Writes the refusal once, without waiting, and drops the connection. On the plain socket: a
+/// socket tokio has just registered has no readiness yet, so its `try_write` would not even try.
+/// A fresh socket's send buffer takes the whole answer.
+fn refuse(tcp: TcpStream) {
+    if let Ok(tcp) = tcp.into_std() {
+        let _ = std::io::Write::write(&mut &tcp, conns::REFUSED);
     }
 }
 
