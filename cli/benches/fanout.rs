@@ -171,14 +171,8 @@ impl Platform {
             ttl,
         );
         let token = tokens.issue(user).await.expect("token").access_token;
-        let edge_env = vec![
-            ("WARREN_NATS_URL", nats.url()),
-            (
-                "WARREN_NATS_CREDENTIALS_DIR",
-                nats.keys().dir().display().to_string(),
-            ),
-            ("WARREN_DATABASE_URL", db.writer_url()),
-            ("WARREN_DATABASE_READER_URL", db.reader_url()),
+        let mut edge_env = [nats.warren_env(), db.warren_env()].concat();
+        edge_env.extend([
             ("WARREN_JWT_SECRET", JWT_SECRET.to_owned()),
             ("WARREN_ENCRYPTION_KEY", ENCRYPTION_KEY.to_owned()),
             ("WARREN_SMTP_URL", smtp.url()),
@@ -189,7 +183,7 @@ impl Platform {
                 "WARREN_RATE_WS_CONNECTS_PER_IP_PER_MINUTE",
                 "100000".to_owned(),
             ),
-        ];
+        ]);
         let own_consumers = js
             .get_stream(topology::CONVERSATIONS)
             .await

@@ -402,19 +402,15 @@ async fn the_run_of_a_killed_chat_worker_is_closed_by_another_replica() {
     ];
     let mut chat = Chat::start(&leases).await;
     // A second replica beside the one inside `warren dev`.
-    let mut env = vec![
-        ("WARREN_NATS_URL", chat.platform.nats.url()),
-        (
-            "WARREN_NATS_CREDENTIALS_DIR",
-            chat.platform.nats.keys().dir().display().to_string(),
-        ),
-        ("WARREN_DATABASE_URL", chat.platform.db.writer_url()),
-        ("WARREN_DATABASE_READER_URL", chat.platform.db.reader_url()),
-        (
-            "WARREN_ENCRYPTION_KEY",
-            edge_support::ENCRYPTION_KEY.to_owned(),
-        ),
-    ];
+    let mut env = [
+        chat.platform.nats.warren_env(),
+        chat.platform.db.warren_env(),
+    ]
+    .concat();
+    env.push((
+        "WARREN_ENCRYPTION_KEY",
+        edge_support::ENCRYPTION_KEY.to_owned(),
+    ));
     env.extend(leases.map(|(key, value)| (key, value.to_owned())));
     let mut replica = common::Warren::spawn(
         &["worker", "chat"],

@@ -97,14 +97,8 @@ impl Platform {
         let nats = TestNats::start().await;
         let db = TestDb::create().await;
         let dir = tempfile::tempdir().expect("tempdir");
-        let env = vec![
-            ("WARREN_NATS_URL", nats.url()),
-            (
-                "WARREN_NATS_CREDENTIALS_DIR",
-                nats.keys().dir().display().to_string(),
-            ),
-            ("WARREN_DATABASE_URL", db.writer_url()),
-            ("WARREN_DATABASE_READER_URL", db.reader_url()),
+        let mut env = [nats.warren_env(), db.warren_env()].concat();
+        env.extend([
             (
                 "WARREN_DATA_DIR",
                 dir.path().join("data").display().to_string(),
@@ -112,7 +106,7 @@ impl Platform {
             ("WARREN_ENCRYPTION_KEY", "ab".repeat(32)),
             ("WARREN_AGENT_BIN", agent_bin().display().to_string()),
             ("WARREN_DEPLOYER_RECONCILE_SECS", "1".to_owned()),
-        ];
+        ]);
         let js = nats.jetstream().await;
         let commands = CommandService::start(js.clone(), &LogSettings::default())
             .await

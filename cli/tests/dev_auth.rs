@@ -17,23 +17,13 @@ async fn start(
     name: &str,
 ) -> (Warren, String) {
     let port = free_port();
-    let warren = Warren::spawn(
-        &["dev"],
-        &[
-            ("WARREN_NATS_URL", nats.url()),
-            (
-                "WARREN_NATS_CREDENTIALS_DIR",
-                nats.keys().dir().display().to_string(),
-            ),
-            ("WARREN_DATABASE_URL", db.writer_url()),
-            ("WARREN_DATABASE_READER_URL", db.reader_url()),
-            ("WARREN_DATA_DIR", data.display().to_string()),
-            ("WARREN_HTTP_ADDR", format!("127.0.0.1:{port}")),
-            ("WARREN_AGENT_BIN", "/nonexistent/warren-agent".into()),
-        ],
-        data.parent().expect("parent"),
-        name,
-    );
+    let mut env = [nats.warren_env(), db.warren_env()].concat();
+    env.extend([
+        ("WARREN_DATA_DIR", data.display().to_string()),
+        ("WARREN_HTTP_ADDR", format!("127.0.0.1:{port}")),
+        ("WARREN_AGENT_BIN", "/nonexistent/warren-agent".into()),
+    ]);
+    let warren = Warren::spawn(&["dev"], &env, data.parent().expect("parent"), name);
     let base = format!("http://127.0.0.1:{port}");
     let health = format!("{base}/api/v1/health");
     wait_until(Duration::from_secs(60), || async {

@@ -481,34 +481,7 @@ async fn clients_dropped_at_random_points_resume_with_every_event_exactly_once_i
 #[tokio::test]
 async fn two_edge_processes_serve_one_conversation_with_identical_events() {
     let chat = Chat::start(&[]).await;
-    let data = chat.platform.dir.path().join("data");
-    let jwt = std::fs::read_to_string(data.join("jwt_secret")).expect("dev jwt secret");
-    let port = common::free_port();
-    let env = vec![
-        ("WARREN_NATS_URL", chat.platform.nats.url()),
-        (
-            "WARREN_NATS_CREDENTIALS_DIR",
-            chat.platform.nats.keys().dir().display().to_string(),
-        ),
-        ("WARREN_DATABASE_URL", chat.platform.db.writer_url()),
-        ("WARREN_DATABASE_READER_URL", chat.platform.db.reader_url()),
-        ("WARREN_JWT_SECRET", jwt.trim().to_owned()),
-        (
-            "WARREN_ENCRYPTION_KEY",
-            edge_support::ENCRYPTION_KEY.to_owned(),
-        ),
-        ("WARREN_SMTP_URL", chat.platform.smtp.url()),
-        ("WARREN_HTTP_ADDR", format!("127.0.0.1:{port}")),
-    ];
-    let edge = common::Warren::spawn(&["edge"], &env, chat.platform.dir.path(), "edge-2");
-    let second = format!("http://127.0.0.1:{port}");
-    warren_testkit::wait_until(std::time::Duration::from_secs(30), || async {
-        matches!(
-            common::get_json(&format!("{second}/api/v1/health")).await,
-            Some((200, _))
-        )
-    })
-    .await;
+    let (second, edge) = chat.platform.second_edge(&[]).await;
 
     let (mut a, _) = Ws::connect(&chat.platform.base, &chat.user.access).await;
     let created = a

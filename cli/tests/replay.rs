@@ -53,15 +53,7 @@ async fn replay_rebuilds_read_models_identical_to_the_live_ones_while_the_system
     let nats = TestNats::start().await;
     let db = TestDb::create().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let env = [
-        ("WARREN_NATS_URL", nats.url()),
-        (
-            "WARREN_NATS_CREDENTIALS_DIR",
-            nats.keys().dir().display().to_string(),
-        ),
-        ("WARREN_DATABASE_URL", db.writer_url()),
-        ("WARREN_DATABASE_READER_URL", db.reader_url()),
-    ];
+    let env = [nats.warren_env(), db.warren_env()].concat();
     let js = nats.jetstream().await;
     let commands = CommandService::start(js.clone(), &LogSettings::default())
         .await

@@ -39,7 +39,7 @@
 //! - [`usage`], [`quota`] — `/usage`, and the tier quotas (agents, messages per day).
 //! - [`mail`] — SMTP (or log) delivery.
 //! - [`consistency`] — bounded wait for a projection checkpoint (read-after-write).
-//! - [`ratelimit`] — per-process fixed-window request limits.
+//! - [`ratelimit`] — fixed-window request limits counted in KV, shared by every edge process.
 //! - [`views`] — read-model queries and the JSON shapes of users, keys, agents, usage.
 //! - [`health`] — `GET /api/v1/health`: NATS, Postgres and each projection's lag.
 //! - [`openapi`] — the OpenAPI 3.1 document at `GET /api/v1/openapi.json`.

@@ -47,7 +47,7 @@ impl TierLimits {
     }
 }
 
-/// Request rate limits (fixed windows, per edge process; see ADR 0005).
+/// Request rate limits (fixed windows shared by every edge process; see ADR 17).
 #[derive(Clone, Copy, Debug)]
 pub struct RateLimits {
     /// Auth requests (login, verify, refresh) per client IP per minute.

@@ -340,7 +340,6 @@ async fn park<P: Projection>(
         reason,
         "parked a commit: it is not applied to the read model"
     );
-    PARKED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     // Whatever made the commit unfit may be in these strings too: PostgreSQL text holds no NUL.
     sqlx::query(
         "INSERT INTO parked_events (projection, stream_seq, subject, reason, payload) \
@@ -355,10 +354,6 @@ async fn park<P: Projection>(
     .await
     .map(drop)
 }
-
-/// Commits parked by this process since it started (every projection), for logs and metrics;
-/// the durable count is the `parked_events` table.
-pub static PARKED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// `text` with every NUL replaced (U+FFFD), so PostgreSQL can store it.
 fn storable(text: &str) -> std::borrow::Cow<'_, str> {

@@ -48,14 +48,8 @@ impl Platform {
         let smtp = TestSmtp::start().await;
         let dir = tempfile::tempdir().expect("tempdir");
         let http_port = free_port();
-        let mut vars: Vec<(&str, String)> = vec![
-            ("WARREN_NATS_URL", nats.url()),
-            (
-                "WARREN_NATS_CREDENTIALS_DIR",
-                nats.keys().dir().display().to_string(),
-            ),
-            ("WARREN_DATABASE_URL", db.writer_url()),
-            ("WARREN_DATABASE_READER_URL", db.reader_url()),
+        let mut vars: Vec<(&str, String)> = [nats.warren_env(), db.warren_env()].concat();
+        vars.extend([
             ("WARREN_SMTP_URL", smtp.url()),
             (
                 "WARREN_DATA_DIR",
@@ -80,7 +74,7 @@ impl Platform {
             // Someone who never signs in: the first person to sign in does not become admin.
             // Tests of that bootstrap set this empty.
             ("WARREN_ADMIN_EMAILS", "operator@admin.test".into()),
-        ];
+        ]);
         for (key, value) in env {
             vars.retain(|(k, _)| k != key);
             vars.push((key, (*value).to_owned()));

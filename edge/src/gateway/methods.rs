@@ -125,8 +125,7 @@ impl Conn {
             return protocol::invalid_field(&req.id, &refused.field, refused.reason);
         }
         if let Err(refusal) = self.still_allowed().await {
-            let answer = refused(&req.id, Refusal::from(refusal));
-            return answer;
+            return refused(&req.id, refusal.into());
         }
         let is_write = WRITES.contains(&req.method.as_str())
             && !(req.method == "agent" && is_slash_command(&req.params));
