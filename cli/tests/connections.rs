@@ -96,8 +96,10 @@ fn assert_served_quickly(seen: &[(u16, Duration)]) {
     );
     let mut times: Vec<Duration> = seen.iter().map(|(_, took)| *took).collect();
     times.sort();
+    // A request held up by the attack would wait for the header timeout to clear it; a third
+    // of that tells the two apart on a loaded machine too.
     assert!(
-        worst < Duration::from_millis(100),
+        worst < HEADER / 3,
         "a normal request took {worst:?} ({} requests; slowest {:?})",
         seen.len(),
         &times[times.len().saturating_sub(5)..]

@@ -13,7 +13,7 @@ use edge_support::{Platform, Session};
 use gateway_support::Ws;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
-use warren_testkit::wait_until;
+use warren_testkit::{wait_for, wait_until};
 
 /// How soon an open connection must hear that its caller lost access.
 const WITHIN: Duration = Duration::from_secs(1);
@@ -367,24 +367,27 @@ async fn one_idempotency_key_makes_one_agent_and_one_message_on_any_edge() {
             "the run ends (no runtime): {text}"
         );
     }
-    let conversations = platform
-        .get("/api/v1/conversations", Some(&me.access))
-        .await;
-    let conversation = conversations.body[0]["id"].as_str().expect("conversation");
-    let messages = platform
-        .get(
-            &format!("/api/v1/conversations/{conversation}/messages"),
-            Some(&me.access),
-        )
-        .await;
-    let mine = messages
-        .body
-        .as_array()
-        .expect("messages")
-        .iter()
-        .filter(|m| m["role"] == "user")
-        .count();
-    assert_eq!(mine, 1, "{:?}", messages.body);
+    // The run has ended in the log; wait for the read side to show the conversation's
+    // messages, then count them.
+    let messages = wait_for(Duration::from_secs(10), || async {
+        let conversations = platform
+            .get("/api/v1/conversations", Some(&me.access))
+            .await;
+        let conversation = conversations.body[0]["id"].as_str()?.to_owned();
+        let messages = platform
+            .get(
+                &format!("/api/v1/conversations/{conversation}/messages"),
+                Some(&me.access),
+            )
+            .await;
+        let list = messages.body.as_array()?;
+        list.iter()
+            .any(|m| m["role"] == "user")
+            .then(|| list.clone())
+    })
+    .await;
+    let mine = messages.iter().filter(|m| m["role"] == "user").count();
+    assert_eq!(mine, 1, "{messages:?}");
 }
 
 #[tokio::test]

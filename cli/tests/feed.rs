@@ -29,22 +29,22 @@ async fn feed(chat: &Chat, token: &str) -> RunStream {
     frames
 }
 
-/// Reads SSE feed frames until one for `id` carries an event of `event_type`.
-async fn sse_until(frames: &mut RunStream, id: &str, event_type: &str) -> Value {
+/// Reads SSE feed frames until one for `id` carries a change of `change_type`.
+async fn sse_until(frames: &mut RunStream, id: &str, change_type: &str) -> Value {
     loop {
         let frame = frames.next().await.expect("feed frame");
-        if frame.data["id"] == id && frame.data["event"]["type"] == event_type {
+        if frame.data["id"] == id && frame.data["change"]["type"] == change_type {
             return frame.data;
         }
     }
 }
 
-/// Reads WS `feed` events until one for `id` carries an event of `event_type`.
-async fn ws_until(ws: &mut Ws, id: &str, event_type: &str) -> Value {
+/// Reads WS `feed` events until one for `id` carries a change of `change_type`.
+async fn ws_until(ws: &mut Ws, id: &str, change_type: &str) -> Value {
     loop {
         let frame = ws.until("feed").await;
         let payload = &frame["payload"];
-        if payload["id"] == id && payload["event"]["type"] == event_type {
+        if payload["id"] == id && payload["change"]["type"] == change_type {
             return payload.clone();
         }
     }
@@ -72,15 +72,22 @@ async fn the_feed_streams_a_users_agent_and_conversation_changes_and_nobody_else
         )
         .await;
     assert!(redeploy.status < 300, "{redeploy:?}");
-    let first = sse_until(&mut mine, &agent, "RedeployRequested").await;
+    let first = sse_until(&mut mine, &agent, "redeploy_requested").await;
     assert_eq!(first["type"], "agent");
-    assert_eq!(first["stream"], "AGENTS");
+    assert_eq!(first["v"], 1, "the feed's frames are versioned: {first}");
+    assert_eq!(first["change"]["reason"], "manual");
     assert!(first["seq"].as_u64().is_some_and(|seq| seq > 0));
-    let step = sse_until(&mut mine, &agent, "DeploymentStepCompleted").await;
-    assert!(step["event"]["data"]["step"].is_string(), "{step}");
-    sse_until(&mut mine, &agent, "AgentDeployed").await;
-    ws_until(&mut ws, &agent, "RedeployRequested").await;
-    ws_until(&mut ws, &agent, "AgentDeployed").await;
+    let step = sse_until(&mut mine, &agent, "deployment_step").await;
+    assert!(step["change"]["step"].is_string(), "{step}");
+    let deployed = sse_until(&mut mine, &agent, "deployed").await;
+    // The feed is not the log: internal facts such as the runtime's address stay out.
+    assert!(
+        deployed["change"].get("endpoint_url").is_none()
+            && !deployed.to_string().contains("127.0.0.1"),
+        "{deployed}"
+    );
+    ws_until(&mut ws, &agent, "redeploy_requested").await;
+    ws_until(&mut ws, &agent, "deployed").await;
     chat.wait_running().await;
 
     // A message to the first agent: the new message and the finished run.
@@ -91,13 +98,13 @@ async fn the_feed_streams_a_users_agent_and_conversation_changes_and_nobody_else
         .expect("conversation id")
         .to_owned();
     run.finish().await;
-    let posted = sse_until(&mut mine, &conversation, "MessagePosted").await;
+    let posted = sse_until(&mut mine, &conversation, "message_posted").await;
     assert_eq!(posted["type"], "conversation");
-    assert_eq!(posted["event"]["data"]["text"], "hi there");
-    let done = sse_until(&mut mine, &conversation, "RunCompleted").await;
-    assert_eq!(done["event"]["data"]["text"], "Hello from the feed.");
-    ws_until(&mut ws, &conversation, "MessagePosted").await;
-    ws_until(&mut ws, &conversation, "RunCompleted").await;
+    assert_eq!(posted["change"]["text"], "hi there");
+    let done = sse_until(&mut mine, &conversation, "run_completed").await;
+    assert_eq!(done["change"]["text"], "Hello from the feed.");
+    ws_until(&mut ws, &conversation, "message_posted").await;
+    ws_until(&mut ws, &conversation, "run_completed").await;
 
     // The other user's feed saw none of it: the first frame it gets is its own new agent.
     let created = chat
@@ -112,7 +119,7 @@ async fn the_feed_streams_a_users_agent_and_conversation_changes_and_nobody_else
     let own = created.body["id"].as_str().expect("agent id").to_owned();
     let frame = theirs.next().await.expect("a frame of their own");
     assert_eq!(frame.data["id"], own.as_str(), "{frame:?}");
-    assert_eq!(frame.data["event"]["type"], "AgentCreated");
+    assert_eq!(frame.data["change"]["type"], "created");
     // … while the first user's feed never shows it.
     ws.call("feed.unsubscribe", json!({})).await;
     chat.model.push(Reply::text("Again."));
@@ -120,7 +127,7 @@ async fn the_feed_streams_a_users_agent_and_conversation_changes_and_nobody_else
         .await
         .finish()
         .await;
-    sse_until(&mut mine, &conversation, "RunCompleted").await;
+    sse_until(&mut mine, &conversation, "run_completed").await;
     assert!(
         mine.frames.iter().all(|f| f.data["id"] != own.as_str()),
         "another user's agent on my feed"

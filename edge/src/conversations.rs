@@ -7,6 +7,7 @@ use crate::chat::KEEPALIVE;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, ApiQuery, ApprovedUser, AuthUser, IdempotencyKey};
 use crate::follow::{self, Expired, Follow, Item, Start, follow};
+use crate::frame::Frame;
 use crate::input::TextFields;
 use crate::openapi::resp;
 use crate::routes::ApiRouter;
@@ -18,7 +19,6 @@ use axum::http::HeaderMap;
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 use warren_domain::conversation::Conversation;
@@ -212,14 +212,19 @@ pub(crate) async fn events(
             messages,
             expired,
         } => {
-            let data = match expired {
-                Some(Expired { after, oldest }) => json!({
-                    "type": "reset", "reason": "cursor_expired", "after": after,
-                    "oldest": oldest, "conversation_id": id, "messages": messages,
-                }),
-                None => json!({"type": "snapshot", "conversation_id": id, "messages": messages}),
+            let frame = match expired {
+                Some(Expired { after, oldest }) => Frame::Reset {
+                    conversation_id: id,
+                    after,
+                    oldest,
+                    messages,
+                },
+                None => Frame::Snapshot {
+                    conversation_id: id,
+                    messages,
+                },
             };
-            let opening = Item::new(Some(checkpoint), data);
+            let opening = Item::new(Some(checkpoint), frame);
             (checkpoint + 1, vec![opening])
         }
     };

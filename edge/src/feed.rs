@@ -8,14 +8,16 @@
 //! subscribers; each owner is learnt from the commit (`AgentCreated`, `ConversationStarted`,
 //! `MessagePosted`) or read once from the projections. The feed is live only: it opens with a
 //! `ready` frame once it is subscribed, and a client that reconnects reloads what it shows through
-//! the REST routes. Frames are `{"type": "agent" | "conversation", "id", "stream", "seq",
-//! "event": {"type", "data"}}`, `keepalive`, and a last `error` (`slow_consumer`,
-//! `stream_interrupted`).
+//! the REST routes. Frames are the feed's own, versioned ([`crate::frame::feed`]):
+//! `{"type": "agent" | "conversation", "v": 1, "id", "seq", "change": {"type", …}}`, then
+//! `keepalive`, and a last `error` (`slow_consumer`, `stream_interrupted`).
 
 use crate::chat::KEEPALIVE;
 use crate::error::ApiError;
 use crate::extract::AuthUser;
 use crate::follow::{CLIENT_BUFFER, Item};
+use crate::frame::Frame;
+use crate::frame::feed::{Change, FeedFrame};
 use crate::openapi::resp;
 use crate::routes::ApiRouter;
 use crate::state::AppState;
@@ -23,7 +25,6 @@ use async_nats::jetstream::{self, consumer};
 use axum::extract::State;
 use axum::response::Response;
 use futures::StreamExt;
-use serde_json::{Value, json};
 use sqlx::PgPool;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -47,7 +48,7 @@ pub fn routes() -> ApiRouter {
 /// the REST routes after reconnecting).
 #[utoipa::path(get, path = "/api/v1/events", operation_id = "get_events", tag = "conversations", security(("bearer" = [])),
     responses((status = 200, content_type = "text/event-stream", body = String,
-        description = "SSE: `ready` once subscribed, then `agent` and `conversation` frames (`id`, `stream`, `seq`, `event`: the committed domain event) and `keepalive` frames; a last `error` frame if the client falls behind or the server closes."),
+        description = "SSE: `ready` once subscribed, then `agent` and `conversation` frames (`v`: 1, `id`, `seq`, `change`: what changed, with a `type` such as `deployed` or `run_completed`) and `keepalive` frames; a last `error` frame if the client falls behind or the server closes."),
         resp::Unauthorized))]
 pub(crate) async fn events(
     State(state): State<AppState>,
@@ -170,10 +171,12 @@ impl Feed {
     /// Ends every subscription with `stream_interrupted` and forgets the upstream.
     fn interrupt(&self) {
         let mut state = self.lock();
-        let message = "the feed was interrupted; subscribe again";
         let item = Item::new(
             None,
-            json!({"type": "error", "code": "stream_interrupted", "message": message, "retryable": true}),
+            ended(
+                "stream_interrupted",
+                "the feed was interrupted; subscribe again",
+            ),
         );
         for frames in state.users.values() {
             let _ = frames.send(item.clone());
@@ -217,16 +220,13 @@ impl FeedFollower {
         let frames = self.frames.as_mut()?;
         let item = match frames.recv().await {
             Ok(item) => item,
-            Err(broadcast::error::RecvError::Lagged(_)) => {
-                let message = "this client fell behind; subscribe again";
-                Item::new(
-                    None,
-                    json!({"type": "error", "code": "slow_consumer", "message": message, "retryable": true}),
-                )
-            }
+            Err(broadcast::error::RecvError::Lagged(_)) => Item::new(
+                None,
+                ended("slow_consumer", "this client fell behind; subscribe again"),
+            ),
             Err(broadcast::error::RecvError::Closed) => return None,
         };
-        self.ended = item.data()["type"] == "error";
+        self.ended = item.frame().ends_stream();
         Some(item)
     }
 }
@@ -298,9 +298,9 @@ impl Pump {
         loop {
             let (kind, next) = tokio::select! {
                 _ = self.stop.cancelled() => return,
-                _ = closing.cancelled() => ("closing", None),
-                next = agents.next() => ("agent", next),
-                next = conversations.next() => ("conversation", next),
+                _ = closing.cancelled() => (Kind::Agent, None),
+                next = agents.next() => (Kind::Agent, next),
+                next = conversations.next() => (Kind::Conversation, next),
             };
             let message = match next {
                 Some(Ok(message)) => message,
@@ -312,10 +312,7 @@ impl Pump {
                     return;
                 }
             };
-            let info = message.info().ok();
-            let (stream, seq) = info
-                .as_ref()
-                .map_or(("", 0), |info| (info.stream, info.stream_sequence));
+            let seq = message.info().map_or(0, |info| info.stream_sequence);
             let Some(id) = message
                 .subject
                 .split('.')
@@ -324,9 +321,9 @@ impl Pump {
             else {
                 continue;
             };
-            let (owner, events) = match kind {
-                "agent" => of_agent(&message.payload),
-                _ => of_conversation(&message.payload),
+            let (owner, changes) = match kind {
+                Kind::Agent => of_agent(&message.payload),
+                Kind::Conversation => of_conversation(&message.payload),
             };
             if let Some(owner) = owner {
                 self.remember(id, owner);
@@ -337,10 +334,9 @@ impl Pump {
             if !self.feed.followed(owner) {
                 continue;
             }
-            for event in events {
-                let data =
-                    json!({"type": kind, "id": id, "stream": stream, "seq": seq, "event": event});
-                self.feed.send(owner, Item::new(None, data));
+            for change in changes {
+                let frame = FeedFrame { id, seq, change };
+                self.feed.send(owner, Item::new(None, Frame::Feed(frame)));
             }
         }
     }
@@ -353,13 +349,13 @@ impl Pump {
     }
 
     /// The owner of an agent or conversation: remembered, or read from the projections.
-    async fn owner(&mut self, kind: &str, id: Uuid) -> Option<UserId> {
+    async fn owner(&mut self, kind: Kind, id: Uuid) -> Option<UserId> {
         if let Some(owner) = self.owners.get(&id) {
             return Some(*owner);
         }
         let query = match kind {
-            "agent" => "SELECT owner_id FROM agents WHERE id = $1",
-            _ => "SELECT user_id FROM conversations WHERE id = $1",
+            Kind::Agent => "SELECT owner_id FROM agents WHERE id = $1",
+            Kind::Conversation => "SELECT user_id FROM conversations WHERE id = $1",
         };
         let owner: Option<(Uuid,)> = sqlx::query_as(query)
             .bind(id)
@@ -374,43 +370,69 @@ impl Pump {
     }
 }
 
-/// An agent commit's events, and its owner if it names one.
-fn of_agent(payload: &[u8]) -> (Option<UserId>, Vec<Value>) {
-    of_commit::<AgentEvent>(payload, |event| match event {
-        AgentEvent::AgentCreated { owner_id, .. } => Some(*owner_id),
-        _ => None,
-    })
+/// Which log a commit came from.
+#[derive(Clone, Copy)]
+enum Kind {
+    Agent,
+    Conversation,
 }
 
-/// A conversation commit's events, and its user if it names one.
-fn of_conversation(payload: &[u8]) -> (Option<UserId>, Vec<Value>) {
-    of_commit::<ConversationEvent>(payload, |event| match event {
-        ConversationEvent::ConversationStarted { user_id, .. }
-        | ConversationEvent::MessagePosted { user_id, .. } => Some(*user_id),
-        _ => None,
-    })
+/// The last frame of a feed that ends.
+fn ended(code: &str, message: &str) -> Frame {
+    Frame::End {
+        run_id: None,
+        code: code.to_owned(),
+        message: message.to_owned(),
+        retryable: true,
+    }
 }
 
-/// A commit's events as JSON, and the owner the first event naming one names.
-fn of_commit<E: serde::de::DeserializeOwned + serde::Serialize>(
+/// An agent commit's changes, and its owner if it names one.
+fn of_agent(payload: &[u8]) -> (Option<UserId>, Vec<Change>) {
+    of_commit::<AgentEvent>(
+        payload,
+        |event| match event {
+            AgentEvent::AgentCreated { owner_id, .. } => Some(*owner_id),
+            _ => None,
+        },
+        |event| Change::Agent(event.into()),
+    )
+}
+
+/// A conversation commit's changes, and its user if it names one.
+fn of_conversation(payload: &[u8]) -> (Option<UserId>, Vec<Change>) {
+    of_commit::<ConversationEvent>(
+        payload,
+        |event| match event {
+            ConversationEvent::ConversationStarted { user_id, .. }
+            | ConversationEvent::MessagePosted { user_id, .. } => Some(*user_id),
+            _ => None,
+        },
+        |event| Change::Conversation(event.into()),
+    )
+}
+
+/// A commit's changes, and the owner the first event naming one names.
+fn of_commit<E: serde::de::DeserializeOwned>(
     payload: &[u8],
     owner: impl Fn(&E) -> Option<UserId>,
-) -> (Option<UserId>, Vec<Value>) {
+    change: impl Fn(E) -> Change,
+) -> (Option<UserId>, Vec<Change>) {
     let Ok(envelopes) = codec::decode::<E>(payload) else {
         return (None, vec![]);
     };
     let owner = envelopes.iter().find_map(|envelope| owner(&envelope.event));
-    let events = envelopes
-        .iter()
-        .filter_map(|envelope| serde_json::to_value(&envelope.event).ok())
+    let changes = envelopes
+        .into_iter()
+        .map(|envelope| change(envelope.event))
         .collect();
-    (owner, events)
+    (owner, changes)
 }
 
 /// A feed as SSE: `ready`, then its frames and keepalives, until the caller's access ends.
 fn sse(state: &AppState, caller: &AuthUser, follower: FeedFollower) -> Response {
     let ticks = tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
-    let ready = Item::new(None, json!({"type": "ready"}));
+    let ready = Item::new(None, Frame::Ready);
     let items = futures::stream::unfold(
         (follower, ticks, Some(ready)),
         |(mut follower, mut ticks, first)| async move {

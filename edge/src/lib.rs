@@ -29,6 +29,8 @@
 //! - [`agents`] — `/agents`: create, configure, delete, deployment status, repair, redeploy, health.
 //! - [`chat`] — `/chat/{agent_id}`: post a message and stream its run as SSE from the log;
 //!   clear history, pending messages, and `/files` downloads proxied from the runtime.
+//! - [`frame`] — what a client is sent on a stream, typed once from the log's events, with one
+//!   serializer per protocol (LiberClaw SSE, gateway v1) and the feed's versioned frames.
 //! - [`follow`] — following a conversation's log from a cursor, for SSE and WebSocket clients,
 //!   through one shared read per conversation per process ([`follow::hub`]).
 //! - [`feed`] — `GET /events`: the user-wide live feed of agent and conversation changes.
@@ -56,6 +58,7 @@ pub mod error;
 pub mod extract;
 pub mod feed;
 pub mod follow;
+pub mod frame;
 pub mod gateway;
 pub mod health;
 pub mod idempotency;

@@ -9,10 +9,8 @@
 //! Without `conversation_id` a message goes to the caller's most recently active conversation
 //! with the agent (a new one the first time), like LiberClaw's one chat per agent.
 //!
-//! Layout: `frames` (log messages → frames); this file's handlers and runtime proxies; the
-//! streaming itself is [`crate::follow`].
-
-pub mod frames;
+//! The handlers and runtime proxies are here; the frames are [`crate::frame`], the streaming
+//! itself is [`crate::follow`].
 
 use crate::agents::owned_agent;
 use crate::app::{

@@ -10,7 +10,7 @@
 //! log itself first ([`super::Follower`]). The room closes when its last client goes.
 
 use super::Item;
-use crate::chat::frames;
+use crate::frame;
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
 use std::collections::{HashMap, VecDeque};
@@ -280,9 +280,9 @@ impl Pump {
                 }
             };
             let seq = message.info().ok().map(|info| info.stream_sequence);
-            let items = frames::of_message(message.subject.as_str(), &message.payload, None)
+            let items = frame::of_message(message.subject.as_str(), &message.payload)
                 .into_iter()
-                .map(|frame| Item::of_frame(seq, frame))
+                .map(|frame| Item::new(seq, frame))
                 .collect();
             room.publish(items);
         }

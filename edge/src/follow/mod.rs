@@ -10,9 +10,9 @@
 
 pub mod hub;
 
-use crate::chat::frames::{self, Frame};
 use crate::error::ApiError;
 use crate::extract::AuthUser;
+use crate::frame::{self, Frame, Interruption};
 use crate::state::AppState;
 use crate::views;
 use async_nats::jetstream::{self, consumer, stream};
@@ -22,7 +22,6 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
 use hub::{Hub, Joined, Room};
-use serde_json::{Value, json};
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::{Arc, OnceLock};
@@ -113,17 +112,15 @@ impl Start {
     }
 }
 
-/// One frame for clients: its cursor (none for keepalives and errors) and its JSON, encoded
-/// at most once per format however many clients it goes to. Cheap to clone.
+/// One frame for clients and its cursor (none for keepalives and a stream's last frame),
+/// encoded at most once per format however many clients it goes to. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Item(Arc<Encoded>);
 
 #[derive(Debug)]
 struct Encoded {
     seq: Option<u64>,
-    data: Value,
-    run_id: Option<RunId>,
-    terminal: bool,
+    frame: Frame,
     json: OnceLock<String>,
     /// The SSE event (`id:` and `data:` lines).
     sse: OnceLock<Bytes>,
@@ -133,23 +130,10 @@ struct Encoded {
 
 impl Item {
     /// A frame with a cursor (or none).
-    pub fn new(seq: Option<u64>, data: Value) -> Self {
-        Self::of_frame(
-            seq,
-            Frame {
-                data,
-                run_id: None,
-                terminal: false,
-            },
-        )
-    }
-
-    fn of_frame(seq: Option<u64>, frame: Frame) -> Self {
+    pub fn new(seq: Option<u64>, frame: Frame) -> Self {
         Self(Arc::new(Encoded {
             seq,
-            data: frame.data,
-            run_id: frame.run_id,
-            terminal: frame.terminal,
+            frame,
             json: OnceLock::new(),
             sse: OnceLock::new(),
             ws: Default::default(),
@@ -161,14 +145,16 @@ impl Item {
         self.0.seq
     }
 
-    /// The frame (with a `type`).
-    pub fn data(&self) -> &Value {
-        &self.0.data
+    /// The frame.
+    pub fn frame(&self) -> &Frame {
+        &self.0.frame
     }
 
-    /// The frame as JSON text.
+    /// The frame as LiberClaw SSE JSON text ([`frame::sse`]).
     pub fn json(&self) -> &str {
-        self.0.json.get_or_init(|| self.0.data.to_string())
+        self.0
+            .json
+            .get_or_init(|| frame::sse::to_json(&self.0.frame).to_string())
     }
 
     /// The frame as one SSE event: `id: <seq>` (if it has one) and `data: <json>`. JSON text
@@ -202,24 +188,12 @@ impl Item {
     }
 }
 
-fn error(code: &str, message: &str, run: Option<RunId>) -> Item {
-    Item::new(
-        None,
-        json!({
-            "type": "error", "run_id": run, "code": code,
-            "message": message, "content": message, "retryable": true,
-        }),
-    )
-}
-
 fn interrupted(run: Option<RunId>) -> Item {
-    let message = "the live stream was interrupted; resume with the last cursor";
-    error("stream_interrupted", message, run)
+    Item::new(None, Frame::interrupted(run, Interruption::Interrupted))
 }
 
 fn slow_consumer(run: Option<RunId>) -> Item {
-    let message = "this client fell behind; resume after the last cursor it got";
-    error("slow_consumer", message, run)
+    Item::new(None, Frame::interrupted(run, Interruption::SlowConsumer))
 }
 
 /// Starts following through this process's hub.
@@ -367,10 +341,8 @@ impl Follower {
                     };
                     let (seq, pending) = (info.stream_sequence, info.pending);
                     let bound = catch_up.bound;
-                    for frame in
-                        frames::of_message(message.subject.as_str(), &message.payload, None)
-                    {
-                        self.accept(Item::of_frame(Some(seq), frame));
+                    for frame in frame::of_message(message.subject.as_str(), &message.payload) {
+                        self.accept(Item::new(Some(seq), frame));
                     }
                     if matches!(self.phase, Phase::Ended) {
                         continue;
@@ -397,7 +369,7 @@ impl Follower {
                     match next {
                         Ok(item) if item.seq().is_some_and(|seq| seq <= skip) => {}
                         Ok(item) => {
-                            let fatal = item.seq().is_none() && item.data()["type"] == "error";
+                            let fatal = item.frame().ends_stream();
                             if fatal {
                                 self.end(interrupted(self.run));
                             } else {
@@ -421,8 +393,8 @@ impl Follower {
     fn accept(&mut self, item: Item) {
         match self.run {
             None => self.queue.push_back(item),
-            Some(run) if item.0.run_id == Some(run) => {
-                let terminal = item.0.terminal;
+            Some(run) if item.0.frame.run_id() == Some(run) => {
+                let terminal = item.0.frame.terminal();
                 self.queue.push_back(item);
                 if terminal {
                     self.phase = Phase::Ended;
@@ -494,7 +466,7 @@ async fn catch_up(
 
 /// A `keepalive` frame (no cursor).
 pub(crate) fn keepalive() -> Item {
-    Item::new(None, json!({"type": "keepalive"}))
+    Item::new(None, Frame::Keepalive)
 }
 
 async fn tick(ticks: &mut Option<tokio::time::Interval>) {
@@ -550,10 +522,12 @@ pub fn guarded(
                         Ok(fresh) => caller = fresh,
                         Err(refusal) => {
                             let body = refusal.body();
-                            let last = Item::new(None, json!({
-                                "type": "error", "code": body.code, "message": body.message,
-                                "retryable": false,
-                            }));
+                            let last = Item::new(None, Frame::End {
+                                run_id: None,
+                                code: body.code.to_string(),
+                                message: body.message.to_string(),
+                                retryable: false,
+                            });
                             return Some((last, None));
                         }
                     },

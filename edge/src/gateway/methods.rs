@@ -9,7 +9,9 @@ use crate::app::limits;
 use crate::auth::tokens::TokenError;
 use crate::conversations::owned_conversation;
 use crate::error::ApiError;
-use crate::follow::{Follow, Item, Start, follow};
+use crate::follow::{Expired, Follow, Item, Start, follow};
+use crate::frame::Frame;
+use crate::frame::gateway::message_view;
 use crate::idempotency::{Begin, IdempotencyKey, request_hash};
 use crate::input::check_json;
 use crate::views;
@@ -106,13 +108,6 @@ fn idempotency_key(params: &Value) -> Result<Option<String>, Refusal> {
             }),
         _ => Err(bad_params("params.idempotencyKey must be a string")),
     }
-}
-
-fn message_view(m: &views::MessageView) -> Value {
-    json!({
-        "id": m.id, "role": m.role, "content": m.text, "runId": m.run_id,
-        "timestamp": m.created_at, "seq": m.seq,
-    })
 }
 
 impl Conn {
@@ -301,26 +296,30 @@ impl Conn {
         after: Option<u64>,
     ) -> Result<Vec<Value>, Refusal> {
         let conversation = owned_conversation(&self.state, self.user.id, id).await?;
-        let (from_seq, opening, recent) = match Start::of(&self.state, id, after, RECENT_MESSAGES)
-            .await?
-        {
-            Start::After(after) => (after + 1, vec![], vec![]),
-            Start::Snapshot {
-                checkpoint,
-                messages,
-                expired,
-            } => {
-                let recent: Vec<Value> = messages.iter().map(message_view).collect();
-                let opening = match expired {
-                    Some(_) => vec![Item::new(
-                        Some(checkpoint),
-                        json!({"type": "reset", "reason": "cursor_expired", "messages": recent}),
-                    )],
-                    None => vec![],
-                };
-                (checkpoint + 1, opening, recent)
-            }
-        };
+        let (from_seq, opening, recent) =
+            match Start::of(&self.state, id, after, RECENT_MESSAGES).await? {
+                Start::After(after) => (after + 1, vec![], vec![]),
+                Start::Snapshot {
+                    checkpoint,
+                    messages,
+                    expired,
+                } => {
+                    let recent: Vec<Value> = messages.iter().map(message_view).collect();
+                    let opening = match expired {
+                        Some(Expired { after, oldest }) => vec![Item::new(
+                            Some(checkpoint),
+                            Frame::Reset {
+                                conversation_id: id,
+                                after,
+                                oldest,
+                                messages,
+                            },
+                        )],
+                        None => vec![],
+                    };
+                    (checkpoint + 1, opening, recent)
+                }
+            };
         let follower = follow(
             &self.state.hub,
             Follow {

@@ -303,7 +303,7 @@ async fn expiry(expires_at: i64) {
 /// Tells the client why its connection ends (an `error` event with the refusal's code), and
 /// closes it with 1008 (policy violation) and that code as the reason.
 async fn ended(socket: &mut WebSocket, code: &str, message: &str) -> Close {
-    let frame = protocol::event(
+    let frame = crate::frame::gateway::event(
         "error",
         serde_json::json!({"errorCode": code, "message": message, "retryable": false}),
         None,
@@ -389,7 +389,7 @@ async fn serve(mut conn: Conn, socket: &mut WebSocket) -> Result<(), Close> {
                 {
                     return Ok(());
                 }
-                if item.data()["code"] == "slow_consumer" {
+                if item.frame().end_code() == Some("slow_consumer") {
                     return Err(close(close_code::AGAIN, "too slow: reconnect and resume with sessions.switch after your last seq"));
                 }
             }
@@ -398,13 +398,8 @@ async fn serve(mut conn: Conn, socket: &mut WebSocket) -> Result<(), Close> {
                     conn.feed = None;
                     continue;
                 };
-                let data = item.data();
-                let frame = match data["type"].as_str() {
-                    Some("error") => protocol::event("error", serde_json::json!({
-                        "scope": "feed", "message": data["message"], "retryable": data["retryable"],
-                        "errorCode": data["code"],
-                    }), None),
-                    _ => protocol::event("feed", data.clone(), None),
+                let Some(frame) = crate::frame::gateway::feed_event(item.frame()) else {
+                    continue;
                 };
                 if !send(socket, &frame).await {
                     return Ok(());
