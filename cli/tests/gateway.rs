@@ -79,6 +79,37 @@ async fn the_handshake_comes_first_and_bad_frames_get_errors_or_a_reasoned_close
     let bad = ws.call("sessions.switch", json!({"sessionId": 42})).await;
     assert_eq!(bad["ok"], false);
     assert_eq!(bad["errorCode"], "invalid_params");
+    assert_eq!(
+        bad["details"]["fields"][0]["field"], "params.sessionId",
+        "{bad}"
+    );
+    // A param the method does not know is refused by name, not ignored, and nothing is posted.
+    let unknown_param = ws
+        .call(
+            "agent",
+            json!({"message": "hello", "agentId": chat.agent_id, "backend": "ssh"}),
+        )
+        .await;
+    assert_eq!(
+        unknown_param["errorCode"], "invalid_params",
+        "{unknown_param}"
+    );
+    assert_eq!(
+        unknown_param["details"]["fields"][0]["field"], "params.backend",
+        "{unknown_param}"
+    );
+    let sessions = ws.call("sessions.list", json!({})).await;
+    assert_eq!(
+        sessions["payload"]["total"], 0,
+        "nothing was started: {sessions}"
+    );
+    let wrong_mode = ws
+        .call(
+            "agent",
+            json!({"message": "hello", "agentId": chat.agent_id, "mode": "shout"}),
+        )
+        .await;
+    assert_eq!(wrong_mode["errorCode"], "invalid_params", "{wrong_mode}");
     let other = ws
         .call(
             "sessions.switch",

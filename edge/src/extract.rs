@@ -47,6 +47,13 @@ where
 /// A body that does not fit its type: 422 naming the field (a field of a wrong type, a missing
 /// one, or one the API does not know — never silently ignored).
 fn body_error(err: &serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let (field, reason) = field_error(err);
+    ApiError::invalid_field(&field, reason)
+}
+
+/// The field a deserialization error is about (its path, or the name serde's message gives for
+/// a missing or unknown field) and the reason, without serde's position.
+pub(crate) fn field_error(err: &serde_path_to_error::Error<serde_json::Error>) -> (String, String) {
     let inner = err.inner().to_string();
     // A missing field is named by serde's message only (the path stops above it).
     let named = inner
@@ -59,7 +66,7 @@ fn body_error(err: &serde_path_to_error::Error<serde_json::Error>) -> ApiError {
         (path, _) => path.to_owned(),
     };
     let reason = inner.split(" at line ").next().unwrap_or(&inner).to_owned();
-    ApiError::invalid_field(&field, reason)
+    (field, reason)
 }
 
 /// Path parameters, each free of control characters; a malformed id answers 404.

@@ -1,6 +1,7 @@
 //! What each gateway method and slash command does. Every answer is a `res` frame; a refusal
 //! carries the same stable code the REST surface uses.
 
+use super::params::{self, parse};
 use super::protocol::{self, Req};
 use super::{CONNECTIONS, Conn, STARTED, Session};
 use crate::app::access::ApprovedUser;
@@ -25,11 +26,21 @@ use warren_domain::ids::{AgentId, CommandId, ConversationId, RunId};
 const RECENT_MESSAGES: i64 = 20;
 
 /// A refusal: its stable code, what to tell the client, and (for limits) when to retry.
-pub(super) struct Refusal(String, String, Option<u64>, Option<Value>);
+pub(super) struct Refusal(
+    pub(super) String,
+    pub(super) String,
+    pub(super) Option<u64>,
+    pub(super) Option<Value>,
+);
 
 impl Refusal {
     fn new(code: &str, message: impl Into<String>) -> Self {
         Refusal(code.to_owned(), message.into(), None, None)
+    }
+
+    /// A refusal with `details` (e.g. the fields refused).
+    pub(super) fn with_details(code: &str, message: String, details: Value) -> Self {
+        Refusal(code.to_owned(), message, None, Some(details))
     }
 }
 
@@ -57,29 +68,8 @@ fn bad_params(message: &str) -> Refusal {
     Refusal::new("invalid_params", message)
 }
 
-fn uuid_param(params: &Value, name: &str) -> Result<Option<Uuid>, Refusal> {
-    match &params[name] {
-        Value::Null => Ok(None),
-        Value::String(s) => s
-            .parse()
-            .map(Some)
-            .map_err(|_| bad_params(&format!("params.{name} must be a UUID"))),
-        _ => Err(bad_params(&format!("params.{name} must be a UUID string"))),
-    }
-}
-
-fn int_param(params: &Value, name: &str, default: i64, max: i64) -> Result<i64, Refusal> {
-    match &params[name] {
-        Value::Null => Ok(default),
-        value => value
-            .as_i64()
-            .filter(|n| (0..=max).contains(n))
-            .ok_or_else(|| bad_params(&format!("params.{name} must be from 0 to {max}"))),
-    }
-}
-
 /// A refusal as the `res` frame: `errorCode`, `error`, and `retryAfter` (seconds) for limits.
-fn refused(id: &str, Refusal(code, message, retry_after, details): Refusal) -> Value {
+pub(super) fn refused(id: &str, Refusal(code, message, retry_after, details): Refusal) -> Value {
     let mut frame = protocol::fail(id, &code, &message);
     if let Some(secs) = retry_after {
         frame["retryAfter"] = secs.into();
@@ -178,32 +168,7 @@ impl Conn {
             return refused(&req.id, limited.into());
         }
         self.command_id = IdempotencyKey(key).command_id(self.user.id);
-        let outcome = match req.method.as_str() {
-            "agent" => self.agent(&req.params).await,
-            "agent.cancel" => self.cancel(&req.params).await,
-            "sessions.list" => self.list(&req.params).await,
-            "sessions.new" => self.new_session(&req.params).await,
-            "sessions.switch" => self.switch(&req.params).await,
-            "sessions.history" => self.history(&req.params).await,
-            "status" => self.status(&req.params).await,
-            "feed.subscribe" => self.subscribe().await,
-            "feed.unsubscribe" => {
-                self.feed = None;
-                Ok(json!({"subscribed": false}))
-            }
-            "auth.refresh" => self.refresh_token(&req.params).await,
-            "connect" => Err(Refusal::new(
-                "already_connected",
-                "connect is the first frame only",
-            )),
-            other => Err(Refusal::new(
-                "unknown_method",
-                format!(
-                    "unknown method `{other}`; supported: {}",
-                    protocol::METHODS.join(", ")
-                ),
-            )),
-        };
+        let outcome = self.dispatch(&req.method, &req.params).await;
         if let Some(claim) = claim {
             match &outcome {
                 Ok(payload) => {
@@ -216,6 +181,40 @@ impl Conn {
         match outcome {
             Ok(payload) => protocol::ok(&req.id, payload),
             Err(refusal) => refused(&req.id, refusal),
+        }
+    }
+
+    /// Runs one method with its params.
+    async fn dispatch(&mut self, method: &str, params: &Value) -> Result<Value, Refusal> {
+        match method {
+            "agent" => self.agent(parse(params)?).await,
+            "agent.cancel" => self.cancel(parse(params)?).await,
+            "sessions.list" => self.list(parse(params)?).await,
+            "sessions.new" => self.new_session(parse(params)?).await,
+            "sessions.switch" => self.switch(parse(params)?).await,
+            "sessions.history" => self.history(parse(params)?).await,
+            "status" => self.status(parse(params)?).await,
+            "feed.subscribe" => {
+                parse::<params::Nothing>(params)?;
+                self.subscribe().await
+            }
+            "feed.unsubscribe" => {
+                parse::<params::Nothing>(params)?;
+                self.feed = None;
+                Ok(json!({"subscribed": false}))
+            }
+            "auth.refresh" => self.refresh_token(parse(params)?).await,
+            "connect" => Err(Refusal::new(
+                "already_connected",
+                "connect is the first frame only",
+            )),
+            other => Err(Refusal::new(
+                "unknown_method",
+                format!(
+                    "unknown method `{other}`; supported: {}",
+                    protocol::METHODS.join(", ")
+                ),
+            )),
         }
     }
 
@@ -245,11 +244,8 @@ impl Conn {
 
     /// `auth.refresh {token}`: a new access token for the same user (from `POST /auth/refresh`),
     /// so the connection outlives the one it opened with.
-    async fn refresh_token(&mut self, params: &Value) -> Result<Value, Refusal> {
-        let token = params["token"]
-            .as_str()
-            .ok_or_else(|| bad_params("params.token (a new access token) is required"))?;
-        let fresh = crate::app::access::authenticate(&self.state, token).await?;
+    async fn refresh_token(&mut self, params: params::Refresh) -> Result<Value, Refusal> {
+        let fresh = crate::app::access::authenticate(&self.state, &params.token).await?;
         if fresh.id != self.user.id {
             return Err(Refusal::new("invalid_token", "the token is another user's"));
         }
@@ -273,9 +269,9 @@ impl Conn {
         async move { Ok(crate::app::access::approved(&state, user).await?) }
     }
 
-    /// The session named by `params.sessionId` (switching to it), else the current one.
-    async fn session_for(&mut self, params: &Value) -> Result<Session, Refusal> {
-        if let Some(id) = uuid_param(params, "sessionId")?
+    /// The session `named` (switching to it), else the current one.
+    async fn session_for(&mut self, named: Option<Uuid>) -> Result<Session, Refusal> {
+        if let Some(id) = named
             && self.session.as_ref().is_none_or(|s| s.id.0 != id)
         {
             self.follow_session(id, None).await?;
@@ -340,29 +336,24 @@ impl Conn {
     }
 
     /// `agent {message, sessionId?, agentId?, mode?, idempotencyKey?}`.
-    async fn agent(&mut self, params: &Value) -> Result<Value, Refusal> {
-        let message = params["message"]
-            .as_str()
-            .filter(|m| !m.trim().is_empty())
-            .ok_or_else(|| bad_params("params.message is required"))?
-            .to_owned();
+    async fn agent(&mut self, params: params::Agent) -> Result<Value, Refusal> {
+        let message = params.message;
+        if message.trim().is_empty() {
+            return Err(params::invalid("message", "must not be empty"));
+        }
         if message.trim_start().starts_with('/') {
             return self.command(message.trim()).await;
         }
         let caller = self.approved().await?;
         if self.session.is_none()
-            && params["sessionId"].is_null()
-            && let Some(agent) = uuid_param(params, "agentId")?
+            && params.session_id.is_none()
+            && let Some(agent) = params.agent_id
         {
             self.start_session(AgentId(agent), None, CommandId::new())
                 .await?;
         }
-        let session = self.session_for(params).await?;
-        let mode = match params["mode"].as_str() {
-            None | Some("queue") => PostMode::Queue,
-            Some("interrupt") => PostMode::Interrupt,
-            Some(_) => return Err(bad_params("params.mode is queue or interrupt")),
-        };
+        let session = self.session_for(params.session_id).await?;
+        let mode = PostMode::from(params.mode);
         let posted = crate::app::chat::post(
             &self.state,
             &caller,
@@ -390,10 +381,10 @@ impl Conn {
     }
 
     /// `agent.cancel {runId?}`: the given run, or the current session's running one.
-    async fn cancel(&mut self, params: &Value) -> Result<Value, Refusal> {
+    async fn cancel(&mut self, params: params::Cancel) -> Result<Value, Refusal> {
         let caller = self.approved().await?;
-        let session = self.session_for(params).await?;
-        let run = uuid_param(params, "runId")?.map(RunId);
+        let session = self.session_for(params.session_id).await?;
+        let run = params.run_id.map(RunId);
         let cancelled =
             crate::app::chat::cancel(&self.state, &caller, session.id, run, self.command_id)
                 .await?;
@@ -401,9 +392,9 @@ impl Conn {
     }
 
     /// `sessions.list {limit?, offset?}`, most recently active first.
-    async fn list(&mut self, params: &Value) -> Result<Value, Refusal> {
-        let limit = int_param(params, "limit", 10, 200)?.max(1);
-        let offset = int_param(params, "offset", 0, i64::MAX)?;
+    async fn list(&mut self, params: params::List) -> Result<Value, Refusal> {
+        let limit = params::bounded(params.limit, "limit", 10, 200)?.max(1);
+        let offset = params::bounded(params.offset, "offset", 0, i64::MAX)?;
         let (page, total) =
             views::conversations_page(&self.state.db, self.user.id, limit, offset).await?;
         self.listed = page.iter().map(|c| ConversationId(c.id)).collect();
@@ -438,33 +429,23 @@ impl Conn {
     }
 
     /// `sessions.new {agentId?, title?}`: with the current session's agent if none is named.
-    async fn new_session(&mut self, params: &Value) -> Result<Value, Refusal> {
-        let agent = match uuid_param(params, "agentId")? {
-            Some(agent) => AgentId(agent),
-            None => self
-                .session
-                .as_ref()
-                .map(|s| s.agent_id)
-                .ok_or_else(|| bad_params("params.agentId is required"))?,
-        };
-        let title = params["title"].as_str().map(str::to_owned);
+    async fn new_session(&mut self, params: params::New) -> Result<Value, Refusal> {
+        let agent =
+            match params.agent_id {
+                Some(agent) => AgentId(agent),
+                None => self.session.as_ref().map(|s| s.agent_id).ok_or_else(|| {
+                    params::invalid("agentId", "is required (no current session)")
+                })?,
+            };
+        let title = params.title;
         let command_id = self.command_id;
         self.start_session(agent, title, command_id).await
     }
 
     /// `sessions.switch {sessionId, after?}`.
-    async fn switch(&mut self, params: &Value) -> Result<Value, Refusal> {
-        let id = uuid_param(params, "sessionId")?
-            .ok_or_else(|| bad_params("params.sessionId is required"))?;
-        let after = match &params["after"] {
-            Value::Null => None,
-            value => Some(
-                value
-                    .as_u64()
-                    .ok_or_else(|| bad_params("params.after must be a cursor (seq)"))?,
-            ),
-        };
-        let recent = self.follow_session(id, after).await?;
+    async fn switch(&mut self, params: params::Switch) -> Result<Value, Refusal> {
+        let id = params.session_id;
+        let recent = self.follow_session(id, params.after).await?;
         let view = views::conversation(&self.state.db, self.user.id, id).await?;
         Ok(json!({
             "sessionId": id,
@@ -475,18 +456,17 @@ impl Conn {
     }
 
     /// `sessions.history {sessionId?, limit?, before?}`, oldest first.
-    async fn history(&mut self, params: &Value) -> Result<Value, Refusal> {
-        let id = match uuid_param(params, "sessionId")? {
-            Some(id) => id,
-            None => self
-                .session
-                .as_ref()
-                .map(|s| s.id.0)
-                .ok_or_else(|| bad_params("params.sessionId is required"))?,
-        };
+    async fn history(&mut self, params: params::History) -> Result<Value, Refusal> {
+        let id =
+            match params.session_id {
+                Some(id) => id,
+                None => self.session.as_ref().map(|s| s.id.0).ok_or_else(|| {
+                    params::invalid("sessionId", "is required (no current session)")
+                })?,
+            };
         owned_conversation(&self.state, self.user.id, id).await?;
-        let limit = int_param(params, "limit", 20, 200)?.max(1);
-        let before = uuid_param(params, "before")?;
+        let limit = params::bounded(params.limit, "limit", 20, 200)?.max(1);
+        let before = params.before;
         let mut page = views::messages(&self.state.db, id, before, limit + 1).await?;
         let has_more = page.len() as i64 > limit;
         if has_more {
@@ -497,14 +477,14 @@ impl Conn {
     }
 
     /// `status {sessionId?}`.
-    async fn status(&mut self, params: &Value) -> Result<Value, Refusal> {
+    async fn status(&mut self, params: params::Status) -> Result<Value, Refusal> {
         let uptime = STARTED.get().map_or(0, |t| t.elapsed().as_secs());
         let mut answer = json!({"gateway": {
             "version": protocol::GATEWAY_VERSION,
             "uptime": uptime,
             "activeConnections": CONNECTIONS.load(Ordering::Relaxed),
         }});
-        let id = uuid_param(params, "sessionId")?.or(self.session.as_ref().map(|s| s.id.0));
+        let id = params.session_id.or(self.session.as_ref().map(|s| s.id.0));
         if let Some(id) = id {
             let conversation = owned_conversation(&self.state, self.user.id, id).await?;
             let view = views::conversation(&self.state.db, self.user.id, id).await?;
@@ -527,7 +507,7 @@ impl Conn {
         let (payload, text) = match name {
             "/new" => {
                 limits::user_write(&self.state, self.user.id).await?;
-                let answer = self.new_session(&json!({})).await?;
+                let answer = self.new_session(params::New::default()).await?;
                 let text = format!(
                     "✓ New session {}",
                     answer["sessionId"].as_str().unwrap_or("")
@@ -535,7 +515,12 @@ impl Conn {
                 (answer, text)
             }
             "/sessions" => {
-                let answer = self.list(&json!({"limit": 10})).await?;
+                let answer = self
+                    .list(params::List {
+                        limit: Some(10),
+                        offset: None,
+                    })
+                    .await?;
                 let mut text = String::from("📋 Recent sessions:\n");
                 for (n, s) in answer["sessions"]
                     .as_array()
@@ -568,7 +553,12 @@ impl Conn {
                         .parse::<Uuid>()
                         .map_err(|_| bad_params("usage: /session <number|uuid>"))?,
                 };
-                let answer = self.switch(&json!({"sessionId": id})).await?;
+                let answer = self
+                    .switch(params::Switch {
+                        session_id: id,
+                        after: None,
+                    })
+                    .await?;
                 (answer, format!("✓ Switched to session {id}"))
             }
             "/history" => {
@@ -576,7 +566,12 @@ impl Conn {
                     n.parse::<i64>()
                         .map_err(|_| bad_params("usage: /history [count]"))
                 })?;
-                let answer = self.history(&json!({"limit": limit})).await?;
+                let answer = self
+                    .history(params::History {
+                        limit: Some(limit),
+                        ..Default::default()
+                    })
+                    .await?;
                 let mut text = String::new();
                 for m in answer["messages"].as_array().into_iter().flatten() {
                     text.push_str(&format!(
@@ -588,7 +583,7 @@ impl Conn {
                 (answer, text)
             }
             "/status" => {
-                let answer = self.status(&json!({})).await?;
+                let answer = self.status(params::Status::default()).await?;
                 let text = format!(
                     "Gateway {} · {}",
                     protocol::GATEWAY_VERSION,
@@ -598,7 +593,7 @@ impl Conn {
             }
             "/cancel" => {
                 limits::user_write(&self.state, self.user.id).await?;
-                let answer = self.cancel(&json!({})).await?;
+                let answer = self.cancel(params::Cancel::default()).await?;
                 (answer, "✓ Cancellation requested".to_owned())
             }
             "/help" => (

@@ -21,10 +21,13 @@
 //! breaks the WebSocket protocol closes with its RFC 6455 code: 1007 for invalid UTF-8 in a text
 //! frame, 1009 for one over the size limit, 1002 for any other violation.
 //!
-//! Layout: `protocol` (frames and the log → event mapping), `methods` (what each method and
-//! slash command does); this file runs the connection.
+//! Layout: `protocol` (request and response frames; `event` frames are
+//! [`crate::frame::gateway`]'s), `params` (each method's params as a type: unknown, missing or
+//! mistyped params are refused by name), `methods` (what each method and slash command does);
+//! this file runs the connection.
 
 mod methods;
+mod params;
 pub mod protocol;
 
 use crate::app::revocation::AccessWatch;
@@ -200,22 +203,26 @@ async fn handshake(
             format!("invalid params.{}: {}", refused.field, refused.reason),
         ));
     }
-    if req.params["version"].as_str() != Some(protocol::VERSION) {
+    let params = match params::parse::<params::Connect>(&req.params) {
+        Ok(params) => params,
+        Err(refusal) => {
+            let reason = refusal.1.clone();
+            send(socket, &methods::refused(&req.id, refusal)).await;
+            return Err(close(close_code::POLICY, reason));
+        }
+    };
+    if params.version.as_deref() != Some(protocol::VERSION) {
         return Err(close(
             close_code::PROTOCOL,
             "unsupported protocol version (this gateway speaks 1)",
         ));
     }
-    let token = req.params["token"]
-        .as_str()
-        .map(str::to_owned)
-        .or(header_token)
-        .ok_or_else(|| {
-            close(
-                close_code::POLICY,
-                "connect needs params.token or an Authorization header",
-            )
-        })?;
+    let token = params.token.or(header_token).ok_or_else(|| {
+        close(
+            close_code::POLICY,
+            "connect needs params.token or an Authorization header",
+        )
+    })?;
     let user = crate::app::access::authenticate(state, &token)
         .await
         .map_err(|err| {
@@ -224,10 +231,7 @@ async fn handshake(
                 format!("not signed in: {}", err.body().message),
             )
         })?;
-    let client_type = req.params["clientType"]
-        .as_str()
-        .unwrap_or("web")
-        .to_owned();
+    let client_type = params.client_type.unwrap_or_else(|| "web".to_owned());
     let conn = Conn {
         state: state.clone(),
         watch: state.revocations.watch(user.id),
