@@ -1,5 +1,6 @@
 //! [`Pending`]: proactive messages (heartbeats, background results) waiting for the platform to
-//! collect them with `GET /pending`. In memory; nothing produces them yet.
+//! collect them with `GET /pending`. In memory; `schedule_message` ([`crate::tools::schedule`])
+//! fills it.
 
 use std::sync::Mutex;
 

@@ -28,6 +28,8 @@ pub struct Run<'a> {
     pub settings: ModelSettings,
     /// The tools.
     pub toolbox: &'a Toolbox,
+    /// The chat the run answers.
+    pub chat_id: &'a str,
     /// Turn budget, idle timeout.
     pub limits: &'a Limits,
     /// Where events go.
@@ -108,7 +110,7 @@ impl Run<'_> {
                 let outcome = if self.cancel.is_cancelled() {
                     ToolOutcome::failed("cancelled")
                 } else {
-                    self.toolbox.execute(call, self.cancel).await
+                    self.toolbox.execute(call, self.chat_id, self.cancel).await
                 };
                 self.emit(AgentEvent::ToolResult {
                     call_id: call.id.clone(),

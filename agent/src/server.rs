@@ -16,6 +16,7 @@ use crate::error::ApiError;
 use crate::pending::Pending;
 use crate::routes::{chat, exec, files};
 use crate::tools::Toolbox;
+use crate::tools::schedule::Scheduler;
 use crate::workspace::Workspace;
 use crate::{auth, routes};
 
@@ -82,7 +83,9 @@ impl AppState {
             .user_agent(concat!("warren-agent/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(ServeError::HttpClient)?;
-        let mut toolbox = Toolbox::new(workspace.clone(), config.limits.clone(), http.clone());
+        let pending = Arc::new(Pending::default());
+        let mut toolbox = Toolbox::new(workspace.clone(), config.limits.clone(), http.clone())
+            .with_scheduler(Scheduler::new(pending.clone(), shutdown.clone()));
         if let Some(platform) = &config.platform {
             toolbox = toolbox.with_platform(platform, config.token.clone());
         }
@@ -90,7 +93,7 @@ impl AppState {
             config: Arc::new(config),
             workspace,
             chats: Arc::new(chats),
-            pending: Arc::new(Pending::default()),
+            pending,
             toolbox,
             http,
             shutdown,

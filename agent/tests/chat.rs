@@ -60,7 +60,8 @@ async fn a_text_answer_streams_tokens_then_done_with_the_full_text() {
             "write_file",
             "edit_file",
             "list_files",
-            "web_fetch"
+            "web_fetch",
+            "schedule_message"
         ]
     );
 }

@@ -177,6 +177,9 @@ pub struct Config {
     pub chat_lease_stale_secs: u64,
     /// `WARREN_CHAT_SWEEP_SECS`: how often each chat worker looks for stale leases.
     pub chat_sweep_secs: u64,
+    /// `WARREN_CHAT_PENDING_SECS`: how often a chat worker asks the runtimes of agents it ran in
+    /// the last hour for proactive messages (reminders, background results).
+    pub chat_pending_secs: u64,
     /// `WARREN_CHAT_LIVE_TTL_SECS`: how long a run's live deltas (tokens, tool calls) stay in the
     /// log for replay; the run's facts are kept regardless.
     pub chat_live_ttl_secs: u64,
@@ -242,6 +245,7 @@ impl Default for Config {
             chat_lease_beat_secs: 3,
             chat_lease_stale_secs: 15,
             chat_sweep_secs: 5,
+            chat_pending_secs: 5,
             chat_live_ttl_secs: 86_400,
             runtime_platform_url: None,
         }
@@ -296,8 +300,9 @@ impl Config {
         anyhow::ensure!(
             self.chat_lease_beat_secs >= 1
                 && self.chat_sweep_secs >= 1
+                && self.chat_pending_secs >= 1
                 && self.chat_live_ttl_secs >= 1,
-            "WARREN_CHAT_LEASE_BEAT_SECS, WARREN_CHAT_SWEEP_SECS and WARREN_CHAT_LIVE_TTL_SECS must be ≥ 1"
+            "WARREN_CHAT_LEASE_BEAT_SECS, WARREN_CHAT_SWEEP_SECS, WARREN_CHAT_PENDING_SECS and WARREN_CHAT_LIVE_TTL_SECS must be ≥ 1"
         );
         anyhow::ensure!(
             self.chat_lease_stale_secs >= 2 * self.chat_lease_beat_secs,
@@ -336,6 +341,7 @@ impl Config {
             lease_stale: Duration::from_secs(self.chat_lease_stale_secs),
             sweep_every: Duration::from_secs(self.chat_sweep_secs),
             live_ttl_header: format!("{}s", self.chat_live_ttl_secs),
+            pending_every: Duration::from_secs(self.chat_pending_secs),
         }
     }
 

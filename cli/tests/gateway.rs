@@ -745,3 +745,71 @@ async fn a_client_that_stops_reading_is_dropped_while_the_fast_ones_get_every_ev
     let (_, rest) = read_tokens(again, TOTAL - got.len(), Arc::default()).await;
     assert_eq!(rest, published[got.len()..]);
 }
+
+#[tokio::test]
+async fn a_message_the_agent_schedules_reaches_every_client_of_the_session_and_its_history() {
+    let chat = Chat::start(&[]).await;
+    let base = &chat.platform.base;
+    let (mut a, _) = Ws::connect(base, &chat.user.access).await;
+    let session = a.new_session(&chat.agent_id).await;
+    let (mut b, _) = Ws::connect(base, &chat.user.access).await;
+    b.switch(&session).await;
+    let mut sse = chat.follow(&session, Some(0)).await;
+
+    // The agent schedules a reminder (its runtime's schedule_message tool) and answers.
+    chat.model.push(Reply::tool_call(
+        "schedule_message",
+        json!({"message": "Time to stretch.", "delay_seconds": 1}),
+    ));
+    chat.model.push(Reply::text("I will remind you."));
+    let sent = a.call("agent", json!({"message": "remind me"})).await;
+    assert_eq!(sent["ok"], true, "{sent}");
+    a.until("final").await;
+
+    // When it is due, the platform collects it from the runtime's /pending: both sockets and
+    // the SSE follower get it, as the agent's own message outside any run.
+    let mut proactive = Vec::new();
+    for ws in [&mut a, &mut b] {
+        let message = loop {
+            let event = ws.until("message").await;
+            if event["payload"]["role"] == "assistant" {
+                break event;
+            }
+        };
+        assert_eq!(
+            message["payload"]["content"], "Time to stretch.",
+            "{message}"
+        );
+        assert_eq!(message["payload"]["proactive"], true, "{message}");
+        assert_eq!(message["payload"]["fromSelf"], false, "{message}");
+        assert!(message["seq"].as_u64().is_some(), "{message}");
+        proactive.push(message["payload"]["messageId"].clone());
+    }
+    assert_eq!(proactive[0], proactive[1], "one message, seen twice");
+    let frame = sse.until("agent_message").await;
+    assert_eq!(frame.data["text"], "Time to stretch.");
+    assert_eq!(frame.data["message_id"], proactive[0]);
+
+    // … and it is in the conversation's history, once.
+    let history = warren_testkit::wait_for(std::time::Duration::from_secs(10), || async {
+        let messages = chat
+            .platform
+            .get(
+                &format!("/api/v1/conversations/{session}/messages"),
+                Some(&chat.user.access),
+            )
+            .await;
+        let list = messages.body.as_array()?.clone();
+        list.iter()
+            .any(|m| m["text"] == "Time to stretch.")
+            .then_some(list)
+    })
+    .await;
+    let reminders: Vec<&Value> = history
+        .iter()
+        .filter(|m| m["text"] == "Time to stretch.")
+        .collect();
+    assert_eq!(reminders.len(), 1, "{history:?}");
+    assert_eq!(reminders[0]["role"], "assistant");
+    assert!(reminders[0]["run_id"].is_null(), "{history:?}");
+}

@@ -8,12 +8,15 @@
 //! - [`aggregates`] — which stream and subject each domain aggregate lives on.
 //! - [`error`] — [`StoreError`] (one conflict variant, mapped in one place) and [`CommandError`].
 //! - [`service`] — [`CommandService`]: one store per aggregate type, the handle adapters call.
+//! - [`proactive`] — an agent runtime's proactive messages (`/pending`), delivered into that
+//!   agent's conversations only.
 //! - [`secrets`] — the AES-256-GCM box of secrets kept outside the log: agents' tokens and users'
 //!   provider keys.
 
 pub mod aggregates;
 pub mod codec;
 pub mod error;
+pub mod proactive;
 pub mod secrets;
 pub mod service;
 pub mod store;

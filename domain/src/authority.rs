@@ -99,7 +99,8 @@ impl AgentEvent {
 
 impl ConversationEvent {
     /// Who may cause this event: the conversation's user starts, renames, posts, cancels and
-    /// clears; runs are started and finished by the chat worker.
+    /// clears; runs are started and finished, and the agent's own messages delivered, by the
+    /// chat worker.
     pub fn authority(&self) -> Authority {
         use ConversationEvent as E;
         match self {
@@ -111,9 +112,10 @@ impl ConversationEvent {
             // A queued run cancelled by its user, or the running one interrupted by a post.
             | E::RunCancelled { .. }
             | E::HistoryCleared { .. } => Authority::Subject,
-            E::RunStarted { .. } | E::RunCompleted { .. } | E::RunFailed { .. } => {
-                Authority::Platform
-            }
+            E::RunStarted { .. }
+            | E::RunCompleted { .. }
+            | E::RunFailed { .. }
+            | E::AgentMessagePosted { .. } => Authority::Platform,
         }
     }
 
@@ -122,7 +124,8 @@ impl ConversationEvent {
         match self {
             ConversationEvent::ConversationStarted { user_id, .. }
             | ConversationEvent::MessagePosted { user_id, .. }
-            | ConversationEvent::RunCompleted { user_id, .. } => Some(*user_id),
+            | ConversationEvent::RunCompleted { user_id, .. }
+            | ConversationEvent::AgentMessagePosted { user_id, .. } => Some(*user_id),
             _ => None,
         }
     }

@@ -189,7 +189,7 @@ pub(crate) async fn cancel(
     params(("id" = Uuid, Path, description = "Conversation id"), EventsQuery,
         ("Last-Event-ID" = Option<u64>, Header, description = "The last frame's `id:` seen (as `after`)")),
     responses((status = 200, content_type = "text/event-stream", body = String,
-        description = "SSE: `snapshot` or `reset` first when there is no usable cursor, then `message`, `queued`, `run_started`, `status`, `text`, `tool_use`, `tool_result`, `file`, `cancel_requested`, `done`, `error`, `renamed`, `history_cleared` and `keepalive` frames; `id:` is the log sequence."),
+        description = "SSE: `snapshot` or `reset` first when there is no usable cursor, then `message`, `queued`, `run_started`, `status`, `text`, `tool_use`, `tool_result`, `file`, `cancel_requested`, `done`, `error`, `agent_message` (the agent's own message outside any run), `renamed`, `history_cleared` and `keepalive` frames; `id:` is the log sequence."),
         resp::Unauthorized, resp::NotFound, resp::Validation))]
 pub(crate) async fn events(
     State(state): State<AppState>,

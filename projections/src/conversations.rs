@@ -209,6 +209,20 @@ impl Projection for Conversations {
                 .await
                 .map(drop)
             }
+            ConversationEvent::AgentMessagePosted { conversation_id, message_id, text, .. } => {
+                sqlx::query(
+                    "INSERT INTO messages (id, conversation_id, role, text, created_at, stream_seq) \
+                     VALUES ($1, $2, 'assistant', $3, $4, $5) ON CONFLICT (id) DO NOTHING",
+                )
+                .bind(message_id.0)
+                .bind(conversation_id.0)
+                .bind(text)
+                .bind(at)
+                .bind(seq)
+                .execute(&mut *tx)
+                .await?;
+                touch(tx, conversation_id.0, 1, at, seq).await
+            }
         }
     }
 }

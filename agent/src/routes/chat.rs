@@ -114,6 +114,7 @@ async fn drive(
             http: &state.http,
             settings,
             toolbox: &state.toolbox,
+            chat_id: &ticket.chat_id,
             limits: &state.config.limits,
             events: &events,
             cancel: &cancel,

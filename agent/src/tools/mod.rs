@@ -6,8 +6,11 @@
 //! - [`web`] — `web_fetch`: GET a URL, bounded body.
 //! - [`sessions`] — `sessions_search`, `sessions_get`: the user's sessions with this agent,
 //!   from the platform (offered only when the runtime knows its platform).
+//! - [`schedule`] — `schedule_message`: a message to the chat later (offered when the runtime
+//!   has a proactive queue).
 
 pub mod fs;
+pub mod schedule;
 pub mod sessions;
 pub mod web;
 
@@ -66,6 +69,7 @@ pub struct Toolbox {
     limits: Limits,
     http: reqwest::Client,
     sessions: Option<sessions::Sessions>,
+    scheduler: Option<schedule::Scheduler>,
 }
 
 impl Toolbox {
@@ -76,7 +80,14 @@ impl Toolbox {
             limits,
             http,
             sessions: None,
+            scheduler: None,
         }
+    }
+
+    /// Adds `schedule_message`, filling `scheduler`'s proactive queue.
+    pub fn with_scheduler(mut self, scheduler: schedule::Scheduler) -> Self {
+        self.scheduler = Some(scheduler);
+        self
     }
 
     /// Adds the session tools, asking `platform` with the runtime's `token`.
@@ -90,6 +101,9 @@ impl Toolbox {
         let mut specs = Self::local_specs();
         if self.sessions.is_some() {
             specs.extend(sessions::Sessions::specs());
+        }
+        if self.scheduler.is_some() {
+            specs.push(schedule::Scheduler::spec());
         }
         specs
     }
@@ -170,8 +184,14 @@ impl Toolbox {
         ]
     }
 
-    /// Runs one call; `cancel` kills a running shell's process group and abandons the rest.
-    pub async fn execute(&self, call: &ToolCall, cancel: &CancellationToken) -> ToolOutcome {
+    /// Runs one call of chat `chat_id`; `cancel` kills a running shell's process group and
+    /// abandons the rest.
+    pub async fn execute(
+        &self,
+        call: &ToolCall,
+        chat_id: &str,
+        cancel: &CancellationToken,
+    ) -> ToolOutcome {
         let input = &call.input;
         if !input.is_object() {
             return ToolOutcome::failed(format!(
@@ -194,6 +214,10 @@ impl Toolbox {
                     Some(tools) if call.name == "sessions_search" => tools.search(input, cap).await,
                     Some(tools) => tools.get(input, cap).await,
                     None => ToolOutcome::failed(format!("unknown tool {:?}", call.name)),
+                },
+                "schedule_message" => match &self.scheduler {
+                    Some(scheduler) => scheduler.schedule(input, chat_id),
+                    None => ToolOutcome::failed("unknown tool \"schedule_message\""),
                 },
                 other => ToolOutcome::failed(format!("unknown tool {other:?}")),
             }

@@ -1,5 +1,5 @@
 //! What can be asked of a conversation: by clients (start, rename, post, cancel, clear) and by
-//! the chat worker (start, complete, fail, confirm a cancel).
+//! the chat worker (start, complete, fail, confirm a cancel, deliver a proactive message).
 
 use super::types::{PostMode, TokenUsage, ToolCall};
 use crate::ids::{AgentId, ConversationId, MessageId, RunId, UserId};
@@ -87,6 +87,14 @@ pub enum ConversationCommand {
     },
     /// Forget the messages so far (refused while any run is running or waiting).
     ClearHistory,
+    /// Chat worker: a message the agent sent of its own accord (a reminder, a background
+    /// result), collected from its runtime's `/pending`.
+    DeliverAgentMessage {
+        /// The message's id.
+        message_id: MessageId,
+        /// The text (not blank).
+        text: String,
+    },
 }
 
 impl ConversationCommand {
@@ -102,6 +110,7 @@ impl ConversationCommand {
             ConversationCommand::RequestCancel { .. } => "request_cancel",
             ConversationCommand::CancelRun { .. } => "cancel_run",
             ConversationCommand::ClearHistory => "clear_history",
+            ConversationCommand::DeliverAgentMessage { .. } => "deliver_agent_message",
         }
     }
 }

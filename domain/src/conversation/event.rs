@@ -126,6 +126,19 @@ pub enum ConversationEvent {
         /// The conversation.
         conversation_id: ConversationId,
     },
+    /// The agent sent a message of its own accord (not a run's reply).
+    AgentMessagePosted {
+        /// The conversation.
+        conversation_id: ConversationId,
+        /// The message.
+        message_id: MessageId,
+        /// The conversation's user.
+        user_id: UserId,
+        /// Its agent.
+        agent_id: AgentId,
+        /// The text.
+        text: String,
+    },
 }
 
 impl ConversationEvent {
@@ -142,6 +155,7 @@ impl ConversationEvent {
             ConversationEvent::CancelRequested { .. } => "CancelRequested",
             ConversationEvent::RunCancelled { .. } => "RunCancelled",
             ConversationEvent::HistoryCleared { .. } => "HistoryCleared",
+            ConversationEvent::AgentMessagePosted { .. } => "AgentMessagePosted",
         }
     }
 

@@ -213,6 +213,20 @@ impl Conversation {
                 Some(run) => Err(ConversationError::RunInProgress { run_id: run.run_id }),
                 None => Ok(vec![E::HistoryCleared { conversation_id }]),
             },
+            C::DeliverAgentMessage { message_id, text } => {
+                let text = non_blank(text).ok_or(ConversationError::InvalidInput {
+                    field: "text",
+                    reason: "must not be blank",
+                })?;
+                text::REPLY.check(&text)?;
+                Ok(vec![E::AgentMessagePosted {
+                    conversation_id,
+                    message_id: *message_id,
+                    user_id: self.user_id,
+                    agent_id: self.agent_id,
+                    text,
+                }])
+            }
         }
     }
 
@@ -279,7 +293,7 @@ impl Conversation {
             E::RunCompleted { run_id, .. }
             | E::RunFailed { run_id, .. }
             | E::RunCancelled { run_id, .. } => self.runs.retain(|run| run.run_id != *run_id),
-            E::HistoryCleared { .. } => {}
+            E::HistoryCleared { .. } | E::AgentMessagePosted { .. } => {}
         }
     }
 

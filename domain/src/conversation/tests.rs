@@ -455,6 +455,33 @@ fn clearing_history_is_refused_while_a_run_is_running_or_waiting() {
         .then_error("run_in_progress");
 }
 
+// --- proactive messages ---
+
+#[test]
+fn an_agents_own_message_is_delivered_to_a_started_conversation_even_while_a_run_runs() {
+    let message_id = message(77);
+    let deliver = C::DeliverAgentMessage {
+        message_id,
+        text: "Reminder: stand up.".into(),
+    };
+    given(busy())
+        .when(deliver.clone())
+        .then_events([E::AgentMessagePosted {
+            conversation_id: CONV,
+            message_id,
+            user_id: USER,
+            agent_id: AGENT,
+            text: "Reminder: stand up.".into(),
+        }]);
+    given([]).when(deliver).then_error("not_found");
+    given([started()])
+        .when(C::DeliverAgentMessage {
+            message_id,
+            text: "  ".into(),
+        })
+        .then_error("invalid_input");
+}
+
 #[test]
 fn a_full_turn_folds_back_to_an_empty_queue() {
     let conversation = given([

@@ -24,7 +24,6 @@ use crate::input::TextFields;
 use crate::openapi::resp;
 use crate::routes::ApiRouter;
 use crate::state::AppState;
-use crate::views;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
@@ -34,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use utoipa::ToSchema;
 use uuid::Uuid;
+use warren_commands::proactive;
 use warren_domain::agent::{Agent, AgentStatus};
 use warren_domain::conversation::PostMode;
 use warren_domain::ids::{AgentId, ConversationId};
@@ -182,10 +182,12 @@ async fn runtime_get(
         .map_err(|_| ApiError::Unavailable("the agent runtime"))
 }
 
-/// Proactive messages the agent queued for the caller's conversation (heartbeats, subagents).
+/// Proactive messages the agent queued (reminders, background results), taken from its runtime
+/// now and delivered into its conversations like the chat worker does after each run: every
+/// client of the conversation gets them live (`agent_message`) and in its history.
 #[utoipa::path(get, path = "/api/v1/chat/{id}/pending", operation_id = "get_chat_pending", tag = "chat", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Agent id")),
-    responses((status = 200, description = "`{\"messages\": [{\"chat_id\", \"content\"}]}`, taken from the runtime.", body = Object),
+    responses((status = 200, description = "`{\"messages\": [{\"chat_id\", \"message_id\", \"content\"}]}`: the messages delivered now.", body = Object),
         resp::Unauthorized, resp::Forbidden, resp::NotFound, resp::Conflict, resp::Unavailable))]
 pub(crate) async fn pending(
     State(state): State<AppState>,
@@ -194,22 +196,36 @@ pub(crate) async fn pending(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let (agent_id, agent) = owned_agent(&state, &caller, id).await?;
     let (mut url, token) = runtime_of(&state, agent_id, &agent).await?;
-    let latest = views::conversations(&state.db, caller.id, Some(agent_id), 1).await?;
-    let Some(conversation) = latest.first() else {
-        return Ok(Json(serde_json::json!({"messages": []})));
-    };
     url.set_path("/pending");
-    url.query_pairs_mut()
-        .append_pair("chat_id", &conversation.id.to_string());
     let response = runtime_get(&state, url, &token).await?;
     if !response.status().is_success() {
         return Err(ApiError::Unavailable("the agent runtime"));
     }
+    if response
+        .content_length()
+        .is_some_and(|length| length as usize > proactive::PENDING_CAP)
+    {
+        return Err(ApiError::Unavailable("the agent runtime"));
+    }
     let body = response
-        .json::<serde_json::Value>()
+        .bytes()
         .await
         .map_err(|_| ApiError::Unavailable("the agent runtime"))?;
-    Ok(Json(body))
+    if body.len() > proactive::PENDING_CAP {
+        return Err(ApiError::Unavailable("the agent runtime"));
+    }
+    let list: proactive::PendingList =
+        serde_json::from_slice(&body).map_err(|_| ApiError::Unavailable("the agent runtime"))?;
+    let delivered = proactive::deliver(&state.commands, agent_id, list.messages, "edge").await;
+    let messages: Vec<serde_json::Value> = delivered
+        .into_iter()
+        .map(|m| {
+            serde_json::json!({
+                "chat_id": m.conversation_id, "message_id": m.message_id, "content": m.text,
+            })
+        })
+        .collect();
+    Ok(Json(serde_json::json!({"messages": messages})))
 }
 
 /// A workspace-relative path that cannot leave the workspace: no empty, `.` or `..` segment,

@@ -190,6 +190,13 @@ pub enum ConversationChange {
     },
     /// The history was cleared.
     HistoryCleared,
+    /// The agent sent a message of its own accord.
+    AgentMessagePosted {
+        /// The message.
+        message_id: MessageId,
+        /// Its text.
+        text: String,
+    },
 }
 
 impl FeedFrame {
@@ -321,6 +328,9 @@ impl From<ConversationEvent> for ConversationChange {
                 ConversationChange::RunCancelled { run_id, reason }
             }
             E::HistoryCleared { .. } => ConversationChange::HistoryCleared,
+            E::AgentMessagePosted {
+                message_id, text, ..
+            } => ConversationChange::AgentMessagePosted { message_id, text },
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Frames as the gateway protocol v1's `event` frames: `message`, `queued`, `status`, `token`,
+//! Frames as the gateway protocol v1's `event` frames: `message` (a user's, or the agent's own
+//! with `role: assistant` and `proactive: true`), `queued`, `status`, `token`,
 //! `tool_call`, `tool_result`, `file`, `final`, `error`, `cancelled`, `reset`, `renamed`,
 //! `history_cleared` for the session followed (each with `sessionId`, and `seq` when it has a
 //! cursor), and `feed` events for the user-wide feed.
@@ -133,6 +134,13 @@ pub fn session_event(
             json!({
                 "reason": "cursor_expired",
                 "recentMessages": messages.iter().map(message_view).collect::<Vec<_>>(),
+            }),
+        ),
+        Frame::AgentMessage { message_id, text } => (
+            "message",
+            json!({
+                "role": "assistant", "content": text, "messageId": message_id,
+                "fromSelf": false, "proactive": true,
             }),
         ),
         Frame::Renamed { title } => ("renamed", json!({"title": title})),

@@ -140,6 +140,13 @@ pub enum Frame {
         /// Why.
         reason: CancelReason,
     },
+    /// The agent sent a message of its own accord (a reminder, a background result).
+    AgentMessage {
+        /// The message.
+        message_id: MessageId,
+        /// Its text.
+        text: String,
+    },
     /// The conversation was renamed.
     Renamed {
         /// The new title.
@@ -211,6 +218,7 @@ impl Frame {
             | Frame::Cancelled { run_id, .. } => Some(*run_id),
             Frame::End { run_id, .. } => *run_id,
             Frame::Renamed { .. }
+            | Frame::AgentMessage { .. }
             | Frame::HistoryCleared
             | Frame::Snapshot { .. }
             | Frame::Reset { .. }
@@ -390,6 +398,9 @@ fn of_event(event: ConversationEvent) -> Option<Frame> {
         E::RunCancelled { run_id, reason, .. } => Frame::Cancelled { run_id, reason },
         E::ConversationRenamed { title, .. } => Frame::Renamed { title },
         E::HistoryCleared { .. } => Frame::HistoryCleared,
+        E::AgentMessagePosted {
+            message_id, text, ..
+        } => Frame::AgentMessage { message_id, text },
         E::ConversationStarted { .. } => return None,
     })
 }

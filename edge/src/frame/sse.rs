@@ -1,7 +1,7 @@
 //! Frames as LiberClaw / baal-agent SSE: one JSON object with a `type` per `data:` line —
 //! `message` (a user message), `queued`, `run_started`, `status`, `text` (a piece of the reply),
 //! `tool_use`, `tool_result`, `file`, `cancel_requested`, then one terminal `done` or `error` per
-//! run; `renamed`, `history_cleared`; the openings `snapshot` and `reset`; `keepalive`; the
+//! run; `agent_message` (the agent's own, outside any run), `renamed`, `history_cleared`; the openings `snapshot` and `reset`; `keepalive`; the
 //! feed's `ready`, `agent` and `conversation`; and a stream's last `error`. Every frame that
 //! belongs to a run names it (`run_id`); errors carry `content` too (baal-agent clients read it).
 
@@ -86,6 +86,9 @@ pub fn to_json(frame: &Frame) -> Value {
             &format!("the run was cancelled ({reason})"),
             false,
         ),
+        Frame::AgentMessage { message_id, text } => json!({
+            "type": "agent_message", "message_id": message_id, "role": "assistant", "text": text,
+        }),
         Frame::Renamed { title } => json!({"type": "renamed", "title": title}),
         Frame::HistoryCleared => json!({"type": "history_cleared"}),
         Frame::Snapshot {

@@ -14,10 +14,15 @@
 //!   belonged to a worker that died. Its run, if still running, is closed with `FailRun`
 //!   (`worker_lost`, retryable); if it never started, the lease is dropped and the run taken.
 //! - **History cleared.** `HistoryCleared` clears the chat in the runtime too.
+//! - **Proactive messages.** After each run, and every `pending_every` for agents run here in
+//!   the last hour, the runtime's `/pending` is taken and delivered into the agent's own
+//!   conversations (`AgentMessagePosted`), for every client to see.
 //!
-//! Layout: `runtime` (the agent runtime's HTTP client), `lease` (run leases), `run` (one run).
+//! Layout: `runtime` (the agent runtime's HTTP client), `lease` (run leases), `run` (one run),
+//! `pending` (proactive messages).
 
 pub mod lease;
+pub mod pending;
 pub mod run;
 pub mod runtime;
 
@@ -50,6 +55,8 @@ pub struct ChatSettings {
     pub sweep_every: Duration,
     /// How long live deltas stay in the log (`Nats-TTL` header form, e.g. `24h`).
     pub live_ttl_header: String,
+    /// How often recently run agents' runtimes are asked for proactive messages.
+    pub pending_every: Duration,
 }
 
 impl Default for ChatSettings {
@@ -60,6 +67,7 @@ impl Default for ChatSettings {
             lease_stale: Duration::from_secs(15),
             sweep_every: Duration::from_secs(5),
             live_ttl_header: "24h".to_owned(),
+            pending_every: Duration::from_secs(5),
         }
     }
 }
@@ -92,6 +100,7 @@ pub struct Shared {
     http: reqwest::Client,
     settings: ChatSettings,
     worker_id: String,
+    watched: pending::Watched,
 }
 
 /// The chat worker, built and ready to run.
@@ -128,6 +137,7 @@ impl ChatWorker {
                 http: reqwest::Client::new(),
                 settings,
                 worker_id,
+                watched: pending::Watched::default(),
             }),
             runs: TaskTracker::new(),
         })
@@ -154,7 +164,16 @@ impl ChatWorker {
                 }
             }
         };
-        tokio::join!(consume, sweep);
+        let proactive = async {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(this.shared.settings.pending_every) => {}
+                }
+                pending::sweep(&this.shared).await;
+            }
+        };
+        tokio::join!(consume, sweep, proactive);
         self.runs.close();
         self.runs.wait().await;
     }
@@ -401,6 +420,9 @@ fn conversation_of(event: &ConversationEvent) -> ConversationId {
             conversation_id, ..
         }
         | E::RunCancelled {
+            conversation_id, ..
+        }
+        | E::AgentMessagePosted {
             conversation_id, ..
         }
         | E::HistoryCleared { conversation_id } => *conversation_id,

@@ -180,6 +180,9 @@ pub async fn run(
     if let Err(err) = shared.leases.release(held).await {
         tracing::warn!(run_id = %job.run_id, error = %err, "releasing the run lease failed");
     }
+    // What the agent queued during the run (a background result, a reminder due now).
+    shared.watched.ran(job.agent_id);
+    super::pending::collect(shared, job.agent_id).await;
 }
 
 /// Marks the agent failed (its runtime is gone), so its owner sees it and can repair it.

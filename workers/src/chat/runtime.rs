@@ -13,6 +13,7 @@ use futures::{Stream, StreamExt};
 use serde::Deserialize;
 use std::borrow::Cow;
 use std::time::Duration;
+use warren_commands::proactive::{PENDING_CAP, PendingList};
 use warren_domain::conversation::TokenUsage;
 use warren_domain::text::{self, Lines};
 
@@ -299,6 +300,40 @@ impl Runtime {
             .send()
             .await
             .is_ok_and(|response| response.status().is_success())
+    }
+
+    /// Takes the proactive messages the runtime queued (every chat's): `GET /pending`, read up
+    /// to [`PENDING_CAP`] bytes (a runtime is not trusted with the worker's memory).
+    pub async fn pending(&self) -> Result<PendingList, RuntimeError> {
+        let mut response = self
+            .http
+            .get(self.url("/pending"))
+            .bearer_auth(&self.token)
+            .timeout(CONNECT_TIMEOUT)
+            .send()
+            .await
+            .map_err(RuntimeError::Unreachable)?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(RuntimeError::Status {
+                status: status.as_u16(),
+                body: String::new(),
+            });
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(RuntimeError::Unreachable)? {
+            if body.len() + chunk.len() > PENDING_CAP {
+                return Err(RuntimeError::Status {
+                    status: status.as_u16(),
+                    body: format!("a /pending answer over {PENDING_CAP} bytes"),
+                });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        serde_json::from_slice(&body).map_err(|err| RuntimeError::Status {
+            status: status.as_u16(),
+            body: format!("an unreadable /pending answer: {err}"),
+        })
     }
 
     /// Clears the chat's history in the runtime.
