@@ -329,6 +329,23 @@ impl Config {
             .collect()
     }
 
+    /// Whether a platform model provider is configured: a key or a base URL (without either,
+    /// the runtimes have nothing they can call for users without their own key).
+    pub fn model_provider_configured(&self) -> bool {
+        self.default_api_key.is_some() || self.default_base_url.is_some()
+    }
+
+    /// Says at start, naming the variables, that runs will fail until a provider is set.
+    pub fn warn_if_no_model_provider(&self) {
+        if !self.model_provider_configured() {
+            tracing::warn!(
+                "no model provider is configured: runs of users without their own key fail with \
+                 model_not_configured until {} are set",
+                warren_workers::chat::failure::PROVIDER_VARIABLES
+            );
+        }
+    }
+
     /// The chat worker's settings.
     pub fn chat_settings(&self) -> ChatSettings {
         ChatSettings {
@@ -336,6 +353,7 @@ impl Config {
             lease_stale: Duration::from_secs(self.chat_lease_stale_secs),
             sweep_every: Duration::from_secs(self.chat_sweep_secs),
             live_ttl_header: format!("{}s", self.chat_live_ttl_secs),
+            platform_provider: self.default_provider,
         }
     }
 
@@ -433,6 +451,7 @@ impl Config {
                 .as_ref()
                 .map(|key| key.expose().to_owned()),
             platform_url: self.runtime_platform_url(),
+            stop_agents_on_shutdown: false,
         }
     }
 

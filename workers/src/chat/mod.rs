@@ -17,6 +17,7 @@
 //!
 //! Layout: `runtime` (the agent runtime's HTTP client), `lease` (run leases), `run` (one run).
 
+pub mod failure;
 pub mod lease;
 pub mod run;
 pub mod runtime;
@@ -50,6 +51,9 @@ pub struct ChatSettings {
     pub sweep_every: Duration,
     /// How long live deltas stay in the log (`Nats-TTL` header form, e.g. `24h`).
     pub live_ttl_header: String,
+    /// The platform's default model provider (`WARREN_DEFAULT_PROVIDER`), named in the message
+    /// of a run that could not reach it.
+    pub platform_provider: Option<warren_domain::user::Provider>,
 }
 
 impl Default for ChatSettings {
@@ -60,6 +64,7 @@ impl Default for ChatSettings {
             lease_stale: Duration::from_secs(15),
             sweep_every: Duration::from_secs(5),
             live_ttl_header: "24h".to_owned(),
+            platform_provider: None,
         }
     }
 }
