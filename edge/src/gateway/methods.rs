@@ -109,10 +109,18 @@ fn idempotency_key(params: &Value) -> Result<Option<String>, Refusal> {
 }
 
 fn message_view(m: &views::MessageView) -> Value {
-    json!({
+    let mut view = json!({
         "id": m.id, "role": m.role, "content": m.text, "runId": m.run_id,
         "timestamp": m.created_at, "seq": m.seq,
-    })
+    });
+    // A run that ended without a reply: its outcome and public error, as its live `error` said.
+    if let (Some(status), Some(code)) = (&m.status, &m.error_code) {
+        view["status"] = json!(status);
+        view["error"] = json!({
+            "code": code, "message": m.error_message, "retryable": m.retryable,
+        });
+    }
+    view
 }
 
 impl Conn {
