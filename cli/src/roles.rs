@@ -312,7 +312,12 @@ pub async fn deployer(config: &Config, platform: &Platform, dev: bool) -> anyhow
     // `warren dev` gets here too: one warning for the deployer and its chat worker.
     config.warn_if_no_model_provider();
     let key = master_key(config, dev)?;
-    Deployer::build(platform.commands.clone(), &key, config.deployer_settings())
+    let settings = warren_workers::deployer::DeployerSettings {
+        // Nothing `warren dev` started outlives it; a deployer of its own leaves them running.
+        stop_agents_on_shutdown: dev,
+        ..config.deployer_settings()
+    };
+    Deployer::build(platform.commands.clone(), &key, settings)
         .await
         .context("setting up the deployer")
 }

@@ -1,11 +1,20 @@
-//! A newcomer's first hour: who administers a fresh platform, and a configuration changed
-//! later (an admin address, open approval) reaching users who signed up before it.
+//! A newcomer's first hour: who administers a fresh platform, a configuration changed later
+//! (an admin address, open approval) reaching users who signed up before it, and a platform
+//! with no model provider (or one it cannot reach) saying so, in the log and in the run, and
+//! a run that gave no answer showing in the conversation's history with its reason, and agent
+//! runtimes that follow the platform's settings and `warren dev`'s own lifetime.
 
+mod chat_support;
 mod common;
 mod edge_support;
+mod gateway_support;
 
+use chat_support::Chat;
 use edge_support::Platform;
-use serde_json::json;
+use gateway_support::Ws;
+use serde_json::{Value, json};
+use std::time::Duration;
+use warren_testkit::{ModelServer, Reply, wait_for};
 
 async fn verify(platform: &Platform, base: &str, email: &str) -> serde_json::Value {
     let mail = platform.request_link(email).await;
@@ -135,5 +144,279 @@ async fn switching_approval_to_open_lets_a_pending_user_in_at_their_next_request
     assert_eq!(
         me(&platform, &base, &waiting.access).await["status"],
         "approved"
+    );
+}
+
+/// The conversation of a run's stream (from its `queued` frame) and the run's terminal frame.
+async fn run_to_end(chat: &Chat, message: &str) -> (String, chat_support::Frame) {
+    let mut run = chat.send(message).await;
+    let conversation_id = run.until("queued").await.data["conversation_id"]
+        .as_str()
+        .expect("conversation id")
+        .to_owned();
+    (conversation_id, run.finish().await)
+}
+
+#[tokio::test]
+async fn a_platform_without_a_model_provider_says_so_at_start_and_in_each_run() {
+    let chat = Chat::start_without_model_provider(&[]).await;
+    let log = chat.platform.warren.log_text();
+    assert!(
+        log.contains("no model provider is configured")
+            && log.contains("WARREN_DEFAULT_API_KEY")
+            && log.contains("WARREN_DEFAULT_BASE_URL"),
+        "no start-up warning naming the variables; log:\n{log}"
+    );
+
+    let (_, end) = run_to_end(&chat, "hello?").await;
+    assert_eq!(end.kind(), "error", "{end:?}");
+    assert_eq!(end.data["code"], "model_not_configured", "{end:?}");
+    assert_eq!(end.data["retryable"], false, "{end:?}");
+    let message = end.data["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("WARREN_DEFAULT_PROVIDER")
+            && message.contains("WARREN_DEFAULT_API_KEY")
+            && message.contains("/api/v1/users/me/api-keys"),
+        "{message}"
+    );
+    assert_eq!(chat.model.request_count(), 0, "no model was called");
+}
+
+/// The conversation's history over REST once it holds `count` entries.
+async fn history(chat: &Chat, conversation_id: &str, count: usize) -> Vec<Value> {
+    let path = format!("/api/v1/conversations/{conversation_id}/messages");
+    wait_for(Duration::from_secs(30), || async {
+        let list = chat.platform.get(&path, Some(&chat.user.access)).await.body;
+        let list = list.as_array()?.clone();
+        (list.len() >= count).then_some(list)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_failed_run_shows_in_the_history_with_its_public_error_over_rest_and_the_gateway() {
+    let chat = Chat::start_without_model_provider(&[]).await;
+    let (conversation_id, end) = run_to_end(&chat, "anyone there?").await;
+    assert_eq!(end.data["code"], "model_not_configured");
+
+    let entries = history(&chat, &conversation_id, 2).await;
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    assert_eq!(entries[0]["role"], "user");
+    assert_eq!(entries[0]["text"], "anyone there?");
+    assert_eq!(entries[0]["status"], Value::Null);
+    let failed = &entries[1];
+    assert_eq!(
+        (failed["role"].as_str(), failed["status"].as_str()),
+        (Some("assistant"), Some("failed")),
+        "{failed}"
+    );
+    assert_eq!(failed["run_id"], entries[0]["run_id"]);
+    assert_eq!(failed["error_code"], "model_not_configured");
+    assert_eq!(failed["error_message"], end.data["message"]);
+    assert_eq!(failed["retryable"], false);
+    assert_eq!(failed["text"], "");
+
+    let (mut ws, _) = Ws::connect(&chat.platform.base, &chat.user.access).await;
+    let answer = ws
+        .call(
+            "sessions.history",
+            json!({"sessionId": conversation_id.as_str()}),
+        )
+        .await;
+    assert_eq!(answer["ok"], true, "{answer}");
+    let messages = answer["payload"]["messages"].as_array().expect("messages");
+    assert_eq!(messages.len(), 2, "{answer}");
+    assert_eq!(messages[1]["status"], "failed", "{answer}");
+    assert_eq!(messages[1]["error"]["code"], "model_not_configured");
+    assert_eq!(messages[1]["error"]["message"], end.data["message"]);
+}
+
+#[tokio::test]
+async fn a_cancelled_run_shows_in_the_history_as_cancelled() {
+    let chat = Chat::start(&[]).await;
+    chat.model.push(Reply::hang());
+    let mut run = chat.send("take your time").await;
+    let conversation_id = run.until("queued").await.data["conversation_id"]
+        .as_str()
+        .expect("conversation id")
+        .to_owned();
+    run.until("status").await;
+    let cancelled = chat
+        .platform
+        .post(
+            &format!("/api/v1/conversations/{conversation_id}/cancel"),
+            Some(&chat.user.access),
+            json!({}),
+        )
+        .await;
+    assert_eq!(cancelled.status, 202, "{cancelled:?}");
+    assert_eq!(run.finish().await.data["code"], "cancelled");
+
+    let entries = history(&chat, &conversation_id, 2).await;
+    assert_eq!(entries[1]["status"], "cancelled", "{entries:?}");
+    assert_eq!(entries[1]["error_code"], "cancelled");
+    assert_eq!(entries[1]["error_message"], "the run was cancelled");
+    let listed = chat
+        .platform
+        .get("/api/v1/conversations", Some(&chat.user.access))
+        .await;
+    assert_eq!(listed.body[0]["message_count"], 2, "{listed:?}");
+}
+
+#[tokio::test]
+async fn a_model_provider_the_platform_cannot_reach_is_named_without_its_url_or_key() {
+    // Nothing listens there; the URL carries a key, as some gateways' URLs do.
+    let closed = common::free_port();
+    let url = format!("http://127.0.0.1:{closed}/v1?key=sk-in-the-url");
+    let chat = Chat::start(&[("WARREN_DEFAULT_BASE_URL", &url)]).await;
+
+    let (_, end) = run_to_end(&chat, "hello?").await;
+    assert_eq!(end.data["code"], "model_unreachable", "{end:?}");
+    assert_eq!(end.data["retryable"], true, "{end:?}");
+    let message = end.data["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("openai") && message.contains("WARREN_DEFAULT_BASE_URL"),
+        "{message}"
+    );
+    for leak in [
+        "sk-in-the-url",
+        "sk-platform",
+        "127.0.0.1",
+        &closed.to_string(),
+    ] {
+        assert!(
+            !end.data.to_string().contains(leak),
+            "{leak} leaked: {end:?}"
+        );
+    }
+    // The cause is in the runtime's log instead.
+    let agent_log = chat.agent_dir().join("agent.log");
+    warren_testkit::wait_until(Duration::from_secs(10), || async {
+        std::fs::read_to_string(&agent_log)
+            .unwrap_or_default()
+            .contains("model turn failed")
+    })
+    .await;
+}
+
+/// Whether `pid` is a live process (a zombie waiting for its parent counts as gone).
+fn running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat.rsplit_once(')')?.1.trim_start().chars().next()?;
+            Some(state != 'Z' && state != 'X')
+        })
+        .unwrap_or(false)
+}
+
+/// Live `warren-agent` processes whose workspace is under `dir`.
+fn agent_processes_under(dir: &std::path::Path) -> Vec<i32> {
+    let needle = format!("WARREN_AGENT_WORKSPACE={}", dir.display());
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| running(*pid))
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|environ| {
+                environ
+                    .split(|&b| b == 0)
+                    .any(|entry| entry.starts_with(needle.as_bytes()))
+            })
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn stopping_warren_dev_stops_its_agents_and_the_next_start_runs_them_again() {
+    let mut chat = Chat::start(&[]).await;
+    let before = chat.agent_pid();
+    assert!(running(before));
+    let data_dir = chat.platform.dir.path().join("data");
+
+    assert!(
+        chat.platform.stop().await,
+        "warren dev did not exit cleanly on SIGTERM; log:\n{}",
+        chat.platform.warren.log_text()
+    );
+    assert!(!running(before), "the agent runtime outlived warren dev");
+    assert_eq!(agent_processes_under(&data_dir), Vec::<i32>::new());
+
+    chat.platform.start_again(&[]).await;
+    let after = wait_for(Duration::from_secs(60), || async {
+        let pid = chat.agent_pid();
+        (pid != before && running(pid)).then_some(pid)
+    })
+    .await;
+    assert_eq!(agent_processes_under(&data_dir), vec![after]);
+    chat.model.push(Reply::text("Back again."));
+    let mut run = chat.send("are you there?").await;
+    let done = run.finish().await;
+    assert_eq!(done.data["text"], "Back again.", "{done:?}");
+}
+
+/// The payloads of the agent's commits, oldest first.
+async fn agent_commits(chat: &Chat) -> Vec<String> {
+    let js = chat.platform.nats.jetstream().await;
+    let mut stream = js.get_stream("AGENTS").await.expect("AGENTS stream");
+    let last = stream
+        .info()
+        .await
+        .expect("stream info")
+        .state
+        .last_sequence;
+    let subject = format!("agent.{}", chat.agent_id);
+    let mut commits = Vec::new();
+    for seq in 1..=last {
+        if let Ok(message) = stream.get_raw_message(seq).await
+            && message.subject.as_str() == subject
+        {
+            commits.push(String::from_utf8_lossy(&message.payload).into_owned());
+        }
+    }
+    commits
+}
+
+#[tokio::test]
+async fn a_running_agent_is_redeployed_with_the_model_provider_set_at_the_next_start() {
+    let mut chat = Chat::start(&[]).await;
+    let before = chat.agent_pid();
+    let other = ModelServer::start().await;
+    assert!(chat.platform.stop().await, "warren dev stops");
+    let other_url = other.url();
+    chat.platform
+        .start_again(&[("WARREN_DEFAULT_BASE_URL", &other_url)])
+        .await;
+
+    // Recorded: a redeploy for the platform's settings, then the agent deployed again.
+    wait_for(Duration::from_secs(60), || async {
+        let commits = agent_commits(&chat).await;
+        let redeploy = commits
+            .iter()
+            .position(|c| c.contains("platform_config_changed"))?;
+        commits[redeploy..]
+            .iter()
+            .any(|c| c.contains("AgentDeployed"))
+            .then_some(())
+    })
+    .await;
+    let pid = chat.agent_pid();
+    assert_ne!(pid, before);
+    assert_eq!(
+        chat_support::runtime_env(pid, "WARREN_AGENT_BASE_URL").as_deref(),
+        Some(other_url.as_str())
+    );
+    chat.wait_running().await;
+    other.push(Reply::text("From the new provider."));
+    let mut run = chat.send("who answers?").await;
+    assert_eq!(run.finish().await.data["text"], "From the new provider.");
+    assert_eq!(other.request_count(), 1);
+    assert_eq!(
+        chat.model.request_count(),
+        0,
+        "the old provider is not called"
     );
 }
