@@ -2,7 +2,8 @@
 //! (an admin address, open approval) reaching users who signed up before it, and a platform
 //! with no model provider (or one it cannot reach) saying so, in the log and in the run, and
 //! a run that gave no answer showing in the conversation's history with its reason, and agent
-//! runtimes that follow the platform's settings and `warren dev`'s own lifetime.
+//! runtimes that follow the platform's settings and `warren dev`'s own lifetime; and every
+//! role's `--help` listing the options and variables it reads, with their defaults.
 
 mod chat_support;
 mod common;
@@ -418,5 +419,198 @@ async fn a_running_agent_is_redeployed_with_the_model_provider_set_at_the_next_s
         chat.model.request_count(),
         0,
         "the old provider is not called"
+    );
+}
+
+/// `warren <args> --help` as printed, with `env` set and no config file.
+fn help(args: &[&str], env: &[(&str, &str)]) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_warren"));
+    command
+        .args(args)
+        .arg("--help")
+        .current_dir(dir.path())
+        .env("WARREN_CONFIG", dir.path().join("absent.toml"));
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let out = command.output().expect("warren --help");
+    assert!(out.status.success(), "{args:?} --help failed: {out:?}");
+    String::from_utf8(out.stdout).expect("utf-8 help")
+}
+
+/// The line of `help` that documents `variable` (clap prints `[env: NAME=…]` after its text).
+fn documented<'a>(help: &'a str, variable: &str) -> Option<&'a str> {
+    let wanted = format!("[env: {variable}");
+    let at = help.find(&wanted)?;
+    let end = help[at..].find('\n').map_or(help.len(), |n| at + n);
+    Some(&help[at..end])
+}
+
+#[test]
+fn every_role_lists_the_variables_it_reads_with_their_defaults() {
+    let common = [
+        ("WARREN_NATS_URL", None),
+        ("WARREN_DATABASE_URL", None),
+        ("WARREN_HTTP_ADDR", Some("127.0.0.1:8080")),
+        ("WARREN_LOG", Some("info,sqlx=warn")),
+        ("WARREN_CONFIG", Some("warren.toml")),
+    ];
+    let model = [
+        ("WARREN_DEFAULT_PROVIDER", None),
+        ("WARREN_DEFAULT_BASE_URL", None),
+        ("WARREN_DEFAULT_API_KEY", None),
+        ("WARREN_DEFAULT_MODEL", Some("qwen3-coder-next")),
+    ];
+    // (subcommand, variables it lists with their defaults, variables it does not list)
+    type Expected<'a> = &'a [(&'a str, Option<&'a str>)];
+    let roles: [(&[&str], Expected, &[&str]); 7] = [
+        (
+            &["dev"],
+            &[
+                ("WARREN_DATA_DIR", Some(".warren")),
+                ("WARREN_NATS_SYNC_INTERVAL", Some("2m")),
+                ("WARREN_APPROVAL", Some("required")),
+                ("WARREN_AGENT_BIN", None),
+                ("WARREN_CHAT_LEASE_BEAT_SECS", Some("3")),
+            ],
+            &[],
+        ),
+        (
+            &["edge"],
+            &[
+                ("WARREN_JWT_SECRET", None),
+                ("WARREN_SMTP_URL", None),
+                ("WARREN_HTTP_MAX_CONNECTIONS_PER_IP", Some("256")),
+                ("WARREN_TIER_FREE_MAX_AGENTS", Some("1")),
+            ],
+            &[
+                "WARREN_DEPLOYER_RECONCILE_SECS",
+                "WARREN_CHAT_LEASE_BEAT_SECS",
+            ],
+        ),
+        (
+            &["worker", "projector"],
+            &[("WARREN_DB_MAX_CONNECTIONS", Some("10"))],
+            &[
+                "WARREN_JWT_SECRET",
+                "WARREN_DEFAULT_API_KEY",
+                "WARREN_SMTP_URL",
+            ],
+        ),
+        (
+            &["worker", "notifier"],
+            &[
+                ("WARREN_SMTP_URL", None),
+                ("WARREN_ADMIN_EMAILS", Some("\"\"")),
+            ],
+            &["WARREN_DEFAULT_API_KEY"],
+        ),
+        (
+            &["worker", "deployer"],
+            &[
+                ("WARREN_AGENT_BIN", None),
+                ("WARREN_DEPLOYER_RECONCILE_SECS", Some("30")),
+                ("WARREN_ENCRYPTION_KEY", None),
+            ],
+            &["WARREN_CHAT_LEASE_BEAT_SECS", "WARREN_SMTP_URL"],
+        ),
+        (
+            &["worker", "chat"],
+            &[
+                ("WARREN_CHAT_LEASE_STALE_SECS", Some("15")),
+                ("WARREN_CHAT_LIVE_TTL_SECS", Some("86400")),
+            ],
+            &["WARREN_DEPLOYER_RECONCILE_SECS", "WARREN_SMTP_URL"],
+        ),
+        (&["migrate"], &[], &["WARREN_DEFAULT_API_KEY"]),
+    ];
+    for (args, expected, absent) in roles {
+        let text = help(args, &[]);
+        let reads_model = matches!(args, ["dev"] | ["edge"] | [_, "deployer" | "chat"]);
+        let model: &[(&str, Option<&str>)] = if reads_model { &model } else { &[] };
+        for (variable, default) in common.iter().chain(model).chain(expected) {
+            let line = documented(&text, variable)
+                .unwrap_or_else(|| panic!("`warren {args:?} --help` lacks {variable}:\n{text}"));
+            if let Some(default) = default {
+                assert!(
+                    line.contains(&format!("[default: {default}]")),
+                    "{variable} in {args:?}: {line}"
+                );
+            }
+        }
+        for variable in absent {
+            assert!(
+                documented(&text, variable).is_none(),
+                "`warren {args:?} --help` lists {variable}, which it does not read"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_variable_of_the_readme_config_table_is_in_warren_dev_help() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("README.md");
+    let table = readme
+        .split("## Configuration")
+        .nth(1)
+        .and_then(|rest| {
+            rest.split("\n\n")
+                .find(|block| block.starts_with("| variable"))
+        })
+        .expect("the config table");
+    let variables: Vec<&str> = table
+        .lines()
+        .filter_map(|row| row.strip_prefix("| `")?.split('`').next())
+        .collect();
+    assert!(variables.len() > 50, "{variables:?}");
+    let text = help(&["dev"], &[]);
+    let missing: Vec<&&str> = variables
+        .iter()
+        .filter(|variable| documented(&text, variable).is_none())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "not in `warren dev --help`: {missing:?}"
+    );
+}
+
+#[test]
+fn help_never_prints_a_secret_from_the_environment() {
+    let text = help(
+        &["dev"],
+        &[
+            ("WARREN_DEFAULT_API_KEY", "sk-do-not-print"),
+            ("WARREN_DATABASE_URL", "postgres://u:pw-do-not-print@h/db"),
+        ],
+    );
+    assert!(!text.contains("do-not-print"), "{text}");
+}
+
+#[test]
+fn a_config_file_value_is_the_default_and_the_environment_still_wins() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("warren.toml");
+    std::fs::write(
+        &file,
+        "http_addr = \"127.0.0.1:9999\"\nchat_sweep_secs = 7\n",
+    )
+    .expect("config file");
+    let file = file.display().to_string();
+    let text = help(&["dev"], &[("WARREN_CONFIG", &file)]);
+    assert!(
+        documented(&text, "WARREN_HTTP_ADDR")
+            .is_some_and(|l| l.contains("[default: 127.0.0.1:9999]")),
+        "{text}"
+    );
+    let text = help(
+        &["worker", "chat", "--config", &file],
+        &[("WARREN_CHAT_SWEEP_SECS", "9")],
+    );
+    let line = documented(&text, "WARREN_CHAT_SWEEP_SECS").expect("listed");
+    assert!(
+        line.contains("[default: 7]") && line.contains("=9]"),
+        "{line}"
     );
 }
