@@ -49,6 +49,14 @@ pub enum ProviderKind {
 }
 
 impl ProviderKind {
+    /// The protocol's name, as in `WARREN_AGENT_PROVIDER`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Openai => "openai",
+            ProviderKind::Anthropic => "anthropic",
+        }
+    }
+
     /// The provider's public API base (including `/v1`), used when no base URL is given.
     pub fn default_base_url(self) -> &'static str {
         match self {
@@ -77,6 +85,12 @@ pub struct ModelSettings {
 }
 
 impl ModelSettings {
+    /// Whether a provider is configured at all: a key (for the provider's public API) or a base
+    /// URL (a local or keyless server). Without either, a model call cannot succeed.
+    pub fn is_configured(&self) -> bool {
+        self.api_key.is_some() || self.base_url.is_some()
+    }
+
     /// The base URL actually used, without a trailing slash.
     pub fn base_url(&self) -> String {
         self.base_url

@@ -210,12 +210,26 @@ fn stopped_event(stopped: Stopped) -> AgentEvent {
             true,
         ),
         Stopped::Failed(err) => {
-            tracing::warn!(error = %err, code = err.code(), "model turn failed");
-            let message = match std::error::Error::source(&err) {
-                Some(source) => format!("{err}: {source}"),
-                None => err.to_string(),
-            };
-            AgentEvent::error(err.code(), message, err.retryable())
+            // The cause chain (which may name the URL, key in its query and all) goes to the
+            // log only; the event carries the error's own public words.
+            tracing::warn!(
+                error = cause_chain(&err),
+                code = err.code(),
+                "model turn failed"
+            );
+            AgentEvent::error(err.code(), err.to_string(), err.retryable())
         }
     }
+}
+
+/// `err: cause: cause…`, for the log.
+fn cause_chain(err: &dyn std::error::Error) -> String {
+    let mut chain = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        chain.push_str(": ");
+        chain.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    chain
 }

@@ -387,6 +387,61 @@ async fn a_model_http_error_yields_a_retryable_error_event() {
 }
 
 #[tokio::test]
+async fn a_runtime_with_neither_key_nor_base_url_fails_the_run_as_model_not_configured() {
+    let model = ModelServer::start().await;
+    let agent = Agent::start(&model, |config| {
+        config.model.base_url = None;
+        config.model.api_key = None;
+    })
+    .await;
+
+    let events = agent.chat(json!({"message": "hi", "chat_id": "c"})).await;
+
+    assert_eq!(kinds(&events), ["error"]);
+    let error = &events[0].data;
+    assert_eq!(error["code"], "model_not_configured");
+    assert_eq!(error["retryable"], false);
+    let message = error["message"].as_str().expect("message");
+    assert!(
+        message.contains("WARREN_AGENT_BASE_URL") && message.contains("WARREN_AGENT_API_KEY"),
+        "{message}"
+    );
+    assert_eq!(model.requests().len(), 0, "nothing was sent anywhere");
+}
+
+#[tokio::test]
+async fn an_unreachable_model_is_named_without_its_url_or_key() {
+    let model = ModelServer::start().await;
+    // A port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port();
+    let agent = Agent::start(&model, |config| {
+        config.model.base_url = Some(format!("http://127.0.0.1:{closed}/v1?key=sk-in-the-url"));
+        config.model.api_key = Some("sk-secret".into());
+    })
+    .await;
+
+    let events = agent.chat(json!({"message": "hi", "chat_id": "c"})).await;
+
+    assert_eq!(kinds(&events), ["error"]);
+    let error = &events[0].data;
+    assert_eq!(error["code"], "model_unreachable");
+    assert_eq!(error["retryable"], true);
+    let message = error["message"].as_str().expect("message");
+    assert!(message.contains("openai"), "{message}");
+    for leak in [
+        "sk-in-the-url",
+        "sk-secret",
+        "127.0.0.1",
+        &closed.to_string(),
+    ] {
+        assert!(!message.contains(leak), "{leak} leaked: {message}");
+    }
+}
+
+#[tokio::test]
 async fn a_broken_model_stream_yields_an_error_after_the_partial_tokens() {
     let model = ModelServer::start().await;
     model.push(Reply::drop_mid_stream());

@@ -1,11 +1,13 @@
-//! The one typed configuration of the `warren` binary, loaded once at start from an optional TOML
-//! file (`WARREN_CONFIG`, default `warren.toml` if present) and then `WARREN_*` environment
-//! variables, which win. Every variable is documented in the README.
+//! The one typed configuration of the `warren` binary: [`Config`], whose every option is a clap
+//! flag with its `WARREN_*` environment variable and default, so `warren <role> --help` lists
+//! exactly what the role reads. An optional TOML file (`WARREN_CONFIG`, default `warren.toml` if
+//! present) supplies values for options neither a flag nor the environment sets: [`with_file`]
+//! makes its values the options' defaults before parsing. Every variable is also documented in
+//! the README.
 
 use figment::Figment;
-use figment::providers::{Env, Format, Toml};
-use serde::Deserialize;
-use std::collections::HashSet;
+use figment::providers::{Format, Toml};
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -17,8 +19,7 @@ use warren_edge::settings::{
 use warren_workers::chat::ChatSettings;
 
 /// A value that must never be printed (it may hold a password).
-#[derive(Clone, Deserialize)]
-#[serde(transparent)]
+#[derive(Clone)]
 pub struct Secret(String);
 
 impl Secret {
@@ -40,228 +41,391 @@ impl From<String> for Secret {
     }
 }
 
-/// Platform configuration.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(default)]
-pub struct Config {
-    /// `WARREN_NATS_URL`: the NATS server. Unset under `warren dev`: a local one is started.
-    pub nats_url: Option<String>,
-    /// `WARREN_NATS_CREDENTIALS_DIR`: a directory of role keys (`<role>.nk` nkey seeds: admin,
-    /// edge, projector, deployer, chat, notifier); each role connects with its own. `warren dev`
-    /// with its own nats-server generates them in `<data_dir>/credentials/nats`.
-    pub nats_credentials_dir: Option<PathBuf>,
-    /// `WARREN_NATS_SEED`: the nkey seed this (single-role) process connects with; wins over
-    /// the directory.
-    pub nats_seed: Option<Secret>,
-    /// `WARREN_DATABASE_URL`: the read-model PostgreSQL database, as the role that owns the
-    /// read-model schema and writes it (projector, `warren replay`, `warren migrate`). Unset
-    /// under `warren dev`: a local cluster is started.
-    pub database_url: Option<Secret>,
-    /// `WARREN_DATABASE_READER_URL`: the same database as a role that may only read it (the
-    /// edge and the workers). Unset: they use `WARREN_DATABASE_URL` (with a warning).
-    pub database_reader_url: Option<Secret>,
-    /// `WARREN_HTTP_ADDR`: where the edge listens.
-    pub http_addr: SocketAddr,
-    /// `WARREN_DATA_DIR`: where `warren dev` keeps its NATS store and Postgres cluster.
-    pub data_dir: PathBuf,
-    /// `WARREN_NATS_REPLICAS`: replicas per stream (1 single server, 3 in a cluster).
-    pub nats_replicas: usize,
-    /// `WARREN_NATS_DUPLICATE_WINDOW_SECS`: the streams' dedupe window, ≥ the longest client retry.
-    pub nats_duplicate_window_secs: u64,
-    /// `WARREN_NATS_SYNC_INTERVAL`: fsync interval of the nats-server `warren dev` starts
-    /// (`2m`, the server default, or `always`).
-    pub nats_sync_interval: String,
-    /// `WARREN_DB_MAX_CONNECTIONS`: pool size per process.
-    pub db_max_connections: u32,
-    /// `WARREN_DEV_NATS_PORT`: client port of the nats-server `warren dev` starts (free port if unset).
-    pub dev_nats_port: Option<u16>,
-    /// `WARREN_DEV_POSTGRES_PORT`: port of the PostgreSQL `warren dev` starts (free port if unset).
-    pub dev_postgres_port: Option<u16>,
+/// Help headings: each option is listed under the part of the platform that reads it, and a
+/// role's `--help` shows only the headings it reads ([`ROLE_HEADINGS`]).
+mod heading {
+    /// Every role: where it listens, keeps files, logs.
+    pub const PLATFORM: &str = "Platform";
+    /// Every role: the log.
+    pub const NATS: &str = "NATS";
+    /// Every role: the read models.
+    pub const POSTGRES: &str = "PostgreSQL";
+    /// The edge, deployer and chat worker.
+    pub const SECRETS: &str = "Secrets";
+    /// The edge and the notifier.
+    pub const MAIL: &str = "Mail";
+    /// The edge and the notifier.
+    pub const SIGN_IN: &str = "Sign-in and users";
+    /// The edge.
+    pub const LIMITS: &str = "Limits";
+    /// The edge.
+    pub const HTTP: &str = "HTTP connections";
+    /// The edge, deployer and chat worker.
+    pub const MODEL: &str = "Model provider";
+    /// The deployer.
+    pub const DEPLOYER: &str = "Deployer";
+    /// The chat worker.
+    pub const CHAT: &str = "Chat worker";
+    /// `warren dev` only.
+    pub const LOCAL: &str = "Local servers (warren dev)";
+}
 
-    /// `WARREN_SMTP_URL`: the mail server for sign-in links and admin notifications, e.g.
-    /// `smtp://127.0.0.1:2525` (plain), `smtp://user:pass@host:587?tls=required` (STARTTLS) or
-    /// `smtps://user:pass@host` (TLS). Required outside `warren dev`, which logs mail instead.
-    pub smtp_url: Option<Secret>,
-    /// `WARREN_SMTP_FROM`: the sender of every email.
-    pub smtp_from: String,
-    /// `WARREN_FRONTEND_URL`: the web console's base URL; links point at
-    /// `{frontend_url}/auth/verify?token=…`. Unset: the address the edge listens on.
-    pub frontend_url: Option<String>,
-    /// `WARREN_JWT_SECRET`: HS256 key of access tokens (≥ 32 bytes). Required outside
-    /// `warren dev`, which generates one and keeps it in `<data_dir>/jwt_secret`.
+/// The headings each subcommand reads (`dev` reads them all).
+pub const ROLE_HEADINGS: &[(&str, &[&str])] = {
+    use heading::*;
+    const BASE: [&str; 3] = [PLATFORM, NATS, POSTGRES];
+    &[
+        (
+            "edge",
+            &[
+                PLATFORM, NATS, POSTGRES, SECRETS, MAIL, SIGN_IN, LIMITS, HTTP, MODEL,
+            ],
+        ),
+        ("projector", &BASE),
+        ("replay", &BASE),
+        ("migrate", &BASE),
+        ("notifier", &[PLATFORM, NATS, POSTGRES, MAIL, SIGN_IN]),
+        (
+            "deployer",
+            &[PLATFORM, NATS, POSTGRES, SECRETS, MODEL, DEPLOYER],
+        ),
+        ("chat", &[PLATFORM, NATS, POSTGRES, SECRETS, MODEL, CHAT]),
+    ]
+};
+
+/// Platform configuration: every option is a flag and a `WARREN_*` environment variable (which
+/// `--help` lists with its default), and may also be set in the config file.
+#[derive(Clone, Debug, clap::Args)]
+pub struct Config {
+    /// The optional TOML config file (keys are the option names with underscores, e.g.
+    /// `http_addr = "0.0.0.0:8080"`); flags and the environment win over it.
+    #[arg(long, env = "WARREN_CONFIG", default_value = "warren.toml", help_heading = heading::PLATFORM)]
+    pub config: PathBuf,
+    /// Log filter (`tracing_subscriber` syntax).
+    #[arg(long, env = "WARREN_LOG", default_value = "info,sqlx=warn", help_heading = heading::PLATFORM)]
+    pub log: String,
+    /// Where the edge listens.
+    #[arg(long, env = "WARREN_HTTP_ADDR", default_value = "127.0.0.1:8080", help_heading = heading::PLATFORM)]
+    pub http_addr: SocketAddr,
+    /// Where `warren dev` keeps its NATS store, Postgres cluster and generated keys, and the
+    /// deployer its agents' files.
+    #[arg(long, env = "WARREN_DATA_DIR", default_value = ".warren", help_heading = heading::PLATFORM)]
+    pub data_dir: PathBuf,
+
+    /// The NATS server. Unset under `warren dev`: a local one is started.
+    #[arg(long, env = "WARREN_NATS_URL", help_heading = heading::NATS)]
+    pub nats_url: Option<String>,
+    /// A directory of role keys (`<role>.nk` nkey seeds: admin, edge, projector, deployer,
+    /// chat, notifier); each role connects with its own. `warren dev` with its own nats-server
+    /// generates them in `<data dir>/credentials/nats`.
+    #[arg(long, env = "WARREN_NATS_CREDENTIALS_DIR", help_heading = heading::NATS)]
+    pub nats_credentials_dir: Option<PathBuf>,
+    /// The nkey seed this (single-role) process connects with; wins over the directory.
+    #[arg(long, env = "WARREN_NATS_SEED", hide_env_values = true, help_heading = heading::NATS)]
+    pub nats_seed: Option<Secret>,
+    /// Replicas per stream and bucket (1, 3 or 5).
+    #[arg(long, env = "WARREN_NATS_REPLICAS", default_value_t = 1, help_heading = heading::NATS)]
+    pub nats_replicas: usize,
+    /// The streams' dedupe window, ≥ the longest client retry of a command.
+    #[arg(long, env = "WARREN_NATS_DUPLICATE_WINDOW_SECS", default_value_t = 120, help_heading = heading::NATS)]
+    pub nats_duplicate_window_secs: u64,
+
+    /// The read-model database, as the role that owns and writes it (projector, `warren
+    /// replay`, `warren migrate`). Unset under `warren dev`: a local cluster is started.
+    #[arg(long, env = "WARREN_DATABASE_URL", hide_env_values = true, help_heading = heading::POSTGRES)]
+    pub database_url: Option<Secret>,
+    /// The same database as a role that may only read it (edge and workers). Unset: they use
+    /// WARREN_DATABASE_URL, with a warning.
+    #[arg(long, env = "WARREN_DATABASE_READER_URL", hide_env_values = true, help_heading = heading::POSTGRES)]
+    pub database_reader_url: Option<Secret>,
+    /// Postgres pool size per process.
+    #[arg(long, env = "WARREN_DB_MAX_CONNECTIONS", default_value_t = 10, help_heading = heading::POSTGRES)]
+    pub db_max_connections: u32,
+
+    /// Fsync interval of the nats-server `warren dev` starts (`2m`, the server default, or
+    /// `always`).
+    #[arg(long, env = "WARREN_NATS_SYNC_INTERVAL", default_value = "2m", help_heading = heading::LOCAL)]
+    pub nats_sync_interval: String,
+    /// Client port of the nats-server `warren dev` starts (a free port if unset).
+    #[arg(long, env = "WARREN_DEV_NATS_PORT", help_heading = heading::LOCAL)]
+    pub dev_nats_port: Option<u16>,
+    /// Port of the PostgreSQL `warren dev` starts (a free port if unset).
+    #[arg(long, env = "WARREN_DEV_POSTGRES_PORT", help_heading = heading::LOCAL)]
+    pub dev_postgres_port: Option<u16>,
+    /// The `nats-server` binary `warren dev` starts (unset: `PATH`).
+    #[arg(long, env = "WARREN_NATS_SERVER_BIN", help_heading = heading::LOCAL)]
+    pub nats_server_bin: Option<PathBuf>,
+    /// Where `initdb` and `postgres` are (unset: `PATH`, then the newest
+    /// `/usr/lib/postgresql/*/bin`).
+    #[arg(long, env = "WARREN_PG_BIN_DIR", help_heading = heading::LOCAL)]
+    pub pg_bin_dir: Option<PathBuf>,
+
+    /// HS256 key of access tokens (≥ 32 bytes). Required outside `warren dev`, which generates
+    /// one into `<data dir>/jwt_secret`.
+    #[arg(long, env = "WARREN_JWT_SECRET", hide_env_values = true, help_heading = heading::SECRETS)]
     pub jwt_secret: Option<Secret>,
-    /// `WARREN_ENCRYPTION_KEY`: AES-256-GCM master key of provider API keys, 32 bytes as 64 hex
-    /// digits. Required outside `warren dev`, which generates one in `<data_dir>/encryption_key`.
+    /// AES-256-GCM master key of provider API keys and agent tokens, 64 hex digits. Required
+    /// outside `warren dev`, which generates one into `<data dir>/encryption_key`.
+    #[arg(long, env = "WARREN_ENCRYPTION_KEY", hide_env_values = true, help_heading = heading::SECRETS)]
     pub encryption_key: Option<Secret>,
-    /// `WARREN_APPROVAL`: `required` (new users wait for an admin) or `open` (approved at once).
+
+    /// Mail server for sign-in links and admin notifications, e.g. `smtp://127.0.0.1:2525`,
+    /// `smtp://user:pass@host:587?tls=required`, `smtps://user:pass@host`. Required outside
+    /// `warren dev`, which logs mail instead.
+    #[arg(long, env = "WARREN_SMTP_URL", hide_env_values = true, help_heading = heading::MAIL)]
+    pub smtp_url: Option<Secret>,
+    /// Sender of every email.
+    #[arg(long, env = "WARREN_SMTP_FROM", default_value = "Warren <warren@localhost>", help_heading = heading::MAIL)]
+    pub smtp_from: String,
+    /// The web console's base URL; links point at `{url}/auth/verify?token=…`. Unset: `http://`
+    /// + WARREN_HTTP_ADDR (an unspecified address as loopback).
+    #[arg(long, env = "WARREN_FRONTEND_URL", help_heading = heading::MAIL)]
+    pub frontend_url: Option<String>,
+
+    /// `required` (new users wait for an admin) or `open` (approved at once).
+    #[arg(long, env = "WARREN_APPROVAL", default_value_t = ApprovalMode::Required, help_heading = heading::SIGN_IN)]
     pub approval: ApprovalMode,
-    /// `WARREN_ADMIN_EMAILS`: comma-separated addresses that become admins on first sign-in.
+    /// Comma-separated addresses that become admins at their (next) sign-in; empty: the first
+    /// person to sign in on a platform without admins becomes admin.
+    #[arg(long, env = "WARREN_ADMIN_EMAILS", default_value = "", help_heading = heading::SIGN_IN)]
     pub admin_emails: String,
-    /// `WARREN_CORS_ORIGINS`: comma-separated browser origins allowed to call the API (`*` for
-    /// any); empty sends no CORS headers.
-    pub cors_origins: String,
-    /// `WARREN_MAGIC_LINK_TTL_SECS`: how long a sign-in link and its code stay valid.
+    /// How long a sign-in link and its code stay valid.
+    #[arg(long, env = "WARREN_MAGIC_LINK_TTL_SECS", default_value_t = 900, help_heading = heading::SIGN_IN)]
     pub magic_link_ttl_secs: u64,
-    /// `WARREN_ACCESS_TOKEN_TTL_SECS`: access token lifetime.
+    /// Access token lifetime.
+    #[arg(long, env = "WARREN_ACCESS_TOKEN_TTL_SECS", default_value_t = 900, help_heading = heading::SIGN_IN)]
     pub access_token_ttl_secs: u64,
-    /// `WARREN_REFRESH_TOKEN_TTL_SECS`: refresh token lifetime.
+    /// Refresh token lifetime (30 days).
+    #[arg(long, env = "WARREN_REFRESH_TOKEN_TTL_SECS", default_value_t = 30 * 86_400, help_heading = heading::SIGN_IN)]
     pub refresh_token_ttl_secs: u64,
-    /// `WARREN_TIER_FREE_MESSAGES_PER_DAY`: messages per UTC day on the free tier.
+
+    /// Messages per UTC day on the free tier.
+    #[arg(long, env = "WARREN_TIER_FREE_MESSAGES_PER_DAY", default_value_t = 50, help_heading = heading::LIMITS)]
     pub tier_free_messages_per_day: u64,
-    /// `WARREN_TIER_FREE_MAX_AGENTS`: agents at once on the free tier.
+    /// Agents at once on the free tier.
+    #[arg(long, env = "WARREN_TIER_FREE_MAX_AGENTS", default_value_t = 1, help_heading = heading::LIMITS)]
     pub tier_free_max_agents: u64,
-    /// `WARREN_TIER_PRO_MESSAGES_PER_DAY`: messages per UTC day on the pro tier.
+    /// Messages per UTC day on the pro tier.
+    #[arg(long, env = "WARREN_TIER_PRO_MESSAGES_PER_DAY", default_value_t = 1_000, help_heading = heading::LIMITS)]
     pub tier_pro_messages_per_day: u64,
-    /// `WARREN_TIER_PRO_MAX_AGENTS`: agents at once on the pro tier.
+    /// Agents at once on the pro tier.
+    #[arg(long, env = "WARREN_TIER_PRO_MAX_AGENTS", default_value_t = 5, help_heading = heading::LIMITS)]
     pub tier_pro_max_agents: u64,
-    /// `WARREN_TIER_ENTERPRISE_MESSAGES_PER_DAY`: messages per UTC day on the enterprise tier.
+    /// Messages per UTC day on the enterprise tier.
+    #[arg(long, env = "WARREN_TIER_ENTERPRISE_MESSAGES_PER_DAY", default_value_t = 10_000, help_heading = heading::LIMITS)]
     pub tier_enterprise_messages_per_day: u64,
-    /// `WARREN_TIER_ENTERPRISE_MAX_AGENTS`: agents at once on the enterprise tier.
+    /// Agents at once on the enterprise tier.
+    #[arg(long, env = "WARREN_TIER_ENTERPRISE_MAX_AGENTS", default_value_t = 50, help_heading = heading::LIMITS)]
     pub tier_enterprise_max_agents: u64,
-    /// `WARREN_RATE_AUTH_PER_IP_PER_MINUTE`: sign-in, verify and refresh requests per client IP.
+    /// Sign-in, verify and refresh requests per client IP.
+    #[arg(long, env = "WARREN_RATE_AUTH_PER_IP_PER_MINUTE", default_value_t = 30, help_heading = heading::LIMITS)]
     pub rate_auth_per_ip_per_minute: u32,
-    /// `WARREN_RATE_LOGIN_PER_EMAIL_PER_HOUR`: sign-in emails per address per requesting IP.
+    /// Sign-in emails per address per requesting IP.
+    #[arg(long, env = "WARREN_RATE_LOGIN_PER_EMAIL_PER_HOUR", default_value_t = 5, help_heading = heading::LIMITS)]
     pub rate_login_per_email_per_hour: u32,
-    /// `WARREN_RATE_LOGIN_PER_EMAIL_ALL_IPS_PER_HOUR`: sign-in emails per address, whoever asks.
+    /// Sign-in emails per address, whoever asks (stops mail bombing).
+    #[arg(long, env = "WARREN_RATE_LOGIN_PER_EMAIL_ALL_IPS_PER_HOUR", default_value_t = 20, help_heading = heading::LIMITS)]
     pub rate_login_per_email_all_ips_per_hour: u32,
-    /// `WARREN_RATE_CODE_ATTEMPTS_PER_IP_PER_HOUR`: sign-in code attempts per client IP.
+    /// Sign-in code attempts per client IP.
+    #[arg(long, env = "WARREN_RATE_CODE_ATTEMPTS_PER_IP_PER_HOUR", default_value_t = 30, help_heading = heading::LIMITS)]
     pub rate_code_attempts_per_ip_per_hour: u32,
-    /// `WARREN_RATE_WS_CONNECTS_PER_IP_PER_MINUTE`: WebSocket connection attempts per client IP.
+    /// WebSocket connection attempts (`GET /ws`) per client IP.
+    #[arg(long, env = "WARREN_RATE_WS_CONNECTS_PER_IP_PER_MINUTE", default_value_t = 60, help_heading = heading::LIMITS)]
     pub rate_ws_connects_per_ip_per_minute: u32,
-    /// `WARREN_RATE_WRITES_PER_USER_PER_MINUTE`: POST/PATCH/DELETE requests per signed-in user.
+    /// Writes per signed-in user: POST/PATCH/DELETE requests and the gateway's writing methods.
+    #[arg(long, env = "WARREN_RATE_WRITES_PER_USER_PER_MINUTE", default_value_t = 60, help_heading = heading::LIMITS)]
     pub rate_writes_per_user_per_minute: u32,
-    /// `WARREN_RATE_WRITES_PER_IP_PER_MINUTE`: POST/PATCH/DELETE requests per client IP.
+    /// POST/PATCH/DELETE requests per client IP.
+    #[arg(long, env = "WARREN_RATE_WRITES_PER_IP_PER_MINUTE", default_value_t = 300, help_heading = heading::LIMITS)]
     pub rate_writes_per_ip_per_minute: u32,
-    /// `WARREN_HTTP_MAX_BODY_BYTES`: the largest request body accepted (413 beyond).
+
+    /// Comma-separated browser origins allowed to call the API (`*` for any); empty sends no
+    /// CORS headers.
+    #[arg(long, env = "WARREN_CORS_ORIGINS", default_value = "", help_heading = heading::HTTP)]
+    pub cors_origins: String,
+    /// The largest request body accepted (413 beyond).
+    #[arg(long, env = "WARREN_HTTP_MAX_BODY_BYTES", default_value_t = 256 * 1024, help_heading = heading::HTTP)]
     pub http_max_body_bytes: usize,
-    /// `WARREN_HTTP_IDLE_TIMEOUT_SECS`: a connection that sends no byte this long after it was
-    /// accepted is closed.
+    /// A connection that sends no byte this long after it was accepted is closed.
+    #[arg(long, env = "WARREN_HTTP_IDLE_TIMEOUT_SECS", default_value_t = 10, help_heading = heading::HTTP)]
     pub http_idle_timeout_secs: u64,
-    /// `WARREN_HTTP_HEADER_TIMEOUT_SECS`: a request head not complete this long after the edge
-    /// started waiting for it (at accept, or after the previous response) closes the connection.
+    /// A request head not complete this long after the edge started waiting for it (at
+    /// accept, or after the previous response) closes the connection with 408.
+    #[arg(long, env = "WARREN_HTTP_HEADER_TIMEOUT_SECS", default_value_t = 10, help_heading = heading::HTTP)]
     pub http_header_timeout_secs: u64,
-    /// `WARREN_HTTP_MAX_CONNECTIONS`: connections at once in all; 0 = the file-descriptor limit
-    /// minus 1,024 kept for NATS, PostgreSQL, agent processes and files.
+    /// Connections at once in all; 0 = the file-descriptor limit minus 1,024 kept for NATS,
+    /// PostgreSQL, agent processes and files.
+    #[arg(long, env = "WARREN_HTTP_MAX_CONNECTIONS", default_value_t = 0, help_heading = heading::HTTP)]
     pub http_max_connections: usize,
-    /// `WARREN_HTTP_MAX_CONNECTIONS_PER_IP`: connections at once from one client address.
+    /// Connections at once from one client address (503 beyond).
+    #[arg(long, env = "WARREN_HTTP_MAX_CONNECTIONS_PER_IP", default_value_t = 256, help_heading = heading::HTTP)]
     pub http_max_connections_per_ip: usize,
-    /// `WARREN_HTTP_UNCAPPED_IPS`: comma-separated addresses the per-IP cap does not apply to (a
-    /// reverse proxy in front of the edge).
+    /// Comma-separated addresses the per-IP cap does not apply to (a reverse proxy in front of
+    /// the edge).
+    #[arg(long, env = "WARREN_HTTP_UNCAPPED_IPS", default_value = "", help_heading = heading::HTTP)]
     pub http_uncapped_ips: String,
-    /// `WARREN_HEALTH_MAX_LAG`: pending commits beyond which `/api/v1/health` reports a
-    /// projection as lagging (`degraded`).
+    /// Pending commits beyond which `/api/v1/health` reports a projection as lagging.
+    #[arg(long, env = "WARREN_HEALTH_MAX_LAG", default_value_t = 1_000, help_heading = heading::HTTP)]
     pub health_max_lag: u64,
-    /// `WARREN_DEFAULT_PROVIDER`: provider of the platform key for users without their own
-    /// (`anthropic | openai | openrouter | libertai | custom`).
+
+    /// Provider of the platform key for users without their own.
+    #[arg(long, env = "WARREN_DEFAULT_PROVIDER", help_heading = heading::MODEL)]
     pub default_provider: Option<Provider>,
-    /// `WARREN_DEFAULT_BASE_URL`: endpoint of the platform key (required for `custom`).
+    /// Endpoint of the platform's provider (required for `custom`).
+    #[arg(long, env = "WARREN_DEFAULT_BASE_URL", help_heading = heading::MODEL)]
     pub default_base_url: Option<String>,
-    /// `WARREN_DEFAULT_API_KEY`: the platform key used for users without their own.
+    /// The platform key used for users without their own. With neither it nor a base URL, runs
+    /// fail with `model_not_configured`.
+    #[arg(long, env = "WARREN_DEFAULT_API_KEY", hide_env_values = true, help_heading = heading::MODEL)]
     pub default_api_key: Option<Secret>,
-    /// `WARREN_DEFAULT_MODEL`: model of new agents when the request names none.
+    /// Model of new agents when the request names none.
+    #[arg(long, env = "WARREN_DEFAULT_MODEL", default_value = "qwen3-coder-next", help_heading = heading::MODEL)]
     pub default_model: String,
-    /// `WARREN_AGENT_BIN`: the `warren-agent` runtime binary the deployer's `process`
-    /// provisioner starts. Unset: the one next to the `warren` executable, else on `PATH`.
+
+    /// The `warren-agent` runtime binary the deployer's `process` provisioner starts (unset:
+    /// the one next to `warren`, else `PATH`).
+    #[arg(long, env = "WARREN_AGENT_BIN", help_heading = heading::DEPLOYER)]
     pub agent_bin: Option<PathBuf>,
-    /// `WARREN_DEPLOYER_RECONCILE_SECS`: how often the deployer compares the agents the log wants
-    /// running with the processes that are (it also does at start).
+    /// How often the deployer compares the agents the log wants running with the processes
+    /// that are (also at start).
+    #[arg(long, env = "WARREN_DEPLOYER_RECONCILE_SECS", default_value_t = 30, help_heading = heading::DEPLOYER)]
     pub deployer_reconcile_secs: u64,
-    /// `WARREN_DEPLOYER_HEALTH_TIMEOUT_SECS`: how long a started agent runtime may take to answer
-    /// `GET /health` before its deployment fails at the health check.
+    /// How long a started runtime may take to answer `GET /health` before the deployment fails.
+    #[arg(long, env = "WARREN_DEPLOYER_HEALTH_TIMEOUT_SECS", default_value_t = 30, help_heading = heading::DEPLOYER)]
     pub deployer_health_timeout_secs: u64,
-    /// `WARREN_CHAT_LEASE_BEAT_SECS`: how often a chat worker rewrites the lease of each run it
-    /// is running.
-    pub chat_lease_beat_secs: u64,
-    /// `WARREN_CHAT_LEASE_STALE_SECS`: a run whose lease is older than this belongs to a dead
-    /// worker, and another replica fails it as `worker_lost` (at least twice the beat).
-    pub chat_lease_stale_secs: u64,
-    /// `WARREN_CHAT_SWEEP_SECS`: how often each chat worker looks for stale leases.
-    pub chat_sweep_secs: u64,
-    /// `WARREN_CHAT_PENDING_SECS`: how often a chat worker asks the runtimes of agents it ran in
-    /// the last hour for proactive messages (reminders, background results).
-    pub chat_pending_secs: u64,
-    /// `WARREN_CHAT_LIVE_TTL_SECS`: how long a run's live deltas (tokens, tool calls) stay in the
-    /// log for replay; the run's facts are kept regardless.
-    pub chat_live_ttl_secs: u64,
-    /// `WARREN_RUNTIME_PLATFORM_URL`: the edge URL the deployer gives each runtime for its
-    /// session tools. Unset: `http://` + `WARREN_HTTP_ADDR`, an unspecified address as loopback.
+    /// The edge URL the deployer gives each runtime for its session tools (unset: `http://` +
+    /// WARREN_HTTP_ADDR, an unspecified address as loopback).
+    #[arg(long, env = "WARREN_RUNTIME_PLATFORM_URL", help_heading = heading::DEPLOYER)]
     pub runtime_platform_url: Option<String>,
+
+    /// How often a chat worker rewrites the lease of each run it is running.
+    #[arg(long, env = "WARREN_CHAT_LEASE_BEAT_SECS", default_value_t = 3, help_heading = heading::CHAT)]
+    pub chat_lease_beat_secs: u64,
+    /// A run whose lease is older belongs to a dead worker and is failed as `worker_lost` by
+    /// another replica (at least twice the beat).
+    #[arg(long, env = "WARREN_CHAT_LEASE_STALE_SECS", default_value_t = 15, help_heading = heading::CHAT)]
+    pub chat_lease_stale_secs: u64,
+    /// How often each chat worker looks for stale leases.
+    #[arg(long, env = "WARREN_CHAT_SWEEP_SECS", default_value_t = 5, help_heading = heading::CHAT)]
+    pub chat_sweep_secs: u64,
+    /// How often a chat worker asks the runtimes of agents it ran in the last hour for
+    /// proactive messages (reminders, background results).
+    #[arg(long, env = "WARREN_CHAT_PENDING_SECS", default_value_t = 5, help_heading = heading::CHAT)]
+    pub chat_pending_secs: u64,
+    /// How long a run's live deltas stay in the log for replay; its facts are kept regardless.
+    #[arg(long, env = "WARREN_CHAT_LIVE_TTL_SECS", default_value_t = 86_400, help_heading = heading::CHAT)]
+    pub chat_live_ttl_secs: u64,
 }
 
 impl Default for Config {
+    /// The defaults alone: no flag, no environment, no file.
     fn default() -> Self {
-        Self {
-            nats_url: None,
-            nats_credentials_dir: None,
-            nats_seed: None,
-            database_url: None,
-            database_reader_url: None,
-            http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            data_dir: PathBuf::from(".warren"),
-            nats_replicas: 1,
-            nats_duplicate_window_secs: 120,
-            nats_sync_interval: "2m".into(),
-            db_max_connections: 10,
-            dev_nats_port: None,
-            dev_postgres_port: None,
-            smtp_url: None,
-            smtp_from: "Warren <warren@localhost>".into(),
-            frontend_url: None,
-            jwt_secret: None,
-            encryption_key: None,
-            approval: ApprovalMode::Required,
-            admin_emails: String::new(),
-            cors_origins: String::new(),
-            magic_link_ttl_secs: 900,
-            access_token_ttl_secs: 900,
-            refresh_token_ttl_secs: 30 * 86_400,
-            tier_free_messages_per_day: 50,
-            tier_free_max_agents: 1,
-            tier_pro_messages_per_day: 1_000,
-            tier_pro_max_agents: 5,
-            tier_enterprise_messages_per_day: 10_000,
-            tier_enterprise_max_agents: 50,
-            rate_auth_per_ip_per_minute: 30,
-            rate_login_per_email_per_hour: 5,
-            rate_login_per_email_all_ips_per_hour: 20,
-            rate_code_attempts_per_ip_per_hour: 30,
-            rate_ws_connects_per_ip_per_minute: 60,
-            rate_writes_per_user_per_minute: 60,
-            rate_writes_per_ip_per_minute: 300,
-            http_max_body_bytes: 256 * 1024,
-            health_max_lag: 1_000,
-            http_idle_timeout_secs: 10,
-            http_header_timeout_secs: 10,
-            http_max_connections: 0,
-            http_max_connections_per_ip: 256,
-            http_uncapped_ips: String::new(),
-            default_provider: None,
-            default_base_url: None,
-            default_api_key: None,
-            default_model: "qwen3-coder-next".into(),
-            agent_bin: None,
-            deployer_reconcile_secs: 30,
-            deployer_health_timeout_secs: 30,
-            chat_lease_beat_secs: 3,
-            chat_lease_stale_secs: 15,
-            chat_sweep_secs: 5,
-            chat_pending_secs: 5,
-            chat_live_ttl_secs: 86_400,
-            runtime_platform_url: None,
+        let command = <Self as clap::Args>::augment_args(clap::Command::new("warren"))
+            .mut_args(|arg| arg.env(None));
+        let matches = command
+            .try_get_matches_from(["warren"])
+            .expect("the defaults parse");
+        <Self as clap::FromArgMatches>::from_arg_matches(&matches).expect("the defaults parse")
+    }
+}
+
+/// The `warren` command as `P` describes it, with two adjustments: the config file's values
+/// become the defaults of their options (so flags and the environment still win), and each
+/// role's `--help` hides the headings it does not read. Also returns the file's keys that name
+/// no option, for a warning once logging is up.
+pub fn with_file<P: clap::CommandFactory>() -> anyhow::Result<(clap::Command, Vec<String>)> {
+    let path = file_path();
+    let values = file_values(&path)?;
+    let command = adjust(P::command(), &values);
+    let mut known = HashSet::new();
+    collect_ids(&command, &mut known);
+    let unknown = values
+        .into_keys()
+        .filter(|key| !known.contains(key))
+        .map(|key| format!("{key} (in {})", path.display()))
+        .collect();
+    Ok((command, unknown))
+}
+
+/// `--config <file>`, else `WARREN_CONFIG`, else `warren.toml`: read before the command line is
+/// parsed, since the file supplies defaults to that parse.
+fn file_path() -> PathBuf {
+    let mut args = std::env::args_os().skip(1);
+    while let Some(arg) = args.next() {
+        if arg == "--config" {
+            if let Some(path) = args.next() {
+                return path.into();
+            }
+        } else if let Some(path) = arg.to_str().and_then(|a| a.strip_prefix("--config=")) {
+            return path.into();
         }
+    }
+    std::env::var_os("WARREN_CONFIG")
+        .filter(|path| !path.is_empty())
+        .map_or_else(|| PathBuf::from("warren.toml"), PathBuf::from)
+}
+
+/// The file's top-level keys and their values as text (a missing file has none).
+fn file_values(path: &std::path::Path) -> anyhow::Result<BTreeMap<String, String>> {
+    let table: BTreeMap<String, serde_json::Value> = Figment::from(Toml::file(path))
+        .extract()
+        .map_err(|err| anyhow::anyhow!("reading {}: {err}", path.display()))?;
+    table
+        .into_iter()
+        .map(|(key, value)| {
+            let text = match value {
+                serde_json::Value::String(text) => text,
+                serde_json::Value::Number(n) => n.to_string(),
+                serde_json::Value::Bool(b) => b.to_string(),
+                _ => anyhow::bail!(
+                    "{}: {key} must be a string, number or boolean",
+                    path.display()
+                ),
+            };
+            Ok((key, text))
+        })
+        .collect()
+}
+
+fn adjust(command: clap::Command, file: &BTreeMap<String, String>) -> clap::Command {
+    let shown = ROLE_HEADINGS
+        .iter()
+        .find(|(role, _)| *role == command.get_name())
+        .map(|(_, headings)| *headings);
+    let mut command = command.mut_args(|arg| {
+        let arg = match file.get(arg.get_id().as_str()) {
+            // Leaked once at start: clap keeps defaults as `'static` strings.
+            Some(value) => arg.default_value(&*String::leak(value.clone())),
+            None => arg,
+        };
+        let hidden = match (shown, arg.get_help_heading()) {
+            (Some(shown), Some(heading)) => !shown.contains(&heading),
+            _ => false,
+        };
+        arg.hide(hidden)
+    });
+    let names: Vec<String> = command
+        .get_subcommands()
+        .map(|sub| sub.get_name().to_owned())
+        .collect();
+    for name in names {
+        command = command.mut_subcommand(name, |sub| adjust(sub, file));
+    }
+    command
+}
+
+fn collect_ids(command: &clap::Command, ids: &mut HashSet<String>) {
+    ids.extend(command.get_arguments().map(|arg| arg.get_id().to_string()));
+    for sub in command.get_subcommands() {
+        collect_ids(sub, ids);
     }
 }
 
 impl Config {
-    /// Loads the file (if any) then the environment, and validates.
-    pub fn load() -> anyhow::Result<Self> {
-        let file = std::env::var("WARREN_CONFIG").unwrap_or_else(|_| "warren.toml".into());
-        let config: Config = Figment::new()
-            .merge(Toml::file(file))
-            .merge(Env::prefixed("WARREN_").ignore(&["CONFIG"]))
-            .extract()?;
-        config.validate()?;
-        Ok(config)
+    /// Checks what the types cannot; call once after parsing.
+    pub fn validated(self) -> anyhow::Result<Self> {
+        self.validate()?;
+        Ok(self)
     }
 
     fn validate(&self) -> anyhow::Result<()> {
@@ -334,6 +498,29 @@ impl Config {
             .collect()
     }
 
+    /// Whether a platform model provider is configured: a key or a base URL (without either,
+    /// the runtimes have nothing they can call for users without their own key).
+    pub fn model_provider_configured(&self) -> bool {
+        self.default_api_key
+            .as_ref()
+            .is_some_and(|key| !key.expose().is_empty())
+            || self
+                .default_base_url
+                .as_deref()
+                .is_some_and(|url| !url.is_empty())
+    }
+
+    /// Says at start, naming the variables, that runs will fail until a provider is set.
+    pub fn warn_if_no_model_provider(&self) {
+        if !self.model_provider_configured() {
+            tracing::warn!(
+                "no model provider is configured: runs of users without their own key fail with \
+                 model_not_configured until {} are set",
+                warren_workers::chat::failure::PROVIDER_VARIABLES
+            );
+        }
+    }
+
     /// The chat worker's settings.
     pub fn chat_settings(&self) -> ChatSettings {
         ChatSettings {
@@ -342,6 +529,7 @@ impl Config {
             sweep_every: Duration::from_secs(self.chat_sweep_secs),
             live_ttl_header: format!("{}s", self.chat_live_ttl_secs),
             pending_every: Duration::from_secs(self.chat_pending_secs),
+            platform_provider: self.default_provider,
         }
     }
 
@@ -439,6 +627,7 @@ impl Config {
                 .as_ref()
                 .map(|key| key.expose().to_owned()),
             platform_url: self.runtime_platform_url(),
+            stop_agents_on_shutdown: false,
         }
     }
 

@@ -41,6 +41,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             let options = NatsOptions {
                 port: config.dev_nats_port,
                 sync_interval: config.nats_sync_interval.clone(),
+                binary: config.nats_server_bin.clone(),
                 keys: Some(
                     config
                         .nats_credentials_dir
@@ -139,6 +140,7 @@ async fn local_postgres(
         PostgresOptions {
             port: config.dev_postgres_port,
             superuser_password: Some(password("postgres")?),
+            bin_dir: config.pg_bin_dir.clone(),
             ..Default::default()
         },
     )

@@ -1,11 +1,12 @@
 //! The `warren` binary: every platform role as a subcommand, so each can run and scale alone.
+//! Each role's `--help` lists the options and `WARREN_*` variables it reads, with defaults.
 
 mod config;
 mod dev;
 mod fds;
 mod roles;
 
-use clap::{Parser, Subcommand};
+use clap::{FromArgMatches, Parser, Subcommand};
 use config::Config;
 use tokio_util::sync::CancellationToken;
 
@@ -23,18 +24,18 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// The whole platform in one process, with a local nats-server and PostgreSQL under ./.warren/.
-    Dev,
+    Dev(Config),
     /// The HTTP edge only.
-    Edge,
+    Edge(Config),
     /// One worker role.
     Worker {
         #[command(subcommand)]
         role: WorkerRole,
     },
     /// Rebuild every read model from sequence 1 into a fresh schema, then swap it in.
-    Replay,
+    Replay(Config),
     /// Create or update streams, buckets and the read-model schema, then exit.
-    Migrate,
+    Migrate(Config),
     /// Write the roles' NATS keys (DIR/credentials/<role>.nk, generated once) and the
     /// authorization files a nats-server of deploy/nats/ includes (DIR/auth.conf,
     /// DIR/cluster-auth.conf), then exit.
@@ -54,57 +55,81 @@ enum Command {
 #[derive(Subcommand)]
 enum WorkerRole {
     /// Keeps the Postgres read models up to date.
-    Projector,
+    Projector(Config),
     /// Emails admins about new registrations.
-    Notifier,
+    Notifier(Config),
     /// Runs agents as the log asks (the `process` provisioner) and reconciles them.
-    Deployer,
+    Deployer(Config),
     /// Runs conversations' queued messages against their agents, streaming live deltas.
+    Chat(Config),
+}
+
+/// What to run, with its configuration.
+enum Role {
+    Dev,
+    Edge,
+    Projector,
+    Notifier,
+    Deployer,
     Chat,
+    Replay,
+    Migrate,
+}
+
+fn init_logging(filter: &str) {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(filter)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn")),
+        )
+        .init();
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WARREN_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn")),
-        )
-        .init();
-    let cli = Cli::parse();
-    if let Command::NatsAuth { dir, routes } = &cli.command {
-        let routes: Vec<&str> = routes.iter().map(String::as_str).collect();
-        let keys = warren_deploy::nats_auth::write_server_files(dir, &routes)?;
-        println!(
-            "wrote {0}/auth.conf, {0}/cluster-auth.conf and the roles' keys in {1}",
-            dir.display(),
-            keys.dir().display()
-        );
-        return Ok(());
+    let (command, unknown) = config::with_file::<Cli>()?;
+    let cli = Cli::from_arg_matches(&command.get_matches())?;
+    let (role, config) = match cli.command {
+        Command::NatsAuth { dir, routes } => {
+            init_logging("info");
+            let routes: Vec<&str> = routes.iter().map(String::as_str).collect();
+            let keys = warren_deploy::nats_auth::write_server_files(&dir, &routes)?;
+            println!(
+                "wrote {0}/auth.conf, {0}/cluster-auth.conf and the roles' keys in {1}",
+                dir.display(),
+                keys.dir().display()
+            );
+            return Ok(());
+        }
+        Command::Dev(config) => (Role::Dev, config),
+        Command::Edge(config) => (Role::Edge, config),
+        Command::Worker { role } => match role {
+            WorkerRole::Projector(config) => (Role::Projector, config),
+            WorkerRole::Notifier(config) => (Role::Notifier, config),
+            WorkerRole::Deployer(config) => (Role::Deployer, config),
+            WorkerRole::Chat(config) => (Role::Chat, config),
+        },
+        Command::Replay(config) => (Role::Replay, config),
+        Command::Migrate(config) => (Role::Migrate, config),
+    };
+    init_logging(&config.log);
+    for key in unknown {
+        tracing::warn!(key, "the config file sets an option that does not exist");
     }
     let fd_limit = fds::raise_limit();
-    let config = Config::load()?;
+    let config = config.validated()?;
     fds::warn_if_low(fd_limit, config.http_limits()?.max_connections);
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    let outcome = match cli.command {
-        Command::Dev => dev::run(config, shutdown).await,
-        Command::Edge => roles::edge(&config, shutdown).await,
-        Command::Worker {
-            role: WorkerRole::Projector,
-        } => roles::projector(&config, shutdown).await,
-        Command::Worker {
-            role: WorkerRole::Notifier,
-        } => roles::notifier_role(&config, shutdown).await,
-        Command::Worker {
-            role: WorkerRole::Deployer,
-        } => roles::deployer_role(&config, shutdown).await,
-        Command::Worker {
-            role: WorkerRole::Chat,
-        } => roles::chat_role(&config, shutdown).await,
-        Command::Replay => roles::replay(&config).await,
-        Command::Migrate => roles::migrate(&config).await,
-        Command::NatsAuth { .. } => Ok(()),
+    let outcome = match role {
+        Role::Dev => dev::run(config, shutdown).await,
+        Role::Edge => roles::edge(&config, shutdown).await,
+        Role::Projector => roles::projector(&config, shutdown).await,
+        Role::Notifier => roles::notifier_role(&config, shutdown).await,
+        Role::Deployer => roles::deployer_role(&config, shutdown).await,
+        Role::Chat => roles::chat_role(&config, shutdown).await,
+        Role::Replay => roles::replay(&config).await,
+        Role::Migrate => roles::migrate(&config).await,
     };
     if let Err(err) = &outcome {
         tracing::error!(error = format!("{err:#}"), "warren stopped with an error");

@@ -296,6 +296,7 @@ pub async fn chat(config: &Config, platform: &Platform, dev: bool) -> anyhow::Re
 
 /// `warren worker chat`.
 pub async fn chat_role(config: &Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    config.warn_if_no_model_provider();
     let platform = connect(config, Role::Chat).await?;
     chat(config, &platform, false).await?.run(shutdown).await;
     Ok(())
@@ -308,8 +309,15 @@ pub async fn deployer(config: &Config, platform: &Platform, dev: bool) -> anyhow
     {
         tracing::warn!(error = %err, "agents cannot be deployed until the runtime is found");
     }
+    // `warren dev` gets here too: one warning for the deployer and its chat worker.
+    config.warn_if_no_model_provider();
     let key = master_key(config, dev)?;
-    Deployer::build(platform.commands.clone(), &key, config.deployer_settings())
+    let settings = warren_workers::deployer::DeployerSettings {
+        // Nothing `warren dev` started outlives it; a deployer of its own leaves them running.
+        stop_agents_on_shutdown: dev,
+        ..config.deployer_settings()
+    };
+    Deployer::build(platform.commands.clone(), &key, settings)
         .await
         .context("setting up the deployer")
 }

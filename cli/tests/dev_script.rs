@@ -44,9 +44,18 @@ fn tree(pid: u32) -> Vec<(u32, String)> {
         if let Some(name) = running(pid) {
             all.push((pid, name));
         }
-        for task in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
-            let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-            next.extend(children.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let children =
+                std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            next.extend(
+                children
+                    .split_whitespace()
+                    .filter_map(|p| p.parse::<u32>().ok()),
+            );
         }
     }
     all
@@ -87,7 +96,12 @@ async fn dev_sh_from_a_fresh_clone_reaches_a_first_chat() {
     let dir = tempfile::tempdir().expect("tempdir");
     let clone = dir.path().join("warren");
     git(
-        &["clone", "--quiet", &repo.display().to_string(), &clone.display().to_string()],
+        &[
+            "clone",
+            "--quiet",
+            &repo.display().to_string(),
+            &clone.display().to_string(),
+        ],
         dir.path(),
     );
     let target = target_dir();
@@ -167,8 +181,18 @@ async fn dev_sh_from_a_fresh_clone_reaches_a_first_chat() {
     )
     .await;
     assert_eq!(status, 200, "{pair}");
-    let token = pair["access_token"].as_str().expect("access token").to_owned();
-    let (_, me) = call(&http, reqwest::Method::GET, format!("{base}/api/v1/users/me"), Some(&token), None).await;
+    let token = pair["access_token"]
+        .as_str()
+        .expect("access token")
+        .to_owned();
+    let (_, me) = call(
+        &http,
+        reqwest::Method::GET,
+        format!("{base}/api/v1/users/me"),
+        Some(&token),
+        None,
+    )
+    .await;
     assert_eq!(me["role"], "admin", "the first user is the admin: {me}");
 
     // An agent that reaches running.
@@ -183,8 +207,20 @@ async fn dev_sh_from_a_fresh_clone_reaches_a_first_chat() {
     assert_eq!(status, 201, "{agent}");
     let id = agent["id"].as_str().expect("agent id").to_owned();
     wait_until(Duration::from_secs(120), || async {
-        let (_, agent) = call(&http, reqwest::Method::GET, format!("{base}/api/v1/agents/{id}"), Some(&token), None).await;
-        assert_ne!(agent["deployment_status"], "failed", "{agent}\n{}", log_text());
+        let (_, agent) = call(
+            &http,
+            reqwest::Method::GET,
+            format!("{base}/api/v1/agents/{id}"),
+            Some(&token),
+            None,
+        )
+        .await;
+        assert_ne!(
+            agent["deployment_status"],
+            "failed",
+            "{agent}\n{}",
+            log_text()
+        );
         agent["deployment_status"] == "running"
     })
     .await;
@@ -210,7 +246,10 @@ async fn dev_sh_from_a_fresh_clone_reaches_a_first_chat() {
         .unwrap_or_else(|| panic!("no error frame: {body}"));
     assert_eq!(error["code"], "model_not_configured", "{error}");
     let message = error["message"].as_str().unwrap_or_default();
-    assert!(message.contains("WARREN_DEFAULT_"), "names what to set: {message}");
+    assert!(
+        message.contains("WARREN_DEFAULT_"),
+        "names what to set: {message}"
+    );
 
     // SIGTERM to the script's process group: everything it started stops, the agent runtime
     // and the servers included.
@@ -224,7 +263,11 @@ async fn dev_sh_from_a_fresh_clone_reaches_a_first_chat() {
     let pid = rustix::process::Pid::from_raw(dev.id().expect("pid") as i32).expect("pid");
     rustix::process::kill_process_group(pid, rustix::process::Signal::TERM).expect("SIGTERM");
     let stopped = tokio::time::timeout(Duration::from_secs(60), dev.wait()).await;
-    assert!(stopped.is_ok(), "deploy/dev.sh did not stop; log:\n{}", log_text());
+    assert!(
+        stopped.is_ok(),
+        "deploy/dev.sh did not stop; log:\n{}",
+        log_text()
+    );
     wait_until(Duration::from_secs(20), || async {
         started.iter().all(|(pid, _)| running(*pid).is_none())
     })

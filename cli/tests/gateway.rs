@@ -309,13 +309,24 @@ async fn messages_queue_and_cancel_over_websocket_and_slash_commands_are_answere
     let back = ws.call("agent", json!({"message": "/session 2"})).await;
     assert_eq!(back["ok"], true, "{back}");
     let history = ws.call("sessions.history", json!({"limit": 10})).await;
-    let contents: Vec<&str> = history["payload"]["messages"]
-        .as_array()
-        .expect("messages")
+    let messages = history["payload"]["messages"].as_array().expect("messages");
+    let contents: Vec<&str> = messages
         .iter()
+        .filter(|m| m["role"] == "user")
         .filter_map(|m| m["content"].as_str())
         .collect();
     assert_eq!(contents, ["long one", "after it"]);
+    // Both runs were cancelled: each is in the history with its outcome.
+    let outcomes: Vec<(&str, &str)> = messages
+        .iter()
+        .filter(|m| m["role"] == "assistant")
+        .filter_map(|m| Some((m["status"].as_str()?, m["error"]["code"].as_str()?)))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [("cancelled", "cancelled"), ("cancelled", "cancelled")],
+        "{history}"
+    );
     let unknown = ws.call("agent", json!({"message": "/frobnicate"})).await;
     assert_eq!(unknown["errorCode"], "unknown_command");
 }

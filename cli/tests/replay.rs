@@ -65,8 +65,9 @@ async fn replay_rebuilds_read_models_identical_to_the_live_ones_while_the_system
     }
     caught_up(&js, db.url()).await;
     let live = scenario::dump(db.pool(), LIVE_SCHEMA).await;
-    // Per story: three messages posted and one reply.
-    assert_eq!(rows_in(&live, "messages"), 40);
+    // Per story: three messages posted, one reply, and the entries of the cancelled and the
+    // failed run.
+    assert_eq!(rows_in(&live, "messages"), 60);
     let before = schema_oid(db.pool()).await;
 
     let mut replay = Warren::spawn(&["replay"], &env, dir.path(), "replay-1");

@@ -386,7 +386,7 @@ pub struct SessionMatch {
 
 const SESSION_MATCH_COLUMNS: &str = "c.id, c.title, c.message_count, c.created_at, \
      c.last_activity_at, (SELECT m.text FROM messages m WHERE m.conversation_id = c.id \
-     AND (cardinality($3::text[]) = 0 OR m.text ILIKE ($3::text[])[1]) \
+     AND m.text <> '' AND (cardinality($3::text[]) = 0 OR m.text ILIKE ($3::text[])[1]) \
      ORDER BY m.stream_seq DESC LIMIT 1) AS snippet";
 
 /// The user's conversations with the agent in which every pattern (`ILIKE`) matches the title
@@ -443,7 +443,8 @@ pub async fn agent_session(
     )
 }
 
-/// A message: the user's, or the agent's reply with its tool calls and usage.
+/// A message: the user's, the agent's reply with its tool calls and usage, or the entry of a
+/// run that failed or was cancelled (its error instead of a text).
 #[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
 pub struct MessageView {
     /// The message.
@@ -470,6 +471,17 @@ pub struct MessageView {
     pub output_tokens: Option<i64>,
     /// How long the run took (replies).
     pub duration_ms: Option<i64>,
+    /// The run's outcome, on the agent's entries: `completed` (a reply), `failed` or
+    /// `cancelled` (no reply: an empty text and the error below). None on user messages.
+    #[schema(example = "completed")]
+    pub status: Option<String>,
+    /// Why the run gave no reply (`failed`, `cancelled`): a stable code, e.g.
+    /// `model_not_configured`, `model_unreachable`, `cancelled`.
+    pub error_code: Option<String>,
+    /// The public explanation of `error_code`.
+    pub error_message: Option<String>,
+    /// Whether sending the message again may succeed.
+    pub retryable: Option<bool>,
     /// When it was posted.
     pub created_at: DateTime<Utc>,
     /// Its position in the conversation's log (the stream sequence).
@@ -486,7 +498,8 @@ pub async fn messages<'e>(
 ) -> Result<Vec<MessageView>, ApiError> {
     Ok(sqlx::query_as(
         "SELECT * FROM (SELECT id, conversation_id, role, run_id, text, client_id, client_kind, \
-         tool_calls, input_tokens, output_tokens, duration_ms, created_at, stream_seq AS seq \
+         tool_calls, input_tokens, output_tokens, duration_ms, status, error_code, error_message, \
+         retryable, created_at, stream_seq AS seq \
          FROM messages WHERE conversation_id = $1 AND ($2::uuid IS NULL OR (stream_seq, id) < \
          (SELECT stream_seq, id FROM messages WHERE id = $2 AND conversation_id = $1)) \
          ORDER BY stream_seq DESC, id DESC LIMIT $3) page ORDER BY seq, id",

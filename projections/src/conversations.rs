@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 use warren_commands::topology;
-use warren_domain::conversation::ConversationEvent;
+use warren_domain::conversation::{CancelReason, ConversationEvent};
 use warren_domain::{Authority, Envelope};
 
 /// The conversations projection.
@@ -148,8 +148,9 @@ impl Projection for Conversations {
                 let tool_calls = serde_json::to_value(tool_calls).unwrap_or_default();
                 sqlx::query(
                     "INSERT INTO messages (id, conversation_id, role, run_id, text, tool_calls, input_tokens, \
-                     output_tokens, duration_ms, created_at, stream_seq) \
-                     VALUES ($1, $2, 'assistant', $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (id) DO NOTHING",
+                     output_tokens, duration_ms, created_at, stream_seq, status) \
+                     VALUES ($1, $2, 'assistant', $3, $4, $5, $6, $7, $8, $9, $10, 'completed') \
+                     ON CONFLICT (id) DO NOTHING",
                 )
                 .bind(reply_id.0)
                 .bind(conversation_id.0)
@@ -180,7 +181,9 @@ impl Projection for Conversations {
                 .await
             }
             ConversationEvent::RunFailed { conversation_id, run_id, code, message, retryable } => {
-                finish_run(tx, conversation_id.0, run_id.0, "failed", Some((code, message, *retryable)), at, seq).await
+                let failure = Some((code.as_str(), message.as_str(), *retryable));
+                finish_run(tx, conversation_id.0, run_id.0, "failed", failure, at, seq).await?;
+                record_outcome(tx, conversation_id.0, run_id.0, "failed", failure, at, seq).await
             }
             ConversationEvent::CancelRequested { run_id, .. } => {
                 sqlx::query("UPDATE runs SET cancel_requested = TRUE, updated_at = $2, last_seq = $3 WHERE id = $1")
@@ -191,8 +194,14 @@ impl Projection for Conversations {
                     .await
                     .map(drop)
             }
-            ConversationEvent::RunCancelled { conversation_id, run_id, .. } => {
-                finish_run(tx, conversation_id.0, run_id.0, "cancelled", None, at, seq).await
+            ConversationEvent::RunCancelled { conversation_id, run_id, reason } => {
+                finish_run(tx, conversation_id.0, run_id.0, "cancelled", None, at, seq).await?;
+                let message = match reason {
+                    CancelReason::Requested => "the run was cancelled",
+                    CancelReason::Interrupted => "the run was interrupted by a newer message",
+                };
+                let failure = Some(("cancelled", message, false));
+                record_outcome(tx, conversation_id.0, run_id.0, "cancelled", failure, at, seq).await
             }
             ConversationEvent::HistoryCleared { conversation_id } => {
                 sqlx::query("DELETE FROM messages WHERE conversation_id = $1")
@@ -266,22 +275,20 @@ async fn queue_run(
         .map(drop)
 }
 
+/// A run's public error: code, message, retryable.
+type Failure<'a> = Option<(&'a str, &'a str, bool)>;
+
 /// Ends a run and shifts the positions of the runs still waiting behind it.
 async fn finish_run(
     tx: &mut PgConnection,
     conversation_id: Uuid,
     run_id: Uuid,
     status: &str,
-    failure: Option<(&String, &String, bool)>,
+    failure: Failure<'_>,
     at: DateTime<Utc>,
     seq: i64,
 ) -> Result<(), sqlx::Error> {
-    let (code, message, retryable) = match failure {
-        Some((code, message, retryable)) => {
-            (Some(code.as_str()), Some(message.as_str()), Some(retryable))
-        }
-        None => (None, None, None),
-    };
+    let (code, message, retryable) = unzip(failure);
     let ended: Option<(i32,)> = sqlx::query_as(
         "UPDATE runs SET status = $2, error_code = $3, error_message = $4, retryable = $5, updated_at = $6, \
          last_seq = $7 WHERE id = $1 AND status IN ('queued', 'running') \
@@ -312,6 +319,44 @@ async fn finish_run(
         .execute(&mut *tx)
         .await
         .map(drop)
+}
+
+fn unzip(failure: Failure<'_>) -> (Option<&str>, Option<&str>, Option<bool>) {
+    match failure {
+        Some((code, message, retryable)) => (Some(code), Some(message), Some(retryable)),
+        None => (None, None, None),
+    }
+}
+
+/// Enters a run that ended without a reply in its conversation's history (keyed by the run's
+/// id: one entry per run, whatever is replayed), so every client sees why no answer came.
+async fn record_outcome(
+    tx: &mut PgConnection,
+    conversation_id: Uuid,
+    run_id: Uuid,
+    status: &str,
+    failure: Failure<'_>,
+    at: DateTime<Utc>,
+    seq: i64,
+) -> Result<(), sqlx::Error> {
+    let (code, message, retryable) = unzip(failure);
+    let inserted = sqlx::query(
+        "INSERT INTO messages (id, conversation_id, role, run_id, text, created_at, stream_seq, status, \
+         error_code, error_message, retryable) VALUES ($1, $2, 'assistant', $1, '', $3, $4, $5, $6, $7, $8) \
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(run_id)
+    .bind(conversation_id)
+    .bind(at)
+    .bind(seq)
+    .bind(status)
+    .bind(code)
+    .bind(message)
+    .bind(retryable)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    touch(tx, conversation_id, inserted as i64, at, seq).await
 }
 
 /// Counts new messages and moves the conversation to the top of its user's list.

@@ -99,12 +99,25 @@ pub enum ModelEvent {
     Finished,
 }
 
-/// Why a model turn failed.
+/// Why a model turn failed. The `Display` of each variant is public (it becomes the `error`
+/// event's `message`): it never carries its source, whose text may hold a URL with a key in it.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
+    /// Neither a key nor a base URL is configured: the provider's public API cannot be called
+    /// without a key, so nothing is sent.
+    #[error(
+        "no model provider is configured: set WARREN_AGENT_BASE_URL and/or WARREN_AGENT_API_KEY"
+    )]
+    NotConfigured,
     /// Connecting or sending failed.
-    #[error("could not reach the model provider")]
-    Unreachable(#[source] reqwest::Error),
+    #[error("could not reach the {provider} model provider")]
+    Unreachable {
+        /// The protocol spoken (`openai`, `anthropic`).
+        provider: &'static str,
+        /// What the HTTP client said (logged, never sent).
+        #[source]
+        source: reqwest::Error,
+    },
     /// The provider answered with an error status.
     #[error("model provider answered {status}: {message}")]
     Status {
@@ -136,7 +149,8 @@ impl ModelError {
     /// The stable code sent in the `error` event.
     pub fn code(&self) -> &'static str {
         match self {
-            ModelError::Unreachable(_) => "model_unreachable",
+            ModelError::NotConfigured => "model_not_configured",
+            ModelError::Unreachable { .. } => "model_unreachable",
             ModelError::Status { .. } => "model_http_error",
             ModelError::Provider { .. } => "model_error",
             ModelError::Broken(_) => "model_stream_broken",
@@ -148,7 +162,8 @@ impl ModelError {
     /// Whether retrying the same request may succeed.
     pub fn retryable(&self) -> bool {
         match self {
-            ModelError::Unreachable(_) | ModelError::Broken(_) | ModelError::Truncated => true,
+            ModelError::Unreachable { .. } | ModelError::Broken(_) | ModelError::Truncated => true,
+            ModelError::NotConfigured => false,
             ModelError::Status { status, .. } => {
                 matches!(status, 408 | 409 | 429 | 529) || *status >= 500
             }
@@ -243,6 +258,9 @@ pub async fn stream_turn(
     request: TurnRequest<'_>,
 ) -> Result<ModelStream, ModelError> {
     let settings = request.settings;
+    if !settings.is_configured() {
+        return Err(ModelError::NotConfigured);
+    }
     let base = settings.base_url();
     let (builder, decoder): (_, Box<dyn Decode + Send>) = match settings.provider {
         ProviderKind::Openai => {
@@ -269,7 +287,10 @@ pub async fn stream_turn(
         .header(reqwest::header::ACCEPT, "text/event-stream")
         .send()
         .await
-        .map_err(ModelError::Unreachable)?;
+        .map_err(|source| ModelError::Unreachable {
+            provider: settings.provider.as_str(),
+            source,
+        })?;
     let status = response.status();
     if !status.is_success() {
         let text = response.text().await.unwrap_or_default();

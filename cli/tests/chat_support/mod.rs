@@ -37,16 +37,30 @@ pub struct Chat {
 impl Chat {
     /// Starts everything; `env` goes on top of the chat defaults.
     pub async fn start(env: &[(&str, &str)]) -> Self {
+        Self::start_with(true, env).await
+    }
+
+    /// Starts everything but the platform's model provider (no `WARREN_DEFAULT_*`): a
+    /// newcomer's first `warren dev`.
+    pub async fn start_without_model_provider(env: &[(&str, &str)]) -> Self {
+        Self::start_with(false, env).await
+    }
+
+    async fn start_with(model_provider: bool, env: &[(&str, &str)]) -> Self {
         let model = ModelServer::start().await;
         let model_url = model.url();
         let agent_bin = agent_bin().display().to_string();
         let mut vars: Vec<(&str, &str)> = vec![
             ("WARREN_APPROVAL", "open"),
             ("WARREN_AGENT_BIN", &agent_bin),
-            ("WARREN_DEFAULT_PROVIDER", "openai"),
-            ("WARREN_DEFAULT_BASE_URL", &model_url),
-            ("WARREN_DEFAULT_API_KEY", "sk-platform"),
         ];
+        if model_provider {
+            vars.extend([
+                ("WARREN_DEFAULT_PROVIDER", "openai"),
+                ("WARREN_DEFAULT_BASE_URL", &model_url),
+                ("WARREN_DEFAULT_API_KEY", "sk-platform"),
+            ]);
+        }
         vars.extend_from_slice(env);
         let platform = Platform::start(&vars).await;
         let user = platform.sign_in("chatter@example.com").await;

@@ -57,6 +57,19 @@ impl Warren {
         let _ = self.child.wait().await;
     }
 
+    /// Sends SIGTERM to `warren` alone (as Ctrl-C or a service manager would) and waits for it
+    /// to exit; whether it exited successfully within `timeout`.
+    pub async fn terminate(&mut self, timeout: Duration) -> bool {
+        if let Some(pid) = self
+            .child
+            .id()
+            .and_then(|pid| rustix::process::Pid::from_raw(pid as i32))
+        {
+            rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+        }
+        self.wait_success(timeout).await
+    }
+
     /// Waits for the process to exit and returns whether it succeeded.
     pub async fn wait_success(&mut self, timeout: Duration) -> bool {
         match tokio::time::timeout(timeout, self.child.wait()).await {

@@ -23,6 +23,8 @@ pub struct Platform {
     pub base: String,
     pub dir: tempfile::TempDir,
     pub http: reqwest::Client,
+    /// The environment `warren dev` was started with.
+    pub env: Vec<(String, String)>,
 }
 
 /// An answer: status and JSON body (`Null` when empty), plus `Retry-After`.
@@ -81,18 +83,7 @@ impl Platform {
         }
         let warren = Warren::spawn(&["dev"], &vars, dir.path(), "warren");
         let base = format!("http://127.0.0.1:{http_port}");
-        let health = format!("{base}/api/v1/health");
-        let started = tokio::time::timeout(Duration::from_secs(60), async {
-            while !matches!(get_json(&health).await, Some((200, _))) {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
-        .await;
-        assert!(
-            started.is_ok(),
-            "warren never healthy; log:\n{}",
-            warren.log_text()
-        );
+        wait_healthy(&base, &warren).await;
         Self {
             nats,
             db,
@@ -101,7 +92,32 @@ impl Platform {
             base,
             dir,
             http: reqwest::Client::new(),
+            env: vars
+                .into_iter()
+                .map(|(key, value)| (key.to_owned(), value))
+                .collect(),
         }
+    }
+
+    /// Stops `warren dev` with SIGTERM; whether it exited cleanly within a minute.
+    pub async fn stop(&mut self) -> bool {
+        self.warren.terminate(Duration::from_secs(60)).await
+    }
+
+    /// Starts `warren dev` again on the same log, database and data dir (after [`Self::stop`]),
+    /// with `changes` on top of its environment, and waits until it is healthy.
+    pub async fn start_again(&mut self, changes: &[(&str, &str)]) {
+        for (key, value) in changes {
+            self.env.retain(|(k, _)| k != key);
+            self.env.push(((*key).to_owned(), (*value).to_owned()));
+        }
+        let env: Vec<(&str, String)> = self
+            .env
+            .iter()
+            .map(|(key, value)| (key.as_str(), value.clone()))
+            .collect();
+        self.warren = Warren::spawn(&["dev"], &env, self.dir.path(), "warren");
+        wait_healthy(&self.base, &self.warren).await;
     }
 
     /// A second `warren edge` on this platform's log and database, with `extra` settings on top
@@ -296,4 +312,20 @@ pub fn code(mail: &Mail) -> String {
 pub fn wrong_code(code: &str) -> String {
     let n: u32 = code.parse().expect("digits");
     format!("{:06}", (n + 1) % 1_000_000)
+}
+
+/// Waits up to a minute for `base`'s health route to answer 200.
+async fn wait_healthy(base: &str, warren: &Warren) {
+    let health = format!("{base}/api/v1/health");
+    let started = tokio::time::timeout(Duration::from_secs(60), async {
+        while !matches!(get_json(&health).await, Some((200, _))) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(
+        started.is_ok(),
+        "warren never healthy; log:\n{}",
+        warren.log_text()
+    );
 }

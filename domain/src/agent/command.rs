@@ -90,6 +90,12 @@ pub enum AgentCommand {
         /// Id of the new attempt.
         deployment_id: Uuid,
     },
+    /// Deployer: the platform's runtime settings changed since the running agent's runtime
+    /// was started; deploy it again with the current ones.
+    ReconfigureAgent {
+        /// Id of the new attempt.
+        deployment_id: Uuid,
+    },
     /// Delete the agent; the deployer then destroys its sandbox.
     DeleteAgent,
     /// Deployer: the deleted agent's sandbox is gone (repeating it changes nothing).
@@ -113,6 +119,7 @@ impl AgentCommand {
             AgentCommand::ReportAgentFailure { .. } => "report_agent_failure",
             AgentCommand::RepairAgent { .. } => "repair_agent",
             AgentCommand::RedeployAgent { .. } => "redeploy_agent",
+            AgentCommand::ReconfigureAgent { .. } => "reconfigure_agent",
             AgentCommand::DeleteAgent => "delete_agent",
             AgentCommand::DestroyAgent => "destroy_agent",
         }

@@ -219,6 +219,15 @@ impl Agent {
                     reason: RedeployReason::Manual,
                 },
             ),
+            C::ReconfigureAgent { deployment_id } => self.transition(
+                "reconfigure",
+                &[S::Running],
+                AgentEvent::RedeployRequested {
+                    agent_id,
+                    deployment_id: *deployment_id,
+                    reason: RedeployReason::PlatformConfigChanged,
+                },
+            ),
             C::DeleteAgent => Ok(vec![AgentEvent::AgentDeleted { agent_id }]),
             C::DestroyAgent => Err(AgentError::InvalidState {
                 action: "destroy",

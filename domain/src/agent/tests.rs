@@ -512,6 +512,32 @@ fn a_running_agent_can_be_redeployed() {
 }
 
 #[test]
+fn a_running_agent_is_redeployed_when_the_platform_config_changed() {
+    given(running())
+        .when(C::ReconfigureAgent {
+            deployment_id: SECOND,
+        })
+        .then_events([E::RedeployRequested {
+            agent_id: AGENT,
+            deployment_id: SECOND,
+            reason: RedeployReason::PlatformConfigChanged,
+        }]);
+}
+
+#[test]
+fn only_a_running_agent_is_reconfigured() {
+    let reconfigure = C::ReconfigureAgent {
+        deployment_id: SECOND,
+    };
+    given(stopped())
+        .when(reconfigure.clone())
+        .then_error("invalid_state");
+    given(failed())
+        .when(reconfigure)
+        .then_error("invalid_state");
+}
+
+#[test]
 fn a_failed_agent_can_be_redeployed() {
     given(failed())
         .when(C::RedeployAgent {

@@ -100,6 +100,9 @@ string_enum! {
         Manual => "manual",
         /// The system prompt or the model changed.
         ConfigChanged => "config_changed",
+        /// The platform's runtime settings changed (model provider, base URL, key, platform
+        /// URL): the deployer found the runtime started with older ones.
+        PlatformConfigChanged => "platform_config_changed",
     }
 }
 

@@ -19,10 +19,18 @@ pub fn event(name: &str, payload: Value, seq: Option<u64>) -> Value {
 
 /// A stored message as the gateway shows it (`sessions.history`, `reset`).
 pub fn message_view(m: &MessageView) -> Value {
-    json!({
+    let mut view = json!({
         "id": m.id, "role": m.role, "content": m.text, "runId": m.run_id,
         "timestamp": m.created_at, "seq": m.seq,
-    })
+    });
+    // A run that ended without a reply: its outcome and public error, as its live `error` said.
+    if let (Some(status), Some(code)) = (&m.status, &m.error_code) {
+        view["status"] = json!(status);
+        view["error"] = json!({
+            "code": code, "message": m.error_message, "retryable": m.retryable,
+        });
+    }
+    view
 }
 
 /// The session event a frame is for the connection `client_id` following session

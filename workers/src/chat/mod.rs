@@ -21,6 +21,7 @@
 //! Layout: `runtime` (the agent runtime's HTTP client), `lease` (run leases), `run` (one run),
 //! `pending` (proactive messages).
 
+pub mod failure;
 pub mod lease;
 pub mod pending;
 pub mod run;
@@ -57,6 +58,9 @@ pub struct ChatSettings {
     pub live_ttl_header: String,
     /// How often recently run agents' runtimes are asked for proactive messages.
     pub pending_every: Duration,
+    /// The platform's default model provider (`WARREN_DEFAULT_PROVIDER`), named in the message
+    /// of a run that could not reach it.
+    pub platform_provider: Option<warren_domain::user::Provider>,
 }
 
 impl Default for ChatSettings {
@@ -68,6 +72,7 @@ impl Default for ChatSettings {
             sweep_every: Duration::from_secs(5),
             live_ttl_header: "24h".to_owned(),
             pending_every: Duration::from_secs(5),
+            platform_provider: None,
         }
     }
 }

@@ -8,6 +8,7 @@
 //! the aggregate never refuses it for its text and a run is always recorded.
 
 use super::Shared;
+use super::failure::{ModelSource, cause_chain, public_message};
 use super::lease::Held;
 use super::runtime::{IDLE_TIMEOUT, ModelOverride, Runtime, RuntimeEvent};
 use async_nats::HeaderMap;
@@ -77,6 +78,12 @@ fn failed(code: &str, message: impl Into<String>, retryable: bool) -> Outcome {
     }
 }
 
+/// A retryable failure inside the platform: `public` for the client, the cause chain for the log.
+fn internal(code: &str, public: &str, err: &dyn std::error::Error) -> Outcome {
+    tracing::warn!(code, error = cause_chain(err), "{public}");
+    failed(code, public, true)
+}
+
 /// Cuts `text` to at most `cap` bytes on a character boundary.
 fn bounded(mut text: String, cap: usize) -> String {
     if text.len() > cap {
@@ -139,7 +146,22 @@ pub async fn run(
             {
                 report_agent_failure(shared, job.agent_id).await;
             }
-            outcome
+            let source = match &model {
+                Some(model) => ModelSource::UserKey(model.key_provider),
+                None => ModelSource::Platform(shared.settings.platform_provider),
+            };
+            match outcome {
+                Outcome::Failed {
+                    code,
+                    message,
+                    retryable,
+                } => Outcome::Failed {
+                    message: public_message(&code, message, source),
+                    code,
+                    retryable,
+                },
+                other => other,
+            }
         }
     };
     live.flush(&mut progress).await;
@@ -216,7 +238,7 @@ async fn resolve(
         .agents
         .load(&agent_id.to_string())
         .await
-        .map_err(|err| failed("log_unavailable", err.to_string(), true))?;
+        .map_err(|err| internal("log_unavailable", "the platform's log is unavailable", &err))?;
     let endpoint = match (&agent.status, &agent.endpoint_url) {
         (AgentStatus::Running, Some(endpoint)) => endpoint.clone(),
         (status, _) => {
@@ -231,7 +253,13 @@ async fn resolve(
         .tokens
         .get(agent_id)
         .await
-        .map_err(|err| failed("agent_unavailable", err.to_string(), true))?
+        .map_err(|err| {
+            internal(
+                "agent_unavailable",
+                "the agent's token cannot be read",
+                &err,
+            )
+        })?
         .ok_or_else(|| failed("agent_unavailable", "the agent has no token", true))?;
     let model = user_model(shared, user_id).await?;
     Ok((Runtime::new(shared.http.clone(), &endpoint, token), model))
@@ -244,7 +272,7 @@ async fn user_model(shared: &Shared, user_id: UserId) -> Result<Option<ModelOver
         .users
         .load(&user_id.to_string())
         .await
-        .map_err(|err| failed("log_unavailable", err.to_string(), true))?;
+        .map_err(|err| internal("log_unavailable", "the platform's log is unavailable", &err))?;
     let Some(key) = user.provider_keys.last() else {
         return Ok(None);
     };
@@ -252,7 +280,13 @@ async fn user_model(shared: &Shared, user_id: UserId) -> Result<Option<ModelOver
         .provider_keys
         .get(user_id, key.key_id)
         .await
-        .map_err(|err| failed("provider_key_unavailable", err.to_string(), true))?
+        .map_err(|err| {
+            internal(
+                "provider_key_unavailable",
+                "your provider key cannot be read",
+                &err,
+            )
+        })?
     else {
         return Ok(None);
     };
@@ -271,6 +305,7 @@ async fn user_model(shared: &Shared, user_id: UserId) -> Result<Option<ModelOver
             .clone()
             .or_else(|| public_url.map(str::to_owned)),
         api_key,
+        key_provider: key.provider,
     }))
 }
 
@@ -290,7 +325,13 @@ async fn drive(
     let chat_id = job.conversation_id.to_string();
     let events = match runtime.chat(&chat_id, &job.text, model).await {
         Ok(events) => events,
-        Err(err) => return failed("runtime_unavailable", err.to_string(), true),
+        Err(err) => {
+            return internal(
+                "runtime_unavailable",
+                "the agent runtime could not be reached",
+                &err,
+            );
+        }
     };
     let mut events = std::pin::pin!(events);
     let mut beat = tokio::time::interval(shared.settings.lease_beat);
@@ -327,7 +368,7 @@ async fn drive(
                 let event = match next {
                     Err(_) => return failed("runtime_stream_broken", "the agent runtime went silent", true),
                     Ok(None) => return failed("runtime_stream_broken", "the agent runtime closed the stream before the run ended", true),
-                    Ok(Some(Err(err))) => return failed("runtime_stream_broken", err.to_string(), true),
+                    Ok(Some(Err(err))) => return internal("runtime_stream_broken", "the agent runtime's stream broke off", &err),
                     Ok(Some(Ok(event))) => event,
                 };
                 if let Some(outcome) = live.handle(progress, event).await {

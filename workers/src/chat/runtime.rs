@@ -208,6 +208,9 @@ pub struct ModelOverride {
     pub base_url: Option<String>,
     /// The key.
     pub api_key: String,
+    /// The provider the user added the key for (for the run's messages; not sent).
+    #[serde(skip)]
+    pub key_provider: warren_domain::user::Provider,
 }
 
 /// One agent's runtime, as the chat worker reaches it.

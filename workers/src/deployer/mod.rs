@@ -19,7 +19,12 @@
 //! the agent's state in the log with the process (pid alive and `/health` answering). Running
 //! agents that answer are left alone; missing ones are restarted on their recorded address, so
 //! the endpoint in the log stays valid (docs/adr/0006-deployer.md); stopped or failed ones are
-//! killed; deleted ones are cleaned up and destroyed.
+//! killed; deleted ones are cleaned up and destroyed. A running agent whose runtime was started
+//! with other platform settings (provider, base URL, key: `runtime_fingerprint`) is redeployed
+//! instead, recorded as `RedeployRequested { reason: platform_config_changed }`.
+//!
+//! Under `warren dev` (`stop_agents_on_shutdown`) the deployer stops every agent process when it
+//! stops; the next start's first reconciliation restarts the running ones (docs/adr/0021).
 
 pub mod process;
 
@@ -61,6 +66,40 @@ pub struct DeployerSettings {
     pub default_api_key: Option<String>,
     /// The edge URL runtimes call back on for their session tools.
     pub platform_url: String,
+    /// Whether the agents' processes stop when the deployer does (`warren dev`: nothing it
+    /// started outlives it; the next start restarts them). Otherwise they outlive it.
+    pub stop_agents_on_shutdown: bool,
+}
+
+impl DeployerSettings {
+    /// A fingerprint of the platform settings that shape a runtime (provider, base URL, key,
+    /// platform URL). `process.json` keeps it (never the key itself); a running agent whose
+    /// runtime was started with another one is redeployed (`ReconfigureAgent`).
+    pub fn runtime_fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut hash = Sha256::new();
+        for part in [
+            self.default_provider.as_deref(),
+            self.default_base_url.as_deref(),
+            self.default_api_key.as_deref(),
+            Some(self.platform_url.as_str()),
+        ] {
+            // Length-prefixed, so no two different settings hash the same bytes.
+            let part = part.map(str::as_bytes);
+            hash.update([u8::from(part.is_some())]);
+            hash.update((part.unwrap_or_default().len() as u64).to_le_bytes());
+            hash.update(part.unwrap_or_default());
+        }
+        hex::encode(&hash.finalize()[..16])
+    }
+
+    /// Puts the current platform settings into a runtime's settings.
+    fn apply_platform(&self, settings: &mut ProcessSettings) {
+        settings.provider = self.default_provider.clone();
+        settings.base_url = self.default_base_url.clone();
+        settings.platform_url = Some(self.platform_url.clone());
+        settings.platform_fingerprint = Some(self.runtime_fingerprint());
+    }
 }
 
 /// Why the deployer could not start or its consumer stopped.
@@ -130,6 +169,22 @@ impl Deployer {
             }
         };
         tokio::join!(consume, reconcile);
+        if self.settings.stop_agents_on_shutdown {
+            self.stop_all().await;
+        }
+    }
+
+    /// Stops every agent process (the log still wants the running ones running: the next
+    /// start's reconciliation restarts them).
+    async fn stop_all(&self) {
+        let _guard = self.ops.lock().await;
+        let stops = self
+            .layout
+            .agents()
+            .into_iter()
+            .map(|agent_id| self.stop_process(agent_id));
+        futures::future::join_all(stops).await;
+        tracing::info!("agent processes stopped with the deployer");
     }
 
     async fn run_once(&self, shutdown: CancellationToken) -> Result<(), DeployerError> {
@@ -313,18 +368,20 @@ impl Deployer {
             S::Installing,
             process::locate_binary(self.settings.agent_bin.as_deref())
         );
-        let settings = ProcessSettings {
+        let mut settings = ProcessSettings {
             workspace,
             state_dir,
             binary,
             system_prompt: agent.system_prompt.clone(),
             model: agent.model.clone(),
-            provider: self.settings.default_provider.clone(),
-            base_url: self.settings.default_base_url.clone(),
+            provider: None,
+            base_url: None,
             addr: "127.0.0.1:0".into(),
-            platform_url: Some(self.settings.platform_url.clone()),
+            platform_url: None,
             agent_id: Some(agent_id),
+            platform_fingerprint: None,
         };
+        self.settings.apply_platform(&mut settings);
         let mut process_record = ProcessRecord {
             settings,
             pid: None,
@@ -392,14 +449,15 @@ impl Deployer {
         }
     }
 
-    /// (Re)starts the agent from `process.json` on its recorded address; logs failures (the
-    /// reconciler tries again).
+    /// (Re)starts the agent from `process.json` on its recorded address, with the platform's
+    /// current settings; logs failures (the reconciler tries again).
     async fn restart(&self, agent_id: AgentId) {
         self.stop_process(agent_id).await;
         let Some(mut record) = self.layout.read(agent_id) else {
             tracing::warn!(%agent_id, "no process.json: cannot start the agent");
             return;
         };
+        self.settings.apply_platform(&mut record.settings);
         let token = match self.tokens.get(agent_id).await {
             Ok(Some(token)) => token,
             Ok(None) => {
@@ -465,6 +523,19 @@ impl Deployer {
             AgentStatus::Deleted => self.destroy(agent_id).await,
             AgentStatus::Running => {
                 let record = self.layout.read(agent_id);
+                let current = self.settings.runtime_fingerprint();
+                if let Some(record) = &record
+                    && record.settings.platform_fingerprint.as_deref() != Some(current.as_str())
+                {
+                    // Recorded as an attempt of its own, so owners see why their agent moved.
+                    let command = AgentCommand::ReconfigureAgent {
+                        deployment_id: Uuid::now_v7(),
+                    };
+                    if self.execute(agent_id, command).await? {
+                        tracing::info!(%agent_id, "the platform's runtime settings changed: redeploying");
+                    }
+                    return Ok(());
+                }
                 let up = match record.as_ref().and_then(|r| r.pid.zip(r.endpoint.as_ref())) {
                     Some((pid, endpoint)) => {
                         process::alive(pid) && process::healthy(&self.http, endpoint).await

@@ -2,7 +2,8 @@
 //! group, with its files under `<data_dir>/agents/<agent_id>/` (`workspace/`, `state/`,
 //! `agent.log`, and `process.json`, which records how it was started and where it listens).
 //! Agents outlive the deployer: they are never killed on drop, and a restarted deployer finds
-//! them again through `process.json`.
+//! them again through `process.json` (`warren dev` stops them when it stops: see
+//! [`super::DeployerSettings::stop_agents_on_shutdown`]).
 
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -44,6 +45,10 @@ pub struct ProcessSettings {
     /// The agent, for the session tools.
     #[serde(default)]
     pub agent_id: Option<AgentId>,
+    /// [`super::DeployerSettings::runtime_fingerprint`] of the platform settings it was started
+    /// with (absent in records written before it, which count as changed).
+    #[serde(default)]
+    pub platform_fingerprint: Option<String>,
 }
 
 /// `process.json`: the settings plus the running process, if started.
