@@ -340,3 +340,33 @@ async fn restarted_deployer_reconciles_agent_processes_that_died() {
         "restarted on its recorded address"
     );
 }
+
+#[tokio::test]
+async fn a_failed_deployment_tells_the_owner_a_fixed_sentence_and_keeps_the_cause_in_the_log() {
+    let mut platform = Platform::start().await;
+    let missing = platform.dir.path().join("no-such-dir/warren-agent");
+    for (key, value) in platform.env.iter_mut() {
+        if *key == "WARREN_AGENT_BIN" {
+            *value = missing.display().to_string();
+        }
+    }
+    let deployer = platform.deployer("deployer-missing-runtime");
+    let (agent, _) = platform.create_agent().await;
+    let failure = wait_for("the deployment to fail", || async {
+        platform.events(agent).await.into_iter().find_map(|event| match event {
+            AgentEvent::DeploymentFailed { step, error, .. } => Some((step, error)),
+            _ => None,
+        })
+    })
+    .await;
+    assert_eq!(failure.0, DeploymentStep::Installing);
+    assert_eq!(failure.1, "the agent runtime is not installed on this platform");
+    // The host's path is the operator's business: in the log, not in the event.
+    assert!(!failure.1.contains("no-such-dir"), "{failure:?}");
+    let log = wait_for("the cause in the log", || async {
+        let log = deployer.log_text();
+        log.contains("no-such-dir").then_some(log)
+    })
+    .await;
+    assert!(log.contains("deployment failed"), "{log}");
+}

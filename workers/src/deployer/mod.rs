@@ -312,9 +312,9 @@ impl Deployer {
                     AgentCommand::FailDeployment {
                         deployment_id,
                         step,
-                        // The runtime's or the system's words: fitted to the text rules, never
-                        // refused for them.
-                        error: warren_domain::text::AGENT_ERROR.fit(&error),
+                        // The owner reads a fixed sentence; the cause (paths, system errors)
+                        // is in the log line above.
+                        error: public_failure(step).to_owned(),
                     },
                 )
                 .await?;
@@ -575,5 +575,18 @@ fn agent_of(event: &AgentEvent) -> AgentId {
         | AgentEvent::AgentFailed { agent_id, .. }
         | AgentEvent::AgentDeleted { agent_id }
         | AgentEvent::AgentDestroyed { agent_id } => *agent_id,
+    }
+}
+
+/// What an agent's owner is told when a deployment step fails: a fixed sentence per step. The
+/// cause may name host paths, binaries and system errors, so it goes to the deployer's log only.
+pub fn public_failure(step: DeploymentStep) -> &'static str {
+    match step {
+        DeploymentStep::Allocating => "could not set up the agent's workspace",
+        DeploymentStep::Provisioning => "could not provision the agent's credentials",
+        DeploymentStep::Installing => "the agent runtime is not installed on this platform",
+        DeploymentStep::Configuring => "could not write the agent's configuration",
+        DeploymentStep::Starting => "the agent runtime did not start",
+        DeploymentStep::HealthCheck => "the agent runtime did not become healthy in time",
     }
 }
