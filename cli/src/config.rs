@@ -134,6 +134,9 @@ pub struct Config {
     pub rate_writes_per_ip_per_minute: u32,
     /// `WARREN_HTTP_MAX_BODY_BYTES`: the largest request body accepted (413 beyond).
     pub http_max_body_bytes: usize,
+    /// `WARREN_UPLOAD_MAX_BYTES`: the largest file `PUT /api/v1/files/{agent}/{path}` accepts
+    /// (413 beyond); uploads are streamed to the runtime, not held by the edge.
+    pub upload_max_bytes: u64,
     /// `WARREN_HTTP_IDLE_TIMEOUT_SECS`: a connection that sends no byte this long after it was
     /// accepted is closed.
     pub http_idle_timeout_secs: u64,
@@ -226,6 +229,7 @@ impl Default for Config {
             rate_writes_per_user_per_minute: 60,
             rate_writes_per_ip_per_minute: 300,
             http_max_body_bytes: 256 * 1024,
+            upload_max_bytes: 25 * 1024 * 1024,
             health_max_lag: 1_000,
             http_idle_timeout_secs: 10,
             http_header_timeout_secs: 10,
@@ -288,6 +292,10 @@ impl Config {
         anyhow::ensure!(
             self.http_max_body_bytes >= 1024,
             "WARREN_HTTP_MAX_BODY_BYTES must be ≥ 1024"
+        );
+        anyhow::ensure!(
+            self.upload_max_bytes >= 1,
+            "WARREN_UPLOAD_MAX_BYTES must be ≥ 1"
         );
         anyhow::ensure!(
             self.deployer_reconcile_secs >= 1 && self.deployer_health_timeout_secs >= 1,
@@ -386,6 +394,7 @@ impl Config {
                 model: self.default_model.clone(),
             },
             max_body_bytes: self.http_max_body_bytes,
+            upload_max_bytes: self.upload_max_bytes,
             health_max_lag: self.health_max_lag,
             http: self.http_limits()?,
         })

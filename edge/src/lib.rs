@@ -29,6 +29,8 @@
 //! - [`agents`] — `/agents`: create, configure, delete, deployment status, repair, redeploy, health.
 //! - [`chat`] — `/chat/{agent_id}`: post a message and stream its run as SSE from the log;
 //!   clear history, pending messages, and `/files` downloads proxied from the runtime.
+//! - [`workspace`] — `POST /agents/{id}/exec` (a shell command's output as SSE) and
+//!   `PUT /files/{agent_id}/{path}` (a streamed upload), both audited in the log.
 //! - [`follow`] — following a conversation's log from a cursor, for SSE and WebSocket clients,
 //!   through one shared read per conversation per process ([`follow::hub`]).
 //! - [`feed`] — `GET /events`: the user-wide live feed of agent and conversation changes.
@@ -74,6 +76,7 @@ pub mod state;
 pub mod usage;
 pub mod users;
 pub mod views;
+pub mod workspace;
 
 pub use error::ApiError;
 pub use server::{router, serve};
