@@ -128,9 +128,10 @@ pub struct Config {
     pub rate_code_attempts_per_ip_per_hour: u32,
     /// `WARREN_RATE_WS_CONNECTS_PER_IP_PER_MINUTE`: WebSocket connection attempts per client IP.
     pub rate_ws_connects_per_ip_per_minute: u32,
-    /// `WARREN_RATE_WRITES_PER_USER_PER_MINUTE`: POST/PATCH/DELETE requests per signed-in user.
+    /// `WARREN_RATE_WRITES_PER_USER_PER_MINUTE`: POST/PUT/PATCH/DELETE requests per signed-in
+    /// user.
     pub rate_writes_per_user_per_minute: u32,
-    /// `WARREN_RATE_WRITES_PER_IP_PER_MINUTE`: POST/PATCH/DELETE requests per client IP.
+    /// `WARREN_RATE_WRITES_PER_IP_PER_MINUTE`: POST/PUT/PATCH/DELETE requests per client IP.
     pub rate_writes_per_ip_per_minute: u32,
     /// `WARREN_HTTP_MAX_BODY_BYTES`: the largest request body accepted (413 beyond).
     pub http_max_body_bytes: usize,
