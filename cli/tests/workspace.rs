@@ -173,6 +173,42 @@ async fn an_exec_streams_stdout_stderr_and_its_exit_and_is_recorded_in_the_agent
             .any(|event| event["data"]["failure"] == "refused")
     })
     .await;
+
+    // A client that hangs up ends the exec (the runtime kills the command) and the log says so,
+    // long before the command would have finished.
+    let response = post_exec(
+        &chat,
+        &chat.user.access,
+        json!({"command": "echo started; sleep 120; touch late"}),
+        None,
+    )
+    .await;
+    let mut frames = RunStream::new(response);
+    assert_eq!(frames.until("stdout").await.data["data"], "started\n");
+    let workspace = chat.workspace().canonicalize().expect("workspace");
+    wait_until(TIMEOUT, || async { sleeping(&workspace) }).await;
+    drop(frames);
+    wait_until(Duration::from_secs(40), || async {
+        logged(&chat, "ExecFinished")
+            .await
+            .iter()
+            .any(|event| event["data"]["failure"] == "client_gone")
+    })
+    .await;
+    wait_until(TIMEOUT, || async { !sleeping(&workspace) }).await;
+    assert!(!chat.workspace().join("late").exists());
+}
+
+/// Whether a `sleep 120` started in `workspace` still runs.
+fn sleeping(workspace: &std::path::Path) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cwd = std::fs::read_link(entry.path().join("cwd")).ok();
+        cmdline == b"sleep\0120\0" && cwd.is_some_and(|cwd| cwd.starts_with(workspace))
+    })
 }
 
 #[tokio::test]
