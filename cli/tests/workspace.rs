@@ -207,7 +207,7 @@ fn sleeping(workspace: &std::path::Path) -> bool {
     entries.flatten().any(|entry| {
         let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
         let cwd = std::fs::read_link(entry.path().join("cwd")).ok();
-        cmdline == b"sleep\0120\0" && cwd.is_some_and(|cwd| cwd.starts_with(workspace))
+        cmdline == b"sleep\x00120\x00" && cwd.is_some_and(|cwd| cwd.starts_with(workspace))
     })
 }
 
