@@ -246,6 +246,10 @@ pub struct Config {
     /// The largest request body accepted (413 beyond).
     #[arg(long, env = "WARREN_HTTP_MAX_BODY_BYTES", default_value_t = 256 * 1024, help_heading = heading::HTTP)]
     pub http_max_body_bytes: usize,
+    /// The largest file `PUT /api/v1/files/{agent}/{path}` accepts (413 beyond); uploads are
+    /// streamed to the runtime, not held by the edge.
+    #[arg(long, env = "WARREN_UPLOAD_MAX_BYTES", default_value_t = 25 * 1024 * 1024, help_heading = heading::HTTP)]
+    pub upload_max_bytes: u64,
     /// A connection that sends no byte this long after it was accepted is closed.
     #[arg(long, env = "WARREN_HTTP_IDLE_TIMEOUT_SECS", default_value_t = 10, help_heading = heading::HTTP)]
     pub http_idle_timeout_secs: u64,
@@ -458,6 +462,10 @@ impl Config {
             "WARREN_HTTP_MAX_BODY_BYTES must be ≥ 1024"
         );
         anyhow::ensure!(
+            self.upload_max_bytes >= 1,
+            "WARREN_UPLOAD_MAX_BYTES must be ≥ 1"
+        );
+        anyhow::ensure!(
             self.deployer_reconcile_secs >= 1 && self.deployer_health_timeout_secs >= 1,
             "WARREN_DEPLOYER_RECONCILE_SECS and WARREN_DEPLOYER_HEALTH_TIMEOUT_SECS must be ≥ 1"
         );
@@ -580,6 +588,7 @@ impl Config {
                 model: self.default_model.clone(),
             },
             max_body_bytes: self.http_max_body_bytes,
+            upload_max_bytes: self.upload_max_bytes,
             health_max_lag: self.health_max_lag,
             http: self.http_limits()?,
         })

@@ -304,6 +304,18 @@ async fn every_route_answers_each_kind_of_caller_with_its_expected_status() {
             [401, 403, 409, 404, 404],
         ),
         row(
+            "PUT",
+            "/api/v1/files/{agent}/notes.txt",
+            Some(json!({ "not": "JSON to the runtime, just bytes" })),
+            [401, 403, 409, 404, 404],
+        ),
+        row(
+            "POST",
+            "/api/v1/agents/{agent}/exec",
+            Some(json!({ "command": "ls" })),
+            [401, 403, 409, 404, 404],
+        ),
+        row(
             "GET",
             "/api/v1/conversations",
             None,

@@ -353,14 +353,21 @@ async fn a_failed_deployment_tells_the_owner_a_fixed_sentence_and_keeps_the_caus
     let deployer = platform.deployer("deployer-missing-runtime");
     let (agent, _) = platform.create_agent().await;
     let failure = wait_for("the deployment to fail", || async {
-        platform.events(agent).await.into_iter().find_map(|event| match event {
-            AgentEvent::DeploymentFailed { step, error, .. } => Some((step, error)),
-            _ => None,
-        })
+        platform
+            .events(agent)
+            .await
+            .into_iter()
+            .find_map(|event| match event {
+                AgentEvent::DeploymentFailed { step, error, .. } => Some((step, error)),
+                _ => None,
+            })
     })
     .await;
     assert_eq!(failure.0, DeploymentStep::Installing);
-    assert_eq!(failure.1, "the agent runtime is not installed on this platform");
+    assert_eq!(
+        failure.1,
+        "the agent runtime is not installed on this platform"
+    );
     // The host's path is the operator's business: in the log, not in the event.
     assert!(!failure.1.contains("no-such-dir"), "{failure:?}");
     let log = wait_for("the cause in the log", || async {

@@ -64,8 +64,9 @@ impl UserEvent {
 }
 
 impl AgentEvent {
-    /// Who may cause this event: the owner configures and drives the lifecycle; deployment
-    /// progress, outcomes, idle pauses and destruction come from the platform.
+    /// Who may cause this event: the owner configures, drives the lifecycle, runs commands and
+    /// uploads files; deployment progress, outcomes, idle pauses, destruction and exec outcomes
+    /// come from the platform.
     pub fn authority(&self) -> Authority {
         use AgentEvent as E;
         match self {
@@ -77,8 +78,12 @@ impl AgentEvent {
             | E::AgentRestarted { .. }
             | E::RepairRequested { .. }
             | E::RedeployRequested { .. }
-            | E::AgentDeleted { .. } => Authority::Subject,
-            E::DeploymentStepCompleted { .. }
+            | E::AgentDeleted { .. }
+            | E::ExecRequested { .. }
+            | E::FileUploaded { .. } => Authority::Subject,
+            // The edge records how an exec ended, so an owner cannot write its outcome.
+            E::ExecFinished { .. }
+            | E::DeploymentStepCompleted { .. }
             | E::AgentDeployed { .. }
             | E::DeploymentFailed { .. }
             | E::AgentPaused { .. }

@@ -64,4 +64,6 @@ typed_id!(
     KeyId,
     /// An auth method (connection) linked to a user.
     ConnectionId,
+    /// One shell command run in an agent's workspace (`POST /agents/{id}/exec`).
+    ExecId,
 );

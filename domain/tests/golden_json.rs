@@ -8,10 +8,10 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use std::fmt::Debug;
 use uuid::Uuid;
-use warren_domain::agent::{AgentEvent, Backend, RuntimeKind};
+use warren_domain::agent::{AgentEvent, Backend, ExecFailure, RuntimeKind};
 use warren_domain::conversation::{ConversationEvent, TokenUsage, ToolCall};
 use warren_domain::ids::{
-    AgentId, CommandId, ConnectionId, ConversationId, EventId, MessageId, RunId, UserId,
+    AgentId, CommandId, ConnectionId, ConversationId, EventId, ExecId, MessageId, RunId, UserId,
 };
 use warren_domain::user::{AuthKind, AuthMethod, Role, Tier, UserEvent, UserStatus};
 use warren_domain::{Actor, Envelope};
@@ -131,6 +131,80 @@ fn agent_created_is_stored_as_pinned() {
             }
         }),
     );
+}
+
+#[test]
+fn the_exec_and_upload_audit_events_are_stored_as_pinned() {
+    let agent = AgentId(id(3));
+    let owner = UserId(id(1));
+    let requested = AgentEvent::ExecRequested {
+        agent_id: agent,
+        exec_id: ExecId(id(5)),
+        user_id: owner,
+        command: "echo hi; exit 3".into(),
+        cwd: Some("src".into()),
+        timeout_ms: Some(5000),
+    };
+    let mut expected = json!({
+        "id": "00000000-0000-0000-0000-0000000000e1",
+        "version": "1",
+        "aggregate_id": "00000000-0000-0000-0000-000000000003",
+        "command_id": "00000000-0000-0000-0000-0000000000c1",
+        "actor": {"kind": "user", "id": "00000000-0000-0000-0000-000000000001"},
+        "occurred_at": "2026-01-26T10:30:00Z",
+        "type": "ExecRequested",
+        "data": {
+            "agent_id": "00000000-0000-0000-0000-000000000003",
+            "exec_id": "00000000-0000-0000-0000-000000000005",
+            "user_id": "00000000-0000-0000-0000-000000000001",
+            "command": "echo hi; exit 3",
+            "cwd": "src",
+            "timeout_ms": 5000
+        }
+    });
+    assert_golden(
+        &envelope(agent.0, Actor::User(owner), requested),
+        expected.clone(),
+    );
+
+    let finished = AgentEvent::ExecFinished {
+        agent_id: agent,
+        exec_id: ExecId(id(5)),
+        exit_code: None,
+        signal: None,
+        timed_out: false,
+        failure: Some(ExecFailure::ClientGone),
+    };
+    expected["actor"] = json!({"kind": "system", "id": "edge"});
+    expected["type"] = json!("ExecFinished");
+    expected["data"] = json!({
+        "agent_id": "00000000-0000-0000-0000-000000000003",
+        "exec_id": "00000000-0000-0000-0000-000000000005",
+        "exit_code": null,
+        "signal": null,
+        "timed_out": false,
+        "failure": "client_gone"
+    });
+    assert_golden(
+        &envelope(agent.0, Actor::System("edge".into()), finished),
+        expected.clone(),
+    );
+
+    let uploaded = AgentEvent::FileUploaded {
+        agent_id: agent,
+        user_id: owner,
+        path: "data/input.csv".into(),
+        size: 1234,
+    };
+    expected["actor"] = json!({"kind": "user", "id": "00000000-0000-0000-0000-000000000001"});
+    expected["type"] = json!("FileUploaded");
+    expected["data"] = json!({
+        "agent_id": "00000000-0000-0000-0000-000000000003",
+        "user_id": "00000000-0000-0000-0000-000000000001",
+        "path": "data/input.csv",
+        "size": 1234
+    });
+    assert_golden(&envelope(agent.0, Actor::User(owner), uploaded), expected);
 }
 
 #[test]

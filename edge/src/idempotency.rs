@@ -1,17 +1,20 @@
-//! Idempotent writes: `Idempotency-Key` on any POST/PATCH/DELETE, `idempotencyKey` in a gateway
-//! write method's params. A retry with the same key returns the first answer and changes
-//! nothing; the same key with a different request is refused (422 `idempotency_key_reused`).
+//! Idempotent writes: `Idempotency-Key` on any POST/PUT/PATCH/DELETE, `idempotencyKey` in a
+//! gateway write method's params. A retry with the same key returns the first answer and
+//! changes nothing; the same key with a different request is refused (422
+//! `idempotency_key_reused`).
 //!
 //! Two layers, so that neither a lost answer nor a race can double a write:
 //! - **the log**: the key decides the command id ([`IdempotencyKey::command_id`]), and the ids of
 //!   what the command creates follow from it (an agent, a run, a conversation), so a retried
 //!   command is recognised by the store (`Nats-Msg-Id`, ADR 2) and addresses the same aggregate;
-//! - **the answer**: the first answer (status and body) is kept in the `idempotency` bucket for
-//!   a day, under the caller's credentials and the key, with a hash of the request. A retry gets
-//!   it replayed (`idempotency-replayed: true`); a request still running answers 409
-//!   `idempotency_in_progress`. Streams (`text/event-stream`) are not kept: their retries run
-//!   again, and the log layer makes that a replay of the same run. A 5xx is not kept either, so
-//!   the retry can succeed.
+//! - **the answer** (POST, PATCH, DELETE): the first answer (status and body) is kept in the
+//!   `idempotency` bucket for a day, under the caller's credentials and the key, with a hash of
+//!   the request. A retry gets it replayed (`idempotency-replayed: true`); a request still
+//!   running answers 409 `idempotency_in_progress`. Streams (`text/event-stream`) are not kept:
+//!   their retries run again, and the log layer makes that a replay of the same run (an exec
+//!   is not run twice: 409 `exec_already_ran`). A 5xx is not kept either, so the retry can
+//!   succeed. A PUT (an upload) skips this layer: it is idempotent by itself and its body is
+//!   not held (ADR 18).
 //!
 //! The bucket is shared by every edge process, so this holds across replicas.
 
@@ -21,7 +24,7 @@ use async_nats::jetstream::kv;
 use axum::body::{Body, Bytes};
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -227,7 +230,9 @@ pub fn request_hash(method: &str, path: &str, body: &[u8]) -> String {
 
 /// The REST layer: replays kept answers and keeps first answers of keyed writes.
 pub async fn middleware(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if !crate::extract::is_write(request.method()) {
+    // A PUT (a file upload) is idempotent by itself, and its body may be far larger than
+    // this layer keeps: it is streamed on, and its key only names its command (ADR 18).
+    if !crate::extract::is_write(request.method()) || request.method() == Method::PUT {
         return next.run(request).await;
     }
     let key = match request.headers().get(HEADER) {

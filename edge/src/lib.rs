@@ -31,6 +31,8 @@
 //!   clear history, pending messages, and `/files` downloads proxied from the runtime.
 //! - [`frame`] — what a client is sent on a stream, typed once from the log's events, with one
 //!   serializer per protocol (LiberClaw SSE, gateway v1) and the feed's versioned frames.
+//! - [`workspace`] — `POST /agents/{id}/exec` (a shell command's output as SSE) and
+//!   `PUT /files/{agent_id}/{path}` (a streamed upload), both audited in the log.
 //! - [`follow`] — following a conversation's log from a cursor, for SSE and WebSocket clients,
 //!   through one shared read per conversation per process ([`follow::hub`]).
 //! - [`feed`] — `GET /events`: the user-wide live feed of agent and conversation changes.
@@ -77,6 +79,7 @@ pub mod state;
 pub mod usage;
 pub mod users;
 pub mod views;
+pub mod workspace;
 
 pub use error::ApiError;
 pub use server::{router, serve};

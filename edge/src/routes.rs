@@ -6,7 +6,7 @@ use crate::state::AppState;
 use axum::Router;
 use axum::handler::Handler;
 use axum::http::Method;
-use axum::routing::{MethodRouter, delete, get, patch, post};
+use axum::routing::{MethodRouter, delete, get, patch, post, put};
 
 /// The prefix every API route is served under.
 pub const API_PREFIX: &str = "/api/v1";
@@ -51,6 +51,11 @@ impl ApiRouter {
     /// `POST path`.
     pub fn post<H: Handler<T, AppState>, T: 'static>(self, path: &str, handler: H) -> Self {
         self.add(Method::POST, path, post(handler))
+    }
+
+    /// `PUT path`.
+    pub fn put<H: Handler<T, AppState>, T: 'static>(self, path: &str, handler: H) -> Self {
+        self.add(Method::PUT, path, put(handler))
     }
 
     /// `PATCH path`.

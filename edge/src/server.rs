@@ -11,7 +11,7 @@ use crate::routes::{API_PREFIX, ApiRouter};
 use crate::state::AppState;
 use crate::{
     admin, agents, auth, chat, conversations, feed, gateway, health, keys, openapi, runtime_api,
-    usage, users,
+    usage, users, workspace,
 };
 use axum::Router;
 use axum::body::Body;
@@ -44,6 +44,7 @@ pub fn api() -> ApiRouter {
         .merge(agents::routes())
         .merge(usage::routes())
         .merge(chat::routes())
+        .merge(workspace::routes())
         .merge(conversations::routes())
         .merge(feed::routes())
         .merge(runtime_api::routes())
@@ -123,6 +124,7 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
             .allow_methods([
                 Method::GET,
                 Method::POST,
+                Method::PUT,
                 Method::PATCH,
                 Method::DELETE,
                 Method::OPTIONS,

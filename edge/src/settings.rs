@@ -119,6 +119,8 @@ pub struct EdgeSettings {
     pub defaults: PlatformDefaults,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
+    /// Largest file `PUT /files/{agent}/{path}` accepts, in bytes (streamed, never buffered).
+    pub upload_max_bytes: u64,
     /// Pending commits beyond which `GET /api/v1/health` reports a projection as lagging.
     pub health_max_lag: u64,
     /// Connection caps and timeouts.
@@ -163,6 +165,7 @@ impl EdgeSettings {
                 model: "test-model".into(),
             },
             max_body_bytes: 64 * 1024,
+            upload_max_bytes: 1024 * 1024,
             health_max_lag: 1_000,
             http: crate::conns::HttpLimits::default(),
         }

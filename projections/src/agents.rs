@@ -177,6 +177,11 @@ impl Projection for Agents {
             .execute(&mut *tx)
             .await
             .map(drop),
+            // Audit facts (ADR 18): nothing about the agent a read model shows changes, so its
+            // row (and `updated_at`) stays as it was.
+            AgentEvent::ExecRequested { .. } | AgentEvent::ExecFinished { .. } | AgentEvent::FileUploaded { .. } => {
+                Ok(())
+            }
         }
     }
 }

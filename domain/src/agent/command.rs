@@ -1,8 +1,9 @@
-//! What can be asked of an agent: by its owner (create, configure, stop, repair, …), by the
-//! deployer (step progress, outcome, destroy) and by the lifecycle worker (pause, health).
+//! What can be asked of an agent: by its owner (create, configure, stop, repair, exec, upload,
+//! …), by the deployer (step progress, outcome, destroy), by the lifecycle worker (pause,
+//! health) and by the edge (an exec's outcome).
 
-use super::types::{Backend, DeploymentStep, RuntimeKind};
-use crate::ids::{AgentId, UserId};
+use super::types::{Backend, DeploymentStep, ExecFailure, RuntimeKind};
+use crate::ids::{AgentId, ExecId, UserId};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -100,6 +101,42 @@ pub enum AgentCommand {
     DeleteAgent,
     /// Deployer: the deleted agent's sandbox is gone (repeating it changes nothing).
     DestroyAgent,
+    /// The owner runs a shell command in the running agent's workspace: recorded before the
+    /// runtime is asked to run it.
+    RequestExec {
+        /// Identifies this exec (its outcome names it).
+        exec_id: ExecId,
+        /// Who asked (the owner: the caller's check).
+        user_id: UserId,
+        /// The command, run with `bash -c` (not blank).
+        command: String,
+        /// Workspace-relative working directory; the workspace root if `None`.
+        cwd: Option<String>,
+        /// Timeout asked for, in milliseconds (the runtime caps it).
+        timeout_ms: Option<u64>,
+    },
+    /// The edge saw how a requested exec ended.
+    RecordExecOutcome {
+        /// The exec.
+        exec_id: ExecId,
+        /// The command's exit code (`None` if killed, or if it never ran).
+        exit_code: Option<i32>,
+        /// The signal that ended it, if any.
+        signal: Option<i32>,
+        /// The runtime's timeout killed it.
+        timed_out: bool,
+        /// Why no exit was reported, if none was.
+        failure: Option<ExecFailure>,
+    },
+    /// The owner uploaded a file into the agent's workspace: recorded once the runtime wrote it.
+    RecordFileUpload {
+        /// Who uploaded it (the owner: the caller's check).
+        user_id: UserId,
+        /// Workspace-relative path.
+        path: String,
+        /// Its size in bytes.
+        size: u64,
+    },
 }
 
 impl AgentCommand {
@@ -122,6 +159,9 @@ impl AgentCommand {
             AgentCommand::ReconfigureAgent { .. } => "reconfigure_agent",
             AgentCommand::DeleteAgent => "delete_agent",
             AgentCommand::DestroyAgent => "destroy_agent",
+            AgentCommand::RequestExec { .. } => "request_exec",
+            AgentCommand::RecordExecOutcome { .. } => "record_exec_outcome",
+            AgentCommand::RecordFileUpload { .. } => "record_file_upload",
         }
     }
 }

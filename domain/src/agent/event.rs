@@ -3,9 +3,12 @@
 //! Three events open a deployment attempt — `DeploymentRequested` (first deploy),
 //! `RepairRequested` and `RedeployRequested` — and each carries the attempt's `deployment_id`;
 //! the deployer reacts to all three the same way.
+//!
+//! `ExecRequested`, `ExecFinished` and `FileUploaded` are audit facts: what the owner did in
+//! the agent's workspace. They change no state (ADR 18).
 
-use super::types::{Backend, DeploymentStep, RedeployReason, RuntimeKind};
-use crate::ids::{AgentId, UserId};
+use super::types::{Backend, DeploymentStep, ExecFailure, RedeployReason, RuntimeKind};
+use crate::ids::{AgentId, ExecId, UserId};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -135,6 +138,48 @@ pub enum AgentEvent {
         /// The agent.
         agent_id: AgentId,
     },
+    /// The owner asked the running agent to run a shell command (recorded before it ran; an
+    /// audit fact, it changes no state).
+    ExecRequested {
+        /// The agent.
+        agent_id: AgentId,
+        /// The exec.
+        exec_id: ExecId,
+        /// Who asked.
+        user_id: UserId,
+        /// The command, as sent to the runtime.
+        command: String,
+        /// Workspace-relative working directory, if not the root.
+        cwd: Option<String>,
+        /// Timeout asked for, in milliseconds.
+        timeout_ms: Option<u64>,
+    },
+    /// A requested exec ended (as the edge saw it).
+    ExecFinished {
+        /// The agent.
+        agent_id: AgentId,
+        /// The exec.
+        exec_id: ExecId,
+        /// The command's exit code (`None` if killed, or if it never ran).
+        exit_code: Option<i32>,
+        /// The signal that ended it, if any.
+        signal: Option<i32>,
+        /// The runtime's timeout killed it.
+        timed_out: bool,
+        /// Why no exit was reported, if none was.
+        failure: Option<ExecFailure>,
+    },
+    /// The owner uploaded a file into the agent's workspace (an audit fact).
+    FileUploaded {
+        /// The agent.
+        agent_id: AgentId,
+        /// Who uploaded it.
+        user_id: UserId,
+        /// Workspace-relative path.
+        path: String,
+        /// Its size in bytes.
+        size: u64,
+    },
 }
 
 impl AgentEvent {
@@ -157,6 +202,9 @@ impl AgentEvent {
             AgentEvent::RedeployRequested { .. } => "RedeployRequested",
             AgentEvent::AgentDeleted { .. } => "AgentDeleted",
             AgentEvent::AgentDestroyed { .. } => "AgentDestroyed",
+            AgentEvent::ExecRequested { .. } => "ExecRequested",
+            AgentEvent::ExecFinished { .. } => "ExecFinished",
+            AgentEvent::FileUploaded { .. } => "FileUploaded",
         }
     }
 

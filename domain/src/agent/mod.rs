@@ -14,17 +14,22 @@
 //! - Pause, resume and destroy are idempotent (their issuers act on observations that repeat);
 //!   everything else on a deleted agent is refused with `deleted`.
 //! - Ownership and quotas are the caller's checks; the state keeps `owner_id` for them.
+//! - An exec is recorded (`ExecRequested`) only for a running agent, before the runtime runs
+//!   it; its outcome and file uploads are recorded whatever the status since (they are facts
+//!   that already happened). These audit events change no state.
 //! - Every text field keeps its [`crate::text`] rule: name, model and endpoint on one line; the
 //!   prompt and the deployer's and lifecycle's error texts may span lines.
 //!
-//! Layout: `types` (status, steps, runtime, backend), `command`, `event`, `error`, and this
-//! file's state, `decide` and `apply`.
+//! Layout: `types` (status, steps, runtime, backend, exec failures), `command`, `event`,
+//! `error`, and this file's state, `decide` and `apply`.
 
 mod command;
 mod error;
 mod event;
 mod types;
 
+#[cfg(test)]
+mod audit_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -33,10 +38,12 @@ mod text_tests;
 pub use command::AgentCommand;
 pub use error::AgentError;
 pub use event::AgentEvent;
-pub use types::{AgentStatus, Backend, Deployment, DeploymentStep, RedeployReason, RuntimeKind};
+pub use types::{
+    AgentStatus, Backend, Deployment, DeploymentStep, ExecFailure, RedeployReason, RuntimeKind,
+};
 
 use crate::aggregate::impl_aggregate;
-use crate::ids::{AgentId, UserId};
+use crate::ids::{AgentId, ExecId, UserId};
 use crate::text::{self, is_http_url, non_blank};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -233,6 +240,51 @@ impl Agent {
                 action: "destroy",
                 status: self.status,
             }),
+            C::RequestExec {
+                exec_id,
+                user_id,
+                command,
+                cwd,
+                timeout_ms,
+            } => self.request_exec(
+                agent_id,
+                *exec_id,
+                *user_id,
+                command,
+                cwd.as_deref(),
+                *timeout_ms,
+            ),
+            C::RecordExecOutcome {
+                exec_id,
+                exit_code,
+                signal,
+                timed_out,
+                failure,
+            } => Ok(vec![AgentEvent::ExecFinished {
+                agent_id,
+                exec_id: *exec_id,
+                exit_code: *exit_code,
+                signal: *signal,
+                timed_out: *timed_out,
+                failure: *failure,
+            }]),
+            C::RecordFileUpload {
+                user_id,
+                path,
+                size,
+            } => {
+                let path = non_blank(path).ok_or(AgentError::InvalidInput {
+                    field: "path",
+                    reason: "must not be blank",
+                })?;
+                text::FILE_PATH.check(&path)?;
+                Ok(vec![AgentEvent::FileUploaded {
+                    agent_id,
+                    user_id: *user_id,
+                    path,
+                    size: *size,
+                }])
+            }
         }
     }
 
@@ -313,6 +365,9 @@ impl Agent {
                 self.deployment = None;
             }
             AgentEvent::AgentDestroyed { .. } => self.destroyed = true,
+            AgentEvent::ExecRequested { .. }
+            | AgentEvent::ExecFinished { .. }
+            | AgentEvent::FileUploaded { .. } => {}
         }
     }
 
@@ -379,6 +434,39 @@ impl Agent {
             deployment_id,
             endpoint_url,
         }])
+    }
+
+    /// Records an exec for a running agent. The command is kept as sent (not trimmed: the
+    /// runtime runs it verbatim), but must not be blank.
+    fn request_exec(
+        &self,
+        agent_id: AgentId,
+        exec_id: ExecId,
+        user_id: UserId,
+        command: &str,
+        cwd: Option<&str>,
+        timeout_ms: Option<u64>,
+    ) -> Result<Vec<AgentEvent>, AgentError> {
+        if command.trim().is_empty() {
+            return Err(AgentError::InvalidInput {
+                field: "command",
+                reason: "must not be blank",
+            });
+        }
+        text::EXEC_COMMAND.check(command)?;
+        text::EXEC_CWD.check_optional(cwd)?;
+        self.transition(
+            "exec in",
+            &[AgentStatus::Running],
+            AgentEvent::ExecRequested {
+                agent_id,
+                exec_id,
+                user_id,
+                command: command.to_owned(),
+                cwd: cwd.map(str::to_owned),
+                timeout_ms,
+            },
+        )
     }
 
     fn update_config(

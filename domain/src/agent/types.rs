@@ -106,6 +106,23 @@ string_enum! {
     }
 }
 
+string_enum! {
+    /// Why an exec ended without the runtime reporting an exit. Codes only: what went wrong
+    /// inside is logged by the edge, never recorded (a client reads these events).
+    pub enum ExecFailure {
+        /// The runtime could not start the shell.
+        ExecFailed => "exec_failed",
+        /// The runtime refused the request (e.g. the working directory is not a directory).
+        Refused => "refused",
+        /// The runtime did not answer, or its stream broke before the exit.
+        RuntimeUnavailable => "runtime_unavailable",
+        /// The client went away; the runtime killed the command when the edge hung up.
+        ClientGone => "client_gone",
+        /// The edge shut down during the exec; the runtime killed the command.
+        EdgeShutdown => "edge_shutdown",
+    }
+}
+
 /// The deployment attempt in progress.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Deployment {

@@ -190,6 +190,12 @@ rules! {
     FAILURE_CODE: "code", Single, 64;
     /// A failed run's message.
     FAILURE_MESSAGE: "message", Multi, 2000;
+    /// A shell command an owner runs in their agent's workspace (a script may span lines).
+    EXEC_COMMAND: "command", Multi, 16000;
+    /// An exec's workspace-relative working directory.
+    EXEC_CWD: "cwd", Single, 1024;
+    /// A workspace-relative file path (an upload's target).
+    FILE_PATH: "path", Single, 1024;
 }
 
 /// The field of a tool call's arguments: every string in them (and every key) is multi-line

@@ -10,7 +10,7 @@ use warren_domain::ids::UserId;
 const MINUTE: Duration = Duration::from_secs(60);
 const HOUR: Duration = Duration::from_secs(3600);
 
-/// One write (a POST/PATCH/DELETE, or a gateway method that changes something) by `user`.
+/// One write (a POST/PUT/PATCH/DELETE, or a gateway method that changes something) by `user`.
 pub async fn user_write(state: &AppState, user: UserId) -> Result<(), ApiError> {
     let limit = state.settings.rate.write_per_user_per_minute;
     state

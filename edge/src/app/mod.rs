@@ -11,11 +11,17 @@
 //! - [`chat`] — post a message (ownership, approval, quota, conversation pick or start, queue
 //!   mode), cancel a run, clear history, start a conversation.
 //! - [`agents`] — create, configure, delete, stop, start, restart, repair, redeploy.
+//! - [`runtime`] — a running agent's runtime (URL and token), and the workspace path rule.
+//! - [`exec`] — run a shell command in the agent, its output streamed, audited in the log.
+//! - [`upload`] — stream a file into the agent's workspace, within the limit, audited.
 //! - [`identity`] — sign-in by an identity (email today): registration, and who is admin.
 
 pub mod access;
 pub mod agents;
 pub mod chat;
+pub mod exec;
 pub mod identity;
 pub mod limits;
 pub mod revocation;
+pub mod runtime;
+pub mod upload;

@@ -16,6 +16,7 @@ use crate::agents::owned_agent;
 use crate::app::{
     self,
     chat::{Client, Target},
+    runtime,
 };
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, ApprovedUser, IdempotencyKey};
@@ -34,7 +35,6 @@ use std::time::Duration;
 use utoipa::ToSchema;
 use uuid::Uuid;
 use warren_commands::proactive;
-use warren_domain::agent::{Agent, AgentStatus};
 use warren_domain::conversation::PostMode;
 use warren_domain::ids::{AgentId, ConversationId};
 use warren_domain::text;
@@ -146,26 +146,6 @@ pub(crate) async fn clear(
     }))
 }
 
-/// The runtime's base URL and token, if the agent is running.
-async fn runtime_of(
-    state: &AppState,
-    agent_id: AgentId,
-    agent: &Agent,
-) -> Result<(reqwest::Url, String), ApiError> {
-    let not_running = || ApiError::conflict("agent_not_running", "the agent is not running");
-    let (AgentStatus::Running, Some(endpoint)) = (&agent.status, &agent.endpoint_url) else {
-        return Err(not_running());
-    };
-    let url = reqwest::Url::parse(endpoint).map_err(ApiError::internal)?;
-    let token = state
-        .agent_tokens
-        .get(agent_id)
-        .await
-        .map_err(ApiError::internal)?
-        .ok_or_else(not_running)?;
-    Ok((url, token))
-}
-
 /// `GET url` on a runtime with its token; 503 if it does not answer.
 async fn runtime_get(
     state: &AppState,
@@ -195,7 +175,7 @@ pub(crate) async fn pending(
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let (agent_id, agent) = owned_agent(&state, &caller, id).await?;
-    let (mut url, token) = runtime_of(&state, agent_id, &agent).await?;
+    let (mut url, token) = runtime::endpoint(&state, agent_id, &agent).await?;
     url.set_path("/pending");
     let response = runtime_get(&state, url, &token).await?;
     if !response.status().is_success() {
@@ -228,29 +208,6 @@ pub(crate) async fn pending(
     Ok(Json(serde_json::json!({"messages": messages})))
 }
 
-/// A workspace-relative path that cannot leave the workspace: no empty, `.` or `..` segment,
-/// no leading `/`, no backslash or NUL.
-fn safe_path(path: &str) -> Result<Vec<&str>, ApiError> {
-    let invalid = || {
-        ApiError::client(
-            StatusCode::BAD_REQUEST,
-            "invalid_path",
-            "the path must stay inside the agent's workspace",
-        )
-    };
-    if path.contains(['\\', '\0']) {
-        return Err(invalid());
-    }
-    let segments: Vec<&str> = path.split('/').collect();
-    if segments
-        .iter()
-        .any(|s| s.is_empty() || *s == "." || *s == "..")
-    {
-        return Err(invalid());
-    }
-    Ok(segments)
-}
-
 /// Download a file from the agent's workspace.
 #[utoipa::path(get, path = "/api/v1/files/{id}/{path}", operation_id = "get_file", tag = "chat", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Agent id"),
@@ -262,14 +219,10 @@ pub(crate) async fn file(
     caller: ApprovedUser,
     ApiPath((id, path)): ApiPath<(Uuid, String)>,
 ) -> Result<Response, ApiError> {
-    let segments = safe_path(&path)?;
+    let segments = runtime::safe_path(&path)?;
     let (agent_id, agent) = owned_agent(&state, &caller, id).await?;
-    let (mut url, token) = runtime_of(&state, agent_id, &agent).await?;
-    url.path_segments_mut()
-        .map_err(|()| ApiError::Unavailable("the agent runtime"))?
-        .clear()
-        .push("files")
-        .extend(segments);
+    let (url, token) = runtime::endpoint(&state, agent_id, &agent).await?;
+    let url = runtime::with_path(url, "files", &segments);
     let response = runtime_get(&state, url, &token).await?;
     match response.status() {
         status if status.is_success() => {}
@@ -292,28 +245,4 @@ pub(crate) async fn file(
     answer
         .body(Body::from_stream(response.bytes_stream()))
         .map_err(ApiError::internal)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn paths_that_could_leave_the_workspace_are_refused() {
-        assert_eq!(
-            safe_path("out/report.md").ok(),
-            Some(vec!["out", "report.md"])
-        );
-        for bad in [
-            "../etc/passwd",
-            "a/../../b",
-            "/etc/passwd",
-            "a//b",
-            "./a",
-            "a\\..\\b",
-            "",
-        ] {
-            assert!(safe_path(bad).is_err(), "{bad}");
-        }
-    }
 }

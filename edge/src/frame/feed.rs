@@ -7,9 +7,9 @@
 use serde::Serialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
-use warren_domain::agent::{AgentEvent, DeploymentStep, RedeployReason, RuntimeKind};
+use warren_domain::agent::{AgentEvent, DeploymentStep, ExecFailure, RedeployReason, RuntimeKind};
 use warren_domain::conversation::{CancelReason, ConversationEvent, TokenUsage};
-use warren_domain::ids::{AgentId, MessageId, RunId};
+use warren_domain::ids::{AgentId, ExecId, MessageId, RunId};
 
 /// The version of the feed's frames.
 pub const VERSION: u32 = 1;
@@ -111,6 +111,29 @@ pub enum AgentChange {
     Deleted,
     /// Its sandbox is gone.
     Destroyed,
+    /// Its owner ran a shell command in it.
+    ExecRequested {
+        /// The exec.
+        exec_id: ExecId,
+        /// The command.
+        command: String,
+    },
+    /// That command ended.
+    ExecFinished {
+        /// The exec.
+        exec_id: ExecId,
+        /// Its exit code, if it exited.
+        exit_code: Option<i32>,
+        /// Why it ended without one, if it did.
+        failure: Option<ExecFailure>,
+    },
+    /// Its owner uploaded a file into its workspace.
+    FileUploaded {
+        /// Workspace-relative path.
+        path: String,
+        /// Bytes written.
+        size: u64,
+    },
 }
 
 /// A change to a conversation.
@@ -269,6 +292,20 @@ impl From<AgentEvent> for AgentChange {
             E::AgentFailed { error, .. } => AgentChange::Failed { message: error },
             E::AgentDeleted { .. } => AgentChange::Deleted,
             E::AgentDestroyed { .. } => AgentChange::Destroyed,
+            E::ExecRequested {
+                exec_id, command, ..
+            } => AgentChange::ExecRequested { exec_id, command },
+            E::ExecFinished {
+                exec_id,
+                exit_code,
+                failure,
+                ..
+            } => AgentChange::ExecFinished {
+                exec_id,
+                exit_code,
+                failure,
+            },
+            E::FileUploaded { path, size, .. } => AgentChange::FileUploaded { path, size },
         }
     }
 }

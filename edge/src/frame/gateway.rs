@@ -158,6 +158,7 @@ pub fn session_event(
         | Frame::Snapshot { .. }
         | Frame::Keepalive
         | Frame::Ready
+        | Frame::Exec(_)
         | Frame::Feed(_) => return None,
     };
     payload["sessionId"] = session_id.into();

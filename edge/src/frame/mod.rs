@@ -1,7 +1,8 @@
 //! What a client is sent on a stream, typed once. A [`Frame`] is made from the log's events
 //! ([`of_message`]: `conv.<id>.ev` commits and `conv.<id>.live` deltas, each matched
 //! exhaustively, so an event without a frame does not compile) or by the edge for the stream
-//! itself (snapshot, reset, keepalive, the last `End`) and the user-wide feed ([`feed`]). Each
+//! itself (snapshot, reset, keepalive, the last `End`), an exec's output and the user-wide feed
+//! ([`feed`]). Each
 //! protocol has one serializer, an exhaustive match over [`Frame`]:
 //! - [`sse`] — LiberClaw / baal-agent SSE frames (`message`, `text`, `done`, `error`, …);
 //! - [`gateway`] — the gateway protocol v1's `event` frames (`message`, `token`, `final`, …).
@@ -12,6 +13,7 @@ pub mod feed;
 pub mod gateway;
 pub mod sse;
 
+use crate::app::exec::ExecFrame;
 use crate::views::MessageView;
 use serde_json::Value;
 use uuid::Uuid;
@@ -176,6 +178,8 @@ pub enum Frame {
     Keepalive,
     /// The user-wide feed is subscribed.
     Ready,
+    /// A piece of a shell command's output, or its end (`POST /agents/{id}/exec`).
+    Exec(ExecFrame),
     /// A change to one of the user's agents or conversations (the feed).
     Feed(FeedFrame),
     /// The last frame of a stream that ends: why, and whether reconnecting may work.
@@ -224,6 +228,7 @@ impl Frame {
             | Frame::Reset { .. }
             | Frame::Keepalive
             | Frame::Ready
+            | Frame::Exec(_)
             | Frame::Feed(_) => None,
         }
     }

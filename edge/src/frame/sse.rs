@@ -2,7 +2,8 @@
 //! `message` (a user message), `queued`, `run_started`, `status`, `text` (a piece of the reply),
 //! `tool_use`, `tool_result`, `file`, `cancel_requested`, then one terminal `done` or `error` per
 //! run; `agent_message` (the agent's own, outside any run), `renamed`, `history_cleared`; the openings `snapshot` and `reset`; `keepalive`; the
-//! feed's `ready`, `agent` and `conversation`; and a stream's last `error`. Every frame that
+//! feed's `ready`, `agent` and `conversation`; an exec's `stdout`, `stderr`, `exit`; and a
+//! stream's last `error`. Every frame that
 //! belongs to a run names it (`run_id`); errors carry `content` too (baal-agent clients read it).
 
 use super::Frame;
@@ -107,6 +108,10 @@ pub fn to_json(frame: &Frame) -> Value {
         Frame::Keepalive => json!({"type": "keepalive"}),
         Frame::Ready => json!({"type": "ready"}),
         Frame::Feed(change) => change.to_json(),
+        Frame::Exec(frame) => serde_json::to_value(frame).unwrap_or_else(|err| {
+            tracing::error!(error = %err, "an exec frame could not be serialized");
+            json!({"type": "keepalive"})
+        }),
         Frame::End {
             run_id,
             code,

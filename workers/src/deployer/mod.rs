@@ -574,7 +574,10 @@ fn agent_of(event: &AgentEvent) -> AgentId {
         | AgentEvent::AgentResumed { agent_id }
         | AgentEvent::AgentFailed { agent_id, .. }
         | AgentEvent::AgentDeleted { agent_id }
-        | AgentEvent::AgentDestroyed { agent_id } => *agent_id,
+        | AgentEvent::AgentDestroyed { agent_id }
+        | AgentEvent::ExecRequested { agent_id, .. }
+        | AgentEvent::ExecFinished { agent_id, .. }
+        | AgentEvent::FileUploaded { agent_id, .. } => *agent_id,
     }
 }
 

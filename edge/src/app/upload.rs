@@ -1,0 +1,163 @@
+//! Upload a file into the owner's running agent's workspace (ADR 18).
+//!
+//! The body is streamed to the runtime's `POST /files/{path}` as it arrives, never held
+//! whole: a declared length over the limit is refused before anything is sent, and a body that
+//! grows past it is cut off mid-stream, which makes the runtime drop what it received (it
+//! writes to a temporary file and renames it only once the body is complete). Once the runtime
+//! has written the file, the upload is recorded (`FileUploaded`).
+
+use super::access::ApprovedUser;
+use super::{agents, runtime};
+use crate::error::ApiError;
+use crate::input::check_field;
+use crate::state::AppState;
+use axum::body::Body;
+use axum::http::{StatusCode, header};
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::json;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use warren_commands::CommandMeta;
+use warren_domain::Actor;
+use warren_domain::agent::AgentCommand;
+use warren_domain::ids::{AgentId, CommandId};
+use warren_domain::text;
+
+/// How long an upload may take from the first byte to the runtime's answer.
+const UPLOAD_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// A file written into the workspace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Uploaded {
+    /// Workspace-relative path.
+    pub path: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// The bytes to upload: the request body as it streams in, and its declared length if any.
+pub struct Upload {
+    /// Workspace-relative target path (as the client named it).
+    pub path: String,
+    /// The body.
+    pub body: Body,
+    /// `Content-Length`, if the client sent one.
+    pub declared_len: Option<u64>,
+}
+
+/// The body grew past the upload limit.
+#[derive(Debug, thiserror::Error)]
+#[error("the upload is larger than {0} bytes")]
+struct Oversize(u64);
+
+/// Writes `upload` into the caller's running agent's workspace and records it.
+pub async fn upload(
+    state: &AppState,
+    caller: &ApprovedUser,
+    agent: AgentId,
+    upload: Upload,
+    command_id: CommandId,
+) -> Result<Uploaded, ApiError> {
+    let segments = runtime::safe_path(&upload.path)?;
+    check_field("path", &upload.path, &text::FILE_PATH)?;
+    let (agent_id, found) = agents::owned_agent(state, caller.id, agent).await?;
+    let (url, token) = runtime::endpoint(state, agent_id, &found).await?;
+    let limit = state.settings.upload_max_bytes;
+    if upload.declared_len.is_some_and(|length| length > limit) {
+        return Err(too_large(limit));
+    }
+    let cut_off = Arc::new(AtomicBool::new(false));
+    let body = {
+        let cut_off = cut_off.clone();
+        let mut received = 0u64;
+        upload.body.into_data_stream().map(
+            move |chunk| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
+                let chunk = chunk?;
+                received += chunk.len() as u64;
+                if received > limit {
+                    cut_off.store(true, Ordering::Relaxed);
+                    return Err(Box::new(Oversize(limit)));
+                }
+                Ok(chunk)
+            },
+        )
+    };
+    let sent = state
+        .http
+        .post(runtime::with_path(url, "files", &segments))
+        .bearer_auth(token)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .timeout(UPLOAD_TIMEOUT)
+        .body(reqwest::Body::wrap_stream(body))
+        .send()
+        .await;
+    if cut_off.load(Ordering::Relaxed) {
+        return Err(too_large(limit));
+    }
+    let response = sent.map_err(|err| {
+        tracing::warn!(agent_id = %agent_id, error = %err, "an upload to the runtime failed");
+        ApiError::Unavailable("the agent runtime")
+    })?;
+    let size = match response.status() {
+        StatusCode::CREATED | StatusCode::OK => {
+            let written: Written = response
+                .json()
+                .await
+                .map_err(|_| ApiError::Unavailable("the agent runtime"))?;
+            written.size
+        }
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            return Err(ApiError::client(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "the file is larger than the agent runtime accepts",
+            ));
+        }
+        StatusCode::BAD_REQUEST => {
+            return Err(ApiError::client(
+                StatusCode::BAD_REQUEST,
+                "invalid_path",
+                "the path is not a file inside the agent's workspace",
+            ));
+        }
+        status => {
+            tracing::warn!(agent_id = %agent_id, %status, "the runtime refused an upload");
+            return Err(ApiError::Unavailable("the agent runtime"));
+        }
+    };
+    let path = segments.join("/");
+    let meta = CommandMeta {
+        command_id,
+        ..CommandMeta::new(Actor::User(caller.id))
+    };
+    let record = AgentCommand::RecordFileUpload {
+        user_id: caller.id,
+        path: path.clone(),
+        size,
+    };
+    state
+        .commands
+        .agents
+        .execute(&agent_id.to_string(), record, &meta)
+        .await?;
+    tracing::info!(agent_id = %agent_id, size, "file uploaded");
+    Ok(Uploaded { path, size })
+}
+
+/// What the runtime answers a written file with.
+#[derive(Deserialize)]
+struct Written {
+    size: u64,
+}
+
+/// 413 for a body over `limit` bytes.
+fn too_large(limit: u64) -> ApiError {
+    ApiError::Client {
+        status: StatusCode::PAYLOAD_TOO_LARGE,
+        code: "payload_too_large",
+        message: format!("the file is larger than the upload limit ({limit} bytes)"),
+        details: Some(json!({ "limit": limit })),
+    }
+}
