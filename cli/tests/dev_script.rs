@@ -36,6 +36,18 @@ fn git(args: &[&str], cwd: &Path) {
     assert!(status.success(), "git {args:?}");
 }
 
+/// On the way out (a failed assertion too), SIGTERM to the script's process group: `warren dev`
+/// then stops the agent runtimes it started, which a SIGKILL would leave behind.
+struct Stop(u32);
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.0 as i32) {
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::TERM);
+        }
+    }
+}
+
 /// `pid` and every process under it (from /proc), with their names.
 fn tree(pid: u32) -> Vec<(u32, String)> {
     let mut all = Vec::new();
@@ -121,8 +133,7 @@ async fn dev_sh_from_a_fresh_clone_reaches_a_first_chat() {
         .stdin(Stdio::null())
         .stdout(file.try_clone().expect("log"))
         .stderr(file)
-        .process_group(0)
-        .kill_on_drop(true);
+        .process_group(0);
     // What any shell has: where programs and the toolchain are.
     for name in ["PATH", "HOME", "CARGO_HOME", "RUSTUP_HOME", "USER", "LANG"] {
         if let Some(value) = std::env::var_os(name) {
@@ -130,6 +141,7 @@ async fn dev_sh_from_a_fresh_clone_reaches_a_first_chat() {
         }
     }
     let mut dev = command.spawn().expect("spawn deploy/dev.sh");
+    let _stop = Stop(dev.id().expect("pid"));
     let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
 
     let health = format!("{base}/api/v1/health");
@@ -215,13 +227,8 @@ async fn dev_sh_from_a_fresh_clone_reaches_a_first_chat() {
             None,
         )
         .await;
-        assert_ne!(
-            agent["deployment_status"],
-            "failed",
-            "{agent}\n{}",
-            log_text()
-        );
-        agent["deployment_status"] == "running"
+        assert_ne!(agent["status"], "failed", "{agent}\n{}", log_text());
+        agent["status"] == "running"
     })
     .await;
 
