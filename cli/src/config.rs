@@ -312,7 +312,7 @@ pub struct Config {
     /// How often each chat worker looks for stale leases.
     #[arg(long, env = "WARREN_CHAT_SWEEP_SECS", default_value_t = 5, help_heading = heading::CHAT)]
     pub chat_sweep_secs: u64,
-    /// How often a chat worker asks the runtimes of agents it ran in the last hour for
+    /// How often a chat worker asks the runtimes of agents it ran in the last day for
     /// proactive messages (reminders, background results).
     #[arg(long, env = "WARREN_CHAT_PENDING_SECS", default_value_t = 5, help_heading = heading::CHAT)]
     pub chat_pending_secs: u64,

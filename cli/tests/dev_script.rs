@@ -42,9 +42,18 @@ struct Stop(u32);
 
 impl Drop for Stop {
     fn drop(&mut self) {
-        if let Some(pid) = rustix::process::Pid::from_raw(self.0 as i32) {
-            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::TERM);
+        let Some(pid) = rustix::process::Pid::from_raw(self.0 as i32) else {
+            return;
+        };
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::TERM);
+        // Give it the time a graceful stop takes, then make sure.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::time::Instant::now() < deadline
+            && rustix::process::test_kill_process_group(pid).is_ok()
+        {
+            std::thread::sleep(Duration::from_millis(100));
         }
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
     }
 }
 
@@ -279,4 +288,9 @@ async fn dev_sh_from_a_fresh_clone_reaches_a_first_chat() {
         started.iter().all(|(pid, _)| running(*pid).is_none())
     })
     .await;
+    assert!(
+        log_text().contains("agent processes stopped with the deployer"),
+        "the runtimes were stopped by warren dev, not left to die; log:\n{}",
+        log_text()
+    );
 }

@@ -178,6 +178,24 @@ async fn two_websocket_clients_and_an_sse_client_on_one_session_see_the_same_eve
     assert_eq!(switched["ok"], true, "{switched}");
     let mut sse = chat.follow(&session, Some(0)).await;
 
+    // Params that would be ignored are refused by name: another agent than the session's, a
+    // slash command given a session, a slash command's extra words.
+    for (params, field) in [
+        (
+            json!({"message": "hi", "agentId": "00000000-0000-0000-0000-000000000009"}),
+            "params.agentId",
+        ),
+        (
+            json!({"message": "/status", "sessionId": session}),
+            "params.sessionId",
+        ),
+        (json!({"message": "/cancel now"}), "params.message"),
+    ] {
+        let refused = a.call("agent", params).await;
+        assert_eq!(refused["errorCode"], "invalid_params", "{refused}");
+        assert_eq!(refused["details"]["fields"][0]["field"], field, "{refused}");
+    }
+
     chat.model
         .push(Reply::tool_call("shell", json!({"command": "echo shared"})));
     chat.model.push(Reply::text("Both of you see this."));

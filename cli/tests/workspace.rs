@@ -358,4 +358,36 @@ async fn an_upload_writes_the_bytes_the_download_returns_within_the_limit_and_is
     assert_eq!(status, 404);
     assert!(!workspace.join("mine.txt").exists());
     assert_eq!(logged(&chat, "FileUploaded").await.len(), 2);
+
+    // One Idempotency-Key: a retry of the same upload is recorded once, but the key reused for
+    // another file is recorded again — nothing is written unaudited.
+    let keyed = |path: &'static str, body: &'static str| {
+        chat.platform
+            .http
+            .put(format!(
+                "{}/api/v1/files/{}/{path}",
+                chat.platform.base, chat.agent_id
+            ))
+            .bearer_auth(&chat.user.access)
+            .header("idempotency-key", "upload-1")
+            .body(body)
+            .send()
+    };
+    for (path, body) in [
+        ("k.txt", "one"),
+        ("k.txt", "one"),
+        ("k.txt", "two"),
+        ("l.txt", "one"),
+    ] {
+        let answer = keyed(path, body).await.expect("upload");
+        assert_eq!(answer.status(), 201, "{path} {body}");
+    }
+    wait_until(TIMEOUT, || async {
+        logged(&chat, "FileUploaded").await.len() == 5
+    })
+    .await;
+    assert_eq!(
+        std::fs::read_to_string(workspace.join("k.txt")).expect("k"),
+        "two"
+    );
 }

@@ -9,6 +9,7 @@
 
 use crate::{CommandError, CommandMeta, CommandService};
 use serde::Deserialize;
+use std::collections::HashMap;
 use warren_domain::Actor;
 use warren_domain::conversation::ConversationCommand;
 use warren_domain::ids::{AgentId, ConversationId, MessageId};
@@ -16,6 +17,12 @@ use warren_domain::text;
 
 /// The largest `/pending` answer read from a runtime (it is not trusted with a reader's memory).
 pub const PENDING_CAP: usize = 1024 * 1024;
+/// The most messages delivered from one take; the rest are dropped (and logged), so a runtime
+/// cannot flood the log.
+pub const MAX_PER_TAKE: usize = 20;
+/// The longest proactive message, in characters (the runtime's `schedule_message` limit); longer
+/// ones are cut.
+pub const MAX_CHARS: usize = 4_000;
 
 /// One message as a runtime's `/pending` lists it.
 #[derive(Clone, Debug, Deserialize)]
@@ -47,8 +54,8 @@ pub struct Delivered {
 
 /// Delivers `pending` messages of `agent_id`'s runtime into its conversations, as the platform
 /// role `role`. Messages for other agents' conversations, unknown chats or blank texts are
-/// dropped; a log failure stops the delivery (the rest are lost with the runtime's take, and
-/// logged).
+/// dropped, at most [`MAX_PER_TAKE`] are delivered and each is cut to [`MAX_CHARS`]; a log
+/// failure stops the delivery (the rest are lost with the runtime's take, and logged).
 pub async fn deliver(
     service: &CommandService,
     agent_id: AgentId,
@@ -57,29 +64,24 @@ pub async fn deliver(
 ) -> Vec<Delivered> {
     let meta = CommandMeta::new(Actor::System(role.to_owned()));
     let mut delivered = Vec::new();
-    for message in pending {
-        let Ok(conversation_id) = message.chat_id.parse::<ConversationId>() else {
-            tracing::warn!(%agent_id, chat_id = %text::escape(&message.chat_id, text::Lines::Single), "a proactive message for an unknown chat, dropped");
-            continue;
-        };
-        let theirs = match service
-            .conversations
-            .load(&conversation_id.to_string())
-            .await
-        {
-            Ok((conversation, _)) => {
-                conversation.id == Some(conversation_id) && conversation.agent_id == agent_id
-            }
-            Err(err) => {
-                tracing::warn!(%agent_id, %conversation_id, error = %err, "loading a conversation for a proactive message failed");
-                false
+    if pending.len() > MAX_PER_TAKE {
+        tracing::warn!(%agent_id, taken = pending.len(), kept = MAX_PER_TAKE, "a runtime queued too many proactive messages; the rest are dropped");
+    }
+    // Whether each chat named is a conversation of this agent, looked up once per take.
+    let mut checked: HashMap<String, Option<ConversationId>> = HashMap::new();
+    for message in pending.into_iter().take(MAX_PER_TAKE) {
+        let conversation_id = match checked.get(&message.chat_id) {
+            Some(known) => *known,
+            None => {
+                let known = owned_by(service, agent_id, &message.chat_id).await;
+                checked.insert(message.chat_id.clone(), known);
+                known
             }
         };
-        if !theirs {
-            tracing::warn!(%agent_id, %conversation_id, "a proactive message for a conversation of another agent, dropped");
+        let Some(conversation_id) = conversation_id else {
             continue;
-        }
-        let text = text::REPLY.fit(&message.content);
+        };
+        let text = cut(&text::REPLY.fit(&message.content), MAX_CHARS);
         if text.trim().is_empty() {
             continue;
         }
@@ -102,9 +104,46 @@ pub async fn deliver(
                 tracing::warn!(%agent_id, %conversation_id, error = %err, "a proactive message was refused");
             }
             Err(err) => {
-                tracing::error!(%agent_id, %conversation_id, error = %err, "delivering a proactive message failed");
+                // The log is unreachable: stop here (the rest of this take is lost, and logged).
+                tracing::error!(%agent_id, %conversation_id, error = %err, "delivering proactive messages failed");
+                break;
             }
         }
     }
     delivered
+}
+
+/// The conversation `chat_id` names, if it is one of `agent_id`'s (logged when not).
+async fn owned_by(
+    service: &CommandService,
+    agent_id: AgentId,
+    chat_id: &str,
+) -> Option<ConversationId> {
+    let Ok(conversation_id) = chat_id.parse::<ConversationId>() else {
+        tracing::warn!(%agent_id, chat_id = %text::escape(chat_id, text::Lines::Single), "a proactive message for an unknown chat, dropped");
+        return None;
+    };
+    let theirs = match service
+        .conversations
+        .load(&conversation_id.to_string())
+        .await
+    {
+        Ok((conversation, _)) => {
+            conversation.id == Some(conversation_id) && conversation.agent_id == agent_id
+        }
+        Err(err) => {
+            tracing::warn!(%agent_id, %conversation_id, error = %err, "loading a conversation for a proactive message failed");
+            false
+        }
+    };
+    if !theirs {
+        tracing::warn!(%agent_id, %conversation_id, "a proactive message for a conversation of another agent, dropped");
+        return None;
+    }
+    Some(conversation_id)
+}
+
+/// `text` cut to at most `max` characters.
+fn cut(text: &str, max: usize) -> String {
+    text.chars().take(max).collect()
 }

@@ -84,3 +84,22 @@ async fn a_runtime_delivers_into_its_own_agents_conversations_only() {
         "another agent's conversation was written to: {events:?}"
     );
 }
+
+#[tokio::test]
+async fn one_take_delivers_a_bounded_number_of_bounded_messages() {
+    let nats = TestNats::start().await;
+    let js = jetstream::new(nats.client().await);
+    let service = CommandService::start(js, &Default::default())
+        .await
+        .expect("service");
+    let agent = AgentId::new();
+    let own = conversation(&service, agent).await;
+    let mut flood: Vec<Pending> = (0..proactive::MAX_PER_TAKE * 3)
+        .map(|n| pending(own, &format!("message {n}")))
+        .collect();
+    flood[0].content = "x".repeat(proactive::MAX_CHARS * 10);
+    let delivered = proactive::deliver(&service, agent, flood, "chat-test").await;
+    assert_eq!(delivered.len(), proactive::MAX_PER_TAKE);
+    assert_eq!(delivered[0].text.chars().count(), proactive::MAX_CHARS);
+    assert_eq!(delivered[1].text, "message 1");
+}

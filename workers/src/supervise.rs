@@ -21,13 +21,7 @@ where
         match outcome {
             Ok(()) => return,
             Err(err) => {
-                let mut chain = err.to_string();
-                let mut source = err.source();
-                while let Some(cause) = source {
-                    chain.push_str(": ");
-                    chain.push_str(&cause.to_string());
-                    source = cause.source();
-                }
+                let chain = cause_chain(&err);
                 tracing::error!(worker = name, error = %chain, ?backoff, "worker failed, restarting");
             }
         }
@@ -37,4 +31,16 @@ where
         }
         backoff = (backoff * 2).min(Duration::from_secs(10));
     }
+}
+
+/// `err: cause: cause…`, for the log (never for a client: causes may name internal addresses).
+pub fn cause_chain(err: &dyn std::error::Error) -> String {
+    let mut chain = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        chain.push_str(": ");
+        chain.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    chain
 }

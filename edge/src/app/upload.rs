@@ -16,9 +16,11 @@ use axum::http::{StatusCode, header};
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
-use std::sync::Arc;
+use sha2::{Digest, Sha256};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use uuid::Uuid;
 use warren_commands::CommandMeta;
 use warren_domain::Actor;
 use warren_domain::agent::AgentCommand;
@@ -47,6 +49,9 @@ pub struct Upload {
     pub declared_len: Option<u64>,
 }
 
+/// The largest answer read from the runtime about a written file.
+const WRITTEN_CAP: u64 = 64 * 1024;
+
 /// The body grew past the upload limit.
 #[derive(Debug, thiserror::Error)]
 #[error("the upload is larger than {0} bytes")]
@@ -69,17 +74,22 @@ pub async fn upload(
         return Err(too_large(limit));
     }
     let cut_off = Arc::new(AtomicBool::new(false));
+    // What the edge itself saw go by: the size and digest recorded, whatever the runtime says.
+    let seen = Arc::new(Mutex::new((0u64, Sha256::new())));
     let body = {
-        let cut_off = cut_off.clone();
-        let mut received = 0u64;
+        let (cut_off, seen) = (cut_off.clone(), seen.clone());
         upload.body.into_data_stream().map(
             move |chunk| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
                 let chunk = chunk?;
-                received += chunk.len() as u64;
-                if received > limit {
+                let mut seen = seen
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                seen.0 += chunk.len() as u64;
+                if seen.0 > limit {
                     cut_off.store(true, Ordering::Relaxed);
                     return Err(Box::new(Oversize(limit)));
                 }
+                seen.1.update(&chunk);
                 Ok(chunk)
             },
         )
@@ -100,13 +110,32 @@ pub async fn upload(
         tracing::warn!(agent_id = %agent_id, error = %err, "an upload to the runtime failed");
         ApiError::Unavailable("the agent runtime")
     })?;
-    let size = match response.status() {
+    let (size, digest) = {
+        let seen = seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        (seen.0, hex::encode(seen.1.clone().finalize()))
+    };
+    match response.status() {
         StatusCode::CREATED | StatusCode::OK => {
-            let written: Written = response
-                .json()
-                .await
-                .map_err(|_| ApiError::Unavailable("the agent runtime"))?;
-            written.size
+            // Read within a bound: the runtime is not trusted with the edge's memory.
+            let claimed = match response.content_length() {
+                Some(length) if length > WRITTEN_CAP => None,
+                _ => response
+                    .bytes()
+                    .await
+                    .ok()
+                    .filter(|body| body.len() as u64 <= WRITTEN_CAP)
+                    .and_then(|body| serde_json::from_slice::<Written>(&body).ok()),
+            };
+            match claimed {
+                Some(written) if written.size == size => {}
+                Some(written) => tracing::warn!(
+                    agent_id = %agent_id, sent = size, claimed = written.size,
+                    "the runtime claims another size than the edge sent; the edge's is recorded"
+                ),
+                None => return Err(ApiError::Unavailable("the agent runtime")),
+            }
         }
         StatusCode::PAYLOAD_TOO_LARGE => {
             return Err(ApiError::client(
@@ -126,10 +155,15 @@ pub async fn upload(
             tracing::warn!(agent_id = %agent_id, %status, "the runtime refused an upload");
             return Err(ApiError::Unavailable("the agent runtime"));
         }
-    };
+    }
     let path = segments.join("/");
+    // A retry of this upload (same key, path and bytes) is recorded once; the same key with
+    // another file is another record, so nothing is written unaudited.
     let meta = CommandMeta {
-        command_id,
+        command_id: CommandId(Uuid::new_v5(
+            &command_id.0,
+            format!("{path}\n{size}\n{digest}").as_bytes(),
+        )),
         ..CommandMeta::new(Actor::User(caller.id))
     };
     let record = AgentCommand::RecordFileUpload {

@@ -181,18 +181,20 @@ pub(crate) async fn pending(
     if !response.status().is_success() {
         return Err(ApiError::Unavailable("the agent runtime"));
     }
-    if response
-        .content_length()
-        .is_some_and(|length| length as usize > proactive::PENDING_CAP)
-    {
-        return Err(ApiError::Unavailable("the agent runtime"));
-    }
-    let body = response
-        .bytes()
+    // Read within the cap, chunk by chunk: a runtime answering without a length (or lying
+    // about it) is not trusted with the edge's memory.
+    let mut response = response;
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
         .await
-        .map_err(|_| ApiError::Unavailable("the agent runtime"))?;
-    if body.len() > proactive::PENDING_CAP {
-        return Err(ApiError::Unavailable("the agent runtime"));
+        .map_err(|_| ApiError::Unavailable("the agent runtime"))?
+    {
+        if body.len() + chunk.len() > proactive::PENDING_CAP {
+            tracing::warn!(%agent_id, "a runtime's /pending answer is over the cap");
+            return Err(ApiError::Unavailable("the agent runtime"));
+        }
+        body.extend_from_slice(&chunk);
     }
     let list: proactive::PendingList =
         serde_json::from_slice(&body).map_err(|_| ApiError::Unavailable("the agent runtime"))?;

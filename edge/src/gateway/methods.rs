@@ -342,6 +342,19 @@ impl Conn {
             return Err(params::invalid("message", "must not be empty"));
         }
         if message.trim_start().starts_with('/') {
+            // A slash command acts on the current session with its own words only.
+            for (field, given) in [
+                ("sessionId", params.session_id.is_some()),
+                ("agentId", params.agent_id.is_some()),
+                ("mode", params.mode.is_some()),
+            ] {
+                if given {
+                    return Err(params::invalid(
+                        field,
+                        "is not taken by a slash command (it acts on the current session)",
+                    ));
+                }
+            }
             return self.command(message.trim()).await;
         }
         let caller = self.approved().await?;
@@ -353,7 +366,15 @@ impl Conn {
                 .await?;
         }
         let session = self.session_for(params.session_id).await?;
-        let mode = PostMode::from(params.mode);
+        if let Some(agent) = params.agent_id
+            && agent != session.agent_id.0
+        {
+            return Err(params::invalid(
+                "agentId",
+                "is not the agent of the session the message goes to",
+            ));
+        }
+        let mode = PostMode::from(params.mode.unwrap_or_default());
         let posted = crate::app::chat::post(
             &self.state,
             &caller,
@@ -504,6 +525,25 @@ impl Conn {
         let mut words = line.split_whitespace();
         let name = words.next().unwrap_or("");
         let arg = words.next();
+        // Words a command does not take are refused, not dropped.
+        let known = matches!(
+            name,
+            "/new" | "/sessions" | "/session" | "/history" | "/status" | "/cancel" | "/help"
+        );
+        let takes_an_argument = matches!(name, "/session" | "/history");
+        if known && (words.next().is_some() || (arg.is_some() && !takes_an_argument)) {
+            return Err(params::invalid(
+                "message",
+                &format!(
+                    "{name} takes {}",
+                    if takes_an_argument {
+                        "one argument"
+                    } else {
+                        "no argument"
+                    }
+                ),
+            ));
+        }
         let (payload, text) = match name {
             "/new" => {
                 limits::user_write(&self.state, self.user.id).await?;

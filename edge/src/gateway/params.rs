@@ -31,9 +31,8 @@ pub struct Agent {
     pub session_id: Option<Uuid>,
     /// The agent to start a session with, when there is none yet.
     pub agent_id: Option<Uuid>,
-    /// Queue behind a running run, or interrupt it.
-    #[serde(default)]
-    pub mode: Mode,
+    /// Queue behind a running run (the default), or interrupt it.
+    pub mode: Option<Mode>,
     /// Retries with the same key are answered once (checked before the method runs).
     #[serde(rename = "idempotencyKey")]
     pub _idempotency_key: Option<String>,

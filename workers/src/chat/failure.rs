@@ -48,18 +48,6 @@ pub fn public_message(code: &str, runtime_message: String, source: ModelSource) 
     }
 }
 
-/// `err: cause: cause…`, for the log.
-pub fn cause_chain(err: &dyn std::error::Error) -> String {
-    let mut chain = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        chain.push_str(": ");
-        chain.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    chain
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,7 +15,7 @@
 //!   (`worker_lost`, retryable); if it never started, the lease is dropped and the run taken.
 //! - **History cleared.** `HistoryCleared` clears the chat in the runtime too.
 //! - **Proactive messages.** After each run, and every `pending_every` for agents run here in
-//!   the last hour, the runtime's `/pending` is taken and delivered into the agent's own
+//!   the last day, the runtime's `/pending` is taken and delivered into the agent's own
 //!   conversations (`AgentMessagePosted`), for every client to see.
 //!
 //! Layout: `runtime` (the agent runtime's HTTP client), `lease` (run leases), `run` (one run),

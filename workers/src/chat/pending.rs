@@ -1,10 +1,14 @@
 //! Proactive messages: after each run the worker takes what the agent's runtime queued at
 //! `/pending` and delivers it into the agent's conversations ([`warren_commands::proactive`]);
-//! agents that ran here within [`WATCHED_FOR`] are asked again every `pending_every`, so a
-//! reminder the agent set during a run reaches every client of the conversation when it fires.
+//! agents that ran here within [`WATCHED_FOR`] (longer than the longest reminder) are asked
+//! again every `pending_every`, a few at a time, so a reminder the agent set during a run
+//! reaches every client of the conversation when it fires. The watch list is this replica's
+//! memory: after a restart an agent is watched again from its next run (its runtime keeps the
+//! queue meanwhile, and `GET /chat/{id}/pending` takes it too).
 
 use super::Shared;
 use super::runtime::Runtime;
+use futures::StreamExt;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -12,8 +16,11 @@ use warren_commands::proactive;
 use warren_domain::agent::AgentStatus;
 use warren_domain::ids::AgentId;
 
-/// How long after its last run here an agent's runtime is still asked.
-pub const WATCHED_FOR: Duration = Duration::from_secs(60 * 60);
+/// How long after its last run here an agent's runtime is still asked: the longest delay
+/// `schedule_message` accepts (a day), and an hour more.
+pub const WATCHED_FOR: Duration = Duration::from_secs(25 * 60 * 60);
+/// Runtimes asked at once by a sweep (a slow one does not hold up the others).
+const ASKED_AT_ONCE: usize = 8;
 
 /// The agents this replica ran recently, and when.
 #[derive(Default)]
@@ -64,9 +71,9 @@ pub async fn collect(shared: &Shared, agent: AgentId) {
     }
 }
 
-/// Asks every recently run agent's runtime.
+/// Asks every recently run agent's runtime, a few at a time.
 pub async fn sweep(shared: &Shared) {
-    for agent in shared.watched.recent() {
-        collect(shared, agent).await;
-    }
+    futures::stream::iter(shared.watched.recent())
+        .for_each_concurrent(ASKED_AT_ONCE, |agent| collect(shared, agent))
+        .await;
 }

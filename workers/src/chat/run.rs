@@ -8,9 +8,10 @@
 //! the aggregate never refuses it for its text and a run is always recorded.
 
 use super::Shared;
-use super::failure::{ModelSource, cause_chain, public_message};
+use super::failure::{ModelSource, public_message};
 use super::lease::Held;
 use super::runtime::{IDLE_TIMEOUT, ModelOverride, Runtime, RuntimeEvent};
+use crate::supervise::cause_chain;
 use async_nats::HeaderMap;
 use futures::StreamExt;
 use std::time::{Duration, Instant};
