@@ -5,6 +5,7 @@
 //! - [`codec`] — the stored form of a commit (a JSON array of envelopes) and the upcaster hook.
 //! - [`store`] — [`Store`]: the `cqrs_es::EventStore` on JetStream, its aggregate cache, and the
 //!   bounded-retry command loop.
+//! - [`bounded`] — reading what an agent runtime sends within bounds (bodies, SSE events).
 //! - [`aggregates`] — which stream and subject each domain aggregate lives on.
 //! - [`error`] — [`StoreError`] (one conflict variant, mapped in one place) and [`CommandError`].
 //! - [`service`] — [`CommandService`]: one store per aggregate type, the handle adapters call.
@@ -14,6 +15,7 @@
 //!   provider keys.
 
 pub mod aggregates;
+pub mod bounded;
 pub mod codec;
 pub mod error;
 pub mod proactive;

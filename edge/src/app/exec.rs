@@ -250,10 +250,14 @@ const SHUTTING_DOWN: ExecFrame = ExecFrame::Error {
     message: "the platform is restarting; the command was stopped",
 };
 
+/// The largest SSE event read from a runtime's exec stream (its output arrives in many).
+const MAX_EVENT: usize = 1024 * 1024;
+
 /// Reads the runtime's stream into `frames` until the exec ends or nobody listens, then
 /// records the outcome.
 async fn pump(response: reqwest::Response, frames: mpsc::Sender<ExecFrame>, audit: Audit) {
-    let mut events = response.bytes_stream().eventsource();
+    let mut events =
+        warren_commands::bounded::events(response.bytes_stream(), MAX_EVENT).eventsource();
     let closing = audit.state.closing.clone();
     let outcome = loop {
         let next = tokio::select! {

@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use utoipa::ToSchema;
 use uuid::Uuid;
-use warren_commands::proactive;
+use warren_commands::{bounded, proactive};
 use warren_domain::conversation::PostMode;
 use warren_domain::ids::{AgentId, ConversationId};
 use warren_domain::text;
@@ -181,21 +181,14 @@ pub(crate) async fn pending(
     if !response.status().is_success() {
         return Err(ApiError::Unavailable("the agent runtime"));
     }
-    // Read within the cap, chunk by chunk: a runtime answering without a length (or lying
-    // about it) is not trusted with the edge's memory.
-    let mut response = response;
-    let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
+    // Read within the cap: a runtime answering without a length (or lying about it) is not
+    // trusted with the edge's memory.
+    let body = bounded::read(response.bytes_stream(), proactive::PENDING_CAP)
         .await
-        .map_err(|_| ApiError::Unavailable("the agent runtime"))?
-    {
-        if body.len() + chunk.len() > proactive::PENDING_CAP {
-            tracing::warn!(%agent_id, "a runtime's /pending answer is over the cap");
-            return Err(ApiError::Unavailable("the agent runtime"));
-        }
-        body.extend_from_slice(&chunk);
-    }
+        .map_err(|err| {
+            tracing::warn!(%agent_id, error = %err, "reading a runtime's /pending failed");
+            ApiError::Unavailable("the agent runtime")
+        })?;
     let list: proactive::PendingList =
         serde_json::from_slice(&body).map_err(|_| ApiError::Unavailable("the agent runtime"))?;
     let delivered = proactive::deliver(&state.commands, agent_id, list.messages, "edge").await;

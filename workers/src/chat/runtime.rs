@@ -13,6 +13,7 @@ use futures::{Stream, StreamExt};
 use serde::Deserialize;
 use std::borrow::Cow;
 use std::time::Duration;
+use warren_commands::bounded;
 use warren_commands::proactive::{PENDING_CAP, PendingList};
 use warren_domain::conversation::TokenUsage;
 use warren_domain::text::{self, Lines};
@@ -264,13 +265,12 @@ impl Runtime {
         .map_err(RuntimeError::Unreachable)?;
         let status = response.status();
         if !status.is_success() {
-            let body = response.text().await.unwrap_or_default();
             return Err(RuntimeError::Status {
                 status: status.as_u16(),
-                body: body.chars().take(512).collect(),
+                body: error_body(response).await,
             });
         }
-        let events = response.bytes_stream().eventsource();
+        let events = bounded::events(response.bytes_stream(), MAX_EVENT).eventsource();
         Ok(events.filter_map(|frame| async move {
             match frame {
                 Err(err) => Some(Err(RuntimeError::Stream(err.to_string()))),
@@ -308,7 +308,7 @@ impl Runtime {
     /// Takes the proactive messages the runtime queued (every chat's): `GET /pending`, read up
     /// to [`PENDING_CAP`] bytes (a runtime is not trusted with the worker's memory).
     pub async fn pending(&self) -> Result<PendingList, RuntimeError> {
-        let mut response = self
+        let response = self
             .http
             .get(self.url("/pending"))
             .bearer_auth(&self.token)
@@ -323,16 +323,22 @@ impl Runtime {
                 body: String::new(),
             });
         }
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(RuntimeError::Unreachable)? {
-            if body.len() + chunk.len() > PENDING_CAP {
+        let body = match tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            bounded::read(response.bytes_stream(), PENDING_CAP),
+        )
+        .await
+        {
+            Ok(Ok(body)) => body,
+            Ok(Err(bounded::Bounded::Source(err))) => return Err(RuntimeError::Unreachable(err)),
+            Ok(Err(too_large)) => {
                 return Err(RuntimeError::Status {
                     status: status.as_u16(),
-                    body: format!("a /pending answer over {PENDING_CAP} bytes"),
+                    body: too_large.to_string(),
                 });
             }
-            body.extend_from_slice(&chunk);
-        }
+            Err(_) => return Err(RuntimeError::Stream("a slow /pending answer".to_owned())),
+        };
         serde_json::from_slice(&body).map_err(|err| RuntimeError::Status {
             status: status.as_u16(),
             body: format!("an unreadable /pending answer: {err}"),
@@ -361,15 +367,34 @@ impl Runtime {
         }
         Err(RuntimeError::Status {
             status: status.as_u16(),
-            body: response
-                .text()
-                .await
-                .unwrap_or_default()
-                .chars()
-                .take(512)
-                .collect(),
+            body: error_body(response).await,
         })
     }
+}
+
+/// The largest SSE event read from a runtime's run stream (a reply's text arrives in many).
+const MAX_EVENT: usize = 1024 * 1024;
+/// The part of an error answer's body kept for the log.
+const ERROR_BODY: usize = 512;
+
+/// The start of an error answer's body, read within a bound and a timeout (for the log).
+async fn error_body(response: reqwest::Response) -> String {
+    use futures::StreamExt;
+    let mut body = Vec::new();
+    let read = async {
+        let mut stream = response.bytes_stream();
+        while let Some(Ok(chunk)) = stream.next().await {
+            body.extend_from_slice(&chunk);
+            if body.len() >= ERROR_BODY {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(CONNECT_TIMEOUT, read).await;
+    String::from_utf8_lossy(&body)
+        .chars()
+        .take(ERROR_BODY)
+        .collect()
 }
 
 /// Percent-encodes a chat id for a path segment (ids are UUIDs, but the protocol allows more).
