@@ -18,7 +18,7 @@ use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 use warren_commands::CommandMeta;
 use warren_domain::Actor;
@@ -134,9 +134,43 @@ pub async fn exec(
         agent_id,
         exec_id,
     };
+    // From here on the exec is in the log: its start and its outcome run in a task of their
+    // own, so a request that goes away (a client hanging up while the runtime starts) still
+    // ends in `ExecFinished`.
+    let (frames, receiver) = mpsc::channel(FRAME_QUEUE);
+    let (started, start_answer) = oneshot::channel();
+    tokio::spawn(async move {
+        match start_on_runtime(&audit, url, &token, &request).await {
+            Ok(response) => {
+                let _ = started.send(Ok(()));
+                pump(response, frames, audit).await;
+            }
+            Err(err) => {
+                let _ = started.send(Err(err));
+            }
+        }
+    });
+    start_answer
+        .await
+        .map_err(|_| ApiError::Unavailable("the agent runtime"))??;
+    Ok(Exec {
+        exec_id,
+        frames: receiver,
+    })
+}
+
+/// Asks the runtime to run the command; a refusal or no answer is recorded as the outcome.
+async fn start_on_runtime(
+    audit: &Audit,
+    url: reqwest::Url,
+    token: &str,
+    request: &ExecRequest,
+) -> Result<reqwest::Response, ApiError> {
+    let agent_id = audit.agent_id;
     let started = tokio::time::timeout(
         START_TIMEOUT,
-        state
+        audit
+            .state
             .http
             .post(runtime::with_path(url, "exec", &[]))
             .bearer_auth(token)
@@ -148,37 +182,31 @@ pub async fn exec(
             .send(),
     )
     .await;
-    let response = match started {
-        Ok(Ok(response)) if response.status().is_success() => response,
+    match started {
+        Ok(Ok(response)) if response.status().is_success() => Ok(response),
         Ok(Ok(response)) => {
             let status = response.status();
             tracing::warn!(agent_id = %agent_id, %status, "the runtime refused an exec");
             audit.failed(ExecFailure::Refused).await;
-            return Err(match status {
+            Err(match status {
                 StatusCode::BAD_REQUEST | StatusCode::NOT_FOUND => ApiError::invalid_field(
                     "cwd",
                     "must be an existing directory inside the agent's workspace",
                 ),
                 _ => ApiError::Unavailable("the agent runtime"),
-            });
+            })
         }
         Ok(Err(err)) => {
             tracing::warn!(agent_id = %agent_id, error = %err, "the runtime did not answer an exec");
             audit.failed(ExecFailure::RuntimeUnavailable).await;
-            return Err(ApiError::Unavailable("the agent runtime"));
+            Err(ApiError::Unavailable("the agent runtime"))
         }
         Err(_) => {
             tracing::warn!(agent_id = %agent_id, "the runtime did not answer an exec in time");
             audit.failed(ExecFailure::RuntimeUnavailable).await;
-            return Err(ApiError::Unavailable("the agent runtime"));
+            Err(ApiError::Unavailable("the agent runtime"))
         }
-    };
-    let (frames, receiver) = mpsc::channel(FRAME_QUEUE);
-    tokio::spawn(pump(response, frames, audit));
-    Ok(Exec {
-        exec_id,
-        frames: receiver,
-    })
+    }
 }
 
 /// The runtime's `POST /exec` body.
