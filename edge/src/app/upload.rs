@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use uuid::Uuid;
-use warren_commands::CommandMeta;
+use warren_commands::{CommandMeta, bounded};
 use warren_domain::Actor;
 use warren_domain::agent::AgentCommand;
 use warren_domain::ids::{AgentId, CommandId};
@@ -50,7 +50,7 @@ pub struct Upload {
 }
 
 /// The largest answer read from the runtime about a written file.
-const WRITTEN_CAP: u64 = 64 * 1024;
+const WRITTEN_CAP: usize = 64 * 1024;
 
 /// The body grew past the upload limit.
 #[derive(Debug, thiserror::Error)]
@@ -119,15 +119,10 @@ pub async fn upload(
     match response.status() {
         StatusCode::CREATED | StatusCode::OK => {
             // Read within a bound: the runtime is not trusted with the edge's memory.
-            let claimed = match response.content_length() {
-                Some(length) if length > WRITTEN_CAP => None,
-                _ => response
-                    .bytes()
-                    .await
-                    .ok()
-                    .filter(|body| body.len() as u64 <= WRITTEN_CAP)
-                    .and_then(|body| serde_json::from_slice::<Written>(&body).ok()),
-            };
+            let claimed = bounded::read(response.bytes_stream(), WRITTEN_CAP)
+                .await
+                .ok()
+                .and_then(|body| serde_json::from_slice::<Written>(&body).ok());
             match claimed {
                 Some(written) if written.size == size => {}
                 Some(written) => tracing::warn!(

@@ -7,6 +7,7 @@
 use super::Frame;
 use crate::views::MessageView;
 use serde_json::{Value, json};
+use warren_domain::ids::RunId;
 
 /// An event frame.
 pub fn event(name: &str, payload: Value, seq: Option<u64>) -> Value {
@@ -111,32 +112,20 @@ pub fn session_event(
         ),
         Frame::Cancelled { run_id, reason } => (
             "cancelled",
-            json!({"runId": run_id, "message": format!("the run was cancelled ({reason})")}),
+            json!({"runId": run_id, "message": Frame::cancelled_message(*reason)}),
         ),
         Frame::Failed {
             run_id,
             code,
             message,
             retryable,
-        } => (
-            "error",
-            json!({
-                "runId": run_id, "message": message, "retryable": retryable,
-                "errorCode": code,
-            }),
-        ),
+        } => ("error", error(Some(run_id), code, message, *retryable)),
         Frame::End {
             run_id,
             code,
             message,
             retryable,
-        } => (
-            "error",
-            json!({
-                "runId": run_id, "message": message, "retryable": retryable,
-                "errorCode": code,
-            }),
-        ),
+        } => ("error", error(run_id.as_ref(), code, message, *retryable)),
         Frame::Reset { messages, .. } => (
             "reset",
             json!({
@@ -163,6 +152,11 @@ pub fn session_event(
     };
     payload["sessionId"] = session_id.into();
     Some(event(name, payload, seq))
+}
+
+/// An `error` event's payload: a failed run, or a stream's last frame.
+fn error(run_id: Option<&RunId>, code: &str, message: &str, retryable: bool) -> Value {
+    json!({"runId": run_id, "message": message, "retryable": retryable, "errorCode": code})
 }
 
 /// The feed event a frame of the user-wide feed is: a `feed` event per change, and an `error`

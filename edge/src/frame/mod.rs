@@ -262,6 +262,11 @@ impl Frame {
         }
     }
 
+    /// What a client is told of a cancelled run.
+    pub fn cancelled_message(reason: CancelReason) -> String {
+        format!("the run was cancelled ({reason})")
+    }
+
     /// The last frame of a stream the server stopped.
     pub fn interrupted(run_id: Option<RunId>, why: Interruption) -> Self {
         let (code, message) = match why {

@@ -84,7 +84,7 @@ pub fn to_json(frame: &Frame) -> Value {
         Frame::Cancelled { run_id, reason } => error(
             Some(run_id),
             "cancelled",
-            &format!("the run was cancelled ({reason})"),
+            &Frame::cancelled_message(*reason),
             false,
         ),
         Frame::AgentMessage { message_id, text } => json!({
