@@ -170,6 +170,15 @@ pub enum ConfigError {
     /// The token is empty: the runtime never serves unauthenticated.
     #[error("WARREN_AGENT_TOKEN must not be empty")]
     EmptyToken,
+    /// `WARREN_AGENT_TOKEN_FILE` cannot be read.
+    #[error("reading WARREN_AGENT_TOKEN_FILE {path}: {source}")]
+    TokenFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// A limit is zero where zero makes no sense.
     #[error("{0} must be greater than zero")]
     Zero(&'static str),
@@ -231,8 +240,18 @@ pub struct Args {
     #[arg(long, env = "WARREN_AGENT_ADDR", default_value = "127.0.0.1:0")]
     pub addr: SocketAddr,
     /// Bearer token required on every route but /health.
-    #[arg(long, env = "WARREN_AGENT_TOKEN", hide_env_values = true)]
-    pub token: String,
+    #[arg(
+        long,
+        env = "WARREN_AGENT_TOKEN",
+        hide_env_values = true,
+        required_unless_present = "token_file",
+        conflicts_with = "token_file"
+    )]
+    pub token: Option<String>,
+    /// A file holding the token instead (a sandbox's token stays out of its environment and
+    /// out of `docker inspect`); surrounding whitespace is ignored.
+    #[arg(long, env = "WARREN_AGENT_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
     /// Workspace directory (created if missing).
     #[arg(long, env = "WARREN_AGENT_WORKSPACE", default_value = ".")]
     pub workspace: PathBuf,
@@ -305,8 +324,19 @@ pub struct Args {
 impl Args {
     /// The listen address and the validated config.
     pub fn into_config(self) -> Result<(SocketAddr, Config), ConfigError> {
+        let token = match (self.token, &self.token_file) {
+            (Some(token), _) => token,
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|source| ConfigError::TokenFile {
+                    path: path.clone(),
+                    source,
+                })?
+                .trim()
+                .to_owned(),
+            (None, None) => String::new(),
+        };
         let config = Config {
-            token: self.token.into(),
+            token: token.into(),
             workspace: self.workspace,
             state_dir: self.state_dir,
             model: ModelSettings {
@@ -370,6 +400,29 @@ mod tests {
         assert_eq!(config.limits.keepalive, Duration::from_secs(3));
         let printed = format!("{config:?}");
         assert!(!printed.contains("sk-secret") && !printed.contains("\"tok\""));
+    }
+
+    #[test]
+    fn the_token_can_come_from_a_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("token");
+        std::fs::write(&path, "from-file\n").expect("write");
+        let args = Args::try_parse_from([
+            "warren-agent",
+            "--token-file",
+            path.to_str().expect("utf-8"),
+        ])
+        .expect("parse");
+        let (_, config) = args.into_config().expect("valid");
+        assert_eq!(config.token.expose(), "from-file");
+        let missing = Args::try_parse_from(["warren-agent", "--token-file", "/no/such/token"])
+            .expect("parse")
+            .into_config();
+        assert!(matches!(missing, Err(ConfigError::TokenFile { .. })));
+        assert!(
+            Args::try_parse_from(["warren-agent"]).is_err(),
+            "a token is required"
+        );
     }
 
     #[test]

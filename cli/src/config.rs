@@ -90,8 +90,29 @@ pub const ROLE_HEADINGS: &[(&str, &[&str])] = {
             &[PLATFORM, NATS, POSTGRES, SECRETS, MODEL, DEPLOYER],
         ),
         ("chat", &[PLATFORM, NATS, POSTGRES, SECRETS, MODEL, CHAT]),
+        // `warren image build`.
+        ("build", &[PLATFORM, DEPLOYER]),
     ]
 };
+
+/// `WARREN_SANDBOX`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SandboxChoice {
+    /// Docker when the engine answers, else process (with a warning).
+    Auto,
+    /// One locked-down container per agent.
+    Docker,
+    /// Unconfined child processes: development only.
+    Process,
+}
+
+impl fmt::Display for SandboxChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use clap::ValueEnum;
+        let value = self.to_possible_value().ok_or(fmt::Error)?;
+        f.write_str(value.get_name())
+    }
+}
 
 /// Platform configuration: every option is a flag and a `WARREN_*` environment variable (which
 /// `--help` lists with its default), and may also be set in the config file.
@@ -301,6 +322,48 @@ pub struct Config {
     /// WARREN_HTTP_ADDR, an unspecified address as loopback).
     #[arg(long, env = "WARREN_RUNTIME_PLATFORM_URL", help_heading = heading::DEPLOYER)]
     pub runtime_platform_url: Option<String>,
+    /// Where agents run: `docker` (one locked-down container each), `process` (unconfined
+    /// child processes: development only), or `auto` (docker when the engine answers).
+    #[arg(long, env = "WARREN_SANDBOX", default_value_t = SandboxChoice::Auto, help_heading = heading::DEPLOYER)]
+    pub sandbox: SandboxChoice,
+    /// The Docker engine: `unix:///path/to/docker.sock` or `tcp://host:port`.
+    #[arg(long, env = "WARREN_DOCKER_HOST", default_value = "unix:///var/run/docker.sock", help_heading = heading::DEPLOYER)]
+    pub docker_host: String,
+    /// The image agents' containers run (unset: `warren-agent:<version>`, built by `warren
+    /// image build`); any image with `warren-agent` on its PATH.
+    #[arg(long, env = "WARREN_AGENT_IMAGE", help_heading = heading::DEPLOYER)]
+    pub agent_image: Option<String>,
+    /// The Docker network sandboxes live on (made internal, without traffic between them).
+    #[arg(long, env = "WARREN_SANDBOX_NETWORK", default_value = "warren-sandbox", help_heading = heading::DEPLOYER)]
+    pub sandbox_network: String,
+    /// The sandbox network's IPv4 subnet, used when the deployer creates the network (each
+    /// container keeps a fixed address in it).
+    #[arg(long, env = "WARREN_SANDBOX_SUBNET", default_value = "10.213.0.0/16", help_heading = heading::DEPLOYER)]
+    pub sandbox_subnet: String,
+    /// The port of the relay on the sandbox network's gateway: the sandboxes' one way to the
+    /// edge (runtime API and model proxy).
+    #[arg(long, env = "WARREN_SANDBOX_RELAY_PORT", default_value_t = 7811, help_heading = heading::DEPLOYER)]
+    pub sandbox_relay_port: u16,
+    /// Whether the deployer installs the iptables rules that keep sandboxes off every host
+    /// port but the relay (needs root; turn off only when every host service is on loopback).
+    #[arg(long, env = "WARREN_SANDBOX_FIREWALL", default_value_t = true, action = clap::ArgAction::Set, help_heading = heading::DEPLOYER)]
+    pub sandbox_firewall: bool,
+    /// Memory per sandbox, MiB (no swap).
+    #[arg(long, env = "WARREN_SANDBOX_MEMORY_MB", default_value_t = 2048, help_heading = heading::DEPLOYER)]
+    pub sandbox_memory_mb: u64,
+    /// CPUs per sandbox (fractions allowed).
+    #[arg(long, env = "WARREN_SANDBOX_CPUS", default_value_t = 1.0, help_heading = heading::DEPLOYER)]
+    pub sandbox_cpus: f64,
+    /// Processes and threads per sandbox.
+    #[arg(long, env = "WARREN_SANDBOX_PIDS", default_value_t = 256, help_heading = heading::DEPLOYER)]
+    pub sandbox_pids: u32,
+    /// Where built root filesystems are kept for `warren image build` (unset:
+    /// `$HOME/.cache/warren`, else DATA_DIR/cache).
+    #[arg(long, env = "WARREN_IMAGE_CACHE_DIR", help_heading = heading::DEPLOYER)]
+    pub image_cache_dir: Option<PathBuf>,
+    /// The Debian mirror `warren image build` bootstraps from.
+    #[arg(long, env = "WARREN_IMAGE_MIRROR", default_value = "http://deb.debian.org/debian", help_heading = heading::DEPLOYER)]
+    pub image_mirror: String,
 
     /// How often a chat worker rewrites the lease of each run it is running.
     #[arg(long, env = "WARREN_CHAT_LEASE_BEAT_SECS", default_value_t = 3, help_heading = heading::CHAT)]
@@ -468,6 +531,10 @@ impl Config {
         anyhow::ensure!(
             self.deployer_reconcile_secs >= 1 && self.deployer_health_timeout_secs >= 1,
             "WARREN_DEPLOYER_RECONCILE_SECS and WARREN_DEPLOYER_HEALTH_TIMEOUT_SECS must be ≥ 1"
+        );
+        anyhow::ensure!(
+            self.sandbox_memory_mb >= 64 && self.sandbox_cpus > 0.0 && self.sandbox_pids >= 16,
+            "WARREN_SANDBOX_MEMORY_MB must be ≥ 64, WARREN_SANDBOX_CPUS > 0 and WARREN_SANDBOX_PIDS ≥ 16"
         );
         anyhow::ensure!(
             self.chat_lease_beat_secs >= 1
@@ -638,6 +705,42 @@ impl Config {
             platform_url: self.runtime_platform_url(),
             stop_agents_on_shutdown: false,
         }
+    }
+
+    /// The docker provisioner's settings.
+    pub fn docker_settings(&self) -> warren_workers::deployer::docker::DockerSettings {
+        use warren_workers::deployer::docker::{self, DockerSettings, SandboxLimits};
+        DockerSettings {
+            host: self.docker_host.clone(),
+            image: self
+                .agent_image
+                .clone()
+                .filter(|image| !image.is_empty())
+                .unwrap_or_else(docker::image::default_tag),
+            network: self.sandbox_network.clone(),
+            subnet: self.sandbox_subnet.clone(),
+            relay_port: self.sandbox_relay_port,
+            firewall: self.sandbox_firewall,
+            limits: SandboxLimits {
+                memory_bytes: (self.sandbox_memory_mb as i64) << 20,
+                nano_cpus: (self.sandbox_cpus * 1e9) as i64,
+                pids: i64::from(self.sandbox_pids),
+                ..SandboxLimits::default()
+            },
+        }
+    }
+
+    /// Where `warren image build` keeps root filesystems.
+    pub fn image_cache_dir(&self) -> PathBuf {
+        self.image_cache_dir
+            .clone()
+            .filter(|dir| !dir.as_os_str().is_empty())
+            .or_else(|| {
+                std::env::var_os("HOME")
+                    .filter(|home| !home.is_empty())
+                    .map(|home| PathBuf::from(home).join(".cache/warren"))
+            })
+            .unwrap_or_else(|| self.data_dir.join("cache"))
     }
 
     /// Where runtimes reach the edge: `WARREN_RUNTIME_PLATFORM_URL`, else the edge's own

@@ -36,6 +36,11 @@ enum Command {
     Replay(Config),
     /// Create or update streams, buckets and the read-model schema, then exit.
     Migrate(Config),
+    /// The agent sandbox image.
+    Image {
+        #[command(subcommand)]
+        action: ImageAction,
+    },
     /// Write the roles' NATS keys (DIR/credentials/<role>.nk, generated once) and the
     /// authorization files a nats-server of deploy/nats/ includes (DIR/auth.conf,
     /// DIR/cluster-auth.conf), then exit.
@@ -50,6 +55,14 @@ enum Command {
         )]
         routes: Vec<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum ImageAction {
+    /// Build `warren-agent:<version>` (or WARREN_AGENT_IMAGE) locally from a Debian root
+    /// filesystem (debootstrap, as root) and the `warren-agent` binary; nothing happens when
+    /// the image already has this content.
+    Build(Config),
 }
 
 #[derive(Subcommand)]
@@ -74,6 +87,7 @@ enum Role {
     Chat,
     Replay,
     Migrate,
+    ImageBuild,
 }
 
 fn init_logging(filter: &str) {
@@ -111,6 +125,9 @@ async fn main() -> anyhow::Result<()> {
         },
         Command::Replay(config) => (Role::Replay, config),
         Command::Migrate(config) => (Role::Migrate, config),
+        Command::Image {
+            action: ImageAction::Build(config),
+        } => (Role::ImageBuild, config),
     };
     init_logging(&config.log);
     for key in unknown {
@@ -130,6 +147,7 @@ async fn main() -> anyhow::Result<()> {
         Role::Chat => roles::chat_role(&config, shutdown).await,
         Role::Replay => roles::replay(&config).await,
         Role::Migrate => roles::migrate(&config).await,
+        Role::ImageBuild => roles::image_build(&config).await,
     };
     if let Err(err) = &outcome {
         tracing::error!(error = format!("{err:#}"), "warren stopped with an error");

@@ -1,6 +1,6 @@
 //! Each role's `build → run(shutdown)`, shared by the standalone subcommands and `warren dev`.
 
-use crate::config::{Config, Secret};
+use crate::config::{Config, SandboxChoice, Secret};
 use anyhow::Context;
 use async_nats::jetstream;
 use sqlx::PgPool;
@@ -302,13 +302,13 @@ pub async fn chat_role(config: &Config, shutdown: CancellationToken) -> anyhow::
     Ok(())
 }
 
-/// The deployer, sealing agent tokens under the master key.
+/// The deployer, sealing agent tokens under the master key, with the sandbox `WARREN_SANDBOX`
+/// chooses.
 pub async fn deployer(config: &Config, platform: &Platform, dev: bool) -> anyhow::Result<Deployer> {
-    // Say at start, not at the first deployment's third step, that no agent can be deployed.
-    if let Err(err) = warren_workers::deployer::process::locate_binary(config.agent_bin.as_deref())
-    {
-        tracing::warn!(error = %err, "agents cannot be deployed until the runtime is found");
-    }
+    use std::sync::Arc;
+    use warren_workers::deployer::docker::DockerProvisioner;
+    use warren_workers::deployer::process::ProcessProvisioner;
+    use warren_workers::deployer::provisioner::Provisioner;
     // `warren dev` gets here too: one warning for the deployer and its chat worker.
     config.warn_if_no_model_provider();
     let key = master_key(config, dev)?;
@@ -317,9 +317,106 @@ pub async fn deployer(config: &Config, platform: &Platform, dev: bool) -> anyhow
         stop_agents_on_shutdown: dev,
         ..config.deployer_settings()
     };
-    Deployer::build(platform.commands.clone(), &key, settings)
+    let process: Arc<dyn Provisioner> = Arc::new(ProcessProvisioner::new(
+        &settings.data_dir,
+        settings.agent_bin.clone(),
+        settings.default_api_key.clone(),
+    ));
+    let docker = match config.sandbox {
+        SandboxChoice::Process => None,
+        SandboxChoice::Auto => match docker_ready(config).await {
+            Ok(()) => Some(
+                DockerProvisioner::start(config.docker_settings(), &settings.platform_url)
+                    .await
+                    .map_err(|err| anyhow::anyhow!("{err}"))
+                    .context("setting up the docker sandboxes (WARREN_SANDBOX=process runs agents as processes instead)")?,
+            ),
+            Err(why) => {
+                tracing::warn!(why, "WARREN_SANDBOX=auto: no docker sandboxes");
+                None
+            }
+        },
+        SandboxChoice::Docker => Some(
+            DockerProvisioner::start(config.docker_settings(), &settings.platform_url)
+                .await
+                .map_err(|err| anyhow::anyhow!("{err}"))
+                .context("WARREN_SANDBOX=docker: setting up the docker sandboxes")?,
+        ),
+    }
+    .map(|docker| Arc::new(docker) as Arc<dyn Provisioner>);
+    let (sandbox, others) = match docker {
+        Some(docker) => {
+            if let Err(err) = docker.install().await {
+                tracing::warn!(error = %err, "agents cannot be deployed until the image is built");
+            }
+            (docker, vec![process])
+        }
+        None => {
+            tracing::warn!(
+                "SANDBOX: process. Agents run unconfined, as this user, with this host's files and network: \
+                 an agent's shell can read the platform's data directory and reach its services. \
+                 For development only; use WARREN_SANDBOX=docker for anyone else"
+            );
+            // Say at start, not at the first deployment's third step, that no agent can be
+            // deployed.
+            if let Err(err) = process.install().await {
+                tracing::warn!(error = %err, "agents cannot be deployed until the runtime is found");
+            }
+            (process, Vec::new())
+        }
+    };
+    Deployer::build(platform.commands.clone(), &key, settings, sandbox, others)
         .await
         .context("setting up the deployer")
+}
+
+/// Whether `WARREN_SANDBOX=auto` may use docker: the engine answers and the agent image is
+/// there (`deploy/dev.sh` builds it); else why not.
+async fn docker_ready(config: &Config) -> Result<(), String> {
+    use warren_workers::deployer::docker;
+    let settings = config.docker_settings();
+    let engine = docker::connect(&settings.host)
+        .await
+        .map_err(|err| err.to_string())?;
+    match engine.inspect_image(&settings.image).await {
+        Ok(_) => Ok(()),
+        Err(err) => Err(format!(
+            "the Docker engine answers but the agent image {} is not there ({err}): build it with `warren image build`",
+            settings.image
+        )),
+    }
+}
+
+/// `warren image build`.
+pub async fn image_build(config: &Config) -> anyhow::Result<()> {
+    use warren_workers::deployer::docker::{self, image};
+    let agent_bin = warren_workers::deployer::process::locate_binary(config.agent_bin.as_deref())
+        .map_err(|err| anyhow::anyhow!("{err}"))?;
+    let settings = config.docker_settings();
+    let engine = docker::connect(&settings.host)
+        .await
+        .map_err(|err| anyhow::anyhow!("{err}"))?;
+    let recipe = image::ImageRecipe {
+        tag: settings.image,
+        agent_bin,
+        cache_dir: config.image_cache_dir(),
+        mirror: config.image_mirror.clone(),
+    };
+    let started = std::time::Instant::now();
+    let built = image::build(&engine, &recipe)
+        .await
+        .map_err(|err| anyhow::anyhow!("{err}"))?;
+    if built.unchanged {
+        println!("{} is up to date (content {})", built.tag, built.content);
+    } else {
+        println!(
+            "built {} (content {}) in {:.1} s",
+            built.tag,
+            built.content,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
 }
 
 /// `warren worker deployer`.

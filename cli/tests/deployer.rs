@@ -3,33 +3,13 @@
 //! starts and destroys them, and a restarted deployer brings back only the agents that died.
 
 mod common;
+mod deployer_support;
 
 use common::Warren;
+use deployer_support::{Platform, healthy, wait_for};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
-use warren_commands::codec;
-use warren_commands::topology::{AGENTS, LogSettings};
-use warren_commands::{CommandMeta, CommandService};
-use warren_domain::Actor;
-use warren_domain::agent::{Agent, AgentCommand, AgentEvent, Backend, DeploymentStep, RuntimeKind};
-use warren_domain::ids::{AgentId, UserId};
-use warren_testkit::{TestDb, TestNats};
-
-const TIMEOUT: Duration = Duration::from_secs(60);
-
-/// `warren-agent`, built by the workspace next to the `warren` binary under test.
-fn agent_bin() -> PathBuf {
-    let bin = Path::new(env!("CARGO_BIN_EXE_warren"))
-        .parent()
-        .expect("target dir")
-        .join("warren-agent");
-    assert!(
-        bin.is_file(),
-        "{} is missing: build it first (cargo build -p warren-agent)",
-        bin.display()
-    );
-    bin
-}
+use warren_domain::agent::{AgentCommand, AgentEvent, DeploymentStep};
+use warren_domain::ids::AgentId;
 
 /// Kills every agent process recorded under the data dir when the test ends (agents outlive
 /// the deployer by design).
@@ -61,159 +41,20 @@ fn alive(pid: i32) -> bool {
         .is_some_and(|pid| rustix::process::test_kill_process(pid).is_ok())
 }
 
-async fn healthy(endpoint: &str) -> bool {
-    reqwest::get(format!("{endpoint}/health"))
-        .await
-        .is_ok_and(|response| response.status().is_success())
+/// Process-provisioner views of the platform.
+trait ProcessPlatform {
+    async fn deployed(&self, agent: AgentId, deployer: &Warren) -> (String, i32);
+    fn process_json(&self, agent: AgentId) -> PathBuf;
 }
 
-/// Polls `check` until it yields a value or [`TIMEOUT`] passes.
-async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-struct Platform {
-    _nats: TestNats,
-    _db: TestDb,
-    dir: tempfile::TempDir,
-    env: Vec<(&'static str, String)>,
-    js: async_nats::jetstream::Context,
-    commands: CommandService,
-}
-
-impl Platform {
-    async fn start() -> Self {
-        let nats = TestNats::start().await;
-        let db = TestDb::create().await;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut env = [nats.warren_env(), db.warren_env()].concat();
-        env.extend([
-            (
-                "WARREN_DATA_DIR",
-                dir.path().join("data").display().to_string(),
-            ),
-            ("WARREN_ENCRYPTION_KEY", "ab".repeat(32)),
-            ("WARREN_AGENT_BIN", agent_bin().display().to_string()),
-            ("WARREN_DEPLOYER_RECONCILE_SECS", "1".to_owned()),
-        ]);
-        let js = nats.jetstream().await;
-        let commands = CommandService::start(js.clone(), &LogSettings::default())
-            .await
-            .expect("commands");
-        Self {
-            _nats: nats,
-            _db: db,
-            dir,
-            env,
-            js,
-            commands,
-        }
-    }
-
-    fn data(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
-    fn deployer(&self, name: &str) -> Warren {
-        Warren::spawn(&["worker", "deployer"], &self.env, self.dir.path(), name)
-    }
-
-    async fn create_agent(&self) -> (AgentId, UserId) {
-        let agent = AgentId::new();
-        let owner = UserId::new();
-        self.commands
-            .agents
-            .execute(
-                &agent.to_string(),
-                AgentCommand::CreateAgent {
-                    agent_id: agent,
-                    owner_id: owner,
-                    name: "deployed".into(),
-                    system_prompt: "You are helpful.".into(),
-                    model: "test-model".into(),
-                    runtime: RuntimeKind::Warren,
-                    backend: Backend::Process,
-                    deployment_id: uuid::Uuid::now_v7(),
-                },
-                &CommandMeta::new(Actor::User(owner)),
-            )
-            .await
-            .expect("create agent");
-        (agent, owner)
-    }
-
-    async fn command(&self, agent: AgentId, owner: UserId, command: AgentCommand) {
-        self.commands
-            .agents
-            .execute(
-                &agent.to_string(),
-                command,
-                &CommandMeta::new(Actor::User(owner)),
-            )
-            .await
-            .expect("agent command");
-    }
-
-    async fn agent(&self, agent: AgentId) -> Agent {
-        self.commands
-            .agents
-            .load(&agent.to_string())
-            .await
-            .expect("load agent")
-            .0
-    }
-
-    /// The agent's events, in log order.
-    async fn events(&self, agent: AgentId) -> Vec<AgentEvent> {
-        let mut stream = self.js.get_stream(AGENTS).await.expect("stream");
-        let last = stream.info().await.expect("info").state.last_sequence;
-        let subject = format!("agent.{agent}");
-        let mut events = Vec::new();
-        for seq in 1..=last {
-            let Ok(message) = stream.get_raw_message(seq).await else {
-                continue;
-            };
-            if message.subject.as_str() == subject {
-                events.extend(
-                    codec::decode::<AgentEvent>(&message.payload)
-                        .expect("decode")
-                        .into_iter()
-                        .map(|envelope| envelope.event),
-                );
-            }
-        }
-        events
-    }
-
+impl ProcessPlatform for Platform {
     /// Waits until the agent is deployed and answers; its endpoint and pid.
     async fn deployed(&self, agent: AgentId, deployer: &Warren) -> (String, i32) {
-        let deadline = tokio::time::Instant::now() + TIMEOUT;
-        let endpoint = loop {
-            if let Some(endpoint) = self.agent(agent).await.endpoint_url {
-                break endpoint;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the agent was not deployed: {:?}\n{}",
-                self.agent(agent).await,
-                deployer.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
+        let endpoint = self.endpoint(agent, deployer).await;
         assert!(
             healthy(&endpoint).await,
-            "the deployed endpoint answers /health"
+            "the deployed endpoint answers /health: {}",
+            deployer.log_text()
         );
         let pid = read_pid(&self.process_json(agent)).expect("pid in process.json");
         assert!(alive(pid));

@@ -42,6 +42,8 @@ async fn first_command(cwd: &Path) {
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("HOME", std::env::var_os("HOME").unwrap_or_default())
         .env("WARREN_HTTP_ADDR", format!("127.0.0.1:{http}"))
+        // Docker sandboxes have tests of their own (sandbox.rs, dev_script.rs).
+        .env("WARREN_SANDBOX", "process")
         .stdin(Stdio::null())
         .stdout(file.try_clone().expect("log"))
         .stderr(file)

@@ -44,11 +44,29 @@ pub struct ConsumeError {
     source: Box<dyn std::error::Error + Send + Sync>,
 }
 
-/// Reads `durable` until `shutdown`, handing each message to `handle` and acking as it says.
+/// Reads `durable` until `shutdown`, handing each message to `handle` and acking as it says,
+/// one message at a time, in order.
 pub async fn consume<F, Fut>(
     js: &jetstream::Context,
     durable: &Durable,
     shutdown: &CancellationToken,
+    handle: F,
+) -> Result<(), ConsumeError>
+where
+    F: Fn(async_nats::Message) -> Fut,
+    Fut: Future<Output = Handled>,
+{
+    consume_concurrently(js, durable, shutdown, 1, handle).await
+}
+
+/// [`consume`] with up to `limit` messages handled at once (in any order: the handlers must
+/// not depend on it, e.g. because each acts on the current state under a per-key lock). On
+/// shutdown, messages in hand are finished and acked first.
+pub async fn consume_concurrently<F, Fut>(
+    js: &jetstream::Context,
+    durable: &Durable,
+    shutdown: &CancellationToken,
+    limit: usize,
     handle: F,
 ) -> Result<(), ConsumeError>
 where
@@ -78,27 +96,43 @@ where
         .await
         .map_err(|e| fail(e.into()))?;
     let mut messages = consumer.messages().await.map_err(|e| fail(e.into()))?;
+    let handle = &handle;
+    let mut in_hand = futures::stream::FuturesUnordered::new();
+    let mut open = true;
     loop {
         let message = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            next = messages.next() => match next {
+            _ = shutdown.cancelled(), if open => {
+                open = false;
+                continue;
+            }
+            Some(acked) = in_hand.next(), if !in_hand.is_empty() => {
+                acked?;
+                continue;
+            }
+            next = messages.next(), if open && in_hand.len() < limit.max(1) => match next {
                 Some(message) => message.map_err(|e| fail(e.into()))?,
-                None => return Ok(()),
+                None => {
+                    open = false;
+                    continue;
+                }
             },
+            else => return Ok(()),
         };
         let (message, acker) = message.split();
-        let subject = message.subject.clone();
-        let ack = match handle(message).await {
-            Handled::Done => AckKind::Ack,
-            Handled::Retry { reason, after } => {
-                tracing::warn!(consumer = durable.name, %subject, reason, "handling failed, retrying later");
-                AckKind::Nak(Some(after))
-            }
-            Handled::Poison(reason) => {
-                tracing::error!(consumer = durable.name, %subject, reason, "unreadable commit, skipped");
-                AckKind::Term
-            }
-        };
-        acker.ack_with(ack).await.map_err(fail)?;
+        in_hand.push(async move {
+            let subject = message.subject.clone();
+            let ack = match handle(message).await {
+                Handled::Done => AckKind::Ack,
+                Handled::Retry { reason, after } => {
+                    tracing::warn!(consumer = durable.name, %subject, reason, "handling failed, retrying later");
+                    AckKind::Nak(Some(after))
+                }
+                Handled::Poison(reason) => {
+                    tracing::error!(consumer = durable.name, %subject, reason, "unreadable commit, skipped");
+                    AckKind::Term
+                }
+            };
+            acker.ack_with(ack).await.map_err(fail)
+        });
     }
 }

@@ -32,6 +32,8 @@ impl Warren {
             .env_remove("WARREN_DATABASE_URL")
             .env("WARREN_LOG", "info,sqlx=warn")
             .env("WARREN_CONFIG", log_dir.join("absent.toml"))
+            // Agents run as processes unless a test asks for docker sandboxes.
+            .env("WARREN_SANDBOX", "process")
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("log file"))
             .stderr(file)

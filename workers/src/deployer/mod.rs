@@ -1,38 +1,52 @@
-//! The deployer worker (DESIGN §4) with the `process` provisioner.
+//! The deployer worker (DESIGN §4): the state machine of agents' deployments, over a
+//! [`Provisioner`] that places the runtimes (docs/adr/0023-sandboxes.md).
 //!
-//! It reads the `AGENTS` stream through the durable consumer `deployer` (explicit acks) and acks
+//! It reads the `AGENTS` stream through the durable consumer `deployer` (explicit acks, up to
+//! [`CONCURRENCY`] commits at once, one operation per agent at a time under [`locks`]) and acks
 //! a commit only after its side effect and the resulting command are committed; a failure is
 //! redelivered after a delay, an unreadable commit is terminated. Every reaction checks the
-//! agent's *current* state first, so redelivery and history replay are harmless:
+//! agent's *current* state first, so redelivery, reordering and history replay are harmless:
 //!
 //! - an attempt opened (`DeploymentRequested`, `RepairRequested`, `RedeployRequested`) is run only
-//!   while it is still the agent's current attempt: stop the old process, then the six steps,
-//!   each recorded with `CompleteDeploymentStep` as it completes (steps already recorded are not
-//!   recorded again), then `CompleteDeployment`; a failure records `FailDeployment` at the step
-//!   that was due and stops the half-started process. `deployment_not_active` and
-//!   `step_out_of_order` mean someone else moved the agent on: the attempt is dropped.
-//! - `AgentStopped` kills the process group if the agent is still stopped; `AgentStarted` /
-//!   `AgentRestarted` restart it from `process.json` if it is running; `AgentDeleted` kills it,
-//!   removes its files and token, then records `DestroyAgent`.
+//!   while it is still the agent's current attempt: stop the old runtime, then the six steps
+//!   (allocate the workspace, provision the token, install the runtime, configure it, start it,
+//!   health-check it), each recorded with `CompleteDeploymentStep` as it completes (steps
+//!   already recorded are not recorded again), then `CompleteDeployment`; a failure records
+//!   `FailDeployment` at the step that was due and stops the half-started runtime.
+//!   `deployment_not_active` and `step_out_of_order` mean someone else moved the agent on: the
+//!   attempt is dropped.
+//! - `AgentStopped` stops the runtime if the agent is still stopped; `AgentStarted` /
+//!   `AgentRestarted` restart it if it is running; `AgentDeleted` removes it and its workspace,
+//!   purges its token, then records `DestroyAgent`.
 //!
-//! A reconciler runs at start and every `reconcile_every`: for each agent directory it compares
-//! the agent's state in the log with the process (pid alive and `/health` answering). Running
-//! agents that answer are left alone; missing ones are restarted on their recorded address, so
-//! the endpoint in the log stays valid (docs/adr/0006-deployer.md); stopped or failed ones are
-//! killed; deleted ones are cleaned up and destroyed. A running agent whose runtime was started
-//! with other platform settings (provider, base URL, key: `runtime_fingerprint`) is redeployed
-//! instead, recorded as `RedeployRequested { reason: platform_config_changed }`.
+//! A reconciler runs at start and every `reconcile_every`: it compares the agents the log knows
+//! (every `agent.*` subject of the stream) with each provisioner's actual runtimes. Running
+//! agents whose runtime answers are left alone; a runtime that died or was killed is started
+//! again, and one that is missing altogether is recreated on its recorded endpoint, so the
+//! endpoint in the log stays valid (docs/adr/0006-deployer.md); stopped, failed or deleted
+//! agents' runtimes are stopped or removed. A running agent whose runtime was configured with
+//! other platform settings (`runtime_fingerprint`) is redeployed, recorded as
+//! `RedeployRequested { reason: platform_config_changed }`.
 //!
-//! Under `warren dev` (`stop_agents_on_shutdown`) the deployer stops every agent process when it
+//! Modules: [`provisioner`] (the seam), [`process`] (development only, unconfined), [`docker`]
+//! (one locked-down container per agent), [`locks`] (per-agent locks).
+//!
+//! Under `warren dev` (`stop_agents_on_shutdown`) the deployer stops every runtime when it
 //! stops; the next start's first reconciliation restarts the running ones (docs/adr/0021).
 
+pub mod docker;
+pub mod locks;
 pub mod process;
+pub mod provisioner;
 
-use crate::consume::{ConsumeError, Durable, Handled, consume};
+use crate::consume::{ConsumeError, Durable, Handled, consume_concurrently};
 use crate::supervise::supervise;
 use async_nats::jetstream;
-use process::{Layout, ProcessError, ProcessRecord, ProcessSettings};
+use futures::StreamExt;
+use provisioner::{Actual, ActualState, Provisioner, RuntimeSpec};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -47,10 +61,13 @@ use warren_domain::ids::AgentId;
 /// The durable consumer's name.
 pub const CONSUMER: &str = "deployer";
 
+/// Commits handled at once (each agent's under its own lock).
+pub const CONCURRENCY: usize = 8;
+
 /// The deployer's configuration.
 #[derive(Clone, Debug)]
 pub struct DeployerSettings {
-    /// Agents' files live under `<data_dir>/agents`.
+    /// The `process` provisioner's agents live under `<data_dir>/agents`.
     pub data_dir: PathBuf,
     /// `warren-agent`, if configured (else next to the current executable, else `PATH`).
     pub agent_bin: Option<PathBuf>,
@@ -66,15 +83,15 @@ pub struct DeployerSettings {
     pub default_api_key: Option<String>,
     /// The edge URL runtimes call back on for their session tools.
     pub platform_url: String,
-    /// Whether the agents' processes stop when the deployer does (`warren dev`: nothing it
+    /// Whether the agents' runtimes stop when the deployer does (`warren dev`: nothing it
     /// started outlives it; the next start restarts them). Otherwise they outlive it.
     pub stop_agents_on_shutdown: bool,
 }
 
 impl DeployerSettings {
     /// A fingerprint of the platform settings that shape a runtime (provider, base URL, key,
-    /// platform URL). `process.json` keeps it (never the key itself); a running agent whose
-    /// runtime was started with another one is redeployed (`ReconfigureAgent`).
+    /// platform URL). Runtimes keep it (never the key itself); a running agent whose runtime was
+    /// started with another one is redeployed (`ReconfigureAgent`).
     pub fn runtime_fingerprint(&self) -> String {
         use sha2::{Digest, Sha256};
         let mut hash = Sha256::new();
@@ -93,12 +110,18 @@ impl DeployerSettings {
         hex::encode(&hash.finalize()[..16])
     }
 
-    /// Puts the current platform settings into a runtime's settings.
-    fn apply_platform(&self, settings: &mut ProcessSettings) {
-        settings.provider = self.default_provider.clone();
-        settings.base_url = self.default_base_url.clone();
-        settings.platform_url = Some(self.platform_url.clone());
-        settings.platform_fingerprint = Some(self.runtime_fingerprint());
+    /// What `agent`'s runtime is configured with now.
+    fn spec(&self, agent_id: AgentId, agent: &Agent) -> RuntimeSpec {
+        RuntimeSpec {
+            agent_id,
+            model: agent.model.clone(),
+            system_prompt: agent.system_prompt.clone(),
+            provider: self.default_provider.clone(),
+            base_url: self.default_base_url.clone(),
+            platform_url: self.platform_url.clone(),
+            fingerprint: self.runtime_fingerprint(),
+            endpoint: agent.endpoint_url.clone(),
+        }
     }
 }
 
@@ -124,32 +147,39 @@ pub struct Deployer {
     js: jetstream::Context,
     commands: CommandService,
     tokens: AgentTokens,
-    layout: Layout,
     settings: DeployerSettings,
-    http: reqwest::Client,
-    /// One agent operation at a time (consumer and reconciler share the processes).
-    ops: tokio::sync::Mutex<()>,
+    /// Where new deployments go.
+    sandbox: Arc<dyn Provisioner>,
+    /// Every provisioner whose runtimes this deployer looks after (the sandbox first): an agent
+    /// deployed under an earlier setting is still found, stopped and removed.
+    provisioners: Vec<Arc<dyn Provisioner>>,
+    locks: locks::AgentLocks,
 }
 
 type Step = Result<(), (DeploymentStep, String)>;
 
 impl Deployer {
-    /// Builds the deployer; `master_key` is the 32-byte AES key that seals agent tokens.
+    /// Builds the deployer; `master_key` is the 32-byte AES key that seals agent tokens. New
+    /// deployments go to `sandbox`; `others` are looked after too.
     pub async fn build(
         commands: CommandService,
         master_key: &[u8],
         settings: DeployerSettings,
+        sandbox: Arc<dyn Provisioner>,
+        others: Vec<Arc<dyn Provisioner>>,
     ) -> Result<Self, DeployerError> {
         let js = commands.jetstream().clone();
         let tokens = AgentTokens::open(&js, master_key).await?;
+        let mut provisioners = vec![sandbox.clone()];
+        provisioners.extend(others);
         Ok(Self {
             js,
             commands,
             tokens,
-            layout: Layout::new(&settings.data_dir),
             settings,
-            http: reqwest::Client::new(),
-            ops: tokio::sync::Mutex::new(()),
+            sandbox,
+            provisioners,
+            locks: locks::AgentLocks::default(),
         })
     }
 
@@ -174,17 +204,29 @@ impl Deployer {
         }
     }
 
-    /// Stops every agent process (the log still wants the running ones running: the next
+    /// Stops every agent runtime (the log still wants the running ones running: the next
     /// start's reconciliation restarts them).
     async fn stop_all(&self) {
-        let _guard = self.ops.lock().await;
-        let stops = self
-            .layout
-            .agents()
-            .into_iter()
-            .map(|agent_id| self.stop_process(agent_id));
-        futures::future::join_all(stops).await;
-        tracing::info!("agent processes stopped with the deployer");
+        let mut stops = Vec::new();
+        for provisioner in &self.provisioners {
+            match provisioner.actual().await {
+                Ok(actual) => stops.extend(
+                    actual
+                        .into_iter()
+                        .filter(|a| a.state != ActualState::Stopped)
+                        .map(|a| (provisioner.clone(), a.agent_id)),
+                ),
+                Err(err) => {
+                    tracing::warn!(sandbox = provisioner.kind(), error = %err, "listing runtimes failed")
+                }
+            }
+        }
+        futures::future::join_all(stops.into_iter().map(|(provisioner, agent_id)| async move {
+            let _guard = self.locks.lock(agent_id).await;
+            provisioner.stop(agent_id).await;
+        }))
+        .await;
+        tracing::info!("agent runtimes stopped with the deployer");
     }
 
     async fn run_once(&self, shutdown: CancellationToken) -> Result<(), DeployerError> {
@@ -194,47 +236,53 @@ impl Deployer {
             filter: "agent.*",
             ack_wait: Duration::from_secs(300),
         };
-        consume(&self.js, &durable, &shutdown, |message| async move {
-            let envelopes = match codec::decode::<AgentEvent>(&message.payload) {
-                Ok(envelopes) => envelopes,
-                Err(err) => return Handled::Poison(err.to_string()),
-            };
-            for envelope in envelopes {
-                if let Err(Outcome::Retry(reason)) = self.handle(&envelope.event).await {
-                    return Handled::Retry {
-                        reason,
-                        after: Duration::from_secs(2),
-                    };
+        consume_concurrently(
+            &self.js,
+            &durable,
+            &shutdown,
+            CONCURRENCY,
+            |message| async move {
+                let envelopes = match codec::decode::<AgentEvent>(&message.payload) {
+                    Ok(envelopes) => envelopes,
+                    Err(err) => return Handled::Poison(err.to_string()),
+                };
+                for envelope in envelopes {
+                    if let Err(Outcome::Retry(reason)) = self.handle(&envelope.event).await {
+                        return Handled::Retry {
+                            reason,
+                            after: Duration::from_secs(2),
+                        };
+                    }
                 }
-            }
-            Handled::Done
-        })
+                Handled::Done
+            },
+        )
         .await?;
         Ok(())
     }
 
     async fn handle(&self, event: &AgentEvent) -> Result<(), Outcome> {
-        let _guard = self.ops.lock().await;
+        let agent_id = agent_of(event);
+        let _guard = self.locks.lock(agent_id).await;
         if let Some(deployment_id) = event.opened_deployment() {
-            let agent_id = agent_of(event);
             return self.deploy(agent_id, deployment_id).await;
         }
         match event {
-            AgentEvent::AgentStopped { agent_id } => {
-                let agent = self.load(*agent_id).await?;
+            AgentEvent::AgentStopped { .. } => {
+                let agent = self.load(agent_id).await?;
                 if agent.status == AgentStatus::Stopped {
-                    self.stop_process(*agent_id).await;
+                    self.stop_everywhere(agent_id).await;
                 }
                 Ok(())
             }
-            AgentEvent::AgentStarted { agent_id } | AgentEvent::AgentRestarted { agent_id } => {
-                let agent = self.load(*agent_id).await?;
+            AgentEvent::AgentStarted { .. } | AgentEvent::AgentRestarted { .. } => {
+                let agent = self.load(agent_id).await?;
                 if agent.status == AgentStatus::Running {
-                    self.restart(*agent_id).await;
+                    self.restart(agent_id, &agent).await;
                 }
                 Ok(())
             }
-            AgentEvent::AgentDeleted { agent_id } => self.destroy(*agent_id).await,
+            AgentEvent::AgentDeleted { .. } => self.destroy(agent_id).await,
             _ => Ok(()),
         }
     }
@@ -271,6 +319,25 @@ impl Deployer {
         }
     }
 
+    /// Stops the agent's runtime wherever it is.
+    async fn stop_everywhere(&self, agent_id: AgentId) {
+        for provisioner in &self.provisioners {
+            provisioner.stop(agent_id).await;
+        }
+    }
+
+    /// The provisioner that has a runtime of the agent, if any.
+    async fn holder(&self, agent_id: AgentId) -> Option<(Arc<dyn Provisioner>, Actual)> {
+        for provisioner in &self.provisioners {
+            if let Ok(actual) = provisioner.actual().await
+                && let Some(found) = actual.into_iter().find(|a| a.agent_id == agent_id)
+            {
+                return Some((provisioner.clone(), found));
+            }
+        }
+        None
+    }
+
     async fn deploy(&self, agent_id: AgentId, deployment_id: Uuid) -> Result<(), Outcome> {
         let agent = self.load(agent_id).await?;
         let Some(deployment) = agent
@@ -280,13 +347,23 @@ impl Deployer {
             // Completed, failed or superseded already.
             return Ok(());
         };
-        tracing::info!(%agent_id, %deployment_id, "deploying");
-        // A redeploy or repair replaces the old process.
-        self.stop_process(agent_id).await;
-        let done = deployment.completed;
+        tracing::info!(%agent_id, %deployment_id, sandbox = self.sandbox.kind(), "deploying");
+        // A redeploy or repair replaces the old runtime, wherever it was.
+        self.stop_everywhere(agent_id).await;
+        for provisioner in self.provisioners.iter().skip(1) {
+            if let Err(err) = provisioner.destroy(agent_id).await {
+                tracing::warn!(%agent_id, sandbox = provisioner.kind(), error = %err, "removing the old runtime failed");
+            }
+        }
         let mut endpoint = String::new();
         let outcome = self
-            .run_steps(agent_id, deployment_id, &agent, done, &mut endpoint)
+            .run_steps(
+                agent_id,
+                deployment_id,
+                &agent,
+                deployment.completed,
+                &mut endpoint,
+            )
             .await;
         match outcome {
             Ok(Ok(())) => {
@@ -306,7 +383,7 @@ impl Deployer {
             }
             Ok(Err((step, error))) => {
                 tracing::warn!(%agent_id, %step, error, "deployment failed");
-                self.stop_process(agent_id).await;
+                self.sandbox.stop(agent_id).await;
                 self.execute(
                     agent_id,
                     AgentCommand::FailDeployment {
@@ -355,56 +432,26 @@ impl Deployer {
                     Err(err) => return Ok(Err(($step, err.to_string()))),
                 };
                 if !record($step).await? {
-                    self.stop_process(agent_id).await;
+                    self.sandbox.stop(agent_id).await;
                     return Ok(Ok(()));
                 }
                 value
             }};
         }
-        let (workspace, state_dir) = step!(S::Allocating, self.layout.allocate(agent_id));
+        let sandbox = &self.sandbox;
+        step!(S::Allocating, sandbox.allocate(agent_id).await);
         let token = secrets::generate();
         step!(S::Provisioning, self.tokens.put(agent_id, &token).await);
-        let binary = step!(
-            S::Installing,
-            process::locate_binary(self.settings.agent_bin.as_deref())
-        );
-        let mut settings = ProcessSettings {
-            workspace,
-            state_dir,
-            binary,
-            system_prompt: agent.system_prompt.clone(),
-            model: agent.model.clone(),
-            provider: None,
-            base_url: None,
-            addr: "127.0.0.1:0".into(),
-            platform_url: None,
-            agent_id: Some(agent_id),
-            platform_fingerprint: None,
-        };
-        self.settings.apply_platform(&mut settings);
-        let mut process_record = ProcessRecord {
-            settings,
-            pid: None,
+        step!(S::Installing, sandbox.install().await);
+        // A fresh deployment gets a fresh address.
+        let spec = RuntimeSpec {
             endpoint: None,
+            ..self.settings.spec(agent_id, agent)
         };
-        step!(S::Configuring, self.layout.write(agent_id, &process_record));
-        let (pid, url) = step!(
-            S::Starting,
-            async {
-                let (pid, url) = self
-                    .spawn(agent_id, &process_record.settings, &token)
-                    .await?;
-                process_record.pid = Some(pid);
-                process_record.endpoint = Some(url.clone());
-                process_record.settings.addr = url.trim_start_matches("http://").to_owned();
-                self.layout.write(agent_id, &process_record)?;
-                Ok::<_, ProcessError>((pid, url))
-            }
-            .await
-        );
-        let _ = pid;
+        step!(S::Configuring, sandbox.configure(&spec).await);
+        let url = step!(S::Starting, sandbox.start(agent_id, &token).await);
         step!(S::HealthCheck, {
-            if process::wait_healthy(&self.http, &url, self.settings.health_timeout).await {
+            if self.wait_healthy(sandbox.as_ref(), agent_id).await {
                 Ok(())
             } else {
                 Err(format!(
@@ -417,47 +464,23 @@ impl Deployer {
         Ok(Ok(()))
     }
 
-    async fn spawn(
-        &self,
-        agent_id: AgentId,
-        settings: &ProcessSettings,
-        token: &str,
-    ) -> Result<(i32, String), ProcessError> {
-        let log = self.layout.agent_dir(agent_id).join("agent.log");
-        process::start(
-            settings,
-            token,
-            self.settings.default_api_key.as_deref(),
-            &log,
-        )
-        .await
-    }
-
-    /// Kills the agent's process group, if one is recorded and alive, and forgets the pid.
-    async fn stop_process(&self, agent_id: AgentId) {
-        let Some(mut record) = self.layout.read(agent_id) else {
-            return;
-        };
-        if let Some(pid) = record.pid.take() {
-            if process::alive(pid) {
-                process::kill_group(pid).await;
-                tracing::info!(%agent_id, pid, "agent process stopped");
+    /// Polls the runtime's health until it answers or the health timeout passes.
+    async fn wait_healthy(&self, provisioner: &dyn Provisioner, agent_id: AgentId) -> bool {
+        let deadline = tokio::time::Instant::now() + self.settings.health_timeout;
+        loop {
+            if provisioner.healthy(agent_id).await {
+                return true;
             }
-            if let Err(err) = self.layout.write(agent_id, &record) {
-                tracing::warn!(%agent_id, error = %err, "updating process.json failed");
+            if tokio::time::Instant::now() >= deadline {
+                return false;
             }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
-    /// (Re)starts the agent from `process.json` on its recorded address, with the platform's
-    /// current settings; logs failures (the reconciler tries again).
-    async fn restart(&self, agent_id: AgentId) {
-        self.stop_process(agent_id).await;
-        let Some(mut record) = self.layout.read(agent_id) else {
-            tracing::warn!(%agent_id, "no process.json: cannot start the agent");
-            return;
-        };
-        self.settings.apply_platform(&mut record.settings);
+    /// (Re)starts a running agent's runtime where it is, or recreates it in the sandbox on its
+    /// recorded endpoint when it is nowhere; logs failures (the reconciler tries again).
+    async fn restart(&self, agent_id: AgentId, agent: &Agent) {
         let token = match self.tokens.get(agent_id).await {
             Ok(Some(token)) => token,
             Ok(None) => {
@@ -469,33 +492,51 @@ impl Deployer {
                 return;
             }
         };
-        match self.spawn(agent_id, &record.settings, &token).await {
-            Ok((pid, url)) => {
-                record.pid = Some(pid);
-                record.endpoint = Some(url.clone());
-                if let Err(err) = self.layout.write(agent_id, &record) {
-                    tracing::warn!(%agent_id, error = %err, "writing process.json failed");
+        let provisioner = match self.holder(agent_id).await {
+            Some((provisioner, _)) => provisioner,
+            None => {
+                let spec = self.settings.spec(agent_id, agent);
+                let made = async {
+                    self.sandbox.allocate(agent_id).await?;
+                    self.sandbox.configure(&spec).await
                 }
-                if process::wait_healthy(&self.http, &url, self.settings.health_timeout).await {
-                    tracing::info!(%agent_id, pid, endpoint = url, "agent process started");
+                .await;
+                if let Err(err) = made {
+                    tracing::warn!(%agent_id, error = %err, "recreating the agent's runtime failed");
+                    return;
+                }
+                tracing::info!(%agent_id, sandbox = self.sandbox.kind(), "agent runtime recreated");
+                self.sandbox.clone()
+            }
+        };
+        match provisioner.start(agent_id, &token).await {
+            Ok(url) => {
+                if agent.endpoint_url.as_deref().is_some_and(|e| e != url) {
+                    tracing::warn!(%agent_id, endpoint = url, recorded = ?agent.endpoint_url, "the runtime came back on another address");
+                }
+                if self.wait_healthy(provisioner.as_ref(), agent_id).await {
+                    tracing::info!(%agent_id, endpoint = url, "agent runtime started");
                 } else {
-                    tracing::warn!(%agent_id, pid, "restarted agent does not answer /health");
+                    tracing::warn!(%agent_id, "restarted agent does not answer /health");
                 }
             }
             Err(err) => tracing::warn!(%agent_id, error = %err, "starting the agent failed"),
         }
     }
 
-    /// Kills, removes the files and token, then records `DestroyAgent`.
+    /// Removes the runtime and workspace everywhere, purges the token, then records
+    /// `DestroyAgent`.
     async fn destroy(&self, agent_id: AgentId) -> Result<(), Outcome> {
         let agent = self.load(agent_id).await?;
         if agent.status != AgentStatus::Deleted {
             return Ok(());
         }
-        self.stop_process(agent_id).await;
-        self.layout
-            .remove(agent_id)
-            .map_err(|err| Outcome::Retry(err.to_string()))?;
+        for provisioner in &self.provisioners {
+            provisioner
+                .destroy(agent_id)
+                .await
+                .map_err(|err| Outcome::Retry(err.to_string()))?;
+        }
         self.tokens
             .purge(agent_id)
             .await
@@ -507,25 +548,88 @@ impl Deployer {
         Ok(())
     }
 
-    /// One reconciliation pass over every agent directory.
+    /// Every agent the log knows: one subject per agent in the `AGENTS` stream.
+    async fn known_agents(&self) -> Result<BTreeSet<AgentId>, String> {
+        let stream = self
+            .js
+            .get_stream_no_info(topology::AGENTS)
+            .await
+            .map_err(|err| err.to_string())?;
+        let mut subjects = stream
+            .info_with_subjects("agent.*")
+            .await
+            .map_err(|err| err.to_string())?;
+        let mut agents = BTreeSet::new();
+        while let Some(subject) = subjects.next().await {
+            let (subject, _) = subject.map_err(|err| err.to_string())?;
+            if let Some(id) = subject
+                .strip_prefix("agent.")
+                .and_then(|id| id.parse().ok())
+            {
+                agents.insert(id);
+            }
+        }
+        Ok(agents)
+    }
+
+    /// One reconciliation pass: the agents the log knows against every provisioner's runtimes.
     pub async fn reconcile(&self) {
-        for agent_id in self.layout.agents() {
-            let _guard = self.ops.lock().await;
-            if let Err(Outcome::Retry(reason)) = self.reconcile_one(agent_id).await {
+        let mut actual: BTreeMap<AgentId, (Arc<dyn Provisioner>, Actual)> = BTreeMap::new();
+        for provisioner in &self.provisioners {
+            match provisioner.actual().await {
+                Ok(found) => {
+                    for runtime in found {
+                        actual
+                            .entry(runtime.agent_id)
+                            .or_insert_with(|| (provisioner.clone(), runtime));
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(sandbox = provisioner.kind(), error = %err, "listing runtimes failed: not reconciling");
+                    return;
+                }
+            }
+        }
+        let known = match self.known_agents().await {
+            Ok(known) => known,
+            Err(err) => {
+                tracing::warn!(
+                    error = err,
+                    "listing the log's agents failed: not reconciling"
+                );
+                return;
+            }
+        };
+        let ids: BTreeSet<AgentId> = known.into_iter().chain(actual.keys().copied()).collect();
+        for agent_id in ids {
+            let _guard = self.locks.lock(agent_id).await;
+            // The list was taken before the lock: a deployment may have finished since. A
+            // runtime that looked missing or stopped is looked at again before acting.
+            let fresh = match actual.get(&agent_id) {
+                Some(found) if found.1.state != ActualState::Stopped => Some(found.clone()),
+                _ => self.holder(agent_id).await,
+            };
+            if let Err(Outcome::Retry(reason)) = self.reconcile_one(agent_id, fresh.as_ref()).await
+            {
                 tracing::warn!(%agent_id, reason, "reconciling failed");
             }
         }
     }
 
-    async fn reconcile_one(&self, agent_id: AgentId) -> Result<(), Outcome> {
+    async fn reconcile_one(
+        &self,
+        agent_id: AgentId,
+        actual: Option<&(Arc<dyn Provisioner>, Actual)>,
+    ) -> Result<(), Outcome> {
         let agent = self.load(agent_id).await?;
         match agent.status {
-            AgentStatus::Deleted => self.destroy(agent_id).await,
+            AgentStatus::Deleted if actual.is_some() || !agent.destroyed => {
+                self.destroy(agent_id).await
+            }
             AgentStatus::Running => {
-                let record = self.layout.read(agent_id);
                 let current = self.settings.runtime_fingerprint();
-                if let Some(record) = &record
-                    && record.settings.platform_fingerprint.as_deref() != Some(current.as_str())
+                if let Some((_, runtime)) = actual
+                    && runtime.fingerprint.as_deref() != Some(current.as_str())
                 {
                     // Recorded as an attempt of its own, so owners see why their agent moved.
                     let command = AgentCommand::ReconfigureAgent {
@@ -536,20 +640,40 @@ impl Deployer {
                     }
                     return Ok(());
                 }
-                let up = match record.as_ref().and_then(|r| r.pid.zip(r.endpoint.as_ref())) {
-                    Some((pid, endpoint)) => {
-                        process::alive(pid) && process::healthy(&self.http, endpoint).await
+                match actual {
+                    Some((provisioner, runtime)) => {
+                        if runtime.oom_killed && runtime.state == ActualState::Stopped {
+                            tracing::warn!(%agent_id, "the agent's runtime was killed for memory: restarting it");
+                        }
+                        let up = match runtime.state {
+                            ActualState::Running => provisioner.healthy(agent_id).await,
+                            ActualState::Paused => {
+                                // The log does not say paused: thaw it.
+                                if let Err(err) = provisioner.resume(agent_id).await {
+                                    tracing::warn!(%agent_id, error = %err, "resuming failed");
+                                }
+                                provisioner.healthy(agent_id).await
+                            }
+                            ActualState::Stopped => false,
+                        };
+                        if !up {
+                            tracing::info!(%agent_id, "running agent has no live runtime: restarting it");
+                            self.restart(agent_id, &agent).await;
+                        }
                     }
-                    None => false,
-                };
-                if !up {
-                    tracing::info!(%agent_id, "running agent has no live process: restarting it");
-                    self.restart(agent_id).await;
+                    None => {
+                        tracing::info!(%agent_id, "running agent has no runtime: recreating it");
+                        self.restart(agent_id, &agent).await;
+                    }
                 }
                 Ok(())
             }
             AgentStatus::Stopped | AgentStatus::Failed => {
-                self.stop_process(agent_id).await;
+                if let Some((provisioner, runtime)) = actual
+                    && runtime.state != ActualState::Stopped
+                {
+                    provisioner.stop(agent_id).await;
+                }
                 Ok(())
             }
             _ => Ok(()),

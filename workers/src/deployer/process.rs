@@ -1,10 +1,16 @@
-//! The `process` provisioner: each agent is a local `warren-agent` child in its own process
-//! group, with its files under `<data_dir>/agents/<agent_id>/` (`workspace/`, `state/`,
-//! `agent.log`, and `process.json`, which records how it was started and where it listens).
-//! Agents outlive the deployer: they are never killed on drop, and a restarted deployer finds
-//! them again through `process.json` (`warren dev` stops them when it stops: see
+//! The `process` provisioner, for development only: each agent is a local `warren-agent` child
+//! in its own process group, running as the platform's own user with the host's files and
+//! network (no sandbox at all: the deployer says so in its log when it starts). Its files live
+//! under `<data_dir>/agents/<agent_id>/` (`workspace/`, `state/`, `agent.log`, and
+//! `process.json`, which records how it was started and where it listens). Agents outlive the
+//! deployer: they are never killed on drop, and a restarted deployer finds them again through
+//! `process.json` (`warren dev` stops them when it stops: see
 //! [`super::DeployerSettings::stop_agents_on_shutdown`]).
 
+use super::provisioner::{
+    Actual, ActualState, ProvisionError, Provisioned, Provisioner, RuntimeSpec,
+};
+use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -336,5 +342,196 @@ pub async fn wait_healthy(http: &reqwest::Client, endpoint: &str, timeout: Durat
             return false;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Whether the process is stopped by a signal (`T` in `/proc/<pid>/stat`): a paused agent.
+fn frozen(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // The state follows the command name, which is in parentheses.
+            let after = stat.rsplit_once(')')?.1;
+            after.split_whitespace().next().map(|state| state == "T")
+        })
+        .unwrap_or(false)
+}
+
+fn signal_group(pid: i32, signal: rustix::process::Signal) -> Provisioned<()> {
+    let group = rustix::process::Pid::from_raw(pid)
+        .ok_or_else(|| ProvisionError(format!("invalid pid {pid}")))?;
+    rustix::process::kill_process_group(group, signal)
+        .map_err(|err| ProvisionError(format!("signalling process group {pid}: {err}")))
+}
+
+impl From<ProcessError> for ProvisionError {
+    fn from(err: ProcessError) -> Self {
+        Self(err.to_string())
+    }
+}
+
+/// The `process` provisioner over a [`Layout`].
+pub struct ProcessProvisioner {
+    layout: Layout,
+    agent_bin: Option<PathBuf>,
+    /// The platform key, until runtimes call the model through the platform's proxy.
+    api_key: Option<String>,
+    http: reqwest::Client,
+}
+
+impl ProcessProvisioner {
+    /// Agents under `<data_dir>/agents`, started from `agent_bin` (else next to `warren`, else
+    /// `PATH`).
+    pub fn new(data_dir: &Path, agent_bin: Option<PathBuf>, api_key: Option<String>) -> Self {
+        Self {
+            layout: Layout::new(data_dir),
+            agent_bin,
+            api_key,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Kills the agent's process group, if one is recorded and alive, and forgets the pid.
+    async fn kill(&self, agent_id: AgentId) {
+        let Some(mut record) = self.layout.read(agent_id) else {
+            return;
+        };
+        if let Some(pid) = record.pid.take() {
+            if alive(pid) {
+                // A frozen group must be thawed to act on SIGTERM.
+                let _ = signal_group(pid, rustix::process::Signal::CONT);
+                kill_group(pid).await;
+                tracing::info!(%agent_id, pid, "agent process stopped");
+            }
+            if let Err(err) = self.layout.write(agent_id, &record) {
+                tracing::warn!(%agent_id, error = %err, "updating process.json failed");
+            }
+        }
+    }
+
+    fn record(&self, agent_id: AgentId) -> Provisioned<ProcessRecord> {
+        self.layout
+            .read(agent_id)
+            .ok_or_else(|| ProvisionError(format!("no process.json for agent {agent_id}")))
+    }
+}
+
+#[async_trait]
+impl Provisioner for ProcessProvisioner {
+    fn kind(&self) -> &'static str {
+        "process"
+    }
+
+    async fn allocate(&self, agent_id: AgentId) -> Provisioned<()> {
+        self.layout.allocate(agent_id)?;
+        Ok(())
+    }
+
+    async fn install(&self) -> Provisioned<()> {
+        locate_binary(self.agent_bin.as_deref())?;
+        Ok(())
+    }
+
+    async fn configure(&self, spec: &RuntimeSpec) -> Provisioned<()> {
+        self.kill(spec.agent_id).await;
+        let (workspace, state_dir) = self.layout.allocate(spec.agent_id)?;
+        let addr = spec
+            .endpoint
+            .as_deref()
+            .map(|url| url.trim_start_matches("http://").to_owned())
+            .unwrap_or_else(|| "127.0.0.1:0".into());
+        let record = ProcessRecord {
+            settings: ProcessSettings {
+                workspace,
+                state_dir,
+                binary: locate_binary(self.agent_bin.as_deref())?,
+                system_prompt: spec.system_prompt.clone(),
+                model: spec.model.clone(),
+                provider: spec.provider.clone(),
+                base_url: spec.base_url.clone(),
+                addr,
+                platform_url: Some(spec.platform_url.clone()),
+                agent_id: Some(spec.agent_id),
+                platform_fingerprint: Some(spec.fingerprint.clone()),
+            },
+            pid: None,
+            endpoint: None,
+        };
+        self.layout.write(spec.agent_id, &record)?;
+        Ok(())
+    }
+
+    async fn start(&self, agent_id: AgentId, token: &str) -> Provisioned<String> {
+        self.kill(agent_id).await;
+        let mut record = self.record(agent_id)?;
+        let log = self.layout.agent_dir(agent_id).join("agent.log");
+        let (pid, url) = start(&record.settings, token, self.api_key.as_deref(), &log).await?;
+        record.pid = Some(pid);
+        record.endpoint = Some(url.clone());
+        // Later starts keep this address, so the endpoint in the log stays valid.
+        record.settings.addr = url.trim_start_matches("http://").to_owned();
+        self.layout.write(agent_id, &record)?;
+        Ok(url)
+    }
+
+    async fn healthy(&self, agent_id: AgentId) -> bool {
+        match self
+            .layout
+            .read(agent_id)
+            .and_then(|record| record.pid.zip(record.endpoint))
+        {
+            Some((pid, endpoint)) => alive(pid) && healthy(&self.http, &endpoint).await,
+            None => false,
+        }
+    }
+
+    async fn stop(&self, agent_id: AgentId) {
+        self.kill(agent_id).await;
+    }
+
+    async fn pause(&self, agent_id: AgentId) -> Provisioned<()> {
+        let pid = self
+            .record(agent_id)?
+            .pid
+            .filter(|pid| alive(*pid))
+            .ok_or_else(|| ProvisionError(format!("agent {agent_id} has no live process")))?;
+        signal_group(pid, rustix::process::Signal::STOP)
+    }
+
+    async fn resume(&self, agent_id: AgentId) -> Provisioned<()> {
+        let pid = self
+            .record(agent_id)?
+            .pid
+            .filter(|pid| alive(*pid))
+            .ok_or_else(|| ProvisionError(format!("agent {agent_id} has no live process")))?;
+        signal_group(pid, rustix::process::Signal::CONT)
+    }
+
+    async fn destroy(&self, agent_id: AgentId) -> Provisioned<()> {
+        self.kill(agent_id).await;
+        self.layout.remove(agent_id)?;
+        Ok(())
+    }
+
+    async fn actual(&self) -> Provisioned<Vec<Actual>> {
+        Ok(self
+            .layout
+            .agents()
+            .into_iter()
+            .filter_map(|agent_id| {
+                let record = self.layout.read(agent_id)?;
+                let state = match record.pid.filter(|pid| alive(*pid)) {
+                    Some(pid) if frozen(pid) => ActualState::Paused,
+                    Some(_) => ActualState::Running,
+                    None => ActualState::Stopped,
+                };
+                Some(Actual {
+                    agent_id,
+                    state,
+                    fingerprint: record.settings.platform_fingerprint,
+                    oom_killed: false,
+                })
+            })
+            .collect())
     }
 }

@@ -1,0 +1,336 @@
+//! The sandbox network: what a sandbox can reach, and how it reaches the platform
+//! (docs/adr/0023-sandboxes.md).
+//!
+//! - **The network** is a Docker bridge network marked `internal` (no route off the host) with
+//!   inter-container traffic disabled, so a sandbox reaches neither the internet nor another
+//!   sandbox. Its bridge is named `wsb-<hash of the network name>`; its subnet is configured
+//!   (`WARREN_SANDBOX_SUBNET`), which is what lets each container keep a fixed address.
+//! - **The firewall**: an `iptables` chain `WARREN-<hash>` on the host's `INPUT` for that bridge
+//!   accepts replies and the relay's port and drops everything else, so a sandbox cannot open a
+//!   connection to any host service (NATS, PostgreSQL, the Docker API over TCP, the edge
+//!   itself) even where one listens on every address.
+//! - **The relay** listens on the bridge's gateway address and forwards each connection to the
+//!   edge (the platform URL the deployer was given, loopback under `warren dev`): a sandbox's one
+//!   path out, to the runtime API and the model proxy.
+
+use super::super::provisioner::ProvisionError;
+use super::{failed, not_found};
+use bollard::Docker;
+use bollard::models::NetworkCreateRequest;
+use bollard::query_parameters::InspectNetworkOptions;
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A short hash of the network's name, for the bridge and chain names (Linux caps interface
+/// names at 15 bytes).
+fn tag(network: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(&Sha256::digest(network.as_bytes())[..4])
+}
+
+/// The bridge interface of a sandbox network.
+pub fn bridge_name(network: &str) -> String {
+    format!("wsb-{}", tag(network))
+}
+
+/// The firewall chain of a sandbox network.
+pub fn chain_name(network: &str) -> String {
+    format!("WARREN-{}", tag(network).to_uppercase())
+}
+
+/// The network, up: its subnet, and the relay task (stopped when this is dropped).
+pub struct SandboxNetwork {
+    base: u32,
+    prefix: u8,
+    gateway: Ipv4Addr,
+    platform_url: String,
+    relay: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for SandboxNetwork {
+    fn drop(&mut self) {
+        self.relay.abort();
+    }
+}
+
+impl SandboxNetwork {
+    /// Makes (or finds) the network, installs the firewall when asked, and starts the relay to
+    /// `platform_url`'s host and port on the gateway's `relay_port`.
+    pub async fn up(
+        docker: &Docker,
+        name: &str,
+        subnet: &str,
+        relay_port: u16,
+        platform_url: &str,
+        firewall: bool,
+    ) -> Result<Self, ProvisionError> {
+        ensure_network(docker, name, subnet).await?;
+        let inspect = docker
+            .inspect_network(name, None::<InspectNetworkOptions>)
+            .await
+            .map_err(failed("inspecting the sandbox network"))?;
+        if inspect.internal != Some(true) {
+            return Err(ProvisionError(format!(
+                "the Docker network {name} exists but is not internal: remove it (docker network rm {name}) and let the deployer make it"
+            )));
+        }
+        let subnet = inspect
+            .ipam
+            .and_then(|ipam| ipam.config)
+            .unwrap_or_default()
+            .into_iter()
+            .find_map(|config| {
+                let subnet = config.subnet?;
+                let (base, prefix) = subnet.split_once('/')?;
+                let base: Ipv4Addr = base.parse().ok()?;
+                let prefix: u8 = prefix.parse().ok().filter(|p| *p <= 30)?;
+                let gateway = config
+                    .gateway
+                    .and_then(|gateway| gateway.parse().ok())
+                    .unwrap_or_else(|| Ipv4Addr::from(u32::from(base) + 1));
+                Some((u32::from(base), prefix, gateway))
+            })
+            .ok_or_else(|| {
+                ProvisionError(format!("the Docker network {name} has no IPv4 subnet"))
+            })?;
+        let (base, prefix, gateway) = subnet;
+        if firewall {
+            install_firewall(name, relay_port).await?;
+        } else {
+            tracing::warn!(
+                network = name,
+                "WARREN_SANDBOX_FIREWALL=false: sandboxes can connect to every host service listening on all addresses"
+            );
+        }
+        let target = target_of(platform_url)?;
+        let listen = SocketAddr::from((gateway, relay_port));
+        let listener = TcpListener::bind(listen).await.map_err(|err| {
+            ProvisionError(format!(
+                "the relay cannot listen on {listen} (the sandbox network's gateway; is the Docker engine on this host?): {err}"
+            ))
+        })?;
+        let relay = tokio::spawn(relay(listener, target));
+        let path = platform_url
+            .split_once("://")
+            .and_then(|(_, rest)| rest.split_once('/'))
+            .map(|(_, path)| format!("/{path}"))
+            .unwrap_or_default();
+        Ok(Self {
+            base,
+            prefix,
+            gateway,
+            platform_url: format!("http://{listen}{}", path.trim_end_matches('/')),
+            relay,
+        })
+    }
+
+    /// The gateway (the host's address on the network).
+    pub fn gateway(&self) -> Ipv4Addr {
+        self.gateway
+    }
+
+    /// The platform's URL as sandboxes reach it (through the relay).
+    pub fn platform_url(&self) -> &str {
+        &self.platform_url
+    }
+
+    /// Whether `ip` is on the network.
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        let mask = u32::MAX
+            .checked_shl(32 - u32::from(self.prefix))
+            .unwrap_or(0);
+        u32::from(ip) & mask == self.base & mask && self.hosts().any(|host| host == ip)
+    }
+
+    /// The addresses containers may have: the subnet's but the network's own, the gateway and
+    /// the broadcast.
+    pub fn hosts(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        let size = 1u32 << (32 - u32::from(self.prefix));
+        (1..size.saturating_sub(1))
+            .map(move |offset| Ipv4Addr::from(self.base + offset))
+            .filter(move |ip| *ip != self.gateway)
+    }
+}
+
+/// The `host:port` the relay forwards to.
+fn target_of(platform_url: &str) -> Result<String, ProvisionError> {
+    let rest = platform_url
+        .strip_prefix("http://")
+        .ok_or_else(|| {
+            ProvisionError(format!(
+                "WARREN_RUNTIME_PLATFORM_URL {platform_url} must be an http:// URL for docker sandboxes (the relay forwards plain TCP)"
+            ))
+        })?;
+    let authority = rest.split('/').next().unwrap_or_default();
+    Ok(
+        if authority
+            .rsplit_once(':')
+            .is_some_and(|(_, port)| port.parse::<u16>().is_ok())
+        {
+            authority.to_owned()
+        } else {
+            format!("{authority}:80")
+        },
+    )
+}
+
+async fn ensure_network(docker: &Docker, name: &str, subnet: &str) -> Result<(), ProvisionError> {
+    match docker
+        .inspect_network(name, None::<InspectNetworkOptions>)
+        .await
+    {
+        Ok(_) => return Ok(()),
+        Err(err) if not_found(&err) => {}
+        Err(err) => return Err(failed("inspecting the sandbox network")(err)),
+    }
+    let options = HashMap::from([
+        (
+            "com.docker.network.bridge.enable_icc".to_owned(),
+            "false".to_owned(),
+        ),
+        (
+            "com.docker.network.bridge.name".to_owned(),
+            bridge_name(name),
+        ),
+    ]);
+    match docker
+        .create_network(NetworkCreateRequest {
+            name: name.to_owned(),
+            driver: Some("bridge".into()),
+            internal: Some(true),
+            // Fixed container addresses need a subnet of our own.
+            ipam: Some(bollard::models::Ipam {
+                config: Some(vec![bollard::models::IpamConfig {
+                    subnet: Some(subnet.to_owned()),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            options: Some(options),
+            labels: Some(HashMap::from([(
+                "org.warren.sandbox".to_owned(),
+                "true".to_owned(),
+            )])),
+            ..Default::default()
+        })
+        .await
+    {
+        Ok(_) => Ok(()),
+        // Made by another deployer meanwhile.
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 409, ..
+        }) => Ok(()),
+        Err(err) => Err(failed("creating the sandbox network")(err)),
+    }
+}
+
+async fn iptables(args: &[&str]) -> Result<bool, ProvisionError> {
+    let output = tokio::process::Command::new("iptables")
+        .args(["-w", "5"])
+        .args(args)
+        .output()
+        .await
+        .map_err(|err| {
+            ProvisionError(format!(
+                "running iptables failed ({err}): the sandbox firewall needs iptables and root (or set WARREN_SANDBOX_FIREWALL=false and keep every host service on loopback)"
+            ))
+        })?;
+    Ok(output.status.success())
+}
+
+/// (Re)writes the chain and hooks it into `INPUT` for the network's bridge.
+async fn install_firewall(network: &str, relay_port: u16) -> Result<(), ProvisionError> {
+    let chain = chain_name(network);
+    let bridge = bridge_name(network);
+    let port = relay_port.to_string();
+    // Exists already after a restart: then it is flushed and rewritten.
+    if !iptables(&["-N", &chain]).await? && !iptables(&["-L", &chain, "-n"]).await? {
+        return Err(ProvisionError(format!(
+            "iptables could not create the chain {chain}: the sandbox firewall needs root (or set WARREN_SANDBOX_FIREWALL=false and keep every host service on loopback)"
+        )));
+    }
+    let rules: [&[&str]; 4] = [
+        &["-F", &chain],
+        &[
+            "-A",
+            &chain,
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "ESTABLISHED,RELATED",
+            "-j",
+            "ACCEPT",
+        ],
+        &["-A", &chain, "-p", "tcp", "--dport", &port, "-j", "ACCEPT"],
+        &["-A", &chain, "-j", "DROP"],
+    ];
+    for rule in rules {
+        if !iptables(rule).await? {
+            return Err(ProvisionError(format!(
+                "iptables {} failed",
+                rule.join(" ")
+            )));
+        }
+    }
+    let hook = ["INPUT", "-i", bridge.as_str(), "-j", chain.as_str()];
+    if !iptables(&[&["-C"], &hook[..]].concat()).await?
+        && !iptables(&[&["-I"], &hook[..]].concat()).await?
+    {
+        return Err(ProvisionError(format!(
+            "iptables could not hook {chain} into INPUT"
+        )));
+    }
+    Ok(())
+}
+
+/// Removes a sandbox network's firewall (its network and containers must be gone first).
+pub async fn remove_firewall(network: &str) {
+    let chain = chain_name(network);
+    let bridge = bridge_name(network);
+    let _ = iptables(&["-D", "INPUT", "-i", &bridge, "-j", &chain]).await;
+    let _ = iptables(&["-F", &chain]).await;
+    let _ = iptables(&["-X", &chain]).await;
+}
+
+/// Forwards every accepted connection to `target`.
+async fn relay(listener: TcpListener, target: String) {
+    loop {
+        let Ok((mut inbound, peer)) = listener.accept().await else {
+            continue;
+        };
+        let target = target.clone();
+        tokio::spawn(async move {
+            match TcpStream::connect(&target).await {
+                Ok(mut outbound) => {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+                Err(err) => {
+                    tracing::warn!(%peer, target, error = %err, "the relay cannot reach the edge");
+                }
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_fit_linux_limits_and_differ_per_network() {
+        assert!(bridge_name("warren-sandbox").len() <= 15);
+        assert!(chain_name("warren-sandbox").len() <= 28);
+        assert_ne!(bridge_name("a"), bridge_name("b"));
+    }
+
+    #[test]
+    fn the_relay_target_is_the_platform_urls_authority() {
+        assert_eq!(
+            target_of("http://127.0.0.1:8080").expect("ok"),
+            "127.0.0.1:8080"
+        );
+        assert_eq!(target_of("http://edge/api").expect("ok"), "edge:80");
+        assert!(target_of("https://edge").is_err());
+    }
+}

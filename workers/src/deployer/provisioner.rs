@@ -1,0 +1,114 @@
+//! The provisioner seam: the deployer's state machine (the six steps, recording, reconciling)
+//! talks to a [`Provisioner`], which owns how a runtime is placed: a local process
+//! ([`super::process`]) or a locked-down container ([`super::docker`]). A provisioner holds no
+//! state of its own that the log does not also say, except what it can read back from where the
+//! runtimes are ([`Provisioner::actual`]): process records, container labels.
+
+use async_trait::async_trait;
+use warren_domain::ids::AgentId;
+
+/// What a runtime is started with; everything but its token. No provider key: runtimes call
+/// the model through the platform.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RuntimeSpec {
+    /// The agent.
+    pub agent_id: AgentId,
+    /// Model identifier.
+    pub model: String,
+    /// System prompt.
+    pub system_prompt: String,
+    /// The platform's default provider protocol (`openai` or `anthropic`), if any.
+    pub provider: Option<String>,
+    /// The platform's default provider base URL, if any.
+    pub base_url: Option<String>,
+    /// Where the runtime reaches the edge (its session tools), as the deployer sees it; a
+    /// provisioner may route it (a sandbox reaches the edge through the deployer's relay).
+    pub platform_url: String,
+    /// [`super::DeployerSettings::runtime_fingerprint`] of the platform settings above.
+    pub fingerprint: String,
+    /// The endpoint to keep, when the log already recorded one (a restart or a recreation
+    /// keeps the address the chat worker knows).
+    pub endpoint: Option<String>,
+}
+
+/// Where a provisioner's runtime of one agent stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActualState {
+    /// Started (it may still fail its health check).
+    Running,
+    /// Frozen, memory and workspace kept.
+    Paused,
+    /// Present but not running: stopped, exited, killed, or created and never started.
+    Stopped,
+}
+
+/// One agent's runtime as a provisioner finds it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Actual {
+    /// The agent.
+    pub agent_id: AgentId,
+    /// Its state.
+    pub state: ActualState,
+    /// The fingerprint it was configured with, if recorded.
+    pub fingerprint: Option<String>,
+    /// Whether its last exit was the kernel's out-of-memory killer.
+    pub oom_killed: bool,
+}
+
+/// A provisioner's failure: a sentence for the deployer's log (never shown to owners, who read
+/// [`super::public_failure`]).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ProvisionError(pub String);
+
+impl ProvisionError {
+    /// Wraps any error with what was being done.
+    pub fn during(what: impl std::fmt::Display) -> impl FnOnce(ProvisionError) -> Self {
+        move |err| Self(format!("{what}: {err}"))
+    }
+}
+
+/// Shorthand.
+pub type Provisioned<T> = Result<T, ProvisionError>;
+
+/// How the deployer places, runs and removes agents' runtimes. Every method is idempotent: the
+/// deployer calls them again after a crash or a redelivery.
+#[async_trait]
+pub trait Provisioner: Send + Sync {
+    /// `process` or `docker`, for logs.
+    fn kind(&self) -> &'static str;
+
+    /// Step `allocating`: the agent's workspace (a directory, a named volume). Kept across
+    /// restarts and redeploys; removed by [`Provisioner::destroy`].
+    async fn allocate(&self, agent_id: AgentId) -> Provisioned<()>;
+
+    /// Step `installing`: the runtime can be started here (binary present, image built).
+    async fn install(&self) -> Provisioned<()>;
+
+    /// Step `configuring`: (re)creates the agent's runtime from `spec`, replacing an old one;
+    /// the runtime is not started.
+    async fn configure(&self, spec: &RuntimeSpec) -> Provisioned<()>;
+
+    /// Step `starting`: starts the configured runtime with its token (handed over without an
+    /// environment variable other sandboxes or `docker inspect` could read); returns its
+    /// endpoint. Starting a running one restarts it.
+    async fn start(&self, agent_id: AgentId, token: &str) -> Provisioned<String>;
+
+    /// Whether the runtime answers `/health`.
+    async fn healthy(&self, agent_id: AgentId) -> bool;
+
+    /// Stops the runtime, keeping its configuration and workspace. A missing one is fine.
+    async fn stop(&self, agent_id: AgentId);
+
+    /// Freezes the runtime (memory and workspace kept).
+    async fn pause(&self, agent_id: AgentId) -> Provisioned<()>;
+
+    /// Thaws a paused runtime.
+    async fn resume(&self, agent_id: AgentId) -> Provisioned<()>;
+
+    /// Removes the runtime and its workspace. A missing one is fine.
+    async fn destroy(&self, agent_id: AgentId) -> Provisioned<()>;
+
+    /// Every agent runtime this provisioner has, whatever its state.
+    async fn actual(&self) -> Provisioned<Vec<Actual>>;
+}
