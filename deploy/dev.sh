@@ -3,7 +3,10 @@
 # PostgreSQL), builds the `warren` binary and the agent runtime `warren-agent` beside it (the
 # deployer starts one per agent), and runs `warren dev`, which starts a local nats-server
 # (store in ./.warren/nats) and a local PostgreSQL cluster (./.warren/pg) unless WARREN_NATS_URL /
-# WARREN_DATABASE_URL point elsewhere. Extra arguments go to `warren dev`. Ctrl-C stops everything.
+# WARREN_DATABASE_URL point elsewhere. When a Docker engine answers (and WARREN_SANDBOX is not
+# `process`), it also builds the agent sandbox image (`warren image build`: debootstrap, about 40 s
+# the first time, nothing when it is up to date), so agents run in locked-down containers.
+# Extra arguments go to `warren dev`. Ctrl-C stops everything.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -16,5 +19,20 @@ ensure_postgres_binaries
 export WARREN_PG_BIN_DIR=${WARREN_PG_BIN_DIR:-$PG_BIN}
 say "building warren and warren-agent"
 cargo build --release --locked --bin warren --bin warren-agent
+if [ "${WARREN_SANDBOX:-auto}" != process ]; then
+    if docker_answers && is_root; then
+        ensure_debootstrap
+        ensure_iptables
+        say "building the agent sandbox image (warren image build)"
+        if ! cargo run --release --locked --bin warren -- image build; then
+            [ "${WARREN_SANDBOX:-auto}" = docker ] && die "warren image build failed"
+            say "warning: no sandbox image: agents will run as unconfined processes"
+        fi
+    elif [ "${WARREN_SANDBOX:-auto}" = docker ]; then
+        die "WARREN_SANDBOX=docker needs a Docker engine that answers and root to build the agent image"
+    else
+        say "warning: no Docker engine (or not root): agents will run as unconfined processes (development only)"
+    fi
+fi
 say "starting warren dev (http://${WARREN_HTTP_ADDR:-127.0.0.1:8080}/api/v1/health)"
 exec cargo run --release --locked --bin warren -- dev "$@"

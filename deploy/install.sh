@@ -152,6 +152,38 @@ ensure_test_database() {
     fi
 }
 
+# --- docker sandboxes ---------------------------------------------------------------------------
+
+# Whether a Docker engine answers on WARREN_DOCKER_HOST's socket (default /var/run/docker.sock).
+docker_answers() {
+    local host=${WARREN_DOCKER_HOST:-unix:///var/run/docker.sock}
+    case $host in
+    unix://*) curl -sf --max-time 5 --unix-socket "${host#unix://}" http://docker/_ping >/dev/null 2>&1 ;;
+    tcp://*) curl -sf --max-time 5 "http://${host#tcp://}/_ping" >/dev/null 2>&1 ;;
+    *) return 1 ;;
+    esac
+}
+
+# debootstrap, which `warren image build` runs to make the agent image's root filesystem.
+ensure_debootstrap() {
+    if ! command -v debootstrap >/dev/null 2>&1; then
+        is_root || die "debootstrap is not installed: apt-get install -y debootstrap (as root)"
+        say "installing debootstrap: apt-get install -y debootstrap"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
+    fi
+}
+
+# iptables, which the deployer uses for the sandbox firewall.
+ensure_iptables() {
+    if ! command -v iptables >/dev/null 2>&1; then
+        is_root || die "iptables is not installed: apt-get install -y iptables (as root)"
+        say "installing iptables: apt-get install -y iptables"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables >/dev/null
+    fi
+}
+
 # --- cargo-nextest ------------------------------------------------------------------------------
 
 ensure_nextest() {

@@ -13,7 +13,9 @@
 #      cluster `warren-test` (port $WARREN_TEST_PG_PORT, default 55432; trust on 127.0.0.1; fsync
 #      off, it is throwaway) and exports WARREN_TEST_DATABASE_URL for it. Otherwise the testkit
 #      starts a cluster of its own;
-#   3. runs the doc tests, then every test target with cargo-nextest. Benches are compiled (so
+#   3. checks that a Docker engine answers and installs debootstrap and iptables (the docker
+#      sandbox tests build the agent image and a firewall chain);
+#   4. runs the doc tests, then every test target with cargo-nextest. Benches are compiled (so
 #      they cannot rot) but not run; a filterset of yours (-E) is narrowed to exclude them too,
 #      unless it names kind(bench) itself.
 # Exits non-zero if any step or test failed.
@@ -112,6 +114,10 @@ ensure_nats
 ensure_api_checkers
 ensure_test_database
 ensure_nextest
+# The docker sandbox tests build the agent image (debootstrap) and install a firewall chain.
+docker_answers || die "no Docker engine answers (WARREN_DOCKER_HOST, default /var/run/docker.sock): the sandbox tests need one"
+ensure_debootstrap
+ensure_iptables
 
 failed=()
 # Doc tests first, so that nextest's summary is the run's closing line.

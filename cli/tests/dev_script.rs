@@ -144,7 +144,15 @@ async fn dev_sh_from_a_fresh_clone_reaches_a_first_chat() {
         .stderr(file)
         .process_group(0);
     // What any shell has: where programs and the toolchain are.
-    for name in ["PATH", "HOME", "CARGO_HOME", "RUSTUP_HOME", "USER", "LANG"] {
+    for name in [
+        "PATH",
+        "HOME",
+        "CARGO_HOME",
+        "RUSTUP_HOME",
+        "USER",
+        "LANG",
+        "WARREN_IMAGE_CACHE_DIR",
+    ] {
         if let Some(value) = std::env::var_os(name) {
             command.env(name, value);
         }
@@ -227,6 +235,7 @@ async fn dev_sh_from_a_fresh_clone_reaches_a_first_chat() {
     .await;
     assert_eq!(status, 201, "{agent}");
     let id = agent["id"].as_str().expect("agent id").to_owned();
+    let _container = RemoveContainer(format!("warren-agent-{id}"), format!("warren-ws-{id}"));
     wait_until(Duration::from_secs(120), || async {
         let (_, agent) = call(
             &http,
@@ -267,10 +276,19 @@ async fn dev_sh_from_a_fresh_clone_reaches_a_first_chat() {
         "names what to set: {message}"
     );
 
-    // SIGTERM to the script's process group: everything it started stops, the agent runtime
+    // On this machine (Docker, root) the agent runs in its sandbox container.
+    let container = format!("warren-agent-{id}");
+    assert_eq!(
+        container_status(&container).as_deref(),
+        Some("running"),
+        "dev.sh built the image and the agent runs in a container; log:\n{}",
+        log_text()
+    );
+
+    // SIGTERM to the script's process group: everything it started stops, the agent's container
     // and the servers included.
     let started = tree(dev.id().expect("pid"));
-    for expected in ["warren", "nats-server", "postgres", "warren-agent"] {
+    for expected in ["warren", "nats-server", "postgres"] {
         assert!(
             started.iter().any(|(_, name)| name == expected),
             "{expected} among {started:?}"
@@ -288,9 +306,39 @@ async fn dev_sh_from_a_fresh_clone_reaches_a_first_chat() {
         started.iter().all(|(pid, _)| running(*pid).is_none())
     })
     .await;
+    assert_eq!(
+        container_status(&container).as_deref(),
+        Some("exited"),
+        "the agent's container stopped with warren dev"
+    );
     assert!(
-        log_text().contains("agent processes stopped with the deployer"),
+        log_text().contains("agent runtimes stopped with the deployer"),
         "the runtimes were stopped by warren dev, not left to die; log:\n{}",
         log_text()
     );
+}
+
+/// `docker inspect`'s status of a container, if it exists.
+fn container_status(name: &str) -> Option<String> {
+    let out = std::process::Command::new("docker")
+        .args(["inspect", "--format", "{{.State.Status}}", name])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// Removes the agent's container and volume when the test ends.
+struct RemoveContainer(String, String);
+
+impl Drop for RemoveContainer {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("docker")
+            .args(["rm", "-f", &self.0])
+            .output();
+        let _ = std::process::Command::new("docker")
+            .args(["volume", "rm", "-f", &self.1])
+            .output();
+    }
 }
