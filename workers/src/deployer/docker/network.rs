@@ -296,13 +296,21 @@ pub async fn remove_firewall(network: &str) {
 /// Forwards every accepted connection to `target`.
 async fn relay(listener: TcpListener, target: String) {
     loop {
-        let Ok((mut inbound, peer)) = listener.accept().await else {
-            continue;
+        let (mut inbound, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                // Out of descriptors, most likely: wait rather than spin.
+                tracing::warn!(error = %err, "the relay cannot accept");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
         };
+        let _ = inbound.set_nodelay(true);
         let target = target.clone();
         tokio::spawn(async move {
             match TcpStream::connect(&target).await {
                 Ok(mut outbound) => {
+                    let _ = outbound.set_nodelay(true);
                     let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                 }
                 Err(err) => {

@@ -1,0 +1,302 @@
+//! Create-to-running latency of an agent, per sandbox, side by side in one run: from the
+//! `CreateAgent` command to the agent's `running` status in the log, through the real deployer
+//! (the six steps, each recorded) on a real nats-server, for the `process` provisioner and the
+//! `docker` one (cold: a new container each time), and resume-from-pause (`ResumeAgent` to the
+//! runtime answering again) when the deployer acts on pauses.
+//!
+//! `cargo build --release -p warren-agent && cargo bench -p warren-cli --bench sandbox_start`
+//! (env: `WARREN_BENCH_AGENTS`, default 20). Docker needs root (the sandbox firewall) and builds
+//! the `warren-agent:bench` image first (debootstrap, cached in WARREN_IMAGE_CACHE_DIR, else
+//! ~/.cache/warren).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+use warren_commands::{CommandMeta, CommandService};
+use warren_domain::Actor;
+use warren_domain::agent::{AgentCommand, AgentStatus, Backend, RuntimeKind};
+use warren_domain::ids::{AgentId, UserId};
+use warren_testkit::TestNats;
+use warren_workers::deployer::docker::{self, DockerProvisioner, DockerSettings, image};
+use warren_workers::deployer::process::ProcessProvisioner;
+use warren_workers::deployer::provisioner::Provisioner;
+use warren_workers::deployer::{Deployer, DeployerSettings};
+
+const MASTER_KEY: [u8; 32] = [7; 32];
+const IMAGE: &str = "warren-agent:bench";
+/// Targets of issue 12 on this machine.
+const DOCKER_COLD_P50: Duration = Duration::from_secs(3);
+const RESUME_P50: Duration = Duration::from_secs(1);
+
+fn agent_bin() -> PathBuf {
+    let bin = Path::new(env!("CARGO_BIN_EXE_warren"))
+        .parent()
+        .expect("target dir")
+        .join("warren-agent");
+    assert!(
+        bin.is_file(),
+        "{} is missing: cargo build --release -p warren-agent",
+        bin.display()
+    );
+    bin
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+struct Bench {
+    commands: CommandService,
+    owner: UserId,
+}
+
+impl Bench {
+    async fn status(&self, agent: AgentId) -> AgentStatus {
+        self.commands
+            .agents
+            .load(&agent.to_string())
+            .await
+            .expect("load")
+            .0
+            .status
+    }
+
+    async fn until(&self, agent: AgentId, wanted: AgentStatus) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let status = self.status(agent).await;
+            assert_ne!(status, AgentStatus::Failed, "the deployment failed");
+            if status == wanted {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{agent} never became {wanted:?}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    async fn command(&self, agent: AgentId, command: AgentCommand) {
+        self.commands
+            .agents
+            .execute(
+                &agent.to_string(),
+                command,
+                &CommandMeta::new(Actor::User(self.owner)),
+            )
+            .await
+            .expect("command");
+    }
+
+    /// Creates an agent and waits until it runs; how long that took.
+    async fn create(&self) -> (AgentId, Duration) {
+        let agent = AgentId::new();
+        let started = Instant::now();
+        self.command(
+            agent,
+            AgentCommand::CreateAgent {
+                agent_id: agent,
+                owner_id: self.owner,
+                name: "bench".into(),
+                system_prompt: "Be brief.".into(),
+                model: "bench".into(),
+                runtime: RuntimeKind::Warren,
+                backend: Backend::Docker,
+                deployment_id: Uuid::now_v7(),
+            },
+        )
+        .await;
+        self.until(agent, AgentStatus::Running).await;
+        (agent, started.elapsed())
+    }
+}
+
+/// Runs one deployer with `sandbox` and measures `n` creations (and resumes, if pausing works).
+async fn measure(
+    label: &str,
+    sandbox: Arc<dyn Provisioner>,
+    data_dir: &Path,
+    n: usize,
+) -> (Vec<Duration>, Vec<Duration>) {
+    let nats = TestNats::start().await;
+    let commands = CommandService::start(nats.jetstream().await, &Default::default())
+        .await
+        .expect("commands");
+    let settings = DeployerSettings {
+        data_dir: data_dir.to_owned(),
+        agent_bin: Some(agent_bin()),
+        reconcile_every: Duration::from_secs(30),
+        health_timeout: Duration::from_secs(30),
+        default_provider: None,
+        default_base_url: None,
+        default_api_key: None,
+        platform_url: "http://127.0.0.1:9".into(),
+        stop_agents_on_shutdown: true,
+    };
+    let deployer = Deployer::build(
+        commands.clone(),
+        &MASTER_KEY,
+        settings,
+        sandbox.clone(),
+        Vec::new(),
+    )
+    .await
+    .expect("deployer");
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(deployer.run(shutdown.clone()));
+    let bench = Bench {
+        commands,
+        owner: UserId::new(),
+    };
+    let mut creates = Vec::with_capacity(n);
+    let mut agents = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (agent, took) = bench.create().await;
+        creates.push(took);
+        agents.push(agent);
+    }
+    // Resume from pause: PauseAgent, wait until the runtime is frozen, then time ResumeAgent to
+    // the runtime answering again.
+    let mut resumes = Vec::new();
+    for agent in &agents {
+        bench.command(*agent, AgentCommand::PauseAgent).await;
+        let frozen = async {
+            loop {
+                if let Ok(actual) = sandbox.actual().await
+                    && actual.iter().any(|a| {
+                        a.agent_id == *agent
+                            && a.state == warren_workers::deployer::provisioner::ActualState::Paused
+                    })
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(5), frozen)
+            .await
+            .is_err()
+        {
+            eprintln!("{label}: the deployer does not pause runtimes: no resume figures");
+            resumes.clear();
+            break;
+        }
+        let started = Instant::now();
+        bench.command(*agent, AgentCommand::ResumeAgent).await;
+        while !sandbox.healthy(*agent).await {
+            assert!(started.elapsed() < Duration::from_secs(60), "never resumed");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        resumes.push(started.elapsed());
+    }
+    for agent in &agents {
+        bench.command(*agent, AgentCommand::DeleteAgent).await;
+    }
+    for agent in &agents {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !bench
+            .commands
+            .agents
+            .load(&agent.to_string())
+            .await
+            .expect("load")
+            .0
+            .destroyed
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    shutdown.cancel();
+    let _ = running.await;
+    (creates, resumes)
+}
+
+fn row(label: &str, mut samples: Vec<Duration>, target: Option<Duration>) {
+    if samples.is_empty() {
+        println!("| {label} | 0 | – | – | – | not measured |");
+        return;
+    }
+    samples.sort();
+    let p50 = percentile(&samples, 0.5);
+    let p99 = percentile(&samples, 0.99);
+    let verdict = match target {
+        Some(target) if p50 < target => format!("p50 < {} ms ✅", ms(target)),
+        Some(target) => format!("p50 < {} ms ❌", ms(target)),
+        None => "–".into(),
+    };
+    println!(
+        "| {label} | {} | {:.0} | {:.0} | {:.0} | {verdict} |",
+        samples.len(),
+        ms(p50),
+        ms(p99),
+        ms(*samples.last().expect("samples")),
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    let n: usize = std::env::var("WARREN_BENCH_AGENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    let process: Arc<dyn Provisioner> =
+        Arc::new(ProcessProvisioner::new(dir.path(), Some(agent_bin()), None));
+    let (process_creates, process_resumes) = measure("process", process, dir.path(), n).await;
+
+    let engine = docker::connect("unix:///var/run/docker.sock")
+        .await
+        .expect("docker");
+    let cache = std::env::var_os("WARREN_IMAGE_CACHE_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/warren")))
+        .expect("a cache dir");
+    image::build(
+        &engine,
+        &image::ImageRecipe {
+            tag: IMAGE.into(),
+            agent_bin: agent_bin(),
+            cache_dir: cache,
+            mirror: "http://deb.debian.org/debian".into(),
+        },
+    )
+    .await
+    .expect("image");
+    let network = format!("warren-bench-{}", &Uuid::new_v4().simple().to_string()[..8]);
+    let relay = warren_deploy::free_port().expect("port");
+    let docker_settings = DockerSettings {
+        image: IMAGE.into(),
+        network: network.clone(),
+        subnet: "10.212.0.0/24".into(),
+        relay_port: relay,
+        ..DockerSettings::default()
+    };
+    let sandbox = Arc::new(
+        DockerProvisioner::start(docker_settings, "http://127.0.0.1:9")
+            .await
+            .expect("docker sandboxes"),
+    );
+    let (docker_creates, docker_resumes) = measure("docker", sandbox.clone(), dir.path(), n).await;
+    drop(sandbox);
+    let _ = engine.remove_network(&network).await;
+    docker::network::remove_firewall(&network).await;
+
+    println!("\nCreate-to-running and resume latency, {n} agents each, one at a time:\n");
+    println!("| sandbox | agents | p50 ms | p99 ms | max ms | target |");
+    println!("|---|---|---|---|---|---|");
+    row("process, create", process_creates, None);
+    row("docker cold, create", docker_creates, Some(DOCKER_COLD_P50));
+    row("process, resume from pause", process_resumes, None);
+    row(
+        "docker, resume from pause",
+        docker_resumes,
+        Some(RESUME_P50),
+    );
+}
