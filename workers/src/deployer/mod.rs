@@ -577,7 +577,8 @@ fn agent_of(event: &AgentEvent) -> AgentId {
         | AgentEvent::AgentDestroyed { agent_id }
         | AgentEvent::ExecRequested { agent_id, .. }
         | AgentEvent::ExecFinished { agent_id, .. }
-        | AgentEvent::FileUploaded { agent_id, .. } => *agent_id,
+        | AgentEvent::FileUploaded { agent_id, .. }
+        | AgentEvent::ModelUsageMetered { agent_id, .. } => *agent_id,
     }
 }
 
