@@ -646,24 +646,17 @@ impl Config {
         })
     }
 
-    /// The deployer's settings.
+    /// The deployer's settings: no key or provider URL reaches a runtime, which calls its
+    /// model through the edge's model proxy (ADR 23); only the default provider's protocol.
     pub fn deployer_settings(&self) -> warren_workers::deployer::DeployerSettings {
-        use warren_domain::user::Provider;
         warren_workers::deployer::DeployerSettings {
             data_dir: self.data_dir.clone(),
             agent_bin: self.agent_bin.clone(),
             reconcile_every: std::time::Duration::from_secs(self.deployer_reconcile_secs),
             health_timeout: std::time::Duration::from_secs(self.deployer_health_timeout_secs),
-            // The runtime speaks two protocols: Anthropic's, and OpenAI's for everything else.
-            default_provider: self.default_provider.map(|provider| match provider {
-                Provider::Anthropic => "anthropic".to_owned(),
-                _ => "openai".to_owned(),
-            }),
-            default_base_url: self.default_base_url.clone(),
-            default_api_key: self
-                .default_api_key
-                .as_ref()
-                .map(|key| key.expose().to_owned()),
+            default_provider: self
+                .default_provider
+                .map(|provider| provider.protocol().as_str().to_owned()),
             platform_url: self.runtime_platform_url(),
             stop_agents_on_shutdown: false,
         }

@@ -20,8 +20,10 @@
 //! agents that answer are left alone; missing ones are restarted on their recorded address, so
 //! the endpoint in the log stays valid (docs/adr/0006-deployer.md); stopped or failed ones are
 //! killed; deleted ones are cleaned up and destroyed. A running agent whose runtime was started
-//! with other platform settings (provider, base URL, key: `runtime_fingerprint`) is redeployed
-//! instead, recorded as `RedeployRequested { reason: platform_config_changed }`.
+//! with other platform settings (the default provider's protocol, the platform URL:
+//! `runtime_fingerprint`) is redeployed instead, recorded as
+//! `RedeployRequested { reason: platform_config_changed }`. Runtimes hold no provider key: they
+//! call their model through the edge's model proxy (ADR 23).
 //!
 //! Under `warren dev` (`stop_agents_on_shutdown`) the deployer stops every agent process when it
 //! stops; the next start's first reconciliation restarts the running ones (docs/adr/0021).
@@ -58,12 +60,9 @@ pub struct DeployerSettings {
     pub reconcile_every: Duration,
     /// How long a started runtime may take to answer `/health`.
     pub health_timeout: Duration,
-    /// Platform default provider for the runtime (`openai` or `anthropic`).
+    /// The protocol of the platform's default provider (`openai` or `anthropic`), which the
+    /// runtime speaks to the model proxy unless a run names another.
     pub default_provider: Option<String>,
-    /// Platform default base URL.
-    pub default_base_url: Option<String>,
-    /// Platform default API key (passed in the environment, never written to disk).
-    pub default_api_key: Option<String>,
     /// The edge URL runtimes call back on for their session tools.
     pub platform_url: String,
     /// Whether the agents' processes stop when the deployer does (`warren dev`: nothing it
@@ -72,16 +71,18 @@ pub struct DeployerSettings {
 }
 
 impl DeployerSettings {
-    /// A fingerprint of the platform settings that shape a runtime (provider, base URL, key,
-    /// platform URL). `process.json` keeps it (never the key itself); a running agent whose
-    /// runtime was started with another one is redeployed (`ReconfigureAgent`).
+    /// A fingerprint of the platform settings that shape a runtime (the default provider's
+    /// protocol, the platform URL, and that it calls its model through the proxy, so runtimes
+    /// started with a key before ADR 23 are redeployed without one). `process.json` keeps it; a
+    /// running agent whose runtime was started with another one is redeployed
+    /// (`ReconfigureAgent`). The provider's key and URL are the edge's business now: changing
+    /// them redeploys nothing.
     pub fn runtime_fingerprint(&self) -> String {
         use sha2::{Digest, Sha256};
         let mut hash = Sha256::new();
         for part in [
+            Some("model-proxy"),
             self.default_provider.as_deref(),
-            self.default_base_url.as_deref(),
-            self.default_api_key.as_deref(),
             Some(self.platform_url.as_str()),
         ] {
             // Length-prefixed, so no two different settings hash the same bytes.
@@ -96,7 +97,6 @@ impl DeployerSettings {
     /// Puts the current platform settings into a runtime's settings.
     fn apply_platform(&self, settings: &mut ProcessSettings) {
         settings.provider = self.default_provider.clone();
-        settings.base_url = self.default_base_url.clone();
         settings.platform_url = Some(self.platform_url.clone());
         settings.platform_fingerprint = Some(self.runtime_fingerprint());
     }
@@ -375,7 +375,6 @@ impl Deployer {
             system_prompt: agent.system_prompt.clone(),
             model: agent.model.clone(),
             provider: None,
-            base_url: None,
             addr: "127.0.0.1:0".into(),
             platform_url: None,
             agent_id: Some(agent_id),
@@ -424,13 +423,7 @@ impl Deployer {
         token: &str,
     ) -> Result<(i32, String), ProcessError> {
         let log = self.layout.agent_dir(agent_id).join("agent.log");
-        process::start(
-            settings,
-            token,
-            self.settings.default_api_key.as_deref(),
-            &log,
-        )
-        .await
+        process::start(settings, token, &log).await
     }
 
     /// Kills the agent's process group, if one is recorded and alive, and forgets the pid.

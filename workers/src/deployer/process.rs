@@ -18,8 +18,9 @@ const LISTEN_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a stopped group may take to exit after SIGTERM before SIGKILL.
 const TERM_GRACE: Duration = Duration::from_secs(5);
 
-/// What an agent process is started with (everything but the token and the provider key, which
-/// are never written to disk).
+/// What an agent process is started with (everything but the token, which is never written to
+/// disk). No provider key or provider URL: the runtime calls its model through the platform's
+/// model proxy with its own token (ADR 23).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ProcessSettings {
     /// The agent's workspace directory.
@@ -32,10 +33,9 @@ pub struct ProcessSettings {
     pub system_prompt: String,
     /// Model identifier.
     pub model: String,
-    /// `openai` or `anthropic`, if the platform has a default provider.
+    /// `openai` or `anthropic`, if the platform has a default provider: the protocol the
+    /// runtime speaks to the model proxy unless a run names another.
     pub provider: Option<String>,
-    /// The provider's base URL, if configured.
-    pub base_url: Option<String>,
     /// The address to bind: `127.0.0.1:0` for a fresh deployment, the recorded address for a
     /// restart (so the endpoint in the log stays valid).
     pub addr: String,
@@ -206,7 +206,6 @@ pub fn locate_binary(configured: Option<&Path>) -> Result<PathBuf, ProcessError>
 pub async fn start(
     settings: &ProcessSettings,
     token: &str,
-    api_key: Option<&str>,
     log: &Path,
 ) -> Result<(i32, String), ProcessError> {
     let log_file = std::fs::OpenOptions::new()
@@ -224,6 +223,8 @@ pub async fn start(
         .env("WARREN_AGENT_STATE_DIR", &settings.state_dir)
         .env("WARREN_AGENT_MODEL", &settings.model)
         .env("WARREN_AGENT_SYSTEM_PROMPT", &settings.system_prompt)
+        // No provider key in the sandbox: the model is reached through the platform (ADR 23).
+        .env("WARREN_AGENT_MODEL_PROXY", "true")
         .current_dir(&settings.workspace)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -235,12 +236,6 @@ pub async fn start(
     }
     if let Some(provider) = &settings.provider {
         command.env("WARREN_AGENT_PROVIDER", provider);
-    }
-    if let Some(base_url) = &settings.base_url {
-        command.env("WARREN_AGENT_BASE_URL", base_url);
-    }
-    if let Some(key) = api_key {
-        command.env("WARREN_AGENT_API_KEY", key);
     }
     if let (Some(url), Some(agent_id)) = (&settings.platform_url, settings.agent_id) {
         command
