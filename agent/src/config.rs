@@ -82,22 +82,61 @@ pub struct ModelSettings {
     pub system_prompt: String,
     /// Anthropic's required `max_tokens` per model turn.
     pub max_tokens: u32,
+    /// Reach the model only through the platform's model proxy (`WARREN_AGENT_MODEL_PROXY`):
+    /// then `base_url` and `api_key` are unset, and no provider key is in the sandbox.
+    pub proxy: Option<ModelProxy>,
+}
+
+/// The platform's model proxy (Warren's ADR 23): `{platform}/api/v1/runtime/agents/{id}/model`,
+/// called with this runtime's own agent token; the platform adds the provider's key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelProxy {
+    /// `{platform}/api/v1/runtime/agents/{id}/model`; the protocol's name follows.
+    pub base: String,
+    /// The runtime's own token (`WARREN_AGENT_TOKEN`), presented as the key.
+    pub token: Secret,
+}
+
+impl ModelProxy {
+    /// The proxy of `platform`, called with `token`.
+    pub fn new(platform: &Platform, token: &Secret) -> Self {
+        Self {
+            base: format!(
+                "{}/api/v1/runtime/agents/{}/model",
+                platform.url, platform.agent_id
+            ),
+            token: token.clone(),
+        }
+    }
 }
 
 impl ModelSettings {
-    /// Whether a provider is configured at all: a key (for the provider's public API) or a base
-    /// URL (a local or keyless server). Without either, a model call cannot succeed.
+    /// Whether a provider is configured at all: the platform's model proxy (which decides), a
+    /// key (for the provider's public API) or a base URL (a local or keyless server). Without
+    /// any, a model call cannot succeed.
     pub fn is_configured(&self) -> bool {
-        self.api_key.is_some() || self.base_url.is_some()
+        self.proxy.is_some() || self.api_key.is_some() || self.base_url.is_some()
     }
 
-    /// The base URL actually used, without a trailing slash.
+    /// The base URL actually used, without a trailing slash: through the proxy,
+    /// `{proxy}/{protocol}`.
     pub fn base_url(&self) -> String {
+        if let Some(proxy) = &self.proxy {
+            return format!("{}/{}", proxy.base, self.provider.as_str());
+        }
         self.base_url
             .as_deref()
             .unwrap_or(self.provider.default_base_url())
             .trim_end_matches('/')
             .to_owned()
+    }
+
+    /// The key presented to the model endpoint: through the proxy, the runtime's own token.
+    pub fn key(&self) -> Option<&Secret> {
+        match &self.proxy {
+            Some(proxy) => Some(&proxy.token),
+            None => self.api_key.as_ref(),
+        }
     }
 }
 
@@ -146,7 +185,8 @@ pub struct Config {
     pub workspace: PathBuf,
     /// Where chat histories are kept as JSON across restarts; `None` = memory only.
     pub state_dir: Option<PathBuf>,
-    /// The default model; a `POST /chat` may override provider, base URL, key and model.
+    /// The default model; a `POST /chat` may override provider, base URL, key and model (only
+    /// the provider and model through the model proxy).
     pub model: ModelSettings,
     /// Bounds.
     pub limits: Limits,
@@ -182,6 +222,15 @@ pub enum ConfigError {
     /// A limit is zero where zero makes no sense.
     #[error("{0} must be greater than zero")]
     Zero(&'static str),
+    /// The model proxy needs the platform and the agent id.
+    #[error("WARREN_AGENT_MODEL_PROXY needs WARREN_AGENT_PLATFORM_URL and WARREN_AGENT_ID")]
+    ProxyWithoutPlatform,
+    /// A provider key or URL next to the model proxy: the proxy is there so the sandbox holds
+    /// neither.
+    #[error(
+        "WARREN_AGENT_MODEL_PROXY cannot be combined with WARREN_AGENT_API_KEY or WARREN_AGENT_BASE_URL"
+    )]
+    ProxyWithProvider,
 }
 
 impl Config {
@@ -198,6 +247,7 @@ impl Config {
                 model: "gpt-4o-mini".into(),
                 system_prompt: DEFAULT_SYSTEM_PROMPT.into(),
                 max_tokens: 4096,
+                proxy: None,
             },
             limits: Limits::default(),
             platform: None,
@@ -208,6 +258,14 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.token.expose().is_empty() {
             return Err(ConfigError::EmptyToken);
+        }
+        if let Some(proxy) = &self.model.proxy {
+            if self.model.api_key.is_some() || self.model.base_url.is_some() {
+                return Err(ConfigError::ProxyWithProvider);
+            }
+            if proxy.base.is_empty() {
+                return Err(ConfigError::ProxyWithoutPlatform);
+            }
         }
         let limits = &self.limits;
         let nonzero = [
@@ -316,9 +374,14 @@ pub struct Args {
     /// The platform's base URL for the session tools (set by the deployer, with the agent id).
     #[arg(long, env = "WARREN_AGENT_PLATFORM_URL", requires = "agent_id")]
     pub platform_url: Option<String>,
-    /// The agent this runtime is, for the session tools.
+    /// The agent this runtime is, for the session tools and the model proxy.
     #[arg(long, env = "WARREN_AGENT_ID")]
     pub agent_id: Option<String>,
+    /// Call the model only through the platform's model proxy
+    /// (`{platform}/api/v1/runtime/agents/{id}/model/{provider}`, with this runtime's token as
+    /// the key); needs the platform URL and agent id, and refuses a key or base URL.
+    #[arg(long, env = "WARREN_AGENT_MODEL_PROXY")]
+    pub model_proxy: bool,
 }
 
 impl Args {
@@ -335,8 +398,23 @@ impl Args {
                 .to_owned(),
             (None, None) => String::new(),
         };
+        let token = Secret(token);
+        let platform = match (self.platform_url, self.agent_id) {
+            (Some(url), Some(agent_id)) if !url.is_empty() && !agent_id.is_empty() => {
+                Some(Platform {
+                    url: url.trim_end_matches('/').to_owned(),
+                    agent_id,
+                })
+            }
+            _ => None,
+        };
+        let proxy = match (self.model_proxy, &platform) {
+            (false, _) => None,
+            (true, Some(platform)) => Some(ModelProxy::new(platform, &token)),
+            (true, None) => return Err(ConfigError::ProxyWithoutPlatform),
+        };
         let config = Config {
-            token: token.into(),
+            token,
             workspace: self.workspace,
             state_dir: self.state_dir,
             model: ModelSettings {
@@ -348,6 +426,7 @@ impl Args {
                     .system_prompt
                     .unwrap_or_else(|| DEFAULT_SYSTEM_PROMPT.into()),
                 max_tokens: self.max_tokens,
+                proxy,
             },
             limits: Limits {
                 shell_timeout: Duration::from_secs(self.shell_timeout_secs),
@@ -359,15 +438,7 @@ impl Args {
                 fetch_max_bytes: self.fetch_max_bytes,
                 model_idle_timeout: Duration::from_secs(self.model_idle_timeout_secs),
             },
-            platform: match (self.platform_url, self.agent_id) {
-                (Some(url), Some(agent_id)) if !url.is_empty() && !agent_id.is_empty() => {
-                    Some(Platform {
-                        url: url.trim_end_matches('/').to_owned(),
-                        agent_id,
-                    })
-                }
-                _ => None,
-            },
+            platform,
         };
         config.validate()?;
         Ok((self.addr, config))
@@ -423,6 +494,51 @@ mod tests {
             Args::try_parse_from(["warren-agent"]).is_err(),
             "a token is required"
         );
+    }
+
+    #[test]
+    fn through_the_model_proxy_the_key_is_the_runtimes_own_token() {
+        let args = Args::try_parse_from([
+            "warren-agent",
+            "--token",
+            "agent-tok",
+            "--platform-url",
+            "http://127.0.0.1:8080/",
+            "--agent-id",
+            "a1",
+            "--model-proxy",
+        ])
+        .expect("parse");
+        let (_, config) = args.into_config().expect("valid");
+        let mut model = config.model.clone();
+        assert!(model.is_configured());
+        assert_eq!(
+            model.base_url(),
+            "http://127.0.0.1:8080/api/v1/runtime/agents/a1/model/openai"
+        );
+        assert_eq!(model.key().map(Secret::expose), Some("agent-tok"));
+        model.provider = ProviderKind::Anthropic;
+        assert_eq!(
+            model.base_url(),
+            "http://127.0.0.1:8080/api/v1/runtime/agents/a1/model/anthropic"
+        );
+        assert!(!format!("{config:?}").contains("agent-tok"));
+    }
+
+    #[test]
+    fn the_model_proxy_refuses_a_provider_key_and_needs_its_platform() {
+        let parse = |extra: &[&str]| {
+            let mut args = vec!["warren-agent", "--token", "t", "--model-proxy"];
+            args.extend_from_slice(extra);
+            Args::try_parse_from(args).expect("parse").into_config()
+        };
+        assert!(matches!(parse(&[]), Err(ConfigError::ProxyWithoutPlatform)));
+        let platform = ["--platform-url", "http://p", "--agent-id", "a"];
+        for provider in [["--api-key", "sk-x"], ["--base-url", "http://m/v1"]] {
+            let mut extra = platform.to_vec();
+            extra.extend_from_slice(&provider);
+            assert!(matches!(parse(&extra), Err(ConfigError::ProxyWithProvider)));
+        }
     }
 
     #[test]

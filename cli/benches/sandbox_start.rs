@@ -133,8 +133,6 @@ async fn measure(
         reconcile_every: Duration::from_secs(30),
         health_timeout: Duration::from_secs(30),
         default_provider: None,
-        default_base_url: None,
-        default_api_key: None,
         platform_url: "http://127.0.0.1:9".into(),
         stop_agents_on_shutdown: true,
     };
@@ -248,7 +246,7 @@ async fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
 
     let process: Arc<dyn Provisioner> =
-        Arc::new(ProcessProvisioner::new(dir.path(), Some(agent_bin()), None));
+        Arc::new(ProcessProvisioner::new(dir.path(), Some(agent_bin())));
     let (process_creates, process_resumes) = measure("process", process, dir.path(), n).await;
 
     let engine = docker::connect("unix:///var/run/docker.sock")

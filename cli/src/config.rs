@@ -238,6 +238,16 @@ pub struct Config {
     /// Agents at once on the enterprise tier.
     #[arg(long, env = "WARREN_TIER_ENTERPRISE_MAX_AGENTS", default_value_t = 50, help_heading = heading::LIMITS)]
     pub tier_enterprise_max_agents: u64,
+    /// Model tokens (read and written, as the providers count them through the model proxy)
+    /// per UTC day on the free tier.
+    #[arg(long, env = "WARREN_TIER_FREE_TOKENS_PER_DAY", default_value_t = 200_000, help_heading = heading::LIMITS)]
+    pub tier_free_tokens_per_day: u64,
+    /// Model tokens per UTC day on the pro tier.
+    #[arg(long, env = "WARREN_TIER_PRO_TOKENS_PER_DAY", default_value_t = 2_000_000, help_heading = heading::LIMITS)]
+    pub tier_pro_tokens_per_day: u64,
+    /// Model tokens per UTC day on the enterprise tier.
+    #[arg(long, env = "WARREN_TIER_ENTERPRISE_TOKENS_PER_DAY", default_value_t = 20_000_000, help_heading = heading::LIMITS)]
+    pub tier_enterprise_tokens_per_day: u64,
     /// Sign-in, verify and refresh requests per client IP.
     #[arg(long, env = "WARREN_RATE_AUTH_PER_IP_PER_MINUTE", default_value_t = 30, help_heading = heading::LIMITS)]
     pub rate_auth_per_ip_per_minute: u32,
@@ -271,6 +281,10 @@ pub struct Config {
     /// streamed to the runtime, not held by the edge.
     #[arg(long, env = "WARREN_UPLOAD_MAX_BYTES", default_value_t = 25 * 1024 * 1024, help_heading = heading::HTTP)]
     pub upload_max_bytes: u64,
+    /// The largest model request an agent runtime may send through the model proxy (413
+    /// beyond).
+    #[arg(long, env = "WARREN_MODEL_PROXY_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024, help_heading = heading::HTTP)]
+    pub model_proxy_max_body_bytes: usize,
     /// A connection that sends no byte this long after it was accepted is closed.
     #[arg(long, env = "WARREN_HTTP_IDLE_TIMEOUT_SECS", default_value_t = 10, help_heading = heading::HTTP)]
     pub http_idle_timeout_secs: u64,
@@ -529,6 +543,10 @@ impl Config {
             "WARREN_UPLOAD_MAX_BYTES must be ≥ 1"
         );
         anyhow::ensure!(
+            self.model_proxy_max_body_bytes >= 1024,
+            "WARREN_MODEL_PROXY_MAX_BODY_BYTES must be ≥ 1024"
+        );
+        anyhow::ensure!(
             self.deployer_reconcile_secs >= 1 && self.deployer_health_timeout_secs >= 1,
             "WARREN_DEPLOYER_RECONCILE_SECS and WARREN_DEPLOYER_HEALTH_TIMEOUT_SECS must be ≥ 1"
         );
@@ -614,9 +632,10 @@ impl Config {
         jwt_secret: &Secret,
         encryption_key: &Secret,
     ) -> anyhow::Result<EdgeSettings> {
-        let limits = |messages_per_day, max_agents| Limits {
+        let limits = |messages_per_day, max_agents, tokens_per_day| Limits {
             messages_per_day,
             max_agents,
+            tokens_per_day,
         };
         Ok(EdgeSettings {
             frontend_url: self.frontend_url(),
@@ -629,11 +648,20 @@ impl Config {
             access_token_ttl: Duration::from_secs(self.access_token_ttl_secs),
             refresh_token_ttl: Duration::from_secs(self.refresh_token_ttl_secs),
             tiers: TierLimits {
-                free: limits(self.tier_free_messages_per_day, self.tier_free_max_agents),
-                pro: limits(self.tier_pro_messages_per_day, self.tier_pro_max_agents),
+                free: limits(
+                    self.tier_free_messages_per_day,
+                    self.tier_free_max_agents,
+                    self.tier_free_tokens_per_day,
+                ),
+                pro: limits(
+                    self.tier_pro_messages_per_day,
+                    self.tier_pro_max_agents,
+                    self.tier_pro_tokens_per_day,
+                ),
                 enterprise: limits(
                     self.tier_enterprise_messages_per_day,
                     self.tier_enterprise_max_agents,
+                    self.tier_enterprise_tokens_per_day,
                 ),
             },
             rate: RateLimits {
@@ -656,6 +684,7 @@ impl Config {
             },
             max_body_bytes: self.http_max_body_bytes,
             upload_max_bytes: self.upload_max_bytes,
+            model_proxy_max_body_bytes: self.model_proxy_max_body_bytes,
             health_max_lag: self.health_max_lag,
             http: self.http_limits()?,
         })
@@ -684,24 +713,17 @@ impl Config {
         })
     }
 
-    /// The deployer's settings.
+    /// The deployer's settings: no key or provider URL reaches a runtime, which calls its
+    /// model through the edge's model proxy (ADR 23); only the default provider's protocol.
     pub fn deployer_settings(&self) -> warren_workers::deployer::DeployerSettings {
-        use warren_domain::user::Provider;
         warren_workers::deployer::DeployerSettings {
             data_dir: self.data_dir.clone(),
             agent_bin: self.agent_bin.clone(),
             reconcile_every: std::time::Duration::from_secs(self.deployer_reconcile_secs),
             health_timeout: std::time::Duration::from_secs(self.deployer_health_timeout_secs),
-            // The runtime speaks two protocols: Anthropic's, and OpenAI's for everything else.
-            default_provider: self.default_provider.map(|provider| match provider {
-                Provider::Anthropic => "anthropic".to_owned(),
-                _ => "openai".to_owned(),
-            }),
-            default_base_url: self.default_base_url.clone(),
-            default_api_key: self
-                .default_api_key
-                .as_ref()
-                .map(|key| key.expose().to_owned()),
+            default_provider: self
+                .default_provider
+                .map(|provider| provider.protocol().as_str().to_owned()),
             platform_url: self.runtime_platform_url(),
             stop_agents_on_shutdown: false,
         }

@@ -320,7 +320,6 @@ pub async fn deployer(config: &Config, platform: &Platform, dev: bool) -> anyhow
     let process: Arc<dyn Provisioner> = Arc::new(ProcessProvisioner::new(
         &settings.data_dir,
         settings.agent_bin.clone(),
-        settings.default_api_key.clone(),
     ));
     let docker = match config.sandbox {
         SandboxChoice::Process => None,

@@ -65,8 +65,8 @@ impl UserEvent {
 
 impl AgentEvent {
     /// Who may cause this event: the owner configures, drives the lifecycle, runs commands and
-    /// uploads files; deployment progress, outcomes, idle pauses, destruction and exec outcomes
-    /// come from the platform.
+    /// uploads files; deployment progress, outcomes, idle pauses, destruction, exec outcomes
+    /// and metered model usage come from the platform.
     pub fn authority(&self) -> Authority {
         use AgentEvent as E;
         match self {
@@ -81,8 +81,10 @@ impl AgentEvent {
             | E::AgentDeleted { .. }
             | E::ExecRequested { .. }
             | E::FileUploaded { .. } => Authority::Subject,
-            // The edge records how an exec ended, so an owner cannot write its outcome.
+            // The edge records how an exec ended, so an owner cannot write its outcome; and
+            // what its model proxy metered, so nobody can write their own usage.
             E::ExecFinished { .. }
+            | E::ModelUsageMetered { .. }
             | E::DeploymentStepCompleted { .. }
             | E::AgentDeployed { .. }
             | E::DeploymentFailed { .. }

@@ -13,7 +13,7 @@ use warren_domain::conversation::{ConversationEvent, TokenUsage, ToolCall};
 use warren_domain::ids::{
     AgentId, CommandId, ConnectionId, ConversationId, EventId, ExecId, MessageId, RunId, UserId,
 };
-use warren_domain::user::{AuthKind, AuthMethod, Role, Tier, UserEvent, UserStatus};
+use warren_domain::user::{AuthKind, AuthMethod, Provider, Role, Tier, UserEvent, UserStatus};
 use warren_domain::{Actor, Envelope};
 
 fn at() -> DateTime<Utc> {
@@ -134,7 +134,7 @@ fn agent_created_is_stored_as_pinned() {
 }
 
 #[test]
-fn the_exec_and_upload_audit_events_are_stored_as_pinned() {
+fn the_exec_upload_and_model_usage_audit_events_are_stored_as_pinned() {
     let agent = AgentId(id(3));
     let owner = UserId(id(1));
     let requested = AgentEvent::ExecRequested {
@@ -204,7 +204,35 @@ fn the_exec_and_upload_audit_events_are_stored_as_pinned() {
         "path": "data/input.csv",
         "size": 1234
     });
-    assert_golden(&envelope(agent.0, Actor::User(owner), uploaded), expected);
+    assert_golden(
+        &envelope(agent.0, Actor::User(owner), uploaded),
+        expected.clone(),
+    );
+
+    let metered = AgentEvent::ModelUsageMetered {
+        agent_id: agent,
+        user_id: owner,
+        provider: Provider::Anthropic,
+        model: "claude-sonnet-4".into(),
+        own_key: false,
+        input_tokens: 1200,
+        output_tokens: 85,
+    };
+    expected["actor"] = json!({"kind": "system", "id": "edge"});
+    expected["type"] = json!("ModelUsageMetered");
+    expected["data"] = json!({
+        "agent_id": "00000000-0000-0000-0000-000000000003",
+        "user_id": "00000000-0000-0000-0000-000000000001",
+        "provider": "anthropic",
+        "model": "claude-sonnet-4",
+        "own_key": false,
+        "input_tokens": 1200,
+        "output_tokens": 85
+    });
+    assert_golden(
+        &envelope(agent.0, Actor::System("edge".into()), metered),
+        expected,
+    );
 }
 
 #[test]

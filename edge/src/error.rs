@@ -179,7 +179,7 @@ impl IntoResponse for ApiError {
 }
 
 /// The error and its causes on one line, for the log.
-fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {

@@ -232,7 +232,12 @@ pub fn request_hash(method: &str, path: &str, body: &[u8]) -> String {
 pub async fn middleware(State(state): State<AppState>, request: Request, next: Next) -> Response {
     // A PUT (a file upload) is idempotent by itself, and its body may be far larger than
     // this layer keeps: it is streamed on, and its key only names its command (ADR 18).
-    if !crate::extract::is_write(request.method()) || request.method() == Method::PUT {
+    // A model call through the proxy is not a write to replay: its answer is the provider's
+    // (ADR 23), and its body may be far larger than this layer keeps.
+    if !crate::extract::is_write(request.method())
+        || request.method() == Method::PUT
+        || crate::model_proxy::is_model_path(request.uri().path())
+    {
         return next.run(request).await;
     }
     let key = match request.headers().get(HEADER) {

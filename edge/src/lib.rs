@@ -39,8 +39,11 @@
 //! - [`gateway`] — `GET /ws`: the gateway protocol v1 over WebSocket.
 //! - [`conversations`] — `/conversations`: by last activity, and their messages.
 //! - [`runtime_api`] — `/runtime/agents/{id}/sessions`: what agent runtimes call back on for
-//!   their session tools, authenticated by the agent's own token.
-//! - [`usage`], [`quota`] — `/usage`, and the tier quotas (agents, messages per day).
+//!   their session tools, authenticated by the agent's own token ([`runtime_api::RuntimeCaller`]).
+//! - [`model_proxy`] — `/runtime/agents/{id}/model/{openai,anthropic}/…`: the model proxy, so no
+//!   provider key is ever inside a sandbox (ADR 23; the use case is [`app::model`]).
+//! - [`usage`], [`quota`] — `/usage`, and the tier quotas (agents, messages and model tokens per
+//!   day).
 //! - [`mail`] — SMTP (or log) delivery.
 //! - [`consistency`] — bounded wait for a projection checkpoint (read-after-write).
 //! - [`ratelimit`] — fixed-window request limits counted in KV, shared by every edge process.
@@ -68,6 +71,7 @@ pub mod input;
 pub mod keys;
 pub mod lane;
 pub mod mail;
+pub mod model_proxy;
 pub mod openapi;
 pub mod quota;
 pub mod ratelimit;

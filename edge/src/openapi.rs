@@ -70,8 +70,10 @@ pub mod resp {
         Validation => "422", "A field is missing or invalid; `details.fields` names it.", false;
         /// 429.
         RateLimited => "429", "Rate limit or quota reached (`rate_limited`, `quota_exceeded`).", true;
+        /// 502.
+        BadGateway => "502", "An upstream (the model provider) could not be reached (`model_unreachable`).", false;
         /// 503.
-        Unavailable => "503", "A dependency (email delivery, the read models) is unavailable.", false;
+        Unavailable => "503", "A dependency (email delivery, the read models, a model provider) is unavailable or not configured.", false;
     }
 }
 
@@ -181,6 +183,8 @@ impl Modify for BearerAuth {
         crate::feed::events,
         crate::runtime_api::search,
         crate::runtime_api::get_session,
+        crate::model_proxy::openai,
+        crate::model_proxy::anthropic,
     ),
     components(schemas(ErrorEnvelope, ErrorBody)),
     tags(
@@ -191,7 +195,7 @@ impl Modify for BearerAuth {
         (name = "usage", description = "Usage against the tier's limits"),
         (name = "chat", description = "Messages to agents, streamed runs, and workspace files down and up (approved users)"),
         (name = "conversations", description = "Conversations by last activity and their messages"),
-        (name = "runtime", description = "What agent runtimes call back on, with their agent token"),
+        (name = "runtime", description = "What agent runtimes call back on, with their agent token: session tools and the model proxy"),
         (name = "meta", description = "Health and this document"),
     )
 )]

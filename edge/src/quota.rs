@@ -1,8 +1,11 @@
-//! Tier quotas (DESIGN §3): agents at once and messages per UTC day, checked *before* the work.
+//! Tier quotas (DESIGN §3): agents at once, messages and model tokens per UTC day, checked
+//! *before* the work.
 //!
 //! [`check_agent_quota`] guards `POST /agents`; [`check_message_quota`] is for the point where a
-//! message is accepted (the chat route). Both read the read models (`agents`, `daily_usage`)
-//! and answer 429 `quota_exceeded` with `Retry-After` and `{resource, limit, used}` details.
+//! message is accepted (the chat route); [`check_token_quota_at`] for the point where the model
+//! proxy forwards a model call (ADR 23: it counts the tokens the proxy metered, the providers'
+//! own numbers). All read the read models (`agents`, `daily_usage`) and answer 429
+//! `quota_exceeded` with `Retry-After` and `{resource, limit, used}` details.
 
 use crate::error::ApiError;
 use crate::extract::AuthUser;
@@ -66,6 +69,30 @@ pub async fn check_message_quota_at(
     Ok(())
 }
 
+/// Refuses a model call when `user`'s agents have used their tier's daily model tokens today
+/// (UTC): the tokens the model proxy metered, read and written together. One call may take the
+/// count past the limit; the next is refused.
+pub async fn check_token_quota_at(
+    db: &PgPool,
+    tiers: &TierLimits,
+    user: UserId,
+    tier: Tier,
+    now: DateTime<Utc>,
+) -> Result<(), ApiError> {
+    let limit = tiers.of(tier).tokens_per_day;
+    let today = views::usage_on(db, user, now.date_naive()).await?;
+    let used = today.metered_tokens();
+    if used >= limit {
+        return Err(exceeded(
+            "tokens",
+            limit,
+            used,
+            seconds_until_next_utc_day(now),
+        ));
+    }
+    Ok(())
+}
+
 /// Seconds from `now` to the next UTC midnight (at least 1).
 pub fn seconds_until_next_utc_day(now: DateTime<Utc>) -> u64 {
     let tomorrow = (now.date_naive() + ChronoDuration::days(1))
@@ -75,9 +102,10 @@ pub fn seconds_until_next_utc_day(now: DateTime<Utc>) -> u64 {
 }
 
 fn exceeded(resource: &'static str, limit: u64, used: u64, retry_after_secs: u64) -> ApiError {
+    let per = if resource == "agents" { "" } else { " per day" };
     ApiError::TooMany {
         code: "quota_exceeded",
-        message: format!("your plan allows {limit} {resource}; you have used {used}"),
+        message: format!("your plan allows {limit} {resource}{per}; you have used {used}"),
         retry_after_secs,
         details: Some(json!({ "resource": resource, "limit": limit, "used": used })),
     }

@@ -1,9 +1,10 @@
 //! `/api/v1/runtime/agents/{agent_id}/*`: the routes an agent runtime calls back on, for its
-//! session tools (`sessions_search`, `sessions_get`; spec 002's `sessions.search`). The caller
-//! is the runtime, authenticated by its own agent token (`Authorization: Bearer <token>`, the
-//! token the deployer gave it); it sees only the conversations its owner has with this agent.
-//! A wrong token, an unknown or a deleted agent are all 401; a conversation with another agent
-//! or user is 404.
+//! session tools (`sessions_search`, `sessions_get`; spec 002's `sessions.search`) and its model
+//! (the model proxy, [`crate::model_proxy`]). The caller is the runtime, authenticated by its own
+//! agent token ([`RuntimeCaller`]: `Authorization: Bearer <token>`, or `x-api-key: <token>` as
+//! Anthropic clients send a key; the token the deployer gave it); it sees only the
+//! conversations its owner has with this agent. A wrong token, an unknown or a deleted agent
+//! are all 401; a conversation with another agent or user is 404.
 
 use crate::error::ApiError;
 use crate::extract::{ApiPath, ApiQuery, bearer_token};
@@ -47,15 +48,27 @@ pub struct RuntimeCaller {
 fn invalid() -> ApiError {
     ApiError::unauthorized(
         "invalid_agent_token",
-        "send the agent's own token: Authorization: Bearer <agent token>",
+        "send the agent's own token: Authorization: Bearer <agent token> (or x-api-key)",
     )
+}
+
+/// The agent token a runtime presents: `Authorization: Bearer`, else `x-api-key` (how an
+/// Anthropic client sends its key, so a runtime pointed at the model proxy works unchanged).
+fn agent_token(headers: &axum::http::HeaderMap) -> Option<&str> {
+    bearer_token(headers).or_else(|| {
+        headers
+            .get("x-api-key")
+            .and_then(|value| value.to_str().ok())
+            .map(str::trim)
+            .filter(|token| !token.is_empty())
+    })
 }
 
 impl FromRequestParts<AppState> for RuntimeCaller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer_token(&parts.headers).ok_or_else(invalid)?.to_owned();
+        let token = agent_token(&parts.headers).ok_or_else(invalid)?.to_owned();
         // A malformed agent id is 401 like a bad token, so the route never tells which agents
         // exist.
         let params = RawPathParams::from_request_parts(parts, state)

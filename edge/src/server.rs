@@ -10,8 +10,8 @@ use crate::lane::{Lane, Sniffer};
 use crate::routes::{API_PREFIX, ApiRouter};
 use crate::state::AppState;
 use crate::{
-    admin, agents, auth, chat, conversations, feed, gateway, health, keys, openapi, runtime_api,
-    usage, users, workspace,
+    admin, agents, auth, chat, conversations, feed, gateway, health, keys, model_proxy, openapi,
+    runtime_api, usage, users, workspace,
 };
 use axum::Router;
 use axum::body::Body;
@@ -48,6 +48,7 @@ pub fn api() -> ApiRouter {
         .merge(conversations::routes())
         .merge(feed::routes())
         .merge(runtime_api::routes())
+        .merge(model_proxy::routes())
 }
 
 /// The whole HTTP surface.
@@ -93,7 +94,8 @@ async fn limit_writes_per_ip(
     request: Request,
     next: Next,
 ) -> Response {
-    if is_write(request.method()) {
+    // Every runtime of a host calls its model from one address; the token quota bounds them.
+    if is_write(request.method()) && !model_proxy::is_model_path(request.uri().path()) {
         let (parts, body) = request.into_parts();
         let ip = client_ip(&parts);
         if let Err(err) = crate::app::limits::ip_write(&state, &ip).await {

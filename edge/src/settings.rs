@@ -23,6 +23,9 @@ pub struct Limits {
     pub messages_per_day: u64,
     /// Agents a user may have at once (deleted ones do not count).
     pub max_agents: u64,
+    /// Model tokens (read and written, as the providers count them through the model proxy)
+    /// a user's agents may use per UTC day.
+    pub tokens_per_day: u64,
 }
 
 /// Quotas per tier.
@@ -66,7 +69,8 @@ pub struct RateLimits {
     pub write_per_ip_per_minute: u32,
 }
 
-/// The platform's model defaults for users without a key of their own (used by chat).
+/// The platform's model defaults for users without a key of their own (the model proxy's
+/// upstream for them, ADR 23).
 #[derive(Clone)]
 pub struct PlatformDefaults {
     /// Provider of the shared key.
@@ -121,6 +125,8 @@ pub struct EdgeSettings {
     pub max_body_bytes: usize,
     /// Largest file `PUT /files/{agent}/{path}` accepts, in bytes (streamed, never buffered).
     pub upload_max_bytes: u64,
+    /// Largest model request a runtime may send through the model proxy, in bytes.
+    pub model_proxy_max_body_bytes: usize,
     /// Pending commits beyond which `GET /api/v1/health` reports a projection as lagging.
     pub health_max_lag: u64,
     /// Connection caps and timeouts.
@@ -133,6 +139,7 @@ impl EdgeSettings {
         let limits = Limits {
             messages_per_day: 100,
             max_agents: 3,
+            tokens_per_day: 1_000_000,
         };
         Self {
             frontend_url: "http://localhost:3000".into(),
@@ -166,6 +173,7 @@ impl EdgeSettings {
             },
             max_body_bytes: 64 * 1024,
             upload_max_bytes: 1024 * 1024,
+            model_proxy_max_body_bytes: 8 * 1024 * 1024,
             health_max_lag: 1_000,
             http: crate::conns::HttpLimits::default(),
         }

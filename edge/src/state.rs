@@ -16,6 +16,9 @@ use tokio_util::sync::CancellationToken;
 use warren_commands::CommandService;
 use warren_commands::secrets::{AgentTokens, ProviderKeys, SecretError, TokenError};
 
+/// How long connecting to a model provider may take.
+const MODEL_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Why the edge could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -28,6 +31,9 @@ pub enum StateError {
     /// The agent token store is unusable.
     #[error("opening the agent token store failed")]
     AgentTokens(#[from] TokenError),
+    /// The HTTP client could not be built.
+    #[error("building the HTTP client failed")]
+    Http(#[source] reqwest::Error),
     /// A KV bucket of the edge's (rate limits, idempotency keys) could not be opened.
     #[error("opening bucket {bucket} failed")]
     Bucket {
@@ -81,6 +87,8 @@ pub struct Shared {
     pub idempotency: Ledger,
     /// Outgoing HTTP (agent runtime health checks and proxies).
     pub http: reqwest::Client,
+    /// Outgoing HTTP to model providers (the model proxy): a connect timeout, no redirects.
+    pub model_http: reqwest::Client,
     /// Agents' runtime tokens (for the proxies to runtimes).
     pub agent_tokens: AgentTokens,
     /// Cancelled when the server shuts down, so long-lived streams end and let it drain.
@@ -111,6 +119,12 @@ impl AppState {
             settings.refresh_token_ttl,
         );
         let closing = CancellationToken::new();
+        let model_http = reqwest::Client::builder()
+            .connect_timeout(MODEL_CONNECT_TIMEOUT)
+            // A provider's answer is passed back, never followed elsewhere.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(StateError::Http)?;
         let limiter = RateLimiter::open(&js)
             .await
             .map_err(|source| StateError::Bucket {
@@ -141,6 +155,7 @@ impl AppState {
             idempotency,
             revocations: Revocations::start(js.clone(), closing.clone()),
             http: reqwest::Client::new(),
+            model_http,
             agent_tokens,
             hub: Hub::new(js.clone(), closing.clone()),
             feed: Feed::new(js, db.clone(), closing.clone()),

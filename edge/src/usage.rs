@@ -44,9 +44,12 @@ pub struct UsageSummary {
     pub messages: Metered,
     /// Agents owned against the tier's maximum.
     pub agents: Metered,
-    /// Model tokens read today.
+    /// Model tokens (read and written) the model proxy metered today against the daily limit:
+    /// the providers' own numbers (ADR 23).
+    pub tokens: Metered,
+    /// Model tokens read today, as the runs' runtimes reported them.
     pub input_tokens: i64,
-    /// Model tokens written today.
+    /// Model tokens written today, as the runs' runtimes reported them.
     pub output_tokens: i64,
     /// Deployments requested today.
     pub deployments: i64,
@@ -82,6 +85,10 @@ pub(crate) async fn summary(
         agents: Metered {
             used: agents,
             limit: limits.max_agents,
+        },
+        tokens: Metered {
+            used: today.metered_tokens(),
+            limit: limits.tokens_per_day,
         },
         input_tokens: today.input_tokens,
         output_tokens: today.output_tokens,

@@ -266,7 +266,25 @@ pub struct DailyUsageView {
     pub output_tokens: i64,
     /// Deployments requested.
     pub deployments: i64,
+    /// Tokens the model proxy metered as read by providers (their own numbers; ADR 23).
+    pub metered_input_tokens: i64,
+    /// Tokens the model proxy metered as written by providers.
+    pub metered_output_tokens: i64,
 }
+
+impl DailyUsageView {
+    /// The metered tokens, read and written: what the token quota counts.
+    pub fn metered_tokens(&self) -> u64 {
+        let sum = self
+            .metered_input_tokens
+            .max(0)
+            .saturating_add(self.metered_output_tokens.max(0));
+        u64::try_from(sum).unwrap_or(0)
+    }
+}
+
+const DAILY_USAGE_COLUMNS: &str = "day, messages, input_tokens, output_tokens, deployments, \
+     metered_input_tokens, metered_output_tokens";
 
 /// A user's usage on `day` (zeros if none).
 pub async fn usage_on(
@@ -274,10 +292,9 @@ pub async fn usage_on(
     user: UserId,
     day: NaiveDate,
 ) -> Result<DailyUsageView, ApiError> {
-    Ok(sqlx::query_as(
-        "SELECT day, messages, input_tokens, output_tokens, deployments FROM daily_usage \
-         WHERE user_id = $1 AND day = $2",
-    )
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {DAILY_USAGE_COLUMNS} FROM daily_usage WHERE user_id = $1 AND day = $2"
+    )))
     .bind(user.0)
     .bind(day)
     .fetch_optional(db)
@@ -296,10 +313,10 @@ pub async fn usage_history(
     today: NaiveDate,
     days: i64,
 ) -> Result<Vec<DailyUsageView>, ApiError> {
-    Ok(sqlx::query_as(
-        "SELECT day, messages, input_tokens, output_tokens, deployments FROM daily_usage \
-         WHERE user_id = $1 AND day > $2::date - $3::int AND day <= $2::date ORDER BY day",
-    )
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {DAILY_USAGE_COLUMNS} FROM daily_usage \
+         WHERE user_id = $1 AND day > $2::date - $3::int AND day <= $2::date ORDER BY day"
+    )))
     .bind(user.0)
     .bind(today)
     .bind(days as i32)

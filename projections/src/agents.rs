@@ -1,4 +1,4 @@
-//! Agents, their deployment history, and deployment usage.
+//! Agents, their deployment history, and deployment and metered model usage.
 
 use crate::Projection;
 use crate::usage::{self, UsageFact};
@@ -181,6 +181,23 @@ impl Projection for Agents {
             // row (and `updated_at`) stays as it was.
             AgentEvent::ExecRequested { .. } | AgentEvent::ExecFinished { .. } | AgentEvent::FileUploaded { .. } => {
                 Ok(())
+            }
+            // A metered model call (ADR 23) counts for the owner named in the event: the user
+            // whose quota the edge checked before forwarding it.
+            AgentEvent::ModelUsageMetered { agent_id, user_id, input_tokens, output_tokens, .. } => {
+                usage::record(
+                    tx,
+                    UsageFact {
+                        event_id,
+                        user_id: user_id.0,
+                        agent_id: Some(agent_id.0),
+                        kind: "model_call",
+                        input_tokens: i64::try_from(*input_tokens).unwrap_or(i64::MAX),
+                        output_tokens: i64::try_from(*output_tokens).unwrap_or(i64::MAX),
+                        at,
+                    },
+                )
+                .await
             }
         }
     }

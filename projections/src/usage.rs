@@ -1,5 +1,7 @@
 //! Usage facts shared by several projections: one `usage_events` row per fact (keyed by the event
-//! that caused it) and the matching increment of `daily_usage`.
+//! that caused it) and the matching increment of `daily_usage`. A run's tokens (what its runtime
+//! reported) and metered tokens (what the provider said through the model proxy, which the
+//! token quota counts: ADR 23) are kept in columns of their own.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
@@ -13,7 +15,9 @@ pub struct UsageFact {
     pub user_id: Uuid,
     /// Which agent, if any.
     pub agent_id: Option<Uuid>,
-    /// `message`, `deployment` or `file_download`.
+    /// `message` (a run's reply, with the tokens its runtime reported), `model_call` (a model
+    /// call the platform's model proxy metered, with the provider's own numbers), `deployment`
+    /// or `file_download`.
     pub kind: &'static str,
     /// Tokens read by the model.
     pub input_tokens: i64,
@@ -47,20 +51,29 @@ pub async fn record(tx: &mut PgConnection, fact: UsageFact) -> Result<(), sqlx::
         "deployment" => (0, 1),
         _ => (0, 0),
     };
+    let ((reported_in, reported_out), (metered_in, metered_out)) = match fact.kind {
+        "model_call" => ((0, 0), (fact.input_tokens, fact.output_tokens)),
+        _ => ((fact.input_tokens, fact.output_tokens), (0, 0)),
+    };
     sqlx::query(
-        "INSERT INTO daily_usage (user_id, day, messages, input_tokens, output_tokens, deployments) \
-         VALUES ($1, ($2::timestamptz AT TIME ZONE 'UTC')::date, $3, $4, $5, $6) \
+        "INSERT INTO daily_usage (user_id, day, messages, input_tokens, output_tokens, deployments, \
+         metered_input_tokens, metered_output_tokens) \
+         VALUES ($1, ($2::timestamptz AT TIME ZONE 'UTC')::date, $3, $4, $5, $6, $7, $8) \
          ON CONFLICT (user_id, day) DO UPDATE SET messages = daily_usage.messages + EXCLUDED.messages, \
          input_tokens = daily_usage.input_tokens + EXCLUDED.input_tokens, \
          output_tokens = daily_usage.output_tokens + EXCLUDED.output_tokens, \
-         deployments = daily_usage.deployments + EXCLUDED.deployments",
+         deployments = daily_usage.deployments + EXCLUDED.deployments, \
+         metered_input_tokens = daily_usage.metered_input_tokens + EXCLUDED.metered_input_tokens, \
+         metered_output_tokens = daily_usage.metered_output_tokens + EXCLUDED.metered_output_tokens",
     )
     .bind(fact.user_id)
     .bind(fact.at)
     .bind(messages)
-    .bind(fact.input_tokens)
-    .bind(fact.output_tokens)
+    .bind(reported_in)
+    .bind(reported_out)
     .bind(deployments)
+    .bind(metered_in)
+    .bind(metered_out)
     .execute(&mut *tx)
     .await
     .map(drop)

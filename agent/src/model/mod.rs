@@ -109,6 +109,22 @@ pub enum ModelError {
         "no model provider is configured: set WARREN_AGENT_BASE_URL and/or WARREN_AGENT_API_KEY"
     )]
     NotConfigured,
+    /// Through the platform's model proxy: the platform has no model provider for this agent
+    /// (neither its owner's key nor a platform default).
+    #[error("the platform has no model provider configured for this agent")]
+    PlatformNotConfigured,
+    /// Through the platform's model proxy: the platform could not reach the provider.
+    #[error("could not reach the {provider} model provider")]
+    UpstreamUnreachable {
+        /// The protocol spoken (`openai`, `anthropic`).
+        provider: &'static str,
+    },
+    /// Through the platform's model proxy: the agent owner's daily token quota is used up.
+    #[error("{message}")]
+    QuotaExceeded {
+        /// The platform's words (the limit and what was used).
+        message: String,
+    },
     /// Connecting or sending failed.
     #[error("could not reach the {provider} model provider")]
     Unreachable {
@@ -149,8 +165,11 @@ impl ModelError {
     /// The stable code sent in the `error` event.
     pub fn code(&self) -> &'static str {
         match self {
-            ModelError::NotConfigured => "model_not_configured",
-            ModelError::Unreachable { .. } => "model_unreachable",
+            ModelError::NotConfigured | ModelError::PlatformNotConfigured => "model_not_configured",
+            ModelError::Unreachable { .. } | ModelError::UpstreamUnreachable { .. } => {
+                "model_unreachable"
+            }
+            ModelError::QuotaExceeded { .. } => "quota_exceeded",
             ModelError::Status { .. } => "model_http_error",
             ModelError::Provider { .. } => "model_error",
             ModelError::Broken(_) => "model_stream_broken",
@@ -162,8 +181,13 @@ impl ModelError {
     /// Whether retrying the same request may succeed.
     pub fn retryable(&self) -> bool {
         match self {
-            ModelError::Unreachable { .. } | ModelError::Broken(_) | ModelError::Truncated => true,
-            ModelError::NotConfigured => false,
+            ModelError::Unreachable { .. }
+            | ModelError::UpstreamUnreachable { .. }
+            | ModelError::Broken(_)
+            | ModelError::Truncated => true,
+            ModelError::NotConfigured
+            | ModelError::PlatformNotConfigured
+            | ModelError::QuotaExceeded { .. } => false,
             ModelError::Status { status, .. } => {
                 matches!(status, 408 | 409 | 429 | 529) || *status >= 500
             }
@@ -251,8 +275,13 @@ pub struct TurnRequest<'a> {
     pub tools: &'a [ToolSpec],
 }
 
+/// The header on the platform model proxy's own refusals, naming their code (Warren's ADR 23);
+/// the provider's own errors pass through the proxy without it.
+pub const PROXY_ERROR: &str = "warren-proxy-error";
+
 /// Sends one streamed model request and returns its event stream once the provider answered
-/// 200; an error status becomes [`ModelError::Status`] with the provider's message.
+/// 200; an error status becomes [`ModelError::Status`] with the provider's message, or, from the
+/// platform's model proxy, the refusal its [`PROXY_ERROR`] header names.
 pub async fn stream_turn(
     http: &reqwest::Client,
     request: TurnRequest<'_>,
@@ -266,7 +295,7 @@ pub async fn stream_turn(
         ProviderKind::Openai => {
             let body = openai::request_body(settings, request.history, request.tools);
             let mut builder = http.post(format!("{base}/chat/completions")).json(&body);
-            if let Some(key) = &settings.api_key {
+            if let Some(key) = settings.key() {
                 builder = builder.bearer_auth(key.expose());
             }
             (builder, Box::new(openai::Decoder::default()))
@@ -277,7 +306,7 @@ pub async fn stream_turn(
                 .post(format!("{base}/messages"))
                 .header("anthropic-version", anthropic::API_VERSION)
                 .json(&body);
-            if let Some(key) = &settings.api_key {
+            if let Some(key) = settings.key() {
                 builder = builder.header("x-api-key", key.expose());
             }
             (builder, Box::new(anthropic::Decoder::default()))
@@ -293,10 +322,24 @@ pub async fn stream_turn(
         })?;
     let status = response.status();
     if !status.is_success() {
+        let refusal = settings
+            .proxy
+            .as_ref()
+            .and_then(|_| response.headers().get(PROXY_ERROR))
+            .and_then(|code| code.to_str().ok())
+            .map(str::to_owned);
         let text = response.text().await.unwrap_or_default();
-        return Err(ModelError::Status {
-            status: status.as_u16(),
-            message: provider_message(&text),
+        let message = provider_message(&text);
+        return Err(match refusal.as_deref() {
+            Some("model_not_configured") => ModelError::PlatformNotConfigured,
+            Some("model_unreachable") => ModelError::UpstreamUnreachable {
+                provider: settings.provider.as_str(),
+            },
+            Some("quota_exceeded") => ModelError::QuotaExceeded { message },
+            _ => ModelError::Status {
+                status: status.as_u16(),
+                message,
+            },
         });
     }
     Ok(ModelStream {

@@ -49,9 +49,25 @@ fn default_chat_id() -> String {
 }
 
 impl ChatRequest {
-    /// The configured model settings with this request's overrides.
-    fn settings(&self, configured: &ModelSettings) -> ModelSettings {
+    /// The configured model settings with this request's overrides. Through the platform's
+    /// model proxy only the provider (the protocol spoken to the proxy), model and prompt may
+    /// change: a per-run base URL or key is refused, since the proxy is there so that no key
+    /// enters the sandbox.
+    fn settings(&self, configured: &ModelSettings) -> Result<ModelSettings, ApiError> {
         let mut settings = configured.clone();
+        if configured.proxy.is_some() {
+            let given = |value: Option<&str>| value.is_some_and(|v| !v.is_empty());
+            if given(self.base_url.as_deref()) || given(self.api_key.as_ref().map(Secret::expose)) {
+                return Err(ApiError::invalid(
+                    "this runtime reaches its model through the platform's model proxy: \
+                     base_url and api_key cannot be set per run",
+                ));
+            }
+            if let Some(provider) = self.provider {
+                settings.provider = provider;
+            }
+            return Ok(self.with_model(settings));
+        }
         if let Some(provider) = self.provider
             && provider != configured.provider
         {
@@ -65,6 +81,11 @@ impl ChatRequest {
         if let Some(api_key) = self.api_key.as_ref().filter(|k| !k.expose().is_empty()) {
             settings.api_key = Some(api_key.clone());
         }
+        Ok(self.with_model(settings))
+    }
+
+    /// `settings` with this request's model and prompt, if it names them.
+    fn with_model(&self, mut settings: ModelSettings) -> ModelSettings {
         if let Some(model) = self.model.as_ref().filter(|m| !m.is_empty()) {
             settings.model = model.clone();
         }
@@ -87,7 +108,7 @@ pub async fn start(
     if request.chat_id.is_empty() {
         return Err(ApiError::invalid("chat_id must not be empty"));
     }
-    let settings = request.settings(&state.config.model);
+    let settings = request.settings(&state.config.model)?;
     let ticket = state
         .chats
         .begin(&request.chat_id)

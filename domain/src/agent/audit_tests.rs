@@ -159,3 +159,51 @@ fn owners_record_execs_and_uploads_and_only_the_platform_their_outcome() {
     assert_eq!(uploaded.authority(), Authority::Subject);
     assert_eq!(finished.authority(), Authority::Platform);
 }
+
+fn metered(model: &str) -> AgentCommand {
+    C::MeterModelUsage {
+        provider: crate::user::Provider::Openrouter,
+        model: model.into(),
+        own_key: true,
+        input_tokens: 120,
+        output_tokens: 7,
+    }
+}
+
+#[test]
+fn a_metered_model_call_counts_for_the_owner_whatever_the_agents_status() {
+    let event = E::ModelUsageMetered {
+        agent_id: AGENT,
+        user_id: OWNER,
+        provider: crate::user::Provider::Openrouter,
+        model: "qwen3-coder-next".into(),
+        own_key: true,
+        input_tokens: 120,
+        output_tokens: 7,
+    };
+    let before = given(running()).state();
+    let agent = given(running())
+        .when(metered("qwen3-coder-next"))
+        .then_events([event.clone()]);
+    assert_eq!(agent, before, "an audit fact changes no state");
+    // A call in flight when the agent stopped or was deleted still happened.
+    for last in [
+        E::AgentStopped { agent_id: AGENT },
+        E::AgentDeleted { agent_id: AGENT },
+    ] {
+        given(with(running(), last))
+            .when(metered("qwen3-coder-next"))
+            .then_events([event.clone()]);
+    }
+    given([])
+        .when(metered("qwen3-coder-next"))
+        .then_error("not_found");
+    assert_eq!(event.authority(), crate::Authority::Platform);
+}
+
+#[test]
+fn a_metered_model_keeps_its_text_rule() {
+    given(running())
+        .when(metered("gpt\n4"))
+        .then_invalid("model");
+}

@@ -1,9 +1,10 @@
 //! What can be asked of an agent: by its owner (create, configure, stop, repair, exec, upload,
 //! …), by the deployer (step progress, outcome, destroy), by the lifecycle worker (pause,
-//! health) and by the edge (an exec's outcome).
+//! health) and by the edge (an exec's outcome, a model call's metered usage).
 
 use super::types::{Backend, DeploymentStep, ExecFailure, RuntimeKind};
 use crate::ids::{AgentId, ExecId, UserId};
+use crate::user::Provider;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -137,6 +138,21 @@ pub enum AgentCommand {
         /// Its size in bytes.
         size: u64,
     },
+    /// The edge's model proxy forwarded one model call of the agent's runtime and read the
+    /// provider's own usage numbers from the answer (ADR 23). Counted against the owner's quota;
+    /// accepted whatever the agent's status (the call already happened).
+    MeterModelUsage {
+        /// The provider called.
+        provider: Provider,
+        /// The model the call asked for (the caller fits it to the text rule).
+        model: String,
+        /// Whether the owner's own key paid for it (else the platform's).
+        own_key: bool,
+        /// Tokens the provider read (prompt, cache included).
+        input_tokens: u64,
+        /// Tokens the provider wrote.
+        output_tokens: u64,
+    },
 }
 
 impl AgentCommand {
@@ -162,6 +178,7 @@ impl AgentCommand {
             AgentCommand::RequestExec { .. } => "request_exec",
             AgentCommand::RecordExecOutcome { .. } => "record_exec_outcome",
             AgentCommand::RecordFileUpload { .. } => "record_file_upload",
+            AgentCommand::MeterModelUsage { .. } => "meter_model_usage",
         }
     }
 }

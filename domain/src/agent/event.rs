@@ -5,10 +5,12 @@
 //! the deployer reacts to all three the same way.
 //!
 //! `ExecRequested`, `ExecFinished` and `FileUploaded` are audit facts: what the owner did in
-//! the agent's workspace. They change no state (ADR 18).
+//! the agent's workspace. They change no state (ADR 18). `ModelUsageMetered` is one too: a
+//! model call of the agent's runtime, as the platform's model proxy counted it (ADR 23).
 
 use super::types::{Backend, DeploymentStep, ExecFailure, RedeployReason, RuntimeKind};
 use crate::ids::{AgentId, ExecId, UserId};
+use crate::user::Provider;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -180,6 +182,24 @@ pub enum AgentEvent {
         /// Its size in bytes.
         size: u64,
     },
+    /// The platform's model proxy forwarded one model call of the agent's runtime; the tokens
+    /// are the provider's own numbers, read from its answer (an audit and usage fact).
+    ModelUsageMetered {
+        /// The agent whose runtime called.
+        agent_id: AgentId,
+        /// Its owner, whose quota the tokens count against.
+        user_id: UserId,
+        /// The provider called.
+        provider: Provider,
+        /// The model the call asked for.
+        model: String,
+        /// Whether the owner's own key paid for it (else the platform's).
+        own_key: bool,
+        /// Tokens the provider read (prompt, cache included).
+        input_tokens: u64,
+        /// Tokens the provider wrote.
+        output_tokens: u64,
+    },
 }
 
 impl AgentEvent {
@@ -205,6 +225,7 @@ impl AgentEvent {
             AgentEvent::ExecRequested { .. } => "ExecRequested",
             AgentEvent::ExecFinished { .. } => "ExecFinished",
             AgentEvent::FileUploaded { .. } => "FileUploaded",
+            AgentEvent::ModelUsageMetered { .. } => "ModelUsageMetered",
         }
     }
 

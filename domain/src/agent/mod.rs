@@ -17,6 +17,8 @@
 //! - An exec is recorded (`ExecRequested`) only for a running agent, before the runtime runs
 //!   it; its outcome and file uploads are recorded whatever the status since (they are facts
 //!   that already happened). These audit events change no state.
+//! - A model call's metered usage (`ModelUsageMetered`) is recorded whatever the status, even
+//!   of a deleted agent: the call happened, and its tokens count against the owner's quota.
 //! - Every text field keeps its [`crate::text`] rule: name, model and endpoint on one line; the
 //!   prompt and the deployer's and lifecycle's error texts may span lines.
 //!
@@ -119,6 +121,7 @@ impl Agent {
         }
         if self.status == S::Deleted {
             return match command {
+                C::MeterModelUsage { .. } => self.meter(agent_id, command),
                 C::DestroyAgent if self.destroyed => Ok(vec![]),
                 C::DestroyAgent => Ok(vec![AgentEvent::AgentDestroyed { agent_id }]),
                 _ => Err(AgentError::Deleted { agent_id }),
@@ -285,6 +288,7 @@ impl Agent {
                     size: *size,
                 }])
             }
+            C::MeterModelUsage { .. } => self.meter(agent_id, command),
         }
     }
 
@@ -367,7 +371,8 @@ impl Agent {
             AgentEvent::AgentDestroyed { .. } => self.destroyed = true,
             AgentEvent::ExecRequested { .. }
             | AgentEvent::ExecFinished { .. }
-            | AgentEvent::FileUploaded { .. } => {}
+            | AgentEvent::FileUploaded { .. }
+            | AgentEvent::ModelUsageMetered { .. } => {}
         }
     }
 
@@ -467,6 +472,35 @@ impl Agent {
                 timeout_ms,
             },
         )
+    }
+
+    /// Records a model call's usage (any status: the call already happened).
+    fn meter(
+        &self,
+        agent_id: AgentId,
+        command: &AgentCommand,
+    ) -> Result<Vec<AgentEvent>, AgentError> {
+        let AgentCommand::MeterModelUsage {
+            provider,
+            model,
+            own_key,
+            input_tokens,
+            output_tokens,
+        } = command
+        else {
+            // Only reached with `MeterModelUsage`.
+            return Ok(vec![]);
+        };
+        text::MODEL.check(model)?;
+        Ok(vec![AgentEvent::ModelUsageMetered {
+            agent_id,
+            user_id: self.owner_id,
+            provider: *provider,
+            model: model.clone(),
+            own_key: *own_key,
+            input_tokens: *input_tokens,
+            output_tokens: *output_tokens,
+        }])
     }
 
     fn update_config(

@@ -31,8 +31,8 @@ pub use command::UserCommand;
 pub use error::UserError;
 pub use event::UserEvent;
 pub use types::{
-    ApprovalMode, AuthKind, AuthMethod, MAX_FINGERPRINT_CHARS, Provider, ProviderKey, Role, Tier,
-    UserStatus, fingerprint,
+    ApprovalMode, AuthKind, AuthMethod, MAX_FINGERPRINT_CHARS, ModelProtocol, Provider,
+    ProviderKey, Role, Tier, UserStatus, fingerprint,
 };
 
 use crate::aggregate::impl_aggregate;

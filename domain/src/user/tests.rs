@@ -572,3 +572,16 @@ fn enum_names_round_trip_through_strings_and_serde() {
     let error = "root".parse::<Role>().expect_err("not a role");
     assert_eq!(error.to_string(), "unknown Role \"root\"");
 }
+
+#[test]
+fn every_provider_speaks_openais_protocol_but_anthropic() {
+    use crate::user::ModelProtocol;
+    for provider in Provider::ALL {
+        let expected = if *provider == Provider::Anthropic {
+            ModelProtocol::Anthropic
+        } else {
+            ModelProtocol::Openai
+        };
+        assert_eq!(provider.protocol(), expected, "{provider}");
+    }
+}

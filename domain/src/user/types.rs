@@ -90,6 +90,29 @@ string_enum! {
     }
 }
 
+string_enum! {
+    /// The wire protocol a model provider speaks: what an agent runtime must speak to reach it
+    /// (through the platform's model proxy, ADR 23).
+    pub enum ModelProtocol {
+        /// OpenAI chat completions (OpenAI, OpenRouter, LibertAI, any compatible endpoint).
+        Openai => "openai",
+        /// Anthropic Messages.
+        Anthropic => "anthropic",
+    }
+}
+
+impl Provider {
+    /// The protocol this provider's API speaks: Anthropic's own, OpenAI's for every other.
+    pub fn protocol(self) -> ModelProtocol {
+        match self {
+            Provider::Anthropic => ModelProtocol::Anthropic,
+            Provider::Openai | Provider::Openrouter | Provider::Libertai | Provider::Custom => {
+                ModelProtocol::Openai
+            }
+        }
+    }
+}
+
 /// One way a user signs in (a "connection"). The pair (`kind`, `external_id`) identifies the
 /// identity; callers pass `external_id` in its canonical form (lowercased email, checksummed
 /// address) because the domain compares it verbatim.

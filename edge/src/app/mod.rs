@@ -14,6 +14,8 @@
 //! - [`runtime`] — a running agent's runtime (URL and token), and the workspace path rule.
 //! - [`exec`] — run a shell command in the agent, its output streamed, audited in the log.
 //! - [`upload`] — stream a file into the agent's workspace, within the limit, audited.
+//! - [`model`] — call a model on an agent's behalf (the model proxy): the owner's upstream and
+//!   key, the token quota, the answer streamed back and its usage metered into the log.
 //! - [`identity`] — sign-in by an identity (email today): registration, and who is admin.
 
 pub mod access;
@@ -22,6 +24,7 @@ pub mod chat;
 pub mod exec;
 pub mod identity;
 pub mod limits;
+pub mod model;
 pub mod revocation;
 pub mod runtime;
 pub mod upload;

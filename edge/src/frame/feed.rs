@@ -10,6 +10,7 @@ use uuid::Uuid;
 use warren_domain::agent::{AgentEvent, DeploymentStep, ExecFailure, RedeployReason, RuntimeKind};
 use warren_domain::conversation::{CancelReason, ConversationEvent, TokenUsage};
 use warren_domain::ids::{AgentId, ExecId, MessageId, RunId};
+use warren_domain::user::Provider;
 
 /// The version of the feed's frames.
 pub const VERSION: u32 = 1;
@@ -133,6 +134,19 @@ pub enum AgentChange {
         path: String,
         /// Bytes written.
         size: u64,
+    },
+    /// Its runtime called its model through the platform; the provider's token counts.
+    ModelUsed {
+        /// The provider called.
+        provider: Provider,
+        /// The model asked for.
+        model: String,
+        /// Whether the owner's own key paid for it.
+        own_key: bool,
+        /// Tokens the provider read.
+        input_tokens: u64,
+        /// Tokens the provider wrote.
+        output_tokens: u64,
     },
 }
 
@@ -306,6 +320,20 @@ impl From<AgentEvent> for AgentChange {
                 failure,
             },
             E::FileUploaded { path, size, .. } => AgentChange::FileUploaded { path, size },
+            E::ModelUsageMetered {
+                provider,
+                model,
+                own_key,
+                input_tokens,
+                output_tokens,
+                ..
+            } => AgentChange::ModelUsed {
+                provider,
+                model,
+                own_key,
+                input_tokens,
+                output_tokens,
+            },
         }
     }
 }

@@ -14,6 +14,9 @@
 //!   belonged to a worker that died. Its run, if still running, is closed with `FailRun`
 //!   (`worker_lost`, retryable); if it never started, the lease is dropped and the run taken.
 //! - **History cleared.** `HistoryCleared` clears the chat in the runtime too.
+//! - **Models.** The worker reads no provider key: a runtime calls its model through the edge's
+//!   model proxy with its own token, and the proxy picks the key (ADR 23). A run only tells the
+//!   runtime which protocol its owner's key speaks (`provider` in `POST /chat`).
 //! - **Proactive messages.** After each run, and every `pending_every` for agents run here in
 //!   the last day, the runtime's `/pending` is taken and delivered into the agent's own
 //!   conversations (`AgentMessagePosted`), for every client to see.
@@ -35,7 +38,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use warren_commands::secrets::{AgentTokens, ProviderKeys, SecretError, TokenError};
+use warren_commands::secrets::{AgentTokens, TokenError};
 use warren_commands::{CommandError, CommandMeta, CommandService, codec, topology};
 use warren_domain::Actor;
 use warren_domain::agent::AgentStatus;
@@ -83,9 +86,6 @@ pub enum ChatError {
     /// The token store could not be opened.
     #[error("opening the secrets bucket failed")]
     Tokens(#[from] TokenError),
-    /// The provider key store could not be opened.
-    #[error("opening the provider key store failed")]
-    ProviderKeys(#[from] SecretError),
     /// The lease bucket failed.
     #[error(transparent)]
     Leases(#[from] LeaseError),
@@ -100,7 +100,6 @@ pub struct Shared {
     nats: async_nats::Client,
     commands: CommandService,
     tokens: AgentTokens,
-    provider_keys: ProviderKeys,
     leases: Leases,
     http: reqwest::Client,
     settings: ChatSettings,
@@ -129,7 +128,6 @@ impl ChatWorker {
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         );
         let tokens = AgentTokens::open(&js, master_key).await?;
-        let provider_keys = ProviderKeys::open(&js, master_key).await?;
         let leases = Leases::open(&js, worker_id.clone()).await?;
         Ok(Self {
             shared: Arc::new(Shared {
@@ -137,7 +135,6 @@ impl ChatWorker {
                 nats,
                 commands,
                 tokens,
-                provider_keys,
                 leases,
                 http: reqwest::Client::new(),
                 settings,

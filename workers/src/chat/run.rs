@@ -10,7 +10,7 @@
 use super::Shared;
 use super::failure::{ModelSource, public_message};
 use super::lease::Held;
-use super::runtime::{IDLE_TIMEOUT, ModelOverride, Runtime, RuntimeEvent};
+use super::runtime::{IDLE_TIMEOUT, Runtime, RuntimeEvent};
 use crate::supervise::cause_chain;
 use async_nats::HeaderMap;
 use futures::StreamExt;
@@ -25,7 +25,7 @@ use warren_domain::conversation::{
 };
 use warren_domain::ids::{AgentId, ConversationId, MessageId, RunId, UserId};
 use warren_domain::text;
-use warren_domain::user::Provider;
+use warren_domain::user::{ModelProtocol, Provider};
 
 /// Tokens are published at most this often per run (DESIGN §4: 25–40 ms). A token arriving
 /// after a quiet spell goes out at once; tokens arriving faster are gathered until the window
@@ -45,7 +45,7 @@ pub struct Job {
     pub conversation_id: ConversationId,
     /// The conversation's agent.
     pub agent_id: AgentId,
-    /// The conversation's user (whose own provider key, if any, the run uses).
+    /// The conversation's user (whose own provider key, if any, the model proxy uses).
     pub user_id: UserId,
     /// The run.
     pub run_id: RunId,
@@ -128,13 +128,13 @@ pub async fn run(
     let mut progress = Progress::default();
     let outcome = match resolve(shared, job.agent_id, job.user_id).await {
         Err(outcome) => outcome,
-        Ok((runtime, model)) => {
+        Ok((runtime, own_key)) => {
             live.status(&mut progress, RunStatus::Thinking).await;
             let outcome = drive(
                 shared,
                 &job,
                 &runtime,
-                model.as_ref(),
+                own_key.map(Provider::protocol),
                 &live,
                 &mut progress,
                 &mut held,
@@ -147,8 +147,8 @@ pub async fn run(
             {
                 report_agent_failure(shared, job.agent_id).await;
             }
-            let source = match &model {
-                Some(model) => ModelSource::UserKey(model.key_provider),
+            let source = match own_key {
+                Some(provider) => ModelSource::UserKey(provider),
                 None => ModelSource::Platform(shared.settings.platform_provider),
             };
             match outcome {
@@ -227,13 +227,14 @@ async fn report_agent_failure(shared: &Shared, agent_id: AgentId) {
     }
 }
 
-/// The agent's runtime, if the agent is running and has an endpoint and a token, and the user's
-/// own model key if they added one (the most recent; else the runtime's platform default).
+/// The agent's runtime, if the agent is running and has an endpoint and a token, and the
+/// provider of the user's own key if they added one (the most recent, which the model proxy
+/// uses; else the platform's default).
 async fn resolve(
     shared: &Shared,
     agent_id: AgentId,
     user_id: UserId,
-) -> Result<(Runtime, Option<ModelOverride>), Outcome> {
+) -> Result<(Runtime, Option<Provider>), Outcome> {
     let (agent, _) = shared
         .commands
         .agents
@@ -262,52 +263,20 @@ async fn resolve(
             )
         })?
         .ok_or_else(|| failed("agent_unavailable", "the agent has no token", true))?;
-    let model = user_model(shared, user_id).await?;
-    Ok((Runtime::new(shared.http.clone(), &endpoint, token), model))
+    let own_key = own_key(shared, user_id).await?;
+    Ok((Runtime::new(shared.http.clone(), &endpoint, token), own_key))
 }
 
-/// The user's most recently added provider key as a model override.
-async fn user_model(shared: &Shared, user_id: UserId) -> Result<Option<ModelOverride>, Outcome> {
+/// The provider of the user's most recently added key, the one the model proxy calls (the
+/// key itself stays with the proxy: ADR 23).
+async fn own_key(shared: &Shared, user_id: UserId) -> Result<Option<Provider>, Outcome> {
     let (user, _) = shared
         .commands
         .users
         .load(&user_id.to_string())
         .await
         .map_err(|err| internal("log_unavailable", "the platform's log is unavailable", &err))?;
-    let Some(key) = user.provider_keys.last() else {
-        return Ok(None);
-    };
-    let Some(api_key) = shared
-        .provider_keys
-        .get(user_id, key.key_id)
-        .await
-        .map_err(|err| {
-            internal(
-                "provider_key_unavailable",
-                "your provider key cannot be read",
-                &err,
-            )
-        })?
-    else {
-        return Ok(None);
-    };
-    // OpenRouter, LibertAI and custom endpoints speak the OpenAI API.
-    let (provider, public_url) = match key.provider {
-        Provider::Anthropic => ("anthropic", None),
-        Provider::Openai => ("openai", None),
-        Provider::Openrouter => ("openai", Some("https://openrouter.ai/api/v1")),
-        Provider::Libertai => ("openai", Some("https://api.libertai.io/v1")),
-        Provider::Custom => ("openai", None),
-    };
-    Ok(Some(ModelOverride {
-        provider,
-        base_url: key
-            .base_url
-            .clone()
-            .or_else(|| public_url.map(str::to_owned)),
-        api_key,
-        key_provider: key.provider,
-    }))
+    Ok(user.provider_keys.last().map(|key| key.provider))
 }
 
 /// Reads the runtime's stream until the run ends.
@@ -316,7 +285,7 @@ async fn drive(
     shared: &Shared,
     job: &Job,
     runtime: &Runtime,
-    model: Option<&ModelOverride>,
+    protocol: Option<ModelProtocol>,
     live: &Live<'_>,
     progress: &mut Progress,
     held: &mut Held,
@@ -324,7 +293,7 @@ async fn drive(
     shutdown: &CancellationToken,
 ) -> Outcome {
     let chat_id = job.conversation_id.to_string();
-    let events = match runtime.chat(&chat_id, &job.text, model).await {
+    let events = match runtime.chat(&chat_id, &job.text, protocol).await {
         Ok(events) => events,
         Err(err) => {
             return internal(

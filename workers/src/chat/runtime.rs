@@ -17,6 +17,7 @@ use warren_commands::bounded;
 use warren_commands::proactive::{PENDING_CAP, PendingList};
 use warren_domain::conversation::TokenUsage;
 use warren_domain::text::{self, Lines};
+use warren_domain::user::ModelProtocol;
 
 /// How long connecting and sending a request to a runtime may take (the stream itself is bounded
 /// by the runtime's keepalives, see [`IDLE_TIMEOUT`]).
@@ -199,21 +200,6 @@ impl Wire {
     }
 }
 
-/// The model a run uses instead of the runtime's configured one: the user's own key.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
-pub struct ModelOverride {
-    /// `openai` (any compatible API) or `anthropic`.
-    pub provider: &'static str,
-    /// The endpoint, if not the provider's public one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub base_url: Option<String>,
-    /// The key.
-    pub api_key: String,
-    /// The provider the user added the key for (for the run's messages; not sent).
-    #[serde(skip)]
-    pub key_provider: warren_domain::user::Provider,
-}
-
 /// One agent's runtime, as the chat worker reaches it.
 #[derive(Clone)]
 pub struct Runtime {
@@ -236,21 +222,20 @@ impl Runtime {
         format!("{}{path}", self.endpoint)
     }
 
-    /// Starts a run of `message` in `chat_id` and streams its events. The stream ends after the
-    /// terminal `Done` or `Error`, or with an error if the runtime goes away first.
+    /// Starts a run of `message` in `chat_id` and streams its events; `protocol` is the one the
+    /// runtime speaks to the model proxy for this run (the user's own key's), if not its
+    /// configured one. No key or URL is ever sent: the proxy holds them (ADR 23). The stream
+    /// ends after the terminal `Done` or `Error`, or with an error if the runtime goes away
+    /// first.
     pub async fn chat(
         &self,
         chat_id: &str,
         message: &str,
-        model: Option<&ModelOverride>,
+        protocol: Option<ModelProtocol>,
     ) -> Result<impl Stream<Item = Result<RuntimeEvent, RuntimeError>> + use<>, RuntimeError> {
         let mut body = serde_json::json!({"message": message, "chat_id": chat_id});
-        if let (Some(model), Some(fields)) = (model, body.as_object_mut()) {
-            fields.insert("provider".into(), model.provider.into());
-            fields.insert("api_key".into(), model.api_key.clone().into());
-            if let Some(base_url) = &model.base_url {
-                fields.insert("base_url".into(), base_url.clone().into());
-            }
+        if let (Some(protocol), Some(fields)) = (protocol, body.as_object_mut()) {
+            fields.insert("provider".into(), protocol.as_str().into());
         }
         let response = tokio::time::timeout(
             CONNECT_TIMEOUT,

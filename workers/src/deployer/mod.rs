@@ -1,5 +1,5 @@
 //! The deployer worker (DESIGN §4): the state machine of agents' deployments, over a
-//! [`Provisioner`] that places the runtimes (docs/adr/0023-sandboxes.md).
+//! [`Provisioner`] that places the runtimes (docs/adr/0025-sandboxes.md).
 //!
 //! It reads the `AGENTS` stream through the durable consumer `deployer` (explicit acks, up to
 //! [`CONCURRENCY`] commits at once, one operation per agent at a time under [`locks`]) and acks
@@ -27,6 +27,8 @@
 //! agents' runtimes are stopped or removed. A running agent whose runtime was configured with
 //! other platform settings (`runtime_fingerprint`) is redeployed, recorded as
 //! `RedeployRequested { reason: platform_config_changed }`.
+//! Runtimes hold no provider key: they call their model through the edge's model proxy
+//! (docs/adr/0023-model-proxy.md).
 //!
 //! Modules: [`provisioner`] (the seam), [`process`] (development only, unconfined), [`docker`]
 //! (one locked-down container per agent), [`locks`] (per-agent locks).
@@ -75,12 +77,9 @@ pub struct DeployerSettings {
     pub reconcile_every: Duration,
     /// How long a started runtime may take to answer `/health`.
     pub health_timeout: Duration,
-    /// Platform default provider for the runtime (`openai` or `anthropic`).
+    /// The protocol of the platform's default provider (`openai` or `anthropic`), which the
+    /// runtime speaks to the model proxy unless a run names another.
     pub default_provider: Option<String>,
-    /// Platform default base URL.
-    pub default_base_url: Option<String>,
-    /// Platform default API key (passed in the environment, never written to disk).
-    pub default_api_key: Option<String>,
     /// The edge URL runtimes call back on for their session tools.
     pub platform_url: String,
     /// Whether the agents' runtimes stop when the deployer does (`warren dev`: nothing it
@@ -89,16 +88,18 @@ pub struct DeployerSettings {
 }
 
 impl DeployerSettings {
-    /// A fingerprint of the platform settings that shape a runtime (provider, base URL, key,
-    /// platform URL). Runtimes keep it (never the key itself); a running agent whose runtime was
-    /// started with another one is redeployed (`ReconfigureAgent`).
+    /// A fingerprint of the platform settings that shape a runtime (the default provider's
+    /// protocol, the platform URL, and that it calls its model through the proxy, so runtimes
+    /// started with a key before ADR 23 are redeployed without one). `process.json` keeps it; a
+    /// running agent whose runtime was started with another one is redeployed
+    /// (`ReconfigureAgent`). The provider's key and URL are the edge's business now: changing
+    /// them redeploys nothing.
     pub fn runtime_fingerprint(&self) -> String {
         use sha2::{Digest, Sha256};
         let mut hash = Sha256::new();
         for part in [
+            Some("model-proxy"),
             self.default_provider.as_deref(),
-            self.default_base_url.as_deref(),
-            self.default_api_key.as_deref(),
             Some(self.platform_url.as_str()),
         ] {
             // Length-prefixed, so no two different settings hash the same bytes.
@@ -117,7 +118,6 @@ impl DeployerSettings {
             model: agent.model.clone(),
             system_prompt: agent.system_prompt.clone(),
             provider: self.default_provider.clone(),
-            base_url: self.default_base_url.clone(),
             platform_url: self.platform_url.clone(),
             fingerprint: self.runtime_fingerprint(),
             endpoint: agent.endpoint_url.clone(),
@@ -701,7 +701,8 @@ fn agent_of(event: &AgentEvent) -> AgentId {
         | AgentEvent::AgentDestroyed { agent_id }
         | AgentEvent::ExecRequested { agent_id, .. }
         | AgentEvent::ExecFinished { agent_id, .. }
-        | AgentEvent::FileUploaded { agent_id, .. } => *agent_id,
+        | AgentEvent::FileUploaded { agent_id, .. }
+        | AgentEvent::ModelUsageMetered { agent_id, .. } => *agent_id,
     }
 }
 

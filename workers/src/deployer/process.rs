@@ -24,8 +24,9 @@ const LISTEN_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a stopped group may take to exit after SIGTERM before SIGKILL.
 const TERM_GRACE: Duration = Duration::from_secs(5);
 
-/// What an agent process is started with (everything but the token and the provider key, which
-/// are never written to disk).
+/// What an agent process is started with (everything but the token, which is never written to
+/// disk). No provider key or provider URL: the runtime calls its model through the platform's
+/// model proxy with its own token (ADR 23).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ProcessSettings {
     /// The agent's workspace directory.
@@ -38,10 +39,9 @@ pub struct ProcessSettings {
     pub system_prompt: String,
     /// Model identifier.
     pub model: String,
-    /// `openai` or `anthropic`, if the platform has a default provider.
+    /// `openai` or `anthropic`, if the platform has a default provider: the protocol the
+    /// runtime speaks to the model proxy unless a run names another.
     pub provider: Option<String>,
-    /// The provider's base URL, if configured.
-    pub base_url: Option<String>,
     /// The address to bind: `127.0.0.1:0` for a fresh deployment, the recorded address for a
     /// restart (so the endpoint in the log stays valid).
     pub addr: String,
@@ -212,7 +212,6 @@ pub fn locate_binary(configured: Option<&Path>) -> Result<PathBuf, ProcessError>
 pub async fn start(
     settings: &ProcessSettings,
     token: &str,
-    api_key: Option<&str>,
     log: &Path,
 ) -> Result<(i32, String), ProcessError> {
     let log_file = std::fs::OpenOptions::new()
@@ -230,6 +229,8 @@ pub async fn start(
         .env("WARREN_AGENT_STATE_DIR", &settings.state_dir)
         .env("WARREN_AGENT_MODEL", &settings.model)
         .env("WARREN_AGENT_SYSTEM_PROMPT", &settings.system_prompt)
+        // No provider key in the sandbox: the model is reached through the platform (ADR 23).
+        .env("WARREN_AGENT_MODEL_PROXY", "true")
         .current_dir(&settings.workspace)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -241,12 +242,6 @@ pub async fn start(
     }
     if let Some(provider) = &settings.provider {
         command.env("WARREN_AGENT_PROVIDER", provider);
-    }
-    if let Some(base_url) = &settings.base_url {
-        command.env("WARREN_AGENT_BASE_URL", base_url);
-    }
-    if let Some(key) = api_key {
-        command.env("WARREN_AGENT_API_KEY", key);
     }
     if let (Some(url), Some(agent_id)) = (&settings.platform_url, settings.agent_id) {
         command
@@ -374,19 +369,16 @@ impl From<ProcessError> for ProvisionError {
 pub struct ProcessProvisioner {
     layout: Layout,
     agent_bin: Option<PathBuf>,
-    /// The platform key, until runtimes call the model through the platform's proxy.
-    api_key: Option<String>,
     http: reqwest::Client,
 }
 
 impl ProcessProvisioner {
     /// Agents under `<data_dir>/agents`, started from `agent_bin` (else next to `warren`, else
     /// `PATH`).
-    pub fn new(data_dir: &Path, agent_bin: Option<PathBuf>, api_key: Option<String>) -> Self {
+    pub fn new(data_dir: &Path, agent_bin: Option<PathBuf>) -> Self {
         Self {
             layout: Layout::new(data_dir),
             agent_bin,
-            api_key,
             http: reqwest::Client::new(),
         }
     }
@@ -448,7 +440,6 @@ impl Provisioner for ProcessProvisioner {
                 system_prompt: spec.system_prompt.clone(),
                 model: spec.model.clone(),
                 provider: spec.provider.clone(),
-                base_url: spec.base_url.clone(),
                 addr,
                 platform_url: Some(spec.platform_url.clone()),
                 agent_id: Some(spec.agent_id),
@@ -465,7 +456,7 @@ impl Provisioner for ProcessProvisioner {
         self.kill(agent_id).await;
         let mut record = self.record(agent_id)?;
         let log = self.layout.agent_dir(agent_id).join("agent.log");
-        let (pid, url) = start(&record.settings, token, self.api_key.as_deref(), &log).await?;
+        let (pid, url) = start(&record.settings, token, &log).await?;
         record.pid = Some(pid);
         record.endpoint = Some(url.clone());
         // Later starts keep this address, so the endpoint in the log stays valid.

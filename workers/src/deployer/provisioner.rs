@@ -7,8 +7,8 @@
 use async_trait::async_trait;
 use warren_domain::ids::AgentId;
 
-/// What a runtime is started with; everything but its token. No provider key: runtimes call
-/// the model through the platform.
+/// What a runtime is started with; everything but its token. No provider key and no provider
+/// URL: runtimes call the model through the platform's model proxy.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RuntimeSpec {
     /// The agent.
@@ -19,8 +19,6 @@ pub struct RuntimeSpec {
     pub system_prompt: String,
     /// The platform's default provider protocol (`openai` or `anthropic`), if any.
     pub provider: Option<String>,
-    /// The platform's default provider base URL, if any.
-    pub base_url: Option<String>,
     /// Where the runtime reaches the edge (its session tools), as the deployer sees it; a
     /// provisioner may route it (a sandbox reaches the edge through the deployer's relay).
     pub platform_url: String,

@@ -1,4 +1,4 @@
-//! The agent image, built here: no registry is needed (docs/adr/0023-sandboxes.md).
+//! The agent image, built here: no registry is needed (docs/adr/0025-sandboxes.md).
 //!
 //! `warren image build` (and `deploy/dev.sh` when the image is missing) makes
 //! `warren-agent:<version>` in two parts:

@@ -1,5 +1,5 @@
 //! The `docker` provisioner: one locked-down container per agent, through the Docker Engine API
-//! (docs/adr/0023-sandboxes.md).
+//! (docs/adr/0025-sandboxes.md).
 //!
 //! - [`image`] builds `warren-agent:<version>` locally from a Debian root filesystem and the
 //!   `warren-agent` binary (no registry is needed).
@@ -344,6 +344,9 @@ impl DockerProvisioner {
                 self.sandbox_net.platform_url()
             ),
             format!("WARREN_AGENT_ID={}", spec.agent_id),
+            // No provider key in the sandbox: the model is reached through the platform's
+            // model proxy, over the relay.
+            "WARREN_AGENT_MODEL_PROXY=true".to_owned(),
             format!("HOME={DATA_DIR}"),
         ];
         if let Some(provider) = &spec.provider {

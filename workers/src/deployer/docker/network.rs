@@ -1,5 +1,5 @@
 //! The sandbox network: what a sandbox can reach, and how it reaches the platform
-//! (docs/adr/0023-sandboxes.md).
+//! (docs/adr/0025-sandboxes.md).
 //!
 //! - **The network** is a Docker bridge network marked `internal` (no route off the host) with
 //!   inter-container traffic disabled, so a sandbox reaches neither the internet nor another
