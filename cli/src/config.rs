@@ -361,6 +361,11 @@ pub struct Config {
     /// `$HOME/.cache/warren`, else DATA_DIR/cache).
     #[arg(long, env = "WARREN_IMAGE_CACHE_DIR", help_heading = heading::DEPLOYER)]
     pub image_cache_dir: Option<PathBuf>,
+    /// A running agent whose sandbox nobody used for this long (no run, no message, no exec)
+    /// is paused (`docker pause`; SIGSTOP for a process) and resumed by its next message; 0:
+    /// never. Longer than twice WARREN_CHAT_LEASE_BEAT_SECS.
+    #[arg(long, env = "WARREN_AGENT_IDLE_PAUSE_SECS", default_value_t = 1800, help_heading = heading::DEPLOYER)]
+    pub agent_idle_pause_secs: u64,
     /// The Debian mirror `warren image build` bootstraps from.
     #[arg(long, env = "WARREN_IMAGE_MIRROR", default_value = "http://deb.debian.org/debian", help_heading = heading::DEPLOYER)]
     pub image_mirror: String,
@@ -547,6 +552,13 @@ impl Config {
             self.chat_lease_stale_secs >= 2 * self.chat_lease_beat_secs,
             "WARREN_CHAT_LEASE_STALE_SECS must be at least twice WARREN_CHAT_LEASE_BEAT_SECS"
         );
+        // A run stamps its agent at every beat: an idle time shorter than a beat or two would
+        // see a run in progress as idle.
+        anyhow::ensure!(
+            self.agent_idle_pause_secs == 0
+                || self.agent_idle_pause_secs > 2 * self.chat_lease_beat_secs,
+            "WARREN_AGENT_IDLE_PAUSE_SECS must be 0 or more than twice WARREN_CHAT_LEASE_BEAT_SECS"
+        );
         if let Some(secret) = &self.jwt_secret {
             anyhow::ensure!(
                 secret.expose().len() >= 32,
@@ -704,6 +716,8 @@ impl Config {
                 .map(|key| key.expose().to_owned()),
             platform_url: self.runtime_platform_url(),
             stop_agents_on_shutdown: false,
+            idle_pause: (self.agent_idle_pause_secs > 0)
+                .then(|| Duration::from_secs(self.agent_idle_pause_secs)),
         }
     }
 
@@ -882,6 +896,31 @@ mod tests {
             ..Config::default()
         };
         assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn idle_pause_is_off_at_0_and_must_outlast_two_lease_beats() {
+        let defaults = Config::default();
+        assert_eq!(
+            defaults.deployer_settings().idle_pause,
+            Some(Duration::from_secs(1800))
+        );
+        let never = Config {
+            agent_idle_pause_secs: 0,
+            ..Config::default()
+        };
+        assert!(never.validate().is_ok());
+        assert_eq!(never.deployer_settings().idle_pause, None);
+        let too_short = Config {
+            agent_idle_pause_secs: 6,
+            chat_lease_beat_secs: 3,
+            ..Config::default()
+        };
+        let refused = too_short.validate().expect_err("idle ≤ 2 beats");
+        assert!(
+            refused.to_string().contains("WARREN_AGENT_IDLE_PAUSE_SECS"),
+            "{refused}"
+        );
     }
 
     #[test]
