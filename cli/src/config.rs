@@ -66,6 +66,8 @@ mod heading {
     pub const DEPLOYER: &str = "Deployer";
     /// The chat worker.
     pub const CHAT: &str = "Chat worker";
+    /// The edge and the chat worker.
+    pub const CAPACITY: &str = "Sandbox capacity";
     /// `warren dev` only.
     pub const LOCAL: &str = "Local servers (warren dev)";
 }
@@ -78,7 +80,7 @@ pub const ROLE_HEADINGS: &[(&str, &[&str])] = {
         (
             "edge",
             &[
-                PLATFORM, NATS, POSTGRES, SECRETS, MAIL, SIGN_IN, LIMITS, HTTP, MODEL,
+                PLATFORM, NATS, POSTGRES, SECRETS, MAIL, SIGN_IN, LIMITS, HTTP, MODEL, CAPACITY,
             ],
         ),
         ("projector", &BASE),
@@ -89,7 +91,10 @@ pub const ROLE_HEADINGS: &[(&str, &[&str])] = {
             "deployer",
             &[PLATFORM, NATS, POSTGRES, SECRETS, MODEL, DEPLOYER],
         ),
-        ("chat", &[PLATFORM, NATS, POSTGRES, SECRETS, MODEL, CHAT]),
+        (
+            "chat",
+            &[PLATFORM, NATS, POSTGRES, SECRETS, MODEL, CHAT, CAPACITY],
+        ),
         // `warren image build`.
         ("build", &[PLATFORM, DEPLOYER]),
     ]
@@ -387,6 +392,12 @@ pub struct Config {
     /// How long a run's live deltas stay in the log for replay; its facts are kept regardless.
     #[arg(long, env = "WARREN_CHAT_LIVE_TTL_SECS", default_value_t = 86_400, help_heading = heading::CHAT)]
     pub chat_live_ttl_secs: u64,
+
+    /// Sandboxes awake at once (deploying or running; paused ones are frozen and do not count):
+    /// past it, creating or waking an agent is refused with 503 `at_capacity`, and a message to
+    /// a paused agent waits, queued, until one stops or pauses. 0: no cap.
+    #[arg(long, env = "WARREN_MAX_SANDBOXES", default_value_t = 0, help_heading = heading::CAPACITY)]
+    pub max_sandboxes: u32,
 }
 
 impl Default for Config {
