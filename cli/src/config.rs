@@ -681,6 +681,7 @@ impl Config {
             upload_max_bytes: self.upload_max_bytes,
             health_max_lag: self.health_max_lag,
             http: self.http_limits()?,
+            max_sandboxes: self.max_sandboxes,
         })
     }
 

@@ -72,6 +72,8 @@ pub mod resp {
         RateLimited => "429", "Rate limit or quota reached (`rate_limited`, `quota_exceeded`).", true;
         /// 503.
         Unavailable => "503", "A dependency (email delivery, the read models) is unavailable.", false;
+        /// 503: no room for one more awake sandbox.
+        AtCapacity => "503", "The platform runs as many sandboxes as it may (`at_capacity`): stop another agent or try again later.", false;
     }
 }
 

@@ -14,7 +14,9 @@ use sqlx::PgPool;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use warren_commands::CommandService;
+use warren_commands::sandboxes::{SandboxKvError, SandboxStatsStore};
 use warren_commands::secrets::{AgentTokens, ProviderKeys, SecretError, TokenError};
+use warren_projections::capacity::Capacity;
 
 /// Why the edge could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +30,9 @@ pub enum StateError {
     /// The agent token store is unusable.
     #[error("opening the agent token store failed")]
     AgentTokens(#[from] TokenError),
+    /// The sandbox usage bucket could not be opened.
+    #[error(transparent)]
+    Sandboxes(#[from] SandboxKvError),
     /// A KV bucket of the edge's (rate limits, idempotency keys) could not be opened.
     #[error("opening bucket {bucket} failed")]
     Bucket {
@@ -83,6 +88,10 @@ pub struct Shared {
     pub http: reqwest::Client,
     /// Agents' runtime tokens (for the proxies to runtimes).
     pub agent_tokens: AgentTokens,
+    /// The cap on awake sandboxes (`WARREN_MAX_SANDBOXES`).
+    pub capacity: Capacity,
+    /// What each sandbox uses, as the deployer last recorded it.
+    pub sandbox_stats: SandboxStatsStore,
     /// Cancelled when the server shuts down, so long-lived streams end and let it drain.
     pub closing: CancellationToken,
     /// Live conversations: one shared read of each per process.
@@ -104,6 +113,8 @@ impl AppState {
         let auth_kv = AuthKv::open(&js).await?;
         let secrets = ProviderKeys::open(&js, &settings.encryption_key.0).await?;
         let agent_tokens = AgentTokens::open(&js, &settings.encryption_key.0).await?;
+        let sandbox_stats = SandboxStatsStore::open(&js).await?;
+        let capacity = Capacity::new(settings.max_sandboxes, db.clone());
         let tokens = Tokens::new(
             auth_kv.clone(),
             &settings.jwt_secret.0,
@@ -142,6 +153,8 @@ impl AppState {
             revocations: Revocations::start(js.clone(), closing.clone()),
             http: reqwest::Client::new(),
             agent_tokens,
+            capacity,
+            sandbox_stats,
             hub: Hub::new(js.clone(), closing.clone()),
             feed: Feed::new(js, db.clone(), closing.clone()),
             db,
