@@ -29,6 +29,7 @@ use warren_domain::agent::{AgentCommand, DeploymentStep};
 use warren_domain::ids::{AgentId, ConversationId};
 use warren_edge::mail::Mailer;
 use warren_edge::{AppState, EdgeSettings};
+use warren_projections::capacity::Capacity;
 use warren_projections::schema::{self, LIVE_SCHEMA};
 use warren_testkit::{TestDb, TestNats};
 use warren_workers::chat::{ChatSettings, ChatWorker};
@@ -234,6 +235,7 @@ async fn setup(
         commands.clone(),
         &MASTER_KEY,
         ChatSettings::default(),
+        Capacity::unlimited(),
     )
     .await
     .expect("chat worker");

@@ -135,6 +135,7 @@ async fn measure(
         default_provider: None,
         platform_url: "http://127.0.0.1:9".into(),
         stop_agents_on_shutdown: true,
+        idle_pause: None,
     };
     let deployer = Deployer::build(
         commands.clone(),

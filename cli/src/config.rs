@@ -66,6 +66,8 @@ mod heading {
     pub const DEPLOYER: &str = "Deployer";
     /// The chat worker.
     pub const CHAT: &str = "Chat worker";
+    /// The edge and the chat worker.
+    pub const CAPACITY: &str = "Sandbox capacity";
     /// `warren dev` only.
     pub const LOCAL: &str = "Local servers (warren dev)";
 }
@@ -78,7 +80,7 @@ pub const ROLE_HEADINGS: &[(&str, &[&str])] = {
         (
             "edge",
             &[
-                PLATFORM, NATS, POSTGRES, SECRETS, MAIL, SIGN_IN, LIMITS, HTTP, MODEL,
+                PLATFORM, NATS, POSTGRES, SECRETS, MAIL, SIGN_IN, LIMITS, HTTP, MODEL, CAPACITY,
             ],
         ),
         ("projector", &BASE),
@@ -89,7 +91,10 @@ pub const ROLE_HEADINGS: &[(&str, &[&str])] = {
             "deployer",
             &[PLATFORM, NATS, POSTGRES, SECRETS, MODEL, DEPLOYER],
         ),
-        ("chat", &[PLATFORM, NATS, POSTGRES, SECRETS, MODEL, CHAT]),
+        (
+            "chat",
+            &[PLATFORM, NATS, POSTGRES, SECRETS, MODEL, CHAT, CAPACITY],
+        ),
         // `warren image build`.
         ("build", &[PLATFORM, DEPLOYER]),
     ]
@@ -375,6 +380,11 @@ pub struct Config {
     /// `$HOME/.cache/warren`, else DATA_DIR/cache).
     #[arg(long, env = "WARREN_IMAGE_CACHE_DIR", help_heading = heading::DEPLOYER)]
     pub image_cache_dir: Option<PathBuf>,
+    /// A running agent whose sandbox nobody used for this long (no run, no message, no exec)
+    /// is paused (`docker pause`; SIGSTOP for a process) and resumed by its next message; 0:
+    /// never. Longer than twice WARREN_CHAT_LEASE_BEAT_SECS.
+    #[arg(long, env = "WARREN_AGENT_IDLE_PAUSE_SECS", default_value_t = 1800, help_heading = heading::DEPLOYER)]
+    pub agent_idle_pause_secs: u64,
     /// The Debian mirror `warren image build` bootstraps from.
     #[arg(long, env = "WARREN_IMAGE_MIRROR", default_value = "http://deb.debian.org/debian", help_heading = heading::DEPLOYER)]
     pub image_mirror: String,
@@ -396,6 +406,12 @@ pub struct Config {
     /// How long a run's live deltas stay in the log for replay; its facts are kept regardless.
     #[arg(long, env = "WARREN_CHAT_LIVE_TTL_SECS", default_value_t = 86_400, help_heading = heading::CHAT)]
     pub chat_live_ttl_secs: u64,
+
+    /// Sandboxes awake at once (deploying or running; paused ones are frozen and do not count):
+    /// past it, creating or waking an agent is refused with 503 `at_capacity`, and a message to
+    /// a paused agent waits, queued, until one stops or pauses. 0: no cap.
+    #[arg(long, env = "WARREN_MAX_SANDBOXES", default_value_t = 0, help_heading = heading::CAPACITY)]
+    pub max_sandboxes: u32,
 }
 
 impl Default for Config {
@@ -565,6 +581,13 @@ impl Config {
             self.chat_lease_stale_secs >= 2 * self.chat_lease_beat_secs,
             "WARREN_CHAT_LEASE_STALE_SECS must be at least twice WARREN_CHAT_LEASE_BEAT_SECS"
         );
+        // A run stamps its agent at every beat: an idle time shorter than a beat or two would
+        // see a run in progress as idle.
+        anyhow::ensure!(
+            self.agent_idle_pause_secs == 0
+                || self.agent_idle_pause_secs > 2 * self.chat_lease_beat_secs,
+            "WARREN_AGENT_IDLE_PAUSE_SECS must be 0 or more than twice WARREN_CHAT_LEASE_BEAT_SECS"
+        );
         if let Some(secret) = &self.jwt_secret {
             anyhow::ensure!(
                 secret.expose().len() >= 32,
@@ -687,6 +710,7 @@ impl Config {
             model_proxy_max_body_bytes: self.model_proxy_max_body_bytes,
             health_max_lag: self.health_max_lag,
             http: self.http_limits()?,
+            max_sandboxes: self.max_sandboxes,
         })
     }
 
@@ -726,6 +750,8 @@ impl Config {
                 .map(|provider| provider.protocol().as_str().to_owned()),
             platform_url: self.runtime_platform_url(),
             stop_agents_on_shutdown: false,
+            idle_pause: (self.agent_idle_pause_secs > 0)
+                .then(|| Duration::from_secs(self.agent_idle_pause_secs)),
         }
     }
 
@@ -904,6 +930,31 @@ mod tests {
             ..Config::default()
         };
         assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn idle_pause_is_off_at_0_and_must_outlast_two_lease_beats() {
+        let defaults = Config::default();
+        assert_eq!(
+            defaults.deployer_settings().idle_pause,
+            Some(Duration::from_secs(1800))
+        );
+        let never = Config {
+            agent_idle_pause_secs: 0,
+            ..Config::default()
+        };
+        assert!(never.validate().is_ok());
+        assert_eq!(never.deployer_settings().idle_pause, None);
+        let too_short = Config {
+            agent_idle_pause_secs: 6,
+            chat_lease_beat_secs: 3,
+            ..Config::default()
+        };
+        let refused = too_short.validate().expect_err("idle ≤ 2 beats");
+        assert!(
+            refused.to_string().contains("WARREN_AGENT_IDLE_PAUSE_SECS"),
+            "{refused}"
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ use warren_commands::CommandService;
 use warren_deploy::nats_auth::{self, NatsKeys, Role};
 use warren_edge::AppState;
 use warren_edge::mail::Mailer;
+use warren_projections::capacity::Capacity;
 use warren_projections::schema::{self, LIVE_SCHEMA};
 use warren_workers::chat::ChatWorker;
 use warren_workers::deployer::Deployer;
@@ -289,6 +290,7 @@ pub async fn chat(config: &Config, platform: &Platform, dev: bool) -> anyhow::Re
         platform.commands.clone(),
         &key,
         config.chat_settings(),
+        Capacity::new(config.max_sandboxes, platform.db.clone()),
     )
     .await
     .context("setting up the chat worker")

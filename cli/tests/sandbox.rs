@@ -2,7 +2,8 @@
 //! `WARREN_SANDBOX=docker` deploys each agent into its own locked-down container through the
 //! six steps, acts on the container when the agent is stopped, started and deleted, and a
 //! restarted deployer leaves healthy containers alone, recreates a removed one and restarts a
-//! killed one.
+//! killed one. An idle agent's container is paused (and kept paused) and unpaused when the agent
+//! resumes; what it uses is recorded for the agent's status.
 
 mod common;
 mod deployer_support;
@@ -12,7 +13,10 @@ use deployer_support::{Platform, healthy, wait_for};
 use sandbox_support::{
     SandboxNet, container, docker, ensure_image, inspect, volume, volume_exists,
 };
-use warren_domain::agent::{AgentCommand, AgentEvent, DeploymentStep};
+use warren_commands::CommandMeta;
+use warren_commands::sandboxes::{SandboxState, SandboxStatsStore};
+use warren_domain::Actor;
+use warren_domain::agent::{AgentCommand, AgentEvent, AgentStatus, DeploymentStep};
 
 async fn platform() -> (Platform, SandboxNet) {
     ensure_image().await;
@@ -24,6 +28,10 @@ async fn platform() -> (Platform, SandboxNet) {
 
 fn state(name: &str) -> Option<String> {
     inspect(name).and_then(|info| info["State"]["Status"].as_str().map(str::to_owned))
+}
+
+fn paused(name: &str) -> Option<bool> {
+    inspect(name).and_then(|info| info["State"]["Paused"].as_bool())
 }
 
 fn started_at(name: &str) -> Option<String> {
@@ -185,4 +193,75 @@ async fn a_restarted_deployer_keeps_healthy_containers_and_repairs_the_others() 
         (started_at(&container(kept)) != before && healthy(&endpoints[0]).await).then_some(())
     })
     .await;
+}
+
+#[tokio::test]
+async fn an_idle_agent_s_container_is_paused_kept_paused_and_unpaused_when_it_resumes() {
+    let (mut platform, _net) = platform().await;
+    platform.env.extend([
+        ("WARREN_AGENT_IDLE_PAUSE_SECS", "3".to_owned()),
+        ("WARREN_CHAT_LEASE_BEAT_SECS", "1".to_owned()),
+    ]);
+    let deployer = platform.deployer("deployer");
+    let (agent, _) = platform.create_agent().await;
+    let endpoint = platform.endpoint(agent, &deployer).await;
+    let name = container(agent);
+
+    // (1) Nobody uses it for 3 s: the log says paused and the container is frozen.
+    wait_for("the idle agent's container is paused", || async {
+        (paused(&name) == Some(true)).then_some(())
+    })
+    .await;
+    assert_eq!(platform.agent(agent).await.status, AgentStatus::Paused);
+    assert!(
+        platform
+            .events(agent)
+            .await
+            .iter()
+            .any(|event| matches!(event, AgentEvent::AgentPaused { .. })),
+        "{}",
+        deployer.log_text()
+    );
+
+    // (2) What the frozen sandbox uses is recorded for its status.
+    let stats = SandboxStatsStore::open(&platform.js)
+        .await
+        .expect("the stats bucket");
+    let used = wait_for("the paused sandbox's use is recorded", || async {
+        stats
+            .get(agent)
+            .await
+            .ok()
+            .flatten()
+            .filter(|used| used.state == SandboxState::Paused)
+    })
+    .await;
+    assert!(used.started_at.is_some(), "{used:?}");
+    assert!(used.memory_bytes.is_some_and(|m| m > 0), "{used:?}");
+    assert!(used.disk_bytes.is_some(), "{used:?}");
+
+    // (3) Thawed behind the platform's back, a paused agent's container is frozen again.
+    docker(&["unpause", &name]);
+    wait_for("the reconciler pauses it again", || async {
+        (paused(&name) == Some(true)).then_some(())
+    })
+    .await;
+
+    // (4) Resumed (as the chat worker does for a message), it is thawed and answers on the
+    // endpoint the log knows.
+    platform
+        .commands
+        .agents
+        .execute(
+            &agent.to_string(),
+            AgentCommand::ResumeAgent,
+            &CommandMeta::new(Actor::System("chat-test".into())),
+        )
+        .await
+        .expect("resume");
+    wait_for("the resumed agent's container runs and answers", || async {
+        (paused(&name) == Some(false) && healthy(&endpoint).await).then_some(())
+    })
+    .await;
+    assert_eq!(platform.agent(agent).await.status, AgentStatus::Running);
 }

@@ -13,12 +13,15 @@
 //!   agent's conversations only.
 //! - [`secrets`] — the AES-256-GCM box of secrets kept outside the log: agents' tokens and users'
 //!   provider keys.
+//! - [`sandboxes`] — what is known of agents' sandboxes outside the log: when each agent was
+//!   last used (the idle pause's clock) and what each sandbox uses.
 
 pub mod aggregates;
 pub mod bounded;
 pub mod codec;
 pub mod error;
 pub mod proactive;
+pub mod sandboxes;
 pub mod secrets;
 pub mod service;
 pub mod store;

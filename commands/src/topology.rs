@@ -24,6 +24,12 @@ pub const KV_RATE_LIMITS: &str = "rate_limits";
 /// KV bucket for idempotency keys: the first answer to a write, replayed to its retries; kept
 /// for a day.
 pub const KV_IDEMPOTENCY: &str = "idempotency";
+/// KV bucket of when each agent was last used: the chat worker stamps it, the deployer's idle
+/// pause reads it (docs/adr/0024-idle-pause-and-capacity.md).
+pub const KV_ACTIVITY: &str = "agent_activity";
+/// KV bucket of what each sandbox uses (uptime, CPU, memory, disk), written by the deployer at
+/// each reconciliation and read by the edge; a sample not rewritten for a day expires.
+pub const KV_SANDBOX_STATS: &str = "sandbox_stats";
 
 /// The subject of a user's commits.
 pub fn user_subject(id: &str) -> String {
@@ -129,6 +135,8 @@ pub async fn ensure(js: &jetstream::Context, settings: &LogSettings) -> Result<(
         (KV_LEASES, Duration::ZERO),
         (KV_RATE_LIMITS, hour),
         (KV_IDEMPOTENCY, 24 * hour),
+        (KV_ACTIVITY, Duration::ZERO),
+        (KV_SANDBOX_STATS, 24 * hour),
     ] {
         js.create_or_update_key_value(kv::Config {
             bucket: name.to_owned(),

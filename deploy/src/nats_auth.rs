@@ -101,6 +101,8 @@ impl Role {
                 (KvWrite, "secrets"),
                 (KvWrite, "rate_limits"),
                 (KvWrite, "idempotency"),
+                // What each sandbox uses, for an agent's status.
+                (KvRead, "sandbox_stats"),
             ],
             Role::Projector => &[(Follow, USERS), (Follow, AGENTS), (Follow, CONVERSATIONS)],
             Role::Deployer => &[
@@ -108,6 +110,10 @@ impl Role {
                 (Read, USERS),
                 (Follow, AGENTS),
                 (KvWrite, "secrets"),
+                // The idle pause reads when each agent was last used …
+                (KvRead, "agent_activity"),
+                // … and each reconciliation records what each sandbox uses.
+                (KvWrite, "sandbox_stats"),
             ],
             Role::Chat => &[
                 // A runtime that vanished mid-run marks its agent failed.
@@ -122,6 +128,8 @@ impl Role {
                 (KvRead, "secrets"),
                 (KvWrite, "leases"),
                 (KvList, "leases"),
+                // Holding a run stamps its agent as in use (the idle pause's clock).
+                (KvWrite, "agent_activity"),
             ],
             Role::Notifier => &[(Follow, USERS)],
         };

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use utoipa::ToSchema;
 use uuid::Uuid;
+use warren_commands::sandboxes::SandboxState;
 use warren_domain::agent::{Agent, Backend, DeploymentStep, RuntimeKind};
 use warren_domain::ids::AgentId;
 use warren_domain::text;
@@ -109,6 +110,22 @@ pub struct AgentStatusView {
     pub endpoint: Option<String>,
     /// Deployment facts, oldest first (the last 100).
     pub history: Vec<DeploymentEventView>,
+    /// Seconds since the sandbox's runtime started (running or paused), when reported.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uptime_secs: Option<u64>,
+    /// CPU the sandbox used between the deployer's last two looks, in percent of one core,
+    /// when reported.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_percent: Option<f64>,
+    /// Memory the sandbox uses, bytes, when reported.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// The size of the agent's workspace on disk, bytes, when reported.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk_bytes: Option<u64>,
+    /// When the deployer measured the four figures above (at each reconciliation).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub measured_at: Option<DateTime<Utc>>,
 }
 
 /// The runtime's health as seen from the edge.
@@ -167,7 +184,7 @@ pub(crate) async fn list(
 #[utoipa::path(post, path = "/api/v1/agents", operation_id = "post_agents", tag = "agents", security(("bearer" = [])),
     request_body = NewAgent,
     responses((status = 201, description = "Created; deployment requested.", body = AgentView),
-        resp::BadRequest, resp::Unauthorized, resp::Forbidden, resp::Validation, resp::RateLimited))]
+        resp::BadRequest, resp::Unauthorized, resp::Forbidden, resp::Validation, resp::RateLimited, resp::AtCapacity))]
 pub(crate) async fn create(
     State(state): State<AppState>,
     caller: ApprovedUser,
@@ -210,7 +227,7 @@ pub(crate) async fn get(
     params(("id" = Uuid, Path, description = "Agent id")),
     request_body = AgentPatch,
     responses((status = 200, description = "The updated agent.", body = AgentView),
-        resp::BadRequest, resp::Unauthorized, resp::Forbidden, resp::NotFound, resp::Conflict, resp::Validation, resp::RateLimited))]
+        resp::BadRequest, resp::Unauthorized, resp::Forbidden, resp::NotFound, resp::Conflict, resp::Validation, resp::RateLimited, resp::AtCapacity))]
 pub(crate) async fn update(
     State(state): State<AppState>,
     caller: ApprovedUser,
@@ -255,7 +272,8 @@ pub(crate) async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Deployment progress: status, the step reached (of 6) and the deployment history.
+/// Deployment progress: status, the step reached (of 6) and the deployment history; and what
+/// the sandbox uses (uptime, CPU, memory, disk) when the deployer measured it.
 #[utoipa::path(get, path = "/api/v1/agents/{id}/status", operation_id = "get_agents_by_id_status", tag = "agents", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Agent id")),
     responses((status = 200, description = "Progress.", body = AgentStatusView), resp::Unauthorized, resp::Forbidden, resp::NotFound))]
@@ -271,6 +289,21 @@ pub(crate) async fn status(
         .as_deref()
         .and_then(|step| step.parse::<DeploymentStep>().ok())
         .map(DeploymentStep::number);
+    // The figures are extras: without them the status still answers.
+    let stats = state
+        .sandbox_stats
+        .get(AgentId(id))
+        .await
+        .unwrap_or_else(|err| {
+            tracing::warn!(agent_id = %id, error = %err, "reading the sandbox's use failed");
+            None
+        });
+    let uptime_secs = stats
+        .as_ref()
+        .filter(|stats| stats.state != SandboxState::Stopped)
+        .and_then(|stats| stats.started_at)
+        .and_then(|started| (Utc::now() - started).to_std().ok())
+        .map(|uptime| uptime.as_secs());
     Ok(Json(AgentStatusView {
         agent_id: agent.id,
         status: agent.status,
@@ -281,6 +314,11 @@ pub(crate) async fn status(
         last_error: agent.last_error,
         endpoint: agent.endpoint,
         history,
+        uptime_secs,
+        cpu_percent: stats.as_ref().and_then(|stats| stats.cpu_percent),
+        memory_bytes: stats.as_ref().and_then(|stats| stats.memory_bytes),
+        disk_bytes: stats.as_ref().and_then(|stats| stats.disk_bytes),
+        measured_at: stats.map(|stats| stats.sampled_at),
     }))
 }
 
@@ -302,7 +340,7 @@ pub(crate) async fn stop(
 #[utoipa::path(post, path = "/api/v1/agents/{id}/start", operation_id = "post_agents_by_id_start", tag = "agents", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Agent id")),
     responses((status = 202, description = "Start requested.", body = AgentView),
-        resp::Unauthorized, resp::Forbidden, resp::NotFound, resp::Conflict, resp::RateLimited))]
+        resp::Unauthorized, resp::Forbidden, resp::NotFound, resp::Conflict, resp::RateLimited, resp::AtCapacity))]
 pub(crate) async fn start(
     state: State<AppState>,
     caller: ApprovedUser,
@@ -316,7 +354,7 @@ pub(crate) async fn start(
 #[utoipa::path(post, path = "/api/v1/agents/{id}/restart", operation_id = "post_agents_by_id_restart", tag = "agents", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Agent id")),
     responses((status = 202, description = "Restart requested.", body = AgentView),
-        resp::Unauthorized, resp::Forbidden, resp::NotFound, resp::Conflict, resp::RateLimited))]
+        resp::Unauthorized, resp::Forbidden, resp::NotFound, resp::Conflict, resp::RateLimited, resp::AtCapacity))]
 pub(crate) async fn restart(
     state: State<AppState>,
     caller: ApprovedUser,
@@ -330,7 +368,7 @@ pub(crate) async fn restart(
 #[utoipa::path(post, path = "/api/v1/agents/{id}/repair", operation_id = "post_agents_by_id_repair", tag = "agents", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Agent id")),
     responses((status = 202, description = "Repair requested.", body = AgentView),
-        resp::Unauthorized, resp::Forbidden, resp::NotFound, resp::Conflict, resp::RateLimited))]
+        resp::Unauthorized, resp::Forbidden, resp::NotFound, resp::Conflict, resp::RateLimited, resp::AtCapacity))]
 pub(crate) async fn repair(
     state: State<AppState>,
     caller: ApprovedUser,
@@ -344,7 +382,7 @@ pub(crate) async fn repair(
 #[utoipa::path(post, path = "/api/v1/agents/{id}/redeploy", operation_id = "post_agents_by_id_redeploy", tag = "agents", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Agent id")),
     responses((status = 202, description = "Redeploy requested.", body = AgentView),
-        resp::Unauthorized, resp::Forbidden, resp::NotFound, resp::Conflict, resp::RateLimited))]
+        resp::Unauthorized, resp::Forbidden, resp::NotFound, resp::Conflict, resp::RateLimited, resp::AtCapacity))]
 pub(crate) async fn redeploy(
     state: State<AppState>,
     caller: ApprovedUser,

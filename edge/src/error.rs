@@ -111,6 +111,18 @@ impl ApiError {
         }
     }
 
+    /// 503 `at_capacity`: the platform runs as many sandboxes as it may
+    /// (`WARREN_MAX_SANDBOXES`).
+    pub fn at_capacity(awake: u64, max: u32) -> Self {
+        ApiError::Client {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "at_capacity",
+            message: "the platform is at capacity: stop another agent or try again later"
+                .to_owned(),
+            details: Some(json!({ "limit": max, "awake": awake })),
+        }
+    }
+
     /// Wraps an internal failure (logged when answered, never sent).
     pub fn internal(err: impl std::error::Error + Send + Sync + 'static) -> Self {
         ApiError::Internal(Box::new(err))

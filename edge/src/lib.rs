@@ -26,7 +26,8 @@
 //! - [`auth`] — magic links, tokens, identities and the `/auth` routes.
 //! - [`users`], [`keys`] — `/users/me`, connections, provider API keys.
 //! - [`admin`] — `/admin/users`: approve, reject, revoke, roles and tiers.
-//! - [`agents`] — `/agents`: create, configure, delete, deployment status, repair, redeploy, health.
+//! - [`agents`] — `/agents`: create, configure, delete, deployment status (and what the sandbox
+//!   uses), repair, redeploy, health; waking past the sandbox cap is 503 `at_capacity`.
 //! - [`chat`] — `/chat/{agent_id}`: post a message and stream its run as SSE from the log;
 //!   clear history, pending messages, and `/files` downloads proxied from the runtime.
 //! - [`frame`] — what a client is sent on a stream, typed once from the log's events, with one

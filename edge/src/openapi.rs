@@ -74,6 +74,8 @@ pub mod resp {
         BadGateway => "502", "An upstream (the model provider) could not be reached (`model_unreachable`).", false;
         /// 503.
         Unavailable => "503", "A dependency (email delivery, the read models, a model provider) is unavailable or not configured.", false;
+        /// 503: no room for one more awake sandbox.
+        AtCapacity => "503", "The platform runs as many sandboxes as it may (`at_capacity`): stop another agent or try again later.", false;
     }
 }
 

@@ -131,6 +131,9 @@ pub struct EdgeSettings {
     pub health_max_lag: u64,
     /// Connection caps and timeouts.
     pub http: crate::conns::HttpLimits,
+    /// Sandboxes awake at once (deploying or running) past which creating, starting, repairing
+    /// or redeploying an agent is refused with 503 `at_capacity`; 0: no cap.
+    pub max_sandboxes: u32,
 }
 
 impl EdgeSettings {
@@ -176,6 +179,7 @@ impl EdgeSettings {
             model_proxy_max_body_bytes: 8 * 1024 * 1024,
             health_max_lag: 1_000,
             http: crate::conns::HttpLimits::default(),
+            max_sandboxes: 0,
         }
     }
 }

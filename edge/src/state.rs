@@ -14,7 +14,9 @@ use sqlx::PgPool;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use warren_commands::CommandService;
+use warren_commands::sandboxes::{SandboxKvError, SandboxStatsStore};
 use warren_commands::secrets::{AgentTokens, ProviderKeys, SecretError, TokenError};
+use warren_projections::capacity::Capacity;
 
 /// How long connecting to a model provider may take.
 const MODEL_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -34,6 +36,9 @@ pub enum StateError {
     /// The HTTP client could not be built.
     #[error("building the HTTP client failed")]
     Http(#[source] reqwest::Error),
+    /// The sandbox usage bucket could not be opened.
+    #[error(transparent)]
+    Sandboxes(#[from] SandboxKvError),
     /// A KV bucket of the edge's (rate limits, idempotency keys) could not be opened.
     #[error("opening bucket {bucket} failed")]
     Bucket {
@@ -91,6 +96,10 @@ pub struct Shared {
     pub model_http: reqwest::Client,
     /// Agents' runtime tokens (for the proxies to runtimes).
     pub agent_tokens: AgentTokens,
+    /// The cap on awake sandboxes (`WARREN_MAX_SANDBOXES`).
+    pub capacity: Capacity,
+    /// What each sandbox uses, as the deployer last recorded it.
+    pub sandbox_stats: SandboxStatsStore,
     /// Cancelled when the server shuts down, so long-lived streams end and let it drain.
     pub closing: CancellationToken,
     /// Live conversations: one shared read of each per process.
@@ -112,6 +121,8 @@ impl AppState {
         let auth_kv = AuthKv::open(&js).await?;
         let secrets = ProviderKeys::open(&js, &settings.encryption_key.0).await?;
         let agent_tokens = AgentTokens::open(&js, &settings.encryption_key.0).await?;
+        let sandbox_stats = SandboxStatsStore::open(&js).await?;
+        let capacity = Capacity::new(settings.max_sandboxes, db.clone());
         let tokens = Tokens::new(
             auth_kv.clone(),
             &settings.jwt_secret.0,
@@ -157,6 +168,8 @@ impl AppState {
             http: reqwest::Client::new(),
             model_http,
             agent_tokens,
+            capacity,
+            sandbox_stats,
             hub: Hub::new(js.clone(), closing.clone()),
             feed: Feed::new(js, db.clone(), closing.clone()),
             db,

@@ -13,8 +13,10 @@
 //! - [`usage`] — usage facts and daily counters, written by several projections.
 //! - [`replay`] — `warren replay`: rebuild into a fresh schema while live, then swap it in.
 //! - [`status`] — per-projection lag, for health checks.
+//! - [`capacity`] — how many sandboxes are awake, against the platform's cap.
 
 pub mod agents;
+pub mod capacity;
 pub mod conversations;
 pub mod guard;
 pub mod replay;

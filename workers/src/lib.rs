@@ -6,9 +6,11 @@
 //!   its whole cause chain, never a panic.
 //! - [`consume`] — the durable-consumer loop the log-driven workers share (handle, then ack).
 //! - [`projector`] — hosts the read-model projections.
-//! - [`deployer`] — runs agents (the `process` provisioner) as the log asks, and reconciles.
+//! - [`deployer`] — runs agents in their sandboxes (the `process` and `docker` provisioners) as
+//!   the log asks, reconciles, pauses idle agents and measures what each sandbox uses.
 //! - [`notifier`] — emails admins about new registrations.
-//! - [`chat`] — runs conversations' queued runs against agent runtimes, publishing live deltas.
+//! - [`chat`] — runs conversations' queued runs against agent runtimes, publishing live deltas;
+//!   wakes a paused agent before its run.
 
 pub mod chat;
 pub mod consume;

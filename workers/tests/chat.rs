@@ -16,6 +16,7 @@ use warren_domain::Actor;
 use warren_domain::agent::{AgentCommand, Backend, DeploymentStep, RuntimeKind};
 use warren_domain::conversation::{ConversationCommand, ConversationEvent, LiveDelta, PostMode};
 use warren_domain::ids::{AgentId, ConversationId, MessageId, RunId, UserId};
+use warren_projections::capacity::Capacity;
 use warren_testkit::{TestNats, wait_for};
 use warren_workers::chat::{ChatSettings, ChatWorker};
 
@@ -100,6 +101,7 @@ async fn a_plain_baal_agent_run_gets_synthesised_call_ids_and_is_recorded_whole(
             live_ttl_header: "90s".into(),
             ..ChatSettings::default()
         },
+        Capacity::unlimited(),
     )
     .await
     .expect("worker");

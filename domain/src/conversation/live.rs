@@ -9,7 +9,8 @@ use crate::names::string_enum;
 use serde::{Deserialize, Serialize};
 
 string_enum! {
-    /// What a run is doing, for typing indicators.
+    /// What a run is doing, for typing indicators. The last two come before the run starts,
+    /// while its agent's paused sandbox is woken (docs/adr/0024).
     pub enum RunStatus {
         /// Waiting on the model.
         Thinking => "thinking",
@@ -17,6 +18,11 @@ string_enum! {
         ExecutingTool => "executing_tool",
         /// Text is streaming.
         Streaming => "streaming",
+        /// The agent was paused while idle and is being resumed; the run starts once it answers.
+        Resuming => "resuming",
+        /// The agent is paused and the platform runs as many sandboxes as it may: the run waits,
+        /// queued, until one stops or pauses.
+        AtCapacity => "at_capacity",
     }
 }
 

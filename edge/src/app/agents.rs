@@ -1,6 +1,11 @@
 //! An owner's agents: create (within the tier's quota), configure, delete, and drive the
 //! lifecycle (stop, start, restart, repair, redeploy). Every outcome is the agent's id once its
 //! commit is in the log and the agents read model has it.
+//!
+//! Whatever would wake one more sandbox (a new agent; starting, restarting, repairing,
+//! redeploying or reconfiguring one that is not awake) is refused with 503 `at_capacity` while
+//! the platform runs as many as it may (`WARREN_MAX_SANDBOXES`, docs/adr/0024). A message to a
+//! paused agent is never refused: it waits, queued, for room (the chat worker's part).
 
 use super::access::ApprovedUser;
 use crate::consistency::{self, projection};
@@ -12,6 +17,7 @@ use warren_commands::CommandMeta;
 use warren_domain::Actor;
 use warren_domain::agent::{Agent, AgentCommand, AgentStatus, Backend, RuntimeKind};
 use warren_domain::ids::{AgentId, CommandId, UserId};
+use warren_projections::capacity::{self, Room};
 
 /// A new agent's configuration.
 #[derive(Clone, Debug)]
@@ -73,6 +79,7 @@ pub async fn create(
         return Ok(agent_id);
     }
     quota::check_agent_quota(&state.db, &state.settings.tiers, caller).await?;
+    check_capacity(state).await?;
     execute(
         state,
         caller.id,
@@ -104,7 +111,12 @@ pub async fn configure(
     change: Change,
     command_id: CommandId,
 ) -> Result<AgentId, ApiError> {
-    owned_agent(state, caller.id, agent).await?;
+    let (_, current) = owned_agent(state, caller.id, agent).await?;
+    // A prompt or model change redeploys an agent that is not stopped.
+    let redeploys = change.system_prompt.is_some() || change.model.is_some();
+    if redeploys && current.status != AgentStatus::Stopped && !awake(current.status) {
+        check_capacity(state).await?;
+    }
     let command = AgentCommand::UpdateAgentConfig {
         name: change.name,
         system_prompt: change.system_prompt,
@@ -123,7 +135,14 @@ pub async fn lifecycle(
     what: Lifecycle,
     command_id: CommandId,
 ) -> Result<AgentId, ApiError> {
-    owned_agent(state, caller.id, agent).await?;
+    let (_, current) = owned_agent(state, caller.id, agent).await?;
+    let wakes = matches!(
+        what,
+        Lifecycle::Start | Lifecycle::Restart | Lifecycle::Repair | Lifecycle::Redeploy
+    );
+    if wakes && !awake(current.status) {
+        check_capacity(state).await?;
+    }
     let deployment_id = Uuid::now_v7();
     let command = match what {
         Lifecycle::Stop => AgentCommand::StopAgent,
@@ -150,6 +169,22 @@ pub async fn owned_agent(
         return Err(ApiError::NotFound);
     }
     Ok((agent, found))
+}
+
+/// Whether the agent's sandbox counts as awake.
+fn awake(status: AgentStatus) -> bool {
+    capacity::AWAKE.contains(&status)
+}
+
+/// Refuses to wake one more sandbox while the platform runs as many as it may.
+async fn check_capacity(state: &AppState) -> Result<(), ApiError> {
+    match state.capacity.room().await? {
+        Room::Free => Ok(()),
+        Room::Full { awake, max } => {
+            tracing::warn!(awake, max, "at capacity: a new or woken sandbox is refused");
+            Err(ApiError::at_capacity(awake, max))
+        }
+    }
 }
 
 async fn load(state: &AppState, agent: AgentId) -> Result<(Agent, u64), ApiError> {

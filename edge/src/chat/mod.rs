@@ -84,7 +84,7 @@ pub struct Cleared {
     params(("id" = Uuid, Path, description = "Agent id")),
     request_body = ChatRequest,
     responses((status = 200, content_type = "text/event-stream", body = String,
-        description = "The run as SSE: `data:` JSON frames with a `type` of `queued`, `status`, `text` (a piece of the reply), `tool_use`, `tool_result`, `file`, `keepalive`, then `done` or `error`; `id:` is the conversation's log sequence."),
+        description = "The run as SSE: `data:` JSON frames with a `type` of `queued`, `status` (`resuming` or `at_capacity` first when the agent was paused), `text` (a piece of the reply), `tool_use`, `tool_result`, `file`, `keepalive`, then `done` or `error`; `id:` is the conversation's log sequence."),
         resp::BadRequest, resp::Unauthorized, resp::Forbidden, resp::NotFound, resp::Conflict,
         resp::Validation, resp::RateLimited))]
 pub(crate) async fn send(

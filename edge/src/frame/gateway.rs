@@ -1,5 +1,7 @@
 //! Frames as the gateway protocol v1's `event` frames: `message` (a user's, or the agent's own
-//! with `role: assistant` and `proactive: true`), `queued`, `status`, `token`,
+//! with `role: assistant` and `proactive: true`), `queued`, `status` (`thinking`,
+//! `executing_tool`, `streaming`; `resuming` or `at_capacity` while a paused agent is woken for
+//! the run), `token`,
 //! `tool_call`, `tool_result`, `file`, `final`, `error`, `cancelled`, `reset`, `renamed`,
 //! `history_cleared` for the session followed (each with `sessionId`, and `seq` when it has a
 //! cursor), and `feed` events for the user-wide feed.
@@ -214,5 +216,21 @@ mod tests {
             "cancelled"
         );
         assert!(session_event(&Frame::Keepalive, None, "s", "c").is_none());
+    }
+
+    #[test]
+    fn a_run_waiting_for_its_paused_agent_is_a_status_event() {
+        use warren_domain::conversation::RunStatus;
+        let run_id = RunId(Uuid::from_u128(1));
+        for (status, said) in [
+            (RunStatus::Resuming, "resuming"),
+            (RunStatus::AtCapacity, "at_capacity"),
+        ] {
+            let event = session_event(&Frame::Status { run_id, status }, Some(3), "s", "c")
+                .expect("a status event");
+            assert_eq!(event["event"], "status", "{event}");
+            assert_eq!(event["payload"]["status"], said, "{event}");
+            assert_eq!(event["payload"]["runId"], run_id.0.to_string(), "{event}");
+        }
     }
 }

@@ -1,5 +1,7 @@
 //! Frames as LiberClaw / baal-agent SSE: one JSON object with a `type` per `data:` line —
-//! `message` (a user message), `queued`, `run_started`, `status`, `text` (a piece of the reply),
+//! `message` (a user message), `queued`, `run_started`, `status` (`thinking`, `executing_tool`,
+//! `streaming`; before a run starts, `resuming` or `at_capacity` while its paused agent is
+//! woken), `text` (a piece of the reply),
 //! `tool_use`, `tool_result`, `file`, `cancel_requested`, then one terminal `done` or `error` per
 //! run; `agent_message` (the agent's own, outside any run), `renamed`, `history_cleared`; the openings `snapshot` and `reset`; `keepalive`; the
 //! feed's `ready`, `agent` and `conversation`; an exec's `stdout`, `stderr`, `exit`; and a
@@ -131,4 +133,26 @@ fn error<R: serde::Serialize>(
         "type": "error", "run_id": run_id, "code": code, "message": message,
         "retryable": retryable, "content": message,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use uuid::Uuid;
+    use warren_domain::conversation::RunStatus;
+    use warren_domain::ids::RunId;
+
+    #[test]
+    fn a_run_waiting_for_its_paused_agent_says_resuming_or_at_capacity() {
+        let run_id = RunId(Uuid::from_u128(1));
+        for (status, said) in [
+            (RunStatus::Resuming, "resuming"),
+            (RunStatus::AtCapacity, "at_capacity"),
+        ] {
+            let json = to_json(&Frame::Status { run_id, status });
+            assert_eq!(json["type"], "status", "{json}");
+            assert_eq!(json["status"], said, "{json}");
+            assert_eq!(json["run_id"], run_id.0.to_string(), "{json}");
+        }
+    }
 }

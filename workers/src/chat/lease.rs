@@ -5,12 +5,18 @@
 //! lease issues `StartRun`. The holder rewrites it every beat (guarded by its revision); a lease
 //! not rewritten for the stale age belongs to a worker that died, and any replica's sweeper may
 //! take it over (see `super::ChatWorker::sweep`).
+//!
+//! Taking, beating and giving up a lease also stamps the run's agent as in use
+//! (`agent_activity`), the clock of the deployer's idle pause: an agent is never paused while a
+//! worker holds one of its runs (docs/adr/0024). The stamp is written when the lease is taken,
+//! before the worker reads the agent's status.
 
 use async_nats::jetstream::{self, kv};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
+use warren_commands::sandboxes::Activity;
 use warren_commands::topology::KV_LEASES;
-use warren_domain::ids::{ConversationId, RunId};
+use warren_domain::ids::{AgentId, ConversationId, RunId};
 
 /// Why the lease bucket failed.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +34,9 @@ pub struct Lease {
     pub worker_id: String,
     /// The run's conversation.
     pub conversation_id: ConversationId,
+    /// The conversation's agent (absent in leases written before it was recorded).
+    #[serde(default)]
+    pub agent_id: Option<AgentId>,
     /// The run.
     pub run_id: RunId,
     /// When the holder last wrote it (Unix milliseconds).
@@ -53,6 +62,7 @@ impl Held {
 #[derive(Clone)]
 pub struct Leases {
     kv: kv::Store,
+    activity: Activity,
     worker_id: String,
 }
 
@@ -68,29 +78,40 @@ impl Leases {
     /// Opens the bucket (created by the log topology).
     pub async fn open(js: &jetstream::Context, worker_id: String) -> Result<Self, LeaseError> {
         let kv = js.get_key_value(KV_LEASES).await.map_err(lease_error)?;
-        Ok(Self { kv, worker_id })
+        let activity = Activity::open(js).await.map_err(lease_error)?;
+        Ok(Self {
+            kv,
+            activity,
+            worker_id,
+        })
     }
 
     /// Takes the run's lease; `None` if someone holds it already.
     pub async fn acquire(
         &self,
         conversation_id: ConversationId,
+        agent_id: AgentId,
         run_id: RunId,
     ) -> Result<Option<Held>, LeaseError> {
         let key = key_of(run_id);
         let lease = Lease {
             worker_id: self.worker_id.clone(),
             conversation_id,
+            agent_id: Some(agent_id),
             run_id,
             beat_ms: now_ms(),
         };
         let body = serde_json::to_vec(&lease).map_err(lease_error)?;
         match self.kv.create(&key, body.into()).await {
-            Ok(revision) => Ok(Some(Held {
-                key,
-                lease,
-                revision,
-            })),
+            Ok(revision) => {
+                let held = Held {
+                    key,
+                    lease,
+                    revision,
+                };
+                self.stamp(&held).await;
+                Ok(Some(held))
+            }
             Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
             Err(err) => Err(lease_error(err)),
         }
@@ -105,12 +126,25 @@ impl Leases {
             .update(&held.key, body.into(), held.revision)
             .await
             .map_err(lease_error)?;
+        self.stamp(held).await;
         Ok(())
     }
 
     /// Gives the lease up (if it is still ours).
     pub async fn release(&self, held: Held) -> Result<(), LeaseError> {
+        self.stamp(&held).await;
         self.remove(&held.key, held.revision).await
+    }
+
+    /// Stamps the lease's agent as in use (best effort: a missed stamp only makes the agent
+    /// look idle sooner, and the deployer checks again before it pauses).
+    async fn stamp(&self, held: &Held) {
+        let Some(agent_id) = held.lease.agent_id else {
+            return;
+        };
+        if let Err(err) = self.activity.stamp(agent_id, &self.worker_id).await {
+            tracing::warn!(%agent_id, error = %err, "stamping the agent as in use failed");
+        }
     }
 
     async fn remove(&self, key: &str, revision: u64) -> Result<(), LeaseError> {

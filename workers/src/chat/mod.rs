@@ -13,6 +13,9 @@
 //! - **Dead workers.** Every replica sweeps the leases: one not rewritten for `lease_stale`
 //!   belonged to a worker that died. Its run, if still running, is closed with `FailRun`
 //!   (`worker_lost`, retryable); if it never started, the lease is dropped and the run taken.
+//! - **Paused agents.** A run whose agent was paused while idle waits, still queued, while the
+//!   worker resumes the agent (when the platform has room for it) and its runtime wakes
+//!   (`wake`); clients are told with `status` deltas (`resuming`, `at_capacity`).
 //! - **History cleared.** `HistoryCleared` clears the chat in the runtime too.
 //! - **Models.** The worker reads no provider key: a runtime calls its model through the edge's
 //!   model proxy with its own token, and the proxy picks the key (ADR 23). A run only tells the
@@ -22,13 +25,14 @@
 //!   conversations (`AgentMessagePosted`), for every client to see.
 //!
 //! Layout: `runtime` (the agent runtime's HTTP client), `lease` (run leases), `run` (one run),
-//! `pending` (proactive messages).
+//! `wake` (waking a paused agent before its run), `pending` (proactive messages).
 
 pub mod failure;
 pub mod lease;
 pub mod pending;
 pub mod run;
 pub mod runtime;
+pub mod wake;
 
 use crate::consume::{ConsumeError, Durable, Handled, consume};
 use crate::supervise::supervise;
@@ -44,6 +48,7 @@ use warren_domain::Actor;
 use warren_domain::agent::AgentStatus;
 use warren_domain::conversation::{ConversationCommand, ConversationEvent};
 use warren_domain::ids::ConversationId;
+use warren_projections::capacity::Capacity;
 
 /// The durable consumer's name.
 pub const CONSUMER: &str = "chat";
@@ -105,6 +110,8 @@ pub struct Shared {
     settings: ChatSettings,
     worker_id: String,
     watched: pending::Watched,
+    /// The cap on awake sandboxes, checked before a paused agent is resumed.
+    capacity: Capacity,
 }
 
 /// The chat worker, built and ready to run.
@@ -114,12 +121,14 @@ pub struct ChatWorker {
 }
 
 impl ChatWorker {
-    /// Builds a replica; `master_key` opens the agents' tokens.
+    /// Builds a replica; `master_key` opens the agents' tokens; `capacity` says whether a
+    /// paused agent may be resumed for a message.
     pub async fn build(
         nats: async_nats::Client,
         commands: CommandService,
         master_key: &[u8],
         settings: ChatSettings,
+        capacity: Capacity,
     ) -> Result<Self, ChatError> {
         let js = commands.jetstream().clone();
         let worker_id = format!(
@@ -140,6 +149,7 @@ impl ChatWorker {
                 settings,
                 worker_id,
                 watched: pending::Watched::default(),
+                capacity,
             }),
             runs: TaskTracker::new(),
         })
@@ -256,7 +266,7 @@ impl ChatWorker {
         };
         let Some(held) = shared
             .leases
-            .acquire(conversation_id, next.run_id)
+            .acquire(conversation_id, conversation.agent_id, next.run_id)
             .await
             .map_err(|err| err.to_string())?
         else {
@@ -276,28 +286,6 @@ impl ChatWorker {
             }
         };
         let _ = shared.nats.flush().await;
-        let meta = CommandMeta::new(Actor::System(shared.worker_id.clone()));
-        let command = ConversationCommand::StartRun {
-            run_id: next.run_id,
-            worker_id: shared.worker_id.clone(),
-        };
-        match shared
-            .commands
-            .conversations
-            .execute(&id, command, &meta)
-            .await
-        {
-            Ok(_) => {}
-            Err(err) => {
-                let _ = shared.leases.release(held).await;
-                return match err {
-                    // Cancelled or moved on meanwhile.
-                    CommandError::Rejected(_) => Ok(()),
-                    other => Err(other.to_string()),
-                };
-            }
-        }
-        tracing::info!(%conversation_id, run_id = %next.run_id, "run started");
         let job = run::Job {
             conversation_id,
             agent_id: conversation.agent_id,
@@ -305,6 +293,45 @@ impl ChatWorker {
             run_id: next.run_id,
             text: next.text,
         };
+        // Read after the lease stamped the agent as in use (docs/adr/0024).
+        let paused = match shared.commands.agents.load(&job.agent_id.to_string()).await {
+            Ok((agent, _)) => agent.status == AgentStatus::Paused,
+            Err(err) => {
+                let _ = shared.leases.release(held).await;
+                return Err(err.to_string());
+            }
+        };
+        if paused {
+            let shared = self.shared.clone();
+            let shutdown = shutdown.clone();
+            self.runs.spawn(async move {
+                let (mut held, mut signals) = (held, signals);
+                match wake::until_awake(&shared, &job, &mut held, &mut signals, &shutdown).await {
+                    wake::Woken::Ready => match record_start(&shared, &job).await {
+                        Ok(true) => run::run(&shared, job, held, signals, shutdown).await,
+                        Ok(false) => release(&shared, held).await,
+                        // The lease goes stale and a sweeper takes the run from the queue again.
+                        Err(err) => {
+                            tracing::warn!(run_id = %job.run_id, error = err, "starting a run after waking its agent failed")
+                        }
+                    },
+                    wake::Woken::Cancelled => release(&shared, held).await,
+                    wake::Woken::Abandoned => {}
+                }
+            });
+            return Ok(());
+        }
+        match record_start(shared, &job).await {
+            Ok(true) => {}
+            Ok(false) => {
+                release(shared, held).await;
+                return Ok(());
+            }
+            Err(err) => {
+                release(shared, held).await;
+                return Err(err);
+            }
+        }
         let shared = self.shared.clone();
         let shutdown = shutdown.clone();
         self.runs.spawn(async move {
@@ -391,6 +418,36 @@ impl ChatWorker {
         if let Err(err) = runtime.clear(&conversation_id.to_string()).await {
             tracing::warn!(%conversation_id, error = %err, "clearing the runtime's history failed");
         }
+    }
+}
+
+/// Records `StartRun` for `job`: `Ok(false)` if the run moved on meanwhile (cancelled, taken
+/// over), an error if the log could not be reached.
+async fn record_start(shared: &Shared, job: &run::Job) -> Result<bool, String> {
+    let meta = CommandMeta::new(Actor::System(shared.worker_id.clone()));
+    let command = ConversationCommand::StartRun {
+        run_id: job.run_id,
+        worker_id: shared.worker_id.clone(),
+    };
+    match shared
+        .commands
+        .conversations
+        .execute(&job.conversation_id.to_string(), command, &meta)
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(conversation_id = %job.conversation_id, run_id = %job.run_id, "run started");
+            Ok(true)
+        }
+        Err(CommandError::Rejected(_)) => Ok(false),
+        Err(other) => Err(other.to_string()),
+    }
+}
+
+/// Gives up a lease (best effort: one left behind goes stale).
+async fn release(shared: &Shared, held: lease::Held) {
+    if let Err(err) = shared.leases.release(held).await {
+        tracing::warn!(error = %err, "releasing a run lease failed");
     }
 }
 

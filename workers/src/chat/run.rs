@@ -242,7 +242,9 @@ async fn resolve(
         .await
         .map_err(|err| internal("log_unavailable", "the platform's log is unavailable", &err))?;
     let endpoint = match (&agent.status, &agent.endpoint_url) {
-        (AgentStatus::Running, Some(endpoint)) => endpoint.clone(),
+        // Paused too: a run taken as the deployer paused the agent holds it awake, and the
+        // deployer takes the pause back (docs/adr/0024).
+        (AgentStatus::Running | AgentStatus::Paused, Some(endpoint)) => endpoint.clone(),
         (status, _) => {
             return Err(failed(
                 "agent_unavailable",
@@ -387,35 +389,35 @@ struct Live<'a> {
     run_id: RunId,
 }
 
+/// Publishes one live delta to `subject` (`conv.<id>.live`) with the live TTL.
+pub(super) async fn publish_delta(shared: &Shared, subject: &str, delta: &LiveDelta) {
+    let payload = match serde_json::to_vec(delta) {
+        Ok(payload) => payload,
+        Err(err) => {
+            tracing::error!(error = %err, "a live delta does not serialize");
+            return;
+        }
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-TTL", shared.settings.live_ttl_header.as_str());
+    // Awaiting each ack keeps deltas ordered before the run's outcome in the stream.
+    let result = match shared
+        .js
+        .publish_with_headers(subject.to_owned(), headers, payload.into())
+        .await
+    {
+        Ok(ack) => ack.await.map(|_| ()).map_err(|err| err.to_string()),
+        Err(err) => Err(err.to_string()),
+    };
+    if let Err(err) = result {
+        // Deltas are a live view; the outcome event carries everything durable.
+        tracing::warn!(subject, error = err, "publishing a live delta failed");
+    }
+}
+
 impl Live<'_> {
     async fn publish(&self, delta: LiveDelta) {
-        let payload = match serde_json::to_vec(&delta) {
-            Ok(payload) => payload,
-            Err(err) => {
-                tracing::error!(error = %err, "a live delta does not serialize");
-                return;
-            }
-        };
-        let mut headers = HeaderMap::new();
-        headers.insert("Nats-TTL", self.shared.settings.live_ttl_header.as_str());
-        // Awaiting each ack keeps deltas ordered before the run's outcome in the stream.
-        let result = match self
-            .shared
-            .js
-            .publish_with_headers(self.subject.clone(), headers, payload.into())
-            .await
-        {
-            Ok(ack) => ack.await.map(|_| ()).map_err(|err| err.to_string()),
-            Err(err) => Err(err.to_string()),
-        };
-        if let Err(err) = result {
-            // Deltas are a live view; the outcome event carries everything durable.
-            tracing::warn!(
-                subject = self.subject,
-                error = err,
-                "publishing a live delta failed"
-            );
-        }
+        publish_delta(self.shared, &self.subject, &delta).await;
     }
 
     async fn status(&self, progress: &mut Progress, status: RunStatus) {

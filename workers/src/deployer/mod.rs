@@ -16,30 +16,38 @@
 //!   `deployment_not_active` and `step_out_of_order` mean someone else moved the agent on: the
 //!   attempt is dropped.
 //! - `AgentStopped` stops the runtime if the agent is still stopped; `AgentStarted` /
-//!   `AgentRestarted` restart it if it is running; `AgentDeleted` removes it and its workspace,
-//!   purges its token, then records `DestroyAgent`.
+//!   `AgentRestarted` restart it if it is running; `AgentPaused` freezes it if the agent is
+//!   still paused (and no run holds it); `AgentResumed` thaws it (or starts it again if it is
+//!   gone) if the agent is running, and waits until it answers; `AgentDeleted` removes it and
+//!   its workspace, purges its token, then records `DestroyAgent`.
 //!
 //! A reconciler runs at start and every `reconcile_every`: it compares the agents the log knows
 //! (every `agent.*` subject of the stream) with each provisioner's actual runtimes. Running
 //! agents whose runtime answers are left alone; a runtime that died or was killed is started
 //! again, and one that is missing altogether is recreated on its recorded endpoint, so the
 //! endpoint in the log stays valid (docs/adr/0006-deployer.md); stopped, failed or deleted
-//! agents' runtimes are stopped or removed. A running agent whose runtime was configured with
-//! other platform settings (`runtime_fingerprint`) is redeployed, recorded as
-//! `RedeployRequested { reason: platform_config_changed }`.
+//! agents' runtimes are stopped or removed; a paused agent's running runtime is frozen and its
+//! frozen one left alone (a running agent's frozen runtime is thawed). A running agent whose
+//! runtime was configured with other platform settings (`runtime_fingerprint`) is redeployed,
+//! recorded as `RedeployRequested { reason: platform_config_changed }`. A running agent unused
+//! for `idle_pause` is paused (`PauseAgent`), and after each pass what every sandbox uses is
+//! recorded for the agents' status ([`lifecycle`], docs/adr/0024-idle-pause-and-capacity.md).
 //! Runtimes hold no provider key: they call their model through the edge's model proxy
 //! (docs/adr/0023-model-proxy.md).
 //!
 //! Modules: [`provisioner`] (the seam), [`process`] (development only, unconfined), [`docker`]
-//! (one locked-down container per agent), [`locks`] (per-agent locks).
+//! (one locked-down container per agent), [`locks`] (per-agent locks), [`lifecycle`] (pause,
+//! resume, idle pause, usage), [`usage`] (measuring runtimes).
 //!
 //! Under `warren dev` (`stop_agents_on_shutdown`) the deployer stops every runtime when it
 //! stops; the next start's first reconciliation restarts the running ones (docs/adr/0021).
 
 pub mod docker;
+pub mod lifecycle;
 pub mod locks;
 pub mod process;
 pub mod provisioner;
+pub mod usage;
 
 use crate::consume::{ConsumeError, Durable, Handled, consume_concurrently};
 use crate::supervise::supervise;
@@ -52,6 +60,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+use warren_commands::sandboxes::{Activity, SandboxKvError, SandboxStatsStore};
 use warren_commands::secrets::{self, AgentTokens, TokenError};
 use warren_commands::{CommandError, CommandMeta, CommandService, codec, topology};
 use warren_domain::agent::{
@@ -85,6 +94,8 @@ pub struct DeployerSettings {
     /// Whether the agents' runtimes stop when the deployer does (`warren dev`: nothing it
     /// started outlives it; the next start restarts them). Otherwise they outlive it.
     pub stop_agents_on_shutdown: bool,
+    /// A running agent unused this long is paused; `None`: never.
+    pub idle_pause: Option<Duration>,
 }
 
 impl DeployerSettings {
@@ -131,6 +142,9 @@ pub enum DeployerError {
     /// The token store could not be opened.
     #[error("opening the secrets bucket failed")]
     Tokens(#[from] TokenError),
+    /// The activity or usage bucket could not be opened.
+    #[error(transparent)]
+    Buckets(#[from] SandboxKvError),
     /// The consumer could not be set up or read.
     #[error(transparent)]
     Consumer(#[from] ConsumeError),
@@ -154,6 +168,11 @@ pub struct Deployer {
     /// deployed under an earlier setting is still found, stopped and removed.
     provisioners: Vec<Arc<dyn Provisioner>>,
     locks: locks::AgentLocks,
+    /// When each agent was last used (the idle pause's clock).
+    activity: Activity,
+    /// What each sandbox uses, for the agents' status.
+    stats: SandboxStatsStore,
+    cpu: usage::CpuMeter,
 }
 
 type Step = Result<(), (DeploymentStep, String)>;
@@ -170,6 +189,8 @@ impl Deployer {
     ) -> Result<Self, DeployerError> {
         let js = commands.jetstream().clone();
         let tokens = AgentTokens::open(&js, master_key).await?;
+        let activity = Activity::open(&js).await?;
+        let stats = SandboxStatsStore::open(&js).await?;
         let mut provisioners = vec![sandbox.clone()];
         provisioners.extend(others);
         Ok(Self {
@@ -180,6 +201,9 @@ impl Deployer {
             sandbox,
             provisioners,
             locks: locks::AgentLocks::default(),
+            activity,
+            stats,
+            cpu: usage::CpuMeter::default(),
         })
     }
 
@@ -282,6 +306,8 @@ impl Deployer {
                 }
                 Ok(())
             }
+            AgentEvent::AgentPaused { .. } => self.on_paused(agent_id).await,
+            AgentEvent::AgentResumed { .. } => self.on_resumed(agent_id).await,
             AgentEvent::AgentDeleted { .. } => self.destroy(agent_id).await,
             _ => Ok(()),
         }
@@ -541,6 +567,7 @@ impl Deployer {
             .purge(agent_id)
             .await
             .map_err(|err| Outcome::Retry(err.to_string()))?;
+        self.forget_usage(agent_id).await;
         if !agent.destroyed {
             self.execute(agent_id, AgentCommand::DestroyAgent).await?;
             tracing::info!(%agent_id, "agent destroyed");
@@ -614,6 +641,7 @@ impl Deployer {
                 tracing::warn!(%agent_id, reason, "reconciling failed");
             }
         }
+        self.record_usage().await;
     }
 
     async fn reconcile_one(
@@ -656,7 +684,9 @@ impl Deployer {
                             }
                             ActualState::Stopped => false,
                         };
-                        if !up {
+                        if up {
+                            self.pause_if_idle(agent_id, provisioner.as_ref()).await?;
+                        } else {
                             tracing::info!(%agent_id, "running agent has no live runtime: restarting it");
                             self.restart(agent_id, &agent).await;
                         }
@@ -665,6 +695,17 @@ impl Deployer {
                         tracing::info!(%agent_id, "running agent has no runtime: recreating it");
                         self.restart(agent_id, &agent).await;
                     }
+                }
+                Ok(())
+            }
+            AgentStatus::Paused => {
+                // A frozen runtime is left alone; a stopped or missing one is started again
+                // when the agent resumes.
+                if let Some((provisioner, runtime)) = actual
+                    && runtime.state == ActualState::Running
+                {
+                    self.freeze_unless_used(agent_id, provisioner.as_ref())
+                        .await?;
                 }
                 Ok(())
             }

@@ -8,10 +8,12 @@
 //! [`super::DeployerSettings::stop_agents_on_shutdown`]).
 
 use super::provisioner::{
-    Actual, ActualState, ProvisionError, Provisioned, Provisioner, RuntimeSpec,
+    Actual, ActualState, ProvisionError, Provisioned, Provisioner, RuntimeSpec, Usage,
 };
+use super::usage;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -524,5 +526,38 @@ impl Provisioner for ProcessProvisioner {
                 })
             })
             .collect())
+    }
+
+    async fn usage(&self) -> Provisioned<HashMap<AgentId, Usage>> {
+        let layout = self.layout.clone();
+        // Reading /proc and walking workspaces blocks.
+        tokio::task::spawn_blocking(move || {
+            let runtimes: Vec<(AgentId, Option<i32>)> = layout
+                .agents()
+                .into_iter()
+                .map(|agent_id| {
+                    let pid = layout
+                        .read(agent_id)
+                        .and_then(|record| record.pid)
+                        .filter(|pid| alive(*pid));
+                    (agent_id, pid)
+                })
+                .collect();
+            let groups = runtimes.iter().filter_map(|(_, pid)| *pid).collect();
+            let measured = usage::process_groups(&groups);
+            runtimes
+                .into_iter()
+                .map(|(agent_id, pid)| {
+                    let mut found: Usage = pid
+                        .and_then(|pid| measured.get(&pid).copied())
+                        .map(Usage::from)
+                        .unwrap_or_default();
+                    found.disk_bytes = usage::disk_bytes(&layout.agent_dir(agent_id));
+                    (agent_id, found)
+                })
+                .collect()
+        })
+        .await
+        .map_err(|err| ProvisionError(format!("measuring the agents' processes: {err}")))
     }
 }

@@ -5,6 +5,8 @@
 //! runtimes are ([`Provisioner::actual`]): process records, container labels.
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use std::collections::HashMap;
 use warren_domain::ids::AgentId;
 
 /// What a runtime is started with; everything but its token. No provider key and no provider
@@ -51,6 +53,20 @@ pub struct Actual {
     pub fingerprint: Option<String>,
     /// Whether its last exit was the kernel's out-of-memory killer.
     pub oom_killed: bool,
+}
+
+/// What one runtime uses now, each figure only if the provisioner can tell. CPU is a counter:
+/// the deployer turns two samples into a percentage ([`super::usage::CpuMeter`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Usage {
+    /// When the running (or paused) runtime started.
+    pub started_at: Option<DateTime<Utc>>,
+    /// CPU time it has used since it started, nanoseconds.
+    pub cpu_ns: Option<u64>,
+    /// Memory in use, bytes.
+    pub memory_bytes: Option<u64>,
+    /// Its workspace's size on disk, bytes.
+    pub disk_bytes: Option<u64>,
 }
 
 /// A provisioner's failure: a sentence for the deployer's log (never shown to owners, who read
@@ -109,4 +125,7 @@ pub trait Provisioner: Send + Sync {
 
     /// Every agent runtime this provisioner has, whatever its state.
     async fn actual(&self) -> Provisioned<Vec<Actual>>;
+
+    /// What each of its runtimes uses now (those it cannot measure are left out).
+    async fn usage(&self) -> Provisioned<HashMap<AgentId, Usage>>;
 }

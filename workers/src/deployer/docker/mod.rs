@@ -6,6 +6,7 @@
 //! - [`network`] makes the sandbox network (internal, no traffic between containers), the
 //!   firewall that keeps sandboxes off the host's ports, and the relay that is their one path to
 //!   the edge.
+//! - [`stats`] measures what each container uses (for the agent's status).
 //!
 //! Each agent's container `warren-agent-<id>` runs as uid 10001 with every capability dropped,
 //! `no-new-privileges`, a read-only root filesystem with a tmpfs `/tmp`, memory, CPU and PID
@@ -16,9 +17,10 @@
 
 pub mod image;
 pub mod network;
+pub mod stats;
 
 use super::provisioner::{
-    Actual, ActualState, ProvisionError, Provisioned, Provisioner, RuntimeSpec,
+    Actual, ActualState, ProvisionError, Provisioned, Provisioner, RuntimeSpec, Usage,
 };
 use async_trait::async_trait;
 use bollard::Docker;
@@ -585,5 +587,19 @@ impl Provisioner for DockerProvisioner {
             });
         }
         Ok(found)
+    }
+
+    async fn usage(&self) -> Provisioned<HashMap<AgentId, Usage>> {
+        let agents: Vec<AgentId> = self
+            .containers()
+            .await?
+            .into_iter()
+            .filter_map(|c| c.labels?.get(LABEL_AGENT)?.parse().ok())
+            .collect();
+        let sampled = futures::future::join_all(agents.into_iter().map(|agent_id| async move {
+            Some((agent_id, stats::sample(&self.docker, agent_id).await?))
+        }))
+        .await;
+        Ok(sampled.into_iter().flatten().collect())
     }
 }
