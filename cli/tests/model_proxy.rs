@@ -335,6 +335,25 @@ async fn only_the_agents_own_token_opens_its_proxy_and_nothing_reaches_the_provi
         Some(PLATFORM_KEY)
     );
     tokens_used(&chat, 5).await;
+
+    // A long history is larger than the edge's limit for other requests (256 KiB), not than
+    // the model proxy's (8 MiB by default).
+    chat.model.push(Reply::text("Read it all."));
+    let long = json!({
+        "model": "scripted",
+        "messages": [{"role": "user", "content": "x".repeat(300 * 1024)}],
+    });
+    let response = chat
+        .platform
+        .http
+        .post(proxy_url(&chat, &chat.agent_id, "openai/chat/completions"))
+        .bearer_auth(&own_token)
+        .json(&long)
+        .send()
+        .await
+        .expect("proxy request");
+    assert_eq!(response.status(), 200);
+    assert_eq!(chat.model.request_count(), 2);
 }
 
 #[tokio::test]
