@@ -359,28 +359,6 @@ async fn stopping_warren_dev_stops_its_agents_and_the_next_start_runs_them_again
     assert_eq!(done.data["text"], "Back again.", "{done:?}");
 }
 
-/// The payloads of the agent's commits, oldest first.
-async fn agent_commits(chat: &Chat) -> Vec<String> {
-    let js = chat.platform.nats.jetstream().await;
-    let mut stream = js.get_stream("AGENTS").await.expect("AGENTS stream");
-    let last = stream
-        .info()
-        .await
-        .expect("stream info")
-        .state
-        .last_sequence;
-    let subject = format!("agent.{}", chat.agent_id);
-    let mut commits = Vec::new();
-    for seq in 1..=last {
-        if let Ok(message) = stream.get_raw_message(seq).await
-            && message.subject.as_str() == subject
-        {
-            commits.push(String::from_utf8_lossy(&message.payload).into_owned());
-        }
-    }
-    commits
-}
-
 #[tokio::test]
 async fn a_new_provider_url_or_key_needs_no_redeploy_and_a_new_protocol_redeploys_at_the_next_start()
  {
@@ -409,7 +387,8 @@ async fn a_new_provider_url_or_key_needs_no_redeploy_and_a_new_protocol_redeploy
         "the old provider is not called"
     );
     assert!(
-        !agent_commits(&chat)
+        !chat
+            .agent_commits()
             .await
             .iter()
             .any(|c| c.contains("platform_config_changed")),
@@ -422,7 +401,7 @@ async fn a_new_provider_url_or_key_needs_no_redeploy_and_a_new_protocol_redeploy
         .start_again(&[("WARREN_DEFAULT_PROVIDER", "anthropic")])
         .await;
     wait_for(Duration::from_secs(60), || async {
-        let commits = agent_commits(&chat).await;
+        let commits = chat.agent_commits().await;
         let redeploy = commits
             .iter()
             .position(|c| c.contains("platform_config_changed"))?;

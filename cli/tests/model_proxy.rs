@@ -44,33 +44,12 @@ fn completion(stream: bool) -> Value {
     })
 }
 
-/// The commits of `agent_id`'s subject, oldest first, as JSON.
-async fn agent_commits(chat: &Chat, agent_id: &str) -> Vec<Value> {
-    let js = chat.platform.nats.jetstream().await;
-    let mut stream = js.get_stream("AGENTS").await.expect("AGENTS stream");
-    let last = stream
-        .info()
-        .await
-        .expect("stream info")
-        .state
-        .last_sequence;
-    let subject = format!("agent.{agent_id}");
-    let mut commits = Vec::new();
-    for seq in 1..=last {
-        if let Ok(message) = stream.get_raw_message(seq).await
-            && message.subject.as_str() == subject
-        {
-            commits.push(serde_json::from_slice(&message.payload).expect("commit JSON"));
-        }
-    }
-    commits
-}
-
 /// The `ModelUsageMetered` events of the agent, oldest first.
 async fn metered(chat: &Chat) -> Vec<Value> {
-    agent_commits(chat, &chat.agent_id)
+    chat.agent_commits()
         .await
-        .into_iter()
+        .iter()
+        .map(|commit| serde_json::from_str::<Value>(commit).expect("commit JSON"))
         .flat_map(|commit| commit.as_array().cloned().unwrap_or_default())
         .filter(|event| event["type"] == "ModelUsageMetered")
         .collect()

@@ -11,16 +11,17 @@ use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 use warren_commands::secrets::{AgentTokens, ProviderKeys};
 use warren_commands::{CommandMeta, CommandService, codec};
 use warren_domain::Actor;
-use warren_domain::agent::{AgentCommand, Backend, DeploymentStep, RuntimeKind};
+use warren_domain::agent::RuntimeKind;
 use warren_domain::conversation::{ConversationCommand, ConversationEvent, PostMode};
 use warren_domain::ids::{AgentId, ConnectionId, ConversationId, KeyId, MessageId, RunId, UserId};
 use warren_domain::user::{ApprovalMode, AuthKind, AuthMethod, Provider, UserCommand};
 use warren_testkit::{TestNats, wait_for};
 use warren_workers::chat::{ChatSettings, ChatWorker};
+
+mod common;
 
 const KEY: [u8; 32] = [6; 32];
 const SECRET: &str = "sk-ant-the-users-own-secret-0123";
@@ -104,16 +105,10 @@ async fn a_runtime_is_told_the_protocol_of_the_users_key_and_never_the_key_or_it
         .await
         .expect("command service");
     let bodies = Bodies::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
-    let app = recording_runtime(bodies.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let endpoint = common::serve(recording_runtime(bodies.clone())).await;
 
     // A user with an Anthropic key at a custom URL (its secret in the store, as the edge
     // keeps it), and a running agent of theirs.
-    let system = || CommandMeta::new(Actor::System("test".into()));
     let (user, agent, key_id) = (UserId::new(), AgentId::new(), KeyId::new());
     let own = || CommandMeta::new(Actor::User(user));
     for command in [
@@ -150,36 +145,7 @@ async fn a_runtime_is_told_the_protocol_of_the_users_key_and_never_the_key_or_it
         .put(user, key_id, SECRET)
         .await
         .expect("secret");
-    let deployment_id = Uuid::now_v7();
-    let mut setup = vec![AgentCommand::CreateAgent {
-        agent_id: agent,
-        owner_id: user,
-        name: "helper".into(),
-        system_prompt: String::new(),
-        model: "m".into(),
-        runtime: RuntimeKind::Warren,
-        backend: Backend::default(),
-        deployment_id,
-    }];
-    setup.extend(
-        DeploymentStep::ALL
-            .iter()
-            .map(|&step| AgentCommand::CompleteDeploymentStep {
-                deployment_id,
-                step,
-            }),
-    );
-    setup.push(AgentCommand::CompleteDeployment {
-        deployment_id,
-        endpoint_url: endpoint,
-    });
-    for command in setup {
-        commands
-            .agents
-            .execute(&agent.to_string(), command, &system())
-            .await
-            .expect("agent");
-    }
+    common::deployed_agent(&commands, agent, user, RuntimeKind::Warren, endpoint).await;
     AgentTokens::open(&js, &KEY)
         .await
         .expect("tokens")
