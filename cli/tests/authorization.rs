@@ -347,6 +347,19 @@ async fn every_route_answers_each_kind_of_caller_with_its_expected_status() {
             None,
             [401, 401, 401, 401, 401],
         ),
+        // Nor the model proxy (ADR 23): a user's token never spends an agent's model calls.
+        row(
+            "POST",
+            "/api/v1/runtime/agents/{agent}/model/openai/chat/completions",
+            Some(json!({ "model": "m", "messages": [] })),
+            [401, 401, 401, 401, 401],
+        ),
+        row(
+            "POST",
+            "/api/v1/runtime/agents/{agent}/model/anthropic/messages",
+            Some(json!({ "model": "m", "max_tokens": 1, "messages": [] })),
+            [401, 401, 401, 401, 401],
+        ),
         row(
             "POST",
             "/api/v1/conversations/{conversation}/cancel",

@@ -359,42 +359,49 @@ async fn stopping_warren_dev_stops_its_agents_and_the_next_start_runs_them_again
     assert_eq!(done.data["text"], "Back again.", "{done:?}");
 }
 
-/// The payloads of the agent's commits, oldest first.
-async fn agent_commits(chat: &Chat) -> Vec<String> {
-    let js = chat.platform.nats.jetstream().await;
-    let mut stream = js.get_stream("AGENTS").await.expect("AGENTS stream");
-    let last = stream
-        .info()
-        .await
-        .expect("stream info")
-        .state
-        .last_sequence;
-    let subject = format!("agent.{}", chat.agent_id);
-    let mut commits = Vec::new();
-    for seq in 1..=last {
-        if let Ok(message) = stream.get_raw_message(seq).await
-            && message.subject.as_str() == subject
-        {
-            commits.push(String::from_utf8_lossy(&message.payload).into_owned());
-        }
-    }
-    commits
-}
-
 #[tokio::test]
-async fn a_running_agent_is_redeployed_with_the_model_provider_set_at_the_next_start() {
+async fn a_new_provider_url_or_key_needs_no_redeploy_and_a_new_protocol_redeploys_at_the_next_start()
+ {
     let mut chat = Chat::start(&[]).await;
     let before = chat.agent_pid();
-    let other = ModelServer::start().await;
-    assert!(chat.platform.stop().await, "warren dev stops");
-    let other_url = other.url();
-    chat.platform
-        .start_again(&[("WARREN_DEFAULT_BASE_URL", &other_url)])
-        .await;
 
-    // Recorded: a redeploy for the platform's settings, then the agent deployed again.
+    // The provider's URL and key are the model proxy's (ADR 23): a restart with others reaches
+    // the agent's next run without touching its runtime.
+    let other = ModelServer::start_with_key("sk-other-provider").await;
+    let other_url = other.url();
+    assert!(chat.platform.stop().await, "warren dev stops");
+    chat.platform
+        .start_again(&[
+            ("WARREN_DEFAULT_BASE_URL", &other_url),
+            ("WARREN_DEFAULT_API_KEY", "sk-other-provider"),
+        ])
+        .await;
+    chat.wait_running().await;
+    other.push(Reply::text("From the new provider."));
+    let mut run = chat.send("who answers?").await;
+    assert_eq!(run.finish().await.data["text"], "From the new provider.");
+    assert_eq!(other.request_count(), 1);
+    assert_eq!(
+        chat.model.request_count(),
+        0,
+        "the old provider is not called"
+    );
+    assert!(
+        !chat
+            .agent_commits()
+            .await
+            .iter()
+            .any(|c| c.contains("platform_config_changed")),
+        "a new URL or key redeploys nothing"
+    );
+
+    // A provider speaking another protocol: the runtime must speak it, so it is redeployed.
+    assert!(chat.platform.stop().await, "warren dev stops");
+    chat.platform
+        .start_again(&[("WARREN_DEFAULT_PROVIDER", "anthropic")])
+        .await;
     wait_for(Duration::from_secs(60), || async {
-        let commits = agent_commits(&chat).await;
+        let commits = chat.agent_commits().await;
         let redeploy = commits
             .iter()
             .position(|c| c.contains("platform_config_changed"))?;
@@ -407,19 +414,16 @@ async fn a_running_agent_is_redeployed_with_the_model_provider_set_at_the_next_s
     let pid = chat.agent_pid();
     assert_ne!(pid, before);
     assert_eq!(
-        chat_support::runtime_env(pid, "WARREN_AGENT_BASE_URL").as_deref(),
-        Some(other_url.as_str())
+        chat_support::runtime_env(pid, "WARREN_AGENT_PROVIDER").as_deref(),
+        Some("anthropic")
     );
     chat.wait_running().await;
-    other.push(Reply::text("From the new provider."));
-    let mut run = chat.send("who answers?").await;
-    assert_eq!(run.finish().await.data["text"], "From the new provider.");
-    assert_eq!(other.request_count(), 1);
-    assert_eq!(
-        chat.model.request_count(),
-        0,
-        "the old provider is not called"
-    );
+    other.push(Reply::text("In Anthropic's words."));
+    let mut run = chat.send("and now?").await;
+    assert_eq!(run.finish().await.data["text"], "In Anthropic's words.");
+    let last = other.recorded().pop().expect("a request");
+    assert_eq!(last.path, "/v1/messages");
+    assert_eq!(last.api_key.as_deref(), Some("sk-other-provider"));
 }
 
 /// `warren <args> --help` as printed, with `env` set and no config file.

@@ -25,8 +25,10 @@
 //!   error.
 //! - [`text`] — the text rules every free-text command field keeps (no control characters,
 //!   per-field maxima), and the escaping that makes runtime output keep them.
-//! - [`user`] — registration, approval, roles, auth methods, provider keys, tiers.
-//! - [`agent`] — agent configuration and lifecycle, with the six deployment steps.
+//! - [`user`] — registration, approval, roles, auth methods, provider keys (and the protocol each
+//!   provider speaks), tiers.
+//! - [`agent`] — agent configuration and lifecycle, with the six deployment steps, and its audit
+//!   facts (execs, uploads, model calls metered by the platform's model proxy).
 //! - [`conversation`] — messages, the one-run-at-a-time queue, cancel, interrupt, history.
 
 pub mod agent;

@@ -10,7 +10,7 @@
 use crate::error::ApiError;
 use crate::extract::AuthUser;
 use crate::settings::TierLimits;
-use crate::views;
+use crate::views::{self, DailyUsageView};
 use chrono::{DateTime, Duration as ChronoDuration, NaiveTime, Utc};
 use serde_json::json;
 use sqlx::PgPool;
@@ -54,19 +54,10 @@ pub async fn check_message_quota_at(
     now: DateTime<Utc>,
 ) -> Result<(), ApiError> {
     let limit = tiers.of(tier).messages_per_day;
-    let used = views::usage_on(db, user, now.date_naive())
-        .await?
-        .messages
-        .max(0) as u64;
-    if used >= limit {
-        return Err(exceeded(
-            "messages",
-            limit,
-            used,
-            seconds_until_next_utc_day(now),
-        ));
-    }
-    Ok(())
+    check_daily(db, user, now, "messages", limit, |today| {
+        today.messages.max(0) as u64
+    })
+    .await
 }
 
 /// Refuses a model call when `user`'s agents have used their tier's daily model tokens today
@@ -80,11 +71,31 @@ pub async fn check_token_quota_at(
     now: DateTime<Utc>,
 ) -> Result<(), ApiError> {
     let limit = tiers.of(tier).tokens_per_day;
-    let today = views::usage_on(db, user, now.date_naive()).await?;
-    let used = today.metered_tokens();
+    check_daily(
+        db,
+        user,
+        now,
+        "tokens",
+        limit,
+        DailyUsageView::metered_tokens,
+    )
+    .await
+}
+
+/// Refuses when what `used` counts in `user`'s usage today (UTC) has reached `limit`; the
+/// refusal's `Retry-After` is the next UTC midnight.
+async fn check_daily(
+    db: &PgPool,
+    user: UserId,
+    now: DateTime<Utc>,
+    resource: &'static str,
+    limit: u64,
+    used: impl FnOnce(&DailyUsageView) -> u64,
+) -> Result<(), ApiError> {
+    let used = used(&views::usage_on(db, user, now.date_naive()).await?);
     if used >= limit {
         return Err(exceeded(
-            "tokens",
+            resource,
             limit,
             used,
             seconds_until_next_utc_day(now),

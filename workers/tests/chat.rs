@@ -9,16 +9,17 @@ use futures::StreamExt;
 use std::convert::Infallible;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 use warren_commands::secrets::AgentTokens;
 use warren_commands::{CommandMeta, CommandService, codec};
 use warren_domain::Actor;
-use warren_domain::agent::{AgentCommand, Backend, DeploymentStep, RuntimeKind};
+use warren_domain::agent::RuntimeKind;
 use warren_domain::conversation::{ConversationCommand, ConversationEvent, LiveDelta, PostMode};
 use warren_domain::ids::{AgentId, ConversationId, MessageId, RunId, UserId};
 use warren_projections::capacity::Capacity;
 use warren_testkit::{TestNats, wait_for};
 use warren_workers::chat::{ChatSettings, ChatWorker};
+
+mod common;
 
 const KEY: [u8; 32] = [5; 32];
 
@@ -48,43 +49,10 @@ async fn a_plain_baal_agent_run_gets_synthesised_call_ids_and_is_recorded_whole(
     let commands = CommandService::start(js.clone(), &Default::default())
         .await
         .expect("command service");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(async move { axum::serve(listener, baal_agent()).await });
-
+    let endpoint = common::serve(baal_agent()).await;
     let meta = || CommandMeta::new(Actor::System("test".into()));
-    let (user, agent, deployment_id) = (UserId::new(), AgentId::new(), Uuid::now_v7());
-    let mut setup = vec![AgentCommand::CreateAgent {
-        agent_id: agent,
-        owner_id: user,
-        name: "baal".into(),
-        system_prompt: String::new(),
-        model: "m".into(),
-        runtime: RuntimeKind::BaalAgent,
-        backend: Backend::default(),
-        deployment_id,
-    }];
-    setup.extend(
-        DeploymentStep::ALL
-            .iter()
-            .map(|&step| AgentCommand::CompleteDeploymentStep {
-                deployment_id,
-                step,
-            }),
-    );
-    setup.push(AgentCommand::CompleteDeployment {
-        deployment_id,
-        endpoint_url: endpoint,
-    });
-    for command in setup {
-        commands
-            .agents
-            .execute(&agent.to_string(), command, &meta())
-            .await
-            .expect("agent");
-    }
+    let (user, agent) = (UserId::new(), AgentId::new());
+    common::deployed_agent(&commands, agent, user, RuntimeKind::BaalAgent, endpoint).await;
     AgentTokens::open(&js, &KEY)
         .await
         .expect("tokens")

@@ -117,6 +117,28 @@ impl Chat {
         i32::try_from(record["pid"].as_i64().expect("pid")).expect("pid fits")
     }
 
+    /// The payloads of the agent's commits (`agent.<id>`), oldest first.
+    pub async fn agent_commits(&self) -> Vec<String> {
+        let js = self.platform.nats.jetstream().await;
+        let mut stream = js.get_stream("AGENTS").await.expect("AGENTS stream");
+        let last = stream
+            .info()
+            .await
+            .expect("stream info")
+            .state
+            .last_sequence;
+        let subject = format!("agent.{}", self.agent_id);
+        let mut commits = Vec::new();
+        for seq in 1..=last {
+            if let Ok(message) = stream.get_raw_message(seq).await
+                && message.subject.as_str() == subject
+            {
+                commits.push(String::from_utf8_lossy(&message.payload).into_owned());
+            }
+        }
+        commits
+    }
+
     /// Posts `message` to the agent and returns the run's stream (status 200 asserted).
     pub async fn send(&self, message: &str) -> RunStream {
         self.send_with(json!({"message": message})).await

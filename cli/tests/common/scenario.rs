@@ -1,6 +1,6 @@
 //! A realistic slice of platform activity written through the command service: a user registers,
-//! creates an agent that deploys through its six steps, and talks to it (queued runs, a cancel, a
-//! failure, a completed run with a tool call).
+//! creates an agent that deploys through its six steps and calls its model through the proxy, and
+//! talks to it (queued runs, a cancel, a failure, a completed run with a tool call).
 
 use warren_commands::CommandService;
 use warren_commands::store::CommandMeta;
@@ -8,7 +8,7 @@ use warren_domain::Actor;
 use warren_domain::agent::{AgentCommand, Backend, DeploymentStep, RuntimeKind};
 use warren_domain::conversation::{ConversationCommand, PostMode, TokenUsage, ToolCall};
 use warren_domain::ids::{AgentId, ConnectionId, ConversationId, MessageId, RunId, UserId};
-use warren_domain::user::{ApprovalMode, AuthKind, AuthMethod, UserCommand};
+use warren_domain::user::{ApprovalMode, AuthKind, AuthMethod, Provider, UserCommand};
 
 fn meta(actor: &Actor) -> CommandMeta {
     CommandMeta::new(actor.clone())
@@ -107,6 +107,22 @@ pub async fn user_story(commands: &CommandService, n: usize) {
         )
         .await
         .expect("deployed");
+    // Its runtime called its model through the proxy (ADR 23), as the edge meters it.
+    commands
+        .agents
+        .execute(
+            &a,
+            AgentCommand::MeterModelUsage {
+                provider: Provider::Openrouter,
+                model: "test-model".into(),
+                own_key: false,
+                input_tokens: 100 + n as u64,
+                output_tokens: 20,
+            },
+            &meta(&Actor::System("edge".into())),
+        )
+        .await
+        .expect("metered");
 
     let conversation = ConversationId::new();
     let c = conversation.to_string();

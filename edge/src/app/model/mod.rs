@@ -20,7 +20,7 @@ use crate::quota;
 use crate::runtime_api::RuntimeCaller;
 use crate::state::AppState;
 use axum::body::{Body, Bytes};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, StatusCode, header};
 use chrono::Utc;
 use futures::StreamExt;
 use meter::{Meter, Usage};
@@ -41,8 +41,8 @@ const ANTHROPIC_VERSION: &str = "2023-06-01";
 /// Request headers passed on to the provider; everything else (the agent token, hop-by-hop
 /// headers, cookies, forwarding headers) stays here.
 const REQUEST_HEADERS: [&str; 3] = ["accept", "anthropic-version", "anthropic-beta"];
-/// Answer headers passed back to the runtime besides the content type.
-const ANSWER_HEADERS: [&str; 3] = ["retry-after", "request-id", "x-request-id"];
+/// Answer headers passed back to the runtime (the body's type, and what a client may act on).
+const ANSWER_HEADERS: [&str; 4] = ["content-type", "retry-after", "request-id", "x-request-id"];
 
 /// A model call as a runtime sent it.
 pub struct ModelCall {
@@ -137,19 +137,11 @@ pub async fn forward(
         body
     };
     let response = send(state, &upstream, &call.headers, body).await?;
-    let status =
-        StatusCode::from_u16(response.status().as_u16()).map_err(|err| ApiError::internal(err))?;
+    let status = response.status();
     let mut headers = HeaderMap::new();
-    if let Some(content_type) = response.headers().get(header::CONTENT_TYPE) {
-        if let Ok(value) = HeaderValue::from_bytes(content_type.as_bytes()) {
-            headers.insert(header::CONTENT_TYPE, value);
-        }
-    }
     for name in ANSWER_HEADERS {
-        if let Some(value) = response.headers().get(name)
-            && let Ok(value) = HeaderValue::from_bytes(value.as_bytes())
-        {
-            headers.insert(HeaderName::from_static(name), value);
+        if let Some(value) = response.headers().get(name) {
+            headers.insert(HeaderName::from_static(name), value.clone());
         }
     }
     let event_stream = headers
