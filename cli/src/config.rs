@@ -342,8 +342,9 @@ pub struct Config {
     #[arg(long, env = "WARREN_RUNTIME_PLATFORM_URL", help_heading = heading::DEPLOYER)]
     pub runtime_platform_url: Option<String>,
     /// Where agents run: `docker` (one locked-down container each), `process` (unconfined
-    /// child processes: development only), or `auto` (docker when the engine answers).
-    #[arg(long, env = "WARREN_SANDBOX", default_value_t = SandboxChoice::Auto, help_heading = heading::DEPLOYER)]
+    /// child processes: development only), or `auto` (docker when the engine answers and the
+    /// agent image is there, else process).
+    #[arg(long, env = "WARREN_SANDBOX", default_value_t = SandboxChoice::Auto, hide_possible_values = true, help_heading = heading::DEPLOYER)]
     pub sandbox: SandboxChoice,
     /// The Docker engine: `unix:///path/to/docker.sock` or `tcp://host:port`.
     #[arg(long, env = "WARREN_DOCKER_HOST", default_value = "unix:///var/run/docker.sock", help_heading = heading::DEPLOYER)]

@@ -9,7 +9,8 @@
 //!    imported as one layer with `USER`, `WORKDIR`, `ENV` and `CMD` set.
 //!
 //! The image carries a label with the hash of the recipe and the binary: a build whose hash
-//! matches the existing image's does nothing, so a build is cheap when nothing changed.
+//! matches the existing image's does nothing, so a build is cheap when nothing changed; the
+//! image a new build replaces is removed unless a container still uses it.
 
 use super::super::provisioner::ProvisionError;
 use super::{AGENT_UID, DATA_DIR, failed, not_found};
@@ -95,6 +96,7 @@ pub async fn build(docker: &Docker, recipe: &ImageRecipe) -> Result<Built, Provi
             unchanged: true,
         });
     }
+    let replaced = docker.inspect_image(&recipe.tag).await.ok().and_then(|image| image.id);
     let root = root_filesystem(recipe).await?;
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(16);
     let agent_bin = recipe.agent_bin.clone();
@@ -140,6 +142,12 @@ pub async fn build(docker: &Docker, recipe: &ImageRecipe) -> Result<Built, Provi
     packer
         .await
         .map_err(|err| ProvisionError(format!("packing the image: {err}")))?;
+    // The image this tag named before is left untagged: remove it unless a container uses it.
+    if let Some(old) = replaced {
+        let _ = docker
+            .remove_image(&old, None::<bollard::query_parameters::RemoveImageOptions>, None)
+            .await;
+    }
     Ok(Built {
         tag: recipe.tag.clone(),
         content,
