@@ -234,6 +234,8 @@ pub async fn edge(config: &Config, shutdown: CancellationToken) -> anyhow::Resul
         "WARREN_ENCRYPTION_KEY is not set"
     );
     anyhow::ensure!(config.smtp_url.is_some(), "WARREN_SMTP_URL is not set");
+    // The edge's model proxy is what calls the platform's provider (ADR 23).
+    config.warn_if_no_model_provider();
     let platform = connect(config, Role::Edge).await?;
     serve_edge(config, &platform, shutdown).await
 }

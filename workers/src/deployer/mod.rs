@@ -89,7 +89,7 @@ pub struct DeployerSettings {
     /// The protocol of the platform's default provider (`openai` or `anthropic`), which the
     /// runtime speaks to the model proxy unless a run names another.
     pub default_provider: Option<String>,
-    /// The edge URL runtimes call back on for their session tools.
+    /// The edge URL runtimes call back on for their session tools and their model (the proxy).
     pub platform_url: String,
     /// Whether the agents' runtimes stop when the deployer does (`warren dev`: nothing it
     /// started outlives it; the next start restarts them). Otherwise they outlive it.
