@@ -164,25 +164,21 @@ docker_answers() {
     esac
 }
 
-# debootstrap, which `warren image build` runs to make the agent image's root filesystem.
-ensure_debootstrap() {
-    if ! command -v debootstrap >/dev/null 2>&1; then
-        is_root || die "debootstrap is not installed: apt-get install -y debootstrap (as root)"
-        say "installing debootstrap: apt-get install -y debootstrap"
+# A Debian package's command, installed (as root) when missing: `ensure_package CMD PACKAGE WHY`.
+ensure_package() {
+    if ! command -v "$1" >/dev/null 2>&1; then
+        is_root || die "$2 is not installed ($3): apt-get install -y $2 (as root)"
+        say "installing $2 ($3): apt-get install -y $2"
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
     fi
 }
 
+# debootstrap, which `warren image build` runs to make the agent image's root filesystem.
+ensure_debootstrap() { ensure_package debootstrap debootstrap "to build the agent image"; }
+
 # iptables, which the deployer uses for the sandbox firewall.
-ensure_iptables() {
-    if ! command -v iptables >/dev/null 2>&1; then
-        is_root || die "iptables is not installed: apt-get install -y iptables (as root)"
-        say "installing iptables: apt-get install -y iptables"
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables >/dev/null
-    fi
-}
+ensure_iptables() { ensure_package iptables iptables "for the sandbox firewall"; }
 
 # --- cargo-nextest ------------------------------------------------------------------------------
 

@@ -79,13 +79,7 @@ async fn deployer_deploys_stops_starts_and_destroys_agent_processes() {
     let (agent, owner) = platform.create_agent().await;
     let (endpoint, pid) = platform.deployed(agent, &deployer).await;
     let events = platform.events(agent).await;
-    let steps: Vec<DeploymentStep> = events
-        .iter()
-        .filter_map(|event| match event {
-            AgentEvent::DeploymentStepCompleted { step, .. } => Some(*step),
-            _ => None,
-        })
-        .collect();
+    let steps = platform.steps(agent).await;
     assert_eq!(
         steps,
         DeploymentStep::ALL.to_vec(),

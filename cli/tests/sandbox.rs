@@ -46,15 +46,7 @@ async fn an_agent_deploys_into_a_locked_down_container_that_follows_its_lifecycl
     // (1) The six steps, in order, end in a container that answers on its endpoint.
     let (agent, owner) = platform.create_agent().await;
     let endpoint = platform.endpoint(agent, &deployer).await;
-    let steps: Vec<DeploymentStep> = platform
-        .events(agent)
-        .await
-        .iter()
-        .filter_map(|event| match event {
-            AgentEvent::DeploymentStepCompleted { step, .. } => Some(*step),
-            _ => None,
-        })
-        .collect();
+    let steps = platform.steps(agent).await;
     assert_eq!(
         steps,
         DeploymentStep::ALL.to_vec(),

@@ -7,7 +7,7 @@
 use crate::edge_support::{Platform, Session};
 use futures::StreamExt;
 use serde_json::{Value, json};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::Duration;
 use warren_testkit::model_server::ModelServer;
@@ -16,15 +16,7 @@ use warren_testkit::wait_for;
 /// How long one SSE frame may take to arrive.
 pub const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// `warren-agent`, built by the workspace next to the `warren` binary under test.
-pub fn agent_bin() -> PathBuf {
-    let bin = Path::new(env!("CARGO_BIN_EXE_warren"))
-        .parent()
-        .expect("target dir")
-        .join("warren-agent");
-    assert!(bin.is_file(), "{} is missing", bin.display());
-    bin
-}
+pub use crate::common::agent_bin;
 
 /// A platform with a model server, a user and one running agent.
 pub struct Chat {

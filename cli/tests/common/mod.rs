@@ -100,6 +100,20 @@ impl Drop for Warren {
     }
 }
 
+/// `warren-agent`, built by the workspace next to the `warren` binary under test.
+pub fn agent_bin() -> std::path::PathBuf {
+    let bin = Path::new(env!("CARGO_BIN_EXE_warren"))
+        .parent()
+        .expect("target dir")
+        .join("warren-agent");
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it first (cargo build -p warren-agent)",
+        bin.display()
+    );
+    bin
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     warren_deploy::free_port().expect("free port")

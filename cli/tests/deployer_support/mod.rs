@@ -4,31 +4,19 @@
 #![allow(dead_code)]
 
 use crate::common::Warren;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 use warren_commands::codec;
 use warren_commands::topology::{AGENTS, LogSettings};
 use warren_commands::{CommandMeta, CommandService};
 use warren_domain::Actor;
-use warren_domain::agent::{Agent, AgentCommand, AgentEvent, Backend, RuntimeKind};
+use warren_domain::agent::{Agent, AgentCommand, AgentEvent, Backend, DeploymentStep, RuntimeKind};
 use warren_domain::ids::{AgentId, UserId};
 use warren_testkit::{TestDb, TestNats};
 
 pub const TIMEOUT: Duration = Duration::from_secs(60);
 
-/// `warren-agent`, built by the workspace next to the `warren` binary under test.
-pub fn agent_bin() -> PathBuf {
-    let bin = Path::new(env!("CARGO_BIN_EXE_warren"))
-        .parent()
-        .expect("target dir")
-        .join("warren-agent");
-    assert!(
-        bin.is_file(),
-        "{} is missing: build it first (cargo build -p warren-agent)",
-        bin.display()
-    );
-    bin
-}
+pub use crate::common::agent_bin;
 
 pub async fn healthy(endpoint: &str) -> bool {
     reqwest::get(format!("{endpoint}/health"))
@@ -163,6 +151,18 @@ impl Platform {
             }
         }
         events
+    }
+
+    /// The deployment steps recorded for the agent, in log order.
+    pub async fn steps(&self, agent: AgentId) -> Vec<DeploymentStep> {
+        self.events(agent)
+            .await
+            .iter()
+            .filter_map(|event| match event {
+                AgentEvent::DeploymentStepCompleted { step, .. } => Some(*step),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Waits until the agent is deployed; its endpoint.

@@ -4,26 +4,13 @@
 
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use tokio::sync::OnceCell;
 
 /// The image tests run: built from the workspace's `warren-agent`.
 pub const IMAGE: &str = "warren-agent:test";
 
-/// `warren-agent`, built by the workspace next to the `warren` binary under test.
-pub fn agent_bin() -> PathBuf {
-    let bin = Path::new(env!("CARGO_BIN_EXE_warren"))
-        .parent()
-        .expect("target dir")
-        .join("warren-agent");
-    assert!(
-        bin.is_file(),
-        "{} is missing: build it first (cargo build -p warren-agent)",
-        bin.display()
-    );
-    bin
-}
+pub use crate::common::agent_bin;
 
 static IMAGE_BUILT: OnceCell<()> = OnceCell::const_new();
 

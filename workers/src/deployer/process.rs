@@ -403,6 +403,14 @@ impl ProcessProvisioner {
         }
     }
 
+    /// The recorded pid, if that process is alive.
+    fn live_pid(&self, agent_id: AgentId) -> Provisioned<i32> {
+        self.record(agent_id)?
+            .pid
+            .filter(|pid| alive(*pid))
+            .ok_or_else(|| ProvisionError(format!("agent {agent_id} has no live process")))
+    }
+
     fn record(&self, agent_id: AgentId) -> Provisioned<ProcessRecord> {
         self.layout
             .read(agent_id)
@@ -483,21 +491,11 @@ impl Provisioner for ProcessProvisioner {
     }
 
     async fn pause(&self, agent_id: AgentId) -> Provisioned<()> {
-        let pid = self
-            .record(agent_id)?
-            .pid
-            .filter(|pid| alive(*pid))
-            .ok_or_else(|| ProvisionError(format!("agent {agent_id} has no live process")))?;
-        signal_group(pid, rustix::process::Signal::STOP)
+        signal_group(self.live_pid(agent_id)?, rustix::process::Signal::STOP)
     }
 
     async fn resume(&self, agent_id: AgentId) -> Provisioned<()> {
-        let pid = self
-            .record(agent_id)?
-            .pid
-            .filter(|pid| alive(*pid))
-            .ok_or_else(|| ProvisionError(format!("agent {agent_id} has no live process")))?;
-        signal_group(pid, rustix::process::Signal::CONT)
+        signal_group(self.live_pid(agent_id)?, rustix::process::Signal::CONT)
     }
 
     async fn destroy(&self, agent_id: AgentId) -> Provisioned<()> {

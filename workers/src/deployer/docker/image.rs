@@ -96,7 +96,11 @@ pub async fn build(docker: &Docker, recipe: &ImageRecipe) -> Result<Built, Provi
             unchanged: true,
         });
     }
-    let replaced = docker.inspect_image(&recipe.tag).await.ok().and_then(|image| image.id);
+    let replaced = docker
+        .inspect_image(&recipe.tag)
+        .await
+        .ok()
+        .and_then(|image| image.id);
     let root = root_filesystem(recipe).await?;
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(16);
     let agent_bin = recipe.agent_bin.clone();
@@ -145,7 +149,11 @@ pub async fn build(docker: &Docker, recipe: &ImageRecipe) -> Result<Built, Provi
     // The image this tag named before is left untagged: remove it unless a container uses it.
     if let Some(old) = replaced {
         let _ = docker
-            .remove_image(&old, None::<bollard::query_parameters::RemoveImageOptions>, None)
+            .remove_image(
+                &old,
+                None::<bollard::query_parameters::RemoveImageOptions>,
+                None,
+            )
             .await;
     }
     Ok(Built {
