@@ -3,11 +3,13 @@
 //! scripted model server. An agent left idle is paused, never in the middle of a run; its next
 //! message resumes it, and every client following the conversation is told `resuming` before
 //! the answer streams. With a cap on awake sandboxes, creating one more is refused with 503
-//! `at_capacity`, and a message to a paused agent waits, queued, until a slot frees.
+//! `at_capacity`, and a message to a paused agent waits, queued, until a slot frees. The idle
+//! pause and resume are also seen end to end in a docker sandbox (`docker pause`).
 
 mod chat_support;
 mod common;
 mod edge_support;
+mod sandbox_support;
 
 use chat_support::{Chat, Frame, RunStream};
 use serde_json::{Value, json};
@@ -292,4 +294,51 @@ async fn past_the_sandbox_cap_creating_is_refused_and_a_message_to_a_paused_agen
     assert_eq!(done.kind(), "done", "{frames:?}");
     assert_eq!(done.data["text"], "Worth the wait.");
     assert_eq!(status(&chat, &chat.agent_id).await["status"], "running");
+}
+
+#[tokio::test]
+async fn an_idle_docker_sandbox_is_paused_and_its_next_message_unpauses_it_first() {
+    sandbox_support::ensure_image().await;
+    let net = sandbox_support::SandboxNet::new(common::free_port());
+    let mut env: Vec<(&str, String)> = net.env();
+    env.extend(FAST.iter().map(|(k, v)| (*k, (*v).to_owned())));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let chat = Chat::start(&env).await;
+    let agent = chat.agent_id.clone();
+    let container = sandbox_support::container(&agent);
+    let info = |field: &'static str| {
+        let container = container.clone();
+        move || sandbox_support::inspect(&container).map(|info| info["State"][field].clone())
+    };
+    let started_at = info("StartedAt")();
+
+    // A first answer, then 4 idle seconds: the agent is paused and so is its container.
+    chat.model.push(Reply::text("Hello."));
+    let mut first = chat.send("hello").await;
+    assert_eq!(first.finish().await.data["text"], "Hello.");
+    wait_status(&chat, &agent, "paused").await;
+    let paused = info("Paused");
+    wait_until(TIMEOUT, || async { paused() == Some(Value::Bool(true)) }).await;
+
+    // The next message thaws it: `resuming` first, then the answer from the same container.
+    chat.model.push(Reply::text("Awake again."));
+    let mut second = chat.send("are you there?").await;
+    let run_id = second.until("queued").await.data["run_id"]
+        .as_str()
+        .expect("run id")
+        .to_owned();
+    let frames = to_the_end(&mut second, &run_id).await;
+    let resuming = position(&frames, "status", Some("resuming"));
+    assert!(
+        resuming.is_some() && resuming < position(&frames, "text", None),
+        "resuming comes first: {frames:?}"
+    );
+    let done = frames.last().expect("terminal frame");
+    assert_eq!(done.data["text"], "Awake again.", "{frames:?}");
+    assert_eq!(
+        paused(),
+        Some(Value::Bool(false)),
+        "the container is thawed"
+    );
+    assert_eq!(info("StartedAt")(), started_at, "resumed, not restarted");
 }
