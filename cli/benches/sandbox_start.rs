@@ -136,6 +136,7 @@ async fn measure(
         platform_url: "http://127.0.0.1:9".into(),
         stop_agents_on_shutdown: true,
         idle_pause: None,
+        warm_pool: 0,
     };
     let deployer = Deployer::build(
         commands.clone(),

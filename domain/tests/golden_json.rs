@@ -159,7 +159,10 @@ fn agent_deployed_is_stored_as_pinned_with_and_without_its_workspace() {
         }
     });
     let system = || Actor::System("deployer".into());
-    assert_golden(&envelope(agent.0, system(), deployed(None)), expected.clone());
+    assert_golden(
+        &envelope(agent.0, system(), deployed(None)),
+        expected.clone(),
+    );
     expected["data"]["workspace"] = json!("warren-ws-pool-1a2b3c");
     assert_golden(
         &envelope(agent.0, system(), deployed(Some("warren-ws-pool-1a2b3c"))),
