@@ -2,7 +2,8 @@
 //! `WARREN_WARM_POOL=2` keeps two started, unassigned, locked-down containers; a new agent is
 //! deployed into one of them (the same container, renamed), chats through it, and the pool
 //! refills behind it. Removed, the agent's container is recreated on the same volume and
-//! address; deleted, the agent takes its container and volume with it.
+//! address; deleted, the agent takes its container and volume with it. A restarted deployer
+//! hands out the pool it finds, or replaces it when the platform's settings changed.
 
 mod chat_support;
 mod common;
@@ -178,4 +179,57 @@ async fn a_new_agent_runs_in_a_warm_container_and_the_pool_refills() {
     })
     .await;
     assert_eq!(warm(&net).len(), POOL);
+}
+
+#[tokio::test]
+async fn a_restarted_deployer_adopts_its_pool_and_replaces_it_when_the_platform_changed() {
+    ensure_image().await;
+    let mut platform = deployer_support::Platform::start().await;
+    let net = SandboxNet::new(common::free_port());
+    platform.env.extend(net.env());
+    platform.env.push(("WARREN_WARM_POOL", POOL.to_string()));
+    let mut first = platform.deployer("deployer-1");
+    let pool = full_pool(&net).await;
+    first.kill_group().await;
+
+    // (1) Same settings: the next deployer hands out the pool it found.
+    let mut second = platform.deployer("deployer-2");
+    let (agent, _) = platform.create_agent().await;
+    let endpoint = platform.endpoint(agent, &second).await;
+    let name = container(agent);
+    let info = inspect(&name).expect("the agent's container");
+    let id = info["Id"].as_str().expect("id").to_owned();
+    assert!(
+        pool.contains(&id),
+        "{id} is not one of the pool's {pool:?}: {}",
+        second.log_text()
+    );
+    let workspace = info["Mounts"][0]["Name"].as_str().expect("volume").to_owned();
+    let refilled = full_pool(&net).await;
+    assert_eq!(refilled.intersection(&pool).count(), POOL - 1);
+    second.kill_group().await;
+
+    // (2) Other platform settings: the pool is replaced, and the agent is redeployed into a
+    // container of its own on the same volume and address.
+    platform
+        .env
+        .push(("WARREN_DEFAULT_PROVIDER", "anthropic".to_owned()));
+    let third = platform.deployer("deployer-3");
+    wait_until(TIMEOUT, || async {
+        let warm = warm(&net);
+        warm.len() == POOL && warm.is_disjoint(&refilled)
+    })
+    .await;
+    wait_until(TIMEOUT, || async {
+        inspect(&name).is_some_and(|info| info["Id"] != id.as_str()) && healthy(&endpoint).await
+    })
+    .await;
+    let info = inspect(&name).expect("the redeployed container");
+    assert_eq!(
+        info["Mounts"][0]["Name"],
+        workspace.as_str(),
+        "{}",
+        third.log_text()
+    );
+    assert_eq!(info["Config"]["Labels"]["org.warren.agent"], agent.to_string());
 }

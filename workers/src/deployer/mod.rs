@@ -575,17 +575,26 @@ impl Deployer {
         self.sandbox.allocate(agent_id).await.map(|()| None)
     }
 
-    /// Polls the runtime's health until it answers or the health timeout passes.
+    /// Polls the runtime's health until it answers or the health timeout passes: every 25 ms
+    /// for the first second (a warm pool's runtime answers within tens of milliseconds, and
+    /// each poll costs a request on the host), then every 100 ms.
     async fn wait_healthy(&self, provisioner: &dyn Provisioner, agent_id: AgentId) -> bool {
-        let deadline = tokio::time::Instant::now() + self.settings.health_timeout;
+        let started = tokio::time::Instant::now();
+        let deadline = started + self.settings.health_timeout;
         loop {
             if provisioner.healthy(agent_id).await {
                 return true;
             }
-            if tokio::time::Instant::now() >= deadline {
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
                 return false;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            let pause = if now - started < Duration::from_secs(1) {
+                Duration::from_millis(25)
+            } else {
+                Duration::from_millis(100)
+            };
+            tokio::time::sleep(pause).await;
         }
     }
 
