@@ -204,7 +204,10 @@ async fn a_restarted_deployer_adopts_its_pool_and_replaces_it_when_the_platform_
         "{id} is not one of the pool's {pool:?}: {}",
         second.log_text()
     );
-    let workspace = info["Mounts"][0]["Name"].as_str().expect("volume").to_owned();
+    let workspace = info["Mounts"][0]["Name"]
+        .as_str()
+        .expect("volume")
+        .to_owned();
     let refilled = full_pool(&net).await;
     assert_eq!(refilled.intersection(&pool).count(), POOL - 1);
     second.kill_group().await;
@@ -231,5 +234,8 @@ async fn a_restarted_deployer_adopts_its_pool_and_replaces_it_when_the_platform_
         "{}",
         third.log_text()
     );
-    assert_eq!(info["Config"]["Labels"]["org.warren.agent"], agent.to_string());
+    assert_eq!(
+        info["Config"]["Labels"]["org.warren.agent"],
+        agent.to_string()
+    );
 }
