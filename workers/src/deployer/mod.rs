@@ -39,6 +39,7 @@
 //! its `allocating` step (its workspace comes with it and is recorded in `AgentDeployed`), is
 //! given its configuration and token at `configuring` and `starting`, and is running without a
 //! container being created or started; with the pool empty it deploys cold.
+//!
 //! Runtimes hold no provider key: they call their model through the edge's model proxy
 //! (docs/adr/0023-model-proxy.md).
 //!
