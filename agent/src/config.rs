@@ -382,9 +382,52 @@ pub struct Args {
     /// the key); needs the platform URL and agent id, and refuses a key or base URL.
     #[arg(long, env = "WARREN_AGENT_MODEL_PROXY")]
     pub model_proxy: bool,
+    /// Wait, serving nothing (not even `/health`), until this file assigns the runtime to an
+    /// agent ([`Assignment`]) and the token file is there: how a warm pool's runtime is started
+    /// before anyone's agent exists. An assigned runtime that restarts reads it at once.
+    #[arg(long, env = "WARREN_AGENT_ASSIGNMENT_FILE", requires = "token_file")]
+    pub assignment_file: Option<PathBuf>,
+}
+
+/// What makes a waiting runtime one agent's (`WARREN_AGENT_ASSIGNMENT_FILE`, JSON): everything
+/// agent-specific the deployer would otherwise put in the environment. It names, but grants
+/// nothing: the platform checks every call against the token.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct Assignment {
+    /// The agent (`WARREN_AGENT_ID`).
+    pub agent_id: String,
+    /// The platform's URL (`WARREN_AGENT_PLATFORM_URL`), if it offers one.
+    #[serde(default)]
+    pub platform_url: Option<String>,
+    /// The model (`WARREN_AGENT_MODEL`).
+    pub model: String,
+    /// The system prompt (`WARREN_AGENT_SYSTEM_PROMPT`).
+    pub system_prompt: String,
+}
+
+impl Assignment {
+    /// The assignment in `path` once it is complete: the file parses and the token file
+    /// (written before it) holds a token; `None` while either is missing or half-written.
+    pub fn ready(path: &std::path::Path, token_file: &std::path::Path) -> Option<Self> {
+        let assignment = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+        let token = std::fs::read_to_string(token_file).ok()?;
+        (!token.trim().is_empty()).then_some(assignment)
+    }
 }
 
 impl Args {
+    /// These flags with `assignment`'s agent-specific values in place of their own.
+    pub fn assigned(self, assignment: Assignment) -> Self {
+        Self {
+            agent_id: Some(assignment.agent_id),
+            platform_url: assignment.platform_url.or(self.platform_url),
+            model: assignment.model,
+            system_prompt: Some(assignment.system_prompt),
+            assignment_file: None,
+            ..self
+        }
+    }
+
     /// The listen address and the validated config.
     pub fn into_config(self) -> Result<(SocketAddr, Config), ConfigError> {
         let token = match (self.token, &self.token_file) {
@@ -539,6 +582,39 @@ mod tests {
             extra.extend_from_slice(&provider);
             assert!(matches!(parse(&extra), Err(ConfigError::ProxyWithProvider)));
         }
+    }
+
+    #[test]
+    fn an_assignment_makes_a_waiting_runtime_one_agent_s() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (file, token) = (dir.path().join("assignment.json"), dir.path().join("token"));
+        let args = Args::try_parse_from([
+            "warren-agent",
+            "--token-file",
+            token.to_str().expect("utf-8"),
+            "--assignment-file",
+            file.to_str().expect("utf-8"),
+            "--model-proxy",
+        ])
+        .expect("parse");
+        assert_eq!(Assignment::ready(&file, &token), None, "nothing yet");
+        std::fs::write(&token, "agent-tok\n").expect("write");
+        std::fs::write(&file, r#"{"agent_id": "a1", "platform_url": "http://p"#).expect("write");
+        assert_eq!(Assignment::ready(&file, &token), None, "half-written");
+        std::fs::write(
+            &file,
+            r#"{"agent_id": "a1", "platform_url": "http://p", "model": "m", "system_prompt": "Be brief."}"#,
+        )
+        .expect("write");
+        let assignment = Assignment::ready(&file, &token).expect("complete");
+        let (_, config) = args.assigned(assignment).into_config().expect("valid");
+        assert_eq!(config.token.expose(), "agent-tok");
+        assert_eq!(config.model.model, "m");
+        assert_eq!(config.model.system_prompt, "Be brief.");
+        assert_eq!(
+            config.model.base_url(),
+            "http://p/api/v1/runtime/agents/a1/model/openai"
+        );
     }
 
     #[test]

@@ -216,6 +216,7 @@ async fn setup(
         .chain([AgentCommand::CompleteDeployment {
             deployment_id,
             endpoint_url: runtime_url.clone(),
+            workspace: None,
         }]);
     let agent = seed::agent(&commands, user, deployment_id, deployed).await;
     AgentTokens::open(&js, &MASTER_KEY)

@@ -1,8 +1,10 @@
 //! Create-to-running latency of an agent, per sandbox, side by side in one run: from the
 //! `CreateAgent` command to the agent's `running` status in the log, through the real deployer
 //! (the six steps, each recorded) on a real nats-server, for the `process` provisioner and the
-//! `docker` one (cold: a new container each time), and resume-from-pause (`ResumeAgent` to the
-//! runtime answering again) when the deployer acts on pauses.
+//! `docker` one (cold: a new container each time; warm: taken from a warm pool of
+//! `WARREN_BENCH_POOL` started containers, default 2, full before each creation, as on a
+//! platform that is not creating agents faster than it refills), and resume-from-pause
+//! (`ResumeAgent` to the runtime answering again) when the deployer acts on pauses.
 //!
 //! `cargo build --release -p warren-agent && cargo bench -p warren-cli --bench sandbox_start`
 //! (env: `WARREN_BENCH_AGENTS`, default 20). Docker needs root (the sandbox firewall) and builds
@@ -28,6 +30,7 @@ const MASTER_KEY: [u8; 32] = [7; 32];
 const IMAGE: &str = "warren-agent:bench";
 /// Targets of issue 12 on this machine.
 const DOCKER_COLD_P50: Duration = Duration::from_secs(3);
+const WARM_POOL_P50: Duration = Duration::from_millis(500);
 const RESUME_P50: Duration = Duration::from_secs(1);
 
 fn agent_bin() -> PathBuf {
@@ -116,13 +119,25 @@ impl Bench {
     }
 }
 
-/// Runs one deployer with `sandbox` and measures `n` creations (and resumes, if pausing works).
-async fn measure(
-    label: &str,
+/// How one run deploys: a sandbox, with a warm pool of docker containers or without.
+struct Run<'a> {
+    label: &'a str,
     sandbox: Arc<dyn Provisioner>,
-    data_dir: &Path,
-    n: usize,
-) -> (Vec<Duration>, Vec<Duration>) {
+    /// The docker provisioner and the pool's size, when it keeps one.
+    pool: Option<(&'a DockerProvisioner, usize)>,
+    /// Whether to measure resumes too.
+    resumes: bool,
+}
+
+/// Runs one deployer as `run` says and measures `n` creations (and resumes, if asked and
+/// pausing works).
+async fn measure(run: Run<'_>, data_dir: &Path, n: usize) -> (Vec<Duration>, Vec<Duration>) {
+    let Run {
+        label,
+        sandbox,
+        pool,
+        resumes: measure_resumes,
+    } = run;
     let nats = TestNats::start().await;
     let commands = CommandService::start(nats.jetstream().await, &Default::default())
         .await
@@ -136,7 +151,9 @@ async fn measure(
         platform_url: "http://127.0.0.1:9".into(),
         stop_agents_on_shutdown: true,
         idle_pause: None,
+        warm_pool: pool.map_or(0, |(_, size)| size),
     };
+    let warm = settings.warm_spec();
     let deployer = Deployer::build(
         commands.clone(),
         &MASTER_KEY,
@@ -155,6 +172,13 @@ async fn measure(
     let mut creates = Vec::with_capacity(n);
     let mut agents = Vec::with_capacity(n);
     for _ in 0..n {
+        if let Some((docker, size)) = pool {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while docker.warm_ready(&warm).await.expect("the warm pool") < size {
+                assert!(Instant::now() < deadline, "the warm pool never filled");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
         let (agent, took) = bench.create().await;
         creates.push(took);
         agents.push(agent);
@@ -162,7 +186,7 @@ async fn measure(
     // Resume from pause: PauseAgent, wait until the runtime is frozen, then time ResumeAgent to
     // the runtime answering again.
     let mut resumes = Vec::new();
-    for agent in &agents {
+    for agent in agents.iter().filter(|_| measure_resumes) {
         bench.command(*agent, AgentCommand::PauseAgent).await;
         let frozen = async {
             loop {
@@ -248,7 +272,17 @@ async fn main() {
 
     let process: Arc<dyn Provisioner> =
         Arc::new(ProcessProvisioner::new(dir.path(), Some(agent_bin())));
-    let (process_creates, process_resumes) = measure("process", process, dir.path(), n).await;
+    let (process_creates, process_resumes) = measure(
+        Run {
+            label: "process",
+            sandbox: process,
+            pool: None,
+            resumes: true,
+        },
+        dir.path(),
+        n,
+    )
+    .await;
 
     let engine = docker::connect("unix:///var/run/docker.sock")
         .await
@@ -282,7 +316,32 @@ async fn main() {
             .await
             .expect("docker sandboxes"),
     );
-    let (docker_creates, docker_resumes) = measure("docker", sandbox.clone(), dir.path(), n).await;
+    let (docker_creates, docker_resumes) = measure(
+        Run {
+            label: "docker",
+            sandbox: sandbox.clone(),
+            pool: None,
+            resumes: true,
+        },
+        dir.path(),
+        n,
+    )
+    .await;
+    let pool_size: usize = std::env::var("WARREN_BENCH_POOL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    let (warm_creates, _) = measure(
+        Run {
+            label: "docker warm pool",
+            sandbox: sandbox.clone(),
+            pool: Some((&sandbox, pool_size)),
+            resumes: false,
+        },
+        dir.path(),
+        n,
+    )
+    .await;
     drop(sandbox);
     let _ = engine.remove_network(&network).await;
     docker::network::remove_firewall(&network).await;
@@ -292,6 +351,11 @@ async fn main() {
     println!("|---|---|---|---|---|---|");
     row("process, create", process_creates, None);
     row("docker cold, create", docker_creates, Some(DOCKER_COLD_P50));
+    row(
+        &format!("docker warm pool ({pool_size}), create"),
+        warm_creates,
+        Some(WARM_POOL_P50),
+    );
     row("process, resume from pause", process_resumes, None);
     row(
         "docker, resume from pause",

@@ -413,6 +413,11 @@ pub struct Config {
     /// a paused agent waits, queued, until one stops or pauses. 0: no cap.
     #[arg(long, env = "WARREN_MAX_SANDBOXES", default_value_t = 0, help_heading = heading::CAPACITY)]
     pub max_sandboxes: u32,
+    /// Started, unassigned docker sandboxes the deployer keeps ready, so a new agent is running
+    /// without waiting for a container; they belong to no agent and are not counted by
+    /// WARREN_MAX_SANDBOXES (docs/adr/0028-warm-pool.md). 0: none.
+    #[arg(long, env = "WARREN_WARM_POOL", default_value_t = 0, help_heading = heading::CAPACITY)]
+    pub warm_pool: usize,
 }
 
 impl Default for Config {
@@ -753,6 +758,7 @@ impl Config {
             stop_agents_on_shutdown: false,
             idle_pause: (self.agent_idle_pause_secs > 0)
                 .then(|| Duration::from_secs(self.agent_idle_pause_secs)),
+            warm_pool: self.warm_pool,
         }
     }
 

@@ -360,6 +360,11 @@ pub async fn deployer(config: &Config, platform: &Platform, dev: bool) -> anyhow
                  an agent's shell can read the platform's data directory and reach its services. \
                  For development only; use WARREN_SANDBOX=docker for anyone else"
             );
+            if settings.warm_pool > 0 {
+                tracing::warn!(
+                    "WARREN_WARM_POOL is for docker sandboxes: processes keep no warm pool"
+                );
+            }
             // Say at start, not at the first deployment's third step, that no agent can be
             // deployed.
             if let Err(err) = process.install().await {

@@ -133,6 +133,43 @@ fn agent_created_is_stored_as_pinned() {
     );
 }
 
+/// A deployment from the warm pool records its workspace; one without (cold, or stored before
+/// the field existed) keeps version 1's exact shape.
+#[test]
+fn agent_deployed_is_stored_as_pinned_with_and_without_its_workspace() {
+    let agent = AgentId(id(3));
+    let deployed = |workspace: Option<&str>| AgentEvent::AgentDeployed {
+        agent_id: agent,
+        deployment_id: id(7),
+        endpoint_url: "http://10.213.0.2:8080".into(),
+        workspace: workspace.map(str::to_owned),
+    };
+    let mut expected = json!({
+        "id": "00000000-0000-0000-0000-0000000000e1",
+        "version": "1",
+        "aggregate_id": "00000000-0000-0000-0000-000000000003",
+        "command_id": "00000000-0000-0000-0000-0000000000c1",
+        "actor": {"kind": "system", "id": "deployer"},
+        "occurred_at": "2026-01-26T10:30:00Z",
+        "type": "AgentDeployed",
+        "data": {
+            "agent_id": "00000000-0000-0000-0000-000000000003",
+            "deployment_id": "00000000-0000-0000-0000-000000000007",
+            "endpoint_url": "http://10.213.0.2:8080"
+        }
+    });
+    let system = || Actor::System("deployer".into());
+    assert_golden(
+        &envelope(agent.0, system(), deployed(None)),
+        expected.clone(),
+    );
+    expected["data"]["workspace"] = json!("warren-ws-pool-1a2b3c");
+    assert_golden(
+        &envelope(agent.0, system(), deployed(Some("warren-ws-pool-1a2b3c"))),
+        expected,
+    );
+}
+
 #[test]
 fn the_exec_upload_and_model_usage_audit_events_are_stored_as_pinned() {
     let agent = AgentId(id(3));

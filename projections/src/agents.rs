@@ -131,7 +131,7 @@ impl Projection for Agents {
                 history(tx, event_id, agent_id.0, Some(*deployment_id), "step_completed", Some(step.as_str()), None, at, seq)
                     .await
             }
-            AgentEvent::AgentDeployed { agent_id, deployment_id, endpoint_url } => {
+            AgentEvent::AgentDeployed { agent_id, deployment_id, endpoint_url, .. } => {
                 sqlx::query(
                     "UPDATE agents SET status = 'running', endpoint = $2, last_error = NULL, updated_at = $3, \
                      last_seq = $4 WHERE id = $1 AND last_seq <= $4",

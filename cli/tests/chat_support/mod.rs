@@ -29,16 +29,26 @@ pub struct Chat {
 impl Chat {
     /// Starts everything; `env` goes on top of the chat defaults.
     pub async fn start(env: &[(&str, &str)]) -> Self {
-        Self::start_with(true, env).await
+        Self::start_with(true, env, std::future::ready(())).await
+    }
+
+    /// Starts everything, but creates the agent only once `ready` is done (the platform is
+    /// up and the user signed in by then).
+    pub async fn start_after(env: &[(&str, &str)], ready: impl Future<Output = ()>) -> Self {
+        Self::start_with(true, env, ready).await
     }
 
     /// Starts everything but the platform's model provider (no `WARREN_DEFAULT_*`): a
     /// newcomer's first `warren dev`.
     pub async fn start_without_model_provider(env: &[(&str, &str)]) -> Self {
-        Self::start_with(false, env).await
+        Self::start_with(false, env, std::future::ready(())).await
     }
 
-    async fn start_with(model_provider: bool, env: &[(&str, &str)]) -> Self {
+    async fn start_with(
+        model_provider: bool,
+        env: &[(&str, &str)],
+        ready: impl Future<Output = ()>,
+    ) -> Self {
         let model = ModelServer::start().await;
         let model_url = model.url();
         let agent_bin = agent_bin().display().to_string();
@@ -56,6 +66,7 @@ impl Chat {
         vars.extend_from_slice(env);
         let platform = Platform::start(&vars).await;
         let user = platform.sign_in("chatter@example.com").await;
+        ready.await;
         let created = platform
             .post(
                 "/api/v1/agents",

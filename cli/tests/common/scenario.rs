@@ -102,6 +102,7 @@ pub async fn user_story(commands: &CommandService, n: usize) {
             AgentCommand::CompleteDeployment {
                 deployment_id: deployment,
                 endpoint_url: format!("http://127.0.0.1:{}", 9000 + n),
+                workspace: None,
             },
             &meta(&system),
         )

@@ -57,6 +57,9 @@ pub enum AgentCommand {
         deployment_id: Uuid,
         /// The runtime's base URL.
         endpoint_url: String,
+        /// The workspace the runtime was given when it is not the agent's default one (a
+        /// warm pool's runtime brings its own), so it is found again later.
+        workspace: Option<String>,
     },
     /// Deployer: the current attempt failed at `step` (the step that was due next).
     FailDeployment {

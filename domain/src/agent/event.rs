@@ -70,6 +70,11 @@ pub enum AgentEvent {
         deployment_id: Uuid,
         /// The runtime's base URL.
         endpoint_url: String,
+        /// The workspace (a docker volume) when it is not the agent's default one: a warm
+        /// pool's runtime came with its own. Absent in events from before the warm pool, and
+        /// for agents deployed cold.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        workspace: Option<String>,
     },
     /// The attempt failed.
     DeploymentFailed {

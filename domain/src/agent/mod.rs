@@ -76,6 +76,9 @@ pub struct Agent {
     pub deployment: Option<Deployment>,
     /// The runtime's base URL from the last successful deployment.
     pub endpoint_url: Option<String>,
+    /// The workspace a deployment recorded (a warm pool's), kept for every later one; `None`:
+    /// the agent's default workspace.
+    pub workspace: Option<String>,
     /// Whether the deleted agent's sandbox is gone.
     pub destroyed: bool,
 }
@@ -155,7 +158,13 @@ impl Agent {
             C::CompleteDeployment {
                 deployment_id,
                 endpoint_url,
-            } => self.complete_deployment(agent_id, *deployment_id, endpoint_url),
+                workspace,
+            } => self.complete_deployment(
+                agent_id,
+                *deployment_id,
+                endpoint_url,
+                workspace.as_deref(),
+            ),
             C::FailDeployment {
                 deployment_id,
                 step,
@@ -346,10 +355,17 @@ impl Agent {
                     completed: Some(*step),
                 });
             }
-            AgentEvent::AgentDeployed { endpoint_url, .. } => {
+            AgentEvent::AgentDeployed {
+                endpoint_url,
+                workspace,
+                ..
+            } => {
                 self.status = S::Running;
                 self.deployment = None;
                 self.endpoint_url = Some(endpoint_url.clone());
+                if workspace.is_some() {
+                    self.workspace = workspace.clone();
+                }
             }
             AgentEvent::DeploymentFailed { .. } => {
                 self.status = S::Failed;
@@ -419,6 +435,7 @@ impl Agent {
         agent_id: AgentId,
         deployment_id: Uuid,
         endpoint_url: &str,
+        workspace: Option<&str>,
     ) -> Result<Vec<AgentEvent>, AgentError> {
         let deployment = self.active_deployment(deployment_id)?;
         if deployment.completed != Some(DeploymentStep::HealthCheck) {
@@ -434,10 +451,22 @@ impl Agent {
                 reason: "must be an http or https URL",
             })?;
         text::ENDPOINT_URL.check(&endpoint_url)?;
+        let workspace = match workspace {
+            Some(workspace) => {
+                let workspace = non_blank(workspace).ok_or(AgentError::InvalidInput {
+                    field: "workspace",
+                    reason: "must not be blank",
+                })?;
+                text::WORKSPACE.check(&workspace)?;
+                Some(workspace)
+            }
+            None => None,
+        };
         Ok(vec![AgentEvent::AgentDeployed {
             agent_id,
             deployment_id,
             endpoint_url,
+            workspace,
         }])
     }
 

@@ -72,6 +72,7 @@ pub(super) fn running() -> Vec<AgentEvent> {
         agent_id: AGENT,
         deployment_id: FIRST,
         endpoint_url: ENDPOINT.into(),
+        workspace: None,
     });
     events
 }
@@ -220,15 +221,61 @@ fn a_deployment_completes_after_the_health_check() {
         .when(C::CompleteDeployment {
             deployment_id: FIRST,
             endpoint_url: ENDPOINT.into(),
+            workspace: None,
         })
         .then_events([E::AgentDeployed {
             agent_id: AGENT,
             deployment_id: FIRST,
             endpoint_url: ENDPOINT.into(),
+            workspace: None,
         }]);
     assert_eq!(agent.status, AgentStatus::Running);
     assert_eq!(agent.endpoint_url.as_deref(), Some(ENDPOINT));
     assert_eq!(agent.deployment, None);
+    assert_eq!(agent.workspace, None, "the agent's default workspace");
+}
+
+#[test]
+fn a_warm_pool_s_workspace_is_recorded_and_kept_by_later_deployments() {
+    let pooled = "warren-ws-pool-1a2b";
+    let mut events = deploying_through(DeploymentStep::HealthCheck);
+    let agent = given(events.clone())
+        .when(C::CompleteDeployment {
+            deployment_id: FIRST,
+            endpoint_url: ENDPOINT.into(),
+            workspace: Some(pooled.into()),
+        })
+        .then_events([E::AgentDeployed {
+            agent_id: AGENT,
+            deployment_id: FIRST,
+            endpoint_url: ENDPOINT.into(),
+            workspace: Some(pooled.into()),
+        }]);
+    assert_eq!(agent.workspace.as_deref(), Some(pooled));
+    events.push(E::AgentDeployed {
+        agent_id: AGENT,
+        deployment_id: FIRST,
+        endpoint_url: ENDPOINT.into(),
+        workspace: Some(pooled.into()),
+    });
+    events.push(config_redeploy());
+    events.push(E::AgentDeployed {
+        agent_id: AGENT,
+        deployment_id: SECOND,
+        endpoint_url: ENDPOINT.into(),
+        workspace: None,
+    });
+    let agent = given(events.clone())
+        .when(C::StopAgent)
+        .then_events([E::AgentStopped { agent_id: AGENT }]);
+    assert_eq!(agent.workspace.as_deref(), Some(pooled), "never forgotten");
+    given(deploying_through(DeploymentStep::HealthCheck))
+        .when(C::CompleteDeployment {
+            deployment_id: FIRST,
+            endpoint_url: ENDPOINT.into(),
+            workspace: Some(" ".into()),
+        })
+        .then_error("invalid_input");
 }
 
 #[test]
@@ -237,6 +284,7 @@ fn a_deployment_cannot_complete_before_the_health_check() {
         .when(C::CompleteDeployment {
             deployment_id: FIRST,
             endpoint_url: ENDPOINT.into(),
+            workspace: None,
         })
         .then_error("deployment_incomplete");
 }
@@ -247,6 +295,7 @@ fn a_deployment_needs_a_web_endpoint() {
         .when(C::CompleteDeployment {
             deployment_id: FIRST,
             endpoint_url: "not a url".into(),
+            workspace: None,
         })
         .then_error("invalid_input");
 }

@@ -99,6 +99,7 @@ fn the_deployers_endpoint_and_error_texts_keep_the_rules_too() {
         .when(C::CompleteDeployment {
             deployment_id: FIRST,
             endpoint_url: "http://127.0.0.1:4100/\u{0}".into(),
+            workspace: None,
         })
         .then_invalid("endpoint_url");
     for error in [

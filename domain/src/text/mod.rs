@@ -166,6 +166,8 @@ rules! {
     MODEL: "model", Single, 200;
     /// A deployed runtime's base URL.
     ENDPOINT_URL: "endpoint_url", Single, 2048;
+    /// A deployed runtime's workspace (a docker volume's name).
+    WORKSPACE: "workspace", Single, 255;
     /// Why a deployment or a running agent failed (deployer and lifecycle output).
     AGENT_ERROR: "error", Multi, 2000;
     /// A conversation's title.

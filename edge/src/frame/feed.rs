@@ -405,7 +405,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_deployed_agent_is_shown_without_its_endpoint() {
+    fn a_deployed_agent_is_shown_without_its_endpoint_or_workspace() {
         let frame = FeedFrame {
             id: Uuid::from_u128(1),
             seq: 4,
@@ -414,6 +414,7 @@ mod tests {
                     agent_id: AgentId(Uuid::from_u128(1)),
                     deployment_id: Uuid::from_u128(2),
                     endpoint_url: "http://127.0.0.1:4242".into(),
+                    workspace: Some("warren-ws-pool-1".into()),
                 }
                 .into(),
             ),
@@ -424,5 +425,6 @@ mod tests {
         assert_eq!(json["seq"], 4);
         assert_eq!(json["change"]["type"], "deployed");
         assert!(!json.to_string().contains("4242"), "{json}");
+        assert!(!json.to_string().contains("warren-ws"), "{json}");
     }
 }

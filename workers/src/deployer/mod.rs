@@ -32,6 +32,14 @@
 //! recorded as `RedeployRequested { reason: platform_config_changed }`. A running agent unused
 //! for `idle_pause` is paused (`PauseAgent`), and after each pass what every sandbox uses is
 //! recorded for the agents' status ([`lifecycle`], docs/adr/0024-idle-pause-and-capacity.md).
+//!
+//! With a warm pool (`warm_pool` > 0, docs/adr/0028-warm-pool.md) the deployer keeps that many
+//! started, unassigned runtimes: at start (adopting or replacing a previous deployer's), after
+//! every runtime an agent takes, and at every reconciliation. A first deployment takes one at
+//! its `allocating` step (its workspace comes with it and is recorded in `AgentDeployed`), is
+//! given its configuration and token at `configuring` and `starting`, and is running without a
+//! container being created or started; with the pool empty it deploys cold.
+//!
 //! Runtimes hold no provider key: they call their model through the edge's model proxy
 //! (docs/adr/0023-model-proxy.md).
 //!
@@ -53,7 +61,7 @@ use crate::consume::{ConsumeError, Durable, Handled, consume_concurrently};
 use crate::supervise::supervise;
 use async_nats::jetstream;
 use futures::StreamExt;
-use provisioner::{Actual, ActualState, Provisioner, RuntimeSpec};
+use provisioner::{Actual, ActualState, Provisioner, RuntimeSpec, WarmSpec};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -96,6 +104,8 @@ pub struct DeployerSettings {
     pub stop_agents_on_shutdown: bool,
     /// A running agent unused this long is paused; `None`: never.
     pub idle_pause: Option<Duration>,
+    /// Started, unassigned runtimes kept for new agents (`WARREN_WARM_POOL`); 0: none.
+    pub warm_pool: usize,
 }
 
 impl DeployerSettings {
@@ -132,6 +142,15 @@ impl DeployerSettings {
             platform_url: self.platform_url.clone(),
             fingerprint: self.runtime_fingerprint(),
             endpoint: agent.endpoint_url.clone(),
+            workspace: agent.workspace.clone(),
+        }
+    }
+
+    /// What the warm pool's runtimes are started with.
+    pub fn warm_spec(&self) -> WarmSpec {
+        WarmSpec {
+            provider: self.default_provider.clone(),
+            fingerprint: self.runtime_fingerprint(),
         }
     }
 }
@@ -173,6 +192,8 @@ pub struct Deployer {
     /// What each sandbox uses, for the agents' status.
     stats: SandboxStatsStore,
     cpu: usage::CpuMeter,
+    /// Wakes the warm pool's keeper when an agent took one of its runtimes.
+    refill: tokio::sync::Notify,
 }
 
 type Step = Result<(), (DeploymentStep, String)>;
@@ -204,6 +225,7 @@ impl Deployer {
             activity,
             stats,
             cpu: usage::CpuMeter::default(),
+            refill: tokio::sync::Notify::new(),
         })
     }
 
@@ -222,15 +244,39 @@ impl Deployer {
                 }
             }
         };
-        tokio::join!(consume, reconcile);
+        tokio::join!(consume, reconcile, this.keep_pool(&shutdown));
         if self.settings.stop_agents_on_shutdown {
             self.stop_all().await;
         }
     }
 
+    /// Keeps the warm pool full until `shutdown`: at start, whenever an agent took one of its
+    /// runtimes, and every `reconcile_every` (a pool container that died or was removed is
+    /// replaced then).
+    async fn keep_pool(&self, shutdown: &CancellationToken) {
+        let size = self.settings.warm_pool;
+        if size == 0 {
+            return;
+        }
+        let warm = self.settings.warm_spec();
+        loop {
+            match self.sandbox.fill_pool(size, &warm).await {
+                Ok(0) => {}
+                Ok(started) => tracing::info!(started, size, "warm pool topped up"),
+                Err(err) => tracing::warn!(error = %err, "filling the warm pool failed"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.refill.notified() => {}
+                _ = tokio::time::sleep(self.settings.reconcile_every) => {}
+            }
+        }
+    }
+
     /// Stops every agent runtime (the log still wants the running ones running: the next
-    /// start's reconciliation restarts them).
+    /// start's reconciliation restarts them) and removes the warm pool.
     async fn stop_all(&self) {
+        self.sandbox.drain_pool().await;
         let mut stops = Vec::new();
         for provisioner in &self.provisioners {
             match provisioner.actual().await {
@@ -377,18 +423,19 @@ impl Deployer {
         // A redeploy or repair replaces the old runtime, wherever it was.
         self.stop_everywhere(agent_id).await;
         for provisioner in self.provisioners.iter().skip(1) {
-            if let Err(err) = provisioner.destroy(agent_id).await {
+            if let Err(err) = provisioner.destroy(agent_id, None).await {
                 tracing::warn!(%agent_id, sandbox = provisioner.kind(), error = %err, "removing the old runtime failed");
             }
         }
         let mut endpoint = String::new();
+        let mut workspace = None;
         let outcome = self
             .run_steps(
                 agent_id,
                 deployment_id,
                 &agent,
                 deployment.completed,
-                &mut endpoint,
+                (&mut endpoint, &mut workspace),
             )
             .await;
         match outcome {
@@ -399,6 +446,7 @@ impl Deployer {
                         AgentCommand::CompleteDeployment {
                             deployment_id,
                             endpoint_url: endpoint.clone(),
+                            workspace,
                         },
                     )
                     .await?;
@@ -409,7 +457,15 @@ impl Deployer {
             }
             Ok(Err((step, error))) => {
                 tracing::warn!(%agent_id, %step, error, "deployment failed");
-                self.sandbox.stop(agent_id).await;
+                if agent.workspace.is_none() && workspace.is_some() {
+                    // A warm pool's runtime taken by a first deployment holds nothing of the
+                    // agent's yet: removed, so a retry starts from a fresh one.
+                    if let Err(err) = self.sandbox.destroy(agent_id, workspace.as_deref()).await {
+                        tracing::warn!(%agent_id, error = %err, "removing the taken warm runtime failed");
+                    }
+                } else {
+                    self.sandbox.stop(agent_id).await;
+                }
                 self.execute(
                     agent_id,
                     AgentCommand::FailDeployment {
@@ -435,7 +491,7 @@ impl Deployer {
         deployment_id: Uuid,
         agent: &Agent,
         done: Option<DeploymentStep>,
-        endpoint: &mut String,
+        (endpoint, workspace): (&mut String, &mut Option<String>),
     ) -> Result<Step, Outcome> {
         use DeploymentStep as S;
         let record = |step: DeploymentStep| async move {
@@ -465,13 +521,14 @@ impl Deployer {
             }};
         }
         let sandbox = &self.sandbox;
-        step!(S::Allocating, sandbox.allocate(agent_id).await);
+        *workspace = step!(S::Allocating, self.allocate(agent_id, agent).await);
         let token = secrets::generate();
         step!(S::Provisioning, self.tokens.put(agent_id, &token).await);
         step!(S::Installing, sandbox.install().await);
-        // A fresh deployment gets a fresh address.
+        // A fresh deployment gets a fresh address (a warm pool's workspace keeps its own).
         let spec = RuntimeSpec {
             endpoint: None,
+            workspace: workspace.clone(),
             ..self.settings.spec(agent_id, agent)
         };
         step!(S::Configuring, sandbox.configure(&spec).await);
@@ -490,17 +547,55 @@ impl Deployer {
         Ok(Ok(()))
     }
 
-    /// Polls the runtime's health until it answers or the health timeout passes.
+    /// Step `allocating`: the workspace the log recorded, else a warm pool's runtime for an
+    /// agent never deployed (its workspace comes with it), else the agent's default one.
+    async fn allocate(
+        &self,
+        agent_id: AgentId,
+        agent: &Agent,
+    ) -> Result<Option<String>, provisioner::ProvisionError> {
+        if agent.workspace.is_some() {
+            return Ok(agent.workspace.clone());
+        }
+        if self.settings.warm_pool > 0 && agent.endpoint_url.is_none() {
+            let taken = self
+                .sandbox
+                .take_warm(agent_id, &self.settings.warm_spec())
+                .await;
+            match taken {
+                Ok(Some(workspace)) => {
+                    self.refill.notify_one();
+                    return Ok(Some(workspace));
+                }
+                Ok(None) => tracing::info!(%agent_id, "the warm pool is empty: a cold start"),
+                Err(err) => {
+                    tracing::warn!(%agent_id, error = %err, "taking from the warm pool failed: a cold start");
+                }
+            }
+        }
+        self.sandbox.allocate(agent_id).await.map(|()| None)
+    }
+
+    /// Polls the runtime's health until it answers or the health timeout passes: every 25 ms
+    /// for the first second (a warm pool's runtime answers within tens of milliseconds, and
+    /// each poll costs a request on the host), then every 100 ms.
     async fn wait_healthy(&self, provisioner: &dyn Provisioner, agent_id: AgentId) -> bool {
-        let deadline = tokio::time::Instant::now() + self.settings.health_timeout;
+        let started = tokio::time::Instant::now();
+        let deadline = started + self.settings.health_timeout;
         loop {
             if provisioner.healthy(agent_id).await {
                 return true;
             }
-            if tokio::time::Instant::now() >= deadline {
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
                 return false;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            let pause = if now - started < Duration::from_secs(1) {
+                Duration::from_millis(25)
+            } else {
+                Duration::from_millis(100)
+            };
+            tokio::time::sleep(pause).await;
         }
     }
 
@@ -523,7 +618,9 @@ impl Deployer {
             None => {
                 let spec = self.settings.spec(agent_id, agent);
                 let made = async {
-                    self.sandbox.allocate(agent_id).await?;
+                    if spec.workspace.is_none() {
+                        self.sandbox.allocate(agent_id).await?;
+                    }
                     self.sandbox.configure(&spec).await
                 }
                 .await;
@@ -559,7 +656,7 @@ impl Deployer {
         }
         for provisioner in &self.provisioners {
             provisioner
-                .destroy(agent_id)
+                .destroy(agent_id, agent.workspace.as_deref())
                 .await
                 .map_err(|err| Outcome::Retry(err.to_string()))?;
         }

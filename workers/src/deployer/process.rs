@@ -498,7 +498,7 @@ impl Provisioner for ProcessProvisioner {
         signal_group(self.live_pid(agent_id)?, rustix::process::Signal::CONT)
     }
 
-    async fn destroy(&self, agent_id: AgentId) -> Provisioned<()> {
+    async fn destroy(&self, agent_id: AgentId, _workspace: Option<&str>) -> Provisioned<()> {
         self.kill(agent_id).await;
         self.layout.remove(agent_id)?;
         Ok(())

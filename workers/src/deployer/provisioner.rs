@@ -29,6 +29,19 @@ pub struct RuntimeSpec {
     /// The endpoint to keep, when the log already recorded one (a restart or a recreation
     /// keeps the address the chat worker knows).
     pub endpoint: Option<String>,
+    /// The workspace when it is not the agent's default one: the one a warm pool's runtime
+    /// came with, recorded in the log (`AgentDeployed`) so a recreated runtime gets it again.
+    pub workspace: Option<String>,
+}
+
+/// What a warm pool's runtimes are started with: the platform settings, nothing of any agent.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WarmSpec {
+    /// The platform's default provider protocol, if any.
+    pub provider: Option<String>,
+    /// [`super::DeployerSettings::runtime_fingerprint`]: a pooled runtime started with other
+    /// platform settings is replaced, never handed out.
+    pub fingerprint: String,
 }
 
 /// Where a provisioner's runtime of one agent stands.
@@ -120,12 +133,36 @@ pub trait Provisioner: Send + Sync {
     /// Thaws a paused runtime.
     async fn resume(&self, agent_id: AgentId) -> Provisioned<()>;
 
-    /// Removes the runtime and its workspace. A missing one is fine.
-    async fn destroy(&self, agent_id: AgentId) -> Provisioned<()>;
+    /// Removes the runtime and its workspace (the agent's default one, and `workspace` when
+    /// the log recorded another). A missing one is fine.
+    async fn destroy(&self, agent_id: AgentId, workspace: Option<&str>) -> Provisioned<()>;
 
     /// Every agent runtime this provisioner has, whatever its state.
     async fn actual(&self) -> Provisioned<Vec<Actual>>;
 
     /// What each of its runtimes uses now (those it cannot measure are left out).
     async fn usage(&self) -> Provisioned<HashMap<AgentId, Usage>>;
+
+    /// The warm pool: makes sure `size` started, unassigned runtimes configured as `warm`
+    /// says are ready, replacing any configured otherwise (a restarted deployer adopts the
+    /// good ones); returns how many it started. Unassigned runtimes are no agent's: they hold
+    /// no token and no agent's data, and [`Provisioner::actual`] does not list them. A
+    /// provisioner without a pool does nothing.
+    async fn fill_pool(&self, size: usize, warm: &WarmSpec) -> Provisioned<usize> {
+        let _ = (size, warm);
+        Ok(0)
+    }
+
+    /// Step `allocating` from the warm pool: hands the agent a started, unassigned runtime
+    /// (configured as `warm` says) and returns the workspace that came with it; `None` when
+    /// the pool has none ready (then [`Provisioner::allocate`] as usual). Taking it again for
+    /// the same agent returns the same one. The runtime serves as the agent only after
+    /// [`Provisioner::configure`] and [`Provisioner::start`].
+    async fn take_warm(&self, agent_id: AgentId, warm: &WarmSpec) -> Provisioned<Option<String>> {
+        let _ = (agent_id, warm);
+        Ok(None)
+    }
+
+    /// Removes every unassigned runtime of the warm pool (and its workspace).
+    async fn drain_pool(&self) {}
 }

@@ -49,6 +49,7 @@ pub async fn deployed_agent(
     setup.push(AgentCommand::CompleteDeployment {
         deployment_id,
         endpoint_url: endpoint,
+        workspace: None,
     });
     for command in setup {
         commands

@@ -7,6 +7,8 @@
 //!   firewall that keeps sandboxes off the host's ports, and the relay that is their one path to
 //!   the edge.
 //! - [`stats`] measures what each container uses (for the agent's status).
+//! - [`pool`] keeps the warm pool: started, unassigned containers an agent takes when it is
+//!   created (docs/adr/0028-warm-pool.md).
 //!
 //! Each agent's container `warren-agent-<id>` runs as uid 10001 with every capability dropped,
 //! `no-new-privileges`, a read-only root filesystem with a tmpfs `/tmp`, memory, CPU and PID
@@ -14,13 +16,18 @@
 //! `/data` (workspace, state, and the token file `/data/.warren/token`, written through the
 //! archive API so it is in no environment). It has a fixed address on the sandbox network,
 //! recorded in its labels, so a recreated container keeps the endpoint the log knows.
+//!
+//! An agent that took a warm pool's container keeps that container (renamed
+//! `warren-agent-<id>`), its volume (recorded in the log, `AgentDeployed.workspace`) and its
+//! address (also kept in the volume's labels, so nobody else gets it while the volume lives).
 
 pub mod image;
 pub mod network;
+pub mod pool;
 pub mod stats;
 
 use super::provisioner::{
-    Actual, ActualState, ProvisionError, Provisioned, Provisioner, RuntimeSpec, Usage,
+    Actual, ActualState, ProvisionError, Provisioned, Provisioner, RuntimeSpec, Usage, WarmSpec,
 };
 use async_trait::async_trait;
 use bollard::Docker;
@@ -30,8 +37,9 @@ use bollard::models::{
     HostConfig, HostConfigLogConfig, Mount, MountType, NetworkingConfig, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
-    CreateContainerOptions, InspectContainerOptions, ListContainersOptions, RemoveContainerOptions,
-    RemoveVolumeOptions, RestartContainerOptions, StopContainerOptions, UploadToContainerOptions,
+    CreateContainerOptions, InspectContainerOptions, ListContainersOptions, ListVolumesOptions,
+    RemoveContainerOptions, RemoveVolumeOptions, RestartContainerOptions, StopContainerOptions,
+    UploadToContainerOptions,
 };
 use std::collections::{BTreeSet, HashMap};
 use std::net::Ipv4Addr;
@@ -50,8 +58,12 @@ pub const LABEL_AGENT: &str = "org.warren.agent";
 pub const LABEL_NETWORK: &str = "org.warren.network";
 /// The platform settings' fingerprint the container was configured with.
 pub const LABEL_FINGERPRINT: &str = "org.warren.fingerprint";
-/// The container's fixed address.
+/// The container's fixed address (also on a warm pool's volume, which keeps it reserved).
 pub const LABEL_ADDRESS: &str = "org.warren.address";
+/// A warm pool's container or volume: its slot.
+pub const LABEL_POOL: &str = "org.warren.pool";
+/// Where a warm pool's runtime waits for its assignment (`WARREN_AGENT_ASSIGNMENT_FILE`).
+pub const ASSIGNMENT_FILE: &str = "/data/.warren/assignment.json";
 
 /// Resource limits of one sandbox.
 #[derive(Clone, Debug)]
@@ -158,6 +170,36 @@ pub fn volume_name(agent_id: AgentId) -> String {
     format!("warren-ws-{agent_id}")
 }
 
+/// What a container is made for.
+enum Role<'a> {
+    /// One agent's runtime.
+    Agent(&'a RuntimeSpec),
+    /// A warm pool's runtime in its slot, waiting for an agent.
+    Warm(&'a str, &'a WarmSpec),
+}
+
+/// One file written into a container's volume.
+struct VolumeFile<'a> {
+    path: &'a str,
+    mode: u32,
+    data: &'a [u8],
+}
+
+/// The agent a listed container runs: its label, or, for a warm pool's container taken by an
+/// agent (labels cannot change), its name. Unassigned pool containers are no agent's.
+fn agent_of(container: &bollard::models::ContainerSummary) -> Option<AgentId> {
+    let labels = container.labels.as_ref()?;
+    if let Some(agent) = labels.get(LABEL_AGENT) {
+        return agent.parse().ok();
+    }
+    labels.get(LABEL_POOL)?;
+    container
+        .names
+        .as_ref()?
+        .iter()
+        .find_map(|name| name.strip_prefix("/warren-agent-")?.parse().ok())
+}
+
 /// The docker provisioner, connected, with its network, firewall and relay up.
 pub struct DockerProvisioner {
     docker: Docker,
@@ -166,6 +208,9 @@ pub struct DockerProvisioner {
     http: reqwest::Client,
     /// Address allocation and container creation, one at a time.
     create: tokio::sync::Mutex<()>,
+    /// Agents that took a pool container in this deployment, until it is started as theirs:
+    /// their spec once configured ([`Provisioner::configure`] keeps the running container).
+    taken: std::sync::Mutex<HashMap<AgentId, Option<RuntimeSpec>>>,
 }
 
 impl DockerProvisioner {
@@ -197,6 +242,7 @@ impl DockerProvisioner {
             sandbox_net,
             http: reqwest::Client::new(),
             create: tokio::sync::Mutex::new(()),
+            taken: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -229,14 +275,42 @@ impl DockerProvisioner {
         Some(format!("http://{address}:{RUNTIME_PORT}"))
     }
 
-    /// Addresses taken by this network's containers (running or not).
+    /// Addresses taken by this network's containers (running or not) and kept by warm pools'
+    /// volumes (an agent's, while its container is being recreated).
     async fn taken_addresses(&self) -> Provisioned<BTreeSet<Ipv4Addr>> {
-        Ok(self
+        let mut taken: BTreeSet<Ipv4Addr> = self
             .containers()
             .await?
             .into_iter()
             .filter_map(|c| c.labels?.get(LABEL_ADDRESS)?.parse().ok())
-            .collect())
+            .collect();
+        taken.extend(
+            self.pool_volumes()
+                .await?
+                .into_iter()
+                .filter_map(|v| v.labels.get(LABEL_ADDRESS)?.parse::<Ipv4Addr>().ok()),
+        );
+        Ok(taken)
+    }
+
+    /// This network's warm pool volumes (unassigned ones and agents').
+    async fn pool_volumes(&self) -> Provisioned<Vec<bollard::models::Volume>> {
+        let filters = HashMap::from([(
+            "label".to_owned(),
+            vec![
+                format!("{LABEL_NETWORK}={}", self.settings.network),
+                LABEL_POOL.to_owned(),
+            ],
+        )]);
+        Ok(self
+            .docker
+            .list_volumes(Some(ListVolumesOptions {
+                filters: Some(filters),
+            }))
+            .await
+            .map_err(failed("listing the warm pool's volumes"))?
+            .volumes
+            .unwrap_or_default())
     }
 
     async fn containers(&self) -> Provisioned<Vec<bollard::models::ContainerSummary>> {
@@ -255,7 +329,7 @@ impl DockerProvisioner {
     }
 
     /// The address to give a new container: the recorded one if it is on this network, else
-    /// the lowest free one.
+    /// the one its warm pool volume keeps, else the lowest free one.
     async fn address_for(&self, spec: &RuntimeSpec) -> Provisioned<Ipv4Addr> {
         let recorded = spec
             .endpoint
@@ -267,6 +341,21 @@ impl DockerProvisioner {
         if let Some(ip) = recorded {
             return Ok(ip);
         }
+        if let Some(workspace) = &spec.workspace
+            && let Ok(volume) = self.docker.inspect_volume(workspace).await
+            && let Some(ip) = volume
+                .labels
+                .get(LABEL_ADDRESS)
+                .and_then(|ip| ip.parse().ok())
+            && self.sandbox_net.contains(ip)
+        {
+            return Ok(ip);
+        }
+        self.free_address().await
+    }
+
+    /// The lowest address no container or warm pool volume has.
+    async fn free_address(&self) -> Provisioned<Ipv4Addr> {
         let taken = self.taken_addresses().await?;
         self.sandbox_net
             .hosts()
@@ -274,9 +363,12 @@ impl DockerProvisioner {
             .ok_or_else(|| ProvisionError("the sandbox network has no free address".into()))
     }
 
-    /// Writes the token into the agent's volume as `/data/.warren/token` (0400, the agent's
-    /// uid), through the archive API: no environment variable, nothing in `docker inspect`.
-    async fn put_token(&self, agent_id: AgentId, token: &str) -> Provisioned<()> {
+    /// Writes `files` (paths under `/data`) into the agent's volume, in this order, owned by
+    /// the agent's uid, through the archive API: no environment variable, nothing in `docker
+    /// inspect`.
+    async fn put_files(&self, agent_id: AgentId, files: &[VolumeFile<'_>]) -> Provisioned<()> {
+        let pack =
+            |err: std::io::Error| ProvisionError(format!("packing the agent's files: {err}"));
         let mut archive = tar::Builder::new(Vec::new());
         let mut dir = tar::Header::new_gnu();
         dir.set_entry_type(tar::EntryType::Directory);
@@ -284,24 +376,20 @@ impl DockerProvisioner {
         dir.set_uid(AGENT_UID);
         dir.set_gid(AGENT_UID);
         dir.set_size(0);
-        let append = |archive: &mut tar::Builder<Vec<u8>>,
-                      header: &mut tar::Header,
-                      path: &str,
-                      data: &[u8]| {
+        archive
+            .append_data(&mut dir, ".warren/", &[][..])
+            .map_err(pack)?;
+        for file in files {
+            let mut header = tar::Header::new_gnu();
+            header.set_mode(file.mode);
+            header.set_uid(AGENT_UID);
+            header.set_gid(AGENT_UID);
+            header.set_size(file.data.len() as u64);
             archive
-                .append_data(header, path, data)
-                .map_err(|err| ProvisionError(format!("packing the token: {err}")))
-        };
-        append(&mut archive, &mut dir, ".warren/", &[])?;
-        let mut file = tar::Header::new_gnu();
-        file.set_mode(0o400);
-        file.set_uid(AGENT_UID);
-        file.set_gid(AGENT_UID);
-        file.set_size(token.len() as u64);
-        append(&mut archive, &mut file, ".warren/token", token.as_bytes())?;
-        let bytes = archive
-            .into_inner()
-            .map_err(|err| ProvisionError(format!("packing the token: {err}")))?;
+                .append_data(&mut header, file.path, file.data)
+                .map_err(pack)?;
+        }
+        let bytes = archive.into_inner().map_err(pack)?;
         self.docker
             .upload_to_container(
                 &container_name(agent_id),
@@ -312,7 +400,68 @@ impl DockerProvisioner {
                 bollard::body_full(bytes.into()),
             )
             .await
-            .map_err(failed("writing the token into the agent's volume"))
+            .map_err(failed("writing into the agent's volume"))
+    }
+
+    /// Writes the token as `/data/.warren/token` (0400).
+    async fn put_token(&self, agent_id: AgentId, token: &str) -> Provisioned<()> {
+        self.put_files(
+            agent_id,
+            &[VolumeFile {
+                path: ".warren/token",
+                mode: 0o400,
+                data: token.as_bytes(),
+            }],
+        )
+        .await
+    }
+
+    /// Makes a taken pool container's waiting runtime `spec`'s agent's: the token, then the
+    /// assignment the runtime waits for (written last, so the token is whole when it is read).
+    async fn assign(&self, spec: &RuntimeSpec, token: &str) -> Provisioned<()> {
+        let assignment = serde_json::json!({
+            "agent_id": spec.agent_id.to_string(),
+            "platform_url": self.sandbox_net.platform_url(),
+            "model": spec.model,
+            "system_prompt": spec.system_prompt,
+        })
+        .to_string();
+        let assignment_path = ASSIGNMENT_FILE
+            .strip_prefix("/data/")
+            .unwrap_or(ASSIGNMENT_FILE);
+        self.put_files(
+            spec.agent_id,
+            &[
+                VolumeFile {
+                    path: ".warren/token",
+                    mode: 0o400,
+                    data: token.as_bytes(),
+                },
+                VolumeFile {
+                    path: assignment_path,
+                    mode: 0o400,
+                    data: assignment.as_bytes(),
+                },
+            ],
+        )
+        .await
+    }
+
+    fn taken_lock(&self) -> std::sync::MutexGuard<'_, HashMap<AgentId, Option<RuntimeSpec>>> {
+        self.taken
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    async fn remove_volume(&self, volume: &str) -> Provisioned<()> {
+        match self
+            .docker
+            .remove_volume(volume, Some(RemoveVolumeOptions { force: true }))
+            .await
+        {
+            Err(err) if !not_found(&err) => Err(failed("removing a sandbox volume")(err)),
+            _ => Ok(()),
+        }
     }
 
     async fn remove_container(&self, agent_id: AgentId) -> Provisioned<()> {
@@ -332,34 +481,48 @@ impl DockerProvisioner {
         }
     }
 
-    fn body(&self, spec: &RuntimeSpec, address: Ipv4Addr) -> ContainerCreateBody {
+    /// The container for `role`: the same lockdown whatever it is for; only its environment
+    /// and labels differ (a warm pool's runtime has nothing of any agent's).
+    fn body(&self, role: Role<'_>, address: Ipv4Addr, volume: &str) -> ContainerCreateBody {
         let limits = &self.settings.limits;
         let mut env = vec![
             format!("WARREN_AGENT_ADDR=0.0.0.0:{RUNTIME_PORT}"),
             format!("WARREN_AGENT_TOKEN_FILE={DATA_DIR}/.warren/token"),
             format!("WARREN_AGENT_WORKSPACE={DATA_DIR}/workspace"),
             format!("WARREN_AGENT_STATE_DIR={DATA_DIR}/state"),
-            format!("WARREN_AGENT_MODEL={}", spec.model),
-            format!("WARREN_AGENT_SYSTEM_PROMPT={}", spec.system_prompt),
-            format!(
-                "WARREN_AGENT_PLATFORM_URL={}",
-                self.sandbox_net.platform_url()
-            ),
-            format!("WARREN_AGENT_ID={}", spec.agent_id),
             // No provider key in the sandbox: the model is reached through the platform's
             // model proxy, over the relay.
             "WARREN_AGENT_MODEL_PROXY=true".to_owned(),
             format!("HOME={DATA_DIR}"),
         ];
-        if let Some(provider) = &spec.provider {
-            env.push(format!("WARREN_AGENT_PROVIDER={provider}"));
-        }
-        let labels = HashMap::from([
-            (LABEL_AGENT.to_owned(), spec.agent_id.to_string()),
+        let mut labels = HashMap::from([
             (LABEL_NETWORK.to_owned(), self.settings.network.clone()),
-            (LABEL_FINGERPRINT.to_owned(), spec.fingerprint.clone()),
             (LABEL_ADDRESS.to_owned(), address.to_string()),
         ]);
+        let (provider, fingerprint) = match role {
+            Role::Agent(spec) => {
+                env.extend([
+                    format!("WARREN_AGENT_MODEL={}", spec.model),
+                    format!("WARREN_AGENT_SYSTEM_PROMPT={}", spec.system_prompt),
+                    format!(
+                        "WARREN_AGENT_PLATFORM_URL={}",
+                        self.sandbox_net.platform_url()
+                    ),
+                    format!("WARREN_AGENT_ID={}", spec.agent_id),
+                ]);
+                labels.insert(LABEL_AGENT.to_owned(), spec.agent_id.to_string());
+                (&spec.provider, &spec.fingerprint)
+            }
+            Role::Warm(slot, warm) => {
+                env.push(format!("WARREN_AGENT_ASSIGNMENT_FILE={ASSIGNMENT_FILE}"));
+                labels.insert(LABEL_POOL.to_owned(), slot.to_owned());
+                (&warm.provider, &warm.fingerprint)
+            }
+        };
+        if let Some(provider) = provider {
+            env.push(format!("WARREN_AGENT_PROVIDER={provider}"));
+        }
+        labels.insert(LABEL_FINGERPRINT.to_owned(), fingerprint.clone());
         ContainerCreateBody {
             image: Some(self.settings.image.clone()),
             user: Some(format!("{AGENT_UID}:{AGENT_UID}")),
@@ -370,7 +533,7 @@ impl DockerProvisioner {
             host_config: Some(HostConfig {
                 mounts: Some(vec![Mount {
                     typ: Some(MountType::VOLUME),
-                    source: Some(volume_name(spec.agent_id)),
+                    source: Some(volume.to_owned()),
                     target: Some(DATA_DIR.into()),
                     ..Default::default()
                 }]),
@@ -447,16 +610,25 @@ impl Provisioner for DockerProvisioner {
     }
 
     async fn configure(&self, spec: &RuntimeSpec) -> Provisioned<()> {
+        // A taken pool container is kept running: it is assigned when started.
+        if let Some(taken) = self.taken_lock().get_mut(&spec.agent_id) {
+            *taken = Some(spec.clone());
+            return Ok(());
+        }
         let _one_at_a_time = self.create.lock().await;
         self.remove_container(spec.agent_id).await?;
         let address = self.address_for(spec).await?;
+        let volume = spec
+            .workspace
+            .clone()
+            .unwrap_or_else(|| volume_name(spec.agent_id));
         self.docker
             .create_container(
                 Some(CreateContainerOptions {
                     name: Some(container_name(spec.agent_id)),
                     ..Default::default()
                 }),
-                self.body(spec, address),
+                self.body(Role::Agent(spec), address, &volume),
             )
             .await
             .map(drop)
@@ -469,6 +641,26 @@ impl Provisioner for DockerProvisioner {
             .endpoint(agent_id)
             .await
             .ok_or_else(|| ProvisionError(format!("agent {agent_id} has no container")))?;
+        let assigned = self.taken_lock().remove(&agent_id).flatten();
+        if let Some(spec) = assigned {
+            // The waiting runtime reads its assignment and serves: no restart. One that
+            // stopped meanwhile reads it when started.
+            self.assign(&spec, token).await?;
+            let running = self
+                .docker
+                .inspect_container(&name, None::<InspectContainerOptions>)
+                .await
+                .ok()
+                .and_then(|info| info.state?.running)
+                .unwrap_or(false);
+            if !running {
+                self.docker
+                    .restart_container(&name, None::<RestartContainerOptions>)
+                    .await
+                    .map_err(failed("starting the agent's container"))?;
+            }
+            return Ok(endpoint);
+        }
         // A paused one cannot be restarted; a token may have been rotated.
         let _ = self.docker.unpause_container(&name).await;
         self.put_token(agent_id, token).await?;
@@ -542,28 +734,38 @@ impl Provisioner for DockerProvisioner {
             .map_err(failed("resuming the agent's container"))
     }
 
-    async fn destroy(&self, agent_id: AgentId) -> Provisioned<()> {
-        self.remove_container(agent_id).await?;
-        match self
+    async fn destroy(&self, agent_id: AgentId, workspace: Option<&str>) -> Provisioned<()> {
+        self.taken_lock().remove(&agent_id);
+        let mut volumes = BTreeSet::from([volume_name(agent_id)]);
+        volumes.extend(workspace.map(str::to_owned));
+        // The volume its container mounts (a warm pool's, taken before anything was recorded).
+        if let Ok(info) = self
             .docker
-            .remove_volume(
-                &volume_name(agent_id),
-                Some(RemoveVolumeOptions { force: true }),
-            )
+            .inspect_container(&container_name(agent_id), None::<InspectContainerOptions>)
             .await
         {
-            Err(err) if !not_found(&err) => Err(failed("removing the agent's volume")(err)),
-            _ => Ok(()),
+            volumes.extend(
+                info.mounts
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|m| m.destination.as_deref() == Some(DATA_DIR))
+                    .filter_map(|m| m.name),
+            );
         }
+        self.remove_container(agent_id).await?;
+        for volume in volumes {
+            self.remove_volume(&volume).await?;
+        }
+        Ok(())
     }
 
     async fn actual(&self) -> Provisioned<Vec<Actual>> {
         let mut found = Vec::new();
         for container in self.containers().await? {
-            let labels = container.labels.unwrap_or_default();
-            let Some(agent_id) = labels.get(LABEL_AGENT).and_then(|id| id.parse().ok()) else {
+            let Some(agent_id) = agent_of(&container) else {
                 continue;
             };
+            let labels = container.labels.unwrap_or_default();
             let state = match container.state {
                 Some(
                     ContainerSummaryStateEnum::RUNNING | ContainerSummaryStateEnum::RESTARTING,
@@ -593,13 +795,25 @@ impl Provisioner for DockerProvisioner {
         let agents: Vec<AgentId> = self
             .containers()
             .await?
-            .into_iter()
-            .filter_map(|c| c.labels?.get(LABEL_AGENT)?.parse().ok())
+            .iter()
+            .filter_map(agent_of)
             .collect();
         let sampled = futures::future::join_all(agents.into_iter().map(|agent_id| async move {
             Some((agent_id, stats::sample(&self.docker, agent_id).await?))
         }))
         .await;
         Ok(sampled.into_iter().flatten().collect())
+    }
+
+    async fn fill_pool(&self, size: usize, warm: &WarmSpec) -> Provisioned<usize> {
+        self.fill(size, warm).await
+    }
+
+    async fn take_warm(&self, agent_id: AgentId, warm: &WarmSpec) -> Provisioned<Option<String>> {
+        self.take(agent_id, warm).await
+    }
+
+    async fn drain_pool(&self) {
+        self.drain().await;
     }
 }

@@ -3,7 +3,7 @@
 //! counts it), and its volume's size on disk, walked on this host when the engine keeps its
 //! volumes here (a remote engine's are out of reach: no disk figure then).
 
-use super::{container_name, volume_name};
+use super::{DATA_DIR, container_name};
 use crate::deployer::provisioner::Usage;
 use crate::deployer::usage::disk_bytes;
 use bollard::Docker;
@@ -20,10 +20,20 @@ pub async fn sample(docker: &Docker, agent_id: AgentId) -> Option<Usage> {
         .inspect_container(&name, None::<InspectContainerOptions>)
         .await
         .ok()?;
+    // The volume it mounts: the agent's own, or the warm pool's it came with.
+    let volume = info
+        .mounts
+        .unwrap_or_default()
+        .into_iter()
+        .find(|m| m.destination.as_deref() == Some(DATA_DIR))
+        .and_then(|m| m.name);
     let state = info.state.unwrap_or_default();
     let live = state.running.unwrap_or(false) || state.paused.unwrap_or(false);
     let mut usage = Usage {
-        disk_bytes: volume_bytes(docker, agent_id).await,
+        disk_bytes: match volume {
+            Some(volume) => volume_bytes(docker, &volume).await,
+            None => None,
+        },
         ..Usage::default()
     };
     if !live {
@@ -55,9 +65,9 @@ pub async fn sample(docker: &Docker, agent_id: AgentId) -> Option<Usage> {
     Some(usage)
 }
 
-/// The size of the agent's volume, when its directory is on this host and readable.
-async fn volume_bytes(docker: &Docker, agent_id: AgentId) -> Option<u64> {
-    let volume = docker.inspect_volume(&volume_name(agent_id)).await.ok()?;
+/// The size of a volume, when its directory is on this host and readable.
+async fn volume_bytes(docker: &Docker, volume: &str) -> Option<u64> {
+    let volume = docker.inspect_volume(volume).await.ok()?;
     let path = PathBuf::from(volume.mountpoint);
     tokio::task::spawn_blocking(move || disk_bytes(&path))
         .await
