@@ -94,6 +94,8 @@ pub struct Shared {
     pub http: reqwest::Client,
     /// Outgoing HTTP to model providers (the model proxy): a connect timeout, no redirects.
     pub model_http: reqwest::Client,
+    /// The model calls each agent has in flight through this edge (capped).
+    pub model_calls: crate::app::model::in_flight::InFlight,
     /// Agents' runtime tokens (for the proxies to runtimes).
     pub agent_tokens: AgentTokens,
     /// The cap on awake sandboxes (`WARREN_MAX_SANDBOXES`).
@@ -136,6 +138,13 @@ impl AppState {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(StateError::Http)?;
+        // The client for agent runtimes: a runtime is hostile (ADR 25), so its redirects are
+        // never followed (one could point the edge at an internal address and have the answer
+        // streamed back to its user).
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(StateError::Http)?;
         let limiter = RateLimiter::open(&js)
             .await
             .map_err(|source| StateError::Bucket {
@@ -165,8 +174,9 @@ impl AppState {
             limiter,
             idempotency,
             revocations: Revocations::start(js.clone(), closing.clone()),
-            http: reqwest::Client::new(),
+            http,
             model_http,
+            model_calls: Default::default(),
             agent_tokens,
             capacity,
             sandbox_stats,

@@ -18,3 +18,13 @@ pub mod deployer;
 pub mod notifier;
 pub mod projector;
 pub mod supervise;
+
+/// The HTTP client for talking to agent runtimes. A runtime is hostile (ADR 25): its redirects
+/// are never followed, so it cannot point a worker at an internal address.
+pub fn runtime_http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        // Fails only when the TLS backend cannot initialise, where `Client::new` panics too.
+        .expect("the HTTP client's TLS backend initialises")
+}

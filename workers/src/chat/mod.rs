@@ -145,7 +145,7 @@ impl ChatWorker {
                 commands,
                 tokens,
                 leases,
-                http: reqwest::Client::new(),
+                http: crate::runtime_http(),
                 settings,
                 worker_id,
                 watched: pending::Watched::default(),

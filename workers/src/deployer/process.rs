@@ -381,7 +381,7 @@ impl ProcessProvisioner {
         Self {
             layout: Layout::new(data_dir),
             agent_bin,
-            http: reqwest::Client::new(),
+            http: crate::runtime_http(),
         }
     }
 

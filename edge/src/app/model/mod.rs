@@ -8,10 +8,14 @@
 //! Refusals, each before anything is sent upstream: a body past the cap (413
 //! `payload_too_large`) or not a JSON object (400 `invalid_json`); no upstream configured (503
 //! `model_not_configured`); a protocol path that is not the upstream's (409
-//! `model_protocol_mismatch`); the quota used up (429 `quota_exceeded`). An upstream that cannot
+//! `model_protocol_mismatch`); the quota used up (429 `quota_exceeded`); more than
+//! [`in_flight::MAX_PER_AGENT`] calls of the agent's in flight (429 `too_many_model_calls`).
+//! Provider-side tools that would reach the internet for the agent (Anthropic's
+//! `mcp_servers`, `container`) are removed from the request. An upstream that cannot
 //! be reached is 502 `model_unreachable`. The provider's own answers, errors included, pass
 //! through unchanged.
 
+pub mod in_flight;
 pub mod meter;
 pub mod upstream;
 
@@ -126,12 +130,24 @@ pub async fn forward(
         Utc::now(),
     )
     .await?;
+    let slot = state.model_calls.take(caller.agent).ok_or_else(|| {
+        refused(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_model_calls",
+            format!(
+                "this agent already has {} model calls in flight; wait for one to end",
+                in_flight::MAX_PER_AGENT
+            ),
+        )
+    })?;
+    let stripped = strip_provider_side_reach(&mut request);
     let model = request
         .get("model")
         .and_then(Value::as_str)
         .map(|model| text::MODEL.fit(model))
         .unwrap_or_default();
-    let body = if call.protocol == ModelProtocol::Openai && ask_for_usage(&mut request) {
+    let asked = call.protocol == ModelProtocol::Openai && ask_for_usage(&mut request);
+    let body = if asked || stripped {
         Bytes::from(serde_json::to_vec(&request).map_err(ApiError::internal)?)
     } else {
         body
@@ -160,8 +176,19 @@ pub async fn forward(
     Ok(Forwarded {
         status,
         headers,
-        body: pump(response, meter),
+        body: pump(response, meter, slot),
     })
+}
+
+/// Removes the request fields with which a provider would reach the internet on the agent's
+/// behalf (Anthropic's MCP connector and code-execution container): a sandbox has no internet,
+/// and these would give it one. `true` if the request changed.
+fn strip_provider_side_reach(request: &mut Map<String, Value>) -> bool {
+    let mut changed = false;
+    for field in ["mcp_servers", "container"] {
+        changed |= request.remove(field).is_some();
+    }
+    changed
 }
 
 /// Sets `stream_options.include_usage` on a streaming OpenAI request, so its last chunk
@@ -275,7 +302,11 @@ impl Metered {
 /// arrives (no buffering past [`CHUNK_QUEUE`] chunks), feeding the meter; when the answer ends,
 /// breaks off or the runtime goes away, it records what the meter read. The task, not the
 /// response, records, so a runtime that hangs up mid-answer is still counted.
-fn pump(response: reqwest::Response, mut meter: Option<(Meter, Metered)>) -> Body {
+fn pump(
+    response: reqwest::Response,
+    mut meter: Option<(Meter, Metered)>,
+    slot: in_flight::Slot,
+) -> Body {
     let (chunks, receiver) = mpsc::channel::<Result<Bytes, std::io::Error>>(CHUNK_QUEUE);
     tokio::spawn(async move {
         let mut upstream = response.bytes_stream();
@@ -305,6 +336,7 @@ fn pump(response: reqwest::Response, mut meter: Option<(Meter, Metered)>) -> Bod
         {
             metered.record(usage).await;
         }
+        drop(slot);
     });
     Body::from_stream(futures::stream::unfold(receiver, |mut receiver| async {
         receiver.recv().await.map(|chunk| (chunk, receiver))
@@ -320,6 +352,21 @@ mod tests {
             Value::Object(map) => map,
             other => panic!("an object, got {other}"),
         }
+    }
+
+    #[test]
+    fn provider_side_internet_access_is_removed_from_a_request() {
+        let mut call = request(json!({
+            "model": "m",
+            "mcp_servers": [{"type": "url", "url": "https://example.test/"}],
+            "container": "c",
+        }));
+        assert!(strip_provider_side_reach(&mut call));
+        assert_eq!(call, request(json!({"model": "m"})));
+        assert!(
+            !strip_provider_side_reach(&mut call),
+            "nothing left to remove"
+        );
     }
 
     #[test]

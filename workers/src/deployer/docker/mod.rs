@@ -240,7 +240,7 @@ impl DockerProvisioner {
             docker,
             settings,
             sandbox_net,
-            http: reqwest::Client::new(),
+            http: crate::runtime_http(),
             create: tokio::sync::Mutex::new(()),
             taken: std::sync::Mutex::new(HashMap::new()),
         })
@@ -542,6 +542,15 @@ impl DockerProvisioner {
                     format!("rw,nosuid,nodev,size={}", limits.tmp_bytes),
                 )])),
                 readonly_rootfs: Some(true),
+                // IPv4 only: the firewall and the relay speak IPv4, so a link-local IPv6 path
+                // to the host or another sandbox must not exist.
+                sysctls: Some(HashMap::from([
+                    ("net.ipv6.conf.all.disable_ipv6".to_owned(), "1".to_owned()),
+                    (
+                        "net.ipv6.conf.default.disable_ipv6".to_owned(),
+                        "1".to_owned(),
+                    ),
+                ])),
                 cap_drop: Some(vec!["ALL".into()]),
                 security_opt: Some(vec!["no-new-privileges".into()]),
                 memory: Some(limits.memory_bytes),
