@@ -19,8 +19,11 @@ use bollard::Docker;
 use bollard::models::NetworkCreateRequest;
 use bollard::query_parameters::InspectNetworkOptions;
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 
 /// A short hash of the network's name, for the bridge and chain names (Linux caps interface
 /// names at 15 bytes).
@@ -293,25 +296,58 @@ pub async fn remove_firewall(network: &str) {
     let _ = iptables(&["-X", &chain]).await;
 }
 
-/// Forwards every accepted connection to `target`.
+/// Connections one sandbox (one source address) may hold through the relay at once.
+const RELAY_PER_SANDBOX: usize = 64;
+/// Connections through the relay at once, all sandboxes together.
+const RELAY_TOTAL: usize = 4096;
+/// The longest a relayed connection lives (a model answer streams for minutes, not hours).
+const RELAY_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// Forwards every accepted connection to `target`, within [`RELAY_PER_SANDBOX`] connections
+/// per source address and [`RELAY_TOTAL`] in all (a connection past either is closed at once),
+/// each for at most [`RELAY_LIFETIME`]: one sandbox cannot use up the relay's descriptors or
+/// ports and cut the others off from the edge.
 async fn relay(listener: TcpListener, target: String) {
+    let total = Arc::new(Semaphore::new(RELAY_TOTAL));
+    let per_sandbox: Mutex<HashMap<IpAddr, Arc<Semaphore>>> = Mutex::default();
     loop {
         let (mut inbound, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(err) => {
                 // Out of descriptors, most likely: wait rather than spin.
                 tracing::warn!(error = %err, "the relay cannot accept");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
+        };
+        let sandbox = {
+            let mut sandboxes = per_sandbox.lock().unwrap_or_else(PoisonError::into_inner);
+            // Forget the sandboxes with nothing in flight, so the map stays small.
+            sandboxes.retain(|_, slots| slots.available_permits() < RELAY_PER_SANDBOX);
+            sandboxes
+                .entry(peer.ip())
+                .or_insert_with(|| Arc::new(Semaphore::new(RELAY_PER_SANDBOX)))
+                .clone()
+        };
+        let (Ok(own), Ok(all)) = (
+            sandbox.try_acquire_owned(),
+            total.clone().try_acquire_owned(),
+        ) else {
+            tracing::warn!(%peer, "the relay refused a connection: too many at once");
+            continue;
         };
         let _ = inbound.set_nodelay(true);
         let target = target.clone();
         tokio::spawn(async move {
+            let _slots = (own, all);
             match TcpStream::connect(&target).await {
                 Ok(mut outbound) => {
                     let _ = outbound.set_nodelay(true);
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    let _ = tokio::time::timeout(
+                        RELAY_LIFETIME,
+                        tokio::io::copy_bidirectional(&mut inbound, &mut outbound),
+                    )
+                    .await;
                 }
                 Err(err) => {
                     tracing::warn!(%peer, target, error = %err, "the relay cannot reach the edge");
