@@ -543,14 +543,19 @@ impl DockerProvisioner {
                 )])),
                 readonly_rootfs: Some(true),
                 // IPv4 only: the firewall and the relay speak IPv4, so a link-local IPv6 path
-                // to the host or another sandbox must not exist.
-                sysctls: Some(HashMap::from([
-                    ("net.ipv6.conf.all.disable_ipv6".to_owned(), "1".to_owned()),
-                    (
-                        "net.ipv6.conf.default.disable_ipv6".to_owned(),
-                        "1".to_owned(),
-                    ),
-                ])),
+                // to the host or another sandbox must not exist. (A kernel without IPv6 has
+                // no such setting, and no such path.)
+                sysctls: std::path::Path::new("/proc/sys/net/ipv6")
+                    .exists()
+                    .then(|| {
+                        HashMap::from([
+                            ("net.ipv6.conf.all.disable_ipv6".to_owned(), "1".to_owned()),
+                            (
+                                "net.ipv6.conf.default.disable_ipv6".to_owned(),
+                                "1".to_owned(),
+                            ),
+                        ])
+                    }),
                 cap_drop: Some(vec!["ALL".into()]),
                 security_opt: Some(vec!["no-new-privileges".into()]),
                 memory: Some(limits.memory_bytes),
