@@ -9,13 +9,13 @@ mod client_support;
 mod common;
 mod edge_support;
 
-use chat_support::{Chat, alive};
+use chat_support::{Chat, agent_bin, alive};
 use client_support::Client;
-use edge_support::Platform;
+use edge_support::{Platform, Session};
 use serde_json::{Value, json};
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
-use warren_testkit::model_server::Reply;
+use warren_testkit::model_server::{ModelServer, Reply};
 use warren_testkit::{wait_for, wait_until};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -141,4 +141,58 @@ async fn an_interactive_chat_streams_a_tool_call_and_ctrl_c_cancels_the_running_
             .any(|e| e["event"] == "token" && e["seq"].as_u64().is_some()),
         "tokens stream with their seq: {out}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reply_outliving_the_access_token_streams_whole_through_a_silent_refresh_and_resume() {
+    // Access tokens live 3 s: the gateway ends the socket before the run ends
+    // (`token_expired`), and the client must refresh, reconnect and resume after the last `seq`
+    // it showed to see the run to its end.
+    let model = ModelServer::start().await;
+    let (model_url, agent_bin) = (model.url(), agent_bin().display().to_string());
+    let platform = Platform::start(&[
+        ("WARREN_APPROVAL", "open"),
+        ("WARREN_AGENT_BIN", &agent_bin),
+        ("WARREN_DEFAULT_PROVIDER", "openai"),
+        ("WARREN_DEFAULT_BASE_URL", &model_url),
+        ("WARREN_DEFAULT_API_KEY", "sk-platform"),
+        ("WARREN_ACCESS_TOKEN_TTL_SECS", "3"),
+    ])
+    .await;
+    let client = Client::new(&platform.base);
+    client.login(&platform, "patient@example.com").await;
+    let saved_refresh = || -> String {
+        let text = std::fs::read_to_string(client.client_dir().join("credentials.json"))
+            .expect("credentials saved");
+        let saved: Value = serde_json::from_str(&text).expect("credentials are JSON");
+        saved["refresh_token"]
+            .as_str()
+            .expect("a refresh token")
+            .to_owned()
+    };
+    let (_, out) = client.output(&["agents", "create", "Helper", "--wait", "--json"]);
+    let agent_id = json_lines(&out)
+        .last()
+        .and_then(|agent| agent["id"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| panic!("no agent in {out}"));
+    let chat = Chat {
+        platform,
+        model,
+        user: Session {
+            access: String::new(),
+            refresh: String::new(),
+        },
+        agent_id,
+    };
+
+    let words: Vec<String> = (1..=16).map(|n| format!("word{n}")).collect();
+    let reply = words.join(" ");
+    chat.model
+        .push(Reply::text(reply.clone()).with_chunk_delay(Duration::from_millis(400)));
+    let before = saved_refresh();
+    let mut run = client.pty(&["chat", "Helper", "tell me slowly"]);
+    // Every word once, in order, and the run's end: nothing lost or repeated across sockets.
+    run.expect(&reply);
+    assert_eq!(run.exit_code(), 0, "the run completed");
+    assert_ne!(saved_refresh(), before, "the pair was rotated and saved");
 }

@@ -4,7 +4,7 @@
 //! repeated.
 
 use super::api::Api;
-use super::events::Event;
+use super::events::{Event, Kind};
 use super::gateway::Gateway;
 use anyhow::Context;
 use serde_json::{Value, json};
@@ -12,6 +12,10 @@ use std::time::Duration;
 
 /// Reconnection attempts before giving up.
 const ATTEMPTS: u32 = 8;
+
+/// The codes with which the gateway ends a socket that a new one (with a fresh token, resumed
+/// by `seq`) makes whole: nothing for the person to see.
+const RESUMABLE: &[&str] = &["token_expired", "slow_consumer"];
 
 /// The session a link follows.
 #[derive(Clone, Debug)]
@@ -71,6 +75,13 @@ impl Link {
         loop {
             let ended = match self.gateway.next_event().await {
                 Ok(Some(event)) => {
+                    if let Kind::Error(error) = &event.kind
+                        && error.run_id.is_none()
+                        && RESUMABLE.contains(&error.error_code.as_str())
+                    {
+                        tracing::debug!(code = %error.error_code, "the gateway ends the socket");
+                        continue;
+                    }
                     if let Some(seq) = event.seq {
                         self.last_seq = Some(self.last_seq.map_or(seq, |last| last.max(seq)));
                     }
