@@ -43,15 +43,15 @@ enum Command {
         #[command(subcommand)]
         action: ImageAction,
     },
-    /// Write the roles' NATS keys (DIR/credentials/<role>.nk, generated once) and the
-    /// authorization files a nats-server of deploy/nats/ includes (DIR/auth.conf,
-    /// DIR/cluster-auth.conf), then exit.
     /// Client: sign in to a platform (email, then the emailed code).
     Login(client::login::LoginArgs),
     /// Client: list, create, delete your agents, or show an agent's deployment log.
     Agents(client::agents::AgentsArgs),
     /// Client: talk to an agent, streaming its answer (Ctrl-C cancels the run).
     Chat(client::chat::ChatArgs),
+    /// Write the roles' NATS keys (DIR/credentials/<role>.nk, generated once) and the
+    /// authorization files a nats-server of deploy/nats/ includes (DIR/auth.conf,
+    /// DIR/cluster-auth.conf), then exit.
     NatsAuth {
         /// Where to write them, e.g. deploy/nats or deploy/nats/cluster.
         dir: std::path::PathBuf,

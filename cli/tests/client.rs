@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 use warren_testkit::model_server::{ModelServer, Reply};
-use warren_testkit::{wait_for, wait_until};
+use warren_testkit::wait_until;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -111,13 +111,7 @@ async fn an_interactive_chat_streams_a_tool_call_and_ctrl_c_cancels_the_running_
     ));
     session.send_line("sleep a long time");
     session.expect("🔧 shell");
-    let pid_file = chat.workspace().join("tool.pid");
-    let pid: i32 = wait_for(TIMEOUT, || async {
-        std::fs::read_to_string(&pid_file)
-            .ok()
-            .and_then(|text| text.trim().parse().ok())
-    })
-    .await;
+    let pid = chat.tool_pid("tool.pid").await;
     assert!(alive(pid), "the tool runs");
     session.ctrl_c();
     session.expect("cancelled");

@@ -23,8 +23,8 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 pub struct ChatArgs {
     #[command(flatten)]
     client: ClientConfig,
-    /// The agent, by name or id (default: the last session's, or your only agent). A single
-    /// word that names no agent is taken as the message.
+    /// The agent, by name or id (default: the last session's, or your only agent). A lone
+    /// argument that names no agent is taken as the message.
     agent: Option<String>,
     /// The message to send; without one, chat line by line.
     message: Option<String>,
