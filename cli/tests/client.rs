@@ -85,7 +85,8 @@ async fn agents_create_wait_shows_each_of_the_six_steps_until_the_agent_runs() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn an_interactive_chat_streams_a_tool_call_and_ctrl_c_cancels_the_running_tool() {
+async fn an_interactive_chat_streams_a_tool_call_and_ctrl_c_cancels_the_running_tool_and_a_second_exits()
+ {
     let chat = Chat::start(&[]).await;
     let client = Client::new(&chat.platform.base);
     client.login(&chat.platform, "chatter@example.com").await;
@@ -116,10 +117,24 @@ async fn an_interactive_chat_streams_a_tool_call_and_ctrl_c_cancels_the_running_
     session.ctrl_c();
     session.expect("cancelled");
     wait_until(TIMEOUT, || async { !alive(pid) }).await;
-    // One Ctrl-C cancels the run only: the chat goes on.
+    // One Ctrl-C cancels the run only: the chat goes on. Two in a row leave (the run is
+    // cancelled all the same).
     session.expect("> ");
-    session.send_line("/quit");
-    assert_eq!(session.exit_code(), 0);
+    chat.model.push(Reply::tool_call(
+        "shell",
+        json!({"command": "echo $$ > tool2.pid; exec sleep 300"}),
+    ));
+    session.send_line("sleep again");
+    session.expect("🔧 shell");
+    let pid = chat.tool_pid("tool2.pid").await;
+    session.ctrl_c();
+    session.expect("Ctrl-C again to exit");
+    session.ctrl_c();
+    // Whether it lands while the cancel is under way (130) or at the prompt once the run is
+    // cancelled (0), the second Ctrl-C ends the client.
+    let code = session.exit_code();
+    assert!(code == 130 || code == 0, "exit code {code}");
+    wait_until(TIMEOUT, || async { !alive(pid) }).await;
 
     // For scripts: the last session again, every event one JSON line, ending with the reply.
     chat.model.push(Reply::text("JSON reply."));

@@ -15,7 +15,6 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use std::io::Write;
 use std::process::ExitCode;
-use tokio::io::AsyncBufReadExt;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 /// `warren chat`.
@@ -339,7 +338,7 @@ async fn chat_lines(
     store: &Store,
     interrupts: &mut Signal,
 ) -> anyhow::Result<()> {
-    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut lines = stdin_lines();
     printer.note("Type a message; /help lists the commands, /quit leaves.");
     loop {
         if !printer.json() {
@@ -348,7 +347,7 @@ async fn chat_lines(
         }
         let line = loop {
             tokio::select! {
-                line = lines.next_line() => break line?,
+                line = lines.recv() => break line.transpose()?,
                 event = link.next_event() => printer.event(&event?),
                 _ = interrupts.recv() => return Ok(()),
             }
@@ -366,6 +365,20 @@ async fn chat_lines(
             }
         }
     }
+}
+
+/// The terminal's lines, read on a thread of their own: tokio's stdin reads on a blocking-pool
+/// thread that the runtime waits for at exit, so a Ctrl-C at the prompt would hang there.
+fn stdin_lines() -> tokio::sync::mpsc::Receiver<std::io::Result<String>> {
+    let (lines, receiver) = tokio::sync::mpsc::channel(16);
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            if lines.blocking_send(line).is_err() {
+                break;
+            }
+        }
+    });
+    receiver
 }
 
 /// A slash command, answered by the gateway on the current session.
