@@ -70,9 +70,12 @@ mod heading {
     pub const CAPACITY: &str = "Sandbox capacity";
     /// `warren dev` only.
     pub const LOCAL: &str = "Local servers (warren dev)";
+    /// The client commands (`warren login`, `warren agents`, `warren chat`).
+    pub const CLIENT: &str = "Client";
 }
 
-/// The headings each subcommand reads (`dev` reads them all).
+/// The headings each role's subcommand reads, by its path (`dev` reads them all; the client
+/// commands have their own heading and no role's).
 pub const ROLE_HEADINGS: &[(&str, &[&str])] = {
     use heading::*;
     const BASE: [&str; 3] = [PLATFORM, NATS, POSTGRES];
@@ -83,20 +86,22 @@ pub const ROLE_HEADINGS: &[(&str, &[&str])] = {
                 PLATFORM, NATS, POSTGRES, SECRETS, MAIL, SIGN_IN, LIMITS, HTTP, MODEL, CAPACITY,
             ],
         ),
-        ("projector", &BASE),
+        ("worker projector", &BASE),
         ("replay", &BASE),
         ("migrate", &BASE),
-        ("notifier", &[PLATFORM, NATS, POSTGRES, MAIL, SIGN_IN]),
         (
-            "deployer",
+            "worker notifier",
+            &[PLATFORM, NATS, POSTGRES, MAIL, SIGN_IN],
+        ),
+        (
+            "worker deployer",
             &[PLATFORM, NATS, POSTGRES, SECRETS, MODEL, DEPLOYER],
         ),
         (
-            "chat",
+            "worker chat",
             &[PLATFORM, NATS, POSTGRES, SECRETS, MODEL, CHAT, CAPACITY],
         ),
-        // `warren image build`.
-        ("build", &[PLATFORM, DEPLOYER]),
+        ("image build", &[PLATFORM, DEPLOYER]),
     ]
 };
 
@@ -420,6 +425,42 @@ pub struct Config {
     pub warm_pool: usize,
 }
 
+/// The client commands' options (`warren login`, `warren agents`, `warren chat`): where the
+/// platform is and where the signed-in session is kept.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ClientConfig {
+    /// The platform's edge (its WebSocket gateway is `/ws` on the same address).
+    #[arg(long, env = "WARREN_URL", default_value = "http://127.0.0.1:8080", help_heading = heading::CLIENT)]
+    pub url: String,
+    /// Where the client keeps its sign-in (`credentials.json`, owner-only) and the last session
+    /// (`session.json`); default `$XDG_CONFIG_HOME/warren`, else `$HOME/.config/warren`.
+    #[arg(long, env = "WARREN_CLIENT_DIR", help_heading = heading::CLIENT)]
+    pub client_dir: Option<PathBuf>,
+    /// Print JSON for scripts (one document, or one event per line while streaming).
+    #[arg(long, global = true, help_heading = heading::CLIENT)]
+    pub json: bool,
+}
+
+impl ClientConfig {
+    /// The client's directory: `--client-dir`, else the user's config dir.
+    pub fn dir(&self) -> anyhow::Result<PathBuf> {
+        if let Some(dir) = self
+            .client_dir
+            .as_ref()
+            .filter(|d| !d.as_os_str().is_empty())
+        {
+            return Ok(dir.clone());
+        }
+        let non_empty = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+        if let Some(config) = non_empty("XDG_CONFIG_HOME") {
+            return Ok(PathBuf::from(config).join("warren"));
+        }
+        let home = non_empty("HOME")
+            .ok_or_else(|| anyhow::anyhow!("no HOME: set WARREN_CLIENT_DIR (--client-dir)"))?;
+        Ok(PathBuf::from(home).join(".config").join("warren"))
+    }
+}
+
 impl Default for Config {
     /// The defaults alone: no flag, no environment, no file.
     fn default() -> Self {
@@ -439,7 +480,7 @@ impl Default for Config {
 pub fn with_file<P: clap::CommandFactory>() -> anyhow::Result<(clap::Command, Vec<String>)> {
     let path = file_path();
     let values = file_values(&path)?;
-    let command = adjust(P::command(), &values);
+    let command = adjust(P::command(), "", &values);
     let mut known = HashSet::new();
     collect_ids(&command, &mut known);
     let unknown = values
@@ -490,10 +531,20 @@ fn file_values(path: &std::path::Path) -> anyhow::Result<BTreeMap<String, String
         .collect()
 }
 
-fn adjust(command: clap::Command, file: &BTreeMap<String, String>) -> clap::Command {
+/// `path` is the names of the subcommands above `command` (`"worker"` for `warren worker chat`).
+fn adjust(command: clap::Command, path: &str, file: &BTreeMap<String, String>) -> clap::Command {
+    let own_path = match path {
+        "" => command.get_name().to_owned(),
+        _ => format!("{path} {}", command.get_name()),
+    };
+    // Paths start below the binary's own name.
+    let role = own_path
+        .split_once(' ')
+        .map_or("", |(_, role)| role)
+        .to_owned();
     let shown = ROLE_HEADINGS
         .iter()
-        .find(|(role, _)| *role == command.get_name())
+        .find(|(name, _)| *name == role)
         .map(|(_, headings)| *headings);
     let mut command = command.mut_args(|arg| {
         let arg = match file.get(arg.get_id().as_str()) {
@@ -512,7 +563,7 @@ fn adjust(command: clap::Command, file: &BTreeMap<String, String>) -> clap::Comm
         .map(|sub| sub.get_name().to_owned())
         .collect();
     for name in names {
-        command = command.mut_subcommand(name, |sub| adjust(sub, file));
+        command = command.mut_subcommand(name, |sub| adjust(sub, &own_path, file));
     }
     command
 }

@@ -1,6 +1,8 @@
-//! The `warren` binary: every platform role as a subcommand, so each can run and scale alone.
-//! Each role's `--help` lists the options and `WARREN_*` variables it reads, with defaults.
+//! The `warren` binary: every platform role as a subcommand, so each can run and scale alone,
+//! and the client (`login`, `agents`, `chat`) beside them. Each role's `--help` lists the
+//! options and `WARREN_*` variables it reads, with defaults.
 
+mod client;
 mod config;
 mod dev;
 mod fds;
@@ -41,6 +43,12 @@ enum Command {
         #[command(subcommand)]
         action: ImageAction,
     },
+    /// Client: sign in to a platform (email, then the emailed code).
+    Login(client::login::LoginArgs),
+    /// Client: list, create, delete your agents, or show an agent's deployment log.
+    Agents(client::agents::AgentsArgs),
+    /// Client: talk to an agent, streaming its answer (Ctrl-C cancels the run).
+    Chat(client::chat::ChatArgs),
     /// Write the roles' NATS keys (DIR/credentials/<role>.nk, generated once) and the
     /// authorization files a nats-server of deploy/nats/ includes (DIR/auth.conf,
     /// DIR/cluster-auth.conf), then exit.
@@ -100,7 +108,7 @@ fn init_logging(filter: &str) {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<std::process::ExitCode> {
     let (command, unknown) = config::with_file::<Cli>()?;
     let cli = Cli::from_arg_matches(&command.get_matches())?;
     let (role, config) = match cli.command {
@@ -113,7 +121,7 @@ async fn main() -> anyhow::Result<()> {
                 dir.display(),
                 keys.dir().display()
             );
-            return Ok(());
+            return Ok(std::process::ExitCode::SUCCESS);
         }
         Command::Dev(config) => (Role::Dev, config),
         Command::Edge(config) => (Role::Edge, config),
@@ -128,6 +136,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Image {
             action: ImageAction::Build(config),
         } => (Role::ImageBuild, config),
+        Command::Login(args) => return Ok(client_exit(client::login::run(args).await)),
+        Command::Agents(args) => return Ok(client_exit(client::agents::run(args).await)),
+        Command::Chat(args) => return Ok(client_exit(client::chat::run(args).await)),
     };
     init_logging(&config.log);
     for key in unknown {
@@ -152,7 +163,16 @@ async fn main() -> anyhow::Result<()> {
     if let Err(err) = &outcome {
         tracing::error!(error = format!("{err:#}"), "warren stopped with an error");
     }
-    outcome
+    outcome.map(|()| std::process::ExitCode::SUCCESS)
+}
+
+/// A client command's outcome as the exit code; its error is for the person at the terminal:
+/// one line on stderr, no log record.
+fn client_exit(outcome: anyhow::Result<std::process::ExitCode>) -> std::process::ExitCode {
+    outcome.unwrap_or_else(|err| {
+        eprintln!("error: {err:#}");
+        std::process::ExitCode::FAILURE
+    })
 }
 
 async fn cancel_on_signal(shutdown: CancellationToken) {

@@ -156,13 +156,7 @@ async fn cancelling_a_running_shell_tool_kills_its_process_and_records_the_run_c
         .expect("conversation id")
         .to_owned();
     run.until("tool_use").await;
-    let pid_file = chat.workspace().join("tool.pid");
-    let pid: i32 = wait_for(TIMEOUT, || async {
-        std::fs::read_to_string(&pid_file)
-            .ok()
-            .and_then(|text| text.trim().parse().ok())
-    })
-    .await;
+    let pid = chat.tool_pid("tool.pid").await;
     assert!(alive(pid), "the tool runs");
 
     let cancelled = chat

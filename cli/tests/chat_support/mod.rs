@@ -102,6 +102,17 @@ impl Chat {
         self.agent_dir().join("workspace")
     }
 
+    /// The pid a tool wrote into `file` in the workspace (`echo $$ > file`), once it is there.
+    pub async fn tool_pid(&self, file: &str) -> i32 {
+        let path = self.workspace().join(file);
+        wait_for(FRAME_TIMEOUT, || async {
+            std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|text| text.trim().parse().ok())
+        })
+        .await
+    }
+
     /// The agent's files under the deployer's data dir.
     pub fn agent_dir(&self) -> PathBuf {
         self.platform
