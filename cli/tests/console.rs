@@ -227,8 +227,9 @@ async fn a_chat_streams_tokens_and_a_tool_call_and_a_second_tab_sees_the_same_li
     let url = open_chat(&chat, &page).await;
     let first = page.client.window().await.expect("window");
 
-    // A second tab on the same session, at phone width.
-    let second = page.client.new_window(true).await.expect("new tab").handle;
+    // A second window of the same browser (so the same sign-in) on the same session, at phone
+    // width.
+    let second = page.client.new_window(false).await.expect("new window").handle;
     page.client
         .switch_to_window(second.clone())
         .await

@@ -107,7 +107,7 @@ function agentCard(agent, error, removed) {
     h("div.row", {}, name, status),
     progress, problem,
     h("div.actions", {},
-      h("a.button.chat", { href: `/agents/${agent.id}` }, "Chat"),
+      h("a.button.open-chat", { href: `/agents/${agent.id}` }, "Chat"),
       h("button.stop", { type: "button", onclick: act("stop") }, "Stop"),
       h("button.start", { type: "button", onclick: act("start") }, "Start"),
       h("button.restart", { type: "button", onclick: act("restart") }, "Restart"),

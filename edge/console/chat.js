@@ -69,7 +69,10 @@ export async function chatView(agentId, sessionId) {
       case "tool_call": bubble(p.runId).toolCall(p.callId, p.toolName, p.arguments); break;
       case "tool_result": bubble(p.runId).toolResult(p.callId, p.result); break;
       case "file": bubble(p.runId).file(p.path, p.size); break;
-      case "final": bubble(p.runId).finish(p.content); break;
+      case "final":
+        bubble(p.runId).finish(p.content);
+        listSessions().catch(() => {}); // message counts and order changed
+        break;
       case "cancelled": bubble(p.runId).fail(p.message, "cancelled"); break;
       case "error":
         if (p.runId) bubble(p.runId).fail(p.message, "failed");
@@ -105,8 +108,8 @@ export async function chatView(agentId, sessionId) {
     try {
       const page = await gateway.request("sessions.history", { sessionId: id, limit: PAGE });
       const answered = new Set(page.messages.filter((m) => m.role !== "user").map((m) => m.runId));
-      const open = page.messages.find((m) => m.role === "user" && m.runId && !answered.has(m.runId));
-      const cut = open ? open.seq - 1 : Math.max(0, ...page.messages.map((m) => m.seq));
+      const unanswered = page.messages.find((m) => m.role === "user" && m.runId && !answered.has(m.runId));
+      const cut = unanswered ? unanswered.seq - 1 : Math.max(0, ...page.messages.map((m) => m.seq));
       transcript.replaceChildren();
       runs.clear();
       for (const m of page.messages.filter((m) => m.seq <= cut)) showMessage(m);
