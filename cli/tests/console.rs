@@ -229,7 +229,12 @@ async fn a_chat_streams_tokens_and_a_tool_call_and_a_second_tab_sees_the_same_li
 
     // A second window of the same browser (so the same sign-in) on the same session, at phone
     // width.
-    let second = page.client.new_window(false).await.expect("new window").handle;
+    let second = page
+        .client
+        .new_window(false)
+        .await
+        .expect("new window")
+        .handle;
     page.client
         .switch_to_window(second.clone())
         .await
@@ -413,5 +418,68 @@ async fn an_exhausted_quota_is_shown_as_the_platforms_words() {
         refused.body["error"]["message"].as_str().unwrap_or("?")
     );
     page.screenshot("quota").await;
+
+    // The usage page says what is left and draws today's message.
+    page.click("#nav a[href='/usage']").await;
+    page.wait_text("#quotas .meter", "1 of 1 used · 0 left")
+        .await;
+    let bars = page
+        .run(
+            "return document.querySelectorAll('#usage-chart svg rect.messages').length;",
+            vec![],
+        )
+        .await;
+    assert_eq!(bars, json!(1), "one day of usage, one bar");
+    page.screenshot("usage").await;
+    page.close().await;
+}
+
+#[tokio::test]
+async fn provider_keys_are_set_replaced_and_deleted_without_ever_being_shown_back() {
+    let platform = Platform::start(&[("WARREN_APPROVAL", "open")]).await;
+    let driver = Driver::start().await;
+    let page = driver.browser("settings", DESKTOP.0, DESKTOP.1).await;
+    page.sign_in_by_code(&platform, "keys@example.com").await;
+    page.find("#create-agent").await;
+    page.click("#nav a[href='/settings']").await;
+    page.wait_text("#keys", "No keys").await;
+
+    page.fill("#key-secret", "sk-first-secret-0001").await;
+    page.fill("#key-label", "work").await;
+    page.click("#save-key").await;
+    page.wait_text("#keys .fingerprint", "0001").await;
+    page.click("#keys .replace").await;
+    page.fill("#key-secret", "sk-second-secret-0002").await;
+    page.click("#save-key").await;
+    let prints = page
+        .wait_texts("#keys .fingerprint", "the new key only", |t| {
+            t.len() == 1 && t[0].ends_with("0002")
+        })
+        .await;
+    let html = page
+        .run("return document.documentElement.outerHTML;", vec![])
+        .await;
+    let html = html.as_str().unwrap_or_default();
+    for secret in ["sk-first-secret-0001", "sk-second-secret-0002"] {
+        assert!(!html.contains(secret), "{secret} is shown back: {prints:?}");
+    }
+    page.screenshot("keys").await;
+    page.click("#keys .delete").await;
+    page.wait_text("#keys", "No keys").await;
+
+    page.fill("#default-model", "model-of-choice").await;
+    page.click("#model-form button").await;
+    page.click("#nav a[href='/']").await;
+    let model = page
+        .find("#agent-model")
+        .await
+        .prop("value")
+        .await
+        .expect("value");
+    assert_eq!(
+        model.as_deref(),
+        Some("model-of-choice"),
+        "new agents get the default model"
+    );
     page.close().await;
 }

@@ -66,5 +66,9 @@ window.addEventListener("warren:signed-out", () => {
   if (location.pathname !== "/") go("/");
   else route();
 });
+// A failure no view caught is still said in words.
+window.addEventListener("unhandledrejection", (event) => {
+  notify(event.reason && event.reason.message ? event.reason.message : "Something went wrong.");
+});
 window.addEventListener("popstate", route);
 route();

@@ -48,7 +48,6 @@ export async function settingsView() {
 }
 
 function keyForm(error, reload) {
-  let replacing = null;
   const title = h("h2", {}, "Add a key");
   const provider = h("select#key-provider", {}, PROVIDERS.map((p) => h("option", { value: p }, p)));
   const secret = h("input#key-secret", { type: "password", required: true, autocomplete: "off", placeholder: "sk-…" });
@@ -61,9 +60,9 @@ function keyForm(error, reload) {
         const body = { provider: provider.value, api_key: secret.value };
         if (baseUrl.value.trim()) body.base_url = baseUrl.value.trim();
         if (label.value.trim()) body.label = label.value.trim();
+        // The platform replaces the key of the same provider and label.
         await api.post("/users/me/api-keys", body);
-        if (replacing) await api.del(`/users/me/api-keys/${replacing}`);
-        replacing = null;
+        provider.disabled = label.disabled = false;
         title.textContent = "Add a key";
         secret.value = "";
         await reload();
@@ -78,11 +77,11 @@ function keyForm(error, reload) {
   return {
     el,
     edit(key) {
-      replacing = key.id;
       title.textContent = `Replace ${key.label || key.provider} (${key.fingerprint})`;
       provider.value = key.provider;
       baseUrl.value = key.base_url || "";
       label.value = key.label || "";
+      provider.disabled = label.disabled = true;
       secret.focus();
     },
   };

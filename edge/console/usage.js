@@ -32,7 +32,7 @@ function meter(label, { used, limit }) {
 /** Bars for messages (left scale), a line for tokens (right scale), one slot per day. */
 function drawChart(days) {
   const width = 600, height = 200, pad = 24;
-  const rows = [...days].sort((a, b) => a.day.localeCompare(b.day));
+  const rows = lastDays(days, 30);
   const tokens = (d) => d.metered_input_tokens + d.metered_output_tokens;
   const maxMessages = Math.max(1, ...rows.map((d) => d.messages));
   const maxTokens = Math.max(1, ...rows.map(tokens));
@@ -48,13 +48,26 @@ function drawChart(days) {
     }, svg("title", {}, `${d.day}: ${d.messages} messages, ${tokens(d)} tokens`));
     chart.append(bar);
   });
-  if (rows.length) {
+  if (rows.some((d) => d.messages || tokens(d))) {
     const points = rows.map((d, i) => `${pad + (i + 0.5) * slot},${y(tokens(d), maxTokens)}`).join(" ");
     chart.append(svg("polyline", { points, class: "tokens" }));
+    rows.forEach((d, i) => chart.append(svg("circle", {
+      cx: pad + (i + 0.5) * slot, cy: y(tokens(d), maxTokens), r: 2.5, class: "tokens",
+    })));
     chart.append(svg("text", { x: pad, y: 12, class: "scale" }, `${maxMessages} msgs`));
     chart.append(svg("text", { x: width - pad, y: 12, class: "scale end" }, `${maxTokens} tokens`));
   } else {
     chart.append(svg("text", { x: width / 2, y: height / 2, class: "scale middle" }, "No usage yet"));
   }
   return chart;
+}
+
+/** One row per UTC day of the last `count` (days without usage as zeros), oldest first. */
+function lastDays(days, count) {
+  const byDay = new Map(days.map((d) => [d.day, d]));
+  const today = Date.UTC(new Date().getUTCFullYear(), new Date().getUTCMonth(), new Date().getUTCDate());
+  return Array.from({ length: count }, (_, i) => {
+    const day = new Date(today - (count - 1 - i) * 86_400_000).toISOString().slice(0, 10);
+    return byDay.get(day) || { day, messages: 0, metered_input_tokens: 0, metered_output_tokens: 0 };
+  });
 }
