@@ -342,6 +342,48 @@ async fn a_reload_in_the_middle_of_a_run_shows_every_token_exactly_once() {
 }
 
 #[tokio::test]
+async fn a_dropped_connection_resumes_the_run_after_the_last_token_shown() {
+    let chat = Chat::start(&[]).await;
+    // The browser talks to an edge of its own, which the test stops and starts again.
+    let port = common::free_port();
+    let (base, edge) = chat.platform.edge_on(port, &[]).await;
+    let driver = Driver::start().await;
+    let page = driver.browser("dropped", DESKTOP.0, DESKTOP.1).await;
+    page.sign_in_by_code_at(&base, &chat.platform, "chatter@example.com")
+        .await;
+    page.find("#create-agent").await;
+    page.open(&format!("{base}/agents/{}", chat.agent_id)).await;
+    page.click("#new-session").await;
+    page.wait_url("session=").await;
+
+    let words: Vec<String> = (1..=40).map(|n| format!("d{n:02} ")).collect();
+    let answer = words.concat();
+    chat.model
+        .push(Reply::text(answer.clone()).with_chunk_delay(Duration::from_millis(150)));
+    page.fill("#message", "Count while I drop").await;
+    page.click("#send").await;
+    page.wait_text(".msg.assistant .text", "d05").await;
+
+    drop(edge); // the connection drops; the run goes on in the chat worker
+    page.wait_texts("body.offline", "that it is offline", |t| !t.is_empty())
+        .await;
+    let (_, edge) = chat.platform.edge_on(port, &[]).await;
+    page.wait_texts(".msg.assistant.done", "the finished reply", |t| {
+        !t.is_empty()
+    })
+    .await;
+    assert_eq!(
+        page.texts(".msg.assistant .text").await.join(""),
+        answer,
+        "nothing lost, nothing twice"
+    );
+    assert_eq!(page.texts(".msg.user .text").await, ["Count while I drop"]);
+    page.screenshot("resumed").await;
+    page.close().await;
+    drop(edge);
+}
+
+#[tokio::test]
 async fn an_admin_approves_a_pending_user_who_can_then_create_an_agent() {
     let platform = Platform::start(&[("WARREN_ADMIN_EMAILS", "boss@example.com")]).await;
     let driver = Driver::start().await;

@@ -8,6 +8,7 @@ class Gateway {
   constructor() {
     this.socket = null;
     this.ready = null; // a promise of the connected socket
+    this.connected = false; // connect answered and every open hook run
     this.nextId = 1;
     this.waiting = new Map(); // request id -> {resolve, reject}
     this.listeners = new Map(); // event name -> Set of functions
@@ -29,16 +30,18 @@ class Gateway {
     const scheme = location.protocol === "https:" ? "wss" : "ws";
     const socket = new WebSocket(`${scheme}://${location.host}/ws`);
     this.socket = socket;
+    // A socket that fails to open closes too: `closed` schedules the next try.
+    socket.onclose = () => this.closed(socket);
+    socket.onmessage = (message) => this.receive(JSON.parse(message.data));
     await new Promise((resolve, reject) => {
       socket.onopen = resolve;
       socket.onerror = () => reject(new ApiError(0, "offline", "The live connection failed."));
     });
-    socket.onmessage = (message) => this.receive(JSON.parse(message.data));
-    socket.onclose = () => this.closed(socket);
     await this.send(socket, "connect", { version: "1", clientType: "web", token: this.token });
     this.retry = 500;
     document.body.classList.remove("offline");
     for (const hook of this.openHooks) hook();
+    this.connected = true;
     return socket;
   }
 
@@ -50,9 +53,10 @@ class Gateway {
     this.waiting.clear();
     this.ready = null;
     this.socket = null;
+    this.connected = false;
     if (this.stopped) return;
     document.body.classList.add("offline");
-    setTimeout(() => this.open().catch(() => this.closed(null)), this.retry);
+    setTimeout(() => this.open().catch(() => {}), this.retry);
     this.retry = Math.min(this.retry * 2, 10_000);
   }
 
@@ -97,11 +101,9 @@ class Gateway {
   /** Runs `hook` now if connected, and after every (re)connection; returns its remover. */
   onOpen(hook) {
     this.openHooks.add(hook);
-    if (this.socket && this.socket.readyState === WebSocket.OPEN && this.ready) {
-      this.ready.then(hook);
-    } else {
-      this.open().catch(() => {});
-    }
+    // Connected: run it now. Connecting: the connection runs it when `connect` is answered.
+    if (this.connected) hook();
+    else this.open().catch(() => {});
     return () => this.openHooks.delete(hook);
   }
 

@@ -41,6 +41,7 @@ function drawChart(days) {
   const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": "usage per day" });
   chart.append(svg("line", { x1: pad, x2: width - pad, y1: height - pad, y2: height - pad, class: "axis" }));
   rows.forEach((d, i) => {
+    if (!d.messages) return;
     const x = pad + i * slot;
     const bar = svg("rect", {
       x: x + slot * 0.15, width: slot * 0.7, y: y(d.messages, maxMessages),

@@ -218,7 +218,13 @@ impl Page {
 
     /// Signs in as `email` through the console with the emailed 6-digit code.
     pub async fn sign_in_by_code(&self, platform: &Platform, email: &str) {
-        self.open(&platform.base).await;
+        self.sign_in_by_code_at(&platform.base, platform, email)
+            .await;
+    }
+
+    /// [`Self::sign_in_by_code`] through the edge at `base`.
+    pub async fn sign_in_by_code_at(&self, base: &str, platform: &Platform, email: &str) {
+        self.open(base).await;
         let before = platform.smtp.mails_to(email).len();
         self.fill("#email", email).await;
         self.click("#send-link").await;
