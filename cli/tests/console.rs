@@ -158,7 +158,8 @@ const PROGRESS_SEEN: &str = "return [...window.progress, \
     document.querySelector('.agent .bar').getAttribute('aria-valuenow')];";
 
 #[tokio::test]
-async fn creating_an_agent_shows_its_six_deployment_steps_as_they_happen() {
+async fn creating_an_agent_shows_its_six_deployment_steps_as_they_happen_and_its_card_stops_starts_and_deletes_it()
+ {
     let agent = agent_bin().display().to_string();
     let platform =
         Platform::start(&[("WARREN_APPROVAL", "open"), ("WARREN_AGENT_BIN", &agent)]).await;
@@ -198,6 +199,70 @@ async fn creating_an_agent_shows_its_six_deployment_steps_as_they_happen() {
         "each step shown on its own, in order, as the feed reported it: {progress:?}"
     );
     page.screenshot("running").await;
+
+    // Stop, start and delete from the card.
+    page.click(".agent .stop").await;
+    page.wait_texts(
+        ".agent[data-status='stopped'] .name",
+        "Scout stopped",
+        |t| t.iter().any(|t| t == "Scout"),
+    )
+    .await;
+    page.click(".agent .start").await;
+    page.wait_texts(
+        ".agent[data-status='running'] .name",
+        "Scout running again",
+        |t| t.iter().any(|t| t == "Scout"),
+    )
+    .await;
+    page.click(".agent .delete").await;
+    page.client
+        .accept_alert()
+        .await
+        .expect("confirm the deletion");
+    page.wait_texts(".agent .name", "no agent", |t| t.is_empty())
+        .await;
+    let agents = platform
+        .get("/api/v1/agents", Some(&page_session(&page).await))
+        .await;
+    assert_eq!(agents.body, json!([]), "deleted on the platform too");
+    page.close().await;
+}
+
+/// The access token the console holds.
+async fn page_session(page: &Page) -> String {
+    page.run("return localStorage.getItem('warren.access');", vec![])
+        .await
+        .as_str()
+        .expect("signed in")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn cancel_stops_a_running_reply_and_says_so() {
+    let chat = Chat::start(&[]).await;
+    let driver = Driver::start().await;
+    let page = driver.browser("cancel", DESKTOP.0, DESKTOP.1).await;
+    open_chat(&chat, &page).await;
+    chat.model
+        .push(Reply::text("Thinking about it ").then_hang());
+    page.fill("#message", "Take your time").await;
+    page.click("#send").await;
+    page.wait_text(".msg.assistant .text", "Thinking about it")
+        .await;
+    page.click("#cancel").await;
+    let said = page
+        .wait_text(".msg.assistant.cancelled .run-error", "cancelled")
+        .await;
+    assert!(said.starts_with("the run was cancelled"), "{said}");
+    let disabled = page
+        .find("#cancel")
+        .await
+        .prop("disabled")
+        .await
+        .expect("prop");
+    assert_eq!(disabled.as_deref(), Some("true"), "nothing left to cancel");
+    page.screenshot("cancelled").await;
     page.close().await;
 }
 

@@ -158,7 +158,7 @@ function agentCard(agent, error, removed) {
           setStatus("failed"); problem.textContent = change.message; break;
         case "failed": setStatus("failed"); problem.textContent = change.message; break;
         case "stopped": setStatus("stopped"); break;
-        case "started": case "restarted": setStatus("deploying"); break;
+        case "started": case "restarted": setStatus("running"); break;
         case "paused": setStatus("paused"); break;
         case "resumed": setStatus("running"); break;
         case "configured": name.textContent = change.name; break;
