@@ -370,28 +370,21 @@ async fn a_chat_streams_tokens_and_a_tool_call_and_a_second_tab_sees_the_same_li
     page.close().await;
 }
 
-#[tokio::test]
-async fn a_reload_in_the_middle_of_a_run_shows_every_token_exactly_once() {
-    let chat = Chat::start(&[]).await;
-    let driver = Driver::start().await;
-    let page = driver.browser("reload", DESKTOP.0, DESKTOP.1).await;
-    open_chat(&chat, &page).await;
-
-    let words: Vec<String> = (1..=40).map(|n| format!("w{n:02} ")).collect();
-    let answer = words.concat();
+/// Sends `message`; the reply, 40 words `<prefix>01 ` … streamed 150 ms apart, is returned once
+/// its fifth word shows.
+async fn count_slowly(chat: &Chat, page: &Page, prefix: &str, message: &str) -> String {
+    let answer: String = (1..=40).map(|n| format!("{prefix}{n:02} ")).collect();
     chat.model
         .push(Reply::text(answer.clone()).with_chunk_delay(Duration::from_millis(150)));
-    page.fill("#message", "Count slowly").await;
+    page.fill("#message", message).await;
     page.click("#send").await;
-    page.wait_text(".msg.assistant .text", "w05").await;
-    let before = page.texts(".msg.assistant .text").await.join("");
-    assert!(
-        !before.contains("w40"),
-        "still streaming when reloaded: {before}"
-    );
+    page.wait_text(".msg.assistant .text", &format!("{prefix}05"))
+        .await;
+    answer
+}
 
-    page.client.refresh().await.expect("reload");
-    page.find("#transcript").await;
+/// Waits for the reply to finish and checks it shows `answer` and `message` exactly once.
+async fn every_token_once(page: &Page, answer: &str, message: &str) {
     page.wait_texts(".msg.assistant.done", "the finished reply", |t| {
         !t.is_empty()
     })
@@ -401,7 +394,26 @@ async fn a_reload_in_the_middle_of_a_run_shows_every_token_exactly_once() {
         answer,
         "nothing lost, nothing twice"
     );
-    assert_eq!(page.texts(".msg.user .text").await, ["Count slowly"]);
+    assert_eq!(page.texts(".msg.user .text").await, [message]);
+}
+
+#[tokio::test]
+async fn a_reload_in_the_middle_of_a_run_shows_every_token_exactly_once() {
+    let chat = Chat::start(&[]).await;
+    let driver = Driver::start().await;
+    let page = driver.browser("reload", DESKTOP.0, DESKTOP.1).await;
+    open_chat(&chat, &page).await;
+
+    let answer = count_slowly(&chat, &page, "w", "Count slowly").await;
+    let before = page.texts(".msg.assistant .text").await.join("");
+    assert!(
+        !before.contains("w40"),
+        "still streaming when reloaded: {before}"
+    );
+
+    page.client.refresh().await.expect("reload");
+    page.find("#transcript").await;
+    every_token_once(&page, &answer, "Count slowly").await;
     page.screenshot("after-reload").await;
     page.close().await;
 }
@@ -421,28 +433,13 @@ async fn a_dropped_connection_resumes_the_run_after_the_last_token_shown() {
     page.click("#new-session").await;
     page.wait_url("session=").await;
 
-    let words: Vec<String> = (1..=40).map(|n| format!("d{n:02} ")).collect();
-    let answer = words.concat();
-    chat.model
-        .push(Reply::text(answer.clone()).with_chunk_delay(Duration::from_millis(150)));
-    page.fill("#message", "Count while I drop").await;
-    page.click("#send").await;
-    page.wait_text(".msg.assistant .text", "d05").await;
+    let answer = count_slowly(&chat, &page, "d", "Count while I drop").await;
 
     drop(edge); // the connection drops; the run goes on in the chat worker
     page.wait_texts("body.offline", "that it is offline", |t| !t.is_empty())
         .await;
     let (_, edge) = chat.platform.edge_on(port, &[]).await;
-    page.wait_texts(".msg.assistant.done", "the finished reply", |t| {
-        !t.is_empty()
-    })
-    .await;
-    assert_eq!(
-        page.texts(".msg.assistant .text").await.join(""),
-        answer,
-        "nothing lost, nothing twice"
-    );
-    assert_eq!(page.texts(".msg.user .text").await, ["Count while I drop"]);
+    every_token_once(&page, &answer, "Count while I drop").await;
     page.screenshot("resumed").await;
     page.close().await;
     drop(edge);
