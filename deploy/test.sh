@@ -14,7 +14,8 @@
 #      off, it is throwaway) and exports WARREN_TEST_DATABASE_URL for it. Otherwise the testkit
 #      starts a cluster of its own;
 #   3. checks that a Docker engine answers and installs debootstrap and iptables (the docker
-#      sandbox tests build the agent image and a firewall chain);
+#      sandbox tests build the agent image and a firewall chain), and Chromium with its
+#      chromedriver (the console's browser tests);
 #   4. runs the doc tests, then every test target with cargo-nextest. Benches are compiled (so
 #      they cannot rot) but not run; a filterset of yours (-E) is narrowed to exclude them too,
 #      unless it names kind(bench) itself.
@@ -118,6 +119,9 @@ ensure_nextest
 docker_answers || die "no Docker engine answers (WARREN_DOCKER_HOST, default /var/run/docker.sock): the sandbox tests need one"
 ensure_debootstrap
 ensure_iptables
+# The console's browser tests (cli/tests/console.rs) drive a real headless Chromium.
+ensure_package chromium chromium "for the console's browser tests"
+ensure_package chromedriver chromium-driver "for the console's browser tests"
 
 failed=()
 # Doc tests first, so that nextest's summary is the run's closing line.

@@ -19,6 +19,8 @@
 //!   paths, gateway params), checked before any command is built.
 //! - [`routes`] — [`routes::ApiRouter`]: a router that records its (method, path) table.
 //! - [`server`] — every resource router merged in one place, shared layers, `serve`.
+//! - [`console`] — the web console (static HTML, CSS and JavaScript modules embedded in the
+//!   binary) at `/`, with its single-page paths and a strict CSP.
 //! - [`lane`] — follow streams (SSE `GET`s) answered by a small HTTP/1 writer of its own;
 //!   hyper serves every other connection.
 //! - [`conns`] — connection caps (per IP, in all, a reserve for health) and the idle and
@@ -59,6 +61,7 @@ pub mod auth;
 pub mod chat;
 pub mod conns;
 pub mod consistency;
+pub mod console;
 pub mod conversations;
 pub mod error;
 pub mod extract;

@@ -10,8 +10,8 @@ use crate::lane::{Lane, Sniffer};
 use crate::routes::{API_PREFIX, ApiRouter};
 use crate::state::AppState;
 use crate::{
-    admin, agents, auth, chat, conversations, feed, gateway, health, keys, model_proxy, openapi,
-    runtime_api, usage, users, workspace,
+    admin, agents, auth, chat, console, conversations, feed, gateway, health, keys, model_proxy,
+    openapi, runtime_api, usage, users, workspace,
 };
 use axum::Router;
 use axum::body::Body;
@@ -75,6 +75,7 @@ pub fn router(state: AppState) -> Router {
     let mut router = Router::new()
         .nest(API_PREFIX, api)
         .merge(gateway::routes())
+        .merge(console::routes())
         .fallback(|| async {
             ApiError::client(StatusCode::NOT_FOUND, "not_found", "no such route")
         })

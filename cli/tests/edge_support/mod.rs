@@ -123,9 +123,13 @@ impl Platform {
     /// A second `warren edge` on this platform's log and database, with `extra` settings on top
     /// (what a restart with a new configuration would run): its base URL, and the process.
     pub async fn second_edge(&self, extra: &[(&'static str, &str)]) -> (String, Warren) {
+        self.edge_on(free_port(), extra).await
+    }
+
+    /// [`Self::second_edge`] on `port` (to start one again where it was).
+    pub async fn edge_on(&self, port: u16, extra: &[(&'static str, &str)]) -> (String, Warren) {
         let jwt = std::fs::read_to_string(self.dir.path().join("data/jwt_secret"))
             .expect("the dev JWT secret");
-        let port = free_port();
         let mut env = vec![
             ("WARREN_JWT_SECRET", jwt.trim().to_owned()),
             ("WARREN_ENCRYPTION_KEY", ENCRYPTION_KEY.to_owned()),
