@@ -197,6 +197,14 @@ fn port_of(url: &str) -> String {
         .to_owned()
 }
 
+/// Whether this host has an IPv6 address but loopback's (a process agent then has one too).
+fn host_has_ipv6() -> bool {
+    std::fs::read_to_string("/proc/net/if_inet6")
+        .unwrap_or_default()
+        .lines()
+        .any(|line| line.split_whitespace().last() != Some("lo"))
+}
+
 /// What got out, by name: every check the sandbox must make fail.
 async fn escapes(escape: &Escape) -> Vec<&'static str> {
     let mut out = Vec::new();
@@ -265,6 +273,13 @@ async fn escapes(escape: &Escape) -> Vec<&'static str> {
     {
         out.push("connect to another sandbox");
     }
+    // IPv6: the firewall is IPv4's, so the sandbox has no IPv6 address but loopback's.
+    let inet6 = escape
+        .shell("while read -r _ _ _ _ _ dev; do [ \"$dev\" != lo ] && echo \"V6 $dev\"; done < /proc/net/if_inet6; echo checked")
+        .await;
+    if inet6.contains("V6 ") {
+        out.push("use IPv6 past the IPv4 firewall");
+    }
     let socket = escape
         .shell("curl -s --max-time 3 --unix-socket /var/run/docker.sock http://docker/_ping; echo")
         .await;
@@ -327,7 +342,10 @@ async fn the_same_attempts_get_out_of_a_process_agent() {
         "write outside the workspace and /tmp",
         "run without a PID limit",
         "run without a memory limit",
-    ] {
+    ]
+    .into_iter()
+    .chain(host_has_ipv6().then_some("use IPv6 past the IPv4 firewall"))
+    {
         assert!(
             got_out.contains(&expected),
             "the check \"{expected}\" can fail: {got_out:?}"
