@@ -158,9 +158,14 @@ async fn a_fork_point_that_is_no_message_someone_elses_conversation_and_a_retrie
     let beyond = p.post(&fork_path, token, json!({"after": 1_000_000})).await;
     assert_eq!(beyond.status, 422, "{:?}", beyond.body);
     assert_eq!(beyond.body["error"]["code"], "after_beyond_end");
-    assert_eq!(beyond.body["error"]["details"]["fields"][0]["field"], "after");
+    assert_eq!(
+        beyond.body["error"]["details"]["fields"][0]["field"],
+        "after"
+    );
     for not_a_message in [0, user_seq + 1] {
-        let refused = p.post(&fork_path, token, json!({"after": not_a_message})).await;
+        let refused = p
+            .post(&fork_path, token, json!({"after": not_a_message}))
+            .await;
         assert_eq!(refused.status, 422, "{not_a_message}: {:?}", refused.body);
         assert_eq!(refused.body["error"]["code"], "not_a_message");
     }
@@ -207,7 +212,10 @@ async fn a_fork_point_that_is_no_message_someone_elses_conversation_and_a_retrie
     let again = ws.call("sessions.fork", params).await;
     assert_eq!(again["payload"]["sessionId"], first["payload"]["sessionId"]);
     let sessions = ws.call("sessions.list", json!({})).await;
-    let sessions = sessions["payload"]["sessions"].as_array().expect("sessions").clone();
+    let sessions = sessions["payload"]["sessions"]
+        .as_array()
+        .expect("sessions")
+        .clone();
     assert_eq!(sessions.len(), 2, "{sessions:?}");
     let fork = first["payload"]["sessionId"].as_str().expect("fork id");
     let history = ws
