@@ -79,10 +79,20 @@ impl Chats {
 
     /// Starts a run, or `None` if one is already running for this chat.
     pub fn begin(&self, chat_id: &str) -> Option<RunTicket> {
+        self.begin_from(chat_id, None)
+    }
+
+    /// Starts a run, the chat's history replaced by `history` first if given (the platform hands
+    /// over the history of a conversation this runtime has never seen: a fork); `None` if a run
+    /// is already running for this chat.
+    pub fn begin_from(&self, chat_id: &str, history: Option<Vec<Message>>) -> Option<RunTicket> {
         let mut chats = self.lock();
         let chat = chats.entry(chat_id.to_owned()).or_default();
         if chat.running.is_some() {
             return None;
+        }
+        if let Some(history) = history {
+            chat.history = history;
         }
         let cancel = self.shutdown.child_token();
         chat.running = Some(cancel.clone());
@@ -252,6 +262,21 @@ mod tests {
             .await
             .expect("reopen");
         assert!(again.history("u:a").is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_handed_over_history_replaces_the_kept_one_and_the_run_goes_on_from_it() {
+        let chats = Chats::open(None, CancellationToken::new())
+            .await
+            .expect("open");
+        let ticket = chats.begin("c").expect("run");
+        chats.finish(ticket, vec![user("kept")]).await;
+        let ticket = chats
+            .begin_from("c", Some(vec![user("handed over")]))
+            .expect("run");
+        assert_eq!(ticket.history, [user("handed over")]);
+        chats.finish(ticket, vec![user("next")]).await;
+        assert_eq!(chats.history("c"), [user("handed over"), user("next")]);
     }
 
     #[tokio::test]

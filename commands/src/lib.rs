@@ -9,6 +9,8 @@
 //! - [`aggregates`] — which stream and subject each domain aggregate lives on.
 //! - [`error`] — [`StoreError`] (one conflict variant, mapped in one place) and [`CommandError`].
 //! - [`service`] — [`CommandService`]: one store per aggregate type, the handle adapters call.
+//! - [`history`] — a conversation's history read from the log, forks followed back to their
+//!   origins (what a fork inherits and a runtime is handed).
 //! - [`proactive`] — an agent runtime's proactive messages (`/pending`), delivered into that
 //!   agent's conversations only.
 //! - [`secrets`] — the AES-256-GCM box of secrets kept outside the log: agents' tokens and users'
@@ -20,6 +22,7 @@ pub mod aggregates;
 pub mod bounded;
 pub mod codec;
 pub mod error;
+pub mod history;
 pub mod proactive;
 pub mod sandboxes;
 pub mod secrets;

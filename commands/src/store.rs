@@ -50,6 +50,13 @@ where
     fn subject(aggregate_id: &str) -> String;
 }
 
+/// One stored commit, as read back.
+struct Commit<E> {
+    sequence: u64,
+    msg_id: Option<String>,
+    envelopes: Vec<Envelope<E>>,
+}
+
 /// Who issued a command and why it can be traced; carried onto every event it produces.
 #[derive(Clone, Debug)]
 pub struct CommandMeta {
@@ -331,39 +338,73 @@ where
     /// Applies every commit after the entry's last sequence.
     async fn catch_up(&self, aggregate_id: &str, entry: &mut Entry<A>) -> Result<(), StoreError> {
         let subject = A::subject(aggregate_id);
-        loop {
-            let message = match self
-                .stream
-                .direct_get_next_for_subject(subject.as_str(), Some(entry.last_seq + 1))
-                .await
-            {
-                Ok(message) => message,
-                Err(err) if err.kind() == DirectGetErrorKind::NotFound => break,
-                Err(err) => {
-                    return Err(StoreError::ReadFailed {
-                        subject,
-                        source: Box::new(err),
-                    });
-                }
-            };
-            let envelopes = codec::decode::<A::Event>(&message.payload).map_err(|source| {
-                StoreError::Decode {
-                    subject: subject.clone(),
-                    sequence: message.sequence,
-                    source,
-                }
-            })?;
-            for envelope in &envelopes {
+        while let Some(commit) = self.next_commit(&subject, entry.last_seq + 1).await? {
+            for envelope in &commit.envelopes {
                 entry.aggregate.apply(envelope.event.clone());
             }
-            entry.version += envelopes.len();
-            entry.last_seq = message.sequence;
-            if let Some(id) = codec::header(&message.headers, HEADER_MSG_ID) {
-                entry.remember(id.to_owned(), message.sequence);
+            entry.version += commit.envelopes.len();
+            entry.last_seq = commit.sequence;
+            if let Some(id) = commit.msg_id {
+                entry.remember(id, commit.sequence);
             }
         }
         entry.fresh = true;
         Ok(())
+    }
+
+    /// The aggregate's commits with a stream sequence below `below` (all of them without one),
+    /// oldest first, each as its sequence and events: for readers that need the log's order
+    /// rather than the folded state (a conversation's history, `crate::history`).
+    pub async fn commits(
+        &self,
+        aggregate_id: &str,
+        below: Option<u64>,
+    ) -> Result<Vec<(u64, Vec<A::Event>)>, StoreError> {
+        let subject = A::subject(aggregate_id);
+        let mut commits = Vec::new();
+        let mut next = 1;
+        while let Some(commit) = self.next_commit(&subject, next).await? {
+            if below.is_some_and(|below| commit.sequence >= below) {
+                break;
+            }
+            next = commit.sequence + 1;
+            let events = commit.envelopes.into_iter().map(|e| e.event).collect();
+            commits.push((commit.sequence, events));
+        }
+        Ok(commits)
+    }
+
+    /// The first commit on `subject` at or after stream sequence `from`, if any.
+    async fn next_commit(
+        &self,
+        subject: &str,
+        from: u64,
+    ) -> Result<Option<Commit<A::Event>>, StoreError> {
+        let message = match self
+            .stream
+            .direct_get_next_for_subject(subject, Some(from))
+            .await
+        {
+            Ok(message) => message,
+            Err(err) if err.kind() == DirectGetErrorKind::NotFound => return Ok(None),
+            Err(err) => {
+                return Err(StoreError::ReadFailed {
+                    subject: subject.to_owned(),
+                    source: Box::new(err),
+                });
+            }
+        };
+        let envelopes =
+            codec::decode::<A::Event>(&message.payload).map_err(|source| StoreError::Decode {
+                subject: subject.to_owned(),
+                sequence: message.sequence,
+                source,
+            })?;
+        Ok(Some(Commit {
+            sequence: message.sequence,
+            msg_id: codec::header(&message.headers, HEADER_MSG_ID).map(str::to_owned),
+            envelopes,
+        }))
     }
 
     /// Appends one commit with the expected-sequence check. On success the cache takes the new state;

@@ -105,13 +105,14 @@ impl AgentEvent {
 }
 
 impl ConversationEvent {
-    /// Who may cause this event: the conversation's user starts, renames, posts, cancels and
+    /// Who may cause this event: the conversation's user starts, forks, renames, posts, cancels and
     /// clears; runs are started and finished, and the agent's own messages delivered, by the
     /// chat worker.
     pub fn authority(&self) -> Authority {
         use ConversationEvent as E;
         match self {
             E::ConversationStarted { .. }
+            | E::ConversationForked { .. }
             | E::ConversationRenamed { .. }
             | E::MessagePosted { .. }
             | E::RunQueued { .. }
@@ -130,6 +131,7 @@ impl ConversationEvent {
     pub fn owner(&self) -> Option<UserId> {
         match self {
             ConversationEvent::ConversationStarted { user_id, .. }
+            | ConversationEvent::ConversationForked { user_id, .. }
             | ConversationEvent::MessagePosted { user_id, .. }
             | ConversationEvent::RunCompleted { user_id, .. }
             | ConversationEvent::AgentMessagePosted { user_id, .. } => Some(*user_id),

@@ -1,5 +1,5 @@
 //! `/api/v1/conversations*`: the caller's conversations by last activity, their messages,
-//! cancelling a run, and following a conversation live with one cursor for history and live
+//! cancelling a run, forking one after a message, and following a conversation live with one cursor for history and live
 //! (`/events`). Another user's conversation is 404, like a missing one.
 
 use crate::app;
@@ -23,6 +23,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 use warren_domain::conversation::Conversation;
 use warren_domain::ids::{AgentId, ConversationId, RunId, UserId};
+use warren_domain::text;
 
 /// Most items one page holds.
 const MAX_PAGE: i64 = 200;
@@ -33,6 +34,7 @@ pub fn routes() -> ApiRouter {
         .get("/conversations", list)
         .get("/conversations/{id}/messages", messages)
         .post("/conversations/{id}/cancel", cancel)
+        .post("/conversations/{id}/fork", fork)
         .get("/conversations/{id}/events", events)
 }
 
@@ -56,6 +58,43 @@ pub struct CancelRequest {
 }
 
 impl TextFields for CancelRequest {}
+
+/// `POST /conversations/{id}/fork`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ForkRequest {
+    /// The `seq` of the last message the fork keeps (a message's `seq`, as
+    /// `GET /conversations/{id}/messages` lists them).
+    #[schema(minimum = 1)]
+    pub after: u64,
+    /// The fork's title (default: none, listed as `New conversation`).
+    pub title: Option<String>,
+}
+
+impl TextFields for ForkRequest {
+    const TEXT_FIELDS: &'static [(&'static str, text::TextRule)] = &[("title", text::TITLE)];
+}
+
+/// A new conversation that continues another.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ForkAnswer {
+    /// The new conversation (post to it with `conversation_id`, follow it, fork it again).
+    pub id: Uuid,
+    /// Its agent (the origin's).
+    pub agent_id: Uuid,
+    /// Its title, if given.
+    pub title: Option<String>,
+    /// The conversation it continues.
+    pub forked_from: Uuid,
+    /// The origin's `seq` of the last message it keeps.
+    pub forked_after: u64,
+    /// How many messages it starts with (the origin's up to `forked_after`).
+    pub message_count: usize,
+    /// When it was forked.
+    pub created_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The log sequence of the fork's first commit.
+    pub seq: u64,
+}
 
 /// What a cancel did.
 #[derive(Debug, Serialize, ToSchema)]
@@ -176,6 +215,48 @@ pub(crate) async fn cancel(
                 "cancel_requested"
             }
             .to_owned(),
+        }),
+    ))
+}
+
+/// Fork the conversation after one of its messages: a new conversation with the same agent whose
+/// history is this one's up to and including the message at `after` (copied; this one is
+/// unchanged), recorded as a fact that names its origin. The first run in the fork gives the
+/// agent exactly that history. Retried with the same `Idempotency-Key`, it forks once.
+#[utoipa::path(post, path = "/api/v1/conversations/{id}/fork", operation_id = "post_conversation_fork", tag = "conversations", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Conversation id")),
+    request_body = ForkRequest,
+    responses((status = 201, description = "Forked; the new conversation is listed with its messages.", body = ForkAnswer),
+        resp::BadRequest, resp::Unauthorized, resp::Forbidden, resp::NotFound, resp::ForkPoint))]
+pub(crate) async fn fork(
+    State(state): State<AppState>,
+    caller: ApprovedUser,
+    ApiPath(id): ApiPath<Uuid>,
+    key: IdempotencyKey,
+    ApiJson(request): ApiJson<ForkRequest>,
+) -> Result<(StatusCode, Json<ForkAnswer>), ApiError> {
+    let forked = app::fork::fork(
+        &state,
+        &caller,
+        app::fork::Fork {
+            origin_id: ConversationId(id),
+            after: request.after,
+            title: request.title,
+            command_id: key.command_id(caller.id),
+        },
+    )
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(ForkAnswer {
+            id: forked.conversation_id.0,
+            agent_id: forked.agent_id.0,
+            title: forked.title,
+            forked_from: forked.origin_id.0,
+            forked_after: forked.after,
+            message_count: forked.messages,
+            created_at: forked.created_at,
+            seq: forked.seq,
         }),
     ))
 }

@@ -405,6 +405,7 @@ fn of_conversation(payload: &[u8]) -> (Option<UserId>, Vec<Change>) {
         payload,
         |event| match event {
             ConversationEvent::ConversationStarted { user_id, .. }
+            | ConversationEvent::ConversationForked { user_id, .. }
             | ConversationEvent::MessagePosted { user_id, .. } => Some(*user_id),
             _ => None,
         },

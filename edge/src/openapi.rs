@@ -68,6 +68,8 @@ pub mod resp {
         TooLarge => "413", "The body is larger than the configured limit.", false;
         /// 422.
         Validation => "422", "A field is missing or invalid; `details.fields` names it.", false;
+        /// 422 for a fork point.
+        ForkPoint => "422", "A field is invalid (`validation_failed`), or `after` is not a message of the conversation: `after_beyond_end` (past its last event) or `not_a_message`; `details.fields` names `after`.", false;
         /// 429.
         RateLimited => "429", "Rate limit or quota reached (`rate_limited`, `quota_exceeded`).", true;
         /// 502.
@@ -181,6 +183,7 @@ impl Modify for BearerAuth {
         crate::conversations::list,
         crate::conversations::messages,
         crate::conversations::cancel,
+        crate::conversations::fork,
         crate::conversations::events,
         crate::feed::events,
         crate::runtime_api::search,

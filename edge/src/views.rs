@@ -341,10 +341,14 @@ pub struct ConversationView {
     pub created_at: DateTime<Utc>,
     /// Its last message or change.
     pub last_activity_at: DateTime<Utc>,
+    /// The conversation it was forked from, if it is a fork.
+    pub forked_from: Option<Uuid>,
+    /// The origin's `seq` of the last message the fork kept, if it is a fork.
+    pub forked_after: Option<i64>,
 }
 
-const CONVERSATION_COLUMNS: &str =
-    "id, agent_id, title, message_count, active_run_id, created_at, last_activity_at";
+const CONVERSATION_COLUMNS: &str = "id, agent_id, title, message_count, active_run_id, created_at, \
+     last_activity_at, forked_from, forked_after";
 
 /// The user's conversations (with one agent, if given), most recently active first.
 pub async fn conversations(

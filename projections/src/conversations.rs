@@ -62,6 +62,16 @@ impl Projection for Conversations {
             .execute(&mut *tx)
             .await
             .map(drop),
+            ConversationEvent::ConversationForked { conversation_id, user_id, agent_id, title, origin_id, after } => {
+                fork(tx, envelope, Fork {
+                    id: conversation_id.0,
+                    user_id: user_id.0,
+                    agent_id: agent_id.0,
+                    title: title.as_deref(),
+                    origin_id: origin_id.0,
+                    after: *after as i64,
+                }, seq).await
+            }
             ConversationEvent::ConversationRenamed { conversation_id, title } => {
                 sqlx::query("UPDATE conversations SET title = $2, last_seq = $3 WHERE id = $1")
                     .bind(conversation_id.0)
@@ -234,6 +244,63 @@ impl Projection for Conversations {
             }
         }
     }
+}
+
+/// A forked conversation, as its projection needs it.
+struct Fork<'a> {
+    id: Uuid,
+    user_id: Uuid,
+    agent_id: Uuid,
+    title: Option<&'a str>,
+    origin_id: Uuid,
+    after: i64,
+}
+
+/// Lists the fork as a conversation of its own, naming its origin, and copies the origin's
+/// messages up to `after` into it, as the origin's history shows them now (every earlier commit
+/// is applied): new ids derived from the fork's and the original's, the original's `stream_seq`
+/// so the copies keep their order and their cursors. Only the fork's user's own origin is copied
+/// (the projector's guard checks who forked; this checks what).
+async fn fork(
+    tx: &mut PgConnection,
+    envelope: &Envelope<ConversationEvent>,
+    fork: Fork<'_>,
+    seq: i64,
+) -> Result<(), sqlx::Error> {
+    let at = envelope.occurred_at;
+    sqlx::query(
+        "INSERT INTO conversations (id, user_id, agent_id, title, message_count, created_at, \
+         last_activity_at, last_seq, forked_from, forked_after) VALUES ($1, $2, $3, $4, 0, $5, $5, $6, $7, $8) \
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(fork.id)
+    .bind(fork.user_id)
+    .bind(fork.agent_id)
+    .bind(fork.title.unwrap_or(DEFAULT_TITLE))
+    .bind(at)
+    .bind(seq)
+    .bind(fork.origin_id)
+    .bind(fork.after)
+    .execute(&mut *tx)
+    .await?;
+    let copied = sqlx::query(
+        "INSERT INTO messages (id, conversation_id, role, run_id, text, client_id, client_kind, tool_calls, \
+         input_tokens, output_tokens, duration_ms, created_at, stream_seq, status, error_code, error_message, retryable) \
+         SELECT md5($1::text || ':' || m.id::text)::uuid, $1, m.role, m.run_id, m.text, m.client_id, m.client_kind, \
+         m.tool_calls, m.input_tokens, m.output_tokens, m.duration_ms, m.created_at, m.stream_seq, m.status, \
+         m.error_code, m.error_message, m.retryable FROM messages m \
+         WHERE m.conversation_id = $2 AND m.stream_seq <= $3 \
+         AND EXISTS (SELECT 1 FROM conversations c WHERE c.id = $2 AND c.user_id = $4) \
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(fork.id)
+    .bind(fork.origin_id)
+    .bind(fork.after)
+    .bind(fork.user_id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    touch(tx, fork.id, copied as i64, at, seq).await
 }
 
 /// Records a run as queued, or updates its position. A new run at position `p` goes ahead of the

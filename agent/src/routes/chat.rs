@@ -17,6 +17,7 @@ use crate::chats::RunTicket;
 use crate::config::{ModelSettings, ProviderKind, Secret};
 use crate::error::ApiError;
 use crate::events::{AgentEvent, sse_response};
+use crate::model::Message;
 use crate::run::Run;
 use crate::server::AppState;
 
@@ -42,6 +43,41 @@ pub struct ChatRequest {
     model: Option<String>,
     /// System prompt for this run.
     system_prompt: Option<String>,
+    /// The chat's history to run from, replacing the one kept: the platform sends it for a
+    /// conversation this runtime has never seen (a fork's first runs, docs/adr/0027-fork.md).
+    history: Option<Vec<HistoryTurn>>,
+}
+
+/// One message of a handed-over history.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryTurn {
+    /// `user` or `assistant`.
+    role: TurnRole,
+    /// What was said.
+    content: String,
+}
+
+/// Who said a handed-over message.
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum TurnRole {
+    User,
+    Assistant,
+}
+
+impl From<HistoryTurn> for Message {
+    fn from(turn: HistoryTurn) -> Self {
+        match turn.role {
+            TurnRole::User => Message::User {
+                content: turn.content,
+            },
+            TurnRole::Assistant => Message::Assistant {
+                text: turn.content,
+                tool_calls: vec![],
+            },
+        }
+    }
 }
 
 fn default_chat_id() -> String {
@@ -109,9 +145,12 @@ pub async fn start(
         return Err(ApiError::invalid("chat_id must not be empty"));
     }
     let settings = request.settings(&state.config.model)?;
+    let history = request
+        .history
+        .map(|turns| turns.into_iter().map(Message::from).collect());
     let ticket = state
         .chats
-        .begin(&request.chat_id)
+        .begin_from(&request.chat_id, history)
         .ok_or_else(|| ApiError::ChatBusy(request.chat_id.clone()))?;
     let (events, receiver) = mpsc::channel(EVENT_BUFFER);
     let ids = ticket.ids.clone();

@@ -1,4 +1,4 @@
-//! What can be asked of a conversation: by clients (start, rename, post, cancel, clear) and by
+//! What can be asked of a conversation: by clients (start, fork, rename, post, cancel, clear) and by
 //! the chat worker (start, complete, fail, confirm a cancel, deliver a proactive message).
 
 use super::types::{PostMode, TokenUsage, ToolCall};
@@ -19,6 +19,23 @@ pub enum ConversationCommand {
         agent_id: AgentId,
         /// Optional title; blank means none.
         title: Option<String>,
+    },
+    /// Open a session that continues another one of the same user and agent: its history is
+    /// the origin's up to the message at log sequence `after` (docs/adr/0027-fork.md). That
+    /// `after` names a message of the origin is the caller's check, as ownership is.
+    ForkConversation {
+        /// The new conversation's id.
+        conversation_id: ConversationId,
+        /// Its user (the origin's).
+        user_id: UserId,
+        /// Its agent (the origin's).
+        agent_id: AgentId,
+        /// Optional title; blank means none.
+        title: Option<String>,
+        /// The conversation it continues.
+        origin_id: ConversationId,
+        /// The origin's log sequence of the last message it keeps.
+        after: u64,
     },
     /// Change the title.
     RenameConversation {
@@ -102,6 +119,7 @@ impl ConversationCommand {
     pub fn name(&self) -> &'static str {
         match self {
             ConversationCommand::StartConversation { .. } => "start_conversation",
+            ConversationCommand::ForkConversation { .. } => "fork_conversation",
             ConversationCommand::RenameConversation { .. } => "rename_conversation",
             ConversationCommand::PostMessage { .. } => "post_message",
             ConversationCommand::StartRun { .. } => "start_run",

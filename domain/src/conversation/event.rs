@@ -23,6 +23,23 @@ pub enum ConversationEvent {
         /// Its title, if given.
         title: Option<String>,
     },
+    /// A session was opened as a fork of another: its history is the origin's messages up to
+    /// and including the one at log sequence `after`, as the origin's history showed them when
+    /// this was recorded (docs/adr/0027-fork.md).
+    ConversationForked {
+        /// The new conversation.
+        conversation_id: ConversationId,
+        /// Its user.
+        user_id: UserId,
+        /// Its agent.
+        agent_id: AgentId,
+        /// Its title, if given.
+        title: Option<String>,
+        /// The conversation it continues.
+        origin_id: ConversationId,
+        /// The origin's log sequence of the last message it keeps.
+        after: u64,
+    },
     /// The title changed.
     ConversationRenamed {
         /// The conversation.
@@ -146,6 +163,7 @@ impl ConversationEvent {
     pub fn event_type(&self) -> &'static str {
         match self {
             ConversationEvent::ConversationStarted { .. } => "ConversationStarted",
+            ConversationEvent::ConversationForked { .. } => "ConversationForked",
             ConversationEvent::ConversationRenamed { .. } => "ConversationRenamed",
             ConversationEvent::MessagePosted { .. } => "MessagePosted",
             ConversationEvent::RunQueued { .. } => "RunQueued",

@@ -15,21 +15,28 @@
 //! - `ClearHistory` is refused while any run is running or waiting (`run_in_progress`): a waiting
 //!   run would otherwise answer a message that no longer exists.
 //! - Ownership (the caller is the conversation's user) is the caller's check.
+//! - A fork (`ForkConversation`) starts with the origin's history up to a message; until a run
+//!   completes in it, [`Conversation::hand_over_history`] tells the chat worker to hand that
+//!   history to the runtime with the run (docs/adr/0027-fork.md).
 //! - Every text field keeps its [`crate::text`] rule, the chat worker's too: titles, client and
 //!   worker ids, tool names and call ids, failure codes on one line; messages, replies, tool
 //!   output, tool arguments' strings and failure messages may span lines. The worker escapes
 //!   what a runtime sends so its commands always keep them.
 //!
 //! Layout: `types` (modes, tool calls, usage, queue slots), `command`, `event`, `error`, `live`
-//! (the deltas published while a run happens, not folded), and this
+//! (the deltas published while a run happens, not folded), `history` (the messages a model
+//! reads, folded from the log, forks included), and this
 //! file's state, `decide` and `apply`.
 
 mod command;
 mod error;
 mod event;
+pub mod history;
 mod live;
 mod types;
 
+#[cfg(test)]
+mod fork_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -39,7 +46,9 @@ pub use command::ConversationCommand;
 pub use error::ConversationError;
 pub use event::ConversationEvent;
 pub use live::{LiveDelta, RunStatus};
-pub use types::{CancelReason, MAX_PENDING_RUNS, PostMode, RunSlot, TokenUsage, ToolCall};
+pub use types::{
+    CancelReason, ForkOrigin, MAX_PENDING_RUNS, PostMode, RunSlot, TokenUsage, ToolCall,
+};
 
 use crate::aggregate::impl_aggregate;
 use crate::ids::{AgentId, ConversationId, MessageId, RunId, UserId};
@@ -59,6 +68,13 @@ pub struct Conversation {
     pub title: Option<String>,
     /// Runs running or waiting, in queue order: index = position.
     pub runs: Vec<RunSlot>,
+    /// The conversation it was forked from, if it is a fork.
+    #[serde(default)]
+    pub forked_from: Option<ForkOrigin>,
+    /// Whether the next run must hand the runtime the conversation's history: a fork's runs do
+    /// until one completes (or its history is cleared), since the runtime has never seen it.
+    #[serde(default)]
+    pub hand_over_history: bool,
     /// The text of a message whose `RunQueued` is still to be applied (same commit).
     #[serde(skip)]
     pending_text: Option<(RunId, String)>,
@@ -104,13 +120,44 @@ impl Conversation {
                         title,
                     }])
                 }
+                C::ForkConversation {
+                    conversation_id,
+                    user_id,
+                    agent_id,
+                    title,
+                    origin_id,
+                    after,
+                } => {
+                    let title = optional(title.as_ref());
+                    text::TITLE.check_optional(title.as_deref())?;
+                    if origin_id == conversation_id {
+                        return Err(ConversationError::InvalidInput {
+                            field: "origin_id",
+                            reason: "must be another conversation",
+                        });
+                    }
+                    if *after == 0 {
+                        return Err(ConversationError::InvalidInput {
+                            field: "after",
+                            reason: "must be a message's log sequence",
+                        });
+                    }
+                    Ok(vec![E::ConversationForked {
+                        conversation_id: *conversation_id,
+                        user_id: *user_id,
+                        agent_id: *agent_id,
+                        title,
+                        origin_id: *origin_id,
+                        after: *after,
+                    }])
+                }
                 _ => Err(ConversationError::NotFound {
                     command: command.name(),
                 }),
             };
         };
         match command {
-            C::StartConversation { .. } => {
+            C::StartConversation { .. } | C::ForkConversation { .. } => {
                 Err(ConversationError::AlreadyExists { conversation_id })
             }
             C::RenameConversation { title } => {
@@ -245,8 +292,28 @@ impl Conversation {
                     user_id: *user_id,
                     agent_id: *agent_id,
                     title: title.clone(),
-                    runs: vec![],
-                    pending_text: None,
+                    ..Conversation::default()
+                };
+            }
+            E::ConversationForked {
+                conversation_id,
+                user_id,
+                agent_id,
+                title,
+                origin_id,
+                after,
+            } => {
+                *self = Conversation {
+                    id: Some(*conversation_id),
+                    user_id: *user_id,
+                    agent_id: *agent_id,
+                    title: title.clone(),
+                    forked_from: Some(ForkOrigin {
+                        origin_id: *origin_id,
+                        after: *after,
+                    }),
+                    hand_over_history: true,
+                    ..Conversation::default()
                 };
             }
             E::ConversationRenamed { title, .. } => self.title = Some(title.clone()),
@@ -290,10 +357,15 @@ impl Conversation {
                     run.cancel_requested = true;
                 }
             }
-            E::RunCompleted { run_id, .. }
-            | E::RunFailed { run_id, .. }
-            | E::RunCancelled { run_id, .. } => self.runs.retain(|run| run.run_id != *run_id),
-            E::HistoryCleared { .. } | E::AgentMessagePosted { .. } => {}
+            E::RunCompleted { run_id, .. } => {
+                self.runs.retain(|run| run.run_id != *run_id);
+                self.hand_over_history = false;
+            }
+            E::RunFailed { run_id, .. } | E::RunCancelled { run_id, .. } => {
+                self.runs.retain(|run| run.run_id != *run_id)
+            }
+            E::HistoryCleared { .. } => self.hand_over_history = false,
+            E::AgentMessagePosted { .. } => {}
         }
     }
 

@@ -1,6 +1,6 @@
 //! The Conversation aggregate's value types: post modes, cancel reasons, run results, queue slots.
 
-use crate::ids::{MessageId, RunId};
+use crate::ids::{ConversationId, MessageId, RunId};
 use crate::names::string_enum;
 use serde::{Deserialize, Serialize};
 
@@ -75,4 +75,13 @@ impl RunSlot {
     pub fn is_running(&self) -> bool {
         self.worker_id.is_some()
     }
+}
+
+/// Where a forked conversation came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForkOrigin {
+    /// The conversation it continues.
+    pub origin_id: ConversationId,
+    /// The origin's log sequence of the last message it keeps.
+    pub after: u64,
 }

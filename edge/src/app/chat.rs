@@ -290,7 +290,8 @@ async fn load(state: &AppState, id: ConversationId) -> Result<(Conversation, u64
         .map_err(ApiError::internal)
 }
 
-fn meta(user: UserId, command_id: CommandId) -> CommandMeta {
+/// The metadata of a command `user` gives.
+pub(super) fn meta(user: UserId, command_id: CommandId) -> CommandMeta {
     CommandMeta {
         command_id,
         ..CommandMeta::new(Actor::User(user))

@@ -10,6 +10,7 @@
 //! - [`limits`] — every rate limit by name, counted across edge processes.
 //! - [`chat`] — post a message (ownership, approval, quota, conversation pick or start, queue
 //!   mode), cancel a run, clear history, start a conversation.
+//! - [`fork`] — fork a conversation after one of its messages.
 //! - [`agents`] — create, configure, delete, stop, start, restart, repair, redeploy.
 //! - [`runtime`] — a running agent's runtime (URL and token), and the workspace path rule.
 //! - [`exec`] — run a shell command in the agent, its output streamed, audited in the log.
@@ -22,6 +23,7 @@ pub mod access;
 pub mod agents;
 pub mod chat;
 pub mod exec;
+pub mod fork;
 pub mod identity;
 pub mod limits;
 pub mod model;

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 use warren_domain::agent::{AgentEvent, DeploymentStep, ExecFailure, RedeployReason, RuntimeKind};
 use warren_domain::conversation::{CancelReason, ConversationEvent, TokenUsage};
-use warren_domain::ids::{AgentId, ExecId, MessageId, RunId};
+use warren_domain::ids::{AgentId, ConversationId, ExecId, MessageId, RunId};
 use warren_domain::user::Provider;
 
 /// The version of the feed's frames.
@@ -160,6 +160,17 @@ pub enum ConversationChange {
         agent_id: AgentId,
         /// Its title, if given.
         title: Option<String>,
+    },
+    /// Started as a fork of another conversation, with its history up to `after`.
+    Forked {
+        /// The agent.
+        agent_id: AgentId,
+        /// Its title, if given.
+        title: Option<String>,
+        /// The conversation it continues.
+        origin_id: ConversationId,
+        /// The origin's log sequence of the last message it keeps.
+        after: u64,
     },
     /// Renamed.
     Renamed {
@@ -345,6 +356,18 @@ impl From<ConversationEvent> for ConversationChange {
             E::ConversationStarted {
                 agent_id, title, ..
             } => ConversationChange::Started { agent_id, title },
+            E::ConversationForked {
+                agent_id,
+                title,
+                origin_id,
+                after,
+                ..
+            } => ConversationChange::Forked {
+                agent_id,
+                title,
+                origin_id,
+                after,
+            },
             E::ConversationRenamed { title, .. } => ConversationChange::Renamed { title },
             E::MessagePosted {
                 message_id,

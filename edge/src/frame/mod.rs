@@ -411,7 +411,8 @@ fn of_event(event: ConversationEvent) -> Option<Frame> {
         E::AgentMessagePosted {
             message_id, text, ..
         } => Frame::AgentMessage { message_id, text },
-        E::ConversationStarted { .. } => return None,
+        // A follower of a new conversation (a fork's too) opens with its snapshot.
+        E::ConversationStarted { .. } | E::ConversationForked { .. } => return None,
     })
 }
 

@@ -62,7 +62,7 @@ impl From<ApiError> for Refusal {
 
 /// The methods that change something: counted against the caller's write limit, and the ones an
 /// `idempotencyKey` applies to.
-const WRITES: [&str; 3] = ["agent", "agent.cancel", "sessions.new"];
+const WRITES: [&str; 4] = ["agent", "agent.cancel", "sessions.new", "sessions.fork"];
 
 fn bad_params(message: &str) -> Refusal {
     Refusal::new("invalid_params", message)
@@ -191,6 +191,7 @@ impl Conn {
             "agent.cancel" => self.cancel(parse(params)?).await,
             "sessions.list" => self.list(parse(params)?).await,
             "sessions.new" => self.new_session(parse(params)?).await,
+            "sessions.fork" => self.fork(parse(params)?).await,
             "sessions.switch" => self.switch(parse(params)?).await,
             "sessions.history" => self.history(parse(params)?).await,
             "status" => self.status(parse(params)?).await,
@@ -425,7 +426,8 @@ impl Conn {
                 json!({
                     "id": c.id, "agentId": c.agent_id, "title": c.title,
                     "lastActivity": c.last_activity_at, "messageCount": c.message_count,
-                    "activeRun": c.active_run_id,
+                    "activeRun": c.active_run_id, "forkedFrom": c.forked_from,
+                    "forkedAfter": c.forked_after,
                 })
             })
             .collect();
@@ -461,6 +463,34 @@ impl Conn {
         let title = params.title;
         let command_id = self.command_id;
         self.start_session(agent, title, command_id).await
+    }
+
+    /// `sessions.fork {sessionId?, after, title?}`: a new session continuing the given (or
+    /// current) one after its message at `after`, which becomes the current session.
+    async fn fork(&mut self, params: params::Fork) -> Result<Value, Refusal> {
+        let caller = self.approved().await?;
+        let origin =
+            match params.session_id {
+                Some(id) => id,
+                None => self.session.as_ref().map(|s| s.id.0).ok_or_else(|| {
+                    params::invalid("sessionId", "is required (no current session)")
+                })?,
+            };
+        let fork = crate::app::fork::Fork {
+            origin_id: ConversationId(origin),
+            after: params.after,
+            title: params.title,
+            command_id: self.command_id,
+        };
+        let forked = crate::app::fork::fork(&self.state, &caller, fork).await?;
+        self.follow_session(forked.conversation_id.0, Some(forked.seq))
+            .await?;
+        Ok(json!({
+            "sessionId": forked.conversation_id, "agentId": forked.agent_id,
+            "title": forked.title.unwrap_or_default(), "forkedFrom": forked.origin_id,
+            "forkedAfter": forked.after, "messageCount": forked.messages,
+            "createdAt": forked.created_at, "seq": forked.seq,
+        }))
     }
 
     /// `sessions.switch {sessionId, after?}`.

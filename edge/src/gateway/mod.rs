@@ -8,14 +8,15 @@
 //! naming the field) is an error response and the connection stays open — and the
 //! current session's log arrives as `event` frames whose `seq` is the log cursor (`message` with
 //! `fromSelf`, `queued`, `token`, `tool_call`, `tool_result`, `status`, `final`, `cancelled`,
-//! `error`). `sessions.switch` takes `after` to resume exactly after a cursor.
+//! `error`). `sessions.switch` takes `after` to resume exactly after a cursor; `sessions.fork`
+//! takes `after` to continue a session after one of its messages in a new one (ADR 27).
 //!
 //! Every request is authorised as of now ([`crate::app::access`]), and so is the connection
 //! itself: a logout, a revoked session or family, an admin's revoke or reject and a role change
 //! end it within a moment ([`crate::app::revocation`]), as does the access token's expiry unless
 //! the client renewed it with `auth.refresh {token}` — each time an `error` event with the code
 //! (`session_revoked`, `access_revoked`, `role_changed`, `token_expired`), then a close with
-//! 1008. Writes (`agent`, `agent.cancel`, `sessions.new`) count against the caller's write limit
+//! 1008. Writes (`agent`, `agent.cancel`, `sessions.new`, `sessions.fork`) count against the caller's write limit
 //! with REST's (an error with `retryAfter`); `idempotencyKey` makes a write answer once. Messages that are
 //! gateway slash commands (`/new`, `/sessions`, …) are answered by the gateway. A frame that
 //! breaks the WebSocket protocol closes with its RFC 6455 code: 1007 for invalid UTF-8 in a text

@@ -94,6 +94,21 @@ pub struct New {
     pub _idempotency_key: Option<String>,
 }
 
+/// `sessions.fork`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Fork {
+    /// The session to continue (default: the current one).
+    pub session_id: Option<Uuid>,
+    /// The `seq` of the last message the fork keeps.
+    pub after: u64,
+    /// A title.
+    pub title: Option<String>,
+    /// See [`Agent`].
+    #[serde(rename = "idempotencyKey")]
+    pub _idempotency_key: Option<String>,
+}
+
 /// `sessions.switch`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]

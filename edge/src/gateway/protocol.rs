@@ -18,6 +18,7 @@ pub const METHODS: &[&str] = &[
     "agent.cancel",
     "sessions.list",
     "sessions.new",
+    "sessions.fork",
     "sessions.switch",
     "sessions.history",
     "status",
@@ -47,7 +48,7 @@ pub fn text_params(method: &str) -> &'static [(&'static str, TextRule)] {
     match method {
         "connect" => &[("clientType", text::CLIENT_KIND)],
         "agent" => &[("message", text::MESSAGE)],
-        "sessions.new" => &[("title", text::TITLE)],
+        "sessions.new" | "sessions.fork" => &[("title", text::TITLE)],
         _ => &[],
     }
 }

@@ -17,6 +17,9 @@
 //!   worker resumes the agent (when the platform has room for it) and its runtime wakes
 //!   (`wake`); clients are told with `status` deltas (`resuming`, `at_capacity`).
 //! - **History cleared.** `HistoryCleared` clears the chat in the runtime too.
+//! - **Forks.** A forked conversation's runs hand the runtime the fork's history (read from the
+//!   log, `warren_commands::history`) until one completes: the runtime has never seen it
+//!   (docs/adr/0027-fork.md).
 //! - **Models.** The worker reads no provider key: a runtime calls its model through the edge's
 //!   model proxy with its own token, and the proxy picks the key (ADR 23). A run only tells the
 //!   runtime which protocol its owner's key speaks (`provider` in `POST /chat`).
@@ -42,6 +45,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use warren_commands::history::{self, Until};
 use warren_commands::secrets::{AgentTokens, TokenError};
 use warren_commands::{CommandError, CommandMeta, CommandService, codec, topology};
 use warren_domain::Actor;
@@ -286,12 +290,30 @@ impl ChatWorker {
             }
         };
         let _ = shared.nats.flush().await;
+        let history = if conversation.hand_over_history {
+            match history::read(
+                &shared.commands.conversations,
+                conversation_id,
+                Until::Message(next.message_id),
+            )
+            .await
+            {
+                Ok(history) => Some(history.entries().to_vec()),
+                Err(err) => {
+                    let _ = shared.leases.release(held).await;
+                    return Err(err.to_string());
+                }
+            }
+        } else {
+            None
+        };
         let job = run::Job {
             conversation_id,
             agent_id: conversation.agent_id,
             user_id: conversation.user_id,
             run_id: next.run_id,
             text: next.text,
+            history,
         };
         // Read after the lease stamped the agent as in use (docs/adr/0024).
         let paused = match shared.commands.agents.load(&job.agent_id.to_string()).await {
@@ -455,6 +477,9 @@ fn conversation_of(event: &ConversationEvent) -> ConversationId {
     use ConversationEvent as E;
     match event {
         E::ConversationStarted {
+            conversation_id, ..
+        }
+        | E::ConversationForked {
             conversation_id, ..
         }
         | E::ConversationRenamed {

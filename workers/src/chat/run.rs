@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use warren_commands::{CommandError, CommandMeta, codec, topology};
 use warren_domain::Actor;
 use warren_domain::agent::{AgentCommand, AgentStatus};
+use warren_domain::conversation::history::Entry;
 use warren_domain::conversation::{
     ConversationCommand, ConversationError, ConversationEvent, LiveDelta, RunStatus, TokenUsage,
     ToolCall,
@@ -51,6 +52,9 @@ pub struct Job {
     pub run_id: RunId,
     /// The message it answers.
     pub text: String,
+    /// The history to hand the runtime first, for a conversation it has never seen (a fork
+    /// until a run completes in it, docs/adr/0027-fork.md); `None`: the runtime's own.
+    pub history: Option<Vec<Entry>>,
 }
 
 /// How a run ended.
@@ -295,7 +299,10 @@ async fn drive(
     shutdown: &CancellationToken,
 ) -> Outcome {
     let chat_id = job.conversation_id.to_string();
-    let events = match runtime.chat(&chat_id, &job.text, protocol).await {
+    let events = match runtime
+        .chat(&chat_id, &job.text, protocol, job.history.as_deref())
+        .await
+    {
         Ok(events) => events,
         Err(err) => {
             return internal(

@@ -16,6 +16,7 @@ use std::time::Duration;
 use warren_commands::bounded;
 use warren_commands::proactive::{PENDING_CAP, PendingList};
 use warren_domain::conversation::TokenUsage;
+use warren_domain::conversation::history::{Entry, Role};
 use warren_domain::text::{self, Lines};
 use warren_domain::user::ModelProtocol;
 
@@ -224,7 +225,8 @@ impl Runtime {
 
     /// Starts a run of `message` in `chat_id` and streams its events; `protocol` is the one the
     /// runtime speaks to the model proxy for this run (the user's own key's), if not its
-    /// configured one. No key or URL is ever sent: the proxy holds them (ADR 23). The stream
+    /// configured one; `history`, if given, replaces the chat's history in the runtime first
+    /// (entries without a text, runs that gave no reply, are left out). No key or URL is ever sent: the proxy holds them (ADR 23). The stream
     /// ends after the terminal `Done` or `Error`, or with an error if the runtime goes away
     /// first.
     pub async fn chat(
@@ -232,10 +234,16 @@ impl Runtime {
         chat_id: &str,
         message: &str,
         protocol: Option<ModelProtocol>,
+        history: Option<&[Entry]>,
     ) -> Result<impl Stream<Item = Result<RuntimeEvent, RuntimeError>> + use<>, RuntimeError> {
         let mut body = serde_json::json!({"message": message, "chat_id": chat_id});
-        if let (Some(protocol), Some(fields)) = (protocol, body.as_object_mut()) {
-            fields.insert("provider".into(), protocol.as_str().into());
+        if let Some(fields) = body.as_object_mut() {
+            if let Some(protocol) = protocol {
+                fields.insert("provider".into(), protocol.as_str().into());
+            }
+            if let Some(history) = history {
+                fields.insert("history".into(), turns(history));
+            }
         }
         let response = tokio::time::timeout(
             CONNECT_TIMEOUT,
@@ -355,6 +363,21 @@ impl Runtime {
             body: error_body(response).await,
         })
     }
+}
+
+/// A handed-over history as `POST /chat` takes it: `[{"role", "content"}]`, oldest first.
+fn turns(history: &[Entry]) -> serde_json::Value {
+    history
+        .iter()
+        .filter_map(|entry| {
+            let content = entry.text.as_deref()?;
+            let role = match entry.role {
+                Role::User => "user",
+                Role::Assistant => "assistant",
+            };
+            Some(serde_json::json!({"role": role, "content": content}))
+        })
+        .collect()
 }
 
 /// The largest SSE event read from a runtime's run stream (a reply's text arrives in many).
