@@ -1,8 +1,8 @@
 //! The `warren` client end to end, on a pseudo-terminal like a person would use it, against the
 //! real `warren dev` (with real `warren-agent` runtimes and the scripted model server): sign-in
 //! by the emailed code, `agents create --wait` drawing the six steps, an interactive chat that
-//! streams a reply and a tool call, Ctrl-C cancelling a running tool (its process gone), and
-//! `--json` output for scripts.
+//! streams a reply and a tool call, Ctrl-C cancelling a running tool (its process gone),
+//! `--json` output for scripts, and `chat --fork` continuing a session from a message.
 
 mod chat_support;
 mod client_support;
@@ -204,4 +204,74 @@ async fn a_reply_outliving_the_access_token_streams_whole_through_a_silent_refre
     run.expect(&reply);
     assert_eq!(run.exit_code(), 0, "the run completed");
     assert_ne!(saved_refresh(), before, "the pair was rotated and saved");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chat_fork_continues_a_session_from_a_message_with_exactly_the_history_up_to_it() {
+    let model = ModelServer::start().await;
+    let (model_url, agent_bin) = (model.url(), agent_bin().display().to_string());
+    let platform = Platform::start(&[
+        ("WARREN_APPROVAL", "open"),
+        ("WARREN_AGENT_BIN", &agent_bin),
+        ("WARREN_DEFAULT_PROVIDER", "openai"),
+        ("WARREN_DEFAULT_BASE_URL", &model_url),
+        ("WARREN_DEFAULT_API_KEY", "sk-platform"),
+    ])
+    .await;
+    let client = Client::new(&platform.base);
+    client.login(&platform, "brancher@example.com").await;
+    let (created, out) = client.output(&["agents", "create", "Helper", "--wait", "--json"]);
+    assert!(created, "{out}");
+    for (question, answer) in [
+        ("First question", "First answer."),
+        ("Second question", "Second answer."),
+    ] {
+        model.push(Reply::text(answer));
+        let (ok, out) = client.output(&["chat", "Helper", "--json", question]);
+        assert!(ok, "{out}");
+    }
+    let saved: Value = serde_json::from_str(
+        &std::fs::read_to_string(client.client_dir().join("credentials.json"))
+            .expect("credentials saved"),
+    )
+    .expect("credentials are JSON");
+    let access = saved["access_token"].as_str().expect("an access token");
+    let listed = platform.get("/api/v1/conversations", Some(access)).await;
+    let origin = listed.body[0]["id"].as_str().expect("a session").to_owned();
+    let messages = platform
+        .get(
+            &format!("/api/v1/conversations/{origin}/messages"),
+            Some(access),
+        )
+        .await;
+    let first_answer = messages.body[1]["seq"].as_u64().expect("a seq");
+
+    model.push(Reply::text("Fork answer."));
+    let before = model.request_count();
+    let fork = format!("{origin}@{first_answer}");
+    let (ok, out) = client.output(&["chat", "--fork", &fork, "--json", "Fork question"]);
+    assert!(ok, "{out}");
+    let sent = &model.recorded()[before].body;
+    let dialogue: Vec<(String, String)> = sent["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .filter(|m| m["role"] != "system")
+        .map(|m| {
+            let text = |key: &str| m[key].as_str().unwrap_or_default().to_owned();
+            (text("role"), text("content"))
+        })
+        .collect();
+    let said = |role: &str, text: &str| (role.to_owned(), text.to_owned());
+    assert_eq!(
+        dialogue,
+        [
+            said("user", "First question"),
+            said("assistant", "First answer."),
+            said("user", "Fork question"),
+        ],
+        "the fork's run saw the history up to the fork point"
+    );
+    let (refused, out) = client.output(&["chat", "--fork", "nonsense", "hello"]);
+    assert!(!refused, "a fork point without @SEQ is refused: {out}");
 }

@@ -28,8 +28,12 @@ pub struct ChatArgs {
     /// The message to send; without one, chat line by line.
     message: Option<String>,
     /// Continue this session (by id).
-    #[arg(long, conflicts_with = "new")]
+    #[arg(long, conflicts_with_all = ["new", "fork"])]
     session: Option<String>,
+    /// Continue a copy of a session from one of its messages: `SESSION@SEQ` starts a new
+    /// session whose history is SESSION's up to its event SEQ (the original is untouched).
+    #[arg(long, value_name = "SESSION@SEQ", value_parser = parse_fork, conflicts_with = "new")]
+    fork: Option<(String, u64)>,
     /// Start a new session.
     #[arg(long)]
     new: bool,
@@ -44,10 +48,12 @@ pub struct ChatArgs {
     interactive: bool,
 }
 
-/// Which session to talk in. (A fork of a session at a `seq` will be one more way.)
+/// Which session to talk in.
 enum SessionChoice {
     /// The one with this id.
     Named(String),
+    /// A fork of this session after this `seq`.
+    Fork(String, u64),
     /// A new one with the agent.
     New,
     /// The last one used with the agent, else a new one.
@@ -91,10 +97,11 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<ExitCode> {
         list_sessions(&mut link, printer).await?;
         return Ok(ExitCode::SUCCESS);
     }
-    let choice = match (args.session, args.new) {
-        (Some(id), _) => SessionChoice::Named(id),
-        (None, true) => SessionChoice::New,
-        (None, false) => SessionChoice::Last,
+    let choice = match (args.session, args.fork, args.new) {
+        (Some(id), _, _) => SessionChoice::Named(id),
+        (None, Some((id, after)), _) => SessionChoice::Fork(id, after),
+        (None, None, true) => SessionChoice::New,
+        (None, None, false) => SessionChoice::Last,
     };
     let following = choose_session(&mut link, &store, agent, choice).await?;
     printer.note(&format!("session {}", following.session_id));
@@ -146,6 +153,7 @@ async fn choose_session(
         .filter(|last| agent.as_ref().is_none_or(|a| a.id == last.agent_id));
     let answer = match choice {
         SessionChoice::Named(id) => switch(link, &id).await?,
+        SessionChoice::Fork(id, after) => fork(link, &id, after).await?,
         SessionChoice::Last if last.is_some() => {
             let last = last
                 .as_ref()
@@ -171,6 +179,28 @@ async fn choose_session(
 fn is_code(err: &anyhow::Error, code: &str) -> bool {
     err.downcast_ref::<GatewayRefused>()
         .is_some_and(|r| r.code == code)
+}
+
+/// `SESSION@SEQ`, as `--fork` takes it.
+fn parse_fork(value: &str) -> Result<(String, u64), String> {
+    let (session, seq) = value
+        .rsplit_once('@')
+        .ok_or_else(|| format!("`{value}` is not SESSION@SEQ"))?;
+    let seq = seq
+        .parse()
+        .map_err(|_| format!("`{seq}` is not a seq (a whole number)"))?;
+    if session.is_empty() {
+        return Err(format!("`{value}` names no session"));
+    }
+    Ok((session.to_owned(), seq))
+}
+
+/// Forks session `id` after `after` (the gateway makes the fork the current session).
+async fn fork(link: &mut Link, id: &str, after: u64) -> anyhow::Result<SessionAnswer> {
+    let answer = link
+        .call("sessions.fork", json!({"sessionId": id, "after": after}))
+        .await?;
+    Ok(serde_json::from_value(answer)?)
 }
 
 async fn switch(link: &mut Link, id: &str) -> anyhow::Result<SessionAnswer> {
@@ -431,4 +461,17 @@ async fn slash(
         }
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_fork;
+
+    #[test]
+    fn a_fork_is_a_session_and_a_seq() {
+        assert_eq!(parse_fork("abc@12"), Ok(("abc".to_owned(), 12)));
+        assert!(parse_fork("abc").is_err(), "no seq");
+        assert!(parse_fork("abc@x").is_err(), "not a number");
+        assert!(parse_fork("@3").is_err(), "no session");
+    }
 }
