@@ -101,7 +101,8 @@ pub struct DeployerSettings {
 impl DeployerSettings {
     /// A fingerprint of the platform settings that shape a runtime (the default provider's
     /// protocol, the platform URL, and that it calls its model through the proxy, so runtimes
-    /// started with a key before ADR 23 are redeployed without one). `process.json` keeps it; a
+    /// started with a key before ADR 23 are redeployed without one, and watches its OOM kills,
+    /// ADR 26). `process.json` keeps it; a
     /// running agent whose runtime was started with another one is redeployed
     /// (`ReconfigureAgent`). The provider's key and URL are the edge's business now: changing
     /// them redeploys nothing.
@@ -110,6 +111,9 @@ impl DeployerSettings {
         let mut hash = Sha256::new();
         for part in [
             Some("model-proxy"),
+            // Runtimes that watch their sandbox's OOM kills (docs/adr/0026): older containers
+            // lack `WARREN_AGENT_WATCH_OOM` and are redeployed once.
+            Some("oom-watch"),
             self.default_provider.as_deref(),
             Some(self.platform_url.as_str()),
         ] {

@@ -349,6 +349,9 @@ impl DockerProvisioner {
             // No provider key in the sandbox: the model is reached through the platform's
             // model proxy, over the relay.
             "WARREN_AGENT_MODEL_PROXY=true".to_owned(),
+            // A tool process killed for the container's memory limit ends its run with
+            // `sandbox_out_of_memory` (docs/adr/0026-sandbox-alerts.md).
+            "WARREN_AGENT_WATCH_OOM=true".to_owned(),
             format!("HOME={DATA_DIR}"),
         ];
         if let Some(provider) = &spec.provider {
