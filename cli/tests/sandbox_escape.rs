@@ -411,7 +411,11 @@ async fn a_fork_bomb_and_a_memory_hog_are_stopped_inside_their_sandbox() {
         output.contains("exit=137") || output.contains("Killed"),
         "the hog was OOM-killed: {hog}"
     );
-    assert_eq!(end.kind(), "error", "the hog's run ends with an error: {end:?}");
+    assert_eq!(
+        end.kind(),
+        "error",
+        "the hog's run ends with an error: {end:?}"
+    );
     assert_eq!(end.data["code"], "sandbox_out_of_memory", "{end:?}");
     let message = end.data["message"].as_str().unwrap_or_default();
     assert!(
@@ -421,6 +425,29 @@ async fn a_fork_bomb_and_a_memory_hog_are_stopped_inside_their_sandbox() {
     assert_eq!(end.data["retryable"], false, "{end:?}");
     // Nothing was queued for a second model turn: had the run carried on, the model server's
     // refusal would have ended it with another code.
+
+    // The operator hears of it: a fact on the agent, and a mail to the admins.
+    let platform = &escape.chat.platform;
+    let alerted = warren_testkit::wait_for(Duration::from_secs(30), || async {
+        platform
+            .agent_events(&escape.other)
+            .await
+            .into_iter()
+            .find(|event| event["type"] == "SandboxAlerted")
+    })
+    .await;
+    assert_eq!(alerted["data"]["alert"], "out_of_memory", "{alerted}");
+    let mail = warren_testkit::wait_for(Duration::from_secs(30), || async {
+        platform
+            .smtp
+            .mails_to("operator@admin.test")
+            .into_iter()
+            .find(|mail| mail.text().contains(&escape.other))
+    })
+    .await;
+    let subject = mail.header("Subject").expect("subject");
+    assert!(subject.contains("out of memory"), "{subject}");
+    assert!(mail.text().contains("memory limit"), "{}", mail.text());
     let other = escape.shell_in(&escape.other, "echo other-alive", 10).await;
     assert!(
         other["output"]

@@ -42,6 +42,7 @@ pub use error::AgentError;
 pub use event::AgentEvent;
 pub use types::{
     AgentStatus, Backend, Deployment, DeploymentStep, ExecFailure, RedeployReason, RuntimeKind,
+    SandboxAlert,
 };
 
 use crate::aggregate::impl_aggregate;
@@ -289,6 +290,14 @@ impl Agent {
                 }])
             }
             C::MeterModelUsage { .. } => self.meter(agent_id, command),
+            C::RaiseSandboxAlert { alert, detail } => {
+                text::FAILURE_MESSAGE.check(detail)?;
+                Ok(vec![AgentEvent::SandboxAlerted {
+                    agent_id,
+                    alert: *alert,
+                    detail: detail.clone(),
+                }])
+            }
         }
     }
 
@@ -372,7 +381,8 @@ impl Agent {
             AgentEvent::ExecRequested { .. }
             | AgentEvent::ExecFinished { .. }
             | AgentEvent::FileUploaded { .. }
-            | AgentEvent::ModelUsageMetered { .. } => {}
+            | AgentEvent::ModelUsageMetered { .. }
+            | AgentEvent::SandboxAlerted { .. } => {}
         }
     }
 

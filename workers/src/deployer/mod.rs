@@ -37,11 +37,13 @@
 //!
 //! Modules: [`provisioner`] (the seam), [`process`] (development only, unconfined), [`docker`]
 //! (one locked-down container per agent), [`locks`] (per-agent locks), [`lifecycle`] (pause,
-//! resume, idle pause, usage), [`usage`] (measuring runtimes).
+//! resume, idle pause, usage), [`usage`] (measuring runtimes), [`alerts`] (sandbox alerts:
+//! out-of-memory kills, failing health checks).
 //!
 //! Under `warren dev` (`stop_agents_on_shutdown`) the deployer stops every runtime when it
 //! stops; the next start's first reconciliation restarts the running ones (docs/adr/0021).
 
+pub mod alerts;
 pub mod docker;
 pub mod lifecycle;
 pub mod locks;
@@ -177,6 +179,8 @@ pub struct Deployer {
     /// What each sandbox uses, for the agents' status.
     stats: SandboxStatsStore,
     cpu: usage::CpuMeter,
+    /// Failed health checks in a row (the health alert).
+    health: alerts::HealthStreaks,
 }
 
 type Step = Result<(), (DeploymentStep, String)>;
@@ -208,6 +212,7 @@ impl Deployer {
             activity,
             stats,
             cpu: usage::CpuMeter::default(),
+            health: alerts::HealthStreaks::default(),
         })
     }
 
@@ -226,7 +231,7 @@ impl Deployer {
                 }
             }
         };
-        tokio::join!(consume, reconcile);
+        tokio::join!(consume, reconcile, this.watch_oom(shutdown.clone()));
         if self.settings.stop_agents_on_shutdown {
             self.stop_all().await;
         }
@@ -688,6 +693,9 @@ impl Deployer {
                             }
                             ActualState::Stopped => false,
                         };
+                        if runtime.state != ActualState::Stopped {
+                            self.health_checked(agent_id, up).await;
+                        }
                         if up {
                             self.pause_if_idle(agent_id, provisioner.as_ref()).await?;
                         } else {
@@ -747,7 +755,8 @@ fn agent_of(event: &AgentEvent) -> AgentId {
         | AgentEvent::ExecRequested { agent_id, .. }
         | AgentEvent::ExecFinished { agent_id, .. }
         | AgentEvent::FileUploaded { agent_id, .. }
-        | AgentEvent::ModelUsageMetered { agent_id, .. } => *agent_id,
+        | AgentEvent::ModelUsageMetered { agent_id, .. }
+        | AgentEvent::SandboxAlerted { agent_id, .. } => *agent_id,
     }
 }
 

@@ -6,6 +6,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
 use std::collections::HashMap;
 use warren_domain::ids::AgentId;
 
@@ -128,4 +129,11 @@ pub trait Provisioner: Send + Sync {
 
     /// What each of its runtimes uses now (those it cannot measure are left out).
     async fn usage(&self) -> Provisioned<HashMap<AgentId, Usage>>;
+
+    /// The agents whose sandbox had a process killed for its memory limit, as it happens;
+    /// `None` when this provisioner cannot tell. The stream ends with its connection (the
+    /// deployer asks again).
+    fn oom_kills(&self) -> Option<BoxStream<'static, AgentId>> {
+        None
+    }
 }

@@ -30,8 +30,9 @@ use bollard::models::{
     HostConfig, HostConfigLogConfig, Mount, MountType, NetworkingConfig, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
-    CreateContainerOptions, InspectContainerOptions, ListContainersOptions, RemoveContainerOptions,
-    RemoveVolumeOptions, RestartContainerOptions, StopContainerOptions, UploadToContainerOptions,
+    CreateContainerOptions, EventsOptions, InspectContainerOptions, ListContainersOptions,
+    RemoveContainerOptions, RemoveVolumeOptions, RestartContainerOptions, StopContainerOptions,
+    UploadToContainerOptions,
 };
 use std::collections::{BTreeSet, HashMap};
 use std::net::Ipv4Addr;
@@ -604,5 +605,33 @@ impl Provisioner for DockerProvisioner {
         }))
         .await;
         Ok(sampled.into_iter().flatten().collect())
+    }
+
+    fn oom_kills(&self) -> Option<futures::stream::BoxStream<'static, AgentId>> {
+        use futures::StreamExt;
+        // The engine's `oom` event: the kernel killed a process in the container's cgroup for
+        // its limit (the container itself may live on).
+        let filters = HashMap::from([
+            ("type".to_owned(), vec!["container".to_owned()]),
+            ("event".to_owned(), vec!["oom".to_owned()]),
+            (
+                "label".to_owned(),
+                vec![format!("{LABEL_NETWORK}={}", self.settings.network)],
+            ),
+        ]);
+        let events = self.docker.events(Some(EventsOptions {
+            filters: Some(filters),
+            ..Default::default()
+        }));
+        Some(
+            events
+                .filter_map(|event| async move {
+                    let event = event
+                        .inspect_err(|err| tracing::warn!(error = %err, "docker events ended"))
+                        .ok()?;
+                    event.actor?.attributes?.get(LABEL_AGENT)?.parse().ok()
+                })
+                .boxed(),
+        )
     }
 }
