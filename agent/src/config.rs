@@ -159,6 +159,10 @@ pub struct Limits {
     pub fetch_max_bytes: usize,
     /// Longest silence from the model provider (between stream chunks) before the run fails.
     pub model_idle_timeout: Duration,
+    /// The sandbox's out-of-memory kill counter: a run during which it rises ends with
+    /// `sandbox_out_of_memory`. `None` outside a sandbox (the host's counter says nothing about
+    /// this runtime).
+    pub oom_counter: Option<crate::memory::OomCounter>,
 }
 
 impl Default for Limits {
@@ -172,6 +176,7 @@ impl Default for Limits {
             max_upload_bytes: 50 * 1024 * 1024,
             fetch_max_bytes: 1024 * 1024,
             model_idle_timeout: Duration::from_secs(300),
+            oom_counter: None,
         }
     }
 }
@@ -387,6 +392,11 @@ pub struct Args {
     /// before anyone's agent exists. An assigned runtime that restarts reads it at once.
     #[arg(long, env = "WARREN_AGENT_ASSIGNMENT_FILE", requires = "token_file")]
     pub assignment_file: Option<PathBuf>,
+    /// Watch the own cgroup's out-of-memory kills and end a run whose tool was killed for
+    /// memory with `sandbox_out_of_memory` (set by the docker provisioner; meaningless outside
+    /// a container).
+    #[arg(long, env = "WARREN_AGENT_WATCH_OOM")]
+    pub watch_oom: bool,
 }
 
 /// What makes a waiting runtime one agent's (`WARREN_AGENT_ASSIGNMENT_FILE`, JSON): everything
@@ -480,6 +490,11 @@ impl Args {
                 max_upload_bytes: self.max_upload_bytes,
                 fetch_max_bytes: self.fetch_max_bytes,
                 model_idle_timeout: Duration::from_secs(self.model_idle_timeout_secs),
+                oom_counter: if self.watch_oom {
+                    crate::memory::OomCounter::own_cgroup()
+                } else {
+                    None
+                },
             },
             platform,
         };

@@ -32,12 +32,15 @@
 //! - [`process`] — shell commands in their own process group, output capping.
 //! - [`workspace`] — path confinement to the workspace.
 //! - [`pending`] — the proactive message queue behind `GET /pending`.
+//! - [`memory`] — the sandbox's out-of-memory kill counter, which ends a run whose tool was
+//!   killed for memory.
 
 pub mod auth;
 pub mod chats;
 pub mod config;
 pub mod error;
 pub mod events;
+pub mod memory;
 pub mod model;
 pub mod pending;
 pub mod process;

@@ -1,8 +1,9 @@
 //! The model loop of one run: stream a model turn (forwarding `token`s), emit its `text`, run its
 //! tool calls (`tool_use` → `tool_result`, `file`), feed the results back, and repeat until the
 //! model answers without tools (`done`), the run is cancelled (`error` `cancelled`), the model
-//! fails (`error` `model_*`) or the turn budget runs out (`error` `max_iterations`). The
-//! terminal event is returned in [`RunEnd`], not sent.
+//! fails (`error` `model_*`), a tool process is killed for the sandbox's memory (`error`
+//! `sandbox_out_of_memory`, when [`Limits::oom_counter`] watches) or the turn budget runs out
+//! (`error` `max_iterations`). The terminal event is returned in [`RunEnd`], not sent.
 //!
 //! Only whole units go back into the history: the user message, and each model turn together
 //! with a result for every call it made (a cancelled call gets a "cancelled" result). A turn cut
@@ -72,6 +73,10 @@ impl Run<'_> {
         let specs = self.toolbox.specs();
         let mut usage = Usage::default();
         let mut texts: Vec<String> = Vec::new();
+        let oom_kills_before = match &self.limits.oom_counter {
+            Some(counter) => counter.kills().await,
+            None => 0,
+        };
 
         for iteration in 1..=self.limits.max_iterations {
             let turn = match self.model_turn(&transcript, &specs).await {
@@ -139,6 +144,22 @@ impl Run<'_> {
                     transcript.split_off(start),
                     stopped_event(Stopped::Cancelled),
                 );
+            }
+            if let Some(counter) = &self.limits.oom_counter
+                && counter.kills().await > oom_kills_before
+            {
+                // The turn and its results stay in the history (the model sees next time what
+                // was killed); the run stops rather than let the model retry into the limit.
+                tracing::warn!(
+                    chat_id = self.chat_id,
+                    "a tool process was killed for memory"
+                );
+                let killed = AgentEvent::error(
+                    "sandbox_out_of_memory",
+                    "a command of this run was killed: it used more memory than the sandbox allows",
+                    false,
+                );
+                return end(transcript.split_off(start), killed);
             }
         }
         let exhausted = AgentEvent::error(

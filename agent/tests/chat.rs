@@ -546,3 +546,34 @@ async fn shutting_down_ends_running_runs_with_a_retryable_error() {
     assert_eq!(rest[0].data["code"], "shutting_down");
     assert_eq!(rest[0].data["retryable"], true);
 }
+
+#[tokio::test]
+async fn a_tool_killed_for_memory_ends_the_run_and_the_next_run_answers() {
+    // The counter file stands in for the cgroup's: the tool raises it, as the kernel does when
+    // it kills a process for the sandbox's memory limit.
+    let counter = tempfile::NamedTempFile::new().expect("counter");
+    std::fs::write(
+        counter.path(),
+        "oom_kill_disable 0\nunder_oom 0\noom_kill 0\n",
+    )
+    .expect("write");
+    let model = ModelServer::start().await;
+    let bump = format!("printf 'oom_kill 1\\n' > {}", counter.path().display());
+    model.push(Reply::tool_call("shell", json!({"command": bump})));
+    model.push(Reply::text("never asked"));
+    let path = counter.path().to_owned();
+    let agent = Agent::start(&model, move |config| {
+        config.limits.oom_counter = Some(warren_agent::memory::OomCounter::at(path));
+    })
+    .await;
+
+    let events = agent.chat(json!({"message": "hog", "chat_id": "c"})).await;
+    assert_eq!(kinds(&events), ["tool_use", "tool_result", "error"]);
+    assert_eq!(events[2].data["code"], "sandbox_out_of_memory");
+    assert_eq!(model.request_count(), 1, "the model is not asked again");
+
+    let events = agent
+        .chat(json!({"message": "again", "chat_id": "c"}))
+        .await;
+    assert_eq!(events.last().expect("end").kind(), "done", "{events:?}");
+}

@@ -76,14 +76,23 @@ impl Escape {
         .await;
     }
 
-    /// Runs `command` with the shell tool of `agent` (as its model asks) and returns the tool's
-    /// result frame.
-    async fn shell_in(&self, agent: &str, command: &str, timeout_secs: u64) -> Value {
+    /// Runs `command` with the shell tool of `agent` (as its model asks; then, if asked again,
+    /// the model says `then`, if given) and returns the tool's result frame and the run's last
+    /// frame (`done` or `error`).
+    async fn run_shell(
+        &self,
+        agent: &str,
+        command: &str,
+        timeout_secs: u64,
+        then: Option<&str>,
+    ) -> (Value, chat_support::Frame) {
         self.chat.model.push(Reply::tool_call(
             "shell",
             json!({"command": command, "timeout_secs": timeout_secs}),
         ));
-        self.chat.model.push(Reply::text("done"));
+        if let Some(then) = then {
+            self.chat.model.push(Reply::text(then));
+        }
         let response = self
             .chat
             .platform
@@ -108,9 +117,16 @@ impl Escape {
                 _ => {}
             }
         };
-        let end = run.finish().await;
-        assert_eq!(end.kind(), "done", "the run ends: {:?}", run.frames);
-        result.data
+        (result.data, run.finish().await)
+    }
+
+    /// [`Self::run_shell`], for a run that must end `done`; the tool's result frame.
+    async fn shell_in(&self, agent: &str, command: &str, timeout_secs: u64) -> Value {
+        let (result, end) = self
+            .run_shell(agent, command, timeout_secs, Some("done"))
+            .await;
+        assert_eq!(end.kind(), "done", "the run ends: {:?}", end.data);
+        result
     }
 
     /// [`Self::shell_in`] the first agent; the output text.
@@ -398,12 +414,14 @@ async fn a_fork_bomb_and_a_memory_hog_are_stopped_inside_their_sandbox() {
         "the agent answers after the bomb: {after:?}"
     );
 
-    // A memory hog is killed inside its sandbox; both agents carry on.
-    let hog = escape
-        .shell_in(
+    // A memory hog is killed inside its sandbox: its run ends with an error frame that says
+    // so, the model is not asked to carry on, and both agents answer their next message.
+    let (hog, end) = escape
+        .run_shell(
             &escape.other,
             "python3 -c 'b = bytearray(1024 * 1024 * 1024); print(len(b))'; echo exit=$?",
             60,
+            None,
         )
         .await;
     let output = hog["output"].as_str().unwrap_or_default();
@@ -411,6 +429,43 @@ async fn a_fork_bomb_and_a_memory_hog_are_stopped_inside_their_sandbox() {
         output.contains("exit=137") || output.contains("Killed"),
         "the hog was OOM-killed: {hog}"
     );
+    assert_eq!(
+        end.kind(),
+        "error",
+        "the hog's run ends with an error: {end:?}"
+    );
+    assert_eq!(end.data["code"], "sandbox_out_of_memory", "{end:?}");
+    let message = end.data["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("memory limit") && message.contains("next message"),
+        "the user reads what happened: {message}"
+    );
+    assert_eq!(end.data["retryable"], false, "{end:?}");
+    // Nothing was queued for a second model turn: had the run carried on, the model server's
+    // refusal would have ended it with another code.
+
+    // The operator hears of it: a fact on the agent, and a mail to the admins.
+    let platform = &escape.chat.platform;
+    let alerted = warren_testkit::wait_for(Duration::from_secs(30), || async {
+        platform
+            .agent_events(&escape.other)
+            .await
+            .into_iter()
+            .find(|event| event["type"] == "SandboxAlerted")
+    })
+    .await;
+    assert_eq!(alerted["data"]["alert"], "out_of_memory", "{alerted}");
+    let mail = warren_testkit::wait_for(Duration::from_secs(30), || async {
+        platform
+            .smtp
+            .mails_to("operator@admin.test")
+            .into_iter()
+            .find(|mail| mail.text().contains(&escape.other))
+    })
+    .await;
+    let subject = mail.header("Subject").expect("subject");
+    assert!(subject.contains("out of memory"), "{subject}");
+    assert!(mail.text().contains("memory limit"), "{}", mail.text());
     let other = escape.shell_in(&escape.other, "echo other-alive", 10).await;
     assert!(
         other["output"]

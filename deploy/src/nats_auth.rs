@@ -131,7 +131,8 @@ impl Role {
                 // Holding a run stamps its agent as in use (the idle pause's clock).
                 (KvWrite, "agent_activity"),
             ],
-            Role::Notifier => &[(Follow, USERS)],
+            // Registrations, and the agents' sandbox alerts.
+            Role::Notifier => &[(Follow, USERS), (Follow, AGENTS)],
         };
         for (access, target) in grants {
             access.grant(target, &mut p);

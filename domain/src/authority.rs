@@ -85,6 +85,7 @@ impl AgentEvent {
             // what its model proxy metered, so nobody can write their own usage.
             E::ExecFinished { .. }
             | E::ModelUsageMetered { .. }
+            | E::SandboxAlerted { .. }
             | E::DeploymentStepCompleted { .. }
             | E::AgentDeployed { .. }
             | E::DeploymentFailed { .. }

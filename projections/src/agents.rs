@@ -179,7 +179,10 @@ impl Projection for Agents {
             .map(drop),
             // Audit facts (ADR 18): nothing about the agent a read model shows changes, so its
             // row (and `updated_at`) stays as it was.
-            AgentEvent::ExecRequested { .. } | AgentEvent::ExecFinished { .. } | AgentEvent::FileUploaded { .. } => {
+            AgentEvent::ExecRequested { .. }
+            | AgentEvent::ExecFinished { .. }
+            | AgentEvent::FileUploaded { .. }
+            | AgentEvent::SandboxAlerted { .. } => {
                 Ok(())
             }
             // A metered model call (ADR 23) counts for the owner named in the event: the user

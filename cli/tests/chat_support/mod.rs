@@ -133,24 +133,7 @@ impl Chat {
 
     /// The payloads of the agent's commits (`agent.<id>`), oldest first.
     pub async fn agent_commits(&self) -> Vec<String> {
-        let js = self.platform.nats.jetstream().await;
-        let mut stream = js.get_stream("AGENTS").await.expect("AGENTS stream");
-        let last = stream
-            .info()
-            .await
-            .expect("stream info")
-            .state
-            .last_sequence;
-        let subject = format!("agent.{}", self.agent_id);
-        let mut commits = Vec::new();
-        for seq in 1..=last {
-            if let Ok(message) = stream.get_raw_message(seq).await
-                && message.subject.as_str() == subject
-            {
-                commits.push(String::from_utf8_lossy(&message.payload).into_owned());
-            }
-        }
-        commits
+        self.platform.agent_commits(&self.agent_id).await
     }
 
     /// Posts `message` to the agent and returns the run's stream (status 200 asserted).

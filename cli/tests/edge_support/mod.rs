@@ -236,6 +236,38 @@ impl Platform {
             .await
     }
 
+    /// The payloads of `agent`'s commits (`agent.<id>`), oldest first.
+    pub async fn agent_commits(&self, agent: &str) -> Vec<String> {
+        let js = self.nats.jetstream().await;
+        let mut stream = js.get_stream("AGENTS").await.expect("AGENTS stream");
+        let last = stream
+            .info()
+            .await
+            .expect("stream info")
+            .state
+            .last_sequence;
+        let subject = format!("agent.{agent}");
+        let mut commits = Vec::new();
+        for seq in 1..=last {
+            if let Ok(message) = stream.get_raw_message(seq).await
+                && message.subject.as_str() == subject
+            {
+                commits.push(String::from_utf8_lossy(&message.payload).into_owned());
+            }
+        }
+        commits
+    }
+
+    /// `agent`'s events (`{"type", "data"}`, envelope fields alongside), oldest first.
+    pub async fn agent_events(&self, agent: &str) -> Vec<Value> {
+        self.agent_commits(agent)
+            .await
+            .iter()
+            .map(|commit| serde_json::from_str::<Value>(commit).expect("commit JSON"))
+            .flat_map(|commit| commit.as_array().cloned().unwrap_or_default())
+            .collect()
+    }
+
     /// Signs in through the emailed link.
     pub async fn sign_in(&self, email: &str) -> Session {
         let mail = self.request_link(email).await;

@@ -2,7 +2,7 @@
 //! …), by the deployer (step progress, outcome, destroy), by the lifecycle worker (pause,
 //! health) and by the edge (an exec's outcome, a model call's metered usage).
 
-use super::types::{Backend, DeploymentStep, ExecFailure, RuntimeKind};
+use super::types::{Backend, DeploymentStep, ExecFailure, RuntimeKind, SandboxAlert};
 use crate::ids::{AgentId, ExecId, UserId};
 use crate::user::Provider;
 use serde::{Deserialize, Serialize};
@@ -156,6 +156,14 @@ pub enum AgentCommand {
         /// Tokens the provider wrote.
         output_tokens: u64,
     },
+    /// The deployer saw something wrong with the agent's sandbox that an operator must hear of
+    /// (an audit fact: it changes no state). Refused for a deleted agent.
+    RaiseSandboxAlert {
+        /// What.
+        alert: SandboxAlert,
+        /// A sentence for admins (no secret; the cause chain stays in the deployer's log).
+        detail: String,
+    },
 }
 
 impl AgentCommand {
@@ -182,6 +190,7 @@ impl AgentCommand {
             AgentCommand::RecordExecOutcome { .. } => "record_exec_outcome",
             AgentCommand::RecordFileUpload { .. } => "record_file_upload",
             AgentCommand::MeterModelUsage { .. } => "meter_model_usage",
+            AgentCommand::RaiseSandboxAlert { .. } => "raise_sandbox_alert",
         }
     }
 }

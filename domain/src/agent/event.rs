@@ -8,7 +8,9 @@
 //! the agent's workspace. They change no state (ADR 18). `ModelUsageMetered` is one too: a
 //! model call of the agent's runtime, as the platform's model proxy counted it (ADR 23).
 
-use super::types::{Backend, DeploymentStep, ExecFailure, RedeployReason, RuntimeKind};
+use super::types::{
+    Backend, DeploymentStep, ExecFailure, RedeployReason, RuntimeKind, SandboxAlert,
+};
 use crate::ids::{AgentId, ExecId, UserId};
 use crate::user::Provider;
 use serde::{Deserialize, Serialize};
@@ -205,6 +207,16 @@ pub enum AgentEvent {
         /// Tokens the provider wrote.
         output_tokens: u64,
     },
+    /// Something is wrong with the agent's sandbox that an operator must hear of
+    /// (docs/adr/0026-sandbox-alerts.md); an audit fact, no state changes.
+    SandboxAlerted {
+        /// The agent.
+        agent_id: AgentId,
+        /// What.
+        alert: SandboxAlert,
+        /// A sentence for admins.
+        detail: String,
+    },
 }
 
 impl AgentEvent {
@@ -231,6 +243,7 @@ impl AgentEvent {
             AgentEvent::ExecFinished { .. } => "ExecFinished",
             AgentEvent::FileUploaded { .. } => "FileUploaded",
             AgentEvent::ModelUsageMetered { .. } => "ModelUsageMetered",
+            AgentEvent::SandboxAlerted { .. } => "SandboxAlerted",
         }
     }
 

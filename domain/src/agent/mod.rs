@@ -42,6 +42,7 @@ pub use error::AgentError;
 pub use event::AgentEvent;
 pub use types::{
     AgentStatus, Backend, Deployment, DeploymentStep, ExecFailure, RedeployReason, RuntimeKind,
+    SandboxAlert,
 };
 
 use crate::aggregate::impl_aggregate;
@@ -298,6 +299,14 @@ impl Agent {
                 }])
             }
             C::MeterModelUsage { .. } => self.meter(agent_id, command),
+            C::RaiseSandboxAlert { alert, detail } => {
+                text::FAILURE_MESSAGE.check(detail)?;
+                Ok(vec![AgentEvent::SandboxAlerted {
+                    agent_id,
+                    alert: *alert,
+                    detail: detail.clone(),
+                }])
+            }
         }
     }
 
@@ -388,7 +397,8 @@ impl Agent {
             AgentEvent::ExecRequested { .. }
             | AgentEvent::ExecFinished { .. }
             | AgentEvent::FileUploaded { .. }
-            | AgentEvent::ModelUsageMetered { .. } => {}
+            | AgentEvent::ModelUsageMetered { .. }
+            | AgentEvent::SandboxAlerted { .. } => {}
         }
     }
 

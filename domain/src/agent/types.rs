@@ -107,6 +107,17 @@ string_enum! {
 }
 
 string_enum! {
+    /// What a sandbox alert is about: something an operator must hear of (the notifier mails
+    /// admins each one, with `DeploymentFailed`; docs/adr/0026-sandbox-alerts.md).
+    pub enum SandboxAlert {
+        /// The kernel killed a process of the agent's sandbox for its memory limit.
+        OutOfMemory => "out_of_memory",
+        /// The agent's runtime failed its health check at three reconciliations in a row.
+        HealthFailing => "health_failing",
+    }
+}
+
+string_enum! {
     /// Why an exec ended without the runtime reporting an exit. Codes only: what went wrong
     /// inside is logged by the edge, never recorded (a client reads these events).
     pub enum ExecFailure {

@@ -7,7 +7,9 @@
 use serde::Serialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
-use warren_domain::agent::{AgentEvent, DeploymentStep, ExecFailure, RedeployReason, RuntimeKind};
+use warren_domain::agent::{
+    AgentEvent, DeploymentStep, ExecFailure, RedeployReason, RuntimeKind, SandboxAlert,
+};
 use warren_domain::conversation::{CancelReason, ConversationEvent, TokenUsage};
 use warren_domain::ids::{AgentId, ConversationId, ExecId, MessageId, RunId};
 use warren_domain::user::Provider;
@@ -147,6 +149,13 @@ pub enum AgentChange {
         input_tokens: u64,
         /// Tokens the provider wrote.
         output_tokens: u64,
+    },
+    /// The platform saw something wrong with its sandbox (its admins were told too).
+    SandboxAlerted {
+        /// What.
+        alert: SandboxAlert,
+        /// The platform's sentence.
+        detail: String,
     },
 }
 
@@ -345,6 +354,9 @@ impl From<AgentEvent> for AgentChange {
                 input_tokens,
                 output_tokens,
             },
+            E::SandboxAlerted { alert, detail, .. } => {
+                AgentChange::SandboxAlerted { alert, detail }
+            }
         }
     }
 }

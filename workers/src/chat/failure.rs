@@ -4,7 +4,8 @@
 //!
 //! A runtime knows only its own flags (`WARREN_AGENT_*`); the worker knows whose model the run
 //! used (the user's own key or the platform's default), so it rewrites the two failures a
-//! newcomer meets first, `model_not_configured` and `model_unreachable`, in the platform's terms.
+//! newcomer meets first, `model_not_configured` and `model_unreachable`, in the platform's terms,
+//! and says in its own words what `sandbox_out_of_memory` means for the user.
 
 use warren_domain::user::Provider;
 
@@ -44,6 +45,12 @@ pub fn public_message(code: &str, runtime_message: String, source: ModelSource) 
                  ({KEYS_ROUTE})"
             )
         }
+        // The runtime's words would do, but a runtime is untrusted: the platform says what
+        // happened and that the agent is still there.
+        ("sandbox_out_of_memory", _) => "the agent's sandbox ran out of memory: a command it \
+             ran used more than the sandbox's memory limit and was stopped. The agent is still \
+             running; send your next message (ask for something that needs less memory)"
+            .to_owned(),
         _ => runtime_message,
     }
 }
@@ -82,6 +89,17 @@ mod tests {
             own.contains("anthropic") && own.contains("your API key"),
             "{own}"
         );
+    }
+
+    #[test]
+    fn a_sandbox_out_of_memory_says_the_agent_is_still_there() {
+        let message = public_message(
+            "sandbox_out_of_memory",
+            "anything a runtime says".into(),
+            ModelSource::Platform(None),
+        );
+        assert!(message.contains("memory limit"), "{message}");
+        assert!(message.contains("next message"), "{message}");
     }
 
     #[test]

@@ -45,11 +45,13 @@
 //!
 //! Modules: [`provisioner`] (the seam), [`process`] (development only, unconfined), [`docker`]
 //! (one locked-down container per agent), [`locks`] (per-agent locks), [`lifecycle`] (pause,
-//! resume, idle pause, usage), [`usage`] (measuring runtimes).
+//! resume, idle pause, usage), [`usage`] (measuring runtimes), [`alerts`] (sandbox alerts:
+//! out-of-memory kills, failing health checks).
 //!
 //! Under `warren dev` (`stop_agents_on_shutdown`) the deployer stops every runtime when it
 //! stops; the next start's first reconciliation restarts the running ones (docs/adr/0021).
 
+pub mod alerts;
 pub mod docker;
 pub mod lifecycle;
 pub mod locks;
@@ -111,7 +113,8 @@ pub struct DeployerSettings {
 impl DeployerSettings {
     /// A fingerprint of the platform settings that shape a runtime (the default provider's
     /// protocol, the platform URL, and that it calls its model through the proxy, so runtimes
-    /// started with a key before ADR 23 are redeployed without one). `process.json` keeps it; a
+    /// started with a key before ADR 23 are redeployed without one, and watches its OOM kills,
+    /// ADR 26). `process.json` keeps it; a
     /// running agent whose runtime was started with another one is redeployed
     /// (`ReconfigureAgent`). The provider's key and URL are the edge's business now: changing
     /// them redeploys nothing.
@@ -120,6 +123,9 @@ impl DeployerSettings {
         let mut hash = Sha256::new();
         for part in [
             Some("model-proxy"),
+            // Runtimes that watch their sandbox's OOM kills (docs/adr/0026): older containers
+            // lack `WARREN_AGENT_WATCH_OOM` and are redeployed once.
+            Some("oom-watch"),
             self.default_provider.as_deref(),
             Some(self.platform_url.as_str()),
         ] {
@@ -194,6 +200,8 @@ pub struct Deployer {
     cpu: usage::CpuMeter,
     /// Wakes the warm pool's keeper when an agent took one of its runtimes.
     refill: tokio::sync::Notify,
+    /// Failed health checks in a row (the health alert).
+    health: alerts::HealthStreaks,
 }
 
 type Step = Result<(), (DeploymentStep, String)>;
@@ -226,6 +234,7 @@ impl Deployer {
             stats,
             cpu: usage::CpuMeter::default(),
             refill: tokio::sync::Notify::new(),
+            health: alerts::HealthStreaks::default(),
         })
     }
 
@@ -244,7 +253,12 @@ impl Deployer {
                 }
             }
         };
-        tokio::join!(consume, reconcile, this.keep_pool(&shutdown));
+        tokio::join!(
+            consume,
+            reconcile,
+            this.keep_pool(&shutdown),
+            this.watch_oom(shutdown.clone())
+        );
         if self.settings.stop_agents_on_shutdown {
             self.stop_all().await;
         }
@@ -781,6 +795,9 @@ impl Deployer {
                             }
                             ActualState::Stopped => false,
                         };
+                        if runtime.state != ActualState::Stopped {
+                            self.health_checked(agent_id, up).await;
+                        }
                         if up {
                             self.pause_if_idle(agent_id, provisioner.as_ref()).await?;
                         } else {
@@ -840,7 +857,8 @@ fn agent_of(event: &AgentEvent) -> AgentId {
         | AgentEvent::ExecRequested { agent_id, .. }
         | AgentEvent::ExecFinished { agent_id, .. }
         | AgentEvent::FileUploaded { agent_id, .. }
-        | AgentEvent::ModelUsageMetered { agent_id, .. } => *agent_id,
+        | AgentEvent::ModelUsageMetered { agent_id, .. }
+        | AgentEvent::SandboxAlerted { agent_id, .. } => *agent_id,
     }
 }
 

@@ -6,6 +6,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
 use std::collections::HashMap;
 use warren_domain::ids::AgentId;
 
@@ -165,4 +166,11 @@ pub trait Provisioner: Send + Sync {
 
     /// Removes every unassigned runtime of the warm pool (and its workspace).
     async fn drain_pool(&self) {}
+
+    /// The agents whose sandbox had a process killed for its memory limit, as it happens;
+    /// `None` when this provisioner cannot tell. The stream ends with its connection (the
+    /// deployer asks again).
+    fn oom_kills(&self) -> Option<BoxStream<'static, AgentId>> {
+        None
+    }
 }

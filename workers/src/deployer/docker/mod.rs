@@ -37,7 +37,8 @@ use bollard::models::{
     HostConfig, HostConfigLogConfig, Mount, MountType, NetworkingConfig, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
-    CreateContainerOptions, InspectContainerOptions, ListContainersOptions, ListVolumesOptions,
+    CreateContainerOptions, EventsOptions, InspectContainerOptions, ListContainersOptions,
+    ListVolumesOptions,
     RemoveContainerOptions, RemoveVolumeOptions, RestartContainerOptions, StopContainerOptions,
     UploadToContainerOptions,
 };
@@ -493,6 +494,9 @@ impl DockerProvisioner {
             // No provider key in the sandbox: the model is reached through the platform's
             // model proxy, over the relay.
             "WARREN_AGENT_MODEL_PROXY=true".to_owned(),
+            // A tool process killed for the container's memory limit ends its run with
+            // `sandbox_out_of_memory` (docs/adr/0026-sandbox-alerts.md).
+            "WARREN_AGENT_WATCH_OOM=true".to_owned(),
             format!("HOME={DATA_DIR}"),
         ];
         let mut labels = HashMap::from([
@@ -829,5 +833,33 @@ impl Provisioner for DockerProvisioner {
 
     async fn drain_pool(&self) {
         self.drain().await;
+    }
+
+    fn oom_kills(&self) -> Option<futures::stream::BoxStream<'static, AgentId>> {
+        use futures::StreamExt;
+        // The engine's `oom` event: the kernel killed a process in the container's cgroup for
+        // its limit (the container itself may live on).
+        let filters = HashMap::from([
+            ("type".to_owned(), vec!["container".to_owned()]),
+            ("event".to_owned(), vec!["oom".to_owned()]),
+            (
+                "label".to_owned(),
+                vec![format!("{LABEL_NETWORK}={}", self.settings.network)],
+            ),
+        ]);
+        let events = self.docker.events(Some(EventsOptions {
+            filters: Some(filters),
+            ..Default::default()
+        }));
+        Some(
+            events
+                .filter_map(|event| async move {
+                    let event = event
+                        .inspect_err(|err| tracing::warn!(error = %err, "docker events ended"))
+                        .ok()?;
+                    event.actor?.attributes?.get(LABEL_AGENT)?.parse().ok()
+                })
+                .boxed(),
+        )
     }
 }
