@@ -38,9 +38,8 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     CreateContainerOptions, EventsOptions, InspectContainerOptions, ListContainersOptions,
-    ListVolumesOptions,
-    RemoveContainerOptions, RemoveVolumeOptions, RestartContainerOptions, StopContainerOptions,
-    UploadToContainerOptions,
+    ListVolumesOptions, RemoveContainerOptions, RemoveVolumeOptions, RestartContainerOptions,
+    StopContainerOptions, UploadToContainerOptions,
 };
 use std::collections::{BTreeSet, HashMap};
 use std::net::Ipv4Addr;
