@@ -20,6 +20,23 @@ use warren_testkit::wait_until;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The scripted model server and a platform with open sign-up whose agents run
+/// `warren-agent` against it, with `extra` settings.
+async fn open_platform(extra: &[(&str, &str)]) -> (ModelServer, Platform) {
+    let model = ModelServer::start().await;
+    let (model_url, agent_bin) = (model.url(), agent_bin().display().to_string());
+    let mut settings = vec![
+        ("WARREN_APPROVAL", "open"),
+        ("WARREN_AGENT_BIN", agent_bin.as_str()),
+        ("WARREN_DEFAULT_PROVIDER", "openai"),
+        ("WARREN_DEFAULT_BASE_URL", model_url.as_str()),
+        ("WARREN_DEFAULT_API_KEY", "sk-platform"),
+    ];
+    settings.extend_from_slice(extra);
+    let platform = Platform::start(&settings).await;
+    (model, platform)
+}
+
 /// Each line of `output` as JSON (panics naming a line that is not).
 fn json_lines(output: &str) -> Vec<Value> {
     output
@@ -157,17 +174,7 @@ async fn a_reply_outliving_the_access_token_streams_whole_through_a_silent_refre
     // Access tokens live 3 s: the gateway ends the socket before the run ends
     // (`token_expired`), and the client must refresh, reconnect and resume after the last `seq`
     // it showed to see the run to its end.
-    let model = ModelServer::start().await;
-    let (model_url, agent_bin) = (model.url(), agent_bin().display().to_string());
-    let platform = Platform::start(&[
-        ("WARREN_APPROVAL", "open"),
-        ("WARREN_AGENT_BIN", &agent_bin),
-        ("WARREN_DEFAULT_PROVIDER", "openai"),
-        ("WARREN_DEFAULT_BASE_URL", &model_url),
-        ("WARREN_DEFAULT_API_KEY", "sk-platform"),
-        ("WARREN_ACCESS_TOKEN_TTL_SECS", "3"),
-    ])
-    .await;
+    let (model, platform) = open_platform(&[("WARREN_ACCESS_TOKEN_TTL_SECS", "3")]).await;
     let client = Client::new(&platform.base);
     client.login(&platform, "patient@example.com").await;
     let saved_refresh = || -> String {
@@ -208,16 +215,7 @@ async fn a_reply_outliving_the_access_token_streams_whole_through_a_silent_refre
 
 #[tokio::test(flavor = "multi_thread")]
 async fn chat_fork_continues_a_session_from_a_message_with_exactly_the_history_up_to_it() {
-    let model = ModelServer::start().await;
-    let (model_url, agent_bin) = (model.url(), agent_bin().display().to_string());
-    let platform = Platform::start(&[
-        ("WARREN_APPROVAL", "open"),
-        ("WARREN_AGENT_BIN", &agent_bin),
-        ("WARREN_DEFAULT_PROVIDER", "openai"),
-        ("WARREN_DEFAULT_BASE_URL", &model_url),
-        ("WARREN_DEFAULT_API_KEY", "sk-platform"),
-    ])
-    .await;
+    let (model, platform) = open_platform(&[]).await;
     let client = Client::new(&platform.base);
     client.login(&platform, "brancher@example.com").await;
     let (created, out) = client.output(&["agents", "create", "Helper", "--wait", "--json"]);

@@ -293,15 +293,20 @@ impl DockerProvisioner {
         Ok(taken)
     }
 
-    /// This network's warm pool volumes (unassigned ones and agents').
-    async fn pool_volumes(&self) -> Provisioned<Vec<bollard::models::Volume>> {
-        let filters = HashMap::from([(
+    /// The Engine API filter for this network's warm pool containers or volumes.
+    fn pool_filters(&self) -> HashMap<String, Vec<String>> {
+        HashMap::from([(
             "label".to_owned(),
             vec![
                 format!("{LABEL_NETWORK}={}", self.settings.network),
                 LABEL_POOL.to_owned(),
             ],
-        )]);
+        )])
+    }
+
+    /// This network's warm pool volumes (unassigned ones and agents').
+    async fn pool_volumes(&self) -> Provisioned<Vec<bollard::models::Volume>> {
+        let filters = self.pool_filters();
         Ok(self
             .docker
             .list_volumes(Some(ListVolumesOptions {

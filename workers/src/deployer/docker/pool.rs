@@ -51,13 +51,7 @@ fn unassigned(container: &ContainerSummary) -> bool {
 impl DockerProvisioner {
     /// This network's unassigned pool containers, whatever their state.
     async fn pool_containers(&self) -> Provisioned<Vec<ContainerSummary>> {
-        let filters = HashMap::from([(
-            "label".to_owned(),
-            vec![
-                format!("{LABEL_NETWORK}={}", self.settings.network),
-                LABEL_POOL.to_owned(),
-            ],
-        )]);
+        let filters = self.pool_filters();
         Ok(self
             .docker
             .list_containers(Some(ListContainersOptions {
