@@ -270,6 +270,13 @@ async fn chat_fork_continues_a_session_from_a_message_with_exactly_the_history_u
         ],
         "the fork's run saw the history up to the fork point"
     );
-    let (refused, out) = client.output(&["chat", "--fork", "nonsense", "hello"]);
-    assert!(!refused, "a fork point without @SEQ is refused: {out}");
+    let refused = client
+        .command(&["chat", "--fork", "nonsense", "hello"])
+        .output()
+        .expect("run warren");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains("SESSION@SEQ"),
+        "a fork point without @SEQ is refused in words: {stderr}"
+    );
 }
