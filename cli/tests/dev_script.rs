@@ -2,8 +2,8 @@
 //! `WARREN_*` variable but a free port. It builds what the platform starts (the `warren-agent` it
 //! needs is deleted first, as the build cache is shared), and a newcomer signs in with the code
 //! from its log as the first user (and so its admin), creates an agent that reaches `running`,
-//! and chats: with no model provider configured the run ends with an error that names the
-//! missing configuration. SIGTERM stops it with every process it started.
+//! and chats: with no model provider configured, the local model (ADR 31) answers, streamed.
+//! SIGTERM stops it with every process it started.
 
 mod common;
 
@@ -250,30 +250,51 @@ async fn dev_sh_from_a_fresh_clone_reaches_a_first_chat() {
     })
     .await;
 
-    // A chat: no provider is configured, so the run ends with an error naming what to set.
+    // A chat: no provider is configured, so `warren dev` serves the local model and the
+    // answer is a real one, streamed in pieces through the model proxy.
+    assert_eq!(
+        agent["model"], "smollm2-135m-instruct",
+        "new agents use the local model: {agent}"
+    );
     let response = http
         .post(format!("{base}/api/v1/chat/{id}"))
         .bearer_auth(&token)
-        .json(&json!({"message": "hello"}))
+        .json(&json!({"message": "What is a rabbit warren? One sentence."}))
         .send()
         .await
         .expect("chat");
     assert_eq!(response.status().as_u16(), 200);
-    let body = tokio::time::timeout(Duration::from_secs(120), response.text())
+    let body = tokio::time::timeout(Duration::from_secs(180), response.text())
         .await
         .expect("the run ends")
         .expect("body");
-    let error = body
+    let frames: Vec<Value> = body
         .lines()
         .filter_map(|line| line.strip_prefix("data: "))
         .filter_map(|data| serde_json::from_str::<Value>(data).ok())
-        .find(|frame| frame["type"] == "error")
-        .unwrap_or_else(|| panic!("no error frame: {body}"));
-    assert_eq!(error["code"], "model_not_configured", "{error}");
-    let message = error["message"].as_str().unwrap_or_default();
+        .collect();
     assert!(
-        message.contains("WARREN_DEFAULT_"),
-        "names what to set: {message}"
+        !frames.iter().any(|frame| frame["type"] == "error"),
+        "no error: {body}\nlog:\n{}",
+        log_text()
+    );
+    let pieces: Vec<&str> = frames
+        .iter()
+        .filter(|frame| frame["type"] == "text")
+        .filter_map(|frame| frame["content"].as_str())
+        .collect();
+    assert!(
+        pieces.len() > 1 && !pieces.concat().trim().is_empty(),
+        "a streamed answer: {body}"
+    );
+    assert!(
+        frames.iter().any(|frame| frame["type"] == "done"),
+        "the run completes: {body}"
+    );
+    assert!(
+        log_text().contains("agents talk to the local model"),
+        "warren dev says the local model answers; log:\n{}",
+        log_text()
     );
 
     // On this machine (Docker, root) the agent runs in its sandbox container.
