@@ -1,7 +1,7 @@
 //! The web console in a real headless Chromium (Debian's `chromium` driven by `chromedriver`
 //! over WebDriver), against the real `warren dev`: what a person sees when they sign in, create
-//! an agent, chat, reload, approve someone, or run out of quota. Each test saves screenshots
-//! under the target dir's `tmp/console/`.
+//! an agent, chat (and interrupt a reply, attach a file), reload, approve someone, or run out
+//! of quota. Each test saves screenshots under the target dir's `tmp/console/`.
 
 mod chat_support;
 mod common;
@@ -263,6 +263,93 @@ async fn cancel_stops_a_running_reply_and_says_so() {
         .expect("prop");
     assert_eq!(disabled.as_deref(), Some("true"), "nothing left to cancel");
     page.screenshot("cancelled").await;
+    page.close().await;
+}
+
+#[tokio::test]
+async fn send_now_interrupts_the_running_reply_and_answers_the_new_message() {
+    let chat = Chat::start(&[]).await;
+    let driver = Driver::start().await;
+    let page = driver.browser("interrupt", DESKTOP.0, DESKTOP.1).await;
+    open_chat(&chat, &page).await;
+    // Then at phone width: the composer's buttons wrap under the message field.
+    page.client
+        .set_window_size(PHONE.0, PHONE.1)
+        .await
+        .expect("phone width");
+    chat.model
+        .push(Reply::text("Thinking about it ").then_hang());
+    page.fill("#message", "Take your time").await;
+    page.click("#send").await;
+    page.wait_text(".msg.assistant .text", "Thinking about it")
+        .await;
+
+    chat.model.push(Reply::text("Here is the short answer."));
+    page.fill("#message", "Actually, be quick").await;
+    page.click("#interrupt").await;
+    let said = page
+        .wait_text(".msg.assistant.cancelled .run-error", "cancelled")
+        .await;
+    assert!(said.starts_with("the run was cancelled"), "{said}");
+    page.wait_text(".msg.assistant.done .text", "Here is the short answer.")
+        .await;
+    page.wait_text(".msg.user .text", "Actually, be quick")
+        .await;
+    let hidden = page
+        .find("#interrupt")
+        .await
+        .prop("hidden")
+        .await
+        .expect("prop");
+    assert_eq!(hidden.as_deref(), Some("true"), "nothing left to interrupt");
+    // The model was asked again with the new message last.
+    let last = chat.model.requests().pop().expect("a model request");
+    let messages = last["messages"].as_array().expect("messages");
+    assert_eq!(
+        messages.last().expect("a message")["content"],
+        "Actually, be quick"
+    );
+    page.screenshot("interrupted").await;
+    page.close().await;
+}
+
+#[tokio::test]
+async fn attached_files_land_in_the_agents_workspace_and_a_refusal_is_shown_in_words() {
+    let chat = Chat::start(&[("WARREN_UPLOAD_MAX_BYTES", "4096")]).await;
+    let driver = Driver::start().await;
+    let page = driver.browser("upload", DESKTOP.0, DESKTOP.1).await;
+    open_chat(&chat, &page).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let notes = dir.path().join("notes.txt");
+    std::fs::write(&notes, "Remember the milk.\n").expect("write");
+
+    // The file picker is the browser's own; WebDriver chooses the file for the person.
+    page.find("#attach")
+        .await
+        .send_keys(&notes.display().to_string())
+        .await
+        .expect("choose a file");
+    page.wait_text("#uploaded", "Uploaded notes.txt (19 bytes)")
+        .await;
+    assert_eq!(
+        std::fs::read_to_string(chat.workspace().join("notes.txt")).expect("in the workspace"),
+        "Remember the milk.\n"
+    );
+
+    // Over the platform's upload limit: the platform's words, not its JSON, and nothing written.
+    let big = dir.path().join("big.bin");
+    std::fs::write(&big, vec![b'x'; 10_000]).expect("write");
+    page.find("#attach")
+        .await
+        .send_keys(&big.display().to_string())
+        .await
+        .expect("choose a file");
+    let said = page
+        .wait_text("#chat-error", "larger than the upload limit")
+        .await;
+    assert!(!said.contains('{'), "words, not JSON: {said}");
+    assert!(!chat.workspace().join("big.bin").exists());
+    page.screenshot("uploaded").await;
     page.close().await;
 }
 

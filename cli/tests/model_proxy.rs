@@ -397,3 +397,52 @@ async fn an_answer_streams_through_as_it_is_written_and_a_body_past_the_cap_is_r
         "only the first call went out"
     );
 }
+
+#[tokio::test]
+async fn a_runtime_cannot_choose_a_costlier_model_than_its_agents() {
+    let chat = Chat::start(&[]).await;
+    let token = runtime_env(chat.agent_pid(), "WARREN_AGENT_TOKEN").expect("token");
+    let agent = chat
+        .platform
+        .get(
+            &format!("/api/v1/agents/{}", chat.agent_id),
+            Some(&chat.user.access),
+        )
+        .await
+        .body;
+    let own_model = agent["model"]
+        .as_str()
+        .expect("the agent's model")
+        .to_owned();
+
+    // A prompt-injected runtime asks for another model with the platform's key: the provider
+    // is asked for the agent's own, and the usage is recorded under it.
+    chat.model.push(Reply::text("fine").with_usage(3, 1));
+    let mut request = completion(false);
+    request["model"] = json!("the-most-expensive-model");
+    let response = chat
+        .platform
+        .http
+        .post(proxy_url(&chat, &chat.agent_id, "openai/chat/completions"))
+        .bearer_auth(&token)
+        .json(&request)
+        .send()
+        .await
+        .expect("proxy request");
+    assert_eq!(response.status(), 200);
+    let recorded = chat.model.recorded();
+    assert_eq!(recorded.len(), 1);
+    assert_eq!(recorded[0].body["model"], own_model.as_str());
+    assert!(
+        !recorded[0]
+            .body
+            .to_string()
+            .contains("the-most-expensive-model")
+    );
+    let events = wait_for(Duration::from_secs(30), || async {
+        let events = metered(&chat).await;
+        (!events.is_empty()).then_some(events)
+    })
+    .await;
+    assert_eq!(events[0]["data"]["model"], own_model.as_str(), "{events:?}");
+}

@@ -1,6 +1,7 @@
 // Chat with one agent over the gateway: sessions list, the transcript (history paged from the
 // read model, then the log from a cursor), streamed tokens, tool calls with their output, queue
-// position and cancel.
+// position, cancel, "send now" (interrupt the running reply), and files uploaded to the agent's
+// workspace.
 //
 // Nothing is lost or shown twice across a reload or a dropped connection: opening a session
 // shows the stored messages up to a cursor and then follows the log from that cursor; a
@@ -23,6 +24,14 @@ export async function chatView(agentId, sessionId) {
   const input = h("textarea#message", { rows: 2, placeholder: `Message ${agent.name}…` });
   const send = h("button.primary#send", { type: "submit" }, "Send");
   const cancel = h("button#cancel", { type: "button", disabled: true }, "Cancel");
+  const interrupt = h("button#interrupt", {
+    type: "button", hidden: true, title: "Stop the running reply and send this message now",
+  }, "Send now");
+  const files = h("input#attach", { type: "file", multiple: true, hidden: true });
+  const attach = h("button#attach-button", {
+    type: "button", title: `Upload files to ${agent.name}'s workspace`, onclick: () => files.click(),
+  }, "Attach");
+  const uploaded = h("p.muted#uploaded", { "aria-live": "polite" });
   const menu = h("button.link#show-sessions", { type: "button" }, "Sessions");
 
   let session = null; // the followed session's id
@@ -43,6 +52,7 @@ export async function chatView(agentId, sessionId) {
   const busy = () => {
     const active = [...runs.values()].some((b) => !b.ended);
     cancel.disabled = !active;
+    interrupt.hidden = !active;
     if (!active) queue.textContent = "";
   };
 
@@ -173,16 +183,27 @@ export async function chatView(agentId, sessionId) {
     older.hidden = !page.hasMore;
   }, error));
 
-  const submit = () => attempt(async () => {
+  /** Sends the message: queued behind a running reply, or (`interrupt`) instead of it. */
+  const submit = (mode = "queue") => attempt(async () => {
     const text = input.value;
     if (!text.trim()) return;
     if (!session) await newSession();
-    await gateway.request("agent", { message: text, sessionId: session });
+    await gateway.request("agent", { message: text, sessionId: session, mode });
     input.value = "";
     listSessions().catch(() => {});
   }, error);
 
   cancel.addEventListener("click", () => attempt(() => gateway.request("agent.cancel", { sessionId: session }), error));
+  interrupt.addEventListener("click", () => submit("interrupt"));
+  files.addEventListener("change", () => attempt(async () => {
+    const chosen = [...files.files];
+    files.value = "";
+    for (const file of chosen) {
+      uploaded.textContent = `Uploading ${file.name}…`;
+      const saved = await upload(agentId, file).catch((err) => { uploaded.textContent = ""; throw err; });
+      uploaded.textContent = `Uploaded ${saved.path} (${saved.size} bytes) to the workspace.`;
+    }
+  }, error));
   input.addEventListener("keydown", (event) => {
     if (event.key === "Enter" && !event.shiftKey) { event.preventDefault(); submit(); }
   });
@@ -194,8 +215,9 @@ export async function chatView(agentId, sessionId) {
       sessions),
     h("section.conversation", {},
       h("header.chat-head", {}, menu, h("h1", {}, agent.name), h("span.badge.status", { "data-status": agent.status }, agent.status)),
-      older, transcript, queue, error,
-      h("form.composer", { onsubmit: (event) => { event.preventDefault(); submit(); } }, input, send, cancel))));
+      older, transcript, queue, uploaded, error,
+      h("form.composer", { onsubmit: (event) => { event.preventDefault(); submit(); } },
+        input, send, interrupt, cancel, attach, files))));
 
   const mine = await attempt(listSessions, error) || [];
   const start = sessionId || mine[0]?.id;
@@ -278,6 +300,19 @@ function runBubble(runId, agentId) {
     },
   };
   return b;
+}
+
+/** Uploads `file` to the top of the agent's workspace (`PUT /files/{agent}/{name}`, the raw
+ * body); the platform's answer `{path, size}`. */
+async function upload(agentId, file) {
+  const response = await fetch(`/api/v1/files/${agentId}/${encodeURIComponent(file.name)}`, {
+    method: "PUT",
+    headers: { authorization: `Bearer ${await accessToken()}`, "content-type": "application/octet-stream" },
+    body: file,
+  });
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) throw new Error(body.error ? body.error.message : `upload failed (${response.status})`);
+  return body;
 }
 
 async function download(agentId, path) {

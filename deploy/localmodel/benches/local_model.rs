@@ -24,6 +24,7 @@ const MAX_TOKENS: u64 = 64;
 struct Sample {
     first_token: Duration,
     tokens_per_sec: f64,
+    prompt_tokens: u64,
 }
 
 /// A system prompt that no earlier run shares a prefix with, about `words` words long.
@@ -62,21 +63,23 @@ async fn measure(base_url: &str, key: Option<&str>, system: String) -> Sample {
     let mut last = start;
     let mut pieces = 0u64;
     let mut usage = None;
+    let mut prompt_tokens = 0;
     while let Some(event) = events.next().await {
         let event = event.expect("event");
         if event.data == "[DONE]" {
             break;
         }
         let chunk: Value = serde_json::from_str(&event.data).expect("chunk");
-        if let Some(text) = chunk["choices"][0]["delta"]["content"].as_str() {
-            if !text.is_empty() {
-                first.get_or_insert_with(Instant::now);
-                last = Instant::now();
-                pieces += 1;
-            }
+        if let Some(text) = chunk["choices"][0]["delta"]["content"].as_str()
+            && !text.is_empty()
+        {
+            first.get_or_insert_with(Instant::now);
+            last = Instant::now();
+            pieces += 1;
         }
         if let Some(tokens) = chunk["usage"]["completion_tokens"].as_u64() {
             usage = Some(tokens);
+            prompt_tokens = chunk["usage"]["prompt_tokens"].as_u64().unwrap_or(0);
         }
     }
     let first = first.expect("at least one token");
@@ -84,6 +87,7 @@ async fn measure(base_url: &str, key: Option<&str>, system: String) -> Sample {
     let after_first = last.duration_since(first).as_secs_f64();
     Sample {
         first_token: first.duration_since(start),
+        prompt_tokens,
         tokens_per_sec: if after_first > 0.0 {
             (tokens.saturating_sub(1)) as f64 / after_first
         } else {
@@ -146,7 +150,8 @@ fn main() {
         println!("| engine | first token p50 | first token max | tokens/s p50 | target |");
         println!("|---|---|---|---|---|");
         println!(
-            "| local model (SmolLM2-135M-Instruct Q4_1, llama.cpp, 1 thread) | {:.0} ms | {:.0} ms | {:.1} | first token < {} ms, ≥ {} tokens/s: {} |",
+            "| local model (SmolLM2-135M-Instruct Q4_1, llama.cpp, 1 thread), a {}-token prompt | {:.0} ms | {:.0} ms | {:.1} | first token < {} ms, ≥ {} tokens/s: {} |",
+            local[0].prompt_tokens,
             local_first.as_secs_f64() * 1e3,
             local_worst.as_secs_f64() * 1e3,
             local_rate,
@@ -159,7 +164,8 @@ fn main() {
             }
         );
         println!(
-            "| local model, a ~1,000-token prompt | {:.0} ms | {:.0} ms | {:.1} | first token < {} ms: {} |",
+            "| local model, a {}-token prompt | {:.0} ms | {:.0} ms | {:.1} | first token < {} ms: {} |",
+            long[0].prompt_tokens,
             long_first.as_secs_f64() * 1e3,
             long_worst.as_secs_f64() * 1e3,
             long_rate,

@@ -63,10 +63,10 @@ async fn stream(model: &LocalModel, body: Value) -> (Vec<String>, String, Value)
         assert_eq!(chunk["object"], "chat.completion.chunk", "{chunk}");
         assert_eq!(chunk["model"], MODEL_ID);
         if let Some(choice) = chunk["choices"].get(0) {
-            if let Some(text) = choice["delta"]["content"].as_str() {
-                if !text.is_empty() {
-                    pieces.push(text.to_owned());
-                }
+            if let Some(text) = choice["delta"]["content"].as_str()
+                && !text.is_empty()
+            {
+                pieces.push(text.to_owned());
             }
             if let Some(reason) = choice["finish_reason"].as_str() {
                 finish = reason.to_owned();

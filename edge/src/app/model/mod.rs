@@ -11,7 +11,9 @@
 //! `model_protocol_mismatch`); the quota used up (429 `quota_exceeded`); more than
 //! [`in_flight::MAX_PER_AGENT`] calls of the agent's in flight (429 `too_many_model_calls`).
 //! Provider-side tools that would reach the internet for the agent (Anthropic's
-//! `mcp_servers`, `container`) are removed from the request. An upstream that cannot
+//! `mcp_servers`, `container`) are removed from the request, and its `model` is the agent's
+//! own whatever the runtime asked (a prompt-injected runtime cannot spend the key on a costlier
+//! model). An upstream that cannot
 //! be reached is 502 `model_unreachable`. The provider's own answers, errors included, pass
 //! through unchanged.
 
@@ -100,6 +102,12 @@ pub async fn forward(
         .load(&caller.owner.to_string())
         .await
         .map_err(ApiError::internal)?;
+    let (agent, _) = state
+        .commands
+        .agents
+        .load(&caller.agent.to_string())
+        .await
+        .map_err(ApiError::internal)?;
     let upstream = upstream::resolve(state, caller.owner, &owner)
         .await?
         .ok_or_else(|| {
@@ -141,13 +149,14 @@ pub async fn forward(
         )
     })?;
     let stripped = strip_provider_side_reach(&mut request);
+    let pinned = pin_model(&mut request, &agent.model);
     let model = request
         .get("model")
         .and_then(Value::as_str)
         .map(|model| text::MODEL.fit(model))
         .unwrap_or_default();
     let asked = call.protocol == ModelProtocol::Openai && ask_for_usage(&mut request);
-    let body = if asked || stripped {
+    let body = if asked || stripped || pinned {
         Bytes::from(serde_json::to_vec(&request).map_err(ApiError::internal)?)
     } else {
         body
@@ -189,6 +198,16 @@ fn strip_provider_side_reach(request: &mut Map<String, Value>) -> bool {
         changed |= request.remove(field).is_some();
     }
     changed
+}
+
+/// Sets the request's `model` to the agent's own (the one its owner chose, in the log); `true`
+/// if the request changed.
+fn pin_model(request: &mut Map<String, Value>, model: &str) -> bool {
+    if model.is_empty() || request.get("model").and_then(Value::as_str) == Some(model) {
+        return false;
+    }
+    request.insert("model".into(), Value::String(model.to_owned()));
+    true
 }
 
 /// Sets `stream_options.include_usage` on a streaming OpenAI request, so its last chunk
