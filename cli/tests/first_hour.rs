@@ -618,3 +618,23 @@ fn a_config_file_value_is_the_default_and_the_environment_still_wins() {
         "{line}"
     );
 }
+
+#[tokio::test]
+async fn a_configured_provider_wins_over_the_local_model() {
+    // The local model is on (as `warren dev` has it by default) and a platform provider is
+    // configured: the provider answers, and the local model is not started.
+    let chat = Chat::start(&[("WARREN_LOCAL_MODEL", "auto")]).await;
+    chat.model.push(Reply::text("From the provider."));
+    let (_, end) = run_to_end(&chat, "who answers?").await;
+    assert_eq!(end.kind(), "done", "{end:?}");
+    assert_eq!(end.data["text"], "From the provider.");
+    assert_eq!(chat.model.request_count(), 1);
+    assert!(
+        !chat
+            .platform
+            .warren
+            .log_text()
+            .contains("local model serving"),
+        "the local model was not started"
+    );
+}

@@ -38,8 +38,8 @@ impl Chat {
         Self::start_with(true, env, ready).await
     }
 
-    /// Starts everything but the platform's model provider (no `WARREN_DEFAULT_*`): a
-    /// newcomer's first `warren dev`.
+    /// Starts everything but the platform's model provider (no `WARREN_DEFAULT_*`, and the
+    /// local model off): `warren dev` with nothing to answer.
     pub async fn start_without_model_provider(env: &[(&str, &str)]) -> Self {
         Self::start_with(false, env, std::future::ready(())).await
     }

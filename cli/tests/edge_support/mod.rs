@@ -76,6 +76,9 @@ impl Platform {
             // Someone who never signs in: the first person to sign in does not become admin.
             // Tests of that bootstrap set this empty.
             ("WARREN_ADMIN_EMAILS", "operator@admin.test".into()),
+            // No local model (ADR 31) unless a test asks for it: a platform without a
+            // provider then fails runs with `model_not_configured`, and none loads a model.
+            ("WARREN_LOCAL_MODEL", "off".into()),
         ]);
         for (key, value) in env {
             vars.retain(|(k, _)| k != key);
