@@ -116,7 +116,7 @@ fn cgroup_pids_max(name: &str) -> String {
         name,
         "sh",
         "-c",
-        "cat /sys/fs/cgroup/pids.max /sys/fs/cgroup/pids/pids.max 2>/dev/null",
+        "cat /sys/fs/cgroup/pids.max /sys/fs/cgroup/pids/pids.max 2>/dev/null; true",
     ])
     .trim()
     .to_owned()

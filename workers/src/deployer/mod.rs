@@ -252,17 +252,26 @@ impl Deployer {
     }
 
     /// The tier of `agent`'s owner, as the `users` read model has it; the default tier for an
-    /// owner it does not have (yet). An unreachable database is an error: a sandbox is not
-    /// created with another tier's limits.
+    /// owner it does not have (yet), or when there is no `users` table. An unreachable database
+    /// is an error: a sandbox is not created with another tier's limits.
     async fn owner_tier(&self, agent: &Agent) -> Result<Tier, String> {
         let Some(db) = &self.read_models else {
             return Ok(Tier::default());
         };
-        let tier: Option<String> = sqlx::query_scalar("SELECT tier FROM users WHERE id = $1")
+        let tier: Option<String> = match sqlx::query_scalar("SELECT tier FROM users WHERE id = $1")
             .bind(agent.owner_id.0)
             .fetch_optional(db)
             .await
-            .map_err(|err| format!("reading the owner's tier: {err}"))?;
+        {
+            Ok(tier) => tier,
+            // 42P01, undefined table: the read models are not migrated (yet), so nobody
+            // is on another tier there. Any other failure is a retry.
+            Err(sqlx::Error::Database(err)) if err.code().as_deref() == Some("42P01") => {
+                tracing::warn!(owner_id = %agent.owner_id, "no users read model: the default tier");
+                None
+            }
+            Err(err) => return Err(format!("reading the owner's tier: {err}")),
+        };
         Ok(match tier {
             Some(tier) => tier.parse().unwrap_or_else(|_| {
                 tracing::warn!(owner_id = %agent.owner_id, tier, "unknown tier in the read model: the default one");
