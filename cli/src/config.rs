@@ -391,6 +391,42 @@ pub struct Config {
     /// Processes and threads per sandbox.
     #[arg(long, env = "WARREN_SANDBOX_PIDS", default_value_t = 256, help_heading = heading::DEPLOYER)]
     pub sandbox_pids: u32,
+    /// Memory per sandbox of a free tier user's agent, MiB (unset: WARREN_SANDBOX_MEMORY_MB).
+    #[arg(long, env = "WARREN_TIER_FREE_MEMORY_MB", help_heading = heading::DEPLOYER)]
+    pub tier_free_memory_mb: Option<u64>,
+    /// CPUs per sandbox of a free tier user's agent (unset: WARREN_SANDBOX_CPUS).
+    #[arg(long, env = "WARREN_TIER_FREE_CPUS", help_heading = heading::DEPLOYER)]
+    pub tier_free_cpus: Option<f64>,
+    /// Processes and threads per sandbox of a free tier user's agent (unset:
+    /// WARREN_SANDBOX_PIDS).
+    #[arg(long, env = "WARREN_TIER_FREE_PIDS", help_heading = heading::DEPLOYER)]
+    pub tier_free_pids: Option<u32>,
+    /// Memory per sandbox of a pro tier user's agent, MiB (unset: WARREN_SANDBOX_MEMORY_MB).
+    #[arg(long, env = "WARREN_TIER_PRO_MEMORY_MB", help_heading = heading::DEPLOYER)]
+    pub tier_pro_memory_mb: Option<u64>,
+    /// CPUs per sandbox of a pro tier user's agent (unset: WARREN_SANDBOX_CPUS).
+    #[arg(long, env = "WARREN_TIER_PRO_CPUS", help_heading = heading::DEPLOYER)]
+    pub tier_pro_cpus: Option<f64>,
+    /// Processes and threads per sandbox of a pro tier user's agent (unset:
+    /// WARREN_SANDBOX_PIDS).
+    #[arg(long, env = "WARREN_TIER_PRO_PIDS", help_heading = heading::DEPLOYER)]
+    pub tier_pro_pids: Option<u32>,
+    /// Memory per sandbox of an enterprise tier user's agent, MiB (unset: WARREN_SANDBOX_MEMORY_MB).
+    #[arg(long, env = "WARREN_TIER_ENTERPRISE_MEMORY_MB", help_heading = heading::DEPLOYER)]
+    pub tier_enterprise_memory_mb: Option<u64>,
+    /// CPUs per sandbox of an enterprise tier user's agent (unset: WARREN_SANDBOX_CPUS).
+    #[arg(long, env = "WARREN_TIER_ENTERPRISE_CPUS", help_heading = heading::DEPLOYER)]
+    pub tier_enterprise_cpus: Option<f64>,
+    /// Processes and threads per sandbox of an enterprise tier user's agent (unset:
+    /// WARREN_SANDBOX_PIDS).
+    #[arg(long, env = "WARREN_TIER_ENTERPRISE_PIDS", help_heading = heading::DEPLOYER)]
+    pub tier_enterprise_pids: Option<u32>,
+    /// Whether sandboxes may open connections to public internet addresses (the agents' web
+    /// tools). Never to the host, private, shared, loopback, link-local or multicast ranges, or
+    /// each other (docs/adr/0025-sandboxes.md). Needs WARREN_SANDBOX_FIREWALL; the sandbox
+    /// network must be remade when this changes.
+    #[arg(long, env = "WARREN_SANDBOX_INTERNET", default_value_t = false, action = clap::ArgAction::Set, help_heading = heading::DEPLOYER)]
+    pub sandbox_internet: bool,
     /// Where built root filesystems are kept for `warren image build` (unset:
     /// `$HOME/.cache/warren`, else DATA_DIR/cache).
     #[arg(long, env = "WARREN_IMAGE_CACHE_DIR", help_heading = heading::DEPLOYER)]
@@ -636,6 +672,17 @@ impl Config {
             self.sandbox_memory_mb >= 64 && self.sandbox_cpus > 0.0 && self.sandbox_pids >= 16,
             "WARREN_SANDBOX_MEMORY_MB must be ≥ 64, WARREN_SANDBOX_CPUS > 0 and WARREN_SANDBOX_PIDS ≥ 16"
         );
+        for (tier, memory_mb, cpus, pids) in self.tier_sandbox_limits() {
+            let name = tier.as_str().to_uppercase();
+            anyhow::ensure!(
+                memory_mb >= 64 && cpus > 0.0 && pids >= 16,
+                "WARREN_TIER_{name}_MEMORY_MB must be ≥ 64, WARREN_TIER_{name}_CPUS > 0 and WARREN_TIER_{name}_PIDS ≥ 16"
+            );
+        }
+        anyhow::ensure!(
+            !self.sandbox_internet || self.sandbox_firewall,
+            "WARREN_SANDBOX_INTERNET=true needs WARREN_SANDBOX_FIREWALL=true (the firewall keeps sandboxes off the host and private networks)"
+        );
         anyhow::ensure!(
             self.chat_lease_beat_secs >= 1
                 && self.chat_sweep_secs >= 1
@@ -822,9 +869,48 @@ impl Config {
         }
     }
 
+    /// Each tier's sandbox limits (memory MiB, CPUs, PIDs): its own where set, else the global
+    /// ones.
+    fn tier_sandbox_limits(&self) -> [(warren_domain::user::Tier, u64, f64, u32); 3] {
+        use warren_domain::user::Tier;
+        let pick = |memory: Option<u64>, cpus: Option<f64>, pids: Option<u32>| {
+            (
+                memory.unwrap_or(self.sandbox_memory_mb),
+                cpus.unwrap_or(self.sandbox_cpus),
+                pids.unwrap_or(self.sandbox_pids),
+            )
+        };
+        let free = pick(
+            self.tier_free_memory_mb,
+            self.tier_free_cpus,
+            self.tier_free_pids,
+        );
+        let pro = pick(
+            self.tier_pro_memory_mb,
+            self.tier_pro_cpus,
+            self.tier_pro_pids,
+        );
+        let enterprise = pick(
+            self.tier_enterprise_memory_mb,
+            self.tier_enterprise_cpus,
+            self.tier_enterprise_pids,
+        );
+        [
+            (Tier::Free, free.0, free.1, free.2),
+            (Tier::Pro, pro.0, pro.1, pro.2),
+            (Tier::Enterprise, enterprise.0, enterprise.1, enterprise.2),
+        ]
+    }
+
     /// The docker provisioner's settings.
     pub fn docker_settings(&self) -> warren_workers::deployer::docker::DockerSettings {
         use warren_workers::deployer::docker::{self, DockerSettings, SandboxLimits};
+        let limits = |memory_mb: u64, cpus: f64, pids: u32| SandboxLimits {
+            memory_bytes: (memory_mb as i64) << 20,
+            nano_cpus: (cpus * 1e9) as i64,
+            pids: i64::from(pids),
+            ..SandboxLimits::default()
+        };
         DockerSettings {
             host: self.docker_host.clone(),
             image: self
@@ -836,12 +922,13 @@ impl Config {
             subnet: self.sandbox_subnet.clone(),
             relay_port: self.sandbox_relay_port,
             firewall: self.sandbox_firewall,
-            limits: SandboxLimits {
-                memory_bytes: (self.sandbox_memory_mb as i64) << 20,
-                nano_cpus: (self.sandbox_cpus * 1e9) as i64,
-                pids: i64::from(self.sandbox_pids),
-                ..SandboxLimits::default()
-            },
+            limits: limits(self.sandbox_memory_mb, self.sandbox_cpus, self.sandbox_pids),
+            tier_limits: self
+                .tier_sandbox_limits()
+                .into_iter()
+                .map(|(tier, memory_mb, cpus, pids)| (tier, limits(memory_mb, cpus, pids)))
+                .collect(),
+            internet: self.sandbox_internet,
         }
     }
 
@@ -1020,6 +1107,71 @@ mod tests {
         let refused = too_short.validate().expect_err("idle ≤ 2 beats");
         assert!(
             refused.to_string().contains("WARREN_AGENT_IDLE_PAUSE_SECS"),
+            "{refused}"
+        );
+    }
+
+    #[test]
+    fn a_tier_without_sandbox_limits_of_its_own_gets_the_global_ones_and_bad_ones_are_refused() {
+        use warren_domain::user::Tier;
+        let config = Config {
+            sandbox_memory_mb: 1024,
+            tier_pro_memory_mb: Some(4096),
+            tier_pro_cpus: Some(2.5),
+            tier_enterprise_pids: Some(1024),
+            ..Config::default()
+        };
+        assert!(config.validate().is_ok());
+        let docker = config.docker_settings();
+        let free = docker.limits_for(Tier::Free);
+        assert_eq!(*free, docker.limits);
+        assert_eq!(free.memory_bytes, 1024 << 20);
+        let pro = docker.limits_for(Tier::Pro);
+        assert_eq!(
+            (pro.memory_bytes, pro.nano_cpus, pro.pids),
+            (4096 << 20, 2_500_000_000, 256)
+        );
+        let enterprise = docker.limits_for(Tier::Enterprise);
+        assert_eq!(
+            (enterprise.memory_bytes, enterprise.pids),
+            (1024 << 20, 1024)
+        );
+        let refused = Config {
+            tier_pro_pids: Some(8),
+            ..Config::default()
+        }
+        .validate()
+        .expect_err("8 PIDs");
+        assert!(
+            refused.to_string().contains("WARREN_TIER_PRO_PIDS"),
+            "{refused}"
+        );
+        assert!(
+            Config {
+                tier_free_cpus: Some(0.0),
+                ..Config::default()
+            }
+            .validate()
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn the_internet_switch_needs_the_firewall() {
+        let config = Config {
+            sandbox_internet: true,
+            ..Config::default()
+        };
+        assert!(config.validate().is_ok());
+        assert!(config.docker_settings().internet);
+        let refused = Config {
+            sandbox_firewall: false,
+            ..config
+        }
+        .validate()
+        .expect_err("internet without firewall");
+        assert!(
+            refused.to_string().contains("WARREN_SANDBOX_INTERNET"),
             "{refused}"
         );
     }

@@ -373,9 +373,13 @@ pub async fn deployer(config: &Config, platform: &Platform, dev: bool) -> anyhow
             (process, Vec::new())
         }
     };
-    Deployer::build(platform.commands.clone(), &key, settings, sandbox, others)
-        .await
-        .context("setting up the deployer")
+    Ok(
+        Deployer::build(platform.commands.clone(), &key, settings, sandbox, others)
+            .await
+            .context("setting up the deployer")?
+            // The owners' tiers, for their sandboxes' limits (docs/adr/0032).
+            .with_read_models(platform.db.clone()),
+    )
 }
 
 /// Whether `WARREN_SANDBOX=auto` may use docker: the engine answers and the agent image is

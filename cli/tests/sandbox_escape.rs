@@ -1,6 +1,6 @@
 //! Escape tests, driven through the agent's own shell tool as a user would: a chat message makes
 //! the test model call `shell`, and the command tries to get out. In a docker sandbox every
-//! attempt fails; the same attempts against the `process` backend succeed (that test shows the
+//! attempt fails (with `WARREN_SANDBOX_INTERNET` on, all but reaching a public address); the same attempts against the `process` backend succeed (that test shows the
 //! checks can fail), except the fork bomb and the memory hog, which are not let loose on the host:
 //! there the check is that the process has no limit at all.
 
@@ -10,7 +10,7 @@ mod edge_support;
 mod sandbox_support;
 
 use chat_support::Chat;
-use sandbox_support::{SandboxNet, ensure_image, inspect};
+use sandbox_support::{FakeInternet, SandboxNet, ensure_image, inspect};
 use serde_json::{Value, json};
 use std::time::Duration;
 use warren_testkit::model_server::Reply;
@@ -30,6 +30,11 @@ enum Backend {
 
 impl Escape {
     async fn start(backend: Backend) -> Self {
+        Self::start_with(backend, &[]).await
+    }
+
+    /// [`Self::start`] with `extra` settings.
+    async fn start_with(backend: Backend, extra: &[(&'static str, &str)]) -> Self {
         let net = match backend {
             Backend::Docker => {
                 ensure_image().await;
@@ -45,6 +50,7 @@ impl Escape {
             Some(net) => env.extend(net.env()),
             None => env.push(("WARREN_SANDBOX", "process".into())),
         }
+        env.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let chat = Chat::start(&env).await;
         let created = chat
@@ -289,6 +295,25 @@ async fn escapes(escape: &Escape) -> Vec<&'static str> {
     {
         out.push("connect to another sandbox");
     }
+    // Off the host: a "public" address, and a private network's.
+    let internet = FakeInternet::start();
+    for (what, address) in [
+        ("connect to the internet", &internet.public),
+        (
+            "connect to a private network off the host",
+            &internet.private,
+        ),
+    ] {
+        let read = escape
+            .shell(&format!(
+                "timeout 3 bash -c 'exec 3<>/dev/tcp/{address}/{port} && head -n 1 <&3' 2>&1; echo tried",
+                port = internet.port
+            ))
+            .await;
+        if read.contains(&internet.token) {
+            out.push(what);
+        }
+    }
     // IPv6: the firewall is IPv4's, so the sandbox has no IPv6 address but loopback's.
     let inet6 = escape
         .shell("while read -r _ _ _ _ _ dev; do [ \"$dev\" != lo ] && echo \"V6 $dev\"; done < /proc/net/if_inet6; echo checked")
@@ -345,6 +370,17 @@ async fn nothing_gets_out_of_a_docker_sandbox() {
 }
 
 #[tokio::test]
+async fn with_the_internet_switch_on_a_docker_sandbox_reaches_the_internet_and_nothing_else() {
+    let escape = Escape::start_with(Backend::Docker, &[("WARREN_SANDBOX_INTERNET", "true")]).await;
+    let got_out = escapes(&escape).await;
+    assert_eq!(
+        got_out,
+        ["connect to the internet"],
+        "the agent could {got_out:?}"
+    );
+}
+
+#[tokio::test]
 async fn the_same_attempts_get_out_of_a_process_agent() {
     let escape = Escape::start(Backend::Process).await;
     let got_out = escapes(&escape).await;
@@ -355,6 +391,8 @@ async fn the_same_attempts_get_out_of_a_process_agent() {
         "connect to PostgreSQL",
         "connect to a host service on all addresses",
         "connect to another sandbox",
+        "connect to the internet",
+        "connect to a private network off the host",
         "write outside the workspace and /tmp",
         "run without a PID limit",
         "run without a memory limit",

@@ -78,6 +78,7 @@ use warren_domain::agent::{
 };
 use warren_domain::envelope::Actor;
 use warren_domain::ids::AgentId;
+use warren_domain::user::Tier;
 
 /// The durable consumer's name.
 pub const CONSUMER: &str = "deployer";
@@ -138,8 +139,8 @@ impl DeployerSettings {
         hex::encode(&hash.finalize()[..16])
     }
 
-    /// What `agent`'s runtime is configured with now.
-    fn spec(&self, agent_id: AgentId, agent: &Agent) -> RuntimeSpec {
+    /// What `agent`'s runtime is configured with now, its owner on `tier`.
+    fn spec(&self, agent_id: AgentId, agent: &Agent, tier: Tier) -> RuntimeSpec {
         RuntimeSpec {
             agent_id,
             model: agent.model.clone(),
@@ -149,6 +150,7 @@ impl DeployerSettings {
             fingerprint: self.runtime_fingerprint(),
             endpoint: agent.endpoint_url.clone(),
             workspace: agent.workspace.clone(),
+            tier,
         }
     }
 
@@ -202,6 +204,9 @@ pub struct Deployer {
     refill: tokio::sync::Notify,
     /// Failed health checks in a row (the health alert).
     health: alerts::HealthStreaks,
+    /// The read models (the deployer's read-only role), for the owners' tiers; `None`: every
+    /// owner is on the default tier.
+    read_models: Option<sqlx::PgPool>,
 }
 
 type Step = Result<(), (DeploymentStep, String)>;
@@ -235,6 +240,44 @@ impl Deployer {
             cpu: usage::CpuMeter::default(),
             refill: tokio::sync::Notify::new(),
             health: alerts::HealthStreaks::default(),
+            read_models: None,
+        })
+    }
+
+    /// Reads the owners' tiers from the read models `db` (docs/adr/0032): their sandboxes get
+    /// their tier's limits.
+    pub fn with_read_models(mut self, db: sqlx::PgPool) -> Self {
+        self.read_models = Some(db);
+        self
+    }
+
+    /// The tier of `agent`'s owner, as the `users` read model has it; the default tier for an
+    /// owner it does not have (yet), or when there is no `users` table. An unreachable database
+    /// is an error: a sandbox is not created with another tier's limits.
+    async fn owner_tier(&self, agent: &Agent) -> Result<Tier, String> {
+        let Some(db) = &self.read_models else {
+            return Ok(Tier::default());
+        };
+        let tier: Option<String> = match sqlx::query_scalar("SELECT tier FROM users WHERE id = $1")
+            .bind(agent.owner_id.0)
+            .fetch_optional(db)
+            .await
+        {
+            Ok(tier) => tier,
+            // 42P01, undefined table: the read models are not migrated (yet), so nobody
+            // is on another tier there. Any other failure is a retry.
+            Err(sqlx::Error::Database(err)) if err.code().as_deref() == Some("42P01") => {
+                tracing::warn!(owner_id = %agent.owner_id, "no users read model: the default tier");
+                None
+            }
+            Err(err) => return Err(format!("reading the owner's tier: {err}")),
+        };
+        Ok(match tier {
+            Some(tier) => tier.parse().unwrap_or_else(|_| {
+                tracing::warn!(owner_id = %agent.owner_id, tier, "unknown tier in the read model: the default one");
+                Tier::default()
+            }),
+            None => Tier::default(),
         })
     }
 
@@ -540,10 +583,12 @@ impl Deployer {
         step!(S::Provisioning, self.tokens.put(agent_id, &token).await);
         step!(S::Installing, sandbox.install().await);
         // A fresh deployment gets a fresh address (a warm pool's workspace keeps its own).
+        // The tier is read now, so a redeploy applies the owner's current one.
+        let tier = self.owner_tier(agent).await.map_err(Outcome::Retry)?;
         let spec = RuntimeSpec {
             endpoint: None,
             workspace: workspace.clone(),
-            ..self.settings.spec(agent_id, agent)
+            ..self.settings.spec(agent_id, agent, tier)
         };
         step!(S::Configuring, sandbox.configure(&spec).await);
         let url = step!(S::Starting, sandbox.start(agent_id, &token).await);
@@ -630,7 +675,14 @@ impl Deployer {
         let provisioner = match self.holder(agent_id).await {
             Some((provisioner, _)) => provisioner,
             None => {
-                let spec = self.settings.spec(agent_id, agent);
+                let tier = match self.owner_tier(agent).await {
+                    Ok(tier) => tier,
+                    Err(err) => {
+                        tracing::warn!(%agent_id, error = err, "not recreating the agent's runtime");
+                        return;
+                    }
+                };
+                let spec = self.settings.spec(agent_id, agent, tier);
                 let made = async {
                     if spec.workspace.is_none() {
                         self.sandbox.allocate(agent_id).await?;

@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use std::collections::HashMap;
 use warren_domain::ids::AgentId;
+use warren_domain::user::Tier;
 
 /// What a runtime is started with; everything but its token. No provider key and no provider
 /// URL: runtimes call the model through the platform's model proxy.
@@ -33,6 +34,9 @@ pub struct RuntimeSpec {
     /// The workspace when it is not the agent's default one: the one a warm pool's runtime
     /// came with, recorded in the log (`AgentDeployed`) so a recreated runtime gets it again.
     pub workspace: Option<String>,
+    /// The owner's tier when the runtime is configured: a sandbox's limits follow it
+    /// (docs/adr/0032-sandbox-limits-per-tier.md).
+    pub tier: Tier,
 }
 
 /// What a warm pool's runtimes are started with: the platform settings, nothing of any agent.

@@ -33,18 +33,20 @@ use async_trait::async_trait;
 use bollard::Docker;
 use bollard::errors::Error as DockerError;
 use bollard::models::{
-    ContainerCreateBody, ContainerSummaryStateEnum, EndpointIpamConfig, EndpointSettings,
-    HostConfig, HostConfigLogConfig, Mount, MountType, NetworkingConfig, VolumeCreateRequest,
+    ContainerCreateBody, ContainerSummaryStateEnum, ContainerUpdateBody, EndpointIpamConfig,
+    EndpointSettings, HostConfig, HostConfigLogConfig, Mount, MountType, NetworkingConfig,
+    VolumeCreateRequest,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, EventsOptions, InspectContainerOptions, ListContainersOptions,
     ListVolumesOptions, RemoveContainerOptions, RemoveVolumeOptions, RestartContainerOptions,
     StopContainerOptions, UploadToContainerOptions,
 };
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::time::Duration;
 use warren_domain::ids::AgentId;
+use warren_domain::user::Tier;
 
 /// The uid and gid the runtime runs as inside its container.
 pub const AGENT_UID: u64 = 10001;
@@ -66,7 +68,7 @@ pub const LABEL_POOL: &str = "org.warren.pool";
 pub const ASSIGNMENT_FILE: &str = "/data/.warren/assignment.json";
 
 /// Resource limits of one sandbox.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct SandboxLimits {
     /// Memory (and memory + swap: no swap), bytes.
     pub memory_bytes: i64,
@@ -104,8 +106,20 @@ pub struct DockerSettings {
     pub relay_port: u16,
     /// Whether to install the host firewall that keeps sandboxes off the host's other ports.
     pub firewall: bool,
-    /// Per-sandbox limits.
+    /// Per-sandbox limits: a warm pool's, and those of a tier with none of its own.
     pub limits: SandboxLimits,
+    /// Each tier's limits where the operator set some (docs/adr/0032-sandbox-limits-per-tier.md).
+    pub tier_limits: BTreeMap<Tier, SandboxLimits>,
+    /// Whether sandboxes may open connections to public internet addresses (never to the
+    /// host, private, loopback or link-local ranges, or each other).
+    pub internet: bool,
+}
+
+impl DockerSettings {
+    /// The limits of a sandbox whose owner is on `tier`.
+    pub fn limits_for(&self, tier: Tier) -> &SandboxLimits {
+        self.tier_limits.get(&tier).unwrap_or(&self.limits)
+    }
 }
 
 impl Default for DockerSettings {
@@ -118,6 +132,8 @@ impl Default for DockerSettings {
             relay_port: 7811,
             firewall: true,
             limits: SandboxLimits::default(),
+            tier_limits: BTreeMap::new(),
+            internet: false,
         }
     }
 }
@@ -227,12 +243,14 @@ impl DockerProvisioner {
             settings.relay_port,
             platform_url,
             settings.firewall,
+            settings.internet,
         )
         .await?;
         tracing::info!(
             network = settings.network,
             gateway = %sandbox_net.gateway(),
             relay = sandbox_net.platform_url(),
+            internet = settings.internet,
             image = settings.image,
             "docker sandboxes: one locked-down container per agent"
         );
@@ -421,9 +439,26 @@ impl DockerProvisioner {
         .await
     }
 
-    /// Makes a taken pool container's waiting runtime `spec`'s agent's: the token, then the
-    /// assignment the runtime waits for (written last, so the token is whole when it is read).
+    /// Makes a taken pool container's waiting runtime `spec`'s agent's: its owner's limits,
+    /// the token, then the assignment the runtime waits for (written last, so the token is
+    /// whole when it is read, and nothing of the agent's runs under the pool's limits).
     async fn assign(&self, spec: &RuntimeSpec, token: &str) -> Provisioned<()> {
+        let limits = self.settings.limits_for(spec.tier);
+        if *limits != self.settings.limits {
+            self.docker
+                .update_container(
+                    &container_name(spec.agent_id),
+                    ContainerUpdateBody {
+                        memory: Some(limits.memory_bytes),
+                        memory_swap: Some(limits.memory_bytes),
+                        nano_cpus: Some(limits.nano_cpus),
+                        pids_limit: Some(limits.pids),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(failed("applying the owner's tier limits"))?;
+        }
         let assignment = serde_json::json!({
             "agent_id": spec.agent_id.to_string(),
             "platform_url": self.sandbox_net.platform_url(),
@@ -489,7 +524,11 @@ impl DockerProvisioner {
     /// The container for `role`: the same lockdown whatever it is for; only its environment
     /// and labels differ (a warm pool's runtime has nothing of any agent's).
     fn body(&self, role: Role<'_>, address: Ipv4Addr, volume: &str) -> ContainerCreateBody {
-        let limits = &self.settings.limits;
+        // A warm pool's runtime has no owner yet: it gets its owner's when it is taken.
+        let limits = match &role {
+            Role::Agent(spec) => self.settings.limits_for(spec.tier),
+            Role::Warm(..) => &self.settings.limits,
+        };
         let mut env = vec![
             format!("WARREN_AGENT_ADDR=0.0.0.0:{RUNTIME_PORT}"),
             format!("WARREN_AGENT_TOKEN_FILE={DATA_DIR}/.warren/token"),

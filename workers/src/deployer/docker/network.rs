@@ -9,6 +9,12 @@
 //!   accepts replies and the relay's port and drops everything else, so a sandbox cannot open a
 //!   connection to any host service (NATS, PostgreSQL, the Docker API over TCP, the edge
 //!   itself) even where one listens on every address.
+//! - **The internet switch** (`WARREN_SANDBOX_INTERNET`): off, the network is `internal` and
+//!   nothing leaves the host. On, the network is a routed bridge (the engine masquerades it),
+//!   and a second chain `WARREN-<hash>-NET`, hooked into `DOCKER-USER` for the bridge, drops
+//!   whatever a sandbox sends to a non-public range ([`NOT_INTERNET`]) but DNS to the host's
+//!   own name servers: sandboxes reach public addresses and still no host, private network,
+//!   cloud metadata service or other sandbox.
 //! - **The relay** listens on the bridge's gateway address and forwards each connection to the
 //!   edge (the platform URL the deployer was given, loopback under `warren dev`): a sandbox's one
 //!   path out, to the runtime API and the model proxy.
@@ -42,6 +48,30 @@ pub fn chain_name(network: &str) -> String {
     format!("WARREN-{}", tag(network).to_uppercase())
 }
 
+/// The chain that keeps a sandbox network with internet off the non-public ranges.
+pub fn egress_chain_name(network: &str) -> String {
+    format!("{}-NET", chain_name(network))
+}
+
+/// Destinations a sandbox never reaches, internet or not: "this network", private (RFC 1918),
+/// shared address space (carrier-grade NAT, RFC 6598), loopback, link-local (cloud metadata
+/// services), IETF protocol assignments, benchmarking, multicast, and reserved + broadcast. The
+/// documentation ranges (TEST-NET-1..3) are not on the internet either, but harmless: the
+/// tests stand a "public" host up on one.
+pub const NOT_INTERNET: [&str; 11] = [
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.0.0.0/24",
+    "192.168.0.0/16",
+    "198.18.0.0/15",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+];
+
 /// The network, up: its subnet, and the relay task (stopped when this is dropped).
 pub struct SandboxNetwork {
     base: u32,
@@ -58,8 +88,9 @@ impl Drop for SandboxNetwork {
 }
 
 impl SandboxNetwork {
-    /// Makes (or finds) the network, installs the firewall when asked, and starts the relay to
-    /// `platform_url`'s host and port on the gateway's `relay_port`.
+    /// Makes (or finds) the network (routed to the internet when `internet`, else internal),
+    /// installs the firewall when asked, and starts the relay to `platform_url`'s host and port
+    /// on the gateway's `relay_port`.
     pub async fn up(
         docker: &Docker,
         name: &str,
@@ -67,15 +98,23 @@ impl SandboxNetwork {
         relay_port: u16,
         platform_url: &str,
         firewall: bool,
+        internet: bool,
     ) -> Result<Self, ProvisionError> {
-        ensure_network(docker, name, subnet).await?;
+        if internet && !firewall {
+            return Err(ProvisionError(
+                "WARREN_SANDBOX_INTERNET=true needs the sandbox firewall (WARREN_SANDBOX_FIREWALL=true): it keeps sandboxes off the host and private networks".into(),
+            ));
+        }
+        ensure_network(docker, name, subnet, internet).await?;
         let inspect = docker
             .inspect_network(name, None::<InspectNetworkOptions>)
             .await
             .map_err(failed("inspecting the sandbox network"))?;
-        if inspect.internal != Some(true) {
+        // Whether a network is internal is fixed when it is made.
+        if inspect.internal != Some(!internet) {
+            let made = if internet { "internal" } else { "routed" };
             return Err(ProvisionError(format!(
-                "the Docker network {name} exists but is not internal: remove it (docker network rm {name}) and let the deployer make it"
+                "the Docker network {name} exists but is {made}, and WARREN_SANDBOX_INTERNET={internet} wants the other kind: stop the deployer, remove the sandbox containers (docker rm -f $(docker ps -aq --filter label=org.warren.network={name})) and the network (docker network rm {name}), and start it again (running agents are recreated on their addresses)"
             )));
         }
         let subnet = inspect
@@ -100,6 +139,11 @@ impl SandboxNetwork {
         let (base, prefix, gateway) = subnet;
         if firewall {
             install_firewall(name, relay_port).await?;
+            if internet {
+                install_egress(name).await?;
+            } else {
+                remove_egress(name).await;
+            }
         } else {
             tracing::warn!(
                 network = name,
@@ -178,7 +222,12 @@ fn target_of(platform_url: &str) -> Result<String, ProvisionError> {
     )
 }
 
-async fn ensure_network(docker: &Docker, name: &str, subnet: &str) -> Result<(), ProvisionError> {
+async fn ensure_network(
+    docker: &Docker,
+    name: &str,
+    subnet: &str,
+    internet: bool,
+) -> Result<(), ProvisionError> {
     match docker
         .inspect_network(name, None::<InspectNetworkOptions>)
         .await
@@ -201,7 +250,9 @@ async fn ensure_network(docker: &Docker, name: &str, subnet: &str) -> Result<(),
         .create_network(NetworkCreateRequest {
             name: name.to_owned(),
             driver: Some("bridge".into()),
-            internal: Some(true),
+            // Internal: no route off the host. Routed only with the internet switch on, behind
+            // the egress chain.
+            internal: Some(!internet),
             // Fixed container addresses need a subnet of our own.
             ipam: Some(bollard::models::Ipam {
                 config: Some(vec![bollard::models::IpamConfig {
@@ -287,6 +338,99 @@ async fn install_firewall(network: &str, relay_port: u16) -> Result<(), Provisio
     Ok(())
 }
 
+/// (Re)writes the egress chain of a sandbox network with internet and hooks it first into
+/// `DOCKER-USER` (which the engine evaluates before its own forwarding rules) for the
+/// network's bridge: DNS to the host's name servers passes, every other non-public
+/// destination is dropped, the rest goes on to the engine's rules (accepted and masqueraded).
+/// Traffic to the host itself never comes here: it is `INPUT`'s, and [`install_firewall`]'s.
+async fn install_egress(network: &str) -> Result<(), ProvisionError> {
+    let chain = egress_chain_name(network);
+    let bridge = bridge_name(network);
+    if !iptables(&["-N", &chain]).await? && !iptables(&["-L", &chain, "-n"]).await? {
+        return Err(ProvisionError(format!(
+            "iptables could not create the chain {chain}"
+        )));
+    }
+    let mut rules: Vec<Vec<String>> = vec![vec!["-F".into(), chain.clone()]];
+    // The engine's DNS server forwards a sandbox's lookups from the sandbox's own network
+    // namespace: to the host's name servers, often on a private or link-local address.
+    for server in host_nameservers() {
+        for proto in ["udp", "tcp"] {
+            rules.push(
+                [
+                    "-A",
+                    &chain,
+                    "-d",
+                    &server.to_string(),
+                    "-p",
+                    proto,
+                    "--dport",
+                    "53",
+                    "-j",
+                    "RETURN",
+                ]
+                .map(str::to_owned)
+                .to_vec(),
+            );
+        }
+    }
+    for range in NOT_INTERNET {
+        rules.push(
+            ["-A", &chain, "-d", range, "-j", "DROP"]
+                .map(str::to_owned)
+                .to_vec(),
+        );
+    }
+    for rule in &rules {
+        let rule: Vec<&str> = rule.iter().map(String::as_str).collect();
+        if !iptables(&rule).await? {
+            return Err(ProvisionError(format!(
+                "iptables {} failed",
+                rule.join(" ")
+            )));
+        }
+    }
+    let hook = ["DOCKER-USER", "-i", bridge.as_str(), "-j", chain.as_str()];
+    if !iptables(&[&["-C"], &hook[..]].concat()).await?
+        && !iptables(&[&["-I"], &hook[..]].concat()).await?
+    {
+        return Err(ProvisionError(format!(
+            "iptables could not hook {chain} into DOCKER-USER (is the Docker engine managing iptables?)"
+        )));
+    }
+    Ok(())
+}
+
+/// Unhooks and removes a sandbox network's egress chain, if it has one.
+async fn remove_egress(network: &str) {
+    let chain = egress_chain_name(network);
+    let bridge = bridge_name(network);
+    while iptables(&["-D", "DOCKER-USER", "-i", &bridge, "-j", &chain])
+        .await
+        .unwrap_or(false)
+    {}
+    let _ = iptables(&["-F", &chain]).await;
+    let _ = iptables(&["-X", &chain]).await;
+}
+
+/// The IPv4 name servers the engine forwards sandboxes' lookups to (the host's; systemd's
+/// upstream ones when the host asks a local stub), loopback left out.
+fn host_nameservers() -> Vec<Ipv4Addr> {
+    ["/run/systemd/resolve/resolv.conf", "/etc/resolv.conf"]
+        .iter()
+        .find_map(|path| std::fs::read_to_string(path).ok())
+        .map(|conf| nameservers_in(&conf))
+        .unwrap_or_default()
+}
+
+fn nameservers_in(conf: &str) -> Vec<Ipv4Addr> {
+    conf.lines()
+        .filter_map(|line| line.trim().strip_prefix("nameserver"))
+        .filter_map(|rest| rest.trim().parse::<Ipv4Addr>().ok())
+        .filter(|ip| !ip.is_loopback())
+        .collect()
+}
+
 /// Removes a sandbox network's firewall (its network and containers must be gone first).
 pub async fn remove_firewall(network: &str) {
     let chain = chain_name(network);
@@ -294,6 +438,7 @@ pub async fn remove_firewall(network: &str) {
     let _ = iptables(&["-D", "INPUT", "-i", &bridge, "-j", &chain]).await;
     let _ = iptables(&["-F", &chain]).await;
     let _ = iptables(&["-X", &chain]).await;
+    remove_egress(network).await;
 }
 
 /// Connections one sandbox (one source address) may hold through the relay at once.
@@ -366,6 +511,18 @@ mod tests {
         assert!(bridge_name("warren-sandbox").len() <= 15);
         assert!(chain_name("warren-sandbox").len() <= 28);
         assert_ne!(bridge_name("a"), bridge_name("b"));
+    }
+
+    #[test]
+    fn the_host_name_servers_are_read_without_loopback_or_ipv6() {
+        let conf = "# generated\nnameserver 127.0.0.53\nnameserver 10.0.0.2\nnameserver ::1\nsearch lan\nnameserver 169.254.169.253\n";
+        assert_eq!(
+            nameservers_in(conf),
+            vec![
+                Ipv4Addr::new(10, 0, 0, 2),
+                Ipv4Addr::new(169, 254, 169, 253)
+            ]
+        );
     }
 
     #[test]
