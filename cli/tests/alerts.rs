@@ -37,14 +37,7 @@ async fn a_failed_deployment_is_in_the_log_and_mailed_to_the_admins() {
     .await;
     assert_eq!(failed["data"]["step"], "installing", "{failed}");
 
-    let mail = wait_for(Duration::from_secs(30), || async {
-        platform
-            .smtp
-            .mails_to("operator@admin.test")
-            .into_iter()
-            .find(|mail| mail.text().contains(&agent))
-    })
-    .await;
+    let mail = admin_mail_about(&platform, &agent, Duration::from_secs(30)).await;
     let subject = mail.header("Subject").expect("subject");
     assert!(
         subject.contains("deployment failed") && subject.contains("Doomed"),
@@ -131,14 +124,7 @@ async fn a_sandbox_failing_its_health_checks_is_alerted_to_the_admins_and_restar
         started_at(&name) != first_start,
         "the deployer restarted the unhealthy container"
     );
-    let mail = wait_for(Duration::from_secs(60), || async {
-        platform
-            .smtp
-            .mails_to("operator@admin.test")
-            .into_iter()
-            .find(|mail| mail.text().contains(&agent))
-    })
-    .await;
+    let mail = admin_mail_about(&platform, &agent, Duration::from_secs(60)).await;
     let subject = mail.header("Subject").expect("subject");
     assert!(
         subject.contains("health check failing") && subject.contains("Stuck"),
@@ -183,4 +169,20 @@ async fn a_sandbox_failing_its_health_checks_is_alerted_to_the_admins_and_restar
         .filter(|event| event["type"] == "SandboxAlerted")
         .count();
     assert_eq!(alerts, 1, "one alert per streak");
+}
+
+/// The first mail to the platform's admin that names `agent`, once it has come.
+async fn admin_mail_about(
+    platform: &Platform,
+    agent: &str,
+    timeout: Duration,
+) -> warren_testkit::smtp::Mail {
+    wait_for(timeout, || async {
+        platform
+            .smtp
+            .mails_to("operator@admin.test")
+            .into_iter()
+            .find(|mail| mail.text().contains(agent))
+    })
+    .await
 }
