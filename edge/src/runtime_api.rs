@@ -43,6 +43,8 @@ pub struct RuntimeCaller {
     pub agent: AgentId,
     /// Its owner.
     pub owner: UserId,
+    /// Its model, as its owner chose it (the model proxy sends no other).
+    pub model: String,
 }
 
 fn invalid() -> ApiError {
@@ -101,6 +103,7 @@ impl FromRequestParts<AppState> for RuntimeCaller {
         Ok(Self {
             agent,
             owner: record.owner_id,
+            model: record.model,
         })
     }
 }

@@ -102,12 +102,6 @@ pub async fn forward(
         .load(&caller.owner.to_string())
         .await
         .map_err(ApiError::internal)?;
-    let (agent, _) = state
-        .commands
-        .agents
-        .load(&caller.agent.to_string())
-        .await
-        .map_err(ApiError::internal)?;
     let upstream = upstream::resolve(state, caller.owner, &owner)
         .await?
         .ok_or_else(|| {
@@ -149,7 +143,7 @@ pub async fn forward(
         )
     })?;
     let stripped = strip_provider_side_reach(&mut request);
-    let pinned = pin_model(&mut request, &agent.model);
+    let pinned = pin_model(&mut request, &caller.model);
     let model = request
         .get("model")
         .and_then(Value::as_str)
