@@ -71,6 +71,8 @@ mod heading {
     pub const CHAT: &str = "Chat worker";
     /// The edge and the chat worker.
     pub const CAPACITY: &str = "Sandbox capacity";
+    /// The telegram worker (and the edge, for the webhook).
+    pub const TELEGRAM: &str = "Telegram";
     /// `warren dev` only.
     pub const LOCAL: &str = "Local servers (warren dev)";
     /// The client commands (`warren login`, `warren agents`, `warren chat`).
@@ -232,6 +234,28 @@ pub struct Config {
     /// Refresh token lifetime (30 days).
     #[arg(long, env = "WARREN_REFRESH_TOKEN_TTL_SECS", default_value_t = 30 * 86_400, help_heading = heading::SIGN_IN)]
     pub refresh_token_ttl_secs: u64,
+
+    /// The bot's token from @BotFather; `warren dev` runs the telegram worker when it is set.
+    #[arg(long, env = "WARREN_TELEGRAM_TOKEN", help_heading = heading::TELEGRAM)]
+    pub telegram_token: Option<Secret>,
+    /// The Bot API's base URL (a local Bot API server, or a test's).
+    #[arg(long, env = "WARREN_TELEGRAM_API_URL", default_value = "https://api.telegram.org", help_heading = heading::TELEGRAM)]
+    pub telegram_api_url: String,
+    /// The public HTTPS URL of the edge's `/api/v1/telegram/webhook`: Telegram posts updates
+    /// there instead of being polled (unset: long polling).
+    #[arg(long, env = "WARREN_TELEGRAM_WEBHOOK_URL", help_heading = heading::TELEGRAM)]
+    pub telegram_webhook_url: Option<String>,
+    /// The secret Telegram sends back with each webhook update (1-256 of `A-Z a-z 0-9 _ -`);
+    /// required with a webhook URL, and given to the edge too.
+    #[arg(long, env = "WARREN_TELEGRAM_WEBHOOK_SECRET", help_heading = heading::TELEGRAM)]
+    pub telegram_webhook_secret: Option<Secret>,
+    /// Comma-separated Telegram user ids that are admins at their first `/start` (send the bot
+    /// `/myid` to learn yours).
+    #[arg(long, env = "WARREN_TELEGRAM_ADMINS", default_value = "", help_heading = heading::TELEGRAM)]
+    pub telegram_admins: String,
+    /// Answer in group chats too (else the bot declines politely there).
+    #[arg(long, env = "WARREN_TELEGRAM_GROUPS", default_value_t = false, help_heading = heading::TELEGRAM)]
+    pub telegram_groups: bool,
 
     /// Messages per UTC day on the free tier.
     #[arg(long, env = "WARREN_TIER_FREE_MESSAGES_PER_DAY", default_value_t = 50, help_heading = heading::LIMITS)]
@@ -824,7 +848,26 @@ impl Config {
             health_max_lag: self.health_max_lag,
             http: self.http_limits()?,
             max_sandboxes: self.max_sandboxes,
+            telegram: warren_edge::settings::TelegramSettings {
+                admins: self.telegram_admin_ids()?,
+                webhook_secret: self
+                    .telegram_webhook_secret
+                    .as_ref()
+                    .map(|secret| secret.expose().to_owned()),
+            },
         })
+    }
+
+    /// `WARREN_TELEGRAM_ADMINS`, parsed.
+    pub fn telegram_admin_ids(&self) -> anyhow::Result<HashSet<i64>> {
+        split_list(&self.telegram_admins)
+            .into_iter()
+            .map(|id| {
+                id.parse::<i64>().map_err(|_| {
+                    anyhow::anyhow!("WARREN_TELEGRAM_ADMINS: {id:?} is not a Telegram user id")
+                })
+            })
+            .collect()
     }
 
     /// The edge's connection caps and timeouts; an automatic total cap follows the process's

@@ -102,6 +102,10 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> anyhow::Res
     let notifier = connect(Role::Notifier, reader_db.clone()).await?;
     let deployer = connect(Role::Deployer, reader_db.clone()).await?;
     let chat = connect(Role::Chat, reader_db.clone()).await?;
+    let telegram = match config.telegram_token {
+        Some(_) => Some(connect(Role::Telegram, reader_db.clone()).await?),
+        None => None,
+    };
     let edge = connect(Role::Edge, reader_db).await?;
 
     let projector = tokio::spawn(
@@ -118,8 +122,17 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> anyhow::Res
             .await?
             .run(shutdown.clone()),
     );
+    let telegram = match &telegram {
+        Some(platform) => roles::telegram(&config, platform, shutdown.clone())
+            .await?
+            .map(|bridge| tokio::spawn(bridge.run())),
+        None => None,
+    };
     let served = roles::serve_edge(&config, &edge, shutdown.clone()).await;
     shutdown.cancel();
+    if let Some(telegram) = telegram {
+        telegram.await.context("telegram task")?;
+    }
     projector.await.context("projector task")?;
     notifier.await.context("notifier task")?;
     deployer.await.context("deployer task")?;

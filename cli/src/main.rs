@@ -83,6 +83,8 @@ enum WorkerRole {
     Deployer(Config),
     /// Runs conversations' queued messages against their agents, streaming live deltas.
     Chat(Config),
+    /// The Telegram bot (WARREN_TELEGRAM_TOKEN): chat, commands and files from Telegram.
+    Telegram(Config),
 }
 
 /// What to run, with its configuration.
@@ -93,6 +95,7 @@ enum Role {
     Notifier,
     Deployer,
     Chat,
+    Telegram,
     Replay,
     Migrate,
     ImageBuild,
@@ -130,6 +133,7 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
             WorkerRole::Notifier(config) => (Role::Notifier, config),
             WorkerRole::Deployer(config) => (Role::Deployer, config),
             WorkerRole::Chat(config) => (Role::Chat, config),
+            WorkerRole::Telegram(config) => (Role::Telegram, config),
         },
         Command::Replay(config) => (Role::Replay, config),
         Command::Migrate(config) => (Role::Migrate, config),
@@ -156,6 +160,7 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
         Role::Notifier => roles::notifier_role(&config, shutdown).await,
         Role::Deployer => roles::deployer_role(&config, shutdown).await,
         Role::Chat => roles::chat_role(&config, shutdown).await,
+        Role::Telegram => roles::telegram_role(&config, shutdown).await,
         Role::Replay => roles::replay(&config).await,
         Role::Migrate => roles::migrate(&config).await,
         Role::ImageBuild => roles::image_build(&config).await,

@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 use warren_commands::CommandService;
 use warren_deploy::nats_auth::{self, NatsKeys, Role};
 use warren_edge::AppState;
+use warren_edge::telegram::{Bridge, BridgeSettings};
 use warren_edge::mail::Mailer;
 use warren_projections::capacity::Capacity;
 use warren_projections::schema::{self, LIVE_SCHEMA};
@@ -145,13 +146,10 @@ pub async fn connect(config: &Config, role: Role) -> anyhow::Result<Platform> {
     connect_with(config, &endpoints, role, db).await
 }
 
-/// Serves the edge until shutdown. Secrets missing from the config are generated once and kept
-/// in the data dir (only `warren dev` gets here without them: `warren edge` requires them).
-pub async fn serve_edge(
-    config: &Config,
-    platform: &Platform,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+/// The edge's state (the application layer every channel calls) on `platform`. Secrets missing
+/// from the config are generated once and kept in the data dir (only `warren dev` gets here
+/// without them: `warren edge` and `warren worker telegram` require them).
+pub async fn app_state(config: &Config, platform: &Platform) -> anyhow::Result<AppState> {
     let jwt_secret = match &config.jwt_secret {
         Some(secret) => secret.clone(),
         None => dev_secret(config, "jwt_secret")?,
@@ -161,7 +159,7 @@ pub async fn serve_edge(
         None => dev_secret(config, "encryption_key")?,
     };
     let settings = config.edge_settings(&jwt_secret, &encryption_key)?;
-    let state = AppState::build(
+    AppState::build(
         platform.commands.clone(),
         platform.db.clone(),
         platform.nats.clone(),
@@ -169,13 +167,67 @@ pub async fn serve_edge(
         mailer(config)?,
     )
     .await
-    .context("setting up the edge")?;
+    .context("setting up the application layer")
+}
+
+/// Serves the edge until shutdown.
+pub async fn serve_edge(
+    config: &Config,
+    platform: &Platform,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let state = app_state(config, platform).await?;
     let listener =
         listen(config.http_addr).with_context(|| format!("binding {}", config.http_addr))?;
     tracing::info!(addr = %listener.local_addr()?, "edge listening");
     warren_edge::serve(listener, state, shutdown)
         .await
         .context("serving http")
+}
+
+/// The Telegram bridge on `platform`, if `WARREN_TELEGRAM_TOKEN` is set.
+pub async fn telegram(
+    config: &Config,
+    platform: &Platform,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Option<Bridge>> {
+    let Some(token) = &config.telegram_token else {
+        return Ok(None);
+    };
+    let state = app_state(config, platform).await?;
+    let settings = BridgeSettings {
+        token: token.expose().to_owned(),
+        api_url: config.telegram_api_url.clone(),
+        webhook_url: config.telegram_webhook_url.clone(),
+        webhook_secret: config
+            .telegram_webhook_secret
+            .as_ref()
+            .map(|secret| secret.expose().to_owned()),
+        groups: config.telegram_groups,
+    };
+    Ok(Some(
+        Bridge::build(state, settings, shutdown)
+            .await
+            .context("setting up the telegram bridge")?,
+    ))
+}
+
+/// `warren worker telegram`.
+pub async fn telegram_role(config: &Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        config.telegram_token.is_some(),
+        "WARREN_TELEGRAM_TOKEN is not set"
+    );
+    anyhow::ensure!(config.jwt_secret.is_some(), "WARREN_JWT_SECRET is not set");
+    anyhow::ensure!(
+        config.encryption_key.is_some(),
+        "WARREN_ENCRYPTION_KEY is not set"
+    );
+    let platform = connect(config, Role::Telegram).await?;
+    if let Some(bridge) = telegram(config, &platform, shutdown).await? {
+        bridge.run().await;
+    }
+    Ok(())
 }
 
 /// The edge's listening socket, with a deep accept queue: `TcpListener::bind` listens with 128,

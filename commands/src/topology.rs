@@ -12,6 +12,13 @@ pub const AGENTS: &str = "AGENTS";
 /// one ordered sequence with one cursor.
 pub const CONVERSATIONS: &str = "CONVERSATIONS";
 
+/// Stream of Telegram updates waiting to be handled (`telegram.updates`): the poller or the
+/// webhook appends each update once (its id is the message id, so a repeat within the dedupe
+/// window is dropped) and the telegram workers share them as a work queue.
+pub const TELEGRAM: &str = "TELEGRAM";
+/// The subject of Telegram updates.
+pub const TELEGRAM_UPDATES: &str = "telegram.updates";
+
 /// KV bucket for encrypted secrets (provider keys, agent tokens); deleting a key destroys it.
 pub const KV_SECRETS: &str = "secrets";
 /// KV bucket for auth tokens (magic links, refresh token families).
@@ -30,6 +37,10 @@ pub const KV_ACTIVITY: &str = "agent_activity";
 /// KV bucket of what each sandbox uses (uptime, CPU, memory, disk), written by the deployer at
 /// each reconciliation and read by the edge; a sample not rewritten for a day expires.
 pub const KV_SANDBOX_STATS: &str = "sandbox_stats";
+
+/// KV bucket of the Telegram bridge: each user's current agent and conversation there, the runs
+/// it streams, which replica polls Telegram, and update ids already handled.
+pub const KV_TELEGRAM: &str = "telegram";
 
 /// The subject of a user's commits.
 pub fn user_subject(id: &str) -> String {
@@ -113,6 +124,18 @@ pub fn stream_configs(settings: &LogSettings) -> Vec<stream::Config> {
                 vec!["conv.*.ev".into(), "conv.*.live".into()],
             )
         },
+        stream::Config {
+            name: TELEGRAM.to_owned(),
+            subjects: vec![TELEGRAM_UPDATES.into()],
+            storage: stream::StorageType::File,
+            num_replicas: settings.replicas,
+            // An update polled twice (two replicas, a retried webhook) is stored once.
+            duplicate_window: settings.duplicate_window.max(Duration::from_secs(600)),
+            retention: stream::RetentionPolicy::WorkQueue,
+            // Telegram itself keeps an update for a day; so does the queue.
+            max_age: Duration::from_secs(24 * 3600),
+            ..Default::default()
+        },
     ]
 }
 
@@ -122,6 +145,7 @@ pub async fn ensure(js: &jetstream::Context, settings: &LogSettings) -> Result<(
         let name = match config.name.as_str() {
             USERS => USERS,
             AGENTS => AGENTS,
+            TELEGRAM => TELEGRAM,
             _ => CONVERSATIONS,
         };
         js.create_or_update_stream(config)
@@ -137,6 +161,7 @@ pub async fn ensure(js: &jetstream::Context, settings: &LogSettings) -> Result<(
         (KV_IDEMPOTENCY, 24 * hour),
         (KV_ACTIVITY, Duration::ZERO),
         (KV_SANDBOX_STATS, 24 * hour),
+        (KV_TELEGRAM, Duration::ZERO),
     ] {
         js.create_or_update_key_value(kv::Config {
             bucket: name.to_owned(),

@@ -42,17 +42,20 @@ pub enum Role {
     Chat,
     /// The notifier.
     Notifier,
+    /// The Telegram bridge.
+    Telegram,
 }
 
 impl Role {
     /// Every role.
-    pub const ALL: [Role; 6] = [
+    pub const ALL: [Role; 7] = [
         Role::Admin,
         Role::Edge,
         Role::Projector,
         Role::Deployer,
         Role::Chat,
         Role::Notifier,
+        Role::Telegram,
     ];
 
     /// The role's name: its key file is `<name>.nk`, its inbox prefix `_INBOX_<name>`.
@@ -64,6 +67,7 @@ impl Role {
             Role::Deployer => "deployer",
             Role::Chat => "chat",
             Role::Notifier => "notifier",
+            Role::Telegram => "telegram",
         }
     }
 
@@ -78,6 +82,7 @@ impl Role {
         const USERS: &str = "USERS";
         const AGENTS: &str = "AGENTS";
         const CONVERSATIONS: &str = "CONVERSATIONS";
+        const TELEGRAM: &str = "TELEGRAM";
         let mut p = Permissions::default();
         if self == Role::Admin {
             p.publish.push(">".into());
@@ -103,6 +108,8 @@ impl Role {
                 (KvWrite, "idempotency"),
                 // What each sandbox uses, for an agent's status.
                 (KvRead, "sandbox_stats"),
+                // Telegram's webhook posts updates here for the telegram workers.
+                (Append, "telegram.updates"),
             ],
             Role::Projector => &[(Follow, USERS), (Follow, AGENTS), (Follow, CONVERSATIONS)],
             Role::Deployer => &[
@@ -133,6 +140,25 @@ impl Role {
             ],
             // Registrations, and the agents' sandbox alerts.
             Role::Notifier => &[(Follow, USERS), (Follow, AGENTS)],
+            // A channel like the edge (it calls the same application layer), plus its queue
+            // of updates and its own bucket.
+            Role::Telegram => &[
+                (Append, "user.*"),
+                (Append, "agent.*"),
+                (Append, "conv.*.ev"),
+                (Follow, USERS),
+                (Follow, AGENTS),
+                (Follow, CONVERSATIONS),
+                (KvWrite, "auth_tokens"),
+                (KvList, "auth_tokens"),
+                (KvWrite, "secrets"),
+                (KvWrite, "rate_limits"),
+                (KvWrite, "idempotency"),
+                (KvRead, "sandbox_stats"),
+                (Append, "telegram.updates"),
+                (Follow, TELEGRAM),
+                (KvWrite, "telegram"),
+            ],
         };
         for (access, target) in grants {
             access.grant(target, &mut p);

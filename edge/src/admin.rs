@@ -2,7 +2,7 @@
 //! revoke or change the role of their own account (409 `cannot_change_self`), so the last admin
 //! cannot lock everyone out.
 
-use crate::consistency::{self, projection};
+use crate::app;
 use crate::error::ApiError;
 use crate::extract::{AdminUser, ApiJson, ApiPath, ApiQuery};
 use crate::input::TextFields;
@@ -15,8 +15,6 @@ use axum::extract::State;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
-use warren_commands::CommandMeta;
-use warren_domain::Actor;
 use warren_domain::ids::UserId;
 use warren_domain::text;
 use warren_domain::user::{Role, Tier, UserCommand};
@@ -107,32 +105,7 @@ async fn act(
     id: Uuid,
     command: UserCommand,
 ) -> Result<Json<UserView>, ApiError> {
-    let user = UserId(id);
-    // An admin cannot lock themselves out; another admin has to do it.
-    let locks_out = matches!(
-        command,
-        UserCommand::RejectUser { .. }
-            | UserCommand::RevokeAccess { .. }
-            | UserCommand::ChangeRole { .. }
-    );
-    if locks_out && user == admin.id {
-        return Err(ApiError::conflict(
-            "cannot_change_self",
-            "admins cannot reject, revoke or change the role of their own account",
-        ));
-    }
-    let committed = state
-        .commands
-        .users
-        .execute(
-            &user.to_string(),
-            command,
-            &CommandMeta::new(Actor::User(admin.id)),
-        )
-        .await?;
-    tracing::info!(admin = %admin.id, user_id = %user, sequence = committed.sequence, "admin action");
-    consistency::caught_up(&state.db, projection::USERS, committed.sequence).await?;
-    Ok(Json(views::user(&state.db, user).await?))
+    Ok(Json(app::admin::decide(state, admin, UserId(id), command).await?))
 }
 
 /// Let a pending, rejected or revoked user in (role `user`).

@@ -4,6 +4,7 @@
 //! fingerprint with `SetProviderKey`; if the command is refused the ciphertext is purged. A key
 //! replaced (same provider and label) or deleted has its ciphertext purged after the commit.
 
+use crate::app;
 use crate::consistency::{self, projection};
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, AuthUser};
@@ -22,10 +23,7 @@ use warren_commands::CommandMeta;
 use warren_domain::Actor;
 use warren_domain::ids::KeyId;
 use warren_domain::text;
-use warren_domain::user::{Provider, UserCommand, UserEvent, fingerprint};
-
-/// The longest API key accepted, in bytes.
-const MAX_KEY_BYTES: usize = 4096;
+use warren_domain::user::{Provider, UserCommand};
 
 /// The API key routes.
 pub fn routes() -> ApiRouter {
@@ -77,60 +75,13 @@ pub(crate) async fn add_key(
     caller: AuthUser,
     ApiJson(request): ApiJson<NewApiKey>,
 ) -> Result<(StatusCode, Json<ApiKeyView>), ApiError> {
-    let secret = request.api_key.trim();
-    if secret.is_empty() || secret.len() > MAX_KEY_BYTES || secret.chars().any(char::is_control) {
-        return Err(ApiError::invalid_field(
-            "api_key",
-            "must be 1 to 4096 printable characters",
-        ));
-    }
-    let key_id = KeyId::new();
-    state
-        .secrets
-        .put(caller.id, key_id, secret)
-        .await
-        .map_err(ApiError::internal)?;
-    let outcome = state
-        .commands
-        .users
-        .execute(
-            &caller.id.to_string(),
-            UserCommand::SetProviderKey {
-                key_id,
-                provider: request.provider,
-                base_url: request.base_url,
-                label: request.label,
-                fingerprint: fingerprint(secret),
-            },
-            &CommandMeta::new(Actor::User(caller.id)),
-        )
-        .await;
-    let committed = match outcome {
-        Ok(committed) => committed,
-        Err(err) => {
-            state
-                .secrets
-                .destroy(key_id)
-                .await
-                .map_err(ApiError::internal)?;
-            return Err(err.into());
-        }
+    let key = app::keys::NewKey {
+        provider: request.provider,
+        api_key: request.api_key,
+        base_url: request.base_url,
+        label: request.label,
     };
-    for envelope in &committed.events {
-        if let UserEvent::ProviderKeyRemoved { key_id: old, .. } = &envelope.event {
-            state
-                .secrets
-                .destroy(*old)
-                .await
-                .map_err(ApiError::internal)?;
-        }
-    }
-    consistency::caught_up(&state.db, projection::USERS, committed.sequence).await?;
-    let view = views::api_keys(&state.db, caller.id)
-        .await?
-        .into_iter()
-        .find(|key| key.id == key_id.0)
-        .ok_or(ApiError::Unavailable("the read models"))?;
+    let view = app::keys::add(&state, &caller, key).await?;
     Ok((StatusCode::CREATED, Json(view)))
 }
 

@@ -50,6 +50,9 @@
 //! - [`mail`] — SMTP (or log) delivery.
 //! - [`consistency`] — bounded wait for a projection checkpoint (read-after-write).
 //! - [`ratelimit`] — fixed-window request limits counted in KV, shared by every edge process.
+//! - [`telegram`] — the Telegram bridge (`warren worker telegram`): a bot calling the
+//!   application layer, its updates queued in the log, answers streamed as drafts and delivered
+//!   from the log; its webhook route `POST /telegram/webhook`.
 //! - [`views`] — read-model queries and the JSON shapes of users, keys, agents, usage.
 //! - [`health`] — `GET /api/v1/health`: NATS, Postgres and each projection's lag.
 //! - [`openapi`] — the OpenAPI 3.1 document at `GET /api/v1/openapi.json`.
@@ -84,6 +87,7 @@ pub mod runtime_api;
 pub mod server;
 pub mod settings;
 pub mod state;
+pub mod telegram;
 pub mod usage;
 pub mod users;
 pub mod views;

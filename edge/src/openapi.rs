@@ -152,6 +152,7 @@ impl Modify for BearerAuth {
         crate::users::patch_me,
         crate::users::list_connections,
         crate::users::delete_connection,
+        crate::users::link_telegram,
         crate::keys::list_keys,
         crate::keys::add_key,
         crate::keys::delete_key,
@@ -190,6 +191,7 @@ impl Modify for BearerAuth {
         crate::runtime_api::get_session,
         crate::model_proxy::openai,
         crate::model_proxy::anthropic,
+        crate::telegram::intake::webhook,
     ),
     components(schemas(ErrorEnvelope, ErrorBody)),
     tags(
@@ -201,6 +203,7 @@ impl Modify for BearerAuth {
         (name = "chat", description = "Messages to agents, streamed runs, and workspace files down and up (approved users)"),
         (name = "conversations", description = "Conversations by last activity and their messages"),
         (name = "runtime", description = "What agent runtimes call back on, with their agent token: session tools and the model proxy"),
+        (name = "telegram", description = "Telegram's webhook (authenticated by its secret token)"),
         (name = "meta", description = "Health and this document"),
     )
 )]

@@ -49,6 +49,7 @@ pub fn api() -> ApiRouter {
         .merge(feed::routes())
         .merge(runtime_api::routes())
         .merge(model_proxy::routes())
+        .merge(crate::telegram::intake::routes())
 }
 
 /// The whole HTTP surface.

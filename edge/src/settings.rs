@@ -134,6 +134,18 @@ pub struct EdgeSettings {
     /// Sandboxes awake at once (deploying or running) past which creating, starting, repairing
     /// or redeploying an agent is refused with 503 `at_capacity`; 0: no cap.
     pub max_sandboxes: u32,
+    /// The Telegram bridge's part of the edge.
+    pub telegram: TelegramSettings,
+}
+
+/// What the edge knows of the Telegram bridge.
+#[derive(Clone, Debug, Default)]
+pub struct TelegramSettings {
+    /// Telegram user ids that are admins at their first `/start` (`WARREN_TELEGRAM_ADMINS`).
+    pub admins: HashSet<i64>,
+    /// The secret Telegram sends with each webhook update (`WARREN_TELEGRAM_WEBHOOK_SECRET`);
+    /// with none, the webhook route answers 404.
+    pub webhook_secret: Option<String>,
 }
 
 impl EdgeSettings {
@@ -150,6 +162,7 @@ impl EdgeSettings {
             encryption_key: KeyBytes(vec![9; 32]),
             approval: ApprovalMode::Required,
             admin_emails: HashSet::new(),
+            telegram: TelegramSettings::default(),
             cors_origins: vec![],
             magic_link_ttl: Duration::from_secs(900),
             access_token_ttl: Duration::from_secs(900),

@@ -1,5 +1,6 @@
 //! `/api/v1/usage*`: today's counts against the tier's limits, and the daily history.
 
+use crate::app;
 use crate::error::ApiError;
 use crate::extract::{ApiQuery, AuthUser};
 use crate::openapi::resp;
@@ -71,29 +72,7 @@ pub(crate) async fn summary(
     State(state): State<AppState>,
     caller: AuthUser,
 ) -> Result<Json<UsageSummary>, ApiError> {
-    let day = Utc::now().date_naive();
-    let limits = state.settings.tiers.of(caller.user.tier);
-    let today = views::usage_on(&state.db, caller.id, day).await?;
-    let agents = views::agent_count(&state.db, caller.id).await?;
-    Ok(Json(UsageSummary {
-        day,
-        tier: caller.user.tier.as_str().to_owned(),
-        messages: Metered {
-            used: today.messages.max(0) as u64,
-            limit: limits.messages_per_day,
-        },
-        agents: Metered {
-            used: agents,
-            limit: limits.max_agents,
-        },
-        tokens: Metered {
-            used: today.metered_tokens(),
-            limit: limits.tokens_per_day,
-        },
-        input_tokens: today.input_tokens,
-        output_tokens: today.output_tokens,
-        deployments: today.deployments,
-    }))
+    Ok(Json(app::usage::summary(&state, &caller).await?))
 }
 
 /// The caller's usage per UTC day, oldest first (days without usage are left out).

@@ -1,6 +1,6 @@
 //! `/api/v1/users/me*`: the caller's profile and sign-in connections.
 
-use crate::app::identity::email_key;
+use crate::app::identity::owner_key;
 use crate::consistency::{self, projection};
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, AuthUser};
@@ -28,6 +28,39 @@ pub fn routes() -> ApiRouter {
         .patch("/users/me", patch_me)
         .get("/users/me/connections", list_connections)
         .delete("/users/me/connections/{id}", delete_connection)
+        .post("/users/me/connections/telegram", link_telegram)
+}
+
+/// A one-time code that links a Telegram account.
+#[derive(Debug, serde::Serialize, ToSchema)]
+pub struct LinkCodeView {
+    /// The code; send `/start <code>` to the platform's Telegram bot.
+    pub code: String,
+    /// What to send the bot.
+    pub command: String,
+    /// Seconds the code stays valid.
+    pub expires_in: i64,
+}
+
+/// A one-time code to link a Telegram account to the caller's: send `/start <code>` to the
+/// platform's bot within ten minutes. A Telegram account already linked to another user is
+/// refused there, never merged.
+#[utoipa::path(post, path = "/api/v1/users/me/connections/telegram", operation_id = "post_users_me_connections_telegram", tag = "users", security(("bearer" = [])),
+    responses((status = 201, description = "The code.", body = LinkCodeView), resp::Unauthorized, resp::RateLimited))]
+pub(crate) async fn link_telegram(
+    State(state): State<AppState>,
+    caller: AuthUser,
+) -> Result<(StatusCode, Json<LinkCodeView>), ApiError> {
+    crate::app::limits::user_write(&state, caller.id).await?;
+    let code = crate::app::identity::link_code(&state, caller.id, AuthKind::Telegram).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(LinkCodeView {
+            command: format!("/start {code}"),
+            code,
+            expires_in: crate::app::identity::LINK_CODE_TTL_SECS,
+        }),
+    ))
 }
 
 /// `PATCH /users/me`: fields left out are kept; a blank text clears it.
@@ -123,11 +156,11 @@ pub(crate) async fn delete_connection(
             &CommandMeta::new(Actor::User(caller.id)),
         )
         .await?;
-    // The address no longer signs this user in: release it.
-    if let Some(auth) = unlinked.filter(|auth| auth.kind == AuthKind::Email) {
+    // The identity no longer signs this user in: release it.
+    if let Some(auth) = unlinked {
         state
             .auth_kv
-            .remove(&email_key(&auth.external_id))
+            .remove(&owner_key(auth.kind, &auth.external_id))
             .await
             .map_err(ApiError::internal)?;
     }

@@ -575,3 +575,12 @@ pub async fn conversations_page(
         .await?;
     Ok((page, total))
 }
+
+/// The approved admins.
+pub async fn admin_ids(db: &PgPool) -> Result<Vec<UserId>, ApiError> {
+    let ids: Vec<(Uuid,)> =
+        sqlx::query_as("SELECT id FROM users WHERE role = 'admin' AND status = 'approved'")
+            .fetch_all(db)
+            .await?;
+    Ok(ids.into_iter().map(|(id,)| UserId(id)).collect())
+}

@@ -78,6 +78,21 @@ pub async fn authenticate(state: &AppState, token: &str) -> Result<AuthUser, Api
     })
 }
 
+/// The user a channel vouches for without a token (the Telegram bridge: Telegram authenticated
+/// the sender, and their id maps to this user), as of now. Such a caller has no session to
+/// sign out of; everything else (approval, revocation, role, limits) applies as it does to a
+/// signed-in user.
+pub async fn vouched(state: &AppState, id: UserId) -> Result<AuthUser, ApiError> {
+    let (user, seq) = load(state, id).await?;
+    Ok(AuthUser {
+        id,
+        user,
+        seq,
+        session: Uuid::nil(),
+        expires_at: i64::MAX,
+    })
+}
+
 async fn load(state: &AppState, id: UserId) -> Result<(User, u64), ApiError> {
     let (user, seq) = state
         .commands

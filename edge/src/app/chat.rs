@@ -89,11 +89,7 @@ pub async fn post(
         }
     };
     quota::check_message_quota(&state.db, &state.settings.tiers, caller).await?;
-    // The run's id follows from the command's, so a retried command names the same run.
-    let run_id = RunId(uuid::Uuid::new_v5(
-        &message.command_id.0,
-        b"warren/run-of-post",
-    ));
+    let run_id = run_of(message.command_id);
     let committed = state
         .commands
         .conversations
@@ -127,6 +123,12 @@ pub async fn post(
         position,
         seq: committed.sequence,
     })
+}
+
+/// The run a post with `command_id` asks for: it follows from the command's id, so a retried
+/// command names the same run (and a channel can know it before posting).
+pub fn run_of(command_id: CommandId) -> RunId {
+    RunId(uuid::Uuid::new_v5(&command_id.0, b"warren/run-of-post"))
 }
 
 /// The caller's latest conversation with `agent`, or a new one.

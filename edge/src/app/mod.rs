@@ -17,16 +17,25 @@
 //! - [`upload`] — stream a file into the agent's workspace, within the limit, audited.
 //! - [`model`] — call a model on an agent's behalf (the model proxy): the owner's upstream and
 //!   key, the token quota, the answer streamed back and its usage metered into the log.
-//! - [`identity`] — sign-in by an identity (email today): registration, and who is admin.
+//! - [`identity`] — sign-in by an identity (email, Telegram): registration, linking, link
+//!   codes, and who is admin.
+//! - [`admin`] — an admin's decisions about a user (approve, reject, revoke, role).
+//! - [`keys`] — a user's provider keys, sealed outside the log.
+//! - [`download`] — read a file out of the agent's workspace, within a size cap.
+//! - [`usage`] — a user's usage today against their tier's limits.
 
 pub mod access;
+pub mod admin;
 pub mod agents;
 pub mod chat;
+pub mod download;
 pub mod exec;
 pub mod fork;
 pub mod identity;
+pub mod keys;
 pub mod limits;
 pub mod model;
 pub mod revocation;
 pub mod runtime;
 pub mod upload;
+pub mod usage;
