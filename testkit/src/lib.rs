@@ -30,6 +30,8 @@
 //! - [`model_server`] — [`ModelServer`]: a scripted LLM provider speaking the OpenAI chat
 //!   completions and Anthropic Messages wire protocols (streaming with tool calls), recording
 //!   every request.
+//! - [`telegram`] — [`TestTelegram`]: a fake Telegram Bot API (long polling and webhooks,
+//!   strict `MarkdownV2`, files, fault injection) with simulated users, recording every call.
 //!
 //! The helpers panic with a descriptive message instead of returning errors: they run only in
 //! tests, where a panic is the failure report (`try_` variants return the error instead).
@@ -38,10 +40,12 @@ pub mod db;
 pub mod model_server;
 pub mod nats;
 pub mod smtp;
+pub mod telegram;
 pub mod wait;
 
 pub use db::TestDb;
 pub use model_server::{ModelServer, Reply};
 pub use nats::TestNats;
 pub use smtp::{Mail, TestSmtp};
+pub use telegram::{TestTelegram, TgUser};
 pub use wait::{wait_for, wait_until};
