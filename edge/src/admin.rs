@@ -105,7 +105,9 @@ async fn act(
     id: Uuid,
     command: UserCommand,
 ) -> Result<Json<UserView>, ApiError> {
-    Ok(Json(app::admin::decide(state, admin, UserId(id), command).await?))
+    Ok(Json(
+        app::admin::decide(state, admin, UserId(id), command).await?,
+    ))
 }
 
 /// Let a pending, rejected or revoked user in (role `user`).

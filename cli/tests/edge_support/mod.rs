@@ -85,7 +85,13 @@ impl Platform {
             vars.push((key, (*value).to_owned()));
         }
         let warren = Warren::spawn(&["dev"], &vars, dir.path(), "warren");
-        let base = format!("http://127.0.0.1:{http_port}");
+        // A test may choose the address (to know its URL before the start).
+        let addr = vars
+            .iter()
+            .find(|(key, _)| *key == "WARREN_HTTP_ADDR")
+            .map(|(_, addr)| addr.clone())
+            .unwrap_or_else(|| format!("127.0.0.1:{http_port}"));
+        let base = format!("http://{addr}");
         wait_healthy(&base, &warren).await;
         Self {
             nats,

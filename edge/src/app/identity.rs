@@ -125,7 +125,11 @@ pub async fn sign_in_by_telegram(
 }
 
 /// The user `identity` belongs to, if any (no registration).
-pub async fn owner(state: &AppState, kind: AuthKind, external_id: &str) -> Result<Option<UserId>, ApiError> {
+pub async fn owner(
+    state: &AppState,
+    kind: AuthKind,
+    external_id: &str,
+) -> Result<Option<UserId>, ApiError> {
     let identity = Identity {
         kind,
         external_id: external_id.to_owned(),
@@ -176,7 +180,10 @@ pub async fn sign_in(state: &AppState, identity: Identity) -> Result<SignedIn, A
 pub async fn link(state: &AppState, user_id: UserId, identity: Identity) -> Result<(), ApiError> {
     let key = identity.key();
     let kv = &state.auth_kv;
-    let claimed = kv.create(&key, &user_id).await.map_err(ApiError::internal)?;
+    let claimed = kv
+        .create(&key, &user_id)
+        .await
+        .map_err(ApiError::internal)?;
     if !claimed {
         let owner = kv
             .get::<UserId>(&key)
@@ -257,7 +264,8 @@ async fn owner_of(state: &AppState, key: &str) -> Result<UserId, ApiError> {
 /// Whether `user` becomes the platform's first admin: no admin list is configured, nobody is an
 /// admin, and nobody claimed it before.
 async fn first_admin(state: &AppState, user: UserId) -> Result<bool, ApiError> {
-    let listed = !state.settings.admin_emails.is_empty() || !state.settings.telegram.admins.is_empty();
+    let listed =
+        !state.settings.admin_emails.is_empty() || !state.settings.telegram.admins.is_empty();
     if listed || views::admin_count(&state.db).await? > 0 {
         return Ok(false);
     }

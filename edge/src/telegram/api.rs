@@ -118,7 +118,11 @@ impl BotApi {
         loop {
             match self.call(method, params).await {
                 Err(TgError::RetryAfter(wait)) => {
-                    tracing::info!(method, wait_secs = wait.as_secs(), "telegram rate limit: waiting");
+                    tracing::info!(
+                        method,
+                        wait_secs = wait.as_secs(),
+                        "telegram rate limit: waiting"
+                    );
                     self.pause(wait).await?;
                 }
                 Err(TgError::Unavailable(why)) => {
@@ -232,17 +236,22 @@ impl BotApi {
             Err(err) => return Err(TgError::Unavailable(err.without_url().to_string())),
         };
         if body["ok"].as_bool() == Some(true) {
-            return serde_json::from_value(body["result"].clone())
-                .map_err(|err| TgError::Unavailable(format!("{method}: unreadable result: {err}")));
+            return serde_json::from_value(body["result"].clone()).map_err(|err| {
+                TgError::Unavailable(format!("{method}: unreadable result: {err}"))
+            });
         }
-        let code = body["error_code"].as_i64().unwrap_or(i64::from(status.as_u16()));
+        let code = body["error_code"]
+            .as_i64()
+            .unwrap_or(i64::from(status.as_u16()));
         let description = body["description"].as_str().unwrap_or_default().to_owned();
         if code == 429 {
             let wait = body["parameters"]["retry_after"].as_u64().unwrap_or(1);
             return Err(TgError::RetryAfter(Duration::from_secs(wait.max(1))));
         }
         if code >= 500 || status.is_server_error() {
-            return Err(TgError::Unavailable(format!("{method}: {code} {description}")));
+            return Err(TgError::Unavailable(format!(
+                "{method}: {code} {description}"
+            )));
         }
         Err(TgError::Refused {
             method: method.to_owned(),

@@ -132,7 +132,8 @@ impl Bridge {
                 client_kind,
                 ..
             } if client_kind.as_deref() != Some("telegram") => {
-                if let Some((chat, _)) = self.chat_for(None, Some(user_id), conversation_id).await? {
+                if let Some((chat, _)) = self.chat_for(None, Some(user_id), conversation_id).await?
+                {
                     let from = match client_kind.as_deref() {
                         Some("cli") => "CLI",
                         Some("web") | None => "web",
@@ -149,8 +150,9 @@ impl Bridge {
                 tool_calls,
                 ..
             } => {
-                if let Some((chat, placeholder)) =
-                    self.chat_for(Some(run_id), Some(user_id), conversation_id).await?
+                if let Some((chat, placeholder)) = self
+                    .chat_for(Some(run_id), Some(user_id), conversation_id)
+                    .await?
                 {
                     let parts = format::render(&with_tools(&text, &tool_calls));
                     sent(self.answer(chat, placeholder, &parts, &text).await)?;
@@ -189,7 +191,8 @@ impl Bridge {
                 text,
                 ..
             } => {
-                if let Some((chat, _)) = self.chat_for(None, Some(user_id), conversation_id).await? {
+                if let Some((chat, _)) = self.chat_for(None, Some(user_id), conversation_id).await?
+                {
                     let parts = format::render(&text);
                     sent(self.answer(chat, None, &parts, &text).await)?;
                 }
@@ -216,11 +219,17 @@ impl Bridge {
                 "text": first,
                 "parse_mode": "MarkdownV2",
             });
-            match self.api.call_retrying::<serde_json::Value>("editMessageText", &params).await {
+            match self
+                .api
+                .call_retrying::<serde_json::Value>("editMessageText", &params)
+                .await
+            {
                 Ok(_) => rest = &parts[1..],
                 Err(TgError::Closing) => return Err(TgError::Closing),
                 // The draft message is gone: send the answer anew.
-                Err(err) => tracing::info!(error = %err, "editing the draft into the answer failed"),
+                Err(err) => {
+                    tracing::info!(error = %err, "editing the draft into the answer failed")
+                }
             }
         }
         match self.say_markdown(chat, rest).await {
@@ -234,7 +243,12 @@ impl Bridge {
     }
 
     /// Replaces the draft message with `text`, or sends it.
-    async fn replace(&self, chat: i64, placeholder: Option<i64>, text: &str) -> Result<(), TgError> {
+    async fn replace(
+        &self,
+        chat: i64,
+        placeholder: Option<i64>,
+        text: &str,
+    ) -> Result<(), TgError> {
         if let Some(message_id) = placeholder {
             let params = json!({ "chat_id": chat, "message_id": message_id, "text": text });
             if self
@@ -262,7 +276,10 @@ impl Bridge {
                 ..
             } => {
                 let mut text = String::from("🆕 New user registration:");
-                text.push_str(&format!("\nName: {}", display_name.as_deref().unwrap_or("—")));
+                text.push_str(&format!(
+                    "\nName: {}",
+                    display_name.as_deref().unwrap_or("—")
+                ));
                 if let Some(email) = email {
                     text.push_str(&format!("\nEmail: {email}"));
                 }
@@ -277,7 +294,8 @@ impl Bridge {
                 let admins = views::admin_ids(&self.state.db).await.map_err(retry)?;
                 for admin in admins {
                     for chat in self.telegram_ids(admin).await? {
-                        let params = json!({ "chat_id": chat, "text": text, "reply_markup": buttons });
+                        let params =
+                            json!({ "chat_id": chat, "text": text, "reply_markup": buttons });
                         let outcome = self
                             .api
                             .call_retrying::<serde_json::Value>("sendMessage", &params)
@@ -288,15 +306,23 @@ impl Bridge {
                 }
             }
             UserEvent::UserApproved { user_id, .. } => {
-                self.tell_user(user_id, "🎉 You've been approved! Send me a message to talk to your agent.").await?;
+                self.tell_user(
+                    user_id,
+                    "🎉 You've been approved! Send me a message to talk to your agent.",
+                )
+                .await?;
             }
             UserEvent::UserRejected { user_id, reason } => {
                 let reason = reason.map(|r| format!(" Reason: {r}")).unwrap_or_default();
-                self.tell_user(user_id, &format!("Your registration was declined.{reason}")).await?;
+                self.tell_user(user_id, &format!("Your registration was declined.{reason}"))
+                    .await?;
             }
-            UserEvent::UserAccessRevoked { user_id, reason, .. } => {
+            UserEvent::UserAccessRevoked {
+                user_id, reason, ..
+            } => {
                 let reason = reason.map(|r| format!(" Reason: {r}")).unwrap_or_default();
-                self.tell_user(user_id, &format!("Your access was revoked.{reason}")).await?;
+                self.tell_user(user_id, &format!("Your access was revoked.{reason}"))
+                    .await?;
             }
             _ => {}
         }
@@ -342,7 +368,13 @@ fn with_tools(text: &str, calls: &[ToolCall]) -> String {
     }
     let names: Vec<String> = counted
         .into_iter()
-        .map(|(name, n)| if n > 1 { format!("{name} ×{n}") } else { name.to_owned() })
+        .map(|(name, n)| {
+            if n > 1 {
+                format!("{name} ×{n}")
+            } else {
+                name.to_owned()
+            }
+        })
         .collect();
     format!("🔧 {}\n\n{text}", names.join(", "))
 }

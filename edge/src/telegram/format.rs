@@ -251,17 +251,19 @@ mod tests {
     #[test]
     fn reserved_characters_are_escaped_outside_code() {
         assert_eq!(escape("1.5 * (a-b)!"), "1\\.5 \\* \\(a\\-b\\)\\!");
-        assert_eq!(render("Done. `ls -la` lists files."), vec![
-            "Done\\. `ls -la` lists files\\."
-        ]);
+        assert_eq!(
+            render("Done. `ls -la` lists files."),
+            vec!["Done\\. `ls -la` lists files\\."]
+        );
     }
 
     #[test]
     fn fenced_code_is_a_pre_block_escaped_for_code() {
         let parts = render("Run this:\n```bash\necho `date` \\ done.\n```\nThat's it!");
-        assert_eq!(parts, vec![
-            "Run this:\n```bash\necho \\`date\\` \\\\ done.\n```\nThat's it\\!"
-        ]);
+        assert_eq!(
+            parts,
+            vec!["Run this:\n```bash\necho \\`date\\` \\\\ done.\n```\nThat's it\\!"]
+        );
     }
 
     #[test]

@@ -41,6 +41,10 @@ const TELEGRAM_UPLOAD_MAX: u64 = 50 * 1024 * 1024;
 const SHELL_OUTPUT_MAX: usize = 1024 * 1024;
 /// Shell output longer than this is sent as a file.
 const SHELL_INLINE_MAX: usize = 3500;
+/// How long a message waits for its agent's deployment.
+const DEPLOY_WAIT: Duration = Duration::from_secs(300);
+/// How often the agent's state is read meanwhile.
+const DEPLOY_POLL: Duration = Duration::from_millis(500);
 /// The name of an agent created for a user's first message.
 const FIRST_AGENT_NAME: &str = "Assistant";
 
@@ -70,6 +74,27 @@ Talk to your agent: just send a message.
 /usage — today's usage and limits
 /help — this text";
 
+/// The commands Telegram lists in the bot's menu (`setMyCommands`).
+pub const MENU: [(&str, &str); 17] = [
+    ("new", "Start a new session"),
+    ("sessions", "Your sessions with this agent"),
+    ("history", "The last messages"),
+    ("cancel", "Stop the answer in progress"),
+    ("status", "Your agent's state and resources"),
+    ("agents", "Your agents"),
+    ("agent", "Switch agent: /agent NAME"),
+    ("stop", "Stop your agent"),
+    ("restart", "Restart your agent"),
+    ("shell", "Run a shell command: /shell CMD"),
+    ("get", "Get a workspace file: /get PATH"),
+    ("setkey", "Store your provider key: /setkey PROVIDER KEY"),
+    ("model", "Change your agent's model: /model NAME"),
+    ("usage", "Today's usage and limits"),
+    ("myid", "Your Telegram id"),
+    ("start", "Register, or link your account: /start CODE"),
+    ("help", "All commands"),
+];
+
 /// Consumes the queue of updates until shutdown.
 pub async fn run(bridge: &Bridge) {
     let durable = Durable {
@@ -80,15 +105,21 @@ pub async fn run(bridge: &Bridge) {
     };
     let js = bridge.state.commands.jetstream();
     supervise("telegram", bridge.shutdown.clone(), || {
-        consume_concurrently(js, &durable, &bridge.shutdown, CONCURRENCY, |message| async move {
-            match serde_json::from_slice::<Update>(&message.payload) {
-                Ok(update) => {
-                    bridge.handle(update).await;
-                    Handled::Done
+        consume_concurrently(
+            js,
+            &durable,
+            &bridge.shutdown,
+            CONCURRENCY,
+            |message| async move {
+                match serde_json::from_slice::<Update>(&message.payload) {
+                    Ok(update) => {
+                        bridge.handle(update).await;
+                        Handled::Done
+                    }
+                    Err(err) => Handled::Poison(format!("not a telegram update: {err}")),
                 }
-                Err(err) => Handled::Poison(format!("not a telegram update: {err}")),
-            }
-        })
+            },
+        )
     })
     .await;
 }
@@ -190,7 +221,11 @@ impl Bridge {
     pub async fn say(&self, chat: i64, text: &str) {
         for part in format::split_plain(text) {
             let params = json!({ "chat_id": chat, "text": part });
-            if let Err(err) = self.api.call_retrying::<serde_json::Value>("sendMessage", &params).await {
+            if let Err(err) = self
+                .api
+                .call_retrying::<serde_json::Value>("sendMessage", &params)
+                .await
+            {
                 tracing::warn!(chat, error = %err, "telegram refused a message");
                 return;
             }
@@ -198,7 +233,11 @@ impl Bridge {
     }
 
     /// Sends MarkdownV2 `parts`, waiting out Telegram's limits and outages.
-    pub async fn say_markdown(&self, chat: i64, parts: &[String]) -> Result<(), super::api::TgError> {
+    pub async fn say_markdown(
+        &self,
+        chat: i64,
+        parts: &[String],
+    ) -> Result<(), super::api::TgError> {
         for part in parts {
             let params = json!({ "chat_id": chat, "text": part, "parse_mode": "MarkdownV2" });
             self.api
@@ -249,7 +288,8 @@ impl Bridge {
             .user_of(query.from.id)
             .await?
             .ok_or_else(|| Said("Only admins can decide registrations.".into()))?;
-        let admin = access::admin(caller).map_err(|_| Said("Only admins can decide registrations.".into()))?;
+        let admin = access::admin(caller)
+            .map_err(|_| Said("Only admins can decide registrations.".into()))?;
         let decided = admin::decide(&self.state, &admin, user, command).await?;
         // The notice shows the decision; its buttons go.
         if let Some(message) = &query.message {
@@ -263,11 +303,18 @@ impl Bridge {
                 "message_id": message.message_id,
                 "text": text,
             });
-            if let Err(err) = self.api.call_retrying::<serde_json::Value>("editMessageText", &params).await {
+            if let Err(err) = self
+                .api
+                .call_retrying::<serde_json::Value>("editMessageText", &params)
+                .await
+            {
                 tracing::warn!(error = %err, "updating a registration notice failed");
             }
         }
-        let who = decided.display_name.or(decided.email).unwrap_or_else(|| decided.id.to_string());
+        let who = decided
+            .display_name
+            .or(decided.email)
+            .unwrap_or_else(|| decided.id.to_string());
         Ok(format!("{done}: {who}"))
     }
 }
@@ -337,9 +384,6 @@ impl Ctx<'_> {
         let id = match agents.first() {
             Some(agent) => AgentId(agent.id),
             None => {
-                self.bridge
-                    .say(self.chat, "🛠 Setting up your agent: the first answer takes a little longer.")
-                    .await;
                 let new = NewAgent {
                     name: FIRST_AGENT_NAME.into(),
                     system_prompt: None,
@@ -355,13 +399,46 @@ impl Ctx<'_> {
         Ok(id)
     }
 
+    /// Waits while `agent` is being deployed (a message to an agent still deploying would
+    /// fail), saying so once; its state as it settled.
+    async fn deployed(&self, caller: &ApprovedUser, agent: AgentId) -> Result<String, Said> {
+        let deadline = tokio::time::Instant::now() + DEPLOY_WAIT;
+        let mut told = false;
+        loop {
+            let view = views::agent(&self.state().db, caller.id, agent).await?;
+            if !matches!(view.status.as_str(), "pending" | "allocating" | "deploying") {
+                return Ok(view.status);
+            }
+            if !told {
+                self.bridge
+                    .say(
+                        self.chat,
+                        "🛠 Your agent is being set up: the answer follows when it is ready.",
+                    )
+                    .await;
+                told = true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Said("⚠️ Your agent is taking long to start: try again in a minute (/status shows how far it got).".into()));
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(DEPLOY_POLL) => {}
+                _ = self.bridge.shutdown.cancelled() => return Err(Said("⚠️ The bot is restarting: send your message again.".into())),
+            }
+        }
+    }
+
     async fn command(&self, line: &str) -> Outcome {
         let (name, args) = line
             .split_once(char::is_whitespace)
             .map(|(name, args)| (name, args.trim()))
             .unwrap_or((line, ""));
         // `/cmd@this_bot` in groups.
-        let name = name.split('@').next().unwrap_or_default().to_ascii_lowercase();
+        let name = name
+            .split('@')
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
         match name.as_str() {
             "start" => self.start(args).await,
             "myid" => reply(format!("Your Telegram id: {}", self.from.id)),
@@ -391,7 +468,7 @@ impl Ctx<'_> {
         if !code.is_empty() {
             let user = identity::redeem_link_code(state, code, AuthKind::Telegram)
                 .await
-                .map_err(|_| Said("⚠️ This link code is unknown, expired or already used: make a new one in the console or with `warren connect telegram`.".into()))?;
+                .map_err(|_| Said("⚠️ This link code is unknown, expired or already used: make a new one (POST /api/v1/users/me/connections/telegram, or the console).".into()))?;
             let telegram = Identity {
                 kind: AuthKind::Telegram,
                 external_id: self.from.id.to_string(),
@@ -429,6 +506,7 @@ impl Ctx<'_> {
         let caller = self.writer().await?;
         let mut current = self.current(caller.id).await?;
         let agent = self.agent(&caller, &mut current).await?;
+        self.deployed(&caller, agent).await?;
         let command_id = self.command_id("post");
         let message = |target| Message {
             target,
@@ -453,7 +531,13 @@ impl Ctx<'_> {
             .map_err(|err| Said(describe(&ApiError::internal(err))))?;
         let posted = match current.conversation_id {
             Some(conversation) => {
-                match chat::post(self.state(), &caller, message(Target::Both(conversation, agent))).await {
+                match chat::post(
+                    self.state(),
+                    &caller,
+                    message(Target::Both(conversation, agent)),
+                )
+                .await
+                {
                     // The conversation is gone: the agent's latest, or a new one.
                     Err(ApiError::NotFound) => {
                         chat::post(self.state(), &caller, message(Target::Agent(agent))).await
@@ -473,10 +557,17 @@ impl Ctx<'_> {
         current.conversation_id = Some(posted.conversation_id);
         self.remember(caller.id, &current).await?;
         let typing = json!({ "chat_id": self.chat, "action": "typing" });
-        let _ = self.bridge.api.call::<bool>("sendChatAction", &typing).await;
+        let _ = self
+            .bridge
+            .api
+            .call::<bool>("sendChatAction", &typing)
+            .await;
         if posted.position > 0 {
             self.bridge
-                .say(self.chat, &format!("⏳ Queued behind {} message(s).", posted.position))
+                .say(
+                    self.chat,
+                    &format!("⏳ Queued behind {} message(s).", posted.position),
+                )
                 .await;
         }
         tokio::spawn(super::stream::follow_run(
@@ -490,7 +581,10 @@ impl Ctx<'_> {
     }
 
     /// The caller's current agent and conversation (the agent's latest if none was chosen).
-    async fn conversation(&self, caller: &ApprovedUser) -> Result<(AgentId, Current, Option<ConversationId>), Said> {
+    async fn conversation(
+        &self,
+        caller: &ApprovedUser,
+    ) -> Result<(AgentId, Current, Option<ConversationId>), Said> {
         let mut current = self.current(caller.id).await?;
         let agent = self.agent(caller, &mut current).await?;
         let conversation = match current.conversation_id {
@@ -507,7 +601,8 @@ impl Ctx<'_> {
         let caller = self.writer().await?;
         let mut current = self.current(caller.id).await?;
         let agent = self.agent(&caller, &mut current).await?;
-        let started = chat::start(self.state(), &caller, agent, None, self.command_id("new")).await?;
+        let started =
+            chat::start(self.state(), &caller, agent, None, self.command_id("new")).await?;
         current.conversation_id = Some(started.conversation_id);
         self.remember(caller.id, &current).await?;
         reply("🆕 New session started: your next message begins it.")
@@ -527,7 +622,11 @@ impl Ctx<'_> {
             } else {
                 ""
             };
-            let title = if conversation.title.is_empty() { "(untitled)" } else { &conversation.title };
+            let title = if conversation.title.is_empty() {
+                "(untitled)"
+            } else {
+                &conversation.title
+            };
             text.push_str(&format!(
                 "{}. {title} — {} message(s){mark}\n",
                 n + 1,
@@ -557,8 +656,13 @@ impl Ctx<'_> {
 
     async fn history(&self, args: &str) -> Outcome {
         let caller = self.approved().await?;
-        let count = if args.is_empty() { 10 } else {
-            args.parse::<i64>().ok().filter(|n| (1..=50).contains(n)).ok_or_else(|| Said("Usage: /history [N], N from 1 to 50.".into()))?
+        let count = if args.is_empty() {
+            10
+        } else {
+            args.parse::<i64>()
+                .ok()
+                .filter(|n| (1..=50).contains(n))
+                .ok_or_else(|| Said("Usage: /history [N], N from 1 to 50.".into()))?
         };
         let (_, _, conversation) = self.conversation(&caller).await?;
         let Some(conversation) = conversation else {
@@ -570,7 +674,11 @@ impl Ctx<'_> {
         }
         let mut text = String::new();
         for message in messages {
-            let who = if message.role == "user" { "👤" } else { "🤖" };
+            let who = if message.role == "user" {
+                "👤"
+            } else {
+                "🤖"
+            };
             let mut body: String = message.text.chars().take(600).collect();
             if body.len() < message.text.len() {
                 body.push('…');
@@ -584,14 +692,24 @@ impl Ctx<'_> {
         let caller = self.writer().await?;
         let (_, _, conversation) = self.conversation(&caller).await?;
         let conversation = conversation.ok_or_else(|| Said("Nothing is running.".into()))?;
-        chat::cancel(self.state(), &caller, conversation, None, self.command_id("cancel")).await?;
+        chat::cancel(
+            self.state(),
+            &caller,
+            conversation,
+            None,
+            self.command_id("cancel"),
+        )
+        .await?;
         reply("⏹ Cancelling.")
     }
 
     async fn status(&self) -> Outcome {
         let caller = self.registered().await?;
         let Ok(caller) = access::approved(self.state(), caller.clone()).await else {
-            return Err(Said(format!("Your account is {}. {PENDING}", caller.user.status)));
+            return Err(Said(format!(
+                "Your account is {}. {PENDING}",
+                caller.user.status
+            )));
         };
         let mut current = self.current(caller.id).await?;
         let agent = self.agent(&caller, &mut current).await?;
@@ -627,12 +745,21 @@ impl Ctx<'_> {
         let current = self.current(caller.id).await?;
         let list = views::agents(&self.state().db, caller.id).await?;
         if list.is_empty() {
-            return Err(Said("No agents yet: send a message and I set one up.".into()));
+            return Err(Said(
+                "No agents yet: send a message and I set one up.".into(),
+            ));
         }
         let mut text = String::from("Your agents:\n");
         for agent in list {
-            let mark = if current.agent_id == Some(AgentId(agent.id)) { " ← current" } else { "" };
-            text.push_str(&format!("• {} — {} ({}){mark}\n", agent.name, agent.status, agent.model));
+            let mark = if current.agent_id == Some(AgentId(agent.id)) {
+                " ← current"
+            } else {
+                ""
+            };
+            text.push_str(&format!(
+                "• {} — {} ({}){mark}\n",
+                agent.name, agent.status, agent.model
+            ));
         }
         text.push_str("\n/agent NAME switches.");
         reply(text)
@@ -659,7 +786,14 @@ impl Ctx<'_> {
         let caller = self.writer().await?;
         let mut current = self.current(caller.id).await?;
         let agent = self.agent(&caller, &mut current).await?;
-        agents::lifecycle(self.state(), &caller, agent, what, self.command_id("lifecycle")).await?;
+        agents::lifecycle(
+            self.state(),
+            &caller,
+            agent,
+            what,
+            self.command_id("lifecycle"),
+        )
+        .await?;
         reply(match what {
             Lifecycle::Stop => "⏹ Stopping your agent (its workspace is kept).",
             _ => "🔄 Restarting your agent.",
@@ -673,12 +807,20 @@ impl Ctx<'_> {
         let caller = self.writer().await?;
         let mut current = self.current(caller.id).await?;
         let agent = self.agent(&caller, &mut current).await?;
+        self.deployed(&caller, agent).await?;
         let request = ExecRequest {
             command: command.to_owned(),
             timeout_ms: None,
             cwd: None,
         };
-        let mut run = exec::exec(self.state(), &caller, agent, request, self.command_id("shell")).await?;
+        let mut run = exec::exec(
+            self.state(),
+            &caller,
+            agent,
+            request,
+            self.command_id("shell"),
+        )
+        .await?;
         let mut output = String::new();
         let mut ending = String::from("no exit status");
         while let Some(frame) = run.frames.recv().await {
@@ -688,7 +830,12 @@ impl Ctx<'_> {
                         output.push_str(&data);
                     }
                 }
-                ExecFrame::Exit { code, signal, timed_out, truncated } => {
+                ExecFrame::Exit {
+                    code,
+                    signal,
+                    timed_out,
+                    truncated,
+                } => {
                     ending = match (code, signal) {
                         (Some(code), _) => format!("exit {code}"),
                         (None, Some(signal)) => format!("killed by signal {signal}"),
@@ -717,8 +864,16 @@ impl Ctx<'_> {
                 .map_err(|err| Said(format!("⚠️ Telegram refused the output: {err}")))?;
             return Ok(None);
         }
-        let body = if output.trim().is_empty() { "(no output)".to_owned() } else { output };
-        let text = format!("```\n{}\n```\n{}", escape_code(body.trim_end()), escape(&ending));
+        let body = if output.trim().is_empty() {
+            "(no output)".to_owned()
+        } else {
+            output
+        };
+        let text = format!(
+            "```\n{}\n```\n{}",
+            escape_code(body.trim_end()),
+            escape(&ending)
+        );
         self.bridge
             .say_markdown(self.chat, &[text])
             .await
@@ -728,13 +883,27 @@ impl Ctx<'_> {
 
     async fn get(&self, path: &str) -> Outcome {
         if path.is_empty() {
-            return Err(Said("Usage: /get PATH (a path in your agent's workspace)".into()));
+            return Err(Said(
+                "Usage: /get PATH (a path in your agent's workspace)".into(),
+            ));
         }
         let caller = self.approved().await?;
         let mut current = self.current(caller.id).await?;
         let agent = self.agent(&caller, &mut current).await?;
-        let max = self.state().settings.upload_max_bytes.min(TELEGRAM_UPLOAD_MAX);
-        let file = download::download(self.state(), &caller, agent, path.trim_start_matches('/'), max as usize).await?;
+        self.deployed(&caller, agent).await?;
+        let max = self
+            .state()
+            .settings
+            .upload_max_bytes
+            .min(TELEGRAM_UPLOAD_MAX);
+        let file = download::download(
+            self.state(),
+            &caller,
+            agent,
+            path.trim_start_matches('/'),
+            max as usize,
+        )
+        .await?;
         let name = file.path.rsplit('/').next().unwrap_or("file").to_owned();
         self.bridge
             .api
@@ -746,7 +915,11 @@ impl Ctx<'_> {
 
     async fn document(&self, document: &Document) -> Outcome {
         let caller = self.writer().await?;
-        let max = self.state().settings.upload_max_bytes.min(TELEGRAM_DOWNLOAD_MAX);
+        let max = self
+            .state()
+            .settings
+            .upload_max_bytes
+            .min(TELEGRAM_DOWNLOAD_MAX);
         if document.file_size.is_some_and(|size| size > max) {
             return Err(Said(format!(
                 "⚠️ That file is too big: I take files up to {}.",
@@ -755,6 +928,7 @@ impl Ctx<'_> {
         }
         let mut current = self.current(caller.id).await?;
         let agent = self.agent(&caller, &mut current).await?;
+        self.deployed(&caller, agent).await?;
         let bytes = self
             .bridge
             .api
@@ -791,7 +965,12 @@ impl Ctx<'_> {
     async fn set_key(&self, args: &str) -> Outcome {
         // The key must not stay in the chat, whatever happens next.
         let delete = json!({ "chat_id": self.chat, "message_id": self.message_id });
-        if let Err(err) = self.bridge.api.call_retrying::<bool>("deleteMessage", &delete).await {
+        if let Err(err) = self
+            .bridge
+            .api
+            .call_retrying::<bool>("deleteMessage", &delete)
+            .await
+        {
             tracing::warn!(error = %err, "deleting a /setkey message failed");
         }
         let mut words = args.split_whitespace();
@@ -830,14 +1009,27 @@ impl Ctx<'_> {
             model: Some(model.to_owned()),
             ..Default::default()
         };
-        agents::configure(self.state(), &caller, agent, change, self.command_id("model")).await?;
+        agents::configure(
+            self.state(),
+            &caller,
+            agent,
+            change,
+            self.command_id("model"),
+        )
+        .await?;
         reply(format!("🧠 Your agent now uses {model}."))
     }
 
     async fn usage(&self) -> Outcome {
         let caller = self.registered().await?;
         let today = usage::summary(self.state(), &caller).await?;
-        let limit = |limit: u64| if limit == 0 { "∞".to_owned() } else { limit.to_string() };
+        let limit = |limit: u64| {
+            if limit == 0 {
+                "∞".to_owned()
+            } else {
+                limit.to_string()
+            }
+        };
         reply(format!(
             "Today ({}, tier {}):\nmessages: {} / {}\ntokens: {} / {}\nagents: {} / {}",
             today.day,
@@ -855,7 +1047,11 @@ impl Ctx<'_> {
 /// A sent document's name as a workspace path: its last segment, without characters a path
 /// may not hold.
 fn file_name(name: Option<&str>) -> String {
-    let name = name.unwrap_or("upload.bin").rsplit(['/', '\\']).next().unwrap_or_default();
+    let name = name
+        .unwrap_or("upload.bin")
+        .rsplit(['/', '\\'])
+        .next()
+        .unwrap_or_default();
     let clean: String = name.chars().filter(|c| !c.is_control()).collect();
     match clean.trim() {
         "" | "." | ".." => "upload.bin".into(),
@@ -865,7 +1061,12 @@ fn file_name(name: Option<&str>) -> String {
 
 /// `seconds` as `3d 4h`, `5h 2m`, `7m 3s`.
 fn human_duration(seconds: i64) -> String {
-    let (d, h, m, s) = (seconds / 86_400, seconds / 3600 % 24, seconds / 60 % 60, seconds % 60);
+    let (d, h, m, s) = (
+        seconds / 86_400,
+        seconds / 3600 % 24,
+        seconds / 60 % 60,
+        seconds % 60,
+    );
     match (d, h, m) {
         (0, 0, 0) => format!("{s}s"),
         (0, 0, _) => format!("{m}m {s}s"),

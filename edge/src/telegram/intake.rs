@@ -5,7 +5,7 @@
 //!
 //! - Long polling (no `WARREN_TELEGRAM_WEBHOOK_URL`): one replica polls at a time, the holder of
 //!   the `poller` lease ([`super::store::Store::lead`]), taken over by another replica within
-//!   [`POLLER_STALE`] when it dies. An update is confirmed to Telegram (the next `offset`) only
+//!   [`POLLER_STALE`] when it dies (at once when it shuts down). An update is confirmed to Telegram (the next `offset`) only
 //!   after it is in the queue, so a crash loses nothing.
 //! - Webhook: the bridge registers the URL and secret with `setWebhook`; the edge's
 //!   `POST /api/v1/telegram/webhook` checks `X-Telegram-Bot-Api-Secret-Token` (constant time;
@@ -52,6 +52,19 @@ pub async fn enqueue(js: &jetstream::Context, update_id: i64, update: Bytes) -> 
 
 /// Runs the intake until shutdown: registers the webhook, or polls.
 pub async fn run(bridge: &Bridge) {
+    let commands: Vec<Value> = super::handle::MENU
+        .iter()
+        .map(|(command, description)| json!({ "command": command, "description": description }))
+        .collect();
+    match bridge
+        .api
+        .call_retrying::<bool>("setMyCommands", &json!({ "commands": commands }))
+        .await
+    {
+        Ok(_) => {}
+        Err(TgError::Closing) => return,
+        Err(err) => tracing::warn!(error = %err, "telegram refused the command menu"),
+    }
     match &bridge.settings.webhook_url {
         Some(url) => register_webhook(bridge, url).await,
         None => poll(bridge).await,
@@ -64,7 +77,11 @@ async fn register_webhook(bridge: &Bridge, url: &str) {
         "secret_token": bridge.settings.webhook_secret,
         "allowed_updates": ALLOWED_UPDATES,
     });
-    match bridge.api.call_retrying::<bool>("setWebhook", &params).await {
+    match bridge
+        .api
+        .call_retrying::<bool>("setWebhook", &params)
+        .await
+    {
         Ok(_) => tracing::info!("telegram webhook registered"),
         Err(TgError::Closing) => {}
         Err(err) => tracing::error!(error = %err, "telegram refused the webhook"),
@@ -72,6 +89,13 @@ async fn register_webhook(bridge: &Bridge, url: &str) {
 }
 
 async fn poll(bridge: &Bridge) {
+    poll_until_shutdown(bridge).await;
+    if let Err(err) = bridge.store.release(&bridge.worker_id).await {
+        tracing::warn!(error = %err, "giving the poller lease up failed");
+    }
+}
+
+async fn poll_until_shutdown(bridge: &Bridge) {
     // Telegram refuses getUpdates while a webhook is set (one left from webhook mode).
     if let Err(err) = bridge
         .api
@@ -141,7 +165,11 @@ async fn poll(bridge: &Bridge) {
                 tracing::warn!(error = %err, "another getUpdates or a webhook is active");
                 Duration::from_secs(2)
             }
-            Err(err @ TgError::Refused { code: 401 | 404, .. }) => {
+            Err(
+                err @ TgError::Refused {
+                    code: 401 | 404, ..
+                },
+            ) => {
                 tracing::error!(error = %err, "telegram refuses the bot token (WARREN_TELEGRAM_TOKEN)");
                 Duration::from_secs(30)
             }
@@ -191,15 +219,24 @@ pub(crate) async fn webhook(
             "the webhook secret token is missing or wrong",
         ));
     }
-    let update: Value = serde_json::from_slice(&body)
-        .map_err(|_| ApiError::invalid_field("body", "must be a Telegram Update (JSON)"))?;
+    let update: Value = serde_json::from_slice(&body).map_err(|_| {
+        ApiError::client(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            "the body must be a Telegram Update (JSON)",
+        )
+    })?;
     let Some(id) = update["update_id"].as_i64() else {
         return Err(ApiError::invalid_field("update_id", "must be an integer"));
     };
     enqueue(state.commands.jetstream(), id, body)
         .await
         .map_err(|err| {
-            tracing::warn!(update_id = id, error = err, "queueing a webhook update failed");
+            tracing::warn!(
+                update_id = id,
+                error = err,
+                "queueing a webhook update failed"
+            );
             ApiError::Unavailable("the log")
         })?;
     Ok(StatusCode::OK)

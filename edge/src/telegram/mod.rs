@@ -141,14 +141,14 @@ impl Bridge {
     pub async fn run(self) {
         tracing::info!(
             bot_id = self.bot_id,
-            mode = if self.settings.webhook_url.is_some() { "webhook" } else { "long polling" },
+            mode = if self.settings.webhook_url.is_some() {
+                "webhook"
+            } else {
+                "long polling"
+            },
             "telegram bridge starting"
         );
-        tokio::join!(
-            intake::run(&self),
-            handle::run(&self),
-            deliver::run(&self),
-        );
+        tokio::join!(intake::run(&self), handle::run(&self), deliver::run(&self),);
     }
 
     /// The lock of `chat`'s stripe.

@@ -8,8 +8,8 @@
 //! - `poller` — which replica long-polls Telegram, and when it last said so.
 
 use async_nats::jetstream::{self, kv};
-use serde::{Deserialize, Serialize};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use warren_commands::topology::KV_TELEGRAM;
 use warren_domain::ids::{AgentId, ConversationId, RunId, UserId};
 
@@ -99,6 +99,23 @@ impl Store {
     /// Forgets a run whose answer was delivered.
     pub async fn remove_run(&self, run: RunId) -> Result<(), StoreError> {
         self.kv.purge(format!("run.{run}")).await.map_err(fail)
+    }
+
+    /// Gives the poller lease up if `holder` has it (at shutdown: another replica takes over at
+    /// once instead of after the lease goes stale).
+    pub async fn release(&self, holder: &str) -> Result<(), StoreError> {
+        let Some(entry) = self.kv.entry("poller").await.map_err(fail)? else {
+            return Ok(());
+        };
+        let ours = serde_json::from_slice::<Poller>(&entry.value)
+            .is_ok_and(|poller| poller.holder == holder);
+        if ours && entry.operation == kv::Operation::Put {
+            self.kv
+                .purge_expect_revision("poller", Some(entry.revision))
+                .await
+                .map_err(fail)?;
+        }
+        Ok(())
     }
 
     /// Whether `holder` polls Telegram now: it did and says so again, or nobody said so for

@@ -73,7 +73,11 @@ pub async fn follow_run(
         text: String::new(),
         tools: Vec::new(),
         shown: String::new(),
-        mode: if chat > 0 { Mode::Draft } else { Mode::Edit(None) },
+        mode: if chat > 0 {
+            Mode::Draft
+        } else {
+            Mode::Edit(None)
+        },
         next: Instant::now(),
     };
     let mut files = Vec::new();
@@ -89,7 +93,10 @@ pub async fn follow_run(
             Frame::Text { content, .. } => draft.text.push_str(content),
             Frame::ToolUse { name, .. } => draft.tools.push(name.clone()),
             Frame::File { path, size, .. } => files.push((path.clone(), *size)),
-            Frame::Done { .. } | Frame::Failed { .. } | Frame::Cancelled { .. } | Frame::End { .. } => break,
+            Frame::Done { .. }
+            | Frame::Failed { .. }
+            | Frame::Cancelled { .. }
+            | Frame::End { .. } => break,
             _ => continue,
         }
         draft.show(&bridge).await;
@@ -97,7 +104,10 @@ pub async fn follow_run(
     for (path, size) in files {
         let size = size.map(|s| format!(" ({s} bytes)")).unwrap_or_default();
         bridge
-            .say(chat, &format!("📎 Your agent wrote {path}{size}: /get {path}"))
+            .say(
+                chat,
+                &format!("📎 Your agent wrote {path}{size}: /get {path}"),
+            )
             .await;
     }
 }
@@ -131,8 +141,13 @@ impl Draft {
         self.next = now + DRAFT_EVERY;
         let sent = match self.mode {
             Mode::Draft => {
-                let params = json!({ "chat_id": self.chat, "draft_id": self.draft_id, "text": text });
-                let sent = bridge.api.call::<bool>("sendMessageDraft", &params).await.map(|_| ());
+                let params =
+                    json!({ "chat_id": self.chat, "draft_id": self.draft_id, "text": text });
+                let sent = bridge
+                    .api
+                    .call::<bool>("sendMessageDraft", &params)
+                    .await
+                    .map(|_| ());
                 if let Err(err @ TgError::Refused { .. }) = &sent {
                     tracing::info!(error = %err, "drafts refused: editing a message instead");
                     self.mode = Mode::Edit(None);
@@ -149,15 +164,24 @@ impl Draft {
     async fn show_now(&mut self, bridge: &Bridge, record: RunRecord, text: String) {
         let sent = match self.mode {
             Mode::Edit(Some(message_id)) => {
-                let params = json!({ "chat_id": self.chat, "message_id": message_id, "text": text });
-                match bridge.api.call::<serde_json::Value>("editMessageText", &params).await {
+                let params =
+                    json!({ "chat_id": self.chat, "message_id": message_id, "text": text });
+                match bridge
+                    .api
+                    .call::<serde_json::Value>("editMessageText", &params)
+                    .await
+                {
                     Err(err) if err.says("not modified") => Ok(()),
                     other => other.map(|_| ()),
                 }
             }
             _ => {
                 let params = json!({ "chat_id": self.chat, "text": text });
-                match bridge.api.call::<super::types::Message>("sendMessage", &params).await {
+                match bridge
+                    .api
+                    .call::<super::types::Message>("sendMessage", &params)
+                    .await
+                {
                     Ok(message) => {
                         self.mode = Mode::Edit(Some(message.message_id));
                         let record = RunRecord {
