@@ -51,7 +51,7 @@ fn the_single_node_config_is_valid_with_its_authorization_and_refused_without() 
     warren_deploy::nats_auth::write_server_files(dir.path(), &[]).expect("auth files");
     assert_valid(&dir.path().join("warren.conf"));
     let auth = std::fs::read_to_string(dir.path().join("auth.conf")).expect("auth.conf");
-    assert_eq!(auth.matches("nkey:").count(), 6, "{auth}");
+    assert_eq!(auth.matches("nkey:").count(), 7, "{auth}");
 }
 
 #[test]

@@ -147,7 +147,13 @@ pub fn describe(err: &ApiError) -> String {
         ApiError::NotFound => "⚠️ Not found.".to_owned(),
         other => {
             let body = other.body();
-            if body.code == "not_approved" {
+            // Pending: said as spec 003 says it (rejected or revoked: the reason as given).
+            if body.code == "not_approved"
+                && body
+                    .details
+                    .as_ref()
+                    .is_some_and(|d| d["status"] == "pending")
+            {
                 return PENDING.to_owned();
             }
             format!("⚠️ {}", body.message)
