@@ -79,9 +79,6 @@ impl Role {
     /// What the role may publish and subscribe to.
     pub fn permissions(self) -> Permissions {
         use Access::*;
-        const USERS: &str = "USERS";
-        const AGENTS: &str = "AGENTS";
-        const CONVERSATIONS: &str = "CONVERSATIONS";
         const TELEGRAM: &str = "TELEGRAM";
         let mut p = Permissions::default();
         if self == Role::Admin {
@@ -93,24 +90,8 @@ impl Role {
         p.subscribe.push(format!("{}.>", self.inbox_prefix()));
         let grants: &[(Access, &str)] = match self {
             Role::Admin => &[],
-            Role::Edge => &[
-                (Append, "user.*"),
-                (Append, "agent.*"),
-                (Append, "conv.*.ev"),
-                (Follow, USERS),
-                (Follow, AGENTS),
-                (Follow, CONVERSATIONS),
-                (KvWrite, "auth_tokens"),
-                // Open connections watch sessions for logouts and revocations.
-                (KvList, "auth_tokens"),
-                (KvWrite, "secrets"),
-                (KvWrite, "rate_limits"),
-                (KvWrite, "idempotency"),
-                // What each sandbox uses, for an agent's status.
-                (KvRead, "sandbox_stats"),
-                // Telegram's webhook posts updates here for the telegram workers.
-                (Append, "telegram.updates"),
-            ],
+            // A channel, and Telegram's webhook into the bridge's queue.
+            Role::Edge => &[(Append, "telegram.updates")],
             Role::Projector => &[(Follow, USERS), (Follow, AGENTS), (Follow, CONVERSATIONS)],
             Role::Deployer => &[
                 (Append, "agent.*"),
@@ -140,32 +121,47 @@ impl Role {
             ],
             // Registrations, and the agents' sandbox alerts.
             Role::Notifier => &[(Follow, USERS), (Follow, AGENTS)],
-            // A channel like the edge (it calls the same application layer), plus its queue
-            // of updates and its own bucket.
+            // A channel like the edge, plus its queue of updates and its own bucket.
             Role::Telegram => &[
-                (Append, "user.*"),
-                (Append, "agent.*"),
-                (Append, "conv.*.ev"),
-                (Follow, USERS),
-                (Follow, AGENTS),
-                (Follow, CONVERSATIONS),
-                (KvWrite, "auth_tokens"),
-                (KvList, "auth_tokens"),
-                (KvWrite, "secrets"),
-                (KvWrite, "rate_limits"),
-                (KvWrite, "idempotency"),
-                (KvRead, "sandbox_stats"),
                 (Append, "telegram.updates"),
                 (Follow, TELEGRAM),
                 (KvWrite, "telegram"),
             ],
         };
-        for (access, target) in grants {
+        let channel = if matches!(self, Role::Edge | Role::Telegram) {
+            CHANNEL
+        } else {
+            &[]
+        };
+        for (access, target) in channel.iter().chain(grants) {
             access.grant(target, &mut p);
         }
         p
     }
 }
+
+const USERS: &str = "USERS";
+const AGENTS: &str = "AGENTS";
+const CONVERSATIONS: &str = "CONVERSATIONS";
+
+/// What a channel needs (the edge, the Telegram bridge): the application layer's writes, reads
+/// and buckets.
+const CHANNEL: &[(Access, &str)] = &[
+    (Access::Append, "user.*"),
+    (Access::Append, "agent.*"),
+    (Access::Append, "conv.*.ev"),
+    (Access::Follow, USERS),
+    (Access::Follow, AGENTS),
+    (Access::Follow, CONVERSATIONS),
+    (Access::KvWrite, "auth_tokens"),
+    // Open connections watch sessions for logouts and revocations.
+    (Access::KvList, "auth_tokens"),
+    (Access::KvWrite, "secrets"),
+    (Access::KvWrite, "rate_limits"),
+    (Access::KvWrite, "idempotency"),
+    // What each sandbox uses, for an agent's status.
+    (Access::KvRead, "sandbox_stats"),
+];
 
 impl fmt::Display for Role {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

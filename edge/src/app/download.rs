@@ -58,13 +58,7 @@ pub async fn download(
                 format!("there is no file {path} in the agent's workspace"),
             ));
         }
-        StatusCode::BAD_REQUEST => {
-            return Err(ApiError::client(
-                StatusCode::BAD_REQUEST,
-                "invalid_path",
-                "the path is not a file inside the agent's workspace",
-            ));
-        }
+        StatusCode::BAD_REQUEST => return Err(runtime::not_a_workspace_file()),
         status => {
             tracing::warn!(agent_id = %agent_id, %status, "the runtime refused a download");
             return Err(ApiError::Unavailable("the agent runtime"));

@@ -149,12 +149,7 @@ pub async fn owner(
 /// when the configuration says so.
 pub async fn sign_in(state: &AppState, identity: Identity) -> Result<SignedIn, ApiError> {
     let user_id = owner_of(state, &identity.key()).await?;
-    let (user, _) = state
-        .commands
-        .users
-        .load(&user_id.to_string())
-        .await
-        .map_err(ApiError::internal)?;
+    let user = load_user(state, user_id).await?;
     let listed = identity.listed_admin;
     if user.id.is_none() {
         let is_admin = listed || first_admin(state, user_id).await?;
@@ -201,12 +196,7 @@ pub async fn link(state: &AppState, user_id: UserId, identity: Identity) -> Resu
             ));
         }
     }
-    let (user, _) = state
-        .commands
-        .users
-        .load(&user_id.to_string())
-        .await
-        .map_err(ApiError::internal)?;
+    let user = load_user(state, user_id).await?;
     let linked = user
         .auth_methods
         .iter()
@@ -242,6 +232,19 @@ pub async fn link(state: &AppState, user_id: UserId, identity: Identity) -> Resu
             Err(err.into())
         }
     }
+}
+
+async fn load_user(
+    state: &AppState,
+    user_id: UserId,
+) -> Result<warren_domain::user::User, ApiError> {
+    let (user, _) = state
+        .commands
+        .users
+        .load(&user_id.to_string())
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(user)
 }
 
 /// The user an identity key names, claiming a new id for it if it has none.

@@ -51,6 +51,15 @@ pub fn safe_path(path: &str) -> Result<Vec<&str>, ApiError> {
     Ok(segments)
 }
 
+/// 400 `invalid_path`: the runtime refused a path as not a file inside the workspace.
+pub fn not_a_workspace_file() -> ApiError {
+    ApiError::client(
+        StatusCode::BAD_REQUEST,
+        "invalid_path",
+        "the path is not a file inside the agent's workspace",
+    )
+}
+
 /// `url` with its path set to `/{first}/{segments…}`, each segment percent-encoded.
 pub fn with_path(mut url: reqwest::Url, first: &str, segments: &[&str]) -> reqwest::Url {
     if let Ok(mut path) = url.path_segments_mut() {

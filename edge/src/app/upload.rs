@@ -139,13 +139,7 @@ pub async fn upload(
                 "the file is larger than the agent runtime accepts",
             ));
         }
-        StatusCode::BAD_REQUEST => {
-            return Err(ApiError::client(
-                StatusCode::BAD_REQUEST,
-                "invalid_path",
-                "the path is not a file inside the agent's workspace",
-            ));
-        }
+        StatusCode::BAD_REQUEST => return Err(runtime::not_a_workspace_file()),
         status => {
             tracing::warn!(agent_id = %agent_id, %status, "the runtime refused an upload");
             return Err(ApiError::Unavailable("the agent runtime"));
