@@ -130,6 +130,7 @@ async fn each_role_appends_exactly_the_commits_it_owns() {
         (Role::Deployer, [false, true, false, false]),
         (Role::Chat, [false, true, true, true]),
         (Role::Notifier, [false, false, false, false]),
+        (Role::Telegram, [true, true, true, false]),
         (Role::Admin, [true, true, true, true]),
     ];
     let nats = &nats;
@@ -167,6 +168,7 @@ async fn only_the_roles_that_need_sealed_secrets_can_read_them() {
         (Role::Deployer, true),
         (Role::Projector, false),
         (Role::Notifier, false),
+        (Role::Telegram, true),
     ] {
         let js = jetstream::ContextBuilder::new()
             .timeout(REFUSED_WITHIN)
