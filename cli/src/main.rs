@@ -49,6 +49,8 @@ enum Command {
     Agents(client::agents::AgentsArgs),
     /// Client: talk to an agent, streaming its answer (Ctrl-C cancels the run).
     Chat(client::chat::ChatArgs),
+    /// Client: link another sign-in method, e.g. `warren connect telegram` (a code for the bot).
+    Connect(client::connect::ConnectArgs),
     /// Write the roles' NATS keys (DIR/credentials/<role>.nk, generated once) and the
     /// authorization files a nats-server of deploy/nats/ includes (DIR/auth.conf,
     /// DIR/cluster-auth.conf), then exit.
@@ -143,6 +145,7 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
         Command::Login(args) => return Ok(client_exit(client::login::run(args).await)),
         Command::Agents(args) => return Ok(client_exit(client::agents::run(args).await)),
         Command::Chat(args) => return Ok(client_exit(client::chat::run(args).await)),
+        Command::Connect(args) => return Ok(client_exit(client::connect::run(args).await)),
     };
     init_logging(&config.log);
     for key in unknown {

@@ -212,6 +212,14 @@ async fn start_approve_then_chat_streams_a_draft_and_a_final_markdown_answer() {
 async fn setkey_deletes_the_message_stores_the_key_and_the_next_answer_uses_it() {
     let bot = Bot::start(&[("WARREN_APPROVAL", "open")]).await;
     bot.ask(&bot.alice, "/start", |_| true).await;
+    // Asking about an agent makes none.
+    for question in ["/status", "/shell ls", "/stop"] {
+        let answer = bot.ask(&bot.alice, question, |_| true).await;
+        assert!(
+            answer.text.contains("no agent yet"),
+            "{question}: {answer:?}"
+        );
+    }
     let key_message = bot.tg.send_text(
         &bot.alice,
         &format!("/setkey custom sk-alice-own {}", bot.model.url()),

@@ -1,5 +1,5 @@
 //! The `warren` client commands, beside the server roles: `warren login`, `warren agents …`,
-//! `warren chat …`. They speak only the public API: REST for sign-in and agents, the gateway
+//! `warren chat …`, `warren connect telegram`. They speak only the public API: REST for sign-in and agents, the gateway
 //! protocol v1 over WebSocket for conversations and the live feed (ADR 29).
 //!
 //! Layout:
@@ -9,11 +9,12 @@
 //! - [`events`] — the gateway's event frames as types;
 //! - [`link`] — a gateway socket that reconnects and resumes a session by `seq`;
 //! - [`render`] — output for people, or JSON for scripts;
-//! - [`login`], [`agents`], [`chat`] — the commands.
+//! - [`login`], [`agents`], [`chat`], [`connect`] — the commands.
 
 pub mod agents;
 pub mod api;
 pub mod chat;
+pub mod connect;
 pub mod events;
 pub mod gateway;
 pub mod link;

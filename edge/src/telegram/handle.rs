@@ -381,6 +381,17 @@ impl Ctx<'_> {
     /// The caller's current agent: the one they chose, else their oldest, else a new one (a
     /// user's first message needs no setup step).
     async fn agent(&self, caller: &ApprovedUser, current: &mut Current) -> Result<AgentId, Said> {
+        self.agent_or_new(caller, current, false).await
+    }
+
+    /// [`Self::agent`], made when the caller has none and `create` says so (a message or a
+    /// file needs one; a question about it does not).
+    async fn agent_or_new(
+        &self,
+        caller: &ApprovedUser,
+        current: &mut Current,
+        create: bool,
+    ) -> Result<AgentId, Said> {
         if let Some(id) = current.agent_id
             && views::agent(&self.state().db, caller.id, id).await.is_ok()
         {
@@ -389,6 +400,11 @@ impl Ctx<'_> {
         let agents = views::agents(&self.state().db, caller.id).await?;
         let id = match agents.first() {
             Some(agent) => AgentId(agent.id),
+            None if !create => {
+                return Err(Said(
+                    "You have no agent yet: send me a message and I set one up.".into(),
+                ));
+            }
             None => {
                 let new = NewAgent {
                     name: FIRST_AGENT_NAME.into(),
@@ -511,7 +527,7 @@ impl Ctx<'_> {
     async fn chat_text(&self, text: &str) -> Outcome {
         let caller = self.writer().await?;
         let mut current = self.current(caller.id).await?;
-        let agent = self.agent(&caller, &mut current).await?;
+        let agent = self.agent_or_new(&caller, &mut current, true).await?;
         self.deployed(&caller, agent).await?;
         let command_id = self.command_id("post");
         let message = |target| Message {
@@ -606,7 +622,7 @@ impl Ctx<'_> {
     async fn new_session(&self) -> Outcome {
         let caller = self.writer().await?;
         let mut current = self.current(caller.id).await?;
-        let agent = self.agent(&caller, &mut current).await?;
+        let agent = self.agent_or_new(&caller, &mut current, true).await?;
         let started =
             chat::start(self.state(), &caller, agent, None, self.command_id("new")).await?;
         current.conversation_id = Some(started.conversation_id);
@@ -933,7 +949,7 @@ impl Ctx<'_> {
             )));
         }
         let mut current = self.current(caller.id).await?;
-        let agent = self.agent(&caller, &mut current).await?;
+        let agent = self.agent_or_new(&caller, &mut current, true).await?;
         self.deployed(&caller, agent).await?;
         let bytes = self
             .bridge
