@@ -652,6 +652,13 @@ impl Config {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
+        if let Some(secret) = &self.telegram_webhook_secret {
+            anyhow::ensure!(
+                warren_edge::telegram::intake::valid_secret(secret.expose()),
+                "WARREN_TELEGRAM_WEBHOOK_SECRET must be 1 to 256 of A-Z a-z 0-9 _ - (Telegram's rule)"
+            );
+        }
+        self.telegram_admin_ids()?;
         anyhow::ensure!(
             matches!(self.nats_replicas, 1 | 3 | 5),
             "WARREN_NATS_REPLICAS must be 1, 3 or 5"
@@ -1095,6 +1102,25 @@ mod tests {
         assert_eq!(
             config.admin_email_list(),
             ["ada@example.com", "bob@example.com"]
+        );
+    }
+
+    #[test]
+    fn a_telegram_webhook_secret_must_follow_telegrams_rule_and_admin_ids_be_numbers() {
+        let with = |secret: &str, admins: &str| Config {
+            telegram_webhook_secret: Some(Secret::from(secret.to_owned())),
+            telegram_admins: admins.into(),
+            ..Config::default()
+        };
+        // An empty secret would let a request without the header match it.
+        for bad in ["", "has space", "ünïcode", &"x".repeat(257)] {
+            assert!(with(bad, "").validate().is_err(), "{bad:?} accepted");
+        }
+        assert!(with("Ok_secret-42", "1001, 2002").validate().is_ok());
+        assert!(with("Ok_secret-42", "1001,@ada").validate().is_err());
+        assert_eq!(
+            with("s", "1001, 2002").telegram_admin_ids().expect("ids"),
+            HashSet::from([1001, 2002])
         );
     }
 

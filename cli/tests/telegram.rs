@@ -301,8 +301,24 @@ async fn a_linked_account_sees_telegram_messages_on_the_websocket_with_the_same_
         .await;
     assert_eq!(link.status, 201, "{link:?}");
     let command = link.body["command"].as_str().expect("command");
-    let linked = bot.ask(&bot.alice, command, |_| true).await;
-    assert!(linked.text.contains("now signs in"), "{linked:?}");
+    // The bot names the account and asks before linking (a code from someone else would
+    // otherwise tie this Telegram account to theirs).
+    let question = bot.ask(&bot.alice, command, |_| true).await;
+    assert!(question.text.contains("alice@example.com"), "{question:?}");
+    let link_button = question
+        .button_data()
+        .into_iter()
+        .find(|data| data.starts_with("link:"))
+        .expect("a Link button");
+    bot.tg
+        .press_button(&bot.alice, ALICE_ID, question.message_id, &link_button);
+    bot.tg
+        .wait_for_message(
+            ALICE_ID,
+            |m| m.message_id == question.message_id && m.text.contains("now signs in"),
+            REPLY,
+        )
+        .await;
     // The code works once.
     let again = bot.ask(&bot.alice, command, |_| true).await;
     assert!(again.text.contains("already used"), "{again:?}");
@@ -488,6 +504,21 @@ async fn webhook_mode_registers_the_webhook_and_refuses_a_wrong_secret() {
         let body: Value = response.json().await.expect("json");
         assert_eq!(body["error"]["code"], "invalid_secret", "{body}");
     }
+    // With the right secret, an update whose private chat is not its sender's is dropped (a
+    // forged sender would otherwise get another user's answers). Its chat shares Alice's lock
+    // stripe, so it is handled before her next update.
+    const FORGED_CHAT: i64 = ALICE_ID + 64;
+    let forged_chat = json!({"update_id": 999_998, "message": {"message_id": 1, "date": 0,
+        "chat": {"id": FORGED_CHAT, "type": "private"}, "from": {"id": ALICE_ID, "is_bot": false, "first_name": "Alice"},
+        "text": "/myid"}});
+    let accepted = http
+        .post(&url)
+        .header("X-Telegram-Bot-Api-Secret-Token", secret)
+        .json(&forged_chat)
+        .send()
+        .await
+        .expect("webhook");
+    assert_eq!(accepted.status(), 200);
     // A right secret with a body that is no update is a 400, not a crash.
     let bad = http
         .post(&url)
@@ -506,6 +537,13 @@ async fn webhook_mode_registers_the_webhook_and_refuses_a_wrong_secret() {
         .filter(|m| m.text.starts_with("Your Telegram id"))
         .count();
     assert_eq!(answers, 2);
+    let to_forged = bot
+        .tg
+        .calls()
+        .into_iter()
+        .filter(|c| c.params["chat_id"] == FORGED_CHAT)
+        .count();
+    assert_eq!(to_forged, 0, "the forged chat was answered");
 }
 
 #[tokio::test]

@@ -97,7 +97,11 @@ async fn limit_writes_per_ip(
     next: Next,
 ) -> Response {
     // Every runtime of a host calls its model from one address; the token quota bounds them.
-    if is_write(request.method()) && !model_proxy::is_model_path(request.uri().path()) {
+    // Telegram's webhook is authenticated by its secret, and Telegram's servers post every
+    // bot's updates from a few addresses.
+    let path = request.uri().path();
+    let exempt = model_proxy::is_model_path(path) || path == crate::telegram::intake::WEBHOOK_PATH;
+    if is_write(request.method()) && !exempt {
         let (parts, body) = request.into_parts();
         let ip = client_ip(&parts);
         if let Err(err) = crate::app::limits::ip_write(&state, &ip).await {

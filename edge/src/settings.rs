@@ -139,13 +139,22 @@ pub struct EdgeSettings {
 }
 
 /// What the edge knows of the Telegram bridge.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct TelegramSettings {
     /// Telegram user ids that are admins at their first `/start` (`WARREN_TELEGRAM_ADMINS`).
     pub admins: HashSet<i64>,
     /// The secret Telegram sends with each webhook update (`WARREN_TELEGRAM_WEBHOOK_SECRET`);
     /// with none, the webhook route answers 404.
     pub webhook_secret: Option<String>,
+}
+
+impl std::fmt::Debug for TelegramSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TelegramSettings")
+            .field("admins", &self.admins)
+            .field("webhook_secret", &self.webhook_secret.as_ref().map(|_| "…"))
+            .finish()
+    }
 }
 
 impl EdgeSettings {

@@ -389,6 +389,30 @@ pub async fn link_code(state: &AppState, user: UserId, kind: AuthKind) -> Result
     Ok(code)
 }
 
+/// The user a link code was made for, without consuming it (to ask for a confirmation first):
+/// refused if it is unknown, of another kind or expired.
+pub async fn peek_link_code(
+    state: &AppState,
+    code: &str,
+    kind: AuthKind,
+) -> Result<UserId, ApiError> {
+    let record = state
+        .auth_kv
+        .get::<LinkCode>(&link_code_key(code))
+        .await
+        .map_err(ApiError::internal)?
+        .map(|(record, _)| record)
+        .filter(|record| {
+            record.kind == kind && record.expires_at >= chrono::Utc::now().timestamp()
+        });
+    record.map(|record| record.user_id).ok_or_else(|| {
+        ApiError::invalid_field(
+            "code",
+            "this link code is unknown, expired or already used: make a new one",
+        )
+    })
+}
+
 /// The user a link code was made for, consuming it: a code works once, for its kind, until it
 /// expires.
 pub async fn redeem_link_code(

@@ -14,6 +14,7 @@
 use super::Bridge;
 use super::api::TgError;
 use super::format;
+use super::store::Current;
 use crate::views;
 use serde_json::json;
 use std::time::Duration;
@@ -119,7 +120,7 @@ impl Bridge {
             .current(user)
             .await
             .map_err(retry)?
-            .filter(|current| current.conversation_id == Some(conversation))
+            .filter(|current| current.chat_id != 0 && current.conversation_id == Some(conversation))
             .map(|current| (current.chat_id, None)))
     }
 
@@ -233,7 +234,8 @@ impl Bridge {
             }
         }
         match self.say_markdown(chat, rest).await {
-            Err(err @ TgError::Refused { code: 400, .. }) if err.says("parse") => {
+            // Nothing of it went out: the whole answer as plain text instead.
+            Err(err @ TgError::Refused { code: 400, .. }) if rest.len() == parts.len() => {
                 tracing::error!(error = %err, "telegram refused an answer's markup; sent as plain text");
                 self.say(chat, plain).await;
                 Ok(())
@@ -303,6 +305,27 @@ impl Bridge {
                             .map(|_| ());
                         sent(outcome)?;
                     }
+                }
+            }
+            UserEvent::AuthMethodUnlinked {
+                user_id,
+                kind: AuthKind::Telegram,
+                ..
+            } => {
+                // The chat that was theirs gets nothing more of their conversations.
+                let still = self.telegram_ids(user_id).await?;
+                let current = self.store.current(user_id).await.map_err(retry)?;
+                if let Some(current) = current.filter(|c| !still.contains(&c.chat_id)) {
+                    self.store
+                        .set_current(
+                            user_id,
+                            &Current {
+                                chat_id: 0,
+                                ..current
+                            },
+                        )
+                        .await
+                        .map_err(retry)?;
                 }
             }
             UserEvent::UserApproved { user_id, .. } => {

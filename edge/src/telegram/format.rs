@@ -12,6 +12,9 @@ pub const LIMIT: usize = 4096;
 /// it, which keeps it well under [`LIMIT`]).
 const LINE_PIECE: usize = 1500;
 
+/// The longest language name kept on a code block.
+const MAX_LANG: usize = 24;
+
 /// Characters MarkdownV2 reserves outside entities.
 const RESERVED: &str = "_*[]()~`>#+-=|{}.!\\";
 
@@ -176,6 +179,7 @@ pub fn render(text: &str) -> Vec<String> {
                     lang.trim()
                         .chars()
                         .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '_'))
+                        .take(MAX_LANG)
                         .collect(),
                 );
                 continue;

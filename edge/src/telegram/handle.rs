@@ -27,18 +27,20 @@ use warren_commands::topology::{TELEGRAM, TELEGRAM_UPDATES};
 use warren_domain::agent::{Backend, RuntimeKind};
 use warren_domain::conversation::PostMode;
 use warren_domain::ids::{AgentId, CommandId, ConversationId, UserId};
-use warren_domain::user::{AuthKind, Provider, UserCommand};
+use warren_domain::user::{AuthKind, Provider, UserCommand, UserStatus};
 use warren_workers::consume::{Durable, Handled, consume_concurrently};
 use warren_workers::supervise::supervise;
 
 /// Updates handled at once by one replica (one chat's still one at a time).
-const CONCURRENCY: usize = 16;
+const CONCURRENCY: usize = 64;
 /// The most Telegram lets a bot download.
 const TELEGRAM_DOWNLOAD_MAX: u64 = 20 * 1024 * 1024;
 /// The most Telegram lets a bot upload.
 const TELEGRAM_UPLOAD_MAX: u64 = 50 * 1024 * 1024;
 /// The most shell output kept.
 const SHELL_OUTPUT_MAX: usize = 1024 * 1024;
+/// The longest a `/shell` command is waited for (the runtime's own timeout is shorter).
+const SHELL_DEADLINE: Duration = Duration::from_secs(150);
 /// Shell output longer than this is sent as a file.
 const SHELL_INLINE_MAX: usize = 3500;
 /// How long a message waits for its agent's deployment.
@@ -161,6 +163,9 @@ pub fn describe(err: &ApiError) -> String {
     }
 }
 
+/// What a refused link code is answered with.
+const LINK_CODE_REFUSED: &str = "⚠️ This link code is unknown, expired or already used: make a new one (`warren connect telegram`, or POST /api/v1/users/me/connections/telegram).";
+
 /// What a pending user is told.
 const PENDING: &str =
     "⏳ Your account is pending admin approval. You'll be notified once approved.";
@@ -197,6 +202,15 @@ impl Bridge {
             return;
         };
         let chat = message.chat.id;
+        // A private chat is the sender's own: anything else is a forged update.
+        if message.chat.is_private() && chat != from.id {
+            tracing::warn!(
+                chat,
+                from = from.id,
+                "an update whose private chat is not its sender's; ignored"
+            );
+            return;
+        }
         let _chat = self.chat_lock(chat).lock().await;
         if !message.chat.is_private() && !self.settings.groups {
             self.say(chat, GROUPS_REFUSED).await;
@@ -278,7 +292,50 @@ impl Bridge {
         }
     }
 
+    /// The Link button under a `/start CODE` question: the code is used now.
+    async fn link(&self, query: &CallbackQuery, code: &str) -> Result<String, Said> {
+        let private = query
+            .message
+            .as_ref()
+            .is_some_and(|message| message.chat.id == query.from.id);
+        if !private {
+            return Err(Said("Link accounts in a private chat with me.".into()));
+        }
+        let user = identity::redeem_link_code(&self.state, code, AuthKind::Telegram)
+            .await
+            .map_err(|_| Said(LINK_CODE_REFUSED.into()))?;
+        let telegram = Identity {
+            kind: AuthKind::Telegram,
+            external_id: query.from.id.to_string(),
+            email: None,
+            display_name: Some(warren_domain::text::DISPLAY_NAME.fit(&query.from.display_name())),
+            listed_admin: false,
+        };
+        identity::link(&self.state, user, telegram).await?;
+        let mut current = self
+            .store
+            .current(user)
+            .await
+            .map_err(|err| Said(describe(&ApiError::internal(err))))?
+            .unwrap_or_default();
+        current.chat_id = query.from.id;
+        self.store
+            .set_current(user, &current)
+            .await
+            .map_err(|err| Said(describe(&ApiError::internal(err))))?;
+        Ok("🔗 Linked".into())
+    }
+
     async fn decide(&self, query: &CallbackQuery, data: &str) -> Result<String, Said> {
+        if let Some(code) = data.strip_prefix("link:") {
+            let linked = self.link(query, code).await?;
+            self.settle_question(query, "🔗 This Telegram account now signs in to your Warren account. Send me a message to talk to your agent.").await;
+            return Ok(linked);
+        }
+        if data == "link-cancel" {
+            self.settle_question(query, "Not linked.").await;
+            return Ok("Not linked".into());
+        }
         let (verb, id) = data
             .split_once(':')
             .ok_or_else(|| Said("This button is no longer valid.".into()))?;
@@ -325,6 +382,24 @@ impl Bridge {
     }
 }
 
+impl Bridge {
+    /// Replaces a question's text (and its buttons) with its outcome.
+    async fn settle_question(&self, query: &CallbackQuery, text: &str) {
+        let Some(message) = &query.message else {
+            return;
+        };
+        let params =
+            json!({ "chat_id": message.chat.id, "message_id": message.message_id, "text": text });
+        if let Err(err) = self
+            .api
+            .call_retrying::<serde_json::Value>("editMessageText", &params)
+            .await
+        {
+            tracing::warn!(error = %err, "settling a question failed");
+        }
+    }
+}
+
 impl Ctx<'_> {
     fn state(&self) -> &crate::state::AppState {
         &self.bridge.state
@@ -366,7 +441,11 @@ impl Ctx<'_> {
             .await
             .map_err(|err| Said(describe(&ApiError::internal(err))))?
             .unwrap_or_default();
-        current.chat_id = self.chat;
+        // Only a private chat receives the user's conversation from other clients: a group's
+        // other members must not.
+        if self.chat == self.from.id {
+            current.chat_id = self.chat;
+        }
         Ok(current)
     }
 
@@ -486,30 +565,17 @@ impl Ctx<'_> {
 
     async fn start(&self, code: &str) -> Outcome {
         let state = self.state();
-        let name = Some(self.from.display_name()).filter(|name| !name.is_empty());
+        let name = Some(warren_domain::text::DISPLAY_NAME.fit(&self.from.display_name()))
+            .filter(|name| !name.is_empty());
         if !code.is_empty() {
-            let user = identity::redeem_link_code(state, code, AuthKind::Telegram)
-                .await
-                .map_err(|_| Said("⚠️ This link code is unknown, expired or already used: make a new one (POST /api/v1/users/me/connections/telegram, or the console).".into()))?;
-            let telegram = Identity {
-                kind: AuthKind::Telegram,
-                external_id: self.from.id.to_string(),
-                email: None,
-                display_name: name,
-                listed_admin: false,
-            };
-            identity::link(state, user, telegram).await?;
-            let current = self.current(user).await?;
-            self.remember(user, &current).await?;
-            return reply(
-                "🔗 This Telegram account now signs in to your Warren account. Send me a message to talk to your agent.",
-            );
+            return self.offer_link(code).await;
         }
         let known = self.bridge.user_of(self.from.id).await?.is_some();
         let signed = identity::sign_in_by_telegram(state, self.from.id, name).await?;
         let current = self.current(signed.user_id).await?;
         self.remember(signed.user_id, &current).await?;
         let caller = access::vouched(state, signed.user_id).await?;
+        let caller_status = caller.user.status;
         let text = if signed.became_admin {
             "👑 Welcome! You are this platform's admin: registrations come to you here with Approve / Reject buttons. Send me a message to talk to your agent."
         } else if access::approved(state, caller).await.is_ok() {
@@ -518,10 +584,46 @@ impl Ctx<'_> {
             } else {
                 "✅ Welcome! Send me a message to talk to your agent: I set it up on your first message."
             }
+        } else if known && caller_status != UserStatus::Pending {
+            return reply(format!(
+                "Your account is {caller_status}: an admin has to approve it again."
+            ));
         } else {
             "✅ Registered! Your request has been sent to an admin for approval. You'll be notified once approved."
         };
         reply(text)
+    }
+
+    /// `/start CODE`: which account the code links to, with a button to confirm (a code sent by
+    /// someone else would otherwise tie this Telegram account to theirs unasked).
+    async fn offer_link(&self, code: &str) -> Outcome {
+        if self.chat != self.from.id {
+            return Err(Said("Send /start CODE to me in a private chat.".into()));
+        }
+        let code = code.trim();
+        let user = identity::peek_link_code(self.state(), code, AuthKind::Telegram)
+            .await
+            .map_err(|_| Said(LINK_CODE_REFUSED.into()))?;
+        let account = views::user(&self.state().db, user).await?;
+        let who = account
+            .email
+            .or(account.display_name)
+            .unwrap_or_else(|| account.id.to_string());
+        let text = format!(
+            "Link this Telegram account to the Warren account {who}? It then signs in as that \
+             account here. Only do it if you made the code yourself."
+        );
+        let buttons = json!({ "inline_keyboard": [[
+            { "text": "🔗 Link", "callback_data": format!("link:{code}") },
+            { "text": "Cancel", "callback_data": "link-cancel" },
+        ]]});
+        let params = json!({ "chat_id": self.chat, "text": text, "reply_markup": buttons });
+        self.bridge
+            .api
+            .call_retrying::<serde_json::Value>("sendMessage", &params)
+            .await
+            .map_err(|err| Said(format!("⚠️ Telegram refused the question: {err}")))?;
+        Ok(None)
     }
 
     async fn chat_text(&self, text: &str) -> Outcome {
@@ -845,7 +947,8 @@ impl Ctx<'_> {
         .await?;
         let mut output = String::new();
         let mut ending = String::from("no exit status");
-        while let Some(frame) = run.frames.recv().await {
+        let deadline = tokio::time::Instant::now() + SHELL_DEADLINE;
+        while let Ok(Some(frame)) = tokio::time::timeout_at(deadline, run.frames.recv()).await {
             match frame {
                 ExecFrame::Stdout { data } | ExecFrame::Stderr { data } => {
                     if output.len() < SHELL_OUTPUT_MAX {
@@ -878,7 +981,7 @@ impl Ctx<'_> {
                 ExecFrame::Keepalive => {}
             }
         }
-        if format::units(&output) > SHELL_INLINE_MAX {
+        if format::units(&escape_code(&output)) > SHELL_INLINE_MAX {
             self.bridge
                 .api
                 .send_document(self.chat, "output.txt", output.into_bytes(), Some(&ending))
@@ -987,20 +1090,34 @@ impl Ctx<'_> {
     async fn set_key(&self, args: &str) -> Outcome {
         // The key must not stay in the chat, whatever happens next.
         let delete = json!({ "chat_id": self.chat, "message_id": self.message_id });
-        if let Err(err) = self
+        let deleted = match self
             .bridge
             .api
             .call_retrying::<bool>("deleteMessage", &delete)
             .await
         {
-            tracing::warn!(error = %err, "deleting a /setkey message failed");
+            Ok(_) => "I deleted your message so the key does not stay in this chat.",
+            Err(err) => {
+                tracing::warn!(error = %err, "deleting a /setkey message failed");
+                "⚠️ I could not delete your message: delete it yourself, and consider the key exposed."
+            }
+        };
+        if self.chat != self.from.id {
+            return Err(Said(format!(
+                "Keys are set in a private chat with me, never in a group. {deleted}"
+            )));
         }
         let mut words = args.split_whitespace();
         let (Some(provider), Some(key)) = (words.next(), words.next()) else {
-            return Err(Said("Usage: /setkey PROVIDER KEY [BASE_URL] (anthropic, openai, openrouter or custom). I deleted your message.".into()));
+            return Err(Said(format!(
+                "Usage: /setkey PROVIDER KEY [BASE_URL] (anthropic, openai, openrouter or custom). {deleted}"
+            )));
         };
+        // Never echoed: the first word may be the key itself, given in the wrong order.
         let provider: Provider = provider.to_ascii_lowercase().parse().map_err(|_| {
-            Said(format!("⚠️ Unknown provider {provider}: anthropic, openai, openrouter or custom. I deleted your message."))
+            Said(format!(
+                "⚠️ Unknown provider: use /setkey PROVIDER KEY with anthropic, openai, openrouter or custom. {deleted}"
+            ))
         })?;
         let caller = self.writer().await?;
         let stored = keys::add(
@@ -1015,7 +1132,7 @@ impl Ctx<'_> {
         )
         .await?;
         reply(format!(
-            "🔑 Your {} key ({}) is stored, encrypted. I deleted your message so the key does not stay in this chat.",
+            "🔑 Your {} key ({}) is stored, encrypted. {deleted}",
             stored.provider, stored.fingerprint
         ))
     }

@@ -186,6 +186,17 @@ async fn poll_until_shutdown(bridge: &Bridge) {
     }
 }
 
+/// The webhook's path.
+pub const WEBHOOK_PATH: &str = "/api/v1/telegram/webhook";
+
+/// Whether `secret` is one Telegram accepts for a webhook: 1 to 256 of `A-Z a-z 0-9 _ -`.
+pub fn valid_secret(secret: &str) -> bool {
+    (1..=256).contains(&secret.len())
+        && secret
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
 /// The webhook route.
 pub fn routes() -> ApiRouter {
     ApiRouter::new().post("/telegram/webhook", webhook)
@@ -206,7 +217,13 @@ pub(crate) async fn webhook(
     headers: HttpHeaders,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
-    let Some(secret) = &state.settings.telegram.webhook_secret else {
+    let Some(secret) = state
+        .settings
+        .telegram
+        .webhook_secret
+        .as_ref()
+        .filter(|secret| valid_secret(secret))
+    else {
         return Err(ApiError::NotFound);
     };
     let given = headers

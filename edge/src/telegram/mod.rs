@@ -38,7 +38,7 @@ use store::Store;
 use tokio_util::sync::CancellationToken;
 
 /// How the bridge is configured.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct BridgeSettings {
     /// The bot's token.
     pub token: String,
@@ -52,14 +52,26 @@ pub struct BridgeSettings {
     pub groups: bool,
 }
 
+impl std::fmt::Debug for BridgeSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BridgeSettings")
+            .field("api_url", &self.api_url)
+            .field("webhook_url", &self.webhook_url)
+            .field("groups", &self.groups)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The bridge could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum BridgeError {
     /// The token is not `<bot id>:<secret>`.
     #[error("WARREN_TELEGRAM_TOKEN is not a bot token (<bot id>:<secret>)")]
     Token,
-    /// A webhook URL without a secret.
-    #[error("WARREN_TELEGRAM_WEBHOOK_URL needs WARREN_TELEGRAM_WEBHOOK_SECRET")]
+    /// A webhook URL without a usable secret.
+    #[error(
+        "WARREN_TELEGRAM_WEBHOOK_URL needs WARREN_TELEGRAM_WEBHOOK_SECRET: 1 to 256 of A-Z a-z 0-9 _ -"
+    )]
     WebhookSecret,
     /// The HTTP client could not be built.
     #[error("building the HTTP client failed")]
@@ -117,7 +129,11 @@ impl Bridge {
             .and_then(|(id, secret)| (!secret.is_empty()).then_some(id))
             .and_then(|id| id.parse::<i64>().ok())
             .ok_or(BridgeError::Token)?;
-        if settings.webhook_url.is_some() && settings.webhook_secret.is_none() {
+        let secret_ok = settings
+            .webhook_secret
+            .as_deref()
+            .is_some_and(intake::valid_secret);
+        if settings.webhook_url.is_some() && !secret_ok {
             return Err(BridgeError::WebhookSecret);
         }
         let api = BotApi::new(&settings.api_url, &settings.token, shutdown.clone())

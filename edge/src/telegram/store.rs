@@ -96,6 +96,24 @@ impl Store {
         self.put(&format!("run.{run}"), record).await
     }
 
+    /// Rewrites a run's record if it is still there (its answer not delivered yet): whether it
+    /// was.
+    pub async fn update_run(&self, run: RunId, record: &RunRecord) -> Result<bool, StoreError> {
+        let key = format!("run.{run}");
+        let Some(entry) = self.kv.entry(&key).await.map_err(fail)? else {
+            return Ok(false);
+        };
+        if entry.operation != kv::Operation::Put {
+            return Ok(false);
+        }
+        let bytes = serde_json::to_vec(record).map_err(fail)?;
+        Ok(self
+            .kv
+            .update(&key, bytes.into(), entry.revision)
+            .await
+            .is_ok())
+    }
+
     /// Forgets a run whose answer was delivered.
     pub async fn remove_run(&self, run: RunId) -> Result<(), StoreError> {
         self.kv.purge(format!("run.{run}")).await.map_err(fail)

@@ -188,8 +188,16 @@ impl Draft {
                             placeholder: Some(message.message_id),
                             ..record
                         };
-                        if let Err(err) = bridge.store.put_run(self.run, &record).await {
-                            tracing::warn!(error = %err, "recording a draft message failed");
+                        match bridge.store.update_run(self.run, &record).await {
+                            Ok(true) => {}
+                            // The answer went out meanwhile: the draft message goes.
+                            Ok(false) => {
+                                let params = json!({ "chat_id": self.chat, "message_id": message.message_id });
+                                let _ = bridge.api.call::<bool>("deleteMessage", &params).await;
+                            }
+                            Err(err) => {
+                                tracing::warn!(error = %err, "recording a draft message failed")
+                            }
                         }
                         Ok(())
                     }
