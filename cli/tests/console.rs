@@ -674,3 +674,55 @@ async fn provider_keys_are_set_replaced_and_deleted_without_ever_being_shown_bac
     );
     page.close().await;
 }
+
+#[tokio::test]
+async fn settings_link_telegram_with_a_code_the_bot_confirms_and_list_the_connection() {
+    use warren_testkit::telegram::{TestTelegram, TgUser};
+    let tg = TestTelegram::start().await;
+    let (token, api) = (tg.token().to_owned(), tg.api_url());
+    let platform = Platform::start(&[
+        ("WARREN_APPROVAL", "open"),
+        ("WARREN_TELEGRAM_TOKEN", &token),
+        ("WARREN_TELEGRAM_API_URL", &api),
+    ])
+    .await;
+    let driver = Driver::start().await;
+    let page = driver.browser("connections", PHONE.0, PHONE.1).await;
+    page.sign_in_by_code(&platform, "tg@example.com").await;
+    page.find("#create-agent").await;
+    page.click("#nav a[href='/settings']").await;
+    page.wait_text("#connections", "email").await;
+
+    page.click("#link-telegram").await;
+    let command = page.wait_text("#telegram-command", "/start ").await;
+    let user = TgUser::new(4242, "Tess");
+    let sent = tg.send_text(&user, &command);
+    let question = tg
+        .wait_for_message(
+            4242,
+            |m| m.message_id > sent.message_id && m.text.contains("tg@example.com"),
+            Duration::from_secs(30),
+        )
+        .await;
+    let link = question
+        .button_data()
+        .into_iter()
+        .find(|data| data.starts_with("link:"))
+        .expect("a Link button");
+    tg.press_button(&user, 4242, question.message_id, &link);
+    tg.wait_for_message(
+        4242,
+        |m| m.message_id == question.message_id && m.text.contains("now signs in"),
+        Duration::from_secs(30),
+    )
+    .await;
+
+    page.click("#nav a[href='/']").await;
+    page.click("#nav a[href='/settings']").await;
+    page.wait_texts("#connections .badge", "email and telegram", |kinds| {
+        kinds.len() == 2 && kinds.iter().any(|k| k == "telegram")
+    })
+    .await;
+    page.screenshot("connections").await;
+    page.close().await;
+}

@@ -1,5 +1,6 @@
 // Settings: provider API keys (add, replace, delete; a key is never shown back, only its
-// fingerprint) and the default model new agents get.
+// fingerprint), the sign-in methods linked to the account (and a code that links Telegram),
+// and the default model new agents get.
 
 import { api } from "./api.js";
 import { attempt, h, mount, notify } from "./ui.js";
@@ -40,11 +41,41 @@ export async function settingsView() {
   h("p.muted", {}, "The model new agents are created with (kept in this browser)."),
   model, h("button.primary", { type: "submit" }, "Save"));
 
+  const connections = connectionsCard(error);
   mount(h("section", {}, h("h1", {}, "Settings"),
     h("h2", {}, "Provider keys"),
     h("p.muted", {}, "Your agents call their model with your newest key. Keys are stored encrypted and never shown again."),
-    keys, form.el, error, modelForm));
+    keys, form.el, error, connections.el, modelForm));
   await attempt(reload, error);
+  await attempt(connections.reload, error);
+}
+
+/** The sign-in methods linked to the account, and linking Telegram by a one-time code. */
+function connectionsCard(error) {
+  const list = h("ul.keys#connections");
+  const code = h("p#telegram-link", { hidden: true });
+  const reload = async () => {
+    const linked = await api.get("/users/me/connections");
+    list.replaceChildren(...linked.map((c) => h("li.card", { "data-connection": c.id },
+      h("div.row", {}, h("span.badge", {}, c.kind), h("code", {}, c.external_id)),
+      h("div.actions", {}, h("button.unlink", {
+        type: "button",
+        onclick: () => attempt(async () => { await api.del(`/users/me/connections/${c.id}`); await reload(); }, error),
+      }, "Unlink")))));
+  };
+  const link = h("button#link-telegram", {
+    type: "button",
+    onclick: () => attempt(async () => {
+      const made = await api.post("/users/me/connections/telegram", {});
+      code.replaceChildren("Send this to the platform's Telegram bot within ",
+        String(Math.round(made.expires_in / 60)), " minutes: ", h("code#telegram-command", {}, made.command));
+      code.hidden = false;
+    }, error),
+  }, "Link Telegram");
+  const el = h("div.card#connections-card", {}, h("h2", {}, "Sign-in methods"),
+    h("p.muted", {}, "Each of these signs you in to this account. The last one cannot be unlinked."),
+    list, link, code);
+  return { el, reload };
 }
 
 function keyForm(error, reload) {
