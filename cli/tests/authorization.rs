@@ -196,6 +196,19 @@ async fn every_route_answers_each_kind_of_caller_with_its_expected_status() {
             [401, 200, 200, 200, 200],
         ),
         row(
+            "POST",
+            "/api/v1/users/me/connections/telegram",
+            Some(json!({})),
+            [401, 201, 201, 201, 201],
+        ),
+        // No webhook secret configured: the route is not there for anyone.
+        row(
+            "POST",
+            "/api/v1/telegram/webhook",
+            Some(json!({ "update_id": 1 })),
+            [404, 404, 404, 404, 404],
+        ),
+        row(
             "DELETE",
             "/api/v1/users/me/connections/{conn}",
             None,
