@@ -228,6 +228,10 @@ pub struct Config {
     /// How long a sign-in link and its code stay valid.
     #[arg(long, env = "WARREN_MAGIC_LINK_TTL_SECS", default_value_t = 900, help_heading = heading::SIGN_IN)]
     pub magic_link_ttl_secs: u64,
+    /// The chain id wallet sign-in (EIP-4361) messages name; a message for another chain is
+    /// refused.
+    #[arg(long, env = "WARREN_WALLET_CHAIN_ID", default_value_t = 1, help_heading = heading::SIGN_IN)]
+    pub wallet_chain_id: u64,
     /// Access token lifetime.
     #[arg(long, env = "WARREN_ACCESS_TOKEN_TTL_SECS", default_value_t = 900, help_heading = heading::SIGN_IN)]
     pub access_token_ttl_secs: u64,
@@ -855,6 +859,7 @@ impl Config {
             health_max_lag: self.health_max_lag,
             http: self.http_limits()?,
             max_sandboxes: self.max_sandboxes,
+            wallet_chain_id: self.wallet_chain_id,
             telegram: warren_edge::settings::TelegramSettings {
                 admins: self.telegram_admin_ids()?,
                 webhook_secret: self

@@ -177,6 +177,24 @@ async fn every_route_answers_each_kind_of_caller_with_its_expected_status() {
             [401, 401, 401, 401, 401],
         ),
         row(
+            "GET",
+            "/api/v1/auth/providers",
+            None,
+            [200, 200, 200, 200, 200],
+        ),
+        row(
+            "POST",
+            "/api/v1/auth/wallet/challenge",
+            Some(json!({ "address": "0x2c7536E3605D9C16a7a3D7b1898e529396a65c23" })),
+            [200, 200, 200, 200, 200],
+        ),
+        row(
+            "POST",
+            "/api/v1/auth/wallet/verify",
+            Some(json!({ "message": "bogus", "signature": "0x00" })),
+            [422, 422, 422, 422, 422],
+        ),
+        row(
             "POST",
             "/api/v1/auth/refresh",
             Some(json!({ "refresh_token": "bogus" })),

@@ -38,6 +38,7 @@ pub fn api() -> ApiRouter {
         .merge(health::routes())
         .merge(openapi::routes())
         .merge(auth::routes::routes())
+        .merge(auth::wallet::routes())
         .merge(users::routes())
         .merge(keys::routes())
         .merge(admin::routes())

@@ -136,6 +136,8 @@ pub struct EdgeSettings {
     pub max_sandboxes: u32,
     /// The Telegram bridge's part of the edge.
     pub telegram: TelegramSettings,
+    /// The chain id wallet sign-in messages name (`WARREN_WALLET_CHAIN_ID`).
+    pub wallet_chain_id: u64,
 }
 
 /// What the edge knows of the Telegram bridge.
@@ -172,6 +174,7 @@ impl EdgeSettings {
             approval: ApprovalMode::Required,
             admin_emails: HashSet::new(),
             telegram: TelegramSettings::default(),
+            wallet_chain_id: 1,
             cors_origins: vec![],
             magic_link_ttl: Duration::from_secs(900),
             access_token_ttl: Duration::from_secs(900),

@@ -22,6 +22,23 @@ pub fn routes() -> ApiRouter {
         .post("/auth/refresh", refresh)
         .post("/auth/logout", logout)
         .post("/auth/logout/all", logout_all)
+        .get("/auth/providers", providers)
+}
+
+/// The ways to sign in this platform offers.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Providers {
+    /// `email` (magic link or code) and `wallet` (Sign-In with Ethereum).
+    pub providers: Vec<String>,
+}
+
+/// The sign-in methods this platform offers (a client shows a button for each).
+#[utoipa::path(get, path = "/api/v1/auth/providers", operation_id = "get_auth_providers", tag = "auth",
+    responses((status = 200, description = "The methods.", body = Providers)))]
+pub(crate) async fn providers() -> Json<Providers> {
+    Json(Providers {
+        providers: vec!["email".into(), "wallet".into()],
+    })
 }
 
 /// `POST /auth/login/email`.

@@ -1,0 +1,177 @@
+//! Sign-In with Ethereum end to end: a wallet key made in the test signs the platform's
+//! EIP-4361 challenge as `personal_sign` does (EIP-191), and the edge signs its owner in; a
+//! message for another site, an expired one, a replayed nonce, another key's signature and a
+//! malformed address are refused with the error envelope.
+
+mod common;
+mod edge_support;
+
+use edge_support::Platform;
+use k256::ecdsa::SigningKey;
+use serde_json::{Value, json};
+use sha3::{Digest, Keccak256};
+
+/// The private key and address of web3.js's documentation example, so the address is not
+/// derived by the code under test.
+const KEY: &str = "4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318";
+const ADDRESS: &str = "0x2c7536E3605D9C16a7a3D7b1898e529396a65c23";
+
+fn key(hex_key: &str) -> SigningKey {
+    SigningKey::from_slice(&hex::decode(hex_key).expect("hex")).expect("key")
+}
+
+/// `personal_sign`: the EIP-191 digest of `message`, signed, as 65 bytes hex with v = 27/28.
+fn sign(key: &SigningKey, message: &str) -> String {
+    let prefixed = format!("\x19Ethereum Signed Message:\n{}{message}", message.len());
+    let digest = Keccak256::digest(prefixed.as_bytes());
+    let (signature, recovery) = key.sign_prehash_recoverable(&digest).expect("sign");
+    let mut bytes = signature.to_bytes().to_vec();
+    bytes.push(27 + recovery.to_byte());
+    format!("0x{}", hex::encode(bytes))
+}
+
+async fn challenge(platform: &Platform, address: &str) -> String {
+    let answer = platform
+        .post(
+            "/api/v1/auth/wallet/challenge",
+            None,
+            json!({ "address": address }),
+        )
+        .await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    answer.body["message"].as_str().expect("message").to_owned()
+}
+
+async fn verify(platform: &Platform, message: &str, signature: &str) -> (u16, Value) {
+    let answer = platform
+        .post(
+            "/api/v1/auth/wallet/verify",
+            None,
+            json!({ "message": message, "signature": signature }),
+        )
+        .await;
+    (answer.status, answer.body)
+}
+
+#[tokio::test]
+async fn a_wallet_signs_in_to_the_same_account_each_time_and_forgeries_are_refused() {
+    let platform = Platform::start(&[("WARREN_APPROVAL", "open")]).await;
+    let wallet = key(KEY);
+    let offered = platform.get("/api/v1/auth/providers", None).await;
+    assert_eq!(
+        offered.body["providers"],
+        json!(["email", "wallet"]),
+        "{offered:?}"
+    );
+
+    // The challenge names this platform, the checksummed address and a nonce.
+    let message = challenge(&platform, &ADDRESS.to_ascii_lowercase()).await;
+    assert!(message.starts_with("console.test wants you to sign in with your Ethereum account:\n"));
+    assert!(message.contains(&format!("\n{ADDRESS}\n")), "{message}");
+    assert!(message.contains("\nChain ID: 1\n"), "{message}");
+    let (status, signed_in) = verify(&platform, &message, &sign(&wallet, &message)).await;
+    assert_eq!(status, 200, "{signed_in}");
+    let access = signed_in["access_token"].as_str().expect("access token");
+    let me = platform.get("/api/v1/users/me", Some(access)).await;
+    assert_eq!(me.status, 200, "{me:?}");
+    let connections = platform
+        .get("/api/v1/users/me/connections", Some(access))
+        .await;
+    assert_eq!(connections.body[0]["kind"], "wallet", "{connections:?}");
+    assert_eq!(
+        connections.body[0]["external_id"], ADDRESS,
+        "{connections:?}"
+    );
+
+    // Replayed: the nonce is spent.
+    let (status, body) = verify(&platform, &message, &sign(&wallet, &message)).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("siwe_nonce")),
+        "{body}"
+    );
+
+    // Again, with a new challenge: the same account.
+    let again = challenge(&platform, ADDRESS).await;
+    let (status, second) = verify(&platform, &again, &sign(&wallet, &again)).await;
+    assert_eq!(status, 200, "{second}");
+    let me_again = platform
+        .get(
+            "/api/v1/users/me",
+            Some(second["access_token"].as_str().expect("token")),
+        )
+        .await;
+    assert_eq!(me_again.body["id"], me.body["id"]);
+
+    // Another site's message, signed by the right key.
+    let other_site =
+        challenge(&platform, ADDRESS)
+            .await
+            .replacen("console.test wants", "evil.test wants", 1);
+    let (status, body) = verify(&platform, &other_site, &sign(&wallet, &other_site)).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("siwe_domain")),
+        "{body}"
+    );
+
+    // An expired message.
+    let fresh = challenge(&platform, ADDRESS).await;
+    let expiry = fresh
+        .lines()
+        .find(|line| line.starts_with("Expiration Time: "))
+        .expect("an expiry")
+        .to_owned();
+    let expired = fresh.replace(&expiry, "Expiration Time: 2020-01-01T00:00:00Z");
+    let (status, body) = verify(&platform, &expired, &sign(&wallet, &expired)).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("siwe_expired")),
+        "{body}"
+    );
+
+    // Signed by another key.
+    let stolen = challenge(&platform, ADDRESS).await;
+    let thief = key(&hex::encode(rand::random::<[u8; 32]>()));
+    let (status, body) = verify(&platform, &stolen, &sign(&thief, &stolen)).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("invalid_signature")),
+        "{body}"
+    );
+    // A nonce issued to this address does not sign another one in.
+    let for_ada = challenge(&platform, ADDRESS).await;
+    let thief_address = {
+        let point = thief.verifying_key().to_encoded_point(false);
+        let hash = Keccak256::digest(&point.as_bytes()[1..]);
+        format!("0x{}", hex::encode(&hash[12..]))
+    };
+    let swapped = for_ada.replace(ADDRESS, &thief_address);
+    let (status, body) = verify(&platform, &swapped, &sign(&thief, &swapped)).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("siwe_address")),
+        "{body}"
+    );
+
+    // Malformed input: clear refusals, never a 5xx.
+    for address in [
+        "0x123",
+        "2c7536E3605D9C16a7a3D7b1898e529396a65c23",
+        "0x2c7536e3605D9C16a7a3D7b1898e529396a65c23",
+    ] {
+        let answer = platform
+            .post(
+                "/api/v1/auth/wallet/challenge",
+                None,
+                json!({ "address": address }),
+            )
+            .await;
+        assert_eq!(answer.status, 422, "{address}: {answer:?}");
+    }
+    let (status, body) = verify(&platform, "not a siwe message", "0x00").await;
+    assert_eq!(status, 422, "{body}");
+    let fresh = challenge(&platform, ADDRESS).await;
+    let (status, body) = verify(&platform, &fresh, "0xnothex").await;
+    assert_eq!(status, 422, "{body}");
+}
