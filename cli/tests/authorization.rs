@@ -219,6 +219,12 @@ async fn every_route_answers_each_kind_of_caller_with_its_expected_status() {
             Some(json!({})),
             [401, 201, 201, 201, 201],
         ),
+        row(
+            "POST",
+            "/api/v1/users/me/connections/wallet",
+            Some(json!({ "message": "bogus", "signature": "0x00" })),
+            [401, 422, 422, 422, 422],
+        ),
         // No webhook secret configured: the route is not there for anyone.
         row(
             "POST",

@@ -175,3 +175,92 @@ async fn a_wallet_signs_in_to_the_same_account_each_time_and_forgeries_are_refus
     let (status, body) = verify(&platform, &fresh, "0xnothex").await;
     assert_eq!(status, 422, "{body}");
 }
+
+#[tokio::test]
+async fn a_wallet_links_to_an_email_account_signs_in_to_it_and_cannot_be_taken_by_another() {
+    let platform = Platform::start(&[("WARREN_APPROVAL", "open")]).await;
+    let wallet = key(KEY);
+    let ada = platform.sign_in("ada@example.com").await;
+    let bob = platform.sign_in("bob@example.com").await;
+
+    // Ada links the wallet: it is listed, and signs in to her account.
+    let message = challenge(&platform, ADDRESS).await;
+    let linked = platform
+        .post(
+            "/api/v1/users/me/connections/wallet",
+            Some(&ada.access),
+            json!({ "message": message, "signature": sign(&wallet, &message) }),
+        )
+        .await;
+    assert_eq!(linked.status, 200, "{linked:?}");
+    let kinds: Vec<&str> = linked
+        .body
+        .as_array()
+        .expect("connections")
+        .iter()
+        .filter_map(|c| c["kind"].as_str())
+        .collect();
+    assert_eq!(kinds, ["email", "wallet"]);
+    let message = challenge(&platform, ADDRESS).await;
+    let (status, by_wallet) = verify(&platform, &message, &sign(&wallet, &message)).await;
+    assert_eq!(status, 200, "{by_wallet}");
+    let me = |token: String| {
+        let platform = &platform;
+        async move { platform.get("/api/v1/users/me", Some(&token)).await.body["id"].clone() }
+    };
+    let wallet_user = me(by_wallet["access_token"]
+        .as_str()
+        .expect("token")
+        .to_owned())
+    .await;
+    assert_eq!(
+        wallet_user,
+        me(ada.access.clone()).await,
+        "the wallet signs Ada in"
+    );
+
+    // Bob cannot take it.
+    let message = challenge(&platform, ADDRESS).await;
+    let stolen = platform
+        .post(
+            "/api/v1/users/me/connections/wallet",
+            Some(&bob.access),
+            json!({ "message": message, "signature": sign(&wallet, &message) }),
+        )
+        .await;
+    assert_eq!(stolen.status, 409, "{stolen:?}");
+    assert_eq!(stolen.body["error"]["code"], "identity_taken");
+
+    // Ada unlinks it: it then signs in nobody of hers (a new account instead), and her last
+    // method cannot go.
+    let wallet_connection = linked.body.as_array().expect("connections")[1]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let unlinked = platform
+        .delete(
+            &format!("/api/v1/users/me/connections/{wallet_connection}"),
+            Some(&ada.access),
+        )
+        .await;
+    assert_eq!(unlinked.status, 204, "{unlinked:?}");
+    let message = challenge(&platform, ADDRESS).await;
+    let (status, fresh) = verify(&platform, &message, &sign(&wallet, &message)).await;
+    assert_eq!(status, 200, "{fresh}");
+    let fresh_user = me(fresh["access_token"].as_str().expect("token").to_owned()).await;
+    assert_ne!(fresh_user, me(ada.access.clone()).await);
+    let email_connection = platform
+        .get("/api/v1/users/me/connections", Some(&ada.access))
+        .await
+        .body[0]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let last = platform
+        .delete(
+            &format!("/api/v1/users/me/connections/{email_connection}"),
+            Some(&ada.access),
+        )
+        .await;
+    assert_eq!(last.status, 409, "{last:?}");
+}

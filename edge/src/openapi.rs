@@ -153,6 +153,7 @@ impl Modify for BearerAuth {
         crate::users::list_connections,
         crate::users::delete_connection,
         crate::users::link_telegram,
+        crate::users::link_wallet,
         crate::auth::routes::providers,
         crate::auth::wallet::challenge,
         crate::auth::wallet::verify,

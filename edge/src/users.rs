@@ -29,6 +29,32 @@ pub fn routes() -> ApiRouter {
         .get("/users/me/connections", list_connections)
         .delete("/users/me/connections/{id}", delete_connection)
         .post("/users/me/connections/telegram", link_telegram)
+        .post("/users/me/connections/wallet", link_wallet)
+}
+
+/// Link a wallet to the caller's account: a challenge from `POST /auth/wallet/challenge`,
+/// signed by the wallet. The wallet then signs in to this account; one that already signs in
+/// another account is refused (409 `identity_taken`), never merged.
+#[utoipa::path(post, path = "/api/v1/users/me/connections/wallet", operation_id = "post_users_me_connections_wallet", tag = "users", security(("bearer" = [])),
+    request_body = crate::auth::wallet::VerifyRequest,
+    responses((status = 200, description = "The caller's sign-in methods, the wallet among them.", body = Vec<ConnectionView>),
+        resp::Unauthorized, resp::Conflict, resp::Validation, resp::RateLimited))]
+pub(crate) async fn link_wallet(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    ApiJson(request): ApiJson<crate::auth::wallet::VerifyRequest>,
+) -> Result<Json<Vec<ConnectionView>>, ApiError> {
+    crate::app::limits::user_write(&state, caller.id).await?;
+    let address = crate::auth::wallet::verified_signer(&state, &request).await?;
+    let wallet = crate::app::identity::Identity {
+        kind: AuthKind::Wallet,
+        external_id: address,
+        email: None,
+        display_name: None,
+        listed_admin: false,
+    };
+    crate::app::identity::link(&state, caller.id, wallet).await?;
+    Ok(Json(views::connections(&state.db, caller.id).await?))
 }
 
 /// A one-time code that links a Telegram account.

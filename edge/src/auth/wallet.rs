@@ -154,6 +154,35 @@ pub(crate) async fn verify(
     ApiJson(request): ApiJson<VerifyRequest>,
 ) -> Result<Json<SignedIn>, ApiError> {
     limits::auth_request(&state, &ip).await?;
+    let signer = verified_signer(&state, &request).await?;
+    let signed_in = identity::sign_in(
+        &state,
+        Identity {
+            kind: AuthKind::Wallet,
+            external_id: signer,
+            email: None,
+            display_name: None,
+            listed_admin: false,
+        },
+    )
+    .await?;
+    let pair = state
+        .tokens
+        .issue(signed_in.user_id)
+        .await
+        .map_err(crate::app::access::token_error)?;
+    Ok(Json(SignedIn {
+        pair,
+        became_admin: signed_in.became_admin,
+    }))
+}
+
+/// The address that signed `request`'s message, once the message is checked against this
+/// platform and its nonce is spent.
+pub async fn verified_signer(
+    state: &AppState,
+    request: &VerifyRequest,
+) -> Result<String, ApiError> {
     let message = Siwe::parse(&request.message)
         .ok_or_else(|| ApiError::invalid_field("message", "is not an EIP-4361 message"))?;
     let refused = |code: &'static str, why: &str| ApiError::unauthorized(code, why.to_owned());
@@ -225,26 +254,7 @@ pub(crate) async fn verify(
             "the signature is not the address's",
         ));
     }
-    let signed_in = identity::sign_in(
-        &state,
-        Identity {
-            kind: AuthKind::Wallet,
-            external_id: signer,
-            email: None,
-            display_name: None,
-            listed_admin: false,
-        },
-    )
-    .await?;
-    let pair = state
-        .tokens
-        .issue(signed_in.user_id)
-        .await
-        .map_err(crate::app::access::token_error)?;
-    Ok(Json(SignedIn {
-        pair,
-        became_admin: signed_in.became_admin,
-    }))
+    Ok(signer)
 }
 
 /// The EIP-55 form of `address`: refused if it is not `0x` + 40 hex digits, or if it is mixed
