@@ -186,7 +186,7 @@ pub async fn verified_signer(
     let message = Siwe::parse(&request.message)
         .ok_or_else(|| ApiError::invalid_field("message", "is not an EIP-4361 message"))?;
     let refused = |code: &'static str, why: &str| ApiError::unauthorized(code, why.to_owned());
-    let (domain, uri) = domain_and_uri(&state);
+    let (domain, uri) = domain_and_uri(state);
     if message.domain != domain || message.uri != uri {
         return Err(refused("siwe_domain", "the message is for another site"));
     }
