@@ -53,6 +53,25 @@ async fn verify(platform: &Platform, message: &str, signature: &str) -> (u16, Va
     (answer.status, answer.body)
 }
 
+/// The signed-in `token`'s account links the wallet of `key` (a fresh challenge, signed).
+async fn link(platform: &Platform, token: &str, key: &SigningKey) -> edge_support::Answer {
+    let message = challenge(platform, ADDRESS).await;
+    platform
+        .post(
+            "/api/v1/users/me/connections/wallet",
+            Some(token),
+            json!({ "message": message, "signature": sign(key, &message) }),
+        )
+        .await
+}
+
+/// The error code `message` signed by `key` is refused with (401).
+async fn refusal(platform: &Platform, message: &str, key: &SigningKey) -> String {
+    let (status, body) = verify(platform, message, &sign(key, message)).await;
+    assert_eq!(status, 401, "{body}");
+    body["error"]["code"].as_str().expect("a code").to_owned()
+}
+
 #[tokio::test]
 async fn a_wallet_signs_in_to_the_same_account_each_time_and_forgeries_are_refused() {
     let platform = Platform::start(&[("WARREN_APPROVAL", "open")]).await;
@@ -84,12 +103,7 @@ async fn a_wallet_signs_in_to_the_same_account_each_time_and_forgeries_are_refus
     );
 
     // Replayed: the nonce is spent.
-    let (status, body) = verify(&platform, &message, &sign(&wallet, &message)).await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (401, Some("siwe_nonce")),
-        "{body}"
-    );
+    assert_eq!(refusal(&platform, &message, &wallet).await, "siwe_nonce");
 
     // Again, with a new challenge: the same account.
     let again = challenge(&platform, ADDRESS).await;
@@ -108,11 +122,9 @@ async fn a_wallet_signs_in_to_the_same_account_each_time_and_forgeries_are_refus
         challenge(&platform, ADDRESS)
             .await
             .replacen("console.test wants", "evil.test wants", 1);
-    let (status, body) = verify(&platform, &other_site, &sign(&wallet, &other_site)).await;
     assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (401, Some("siwe_domain")),
-        "{body}"
+        refusal(&platform, &other_site, &wallet).await,
+        "siwe_domain"
     );
 
     // An expired message.
@@ -123,21 +135,14 @@ async fn a_wallet_signs_in_to_the_same_account_each_time_and_forgeries_are_refus
         .expect("an expiry")
         .to_owned();
     let expired = fresh.replace(&expiry, "Expiration Time: 2020-01-01T00:00:00Z");
-    let (status, body) = verify(&platform, &expired, &sign(&wallet, &expired)).await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (401, Some("siwe_expired")),
-        "{body}"
-    );
+    assert_eq!(refusal(&platform, &expired, &wallet).await, "siwe_expired");
 
     // Signed by another key.
     let stolen = challenge(&platform, ADDRESS).await;
     let thief = key(&hex::encode(rand::random::<[u8; 32]>()));
-    let (status, body) = verify(&platform, &stolen, &sign(&thief, &stolen)).await;
     assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (401, Some("invalid_signature")),
-        "{body}"
+        refusal(&platform, &stolen, &thief).await,
+        "invalid_signature"
     );
     // A nonce issued to this address does not sign another one in.
     let for_ada = challenge(&platform, ADDRESS).await;
@@ -147,12 +152,7 @@ async fn a_wallet_signs_in_to_the_same_account_each_time_and_forgeries_are_refus
         format!("0x{}", hex::encode(&hash[12..]))
     };
     let swapped = for_ada.replace(ADDRESS, &thief_address);
-    let (status, body) = verify(&platform, &swapped, &sign(&thief, &swapped)).await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (401, Some("siwe_address")),
-        "{body}"
-    );
+    assert_eq!(refusal(&platform, &swapped, &thief).await, "siwe_address");
 
     // Malformed input: clear refusals, never a 5xx.
     for address in [
@@ -184,14 +184,7 @@ async fn a_wallet_links_to_an_email_account_signs_in_to_it_and_cannot_be_taken_b
     let bob = platform.sign_in("bob@example.com").await;
 
     // Ada links the wallet: it is listed, and signs in to her account.
-    let message = challenge(&platform, ADDRESS).await;
-    let linked = platform
-        .post(
-            "/api/v1/users/me/connections/wallet",
-            Some(&ada.access),
-            json!({ "message": message, "signature": sign(&wallet, &message) }),
-        )
-        .await;
+    let linked = link(&platform, &ada.access, &wallet).await;
     assert_eq!(linked.status, 200, "{linked:?}");
     let kinds: Vec<&str> = linked
         .body
@@ -220,14 +213,7 @@ async fn a_wallet_links_to_an_email_account_signs_in_to_it_and_cannot_be_taken_b
     );
 
     // Bob cannot take it.
-    let message = challenge(&platform, ADDRESS).await;
-    let stolen = platform
-        .post(
-            "/api/v1/users/me/connections/wallet",
-            Some(&bob.access),
-            json!({ "message": message, "signature": sign(&wallet, &message) }),
-        )
-        .await;
+    let stolen = link(&platform, &bob.access, &wallet).await;
     assert_eq!(stolen.status, 409, "{stolen:?}");
     assert_eq!(stolen.body["error"]["code"], "identity_taken");
 
