@@ -114,9 +114,19 @@ impl BotApi {
         method: &str,
         params: &Value,
     ) -> Result<T, TgError> {
+        self.retrying(method, || self.call(method, params)).await
+    }
+
+    /// Makes `attempt` until it is not a 429 or an outage: `retry_after` waited out, outages
+    /// backed off (1 s doubling to 30 s), shutdown ending the wait.
+    async fn retrying<T, F, Fut>(&self, method: &str, mut attempt: F) -> Result<T, TgError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, TgError>>,
+    {
         let mut backoff = Duration::from_secs(1);
         loop {
-            match self.call(method, params).await {
+            match attempt().await {
                 Err(TgError::RetryAfter(wait)) => {
                     tracing::info!(
                         method,
@@ -151,8 +161,7 @@ impl BotApi {
         bytes: Vec<u8>,
         caption: Option<&str>,
     ) -> Result<Message, TgError> {
-        let mut backoff = Duration::from_secs(1);
-        loop {
+        self.retrying("sendDocument", || {
             let mut form = reqwest::multipart::Form::new()
                 .text("chat_id", chat_id.to_string())
                 .part(
@@ -167,15 +176,9 @@ impl BotApi {
                 .post(format!("{}/sendDocument", self.base))
                 .timeout(Duration::from_secs(300))
                 .multipart(form);
-            match self.answer("sendDocument", request).await {
-                Err(TgError::RetryAfter(wait)) => self.pause(wait).await?,
-                Err(TgError::Unavailable(_)) => {
-                    self.pause(backoff).await?;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
-                other => return other,
-            }
-        }
+            self.answer("sendDocument", request)
+        })
+        .await
     }
 
     /// The file `file_id`, if it is at most `max_bytes` long (else 413-like refusal).
