@@ -232,6 +232,42 @@ pub struct Config {
     /// refused.
     #[arg(long, env = "WARREN_WALLET_CHAIN_ID", default_value_t = 1, help_heading = heading::SIGN_IN)]
     pub wallet_chain_id: u64,
+    /// Google sign-in: the OAuth client id from Google Cloud's credentials page (unset: no
+    /// Google button). Register `{WARREN_FRONTEND_URL}/api/v1/auth/oauth/google/callback` as its
+    /// redirect URI.
+    #[arg(long, env = "WARREN_OAUTH_GOOGLE_CLIENT_ID", help_heading = heading::SIGN_IN)]
+    pub oauth_google_client_id: Option<String>,
+    /// Google sign-in: the client secret (required with the client id).
+    #[arg(long, env = "WARREN_OAUTH_GOOGLE_CLIENT_SECRET", hide_env_values = true, help_heading = heading::SIGN_IN)]
+    pub oauth_google_client_secret: Option<Secret>,
+    /// Google sign-in: the `iss` its ID tokens must carry.
+    #[arg(long, env = "WARREN_OAUTH_GOOGLE_ISSUER", default_value = "https://accounts.google.com", help_heading = heading::SIGN_IN)]
+    pub oauth_google_issuer: String,
+    /// Google sign-in: the consent page.
+    #[arg(long, env = "WARREN_OAUTH_GOOGLE_AUTHORIZE_URL", default_value = "https://accounts.google.com/o/oauth2/v2/auth", help_heading = heading::SIGN_IN)]
+    pub oauth_google_authorize_url: String,
+    /// Google sign-in: the token endpoint.
+    #[arg(long, env = "WARREN_OAUTH_GOOGLE_TOKEN_URL", default_value = "https://oauth2.googleapis.com/token", help_heading = heading::SIGN_IN)]
+    pub oauth_google_token_url: String,
+    /// Google sign-in: the JWKS with the keys ID tokens are signed with.
+    #[arg(long, env = "WARREN_OAUTH_GOOGLE_JWKS_URL", default_value = "https://www.googleapis.com/oauth2/v3/certs", help_heading = heading::SIGN_IN)]
+    pub oauth_google_jwks_url: String,
+    /// GitHub sign-in: the OAuth app's client id (unset: no GitHub button). Register
+    /// `{WARREN_FRONTEND_URL}/api/v1/auth/oauth/github/callback` as its callback URL.
+    #[arg(long, env = "WARREN_OAUTH_GITHUB_CLIENT_ID", help_heading = heading::SIGN_IN)]
+    pub oauth_github_client_id: Option<String>,
+    /// GitHub sign-in: the client secret (required with the client id).
+    #[arg(long, env = "WARREN_OAUTH_GITHUB_CLIENT_SECRET", hide_env_values = true, help_heading = heading::SIGN_IN)]
+    pub oauth_github_client_secret: Option<Secret>,
+    /// GitHub sign-in: the consent page.
+    #[arg(long, env = "WARREN_OAUTH_GITHUB_AUTHORIZE_URL", default_value = "https://github.com/login/oauth/authorize", help_heading = heading::SIGN_IN)]
+    pub oauth_github_authorize_url: String,
+    /// GitHub sign-in: the token endpoint.
+    #[arg(long, env = "WARREN_OAUTH_GITHUB_TOKEN_URL", default_value = "https://github.com/login/oauth/access_token", help_heading = heading::SIGN_IN)]
+    pub oauth_github_token_url: String,
+    /// GitHub sign-in: the REST API (`/user`, `/user/emails`).
+    #[arg(long, env = "WARREN_OAUTH_GITHUB_API_URL", default_value = "https://api.github.com", help_heading = heading::SIGN_IN)]
+    pub oauth_github_api_url: String,
     /// Access token lifetime.
     #[arg(long, env = "WARREN_ACCESS_TOKEN_TTL_SECS", default_value_t = 900, help_heading = heading::SIGN_IN)]
     pub access_token_ttl_secs: u64,
@@ -663,6 +699,7 @@ impl Config {
             );
         }
         self.telegram_admin_ids()?;
+        self.oauth_settings()?;
         anyhow::ensure!(
             matches!(self.nats_replicas, 1 | 3 | 5),
             "WARREN_NATS_REPLICAS must be 1, 3 or 5"
@@ -860,6 +897,7 @@ impl Config {
             http: self.http_limits()?,
             max_sandboxes: self.max_sandboxes,
             wallet_chain_id: self.wallet_chain_id,
+            oauth: self.oauth_settings()?,
             telegram: warren_edge::settings::TelegramSettings {
                 admins: self.telegram_admin_ids()?,
                 webhook_secret: self
@@ -867,6 +905,67 @@ impl Config {
                     .as_ref()
                     .map(|secret| secret.expose().to_owned()),
             },
+        })
+    }
+
+    /// The OAuth providers whose client is configured.
+    pub fn oauth_settings(&self) -> anyhow::Result<warren_edge::settings::OAuthSettings> {
+        let provider = |name: &str,
+                        id: &Option<String>,
+                        secret: &Option<Secret>,
+                        urls: [&String; 4]|
+         -> anyhow::Result<Option<warren_edge::settings::OAuthProvider>> {
+            let upper = name.to_uppercase();
+            let id = id.as_deref().map(str::trim).filter(|id| !id.is_empty());
+            let secret = secret
+                .as_ref()
+                .map(|secret| secret.expose().trim())
+                .filter(|secret| !secret.is_empty());
+            let (id, secret) = match (id, secret) {
+                (None, None) => return Ok(None),
+                (Some(id), Some(secret)) => (id, secret),
+                _ => anyhow::bail!(
+                    "WARREN_OAUTH_{upper}_CLIENT_ID and WARREN_OAUTH_{upper}_CLIENT_SECRET go together"
+                ),
+            };
+            for url in &urls[..3] {
+                anyhow::ensure!(
+                    url.starts_with("https://") || url.starts_with("http://"),
+                    "the {name} OAuth URL {url:?} is not an http(s) URL"
+                );
+            }
+            Ok(Some(warren_edge::settings::OAuthProvider {
+                client_id: id.to_owned(),
+                client_secret: secret.to_owned(),
+                authorize_url: urls[0].clone(),
+                token_url: urls[1].clone(),
+                keys_or_api_url: urls[2].clone(),
+                issuer: urls[3].clone(),
+            }))
+        };
+        Ok(warren_edge::settings::OAuthSettings {
+            google: provider(
+                "google",
+                &self.oauth_google_client_id,
+                &self.oauth_google_client_secret,
+                [
+                    &self.oauth_google_authorize_url,
+                    &self.oauth_google_token_url,
+                    &self.oauth_google_jwks_url,
+                    &self.oauth_google_issuer,
+                ],
+            )?,
+            github: provider(
+                "github",
+                &self.oauth_github_client_id,
+                &self.oauth_github_client_secret,
+                [
+                    &self.oauth_github_authorize_url,
+                    &self.oauth_github_token_url,
+                    &self.oauth_github_api_url,
+                    &self.oauth_github_api_url,
+                ],
+            )?,
         })
     }
 

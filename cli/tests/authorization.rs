@@ -225,6 +225,55 @@ async fn every_route_answers_each_kind_of_caller_with_its_expected_status() {
             Some(json!({ "message": "bogus", "signature": "0x00" })),
             [401, 422, 422, 422, 422],
         ),
+        row(
+            "POST",
+            "/api/v1/auth/device",
+            Some(json!({})),
+            [201, 201, 201, 201, 201],
+        ),
+        row(
+            "POST",
+            "/api/v1/auth/device/approve",
+            Some(json!({ "user_code": "BCDF-GHJK" })),
+            [401, 404, 404, 404, 404],
+        ),
+        row(
+            "POST",
+            "/api/v1/auth/device/token",
+            Some(json!({ "device_code": "bogus" })),
+            [400, 400, 400, 400, 400],
+        ),
+        // No OAuth client configured: Google and GitHub are not offered to anyone.
+        row(
+            "GET",
+            "/api/v1/auth/oauth/google",
+            None,
+            [404, 404, 404, 404, 404],
+        ),
+        row(
+            "GET",
+            "/api/v1/auth/oauth/github/callback?code=c&state=s",
+            None,
+            [404, 404, 404, 404, 404],
+        ),
+        row(
+            "POST",
+            "/api/v1/auth/oauth/exchange",
+            Some(json!({ "handover": "bogus" })),
+            [401, 401, 401, 401, 401],
+        ),
+        row(
+            "POST",
+            "/api/v1/users/me/connections/google",
+            Some(json!({})),
+            [401, 404, 404, 404, 404],
+        ),
+        row(
+            "POST",
+            "/api/v1/users/me/connections/github",
+            Some(json!({})),
+            [401, 404, 404, 404, 404],
+        ),
         // No webhook secret configured: the route is not there for anyone.
         row(
             "POST",

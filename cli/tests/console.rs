@@ -726,3 +726,93 @@ async fn settings_link_telegram_with_a_code_the_bot_confirms_and_list_the_connec
     page.screenshot("connections").await;
     page.close().await;
 }
+
+#[tokio::test]
+async fn continue_with_github_signs_in_and_settings_links_google() {
+    use warren_testkit::oauth::{OAuthUser, TestOAuth};
+    let oauth = TestOAuth::start().await;
+    oauth.sign_in_as(OAuthUser::new("hana", "hana@example.com"));
+    // The provider sends the browser back to the console's URL: here, the edge itself.
+    let addr = format!("127.0.0.1:{}", common::free_port());
+    let base = format!("http://{addr}");
+    let mut env = edge_support::oauth_env(&oauth);
+    env.extend([
+        ("WARREN_APPROVAL", "open".to_owned()),
+        ("WARREN_HTTP_ADDR", addr.clone()),
+        ("WARREN_FRONTEND_URL", base.clone()),
+    ]);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let platform = Platform::start(&env).await;
+    let driver = Driver::start().await;
+    let page = driver.browser("oauth", PHONE.0, PHONE.1).await;
+    page.open(&platform.base).await;
+    page.wait_text("#oauth-github", "Continue with GitHub")
+        .await;
+    page.wait_text("#oauth-google", "Continue with Google")
+        .await;
+    page.click("#oauth-github").await;
+    // GitHub consents at once and sends the browser back; the console takes the tokens.
+    page.find("#create-agent").await;
+    assert!(!page.wait_url("/").await.contains("handover"));
+
+    page.click("#nav a[href='/settings']").await;
+    page.wait_text("#link-google", "Link Google").await;
+    page.click("#link-google").await;
+    page.wait_url("/settings").await;
+    page.wait_texts("#connections .badge", "github, email and google", |kinds| {
+        kinds.len() == 3 && kinds.iter().any(|k| k == "google")
+    })
+    .await;
+    page.screenshot("oauth-linked").await;
+    page.close().await;
+}
+
+#[tokio::test]
+async fn the_device_page_signs_in_first_then_approves_the_cli_code() {
+    let platform = Platform::start(&[("WARREN_APPROVAL", "open")]).await;
+    let started = platform.post("/api/v1/auth/device", None, json!({})).await;
+    assert_eq!(started.status, 201, "{started:?}");
+    let user_code = started.body["user_code"].as_str().expect("user code");
+    let device_code = started.body["device_code"].as_str().expect("device code");
+
+    let driver = Driver::start().await;
+    let page = driver.browser("device", PHONE.0, PHONE.1).await;
+    // Not signed in yet: the page asks for a sign-in, then comes back to the approval.
+    page.open(&format!("{}/device?code={user_code}", platform.base))
+        .await;
+    let email = "ivy@example.com";
+    let before = platform.smtp.mails_to(email).len();
+    page.fill("#email", email).await;
+    page.click("#send-link").await;
+    let mail = platform
+        .smtp
+        .wait_for_mail(email, before + 1, Duration::from_secs(10))
+        .await;
+    page.fill("#code", &edge_support::code(&mail)).await;
+    page.click("#verify-code").await;
+    page.wait_text("#device-text", email).await;
+    let shown = page
+        .run(
+            "return document.getElementById('device-code').value",
+            vec![],
+        )
+        .await;
+    assert_eq!(shown, json!(user_code));
+    page.click("#approve-device").await;
+    page.wait_text("#device-done", "signed in").await;
+    page.screenshot("device-approved").await;
+    page.close().await;
+
+    let signed_in = platform
+        .post(
+            "/api/v1/auth/device/token",
+            None,
+            json!({ "device_code": device_code }),
+        )
+        .await;
+    assert_eq!(signed_in.status, 200, "{signed_in:?}");
+    let me = platform
+        .get("/api/v1/users/me", signed_in.body["access_token"].as_str())
+        .await;
+    assert_eq!(me.body["email"], email);
+}

@@ -19,12 +19,16 @@ fn have(program: &str, args: &[&str]) -> bool {
 
 #[tokio::test]
 async fn the_served_document_validates_and_a_property_based_run_finds_no_server_errors() {
-    let platform = Platform::start(&[
-        ("WARREN_APPROVAL", "open"),
-        ("WARREN_ADMIN_EMAILS", "admin@example.com"),
-        ("WARREN_TIER_FREE_MAX_AGENTS", "1000"),
-    ])
-    .await;
+    // Google and GitHub sign-in configured, so their routes are exercised past the 404.
+    let oauth = warren_testkit::oauth::TestOAuth::start().await;
+    let mut env = edge_support::oauth_env(&oauth);
+    env.extend([
+        ("WARREN_APPROVAL", "open".to_owned()),
+        ("WARREN_ADMIN_EMAILS", "admin@example.com".to_owned()),
+        ("WARREN_TIER_FREE_MAX_AGENTS", "1000".to_owned()),
+    ]);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let platform = Platform::start(&env).await;
     let admin = platform.sign_in("admin@example.com").await;
     let doc = platform.get("/api/v1/openapi.json", None).await;
     assert_eq!(doc.status, 200);

@@ -100,4 +100,5 @@ export const api = {
   patch: (path, body) => call("PATCH", path, body),
   del: (path) => call("DELETE", path),
   anonymous: (path, body) => call("POST", path, body, { anonymous: true }),
+  public: (path) => call("GET", path, undefined, { anonymous: true }),
 };

@@ -4,12 +4,13 @@
 import { api, forget, signedIn } from "./api.js";
 import { gateway } from "./gateway.js";
 import { go, mount, notify, h } from "./ui.js";
-import { signInView, verifyView, pendingView } from "./signin.js";
+import { signInView, verifyView, oauthView, pendingView } from "./signin.js";
 import { agentsView } from "./agents.js";
 import { chatView } from "./chat.js";
 import { settingsView } from "./settings.js";
 import { usageView } from "./usage.js";
 import { adminView } from "./admin.js";
+import { deviceView } from "./device.js";
 
 let leave = null; // the current view's clean-up
 
@@ -23,8 +24,14 @@ async function route() {
     nav.hidden = true;
     return verifyView();
   }
+  if (path === "/auth/oauth") {
+    nav.hidden = true;
+    return oauthView();
+  }
   if (!signedIn()) {
     nav.hidden = true;
+    // Back here once signed in (a device waits for its approval).
+    if (path === "/device") sessionStorage.setItem("warren.after", path + location.search);
     return signInView();
   }
   let me;
@@ -43,12 +50,13 @@ async function route() {
   else if (path === "/settings") leave = await settingsView();
   else if (path === "/usage") leave = await usageView();
   else if (path === "/admin") leave = await adminView(me);
+  else if (path === "/device") deviceView(me);
   else leave = await agentsView();
 }
 
 // Links inside the app navigate without reloading.
 document.addEventListener("click", (event) => {
-  const link = event.target.closest("a[href^='/']");
+  const link = event.target.closest("a[href^='/']:not([data-external])");
   if (!link || event.ctrlKey || event.metaKey || link.target) return;
   event.preventDefault();
   go(link.getAttribute("href"));

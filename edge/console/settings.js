@@ -1,11 +1,13 @@
 // Settings: provider API keys (add, replace, delete; a key is never shown back, only its
-// fingerprint), the sign-in methods linked to the account (and a code that links Telegram),
+// fingerprint), the sign-in methods linked to the account (a code that links Telegram, buttons
+// that link Google and GitHub),
 // and the default model new agents get.
 
 import { api } from "./api.js";
 import { attempt, h, mount, notify } from "./ui.js";
 
 const PROVIDERS = ["openai", "anthropic", "openrouter", "libertai", "custom"];
+const OAUTH = { google: "Google", github: "GitHub" };
 
 /** The settings page. */
 export async function settingsView() {
@@ -72,10 +74,28 @@ function connectionsCard(error) {
       code.hidden = false;
     }, error),
   }, "Link Telegram");
+  // Google and GitHub, when the platform offers them: the provider sends the browser back to
+  // /settings#linked=<provider>.
+  const oauth = h("span#link-oauth");
+  const offer = async () => {
+    const { providers } = await api.public("/auth/providers");
+    oauth.replaceChildren(...providers.filter((p) => OAUTH[p]).map((p) => h(`button#link-${p}`, {
+      type: "button",
+      onclick: () => attempt(async () => {
+        const started = await api.post(`/users/me/connections/${p}`, {});
+        location.assign(started.authorize_url);
+      }, error),
+    }, `Link ${OAUTH[p]}`)));
+    const linked = new URLSearchParams(location.hash.slice(1)).get("linked");
+    if (linked) {
+      history.replaceState(null, "", "/settings");
+      notify(`${OAUTH[linked] || linked} is linked: it signs you in to this account now.`, "info");
+    }
+  };
   const el = h("div.card#connections-card", {}, h("h2", {}, "Sign-in methods"),
     h("p.muted", {}, "Each of these signs you in to this account. The last one cannot be unlinked."),
-    list, link, code);
-  return { el, reload };
+    list, link, oauth, code);
+  return { el, reload: async () => { await reload(); await offer(); } };
 }
 
 function keyForm(error, reload) {

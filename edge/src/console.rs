@@ -54,6 +54,7 @@ const ASSETS: &[Asset] = &[
     asset!("settings.js", JS),
     asset!("usage.js", JS),
     asset!("admin.js", JS),
+    asset!("device.js", JS),
 ];
 
 /// Scripts, styles, images and connections (REST and the gateway's WebSocket) from this origin
@@ -68,6 +69,8 @@ pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     for page in [
         "/",
         "/auth/verify",
+        "/auth/oauth",
+        "/device",
         "/agents",
         "/agents/{id}",
         "/settings",

@@ -39,6 +39,8 @@ pub fn api() -> ApiRouter {
         .merge(openapi::routes())
         .merge(auth::routes::routes())
         .merge(auth::wallet::routes())
+        .merge(auth::oauth::routes())
+        .merge(auth::device::routes())
         .merge(users::routes())
         .merge(keys::routes())
         .merge(admin::routes())

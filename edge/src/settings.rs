@@ -138,6 +138,47 @@ pub struct EdgeSettings {
     pub telegram: TelegramSettings,
     /// The chain id wallet sign-in messages name (`WARREN_WALLET_CHAIN_ID`).
     pub wallet_chain_id: u64,
+    /// The OAuth providers people may sign in with (none configured: neither is offered).
+    pub oauth: OAuthSettings,
+}
+
+/// The OAuth / OpenID Connect providers, each present only when its client is configured.
+#[derive(Clone, Debug, Default)]
+pub struct OAuthSettings {
+    /// Google (OpenID Connect: the ID token is checked against the provider's JWKS).
+    pub google: Option<OAuthProvider>,
+    /// GitHub (OAuth app: the verified primary address is read from its API).
+    pub github: Option<OAuthProvider>,
+}
+
+/// One OAuth client's registration and its provider's endpoints.
+#[derive(Clone)]
+pub struct OAuthProvider {
+    /// The client id the provider issued.
+    pub client_id: String,
+    /// The client secret the provider issued.
+    pub client_secret: String,
+    /// Where the browser is sent to consent.
+    pub authorize_url: String,
+    /// Where a code is exchanged for tokens.
+    pub token_url: String,
+    /// Google: the JWKS holding the ID-token signing keys. GitHub: the REST API's base URL.
+    pub keys_or_api_url: String,
+    /// Google: the accepted `iss` of ID tokens. GitHub: unused.
+    pub issuer: String,
+}
+
+impl std::fmt::Debug for OAuthProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OAuthProvider")
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"…")
+            .field("authorize_url", &self.authorize_url)
+            .field("token_url", &self.token_url)
+            .field("keys_or_api_url", &self.keys_or_api_url)
+            .field("issuer", &self.issuer)
+            .finish()
+    }
 }
 
 /// What the edge knows of the Telegram bridge.
@@ -175,6 +216,7 @@ impl EdgeSettings {
             admin_emails: HashSet::new(),
             telegram: TelegramSettings::default(),
             wallet_chain_id: 1,
+            oauth: OAuthSettings::default(),
             cors_origins: vec![],
             magic_link_ttl: Duration::from_secs(900),
             access_token_ttl: Duration::from_secs(900),

@@ -90,8 +90,11 @@ pub struct Shared {
     pub revocations: Revocations,
     /// First answers of idempotent writes, shared by every edge process.
     pub idempotency: Ledger,
-    /// Outgoing HTTP (agent runtime health checks and proxies).
+    /// Outgoing HTTP (agent runtime health checks and proxies, OAuth providers); follows no
+    /// redirect.
     pub http: reqwest::Client,
+    /// Google's ID-token signing keys, cached.
+    pub oauth_keys: crate::auth::oauth::google::Jwks,
     /// Outgoing HTTP to model providers (the model proxy): a connect timeout, no redirects.
     pub model_http: reqwest::Client,
     /// The model calls each agent has in flight through this edge (capped).
@@ -175,6 +178,7 @@ impl AppState {
             idempotency,
             revocations: Revocations::start(js.clone(), closing.clone()),
             http,
+            oauth_keys: Default::default(),
             model_http,
             model_calls: Default::default(),
             agent_tokens,

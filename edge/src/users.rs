@@ -30,6 +30,33 @@ pub fn routes() -> ApiRouter {
         .delete("/users/me/connections/{id}", delete_connection)
         .post("/users/me/connections/telegram", link_telegram)
         .post("/users/me/connections/wallet", link_wallet)
+        .post("/users/me/connections/google", link_google)
+        .post("/users/me/connections/github", link_github)
+}
+
+/// Link a Google account to the caller's: open `authorize_url` in this browser (the answer
+/// sets the cookie that binds the flow); Google sends it back to `/settings#linked=google`. An
+/// account already linked to another user is refused there (409 `identity_taken`). 404 when
+/// Google sign-in is not configured.
+#[utoipa::path(post, path = "/api/v1/users/me/connections/google", operation_id = "post_users_me_connections_google", tag = "users", security(("bearer" = [])),
+    responses((status = 201, description = "Where to consent.", body = crate::auth::oauth::LinkStart),
+        resp::Unauthorized, resp::NotFound, resp::RateLimited))]
+pub(crate) async fn link_google(
+    State(state): State<AppState>,
+    caller: AuthUser,
+) -> Result<axum::response::Response, ApiError> {
+    crate::auth::oauth::link(&state, caller.id, "google").await
+}
+
+/// Link a GitHub account to the caller's, as for Google; back at `/settings#linked=github`.
+#[utoipa::path(post, path = "/api/v1/users/me/connections/github", operation_id = "post_users_me_connections_github", tag = "users", security(("bearer" = [])),
+    responses((status = 201, description = "Where to consent.", body = crate::auth::oauth::LinkStart),
+        resp::Unauthorized, resp::NotFound, resp::RateLimited))]
+pub(crate) async fn link_github(
+    State(state): State<AppState>,
+    caller: AuthUser,
+) -> Result<axum::response::Response, ApiError> {
+    crate::auth::oauth::link(&state, caller.id, "github").await
 }
 
 /// Link a wallet to the caller's account: a challenge from `POST /auth/wallet/challenge`,

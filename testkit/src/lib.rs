@@ -32,6 +32,9 @@
 //!   every request.
 //! - [`telegram`] — [`TestTelegram`]: a fake Telegram Bot API (long polling and webhooks,
 //!   strict `MarkdownV2`, files, fault injection) with simulated users, recording every call.
+//! - [`oauth`] — [`TestOAuth`]: a local OAuth 2.0 / OpenID Connect provider speaking Google's
+//!   (RS256 ID tokens, JWKS, userinfo) and GitHub's (OAuth app, REST user API) wire protocols,
+//!   with PKCE, single-use codes, key rotation and tampered ID tokens, recording every request.
 //!
 //! The helpers panic with a descriptive message instead of returning errors: they run only in
 //! tests, where a panic is the failure report (`try_` variants return the error instead).
@@ -39,6 +42,7 @@
 pub mod db;
 pub mod model_server;
 pub mod nats;
+pub mod oauth;
 pub mod smtp;
 pub mod telegram;
 pub mod wait;
@@ -46,6 +50,7 @@ pub mod wait;
 pub use db::TestDb;
 pub use model_server::{ModelServer, Reply};
 pub use nats::TestNats;
+pub use oauth::{OAuthUser, TestOAuth};
 pub use smtp::{Mail, TestSmtp};
 pub use telegram::{TestTelegram, TgUser};
 pub use wait::{wait_for, wait_until};

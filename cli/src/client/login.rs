@@ -1,5 +1,7 @@
-//! `warren login`: an email, then the 6-digit code from the sign-in email; the token pair is
-//! kept in the client's directory, owner-only. The first person to sign in to a platform
+//! `warren login`: an email, then the 6-digit code from the sign-in email; or, with
+//! `--browser`, a code the person approves in the console where they are signed in (by any
+//! method: Google, GitHub, a wallet, email), while the CLI polls. The token pair is kept in the
+//! client's directory, owner-only. The first person to sign in to a platform
 //! without admins becomes its admin; on a platform that approves users, a new user is told
 //! they wait for an admin.
 
@@ -20,8 +22,12 @@ pub struct LoginArgs {
     #[command(flatten)]
     client: ClientConfig,
     /// Your email address (asked for if left out).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "browser")]
     email: Option<String>,
+    /// Sign in through the web console instead (any sign-in method it offers): open the
+    /// printed page and approve the code shown.
+    #[arg(long)]
+    browser: bool,
 }
 
 #[derive(Deserialize)]
@@ -29,6 +35,20 @@ struct Me {
     status: String,
     #[serde(default)]
     role: String,
+    #[serde(default)]
+    email: Option<String>,
+    #[serde(default)]
+    display_name: Option<String>,
+}
+
+/// `POST /auth/device`'s answer.
+#[derive(Deserialize)]
+struct DeviceCodes {
+    device_code: String,
+    user_code: String,
+    verification_uri_complete: String,
+    expires_in: u64,
+    interval: u64,
 }
 
 /// Runs `warren login`.
@@ -36,6 +56,9 @@ pub async fn run(args: LoginArgs) -> anyhow::Result<ExitCode> {
     let printer = Printer::new(args.client.json);
     let store = Store::new(args.client.dir()?);
     let http = Http::new(&args.client.url);
+    if args.browser {
+        return by_browser(&printer, &store, &http).await;
+    }
     let email = match args.email {
         Some(email) => email,
         None => ask("Email: ")?,
@@ -79,6 +102,54 @@ pub async fn run(args: LoginArgs) -> anyhow::Result<ExitCode> {
         if pair.became_admin {
             text.push_str(" (you are its admin: the first to sign in)");
         }
+        if me.status == "pending" {
+            text.push_str("\nYour account waits for an admin's approval.");
+        }
+        text
+    });
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `warren login --browser`: a device code, approved in the console; polls until then.
+async fn by_browser(printer: &Printer, store: &Store, http: &Http) -> anyhow::Result<ExitCode> {
+    let codes: DeviceCodes = http.send(Method::POST, "/auth/device", None, None).await?;
+    printer.note(&format!(
+        "Open {} in a browser where you are signed in (or sign in there), check that it shows \
+         the code {}, and approve it. Waiting up to {} minutes…",
+        codes.verification_uri_complete,
+        codes.user_code,
+        codes.expires_in / 60
+    ));
+    let mut interval = std::time::Duration::from_secs(codes.interval.max(1));
+    let body = json!({"device_code": codes.device_code});
+    let pair: TokenPair = loop {
+        tokio::time::sleep(interval).await;
+        match http
+            .send(Method::POST, "/auth/device/token", None, Some(&body))
+            .await
+        {
+            Ok(pair) => break pair,
+            Err(err) => match err.downcast_ref::<super::api::Refused>() {
+                Some(refused) if refused.code == "authorization_pending" => {}
+                Some(refused) if refused.code == "slow_down" => {
+                    interval += std::time::Duration::from_secs(5);
+                }
+                _ => return Err(err),
+            },
+        }
+    };
+    let me: Me = http
+        .send(Method::GET, "/users/me", Some(&pair.access_token), None)
+        .await?;
+    let who = me
+        .email
+        .clone()
+        .or(me.display_name.clone())
+        .unwrap_or_else(|| "your account".to_owned());
+    store.save_credentials(&pair.credentials(http.base(), &who))?;
+    let summary = json!({"email": me.email, "status": me.status, "role": me.role});
+    printer.answer(&summary, || {
+        let mut text = format!("Signed in to {} as {who}", http.base());
         if me.status == "pending" {
             text.push_str("\nYour account waits for an admin's approval.");
         }

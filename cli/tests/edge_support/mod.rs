@@ -14,6 +14,41 @@ pub const ENCRYPTION_KEY: &str = "000102030405060708090a0b0c0d0e0f10111213141516
 /// Where the tests point `WARREN_AGENT_BIN`: nothing, so deployments fail at `installing`.
 pub const NO_AGENT_BIN: &str = "/nonexistent/warren-agent";
 
+/// The settings that point the platform's Google and GitHub sign-in at the test kit's provider.
+pub fn oauth_env(oauth: &warren_testkit::oauth::TestOAuth) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "WARREN_OAUTH_GOOGLE_CLIENT_ID",
+            oauth.client_id().to_owned(),
+        ),
+        (
+            "WARREN_OAUTH_GOOGLE_CLIENT_SECRET",
+            oauth.client_secret().to_owned(),
+        ),
+        ("WARREN_OAUTH_GOOGLE_ISSUER", oauth.url()),
+        (
+            "WARREN_OAUTH_GOOGLE_AUTHORIZE_URL",
+            oauth.google_authorize_url(),
+        ),
+        ("WARREN_OAUTH_GOOGLE_TOKEN_URL", oauth.google_token_url()),
+        ("WARREN_OAUTH_GOOGLE_JWKS_URL", oauth.google_jwks_url()),
+        (
+            "WARREN_OAUTH_GITHUB_CLIENT_ID",
+            oauth.client_id().to_owned(),
+        ),
+        (
+            "WARREN_OAUTH_GITHUB_CLIENT_SECRET",
+            oauth.client_secret().to_owned(),
+        ),
+        (
+            "WARREN_OAUTH_GITHUB_AUTHORIZE_URL",
+            oauth.github_authorize_url(),
+        ),
+        ("WARREN_OAUTH_GITHUB_TOKEN_URL", oauth.github_token_url()),
+        ("WARREN_OAUTH_GITHUB_API_URL", oauth.github_api_url()),
+    ]
+}
+
 /// A running platform and a client for it.
 pub struct Platform {
     pub nats: TestNats,

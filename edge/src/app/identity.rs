@@ -1,5 +1,5 @@
-//! Signing in by an identity (an email address, a Telegram account; OAuth and wallets plug in
-//! here): who the identity belongs to, registration on first sign-in, linking one more identity
+//! Signing in by an identity (an email address, a Telegram account, a wallet, a Google or
+//! GitHub account): who the identity belongs to, registration on first sign-in, linking one more identity
 //! to an account, and who administers the platform.
 //!
 //! - An identity maps to one user: `identity.email.<sha256(address)>` or
@@ -122,6 +122,81 @@ pub async fn sign_in_by_telegram(
         },
     )
     .await
+}
+
+/// Who an OAuth provider says signed in.
+#[derive(Clone, Debug)]
+pub struct ProviderIdentity {
+    /// `Google` or `Github`.
+    pub kind: AuthKind,
+    /// The provider's stable id of the person (Google's `sub`, GitHub's numeric id).
+    pub subject: String,
+    /// Their address, only if the provider marks it verified.
+    pub verified_email: Option<String>,
+    /// Their name, as the provider gives it.
+    pub display_name: Option<String>,
+}
+
+impl ProviderIdentity {
+    /// The identity itself (its address is a separate identity).
+    pub fn into_identity(self) -> Identity {
+        Identity {
+            kind: self.kind,
+            external_id: self.subject,
+            email: self.verified_email,
+            display_name: self.display_name,
+            listed_admin: false,
+        }
+    }
+}
+
+/// The user an OAuth identity signs in. A first sign-in whose verified address already signs
+/// an account in joins that account; otherwise it registers one, and its verified address, if
+/// no account uses it, becomes one more way into it. Later sign-ins link nothing. An unverified address joins nothing and makes
+/// nobody an admin.
+pub async fn sign_in_by_provider(
+    state: &AppState,
+    who: ProviderIdentity,
+) -> Result<SignedIn, ApiError> {
+    let email = who
+        .verified_email
+        .as_deref()
+        .and_then(|email| crate::auth::routes::canonical_email(email).ok());
+    let mut identity = ProviderIdentity {
+        verified_email: email.clone(),
+        ..who
+    }
+    .into_identity();
+    identity.listed_admin = email
+        .as_ref()
+        .is_some_and(|email| state.settings.admin_emails.contains(email));
+    let known = owner(state, identity.kind, &identity.external_id)
+        .await?
+        .is_some();
+    if let (false, Some(email)) = (known, &email)
+        && let Some(existing) = owner(state, AuthKind::Email, email).await?
+    {
+        link(state, existing, identity.clone()).await?;
+    }
+    let signed_in = sign_in(state, identity).await?;
+    // A first sign-in that registered an account: its verified address signs it in too.
+    if let (false, Some(email)) = (known, email)
+        && owner(state, AuthKind::Email, &email).await?.is_none()
+    {
+        let address = Identity {
+            kind: AuthKind::Email,
+            external_id: email.clone(),
+            email: Some(email),
+            display_name: None,
+            listed_admin: false,
+        };
+        // Taken meanwhile by someone signing in by email: theirs stays theirs.
+        match link(state, signed_in.user_id, address).await {
+            Ok(()) | Err(ApiError::Client { .. }) => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(signed_in)
 }
 
 /// The user `identity` belongs to, if any (no registration).

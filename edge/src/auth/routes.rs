@@ -28,17 +28,18 @@ pub fn routes() -> ApiRouter {
 /// The ways to sign in this platform offers.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Providers {
-    /// `email` (magic link or code) and `wallet` (Sign-In with Ethereum).
+    /// `email` (magic link or code), `wallet` (Sign-In with Ethereum), and `google` and
+    /// `github` when configured.
     pub providers: Vec<String>,
 }
 
 /// The sign-in methods this platform offers (a client shows a button for each).
 #[utoipa::path(get, path = "/api/v1/auth/providers", operation_id = "get_auth_providers", tag = "auth",
     responses((status = 200, description = "The methods.", body = Providers)))]
-pub(crate) async fn providers() -> Json<Providers> {
-    Json(Providers {
-        providers: vec!["email".into(), "wallet".into()],
-    })
+pub(crate) async fn providers(State(state): State<AppState>) -> Json<Providers> {
+    let mut providers = vec!["email".to_owned(), "wallet".to_owned()];
+    providers.extend(super::oauth::offered(&state).into_iter().map(str::to_owned));
+    Json(Providers { providers })
 }
 
 /// `POST /auth/login/email`.
@@ -195,15 +196,23 @@ pub(crate) async fn verify_magic_link(
     }
     .map_err(magic_error)?;
     let signed_in = crate::app::identity::sign_in_by_email(&state, &email).await?;
+    Ok(Json(session(&state, signed_in).await?))
+}
+
+/// A new session (token pair) for whom a sign-in names, as answered.
+pub async fn session(
+    state: &AppState,
+    signed_in: crate::app::identity::SignedIn,
+) -> Result<SignedIn, ApiError> {
     let pair = state
         .tokens
         .issue(signed_in.user_id)
         .await
         .map_err(token_error)?;
-    Ok(Json(SignedIn {
+    Ok(SignedIn {
         pair,
         became_admin: signed_in.became_admin,
-    }))
+    })
 }
 
 /// Rotate a refresh token. Presenting an already-rotated token revokes its whole session.

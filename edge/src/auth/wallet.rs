@@ -166,15 +166,7 @@ pub(crate) async fn verify(
         },
     )
     .await?;
-    let pair = state
-        .tokens
-        .issue(signed_in.user_id)
-        .await
-        .map_err(crate::app::access::token_error)?;
-    Ok(Json(SignedIn {
-        pair,
-        became_admin: signed_in.became_admin,
-    }))
+    Ok(Json(crate::auth::routes::session(&state, signed_in).await?))
 }
 
 /// The address that signed `request`'s message, once the message is checked against this
