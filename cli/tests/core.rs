@@ -234,6 +234,8 @@ async fn gateway_writes_count_against_the_rest_write_limit_on_every_edge_process
         ("WARREN_RATE_WRITES_PER_USER_PER_MINUTE", "4"),
     ])
     .await;
+    // Every write below must land in the same minute's window.
+    common::with_a_minute_window_left(Duration::from_secs(40)).await;
     let me = platform.sign_in("busy@example.com").await;
     // Write 1 (REST): an agent.
     let agent = platform

@@ -13,6 +13,7 @@ async fn sign_in_requests_past_the_per_address_and_per_ip_limits_get_429_with_re
         ("WARREN_RATE_AUTH_PER_IP_PER_MINUTE", "5"),
     ])
     .await;
+    common::with_a_minute_window_left(std::time::Duration::from_secs(30)).await;
     let login = |email: &'static str| {
         platform.post("/api/v1/auth/login/email", None, json!({ "email": email }))
     };
@@ -53,6 +54,7 @@ async fn sign_in_requests_past_the_per_address_and_per_ip_limits_get_429_with_re
 #[tokio::test]
 async fn writes_past_the_per_user_limit_get_429_while_reads_go_on() {
     let platform = Platform::start(&[("WARREN_RATE_WRITES_PER_USER_PER_MINUTE", "3")]).await;
+    common::with_a_minute_window_left(std::time::Duration::from_secs(30)).await;
     let me = platform.sign_in("busy@example.com").await;
     for _ in 0..3 {
         let patched = platform
@@ -140,6 +142,7 @@ async fn cors_answers_the_configured_origins_only() {
 async fn writes_past_the_per_ip_limit_get_429() {
     // Sign-in is two writes (login, verify); then two profile updates fill the window.
     let platform = Platform::start(&[("WARREN_RATE_WRITES_PER_IP_PER_MINUTE", "4")]).await;
+    common::with_a_minute_window_left(std::time::Duration::from_secs(30)).await;
     let me = platform.sign_in("ip@example.com").await;
     for _ in 0..2 {
         assert_eq!(

@@ -126,3 +126,18 @@ pub async fn get_json(url: &str) -> Option<(u16, serde_json::Value)> {
     let body = response.json().await.ok()?;
     Some((status, body))
 }
+
+/// Per-minute rate limits count in fixed windows aligned to the clock's minutes. A test that
+/// must fill one window starts with at least `needed` left in the current minute, else at the
+/// start of the next one (waiting on the clock is the point here, not a synchronisation).
+#[allow(dead_code)]
+pub async fn with_a_minute_window_left(needed: std::time::Duration) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock");
+    let into = std::time::Duration::from_millis((now.as_millis() % 60_000) as u64);
+    let left = std::time::Duration::from_secs(60) - into;
+    if left < needed {
+        tokio::time::sleep(left + std::time::Duration::from_millis(50)).await;
+    }
+}
