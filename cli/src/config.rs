@@ -143,6 +143,11 @@ pub struct Config {
     /// Where the edge listens.
     #[arg(long, env = "WARREN_HTTP_ADDR", default_value = "127.0.0.1:8080", help_heading = heading::PLATFORM)]
     pub http_addr: SocketAddr,
+    /// Where this process serves `/metrics` (OpenMetrics text), `/healthz` and `/readyz` for
+    /// operators (every role, and `warren dev` once for all of its roles). Off when unset; keep
+    /// it on a private address.
+    #[arg(long, env = "WARREN_METRICS_ADDR", help_heading = heading::PLATFORM)]
+    pub metrics_addr: Option<SocketAddr>,
     /// Where `warren dev` keeps its NATS store, Postgres cluster and generated keys, and the
     /// deployer its agents' files.
     #[arg(long, env = "WARREN_DATA_DIR", default_value = ".warren", help_heading = heading::PLATFORM)]

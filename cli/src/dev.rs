@@ -107,6 +107,8 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> anyhow::Res
         None => None,
     };
     let edge = connect(Role::Edge, reader_db).await?;
+    // One ops listener for every role of the process.
+    let _ops = roles::ops(&config, &edge, Some(&projector), shutdown.clone())?;
 
     let projector = tokio::spawn(
         Projector::build(projector.js.clone(), projector.db.clone()).run(shutdown.clone()),

@@ -224,10 +224,42 @@ pub async fn telegram_role(config: &Config, shutdown: CancellationToken) -> anyh
         "WARREN_ENCRYPTION_KEY is not set"
     );
     let platform = connect(config, Role::Telegram).await?;
+    let _ops = ops(config, &platform, None, shutdown.clone())?;
     if let Some(bridge) = telegram(config, &platform, shutdown).await? {
         bridge.run().await;
     }
     Ok(())
+}
+
+/// Serves the ops listener (`/metrics`, `/healthz`, `/readyz`) on `WARREN_METRICS_ADDR` until
+/// shutdown, probing `platform`'s connections; nothing when the address is unset. `projector`
+/// is set in the process that runs the projector: scrapes then report the projections' lag.
+pub fn ops(
+    config: &Config,
+    platform: &Platform,
+    projector: Option<&Platform>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let Some(addr) = config.metrics_addr else {
+        return Ok(None);
+    };
+    let listener = std::net::TcpListener::bind(addr)
+        .and_then(|listener| {
+            listener.set_nonblocking(true)?;
+            tokio::net::TcpListener::from_std(listener)
+        })
+        .with_context(|| format!("binding WARREN_METRICS_ADDR {addr}"))?;
+    tracing::info!(addr = %listener.local_addr()?, "metrics and probes listening");
+    let probes = warren_edge::ops::Probes {
+        nats: platform.nats.clone(),
+        db: platform.db.clone(),
+        projections: projector.map(|p| (p.js.clone(), p.db.clone())),
+    };
+    Ok(Some(tokio::spawn(async move {
+        if let Err(err) = warren_edge::ops::serve(listener, probes, shutdown).await {
+            tracing::error!(error = %err, "the metrics listener failed");
+        }
+    })))
 }
 
 /// The edge's listening socket, with a deep accept queue: `TcpListener::bind` listens with 128,
@@ -289,6 +321,7 @@ pub async fn edge(config: &Config, shutdown: CancellationToken) -> anyhow::Resul
     // The edge's model proxy is what calls the platform's provider (ADR 23).
     config.warn_if_no_model_provider();
     let platform = connect(config, Role::Edge).await?;
+    let _ops = ops(config, &platform, None, shutdown.clone())?;
     serve_edge(config, &platform, shutdown).await
 }
 
@@ -307,6 +340,7 @@ pub fn notifier(config: &Config, platform: &Platform) -> anyhow::Result<Notifier
 pub async fn notifier_role(config: &Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     anyhow::ensure!(config.smtp_url.is_some(), "WARREN_SMTP_URL is not set");
     let platform = connect(config, Role::Notifier).await?;
+    let _ops = ops(config, &platform, None, shutdown.clone())?;
     notifier(config, &platform)?.run(shutdown).await;
     Ok(())
 }
@@ -354,6 +388,7 @@ pub async fn chat(config: &Config, platform: &Platform, dev: bool) -> anyhow::Re
 pub async fn chat_role(config: &Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     config.warn_if_no_model_provider();
     let platform = connect(config, Role::Chat).await?;
+    let _ops = ops(config, &platform, None, shutdown.clone())?;
     chat(config, &platform, false).await?.run(shutdown).await;
     Ok(())
 }
@@ -486,6 +521,7 @@ pub async fn image_build(config: &Config) -> anyhow::Result<()> {
 /// `warren worker deployer`.
 pub async fn deployer_role(config: &Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let platform = connect(config, Role::Deployer).await?;
+    let _ops = ops(config, &platform, None, shutdown.clone())?;
     deployer(config, &platform, false)
         .await?
         .run(shutdown)
@@ -496,6 +532,7 @@ pub async fn deployer_role(config: &Config, shutdown: CancellationToken) -> anyh
 /// `warren worker projector`.
 pub async fn projector(config: &Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let platform = connect(config, Role::Projector).await?;
+    let _ops = ops(config, &platform, Some(&platform), shutdown.clone())?;
     Projector::build(platform.js, platform.db)
         .run(shutdown)
         .await;

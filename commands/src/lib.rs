@@ -15,6 +15,8 @@
 //!   agent's conversations only.
 //! - [`secrets`] — the AES-256-GCM box of secrets kept outside the log: agents' tokens and users'
 //!   provider keys.
+//! - [`metrics`] — the process's Prometheus series (every role records here; the ops listener
+//!   serves them on `/metrics`).
 //! - [`sandboxes`] — what is known of agents' sandboxes outside the log: when each agent was
 //!   last used (the idle pause's clock) and what each sandbox uses.
 
@@ -23,6 +25,7 @@ pub mod bounded;
 pub mod codec;
 pub mod error;
 pub mod history;
+pub mod metrics;
 pub mod proactive;
 pub mod sandboxes;
 pub mod secrets;

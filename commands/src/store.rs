@@ -12,6 +12,7 @@
 
 use crate::codec::{self, HEADER_ACTOR, HEADER_EVENT_TYPES, HEADER_MSG_ID, HEADER_TRACEPARENT};
 use crate::error::{CommandError, StoreError};
+use crate::metrics;
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, message::PublishMessage, stream::DirectGetErrorKind};
 use chrono::Utc;
@@ -21,7 +22,7 @@ use cqrs_es::{
 };
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::OwnedMutexGuard;
 use warren_domain::ids::{CommandId, EventId};
 use warren_domain::{Actor, Envelope};
@@ -243,6 +244,25 @@ where
         command: A::Command,
         meta: &CommandMeta,
     ) -> Result<Committed<A::Event>, CommandError<A::Error>> {
+        let result = self.execute_once(aggregate_id, command, meta).await;
+        let outcome = match &result {
+            Ok(committed) if committed.duplicate => "duplicate",
+            Ok(committed) if committed.events.is_empty() => "unchanged",
+            Ok(_) => "committed",
+            Err(CommandError::Rejected(_)) => "rejected",
+            Err(CommandError::Conflict { .. }) => "conflict",
+            Err(_) => "error",
+        };
+        metrics::global().command(A::STREAM, outcome);
+        result
+    }
+
+    async fn execute_once(
+        &self,
+        aggregate_id: &str,
+        command: A::Command,
+        meta: &CommandMeta,
+    ) -> Result<Committed<A::Event>, CommandError<A::Error>> {
         let command_id = meta.command_id.to_string();
         let mut refreshed_after_rejection = false;
         for attempt in 1..=self.max_attempts {
@@ -275,9 +295,15 @@ where
                     duplicate: false,
                 });
             }
-            match self.append(events, ctx, meta.stamp()).await {
+            let appending = Instant::now();
+            let appended = self.append(events, ctx, meta.stamp()).await;
+            metrics::global()
+                .append_duration
+                .observe(appending.elapsed().as_secs_f64());
+            match appended {
                 Ok(committed) => return Ok(committed),
                 Err(StoreError::Conflict) => {
+                    metrics::global().append_retries.inc();
                     tracing::debug!(aggregate_id, attempt, "append conflict, retrying");
                 }
                 Err(StoreError::Ambiguous(source)) => {

@@ -12,6 +12,7 @@
 
 use crate::error::ApiError;
 use crate::openapi::resp;
+use crate::ops;
 use crate::routes::ApiRouter;
 use crate::state::AppState;
 use axum::Json;
@@ -26,7 +27,7 @@ use warren_projections::status::{self, Lag};
 pub struct Health {
     /// `ok`, or `degraded` when a projection parked commits or lags (see `problems`).
     pub status: &'static str,
-    /// NATS connection state.
+    /// NATS: `ok`, or `unreachable` (not connected, or no answer to a ping within the budget).
     pub nats: &'static str,
     /// Postgres reachability.
     pub postgres: &'static str,
@@ -49,21 +50,29 @@ pub fn routes() -> ApiRouter {
         resp::Unavailable,
     ))]
 pub(crate) async fn health(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
-    let nats_ok = matches!(
-        state.nats.connection_state(),
-        async_nats::connection::State::Connected
+    // Every part is bounded: the answer comes within a second whatever is down or hangs.
+    let lags = tokio::time::timeout(
+        ops::CHECK_BUDGET,
+        status::lags(state.commands.jetstream(), &state.db),
     );
-    let projections = status::lags(state.commands.jetstream(), &state.db).await;
-    let pg_ok = projections.is_ok();
-    let projections = projections.unwrap_or_default();
-    let problems = problems(&projections, state.settings.health_max_lag);
+    let (found, lags) = tokio::join!(ops::dependencies(&state.nats, &state.db), lags);
+    let (nats_ok, pg_ok) = (found.nats, found.postgres);
+    let read = matches!(lags, Ok(Ok(_)));
+    let projections = match lags {
+        Ok(Ok(lags)) => lags,
+        _ => Vec::new(),
+    };
+    let mut problems = problems(&projections, state.settings.health_max_lag);
+    if !read {
+        problems.push("the projections' positions could not be read in time".to_owned());
+    }
     let body = Health {
         status: if problems.is_empty() {
             "ok"
         } else {
             "degraded"
         },
-        nats: if nats_ok { "ok" } else { "disconnected" },
+        nats: if nats_ok { "ok" } else { "unreachable" },
         postgres: if pg_ok { "ok" } else { "unreachable" },
         projections,
         problems,
@@ -74,7 +83,7 @@ pub(crate) async fn health(State(state): State<AppState>) -> Result<Json<Health>
     Err(ApiError::Client {
         status: StatusCode::SERVICE_UNAVAILABLE,
         code: "unavailable",
-        message: "a dependency is down".into(),
+        message: format!("a dependency is down: {}", found.down()),
         details: serde_json::to_value(&body).ok(),
     })
 }

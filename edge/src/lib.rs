@@ -55,6 +55,8 @@
 //!   from the log; its webhook route `POST /telegram/webhook`.
 //! - [`views`] — read-model queries and the JSON shapes of users, keys, agents, usage.
 //! - [`health`] — `GET /api/v1/health`: NATS, Postgres and each projection's lag.
+//! - [`ops`] — the operators' listener of every role (`WARREN_METRICS_ADDR`): `/metrics`,
+//!   `/healthz`, `/readyz`, and the one bounded dependency check.
 //! - [`openapi`] — the OpenAPI 3.1 document at `GET /api/v1/openapi.json`.
 
 pub mod admin;
@@ -80,6 +82,7 @@ pub mod lane;
 pub mod mail;
 pub mod model_proxy;
 pub mod openapi;
+pub mod ops;
 pub mod quota;
 pub mod ratelimit;
 pub mod routes;

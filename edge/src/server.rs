@@ -15,7 +15,7 @@ use crate::{
 };
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -24,13 +24,14 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
+use warren_commands::metrics;
 
 /// Every API route, merged in one place.
 pub fn api() -> ApiRouter {
@@ -87,6 +88,7 @@ pub fn router(state: AppState) -> Router {
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::Internal("handler panicked".into()).into_response()
         }))
+        .layer(middleware::from_fn(count_request))
         .with_state(state);
     if let Some(cors) = cors {
         router = router.layer(cors);
@@ -113,6 +115,26 @@ async fn limit_writes_per_ip(
         return next.run(Request::from_parts(parts, body)).await;
     }
     next.run(request).await
+}
+
+/// Counts every request by method, matched route and status, with its latency until the
+/// response head (`warren_http_requests_total`, `warren_http_request_duration_seconds`). A
+/// path no route matched is counted as `unmatched`, so a scan cannot grow the series.
+async fn count_request(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| path.as_str().to_owned());
+    let response = next.run(request).await;
+    metrics::global().http(
+        method.as_str(),
+        route.as_deref().unwrap_or("unmatched"),
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
 }
 
 /// CORS for the configured origins (`*` for any); `None` when none are configured.

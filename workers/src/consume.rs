@@ -96,6 +96,7 @@ where
         .await
         .map_err(|e| fail(e.into()))?;
     let mut messages = consumer.messages().await.map_err(|e| fail(e.into()))?;
+    warren_commands::metrics::watch_durable(js, durable.stream, durable.name);
     let handle = &handle;
     let mut in_hand = futures::stream::FuturesUnordered::new();
     let mut open = true;

@@ -28,6 +28,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::broadcast;
 use uuid::Uuid;
+use warren_commands::metrics;
 use warren_commands::topology;
 use warren_domain::ids::{ConversationId, RunId};
 
@@ -539,7 +540,16 @@ pub fn guarded(
 
 /// An SSE response of `items`, each written as [`Item::sse`] (made once, shared by every client).
 pub fn sse_response(items: impl Stream<Item = Item> + Send + 'static) -> Response {
-    let body = Body::from_stream(items.map(|item| Ok::<_, Infallible>(item.sse())));
+    let metrics = metrics::global();
+    let live = metrics.live("sse");
+    let body = Body::from_stream(items.map(move |item| {
+        let _counted = &live;
+        metrics.frame_sent("sse");
+        if item.frame().end_code() == Some("slow_consumer") {
+            metrics.slow_client_dropped("sse");
+        }
+        Ok::<_, Infallible>(item.sse())
+    }));
     (
         [
             (header::CONTENT_TYPE, "text/event-stream"),

@@ -47,6 +47,7 @@ use protocol::Req;
 use serde_json::Value;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+use warren_commands::metrics;
 use warren_domain::ids::{AgentId, CommandId, ConversationId};
 
 /// The most bytes a close frame's reason may hold (RFC 6455 §5.5: 125 with the code).
@@ -92,6 +93,7 @@ async fn upgrade(
         .write_buffer_size(0)
         .on_upgrade(move |socket| async move {
             CONNECTIONS.fetch_add(1, Ordering::Relaxed);
+            let _live = metrics::global().live("ws");
             run(state, socket, header_token).await;
             CONNECTIONS.fetch_sub(1, Ordering::Relaxed);
         })
@@ -144,10 +146,14 @@ async fn send(socket: &mut WebSocket, frame: &Value) -> bool {
 
 /// Writes one message; false if the client is gone or has not taken it for [`WRITE_TIMEOUT`].
 async fn write(socket: &mut WebSocket, message: Message) -> bool {
-    matches!(
+    let sent = matches!(
         tokio::time::timeout(WRITE_TIMEOUT, socket.send(message)).await,
         Ok(Ok(()))
-    )
+    );
+    if sent {
+        metrics::global().frame_sent("ws");
+    }
+    sent
 }
 
 async fn run(state: AppState, mut socket: WebSocket, header_token: Option<String>) {
@@ -395,6 +401,7 @@ async fn serve(mut conn: Conn, socket: &mut WebSocket) -> Result<(), Close> {
                     return Ok(());
                 }
                 if item.frame().end_code() == Some("slow_consumer") {
+                    metrics::global().slow_client_dropped("ws");
                     return Err(close(close_code::AGAIN, "too slow: reconnect and resume with sessions.switch after your last seq"));
                 }
             }

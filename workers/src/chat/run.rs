@@ -113,6 +113,19 @@ struct Progress {
     turns: Vec<String>,
     tool_calls: Vec<ToolCall>,
     status: Option<RunStatus>,
+    /// When the run started, until its first token is counted (`time_to_first_token`).
+    started: Option<Instant>,
+}
+
+impl Progress {
+    /// Records the time to the first token, once.
+    fn first_token(&mut self) {
+        if let Some(started) = self.started.take() {
+            warren_commands::metrics::global()
+                .time_to_first_token
+                .observe(started.elapsed().as_secs_f64());
+        }
+    }
 }
 
 /// Runs the job to its recorded outcome, then releases the lease.
@@ -124,12 +137,17 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let started = Instant::now();
+    let metrics = warren_commands::metrics::global();
+    metrics.runs_started.inc();
     let live = Live {
         shared,
         subject: topology::conversation_live_subject(&job.conversation_id.to_string()),
         run_id: job.run_id,
     };
-    let mut progress = Progress::default();
+    let mut progress = Progress {
+        started: Some(started),
+        ..Progress::default()
+    };
     let outcome = match resolve(shared, job.agent_id, job.user_id).await {
         Err(outcome) => outcome,
         Ok((runtime, own_key)) => {
@@ -171,6 +189,12 @@ pub async fn run(
     };
     live.flush(&mut progress).await;
     let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    metrics.run_finished(match &outcome {
+        Outcome::Completed { .. } => "completed",
+        Outcome::Failed { .. } => "failed",
+        Outcome::Cancelled => "cancelled",
+        Outcome::Gone => "gone",
+    });
     let command = match outcome {
         Outcome::Completed { text, usage } => Some(ConversationCommand::CompleteRun {
             run_id: job.run_id,
@@ -459,6 +483,7 @@ impl Live<'_> {
         }
         match event {
             RuntimeEvent::Token(delta) => {
+                progress.first_token();
                 if !progress.turn_streamed {
                     progress.turn_streamed = true;
                     self.status(progress, RunStatus::Streaming).await;
@@ -473,6 +498,9 @@ impl Live<'_> {
                 }
             }
             RuntimeEvent::Text(content) => {
+                if !content.is_empty() {
+                    progress.first_token();
+                }
                 if !progress.turn_streamed && !content.is_empty() {
                     // A baal-agent turn: its text arrives whole.
                     self.status(progress, RunStatus::Streaming).await;

@@ -170,6 +170,15 @@ impl Deployer {
                     continue;
                 }
             };
+            let metrics = warren_commands::metrics::global();
+            for (state, name) in [
+                (ActualState::Running, "running"),
+                (ActualState::Paused, "paused"),
+                (ActualState::Stopped, "stopped"),
+            ] {
+                let count = actual.iter().filter(|r| r.state == state).count();
+                metrics.set_sandboxes(provisioner.kind(), name, count as i64);
+            }
             for runtime in actual {
                 // An agent found by two provisioners is the first one's (as the reconciler has it).
                 if !seen.insert(runtime.agent_id) {

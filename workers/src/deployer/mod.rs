@@ -566,7 +566,10 @@ impl Deployer {
         };
         macro_rules! step {
             ($step:expr, $body:expr) => {{
-                let value = match $body {
+                let began = std::time::Instant::now();
+                let result = $body;
+                warren_commands::metrics::global().deploy_step($step.as_str(), began.elapsed());
+                let value = match result {
                     Ok(value) => value,
                     Err(err) => return Ok(Err(($step, err.to_string()))),
                 };
