@@ -8,10 +8,14 @@
 //! roles' keys (generated in `<data_dir>/credentials/nats`), PostgreSQL only password logins
 //! (`<data_dir>/credentials/postgres`), all files owner-only.
 //!
+//! A local server that dies is started again on the same store and port ([`embedded`]); the
+//! roles reconnect by themselves.
+//!
 //! With no platform model provider configured, it also serves the local model (ADR 31,
 //! `WARREN_LOCAL_MODEL`) and makes it the platform default, so a first chat needs no key.
 
 use crate::config::Config;
+use crate::embedded;
 use crate::roles::{self, Endpoints};
 use anyhow::Context;
 use std::path::Path;
@@ -35,8 +39,11 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> anyhow::Res
     let _local_model = local_model(&mut config).await?;
     let credentials = config.data_dir.join("credentials");
     warren_deploy::nats_auth::create_private_dir(&credentials.join("postgres"))?;
-    // Keep the local servers alive for the whole run; dropping them stops them.
-    let mut _local_nats = None;
+    // The local servers are kept running (started again if one dies) until the roles have
+    // stopped; then they are stopped too (also when this returns early with an error).
+    let servers = CancellationToken::new();
+    let _stop_servers = servers.clone().drop_guard();
+    let mut kept = Vec::new();
     let (nats_url, nats_keys) = match &config.nats_url {
         Some(url) => (
             url.clone(),
@@ -60,11 +67,10 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> anyhow::Res
                 .context("starting nats-server")?;
             tracing::info!(url = nats.url(), "local nats-server started");
             let found = (nats.url(), nats.keys().cloned());
-            _local_nats = Some(nats);
+            kept.push(embedded::keep(nats, servers.clone()));
             found
         }
     };
-    let mut _local_pg = None;
     let (writer_url, reader_url) = match &config.database_url {
         Some(url) => (
             url.expose().to_owned(),
@@ -77,7 +83,7 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> anyhow::Res
                 pg.url_as(&writer.user, &writer.password, DEV_DATABASE),
                 pg.url_as(&reader.user, &reader.password, DEV_DATABASE),
             );
-            _local_pg = Some(pg);
+            kept.push(embedded::keep(pg, servers.clone()));
             urls
         }
     };
@@ -139,6 +145,10 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> anyhow::Res
     notifier.await.context("notifier task")?;
     deployer.await.context("deployer task")?;
     chat.await.context("chat task")?;
+    servers.cancel();
+    for server in kept {
+        server.await.context("stopping a local server")?;
+    }
     served
 }
 

@@ -5,6 +5,7 @@
 mod client;
 mod config;
 mod dev;
+mod embedded;
 mod fds;
 mod roles;
 

@@ -123,12 +123,8 @@ async fn warren_dev_serves_metrics_and_probes_and_the_series_move_under_a_chat()
                 .collect::<Vec<_>>()
         );
     };
-    moved(
-        r#"warren_http_requests_total{method="POST",route="/api/v1/chat/{id}",status="200"}"#,
-    );
-    moved(
-        r#"warren_http_request_duration_seconds_count{method="POST",route="/api/v1/chat/{id}"}"#,
-    );
+    moved(r#"warren_http_requests_total{method="POST",route="/api/v1/chat/{id}",status="200"}"#);
+    moved(r#"warren_http_request_duration_seconds_count{method="POST",route="/api/v1/chat/{id}"}"#);
     moved(r#"warren_commands_total{aggregate="CONVERSATIONS",outcome="committed"}"#);
     moved("warren_append_duration_seconds_count");
     moved("warren_runs_started_total");
@@ -311,4 +307,315 @@ async fn health_and_readiness_answer_within_a_second_while_nats_is_down_and_all_
     assert_eq!(patched.status, 200, "{patched:?}");
     let (status, body) = probe(&addr, "/readyz").await;
     assert_eq!(status, 200, "{body}");
+}
+
+/// The direct children of `pid` (of every thread) with their program names.
+fn children(pid: u32) -> Vec<(u32, String)> {
+    let mut found = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let listed = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for child in listed
+            .split_whitespace()
+            .filter_map(|p| p.parse::<u32>().ok())
+        {
+            if let Some(name) = running(child) {
+                found.push((child, name));
+            }
+        }
+    }
+    found
+}
+
+/// The program name of a running process (zombies count as gone).
+fn running(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (name, rest) = stat.split_once(") ")?;
+    let state = rest.split_whitespace().next()?;
+    (state != "Z" && state != "X").then(|| name.rsplit_once('(').map_or("", |n| n.1).to_owned())
+}
+
+/// `warren dev`'s embedded server called `name`.
+fn embedded(warren: &Warren, name: &str) -> u32 {
+    let pid = warren.child.id().expect("warren pid");
+    children(pid)
+        .into_iter()
+        .find(|(_, found)| found == name)
+        .unwrap_or_else(|| panic!("no {name} under warren dev: {:?}", children(pid)))
+        .0
+}
+
+/// `pid` and every process under it.
+fn tree(pid: u32) -> Vec<u32> {
+    let mut all = vec![pid];
+    let mut at = 0;
+    while at < all.len() {
+        let below = children(all[at]);
+        all.extend(below.into_iter().map(|(child, _)| child));
+        at += 1;
+    }
+    all
+}
+
+fn signal_all(pids: &[u32], signal: rustix::process::Signal) {
+    for pid in pids {
+        if let Some(pid) = rustix::process::Pid::from_raw(*pid as i32) {
+            let _ = rustix::process::kill_process(pid, signal);
+        }
+    }
+}
+
+/// While the embedded server `name` hangs (every process of it stopped), health answers 503
+/// naming `down` within a second, every time; once it runs on, health is 200 again.
+async fn hang(warren: &Warren, base: &str, name: &str, down: &str) {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    let pids = tree(embedded(warren, name));
+    signal_all(&pids, rustix::process::Signal::STOP);
+    for _ in 0..3 {
+        let asked = Instant::now();
+        let answer = client.get(format!("{base}/api/v1/health")).send().await;
+        let took = asked.elapsed();
+        let (status, body) = match answer {
+            Ok(answer) => (
+                answer.status().as_u16(),
+                answer.json::<Value>().await.unwrap_or(Value::Null),
+            ),
+            Err(err) => (0, Value::String(err.to_string())),
+        };
+        if status != 503 || took >= Duration::from_secs(1) {
+            signal_all(&pids, rustix::process::Signal::CONT);
+            panic!("{name} hung: health answered {status} after {took:?}: {body}");
+        }
+        assert_eq!(body["error"]["details"][down], "unreachable", "{body}");
+    }
+    signal_all(&pids, rustix::process::Signal::CONT);
+    let health = format!("{base}/api/v1/health");
+    wait_until(Duration::from_secs(60), || async {
+        matches!(common::get_json(&health).await, Some((200, _)))
+    })
+    .await;
+}
+
+/// Probes health until it is 200 again: every answer comes within a second, and a 503 names
+/// `down`.
+async fn outage(base: &str, down: &str, warren: &Warren) {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    let mut refused = 0;
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(90);
+    loop {
+        if Instant::now() > deadline {
+            let log = warren.log_text();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            panic!(
+                "{down} down: not healthy again after 90 s; log (last lines first):\n{}",
+                tail.join("\n")
+            );
+        }
+        let asked = Instant::now();
+        let answer = client.get(format!("{base}/api/v1/health")).send().await;
+        let took = asked.elapsed();
+        assert!(took < Duration::from_secs(1), "health took {took:?}");
+        let answer = answer.expect("health answers");
+        let status = answer.status().as_u16();
+        let body: Value = answer.json().await.unwrap_or(Value::Null);
+        match status {
+            // A server back within a few hundred milliseconds may never be seen down.
+            200 if refused > 0 || started.elapsed() > Duration::from_secs(3) => {
+                eprintln!("{down}: {refused} probe(s) answered 503 before 200");
+                return;
+            }
+            200 => {}
+            503 => {
+                assert_eq!(body["error"]["details"][down], "unreachable", "{body}");
+                refused += 1;
+            }
+            other => panic!("health answered {other}: {body}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn warren_dev_starts_its_dead_nats_server_and_postgres_again_and_no_acknowledged_message_is_lost()
+ {
+    let model = warren_testkit::model_server::ModelServer::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let http = free_port();
+    let base = format!("http://127.0.0.1:{http}");
+    let env: Vec<(&str, String)> = vec![
+        (
+            "WARREN_DATA_DIR",
+            dir.path().join("data").display().to_string(),
+        ),
+        ("WARREN_HTTP_ADDR", format!("127.0.0.1:{http}")),
+        ("WARREN_APPROVAL", "open".into()),
+        ("WARREN_LOCAL_MODEL", "off".into()),
+        (
+            "WARREN_AGENT_BIN",
+            common::agent_bin().display().to_string(),
+        ),
+        ("WARREN_DEFAULT_PROVIDER", "openai".into()),
+        ("WARREN_DEFAULT_BASE_URL", model.url()),
+        ("WARREN_DEFAULT_API_KEY", "sk-platform".into()),
+    ];
+    let warren = Warren::spawn(&["dev"], &env, dir.path(), "dev");
+    let health = format!("{base}/api/v1/health");
+    wait_until(Duration::from_secs(60), || async {
+        matches!(common::get_json(&health).await, Some((200, _)))
+    })
+    .await;
+    let http_client = reqwest::Client::new();
+    let post = |path: &str, token: Option<&str>, body: Value| {
+        let mut request = http_client.post(format!("{base}{path}")).json(&body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+    // Sign in with the code `warren dev` logs (no mail server).
+    let sent = post(
+        "/api/v1/auth/login/email",
+        None,
+        json!({"email": "ops@example.com"}),
+    )
+    .await
+    .expect("login");
+    assert_eq!(sent.status(), 202);
+    let code = wait_for(Duration::from_secs(10), || async {
+        let log = warren.log_text();
+        let at = log.find("code: ")? + "code: ".len();
+        let code: String = log[at..].chars().take(6).collect();
+        code.chars().all(|c| c.is_ascii_digit()).then_some(code)
+    })
+    .await;
+    let pair: Value = post(
+        "/api/v1/auth/verify-magic-link",
+        None,
+        json!({"email": "ops@example.com", "code": code}),
+    )
+    .await
+    .expect("verify")
+    .json()
+    .await
+    .expect("tokens");
+    let token = pair["access_token"].as_str().expect("access").to_owned();
+    let created: Value = post("/api/v1/agents", Some(&token), json!({"name": "Steady"}))
+        .await
+        .expect("create")
+        .json()
+        .await
+        .expect("agent");
+    let agent_id = created["id"].as_str().expect("agent id").to_owned();
+    let status_url = format!("{base}/api/v1/agents/{agent_id}/status");
+    wait_until(Duration::from_secs(60), || async {
+        let status: Value = http_client
+            .get(&status_url)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("status")
+            .json()
+            .await
+            .unwrap_or(Value::Null);
+        status["status"] == "running"
+    })
+    .await;
+
+    // One chat per phase: before, after NATS died, after PostgreSQL died. Each acknowledged
+    // message must be in the conversation at the end, with its answer.
+    let mut acknowledged = Vec::new();
+    let mut conversation_id: Option<String> = None;
+    let chat = |message: String, conversation: Option<String>| {
+        let mut body = json!({"message": message});
+        if let Some(id) = conversation {
+            body["conversation_id"] = json!(id);
+        }
+        http_client
+            .post(format!("{base}/api/v1/chat/{agent_id}"))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+    };
+    // A hung server is down too, as a probe sees it.
+    hang(&warren, &base, "nats-server", "nats").await;
+    hang(&warren, &base, "postgres", "postgres").await;
+    for (phase, kill) in [
+        ("before", None),
+        ("nats", Some("nats-server")),
+        ("postgres", Some("postgres")),
+    ] {
+        if let Some(name) = kill {
+            let pid = embedded(&warren, name);
+            rustix::process::kill_process(
+                rustix::process::Pid::from_raw(pid as i32).expect("pid"),
+                rustix::process::Signal::KILL,
+            )
+            .expect("SIGKILL");
+            let down = if name == "postgres" {
+                "postgres"
+            } else {
+                "nats"
+            };
+            outage(&base, down, &warren).await;
+            let again = embedded(&warren, name);
+            assert_ne!(again, pid, "{name} was started again");
+        }
+        model.push(Reply::text(format!("answer {phase}")));
+        let message = format!("message {phase}");
+        let response = wait_for(Duration::from_secs(30), || async {
+            let response = chat(message.clone(), conversation_id.clone()).await.ok()?;
+            (response.status() == 200).then_some(response)
+        })
+        .await;
+        let text = response.text().await.expect("the run's stream");
+        assert!(text.contains(&format!("answer {phase}")), "{phase}: {text}");
+        if conversation_id.is_none() {
+            let at = text
+                .find("\"conversation_id\":\"")
+                .expect("conversation id")
+                + 19;
+            conversation_id = Some(text[at..at + 36].to_owned());
+        }
+        acknowledged.push(message);
+    }
+    let conversation_id = conversation_id.expect("a conversation");
+    let messages_url = format!("{base}/api/v1/conversations/{conversation_id}/messages");
+    let kept = wait_for(Duration::from_secs(30), || async {
+        let body: Value = http_client
+            .get(&messages_url)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let texts: Vec<String> = body
+            .as_array()
+            .or_else(|| body["messages"].as_array())?
+            .iter()
+            .filter_map(|m| m["text"].as_str().map(str::to_owned))
+            .collect();
+        (texts.len() >= 6).then_some(texts)
+    })
+    .await;
+    for message in &acknowledged {
+        assert!(kept.contains(message), "{message} lost: {kept:?}");
+    }
+    for phase in ["before", "nats", "postgres"] {
+        assert!(
+            kept.contains(&format!("answer {phase}")),
+            "answer {phase} lost: {kept:?}"
+        );
+    }
 }

@@ -165,6 +165,15 @@ impl LocalNats {
         self.child.as_ref().and_then(Child::id)
     }
 
+    /// Waits until the server's process exits (it crashed or was killed); never returns while
+    /// none was started. Cancel-safe.
+    pub async fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        match self.child.as_mut() {
+            Some(child) => child.wait().await.ok(),
+            None => std::future::pending().await,
+        }
+    }
+
     /// Kills the server with SIGKILL, as a crash would, and waits for it to exit. Does nothing if
     /// it is not running.
     pub async fn kill(&mut self) -> Result<()> {

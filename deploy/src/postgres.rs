@@ -194,6 +194,15 @@ impl LocalPostgres {
         create_database(&self.url("postgres"), name).await
     }
 
+    /// Waits until the server's process exits (it crashed or was killed); never returns while
+    /// none was started. Cancel-safe.
+    pub async fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        match self.child.as_mut() {
+            Some(child) => child.wait().await.ok(),
+            None => std::future::pending().await,
+        }
+    }
+
     /// Kills the server with SIGKILL, as a crash would, and waits for it to exit.
     pub async fn kill(&mut self) -> Result<()> {
         process::kill_child(&mut self.child).await;

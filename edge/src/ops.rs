@@ -34,7 +34,7 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 /// Whether each dependency answered within [`CHECK_BUDGET`].
 #[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
 pub struct Dependencies {
-    /// NATS: connected, and a ping came back.
+    /// NATS: connected, and JetStream answered.
     pub nats: bool,
     /// PostgreSQL: `SELECT 1` came back.
     pub postgres: bool,
@@ -59,15 +59,15 @@ impl Dependencies {
     }
 }
 
-/// Asks NATS (a ping) and PostgreSQL (`SELECT 1`) at once, each bounded by [`CHECK_BUDGET`].
+/// Asks NATS (JetStream's info of a stream) and PostgreSQL (`SELECT 1`) at once, each bounded by [`CHECK_BUDGET`].
 pub async fn dependencies(nats: &async_nats::Client, db: &PgPool) -> Dependencies {
-    let ping = async {
+    let round_trip = async {
         matches!(
             nats.connection_state(),
             async_nats::connection::State::Connected
         ) && matches!(
-            tokio::time::timeout(CHECK_BUDGET, nats.flush()).await,
-            Ok(Ok(()))
+            tokio::time::timeout(CHECK_BUDGET, stream_info(nats)).await,
+            Ok(true)
         )
     };
     let select = async {
@@ -76,8 +76,17 @@ pub async fn dependencies(nats: &async_nats::Client, db: &PgPool) -> Dependencie
             Ok(Ok(_))
         )
     };
-    let (nats, postgres) = tokio::join!(ping, select);
+    let (nats, postgres) = tokio::join!(round_trip, select);
     Dependencies { nats, postgres }
+}
+
+/// A round trip to JetStream that every role may make: the `USERS` stream's info. (A flush
+/// only writes the socket: it succeeds against a server that hangs.)
+async fn stream_info(nats: &async_nats::Client) -> bool {
+    jetstream::new(nats.clone())
+        .get_stream(warren_commands::topology::USERS)
+        .await
+        .is_ok()
 }
 
 /// What the ops listener probes.
