@@ -110,6 +110,15 @@ pub const ROLE_HEADINGS: &[(&str, &[&str])] = {
     ]
 };
 
+/// `WARREN_LOG_FORMAT`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
 /// `WARREN_SANDBOX`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum SandboxChoice {
@@ -140,6 +149,10 @@ pub struct Config {
     /// Log filter (`tracing_subscriber` syntax).
     #[arg(long, env = "WARREN_LOG", default_value = "info,sqlx=warn", help_heading = heading::PLATFORM)]
     pub log: String,
+    /// Log line format: `text` for people, `json` (one object per line, with the request's
+    /// span fields such as `trace_id`) for log collectors.
+    #[arg(long, env = "WARREN_LOG_FORMAT", default_value = "text", hide_possible_values = true, help_heading = heading::PLATFORM)]
+    pub log_format: LogFormat,
     /// Where the edge listens.
     #[arg(long, env = "WARREN_HTTP_ADDR", default_value = "127.0.0.1:8080", help_heading = heading::PLATFORM)]
     pub http_addr: SocketAddr,

@@ -104,13 +104,15 @@ enum Role {
     ImageBuild,
 }
 
-fn init_logging(filter: &str) {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(filter)
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn")),
-        )
-        .init();
+fn init_logging(filter: &str, format: config::LogFormat) {
+    let builder = tracing_subscriber::fmt().with_env_filter(
+        tracing_subscriber::EnvFilter::try_new(filter)
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn")),
+    );
+    match format {
+        config::LogFormat::Text => builder.init(),
+        config::LogFormat::Json => builder.json().init(),
+    }
 }
 
 #[tokio::main]
@@ -119,7 +121,7 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
     let cli = Cli::from_arg_matches(&command.get_matches())?;
     let (role, config) = match cli.command {
         Command::NatsAuth { dir, routes } => {
-            init_logging("info");
+            init_logging("info", config::LogFormat::Text);
             let routes: Vec<&str> = routes.iter().map(String::as_str).collect();
             let keys = warren_deploy::nats_auth::write_server_files(&dir, &routes)?;
             println!(
@@ -148,7 +150,7 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
         Command::Chat(args) => return Ok(client_exit(client::chat::run(args).await)),
         Command::Connect(args) => return Ok(client_exit(client::connect::run(args).await)),
     };
-    init_logging(&config.log);
+    init_logging(&config.log, config.log_format);
     for key in unknown {
         tracing::warn!(key, "the config file sets an option that does not exist");
     }

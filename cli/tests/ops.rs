@@ -241,8 +241,12 @@ async fn each_role_run_on_its_own_serves_metrics_and_probes() {
 #[tokio::test]
 async fn health_and_readiness_answer_within_a_second_while_nats_is_down_and_all_recovers() {
     let addr = format!("127.0.0.1:{}", free_port());
-    let mut platform =
-        Platform::start(&[("WARREN_APPROVAL", "open"), ("WARREN_METRICS_ADDR", &addr)]).await;
+    let mut platform = Platform::start(&[
+        ("WARREN_APPROVAL", "open"),
+        ("WARREN_METRICS_ADDR", &addr),
+        ("WARREN_LOG_FORMAT", "json"),
+    ])
+    .await;
     let me = platform.sign_in("steady@example.com").await;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
@@ -307,6 +311,20 @@ async fn health_and_readiness_answer_within_a_second_while_nats_is_down_and_all_
     assert_eq!(patched.status, 200, "{patched:?}");
     let (status, body) = probe(&addr, "/readyz").await;
     assert_eq!(status, 200, "{body}");
+    // WARREN_LOG_FORMAT=json: every line a log collector reads is one JSON object, the
+    // outage's warnings among them.
+    let log = platform.warren.log_text();
+    let lines: Vec<Value> = log
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .all(|line| line["level"].is_string() && line["timestamp"].is_string())
+    );
+    assert!(lines.iter().any(|line| line["level"] == "WARN"), "{log}");
 }
 
 /// The direct children of `pid` (of every thread) with their program names.
@@ -618,4 +636,107 @@ async fn warren_dev_starts_its_dead_nats_server_and_postgres_again_and_no_acknow
             "answer {phase} lost: {kept:?}"
         );
     }
+}
+
+/// Every commit of `conversation_id`: its event types and its trace id.
+async fn commits_with_traces(chat: &Chat, conversation_id: &str) -> Vec<(String, String)> {
+    let js = chat.platform.nats.jetstream().await;
+    let mut stream = js.get_stream("CONVERSATIONS").await.expect("stream");
+    let last = stream.info().await.expect("info").state.last_sequence;
+    let subject = format!("conv.{conversation_id}.ev");
+    let mut found = Vec::new();
+    for seq in 1..=last {
+        let Ok(message) = stream.get_raw_message(seq).await else {
+            continue;
+        };
+        if message.subject.as_str() != subject {
+            continue;
+        }
+        let header = |name: &str| {
+            message
+                .headers
+                .get(name)
+                .map(|value| value.as_str().to_owned())
+                .unwrap_or_default()
+        };
+        let traceparent = header("traceparent");
+        let trace = warren_commands::trace::trace_id(&traceparent)
+            .unwrap_or_else(|| panic!("commit {seq} has no valid traceparent: {traceparent:?}"))
+            .to_owned();
+        found.push((header("Warren-Event-Types"), trace));
+    }
+    found
+}
+
+#[tokio::test]
+async fn a_requests_trace_id_is_on_its_commit_and_on_the_commits_of_the_run_it_caused() {
+    let chat = Chat::start(&[]).await;
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    chat.model.push(Reply::text("Traced."));
+    let response = chat
+        .platform
+        .http
+        .post(format!(
+            "{}/api/v1/chat/{}",
+            chat.platform.base, chat.agent_id
+        ))
+        .bearer_auth(&chat.user.access)
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .json(&json!({"message": "follow me"}))
+        .send()
+        .await
+        .expect("chat");
+    assert_eq!(response.status(), 200);
+    let mut run = chat_support::RunStream::new(response);
+    let conversation_id = run.until("queued").await.data["conversation_id"]
+        .as_str()
+        .expect("conversation id")
+        .to_owned();
+    assert_eq!(run.finish().await.kind(), "done");
+    let commits = wait_for(Duration::from_secs(10), || async {
+        let commits = commits_with_traces(&chat, &conversation_id).await;
+        commits
+            .iter()
+            .any(|(types, _)| types.contains("RunCompleted"))
+            .then_some(commits)
+    })
+    .await;
+    for wanted in ["MessagePosted", "RunStarted", "RunCompleted"] {
+        let (types, found) = commits
+            .iter()
+            .find(|(types, _)| types.contains(wanted))
+            .unwrap_or_else(|| panic!("no {wanted} commit: {commits:?}"));
+        assert_eq!(found, trace, "{types}: {commits:?}");
+    }
+
+    // Without a context of its own, a request starts a new trace, and its run continues it.
+    chat.model.push(Reply::text("Untraced."));
+    let mut run = chat
+        .send_with(json!({"message": "again", "conversation_id": conversation_id}))
+        .await;
+    assert_eq!(run.finish().await.kind(), "done");
+    let commits = wait_for(Duration::from_secs(10), || async {
+        let commits = commits_with_traces(&chat, &conversation_id).await;
+        (commits
+            .iter()
+            .filter(|(types, _)| types.contains("RunCompleted"))
+            .count()
+            == 2)
+            .then_some(commits)
+    })
+    .await;
+    let later: Vec<&String> = commits
+        .iter()
+        .skip_while(|(types, _)| !types.contains("RunCompleted"))
+        .skip(1)
+        .filter(|(types, _)| {
+            ["MessagePosted", "RunStarted", "RunCompleted"]
+                .iter()
+                .any(|wanted| types.contains(wanted))
+        })
+        .map(|(_, trace)| trace)
+        .collect();
+    assert!(later.len() >= 3, "{commits:?}");
+    assert!(later.iter().all(|found| *found == later[0]), "{commits:?}");
+    assert_ne!(later[0], trace);
 }

@@ -17,6 +17,8 @@
 //!   provider keys.
 //! - [`metrics`] — the process's Prometheus series (every role records here; the ops listener
 //!   serves them on `/metrics`).
+//! - [`trace`] — the W3C trace context a request hands to its commits and they to the work
+//!   they cause.
 //! - [`sandboxes`] — what is known of agents' sandboxes outside the log: when each agent was
 //!   last used (the idle pause's clock) and what each sandbox uses.
 
@@ -32,6 +34,7 @@ pub mod secrets;
 pub mod service;
 pub mod store;
 pub mod topology;
+pub mod trace;
 
 pub use error::{CommandError, StoreError};
 pub use service::CommandService;

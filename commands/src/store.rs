@@ -12,7 +12,7 @@
 
 use crate::codec::{self, HEADER_ACTOR, HEADER_EVENT_TYPES, HEADER_MSG_ID, HEADER_TRACEPARENT};
 use crate::error::{CommandError, StoreError};
-use crate::metrics;
+use crate::{metrics, trace};
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, message::PublishMessage, stream::DirectGetErrorKind};
 use chrono::Utc;
@@ -65,7 +65,8 @@ pub struct CommandMeta {
     pub command_id: CommandId,
     /// Who issued the command.
     pub actor: Actor,
-    /// W3C trace context of the request, if any.
+    /// W3C trace context of the request; unset, the task's current one ([`trace::current`]),
+    /// else a new trace.
     pub traceparent: Option<String>,
 }
 
@@ -83,7 +84,11 @@ impl CommandMeta {
         Stamp {
             command_id: self.command_id,
             actor: self.actor.clone(),
-            traceparent: self.traceparent.clone().unwrap_or_else(new_traceparent),
+            traceparent: self
+                .traceparent
+                .clone()
+                .or_else(trace::current)
+                .unwrap_or_else(trace::fresh),
         }
     }
 }
@@ -110,7 +115,7 @@ impl Stamp {
             traceparent: metadata
                 .get(META_TRACEPARENT)
                 .cloned()
-                .unwrap_or_else(new_traceparent),
+                .unwrap_or_else(trace::fresh),
         })
     }
 }
@@ -596,11 +601,4 @@ fn into_aggregate_error<E: std::error::Error>(err: StoreError) -> AggregateError
         }
         other => AggregateError::UnexpectedError(Box::new(other)),
     }
-}
-
-/// A fresh W3C trace context for commands that arrive without one.
-fn new_traceparent() -> String {
-    let trace: u128 = rand::random::<u128>().max(1);
-    let span: u64 = rand::random::<u64>().max(1);
-    format!("00-{trace:032x}-{span:016x}-01")
 }

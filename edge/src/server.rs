@@ -31,7 +31,8 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use warren_commands::metrics;
+use tracing::Instrument;
+use warren_commands::{metrics, trace};
 
 /// Every API route, merged in one place.
 pub fn api() -> ApiRouter {
@@ -89,6 +90,7 @@ pub fn router(state: AppState) -> Router {
             ApiError::Internal("handler panicked".into()).into_response()
         }))
         .layer(middleware::from_fn(count_request))
+        .layer(middleware::from_fn(trace_request))
         .with_state(state);
     if let Some(cors) = cors {
         router = router.layer(cors);
@@ -115,6 +117,24 @@ async fn limit_writes_per_ip(
         return next.run(Request::from_parts(parts, body)).await;
     }
     next.run(request).await
+}
+
+/// Scopes each request in its trace context: a child of the client's `traceparent` when it
+/// sends a valid one, else a new trace. Every command the request issues carries it into its
+/// commit, and every log line of the request names its trace id.
+async fn trace_request(request: Request, next: Next) -> Response {
+    let parent = request
+        .headers()
+        .get(trace::HEADER)
+        .and_then(|value| value.to_str().ok());
+    let traceparent = trace::child_of(parent);
+    let span = tracing::info_span!(
+        "request",
+        method = %request.method(),
+        path = request.uri().path(),
+        trace_id = trace::trace_id(&traceparent).unwrap_or_default(),
+    );
+    trace::scope(traceparent, next.run(request).instrument(span)).await
 }
 
 /// Counts every request by method, matched route and status, with its latency until the

@@ -47,7 +47,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use warren_commands::history::{self, Until};
 use warren_commands::secrets::{AgentTokens, TokenError};
-use warren_commands::{CommandError, CommandMeta, CommandService, codec, topology};
+use warren_commands::{CommandError, CommandMeta, CommandService, codec, topology, trace};
 use warren_domain::Actor;
 use warren_domain::agent::AgentStatus;
 use warren_domain::conversation::{ConversationCommand, ConversationEvent};
@@ -208,7 +208,13 @@ impl ChatWorker {
                 Err(err) => return Handled::Poison(err.to_string()),
             };
             let events: Vec<_> = envelopes.into_iter().map(|e| e.event).collect();
-            match self.react(&events, shutdown).await {
+            // What this commit causes continues the trace of the request that made it.
+            let parent = message
+                .headers
+                .as_ref()
+                .and_then(|headers| codec::header(headers, trace::HEADER));
+            let reacted = trace::scope(trace::child_of(parent), self.react(&events, shutdown));
+            match reacted.await {
                 Ok(()) => Handled::Done,
                 Err(reason) => Handled::Retry {
                     reason,
@@ -326,7 +332,8 @@ impl ChatWorker {
         if paused {
             let shared = self.shared.clone();
             let shutdown = shutdown.clone();
-            self.runs.spawn(async move {
+            let traceparent = trace::child_of(trace::current().as_deref());
+            self.runs.spawn(trace::scope(traceparent, async move {
                 let (mut held, mut signals) = (held, signals);
                 match wake::until_awake(&shared, &job, &mut held, &mut signals, &shutdown).await {
                     wake::Woken::Ready => match record_start(&shared, &job).await {
@@ -340,7 +347,7 @@ impl ChatWorker {
                     wake::Woken::Cancelled => release(&shared, held).await,
                     wake::Woken::Abandoned => {}
                 }
-            });
+            }));
             return Ok(());
         }
         match record_start(shared, &job).await {
@@ -356,9 +363,10 @@ impl ChatWorker {
         }
         let shared = self.shared.clone();
         let shutdown = shutdown.clone();
-        self.runs.spawn(async move {
+        let traceparent = trace::child_of(trace::current().as_deref());
+        self.runs.spawn(trace::scope(traceparent, async move {
             run::run(&shared, job, held, signals, shutdown).await;
-        });
+        }));
         Ok(())
     }
 

@@ -13,8 +13,8 @@ use futures::{Stream, StreamExt};
 use serde::Deserialize;
 use std::borrow::Cow;
 use std::time::Duration;
-use warren_commands::bounded;
 use warren_commands::proactive::{PENDING_CAP, PendingList};
+use warren_commands::{bounded, trace};
 use warren_domain::conversation::TokenUsage;
 use warren_domain::conversation::history::{Entry, Role};
 use warren_domain::text::{self, Lines};
@@ -250,6 +250,8 @@ impl Runtime {
             self.http
                 .post(self.url("/chat"))
                 .bearer_auth(&self.token)
+                // The runtime's hop of the run's trace.
+                .header(trace::HEADER, trace::child_of(trace::current().as_deref()))
                 .json(&body)
                 .send(),
         )
