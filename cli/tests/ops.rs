@@ -100,6 +100,24 @@ async fn warren_dev_serves_metrics_and_probes_and_the_series_move_under_a_chat()
     assert_eq!(run.finish().await.kind(), "done");
     // A follow stream stays open while the next scrapes are taken.
     let follow = chat.follow(&conversation_id, None).await;
+    // A scan's paths and made-up methods do not become labels.
+    let brew = reqwest::Method::from_bytes(b"BREW").expect("a method token");
+    let scanned = chat
+        .platform
+        .http
+        .request(brew, format!("{}/api/v1/health", chat.platform.base))
+        .send()
+        .await
+        .expect("BREW");
+    assert_eq!(scanned.status(), 405);
+    let missing = chat
+        .platform
+        .http
+        .get(format!("{}/no/such/scanned-path", chat.platform.base))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(missing.status(), 404);
 
     let after = wait_for(Duration::from_secs(30), || async {
         let after = Scrape::of(&addr).await;
@@ -140,6 +158,23 @@ async fn warren_dev_serves_metrics_and_probes_and_the_series_move_under_a_chat()
     ] {
         assert!(after.has(sample), "no {sample}: {after:?}");
     }
+    assert!(
+        after.has(
+            r#"warren_http_requests_total{method="other",route="/api/v1/health",status="405"}"#
+        ),
+        "{after:?}"
+    );
+    assert!(
+        after.has(r#"warren_http_requests_total{method="GET",route="unmatched",status="404"}"#),
+        "{after:?}"
+    );
+    assert!(
+        !after
+            .0
+            .keys()
+            .any(|sample| sample.contains("BREW") || sample.contains("scanned-path")),
+        "a client's method or path became a label"
+    );
     // Routes are templates: no id ever becomes a label.
     assert!(
         !after.0.keys().any(|sample| sample.contains(&chat.agent_id)),

@@ -139,7 +139,8 @@ async fn trace_request(request: Request, next: Next) -> Response {
 
 /// Counts every request by method, matched route and status, with its latency until the
 /// response head (`warren_http_requests_total`, `warren_http_request_duration_seconds`). A
-/// path no route matched is counted as `unmatched`, so a scan cannot grow the series.
+/// path no route matched is counted as `unmatched` and an unusual method as `other`, so a scan
+/// cannot grow the series.
 async fn count_request(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
@@ -148,8 +149,19 @@ async fn count_request(request: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map(|path| path.as_str().to_owned());
     let response = next.run(request).await;
+    // Any token is a method to HTTP: only the known ones become labels.
+    let method = match method {
+        Method::GET
+        | Method::HEAD
+        | Method::POST
+        | Method::PUT
+        | Method::PATCH
+        | Method::DELETE
+        | Method::OPTIONS => method.as_str(),
+        _ => "other",
+    };
     metrics::global().http(
-        method.as_str(),
+        method,
         route.as_deref().unwrap_or("unmatched"),
         response.status().as_u16(),
         started.elapsed(),
