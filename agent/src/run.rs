@@ -37,6 +37,8 @@ pub struct Run<'a> {
     pub events: &'a mpsc::Sender<AgentEvent>,
     /// Fires to stop the run.
     pub cancel: &'a CancellationToken,
+    /// The platform's trace context for this run, passed on to every model call.
+    pub traceparent: Option<&'a str>,
 }
 
 /// A completed model turn.
@@ -184,6 +186,7 @@ impl Run<'_> {
             settings: &self.settings,
             history: transcript,
             tools: specs,
+            traceparent: self.traceparent,
         };
         let mut stream = tokio::select! {
             _ = self.cancel.cancelled() => return Err(Stopped::Cancelled),

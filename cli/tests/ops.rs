@@ -775,3 +775,122 @@ async fn a_requests_trace_id_is_on_its_commit_and_on_the_commits_of_the_run_it_c
     assert!(later.iter().all(|found| *found == later[0]), "{commits:?}");
     assert_ne!(later[0], trace);
 }
+
+/// Spans of one trace, as `name (service)` lines, for failure messages.
+fn outline(spans: &[warren_testkit::CollectedSpan]) -> String {
+    spans
+        .iter()
+        .map(|span| {
+            format!(
+                "{} [{}] {} {} <- {}",
+                span.name, span.service, span.trace_id, span.span_id, span.parent_span_id
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[tokio::test]
+async fn one_trace_from_the_request_through_the_commit_the_chat_worker_and_the_runtime_to_the_delivery()
+ {
+    let collector = warren_testkit::TestCollector::start().await;
+    let endpoint = collector.url();
+    let chat = Chat::start(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ])
+    .await;
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let client_span = "00f067aa0ba902b7";
+    chat.model.push(Reply::text("Traced."));
+    let response = chat
+        .platform
+        .http
+        .post(format!(
+            "{}/api/v1/chat/{}",
+            chat.platform.base, chat.agent_id
+        ))
+        .bearer_auth(&chat.user.access)
+        .header("traceparent", format!("00-{trace}-{client_span}-01"))
+        .json(&json!({"message": "follow me"}))
+        .send()
+        .await
+        .expect("chat");
+    assert_eq!(response.status(), 200);
+    let mut run = chat_support::RunStream::new(response);
+    assert_eq!(run.finish().await.kind(), "done");
+
+    // Every hop, one trace: the request, its append, the chat worker's reaction and run, the
+    // runtime call, the runtime's model call through the platform's proxy to the provider,
+    // the projector, and the edge handing the commits to the stream's client.
+    let wanted = [
+        "POST /api/v1/chat/{id}",
+        "append",
+        "chat react",
+        "chat run",
+        "runtime POST /chat",
+        "POST /api/v1/runtime/agents/{agent_id}/model/openai/chat/completions",
+        "model openai",
+        "project",
+        "deliver",
+    ];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let spans = loop {
+        let spans: Vec<_> = collector
+            .spans()
+            .into_iter()
+            .filter(|span| span.trace_id == trace)
+            .collect();
+        let missing: Vec<&str> = wanted
+            .iter()
+            .copied()
+            .filter(|name| !spans.iter().any(|span| span.name == *name))
+            .collect();
+        // The run's own commits are delivered too, not only the request's.
+        let delivered = spans.iter().filter(|span| span.name == "deliver").count();
+        if missing.is_empty() && delivered >= 2 {
+            break spans;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "missing {missing:?} ({delivered} deliveries) in trace {trace}:\n{}\nall spans:\n{}",
+            outline(&spans),
+            outline(&collector.spans())
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // One tree: each span's parent is a span of the trace, or the client's own span.
+    for span in &spans {
+        assert!(
+            span.parent_span_id == client_span
+                || spans
+                    .iter()
+                    .any(|other| other.span_id == span.parent_span_id),
+            "{} has a parent outside the trace:\n{}",
+            span.name,
+            outline(&spans)
+        );
+        assert_eq!(span.service, "warren-dev", "{}", span.name);
+    }
+    let request = spans
+        .iter()
+        .find(|span| span.name == wanted[0])
+        .expect("the request span");
+    assert_eq!(request.parent_span_id, client_span);
+    assert_eq!(request.kind, 2, "a server span");
+    assert_eq!(request.attribute("http.response.status_code"), Some("200"));
+    // The provider was called within the trace too.
+    let provider_calls: Vec<_> = chat
+        .model
+        .recorded()
+        .into_iter()
+        .filter_map(|request| request.traceparent)
+        .collect();
+    assert!(
+        provider_calls
+            .iter()
+            .any(|traceparent| warren_commands::trace::trace_id(traceparent) == Some(trace)),
+        "{provider_calls:?}"
+    );
+}

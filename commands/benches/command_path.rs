@@ -4,8 +4,10 @@
 //! - cqrs-es's `postgres-es` store with the same aggregate (aggregate-store mode: one row to load);
 //! - raw JetStream publish + ack with the expected-subject-sequence header: the ceiling.
 //!
-//! Twice: at default settings (nats-server `sync_interval` 2m; Postgres `synchronous_commit=on`,
-//! its default) and at equal durability (nats-server `sync_interval: always`).
+//! Three times: at default settings (nats-server `sync_interval` 2m; Postgres
+//! `synchronous_commit=on`, its default), at equal durability (nats-server `sync_interval:
+//! always`), and on a three-node nats-server cluster on loopback with R3 streams (default sync:
+//! a publish is acknowledged once two of the three nodes stored it), production's layout.
 //!
 //! `cargo bench -p warren-commands --bench command_path` (env: `WARREN_BENCH_WRITERS`, default 64;
 //! `WARREN_BENCH_SECS` per measurement, default 5).
@@ -210,6 +212,97 @@ async fn nats(sync_interval: &str, dir: &std::path::Path) -> (LocalNats, jetstre
     (server, js)
 }
 
+/// Three nats-servers on loopback forming one JetStream cluster; killed on drop.
+struct Cluster(Vec<std::process::Child>);
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The R3 row's log: a three-node cluster, Warren's streams with three replicas, once the
+/// cluster elected its JetStream leader.
+async fn cluster(dir: &std::path::Path) -> (Cluster, jetstream::Context) {
+    let binary = warren_deploy::nats::nats_server_binary(None).expect("nats-server binary");
+    let clients: Vec<u16> = (0..3)
+        .map(|_| warren_deploy::free_port().expect("a free port"))
+        .collect();
+    let routes: Vec<u16> = (0..3)
+        .map(|_| warren_deploy::free_port().expect("a free port"))
+        .collect();
+    let route_list = routes
+        .iter()
+        .map(|port| format!("nats-route://127.0.0.1:{port}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut children = Vec::new();
+    for node in 0..3 {
+        let store = dir.join(format!("node-{node}"));
+        std::fs::create_dir_all(&store).expect("store dir");
+        let config = dir.join(format!("node-{node}.conf"));
+        std::fs::write(
+            &config,
+            format!(
+                "server_name: bench-{node}\nlisten: 127.0.0.1:{}\nmax_payload: 1MB\n\
+                 jetstream {{ store_dir: \"{}\" }}\n\
+                 cluster {{ name: bench, listen: 127.0.0.1:{}, routes: [{route_list}] }}\n",
+                clients[node],
+                store.display(),
+                routes[node]
+            ),
+        )
+        .expect("write config");
+        let log = std::fs::File::create(dir.join(format!("node-{node}.log"))).expect("log");
+        children.push(
+            std::process::Command::new(&binary)
+                .arg("-c")
+                .arg(&config)
+                .stdout(log.try_clone().expect("log"))
+                .stderr(log)
+                .spawn()
+                .expect("start nats-server"),
+        );
+    }
+    let cluster = Cluster(children);
+    let urls = clients
+        .iter()
+        .map(|port| format!("nats://127.0.0.1:{port}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let client = loop {
+        match async_nats::connect(urls.as_str()).await {
+            Ok(client) => break client,
+            Err(err) if Instant::now() < deadline => {
+                let _ = err;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(err) => panic!("connecting to the cluster: {err}"),
+        }
+    };
+    let js = jetstream::new(client);
+    let settings = LogSettings {
+        replicas: 3,
+        ..LogSettings::default()
+    };
+    // Until the cluster has a JetStream meta leader, stream creation fails.
+    loop {
+        match topology::ensure(&js, &settings).await {
+            Ok(_) => break,
+            Err(err) if Instant::now() < deadline => {
+                let _ = err;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(err) => panic!("R3 topology on the cluster: {err}"),
+        }
+    }
+    (cluster, js)
+}
+
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
@@ -248,8 +341,16 @@ async fn main() {
     for (label, sync, target_pg) in [
         ("default settings", "2m", 10.0),
         ("equal (fsync every write)", "always", 2.0),
+        ("R3: 3-node cluster, default sync", "r3", 10.0),
     ] {
-        let (_server, js) = nats(sync, &tmp.path().join(format!("nats-{sync}"))).await;
+        let dir = tmp.path().join(format!("nats-{sync}"));
+        let (_single, _cluster, js) = if sync == "r3" {
+            let (cluster, js) = cluster(&dir).await;
+            (None, Some(cluster), js)
+        } else {
+            let (server, js) = nats(sync, &dir).await;
+            (Some(server), None, js)
+        };
         let ceiling = raw(&js, writers, secs).await;
         let ours = warren(&js, writers, secs).await;
         let vs_pg = ours.per_sec() / pg_figures.per_sec();

@@ -243,13 +243,20 @@ where
 
     /// Executes a command: decide on the (cached) state, append, and on conflict catch up and
     /// decide again, at most `max_attempts` times. A command id already stored is not stored again.
+    #[tracing::instrument(level = "debug", skip_all, fields(aggregate = A::STREAM, aggregate_id))]
     pub async fn execute(
         &self,
         aggregate_id: &str,
         command: A::Command,
         meta: &CommandMeta,
     ) -> Result<Committed<A::Event>, CommandError<A::Error>> {
-        let result = self.execute_once(aggregate_id, command, meta).await;
+        // The append is a span of its own: the commit's `traceparent` is its context, so the
+        // work the commit causes continues from here.
+        let result = trace::child("append", trace::SpanKind::Producer, async {
+            trace::attribute("warren.aggregate", A::STREAM);
+            self.execute_once(aggregate_id, command, meta).await
+        })
+        .await;
         let outcome = match &result {
             Ok(committed) if committed.duplicate => "duplicate",
             Ok(committed) if committed.events.is_empty() => "unchanged",

@@ -119,22 +119,42 @@ async fn limit_writes_per_ip(
     next.run(request).await
 }
 
-/// Scopes each request in its trace context: a child of the client's `traceparent` when it
-/// sends a valid one, else a new trace. Every command the request issues carries it into its
-/// commit, and every log line of the request names its trace id.
+/// Runs each request as a span (`GET /api/v1/agents/{agent_id}`): a child of the client's
+/// `traceparent` when it sends a valid one, else a new trace. Every command the request issues
+/// carries its context into the commit, and every log line of the request names its trace id.
 async fn trace_request(request: Request, next: Next) -> Response {
     let parent = request
         .headers()
         .get(trace::HEADER)
-        .and_then(|value| value.to_str().ok());
-    let traceparent = trace::child_of(parent);
-    let span = tracing::info_span!(
-        "request",
-        method = %request.method(),
-        path = request.uri().path(),
-        trace_id = trace::trace_id(&traceparent).unwrap_or_default(),
-    );
-    trace::scope(traceparent, next.run(request).instrument(span)).await
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned);
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |path| path.as_str());
+    let name = format!("{} {route}", request.method());
+    trace::span(
+        name,
+        trace::SpanKind::Server,
+        parent.as_deref(),
+        async move {
+            let traceparent = trace::current().unwrap_or_default();
+            let span = tracing::info_span!(
+                "request",
+                method = %request.method(),
+                path = request.uri().path(),
+                trace_id = trace::trace_id(&traceparent).unwrap_or_default(),
+            );
+            let response = next.run(request).instrument(span).await;
+            let status = response.status();
+            trace::attribute("http.response.status_code", i64::from(status.as_u16()));
+            if status.is_server_error() {
+                trace::failed(status.to_string());
+            }
+            response
+        },
+    )
+    .await
 }
 
 /// Counts every request by method, matched route and status, with its latency until the

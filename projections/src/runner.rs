@@ -16,7 +16,7 @@ use futures::StreamExt;
 use sqlx::PgPool;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use warren_commands::codec;
+use warren_commands::{codec, trace};
 
 /// Advisory lock key shared by projector batches (shared) and the schema swap (exclusive).
 pub const SWAP_LOCK: i64 = 0x5741_5252_454e; // "WARREN"
@@ -255,14 +255,30 @@ async fn try_batch<P: Projection>(
             continue; // redelivered: already in this schema
         }
         let (subject, payload) = (message.subject.as_str(), &message.payload[..]);
+        // Applying a commit continues its trace (a span when spans are exported).
+        let parent = message
+            .headers
+            .as_ref()
+            .and_then(|headers| codec::header(headers, trace::HEADER));
         match isolation {
-            Isolation::Batch => match apply_message::<P>(&mut tx, seq, subject, payload).await {
-                Err(err) if refused_by_database(&err) => return Err(Attempt::Refused(seq)),
-                other => other?,
-            },
+            Isolation::Batch => {
+                match trace::observe("project", trace::SpanKind::Consumer, parent, async {
+                    trace::attribute("warren.projection", P::NAME);
+                    apply_message::<P>(&mut tx, seq, subject, payload).await
+                })
+                .await
+                {
+                    Err(err) if refused_by_database(&err) => return Err(Attempt::Refused(seq)),
+                    other => other?,
+                }
+            }
             Isolation::PerCommit => {
                 let mut savepoint = sqlx::Acquire::begin(&mut *tx).await?;
-                match apply_message::<P>(&mut savepoint, seq, subject, payload).await {
+                let applied = trace::observe("project", trace::SpanKind::Consumer, parent, async {
+                    trace::attribute("warren.projection", P::NAME);
+                    apply_message::<P>(&mut savepoint, seq, subject, payload).await
+                });
+                match applied.await {
                     Ok(()) => savepoint.commit().await?,
                     Err(err) if refused_by_database(&err) => {
                         savepoint.rollback().await?;

@@ -32,6 +32,8 @@
 //!   every request.
 //! - [`telegram`] — [`TestTelegram`]: a fake Telegram Bot API (long polling and webhooks,
 //!   strict `MarkdownV2`, files, fault injection) with simulated users, recording every call.
+//! - [`otlp`] — [`TestCollector`]: a local OpenTelemetry collector endpoint (OTLP/HTTP, JSON)
+//!   keeping the spans it is sent.
 //! - [`oauth`] — [`TestOAuth`]: a local OAuth 2.0 / OpenID Connect provider speaking Google's
 //!   (RS256 ID tokens, JWKS, userinfo) and GitHub's (OAuth app, REST user API) wire protocols,
 //!   with PKCE, single-use codes, key rotation and tampered ID tokens, recording every request.
@@ -43,6 +45,7 @@ pub mod db;
 pub mod model_server;
 pub mod nats;
 pub mod oauth;
+pub mod otlp;
 pub mod smtp;
 pub mod telegram;
 pub mod wait;
@@ -51,6 +54,7 @@ pub use db::TestDb;
 pub use model_server::{ModelServer, Reply};
 pub use nats::TestNats;
 pub use oauth::{OAuthUser, TestOAuth};
+pub use otlp::{CollectedSpan, TestCollector};
 pub use smtp::{Mail, TestSmtp};
 pub use telegram::{TestTelegram, TgUser};
 pub use wait::{wait_for, wait_until};

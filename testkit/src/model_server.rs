@@ -86,6 +86,8 @@ pub struct RecordedRequest {
     pub api_key: Option<String>,
     /// The JSON body (`Value::String` of the raw text if it was not JSON).
     pub body: Value,
+    /// The W3C `traceparent` header, if one came.
+    pub traceparent: Option<String>,
 }
 
 pub(crate) struct Shared {
@@ -424,6 +426,10 @@ fn admit(
         path: path.to_owned(),
         api_key: api_key.clone(),
         body: body_json.clone(),
+        traceparent: headers
+            .get("traceparent")
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned),
     });
     if let Some(expected) = lock(&shared.expected_key).as_deref()
         && api_key.as_deref() != Some(expected)

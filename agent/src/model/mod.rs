@@ -273,6 +273,9 @@ pub struct TurnRequest<'a> {
     pub history: &'a [Message],
     /// The tools offered.
     pub tools: &'a [ToolSpec],
+    /// The W3C trace context of the platform's run, passed on to the provider (or the
+    /// platform's model proxy) so the model call belongs to the same trace.
+    pub traceparent: Option<&'a str>,
 }
 
 /// The header on the platform model proxy's own refusals, naming their code (Warren's ADR 23);
@@ -311,6 +314,10 @@ pub async fn stream_turn(
             }
             (builder, Box::new(anthropic::Decoder::default()))
         }
+    };
+    let builder = match request.traceparent {
+        Some(traceparent) => builder.header("traceparent", traceparent),
+        None => builder,
     };
     let response = builder
         .header(reqwest::header::ACCEPT, "text/event-stream")

@@ -8,6 +8,7 @@
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -135,6 +136,7 @@ impl ChatRequest {
 /// `POST /chat`: starts a run and streams its events; 409 `chat_busy` if the chat has one.
 pub async fn start(
     State(state): State<AppState>,
+    headers: HeaderMap,
     body: Result<Json<ChatRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(request) = body.map_err(ApiError::from_json)?;
@@ -155,19 +157,45 @@ pub async fn start(
     let (events, receiver) = mpsc::channel(EVENT_BUFFER);
     let ids = ticket.ids.clone();
     let keepalive = state.config.limits.keepalive;
-    tokio::spawn(drive(state, ticket, settings, request.message, events));
+    let traceparent = headers
+        .get("traceparent")
+        .and_then(|value| value.to_str().ok())
+        .filter(|value| is_traceparent(value))
+        .map(str::to_owned);
+    let input = Input {
+        settings,
+        message: request.message,
+        traceparent,
+    };
+    tokio::spawn(drive(state, ticket, input, events));
     Ok(sse_response(receiver, ids, keepalive).into_response())
+}
+
+/// What a run is started with.
+struct Input {
+    settings: ModelSettings,
+    message: String,
+    traceparent: Option<String>,
+}
+
+/// Whether a `traceparent` has the W3C version-00 shape (`00-<32 hex>-<16 hex>-<2 hex>`); only
+/// such a one is passed on to the model.
+fn is_traceparent(value: &str) -> bool {
+    let parts: Vec<&str> = value.split('-').collect();
+    matches!(parts.as_slice(), ["00", trace, span, flags]
+    if [(trace, 32), (span, 16), (flags, 2)].iter().all(|(part, len)| {
+        part.len() == *len && part.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    }))
 }
 
 /// Runs to the end, cancelling the run if its reader goes away; records the history and frees
 /// the chat, then sends the terminal event.
-async fn drive(
-    state: AppState,
-    ticket: RunTicket,
-    settings: ModelSettings,
-    message: String,
-    events: mpsc::Sender<AgentEvent>,
-) {
+async fn drive(state: AppState, ticket: RunTicket, input: Input, events: mpsc::Sender<AgentEvent>) {
+    let Input {
+        settings,
+        message,
+        traceparent,
+    } = input;
     let cancel = ticket.cancel.clone();
     let end = {
         let run = Run {
@@ -178,6 +206,7 @@ async fn drive(
             limits: &state.config.limits,
             events: &events,
             cancel: &cancel,
+            traceparent: traceparent.as_deref(),
         };
         let work = run.execute(&ticket.history, message);
         tokio::pin!(work);

@@ -17,7 +17,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use tokio::sync::{OnceCell, broadcast};
 use tokio_util::sync::CancellationToken;
-use warren_commands::topology;
+use warren_commands::{codec, topology, trace};
 use warren_domain::ids::ConversationId;
 
 /// Frames a room keeps for clients that join a little behind it.
@@ -284,7 +284,14 @@ impl Pump {
                 .into_iter()
                 .map(|frame| Item::new(seq, frame))
                 .collect();
-            room.publish(items);
+            // The edge's hop of the commit's trace: handing it to every client of the room.
+            let parent = message
+                .headers
+                .as_ref()
+                .and_then(|headers| codec::header(headers, trace::HEADER));
+            trace::record("deliver", trace::SpanKind::Producer, parent, || {
+                room.publish(items);
+            });
         }
     }
 }

@@ -28,8 +28,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::broadcast;
 use uuid::Uuid;
-use warren_commands::metrics;
-use warren_commands::topology;
+use warren_commands::{codec, metrics, topology, trace};
 use warren_domain::ids::{ConversationId, RunId};
 
 /// Frames buffered per client. A live client this far behind is dropped with a `slow_consumer`
@@ -342,9 +341,16 @@ impl Follower {
                     };
                     let (seq, pending) = (info.stream_sequence, info.pending);
                     let bound = catch_up.bound;
-                    for frame in frame::of_message(message.subject.as_str(), &message.payload) {
-                        self.accept(Item::new(Some(seq), frame));
-                    }
+                    // This client's catching up is a delivery of the commit, in its trace.
+                    let parent = message
+                        .headers
+                        .as_ref()
+                        .and_then(|headers| codec::header(headers, trace::HEADER));
+                    trace::record("deliver", trace::SpanKind::Producer, parent, || {
+                        for frame in frame::of_message(message.subject.as_str(), &message.payload) {
+                            self.accept(Item::new(Some(seq), frame));
+                        }
+                    });
                     if matches!(self.phase, Phase::Ended) {
                         continue;
                     }

@@ -213,7 +213,12 @@ impl ChatWorker {
                 .headers
                 .as_ref()
                 .and_then(|headers| codec::header(headers, trace::HEADER));
-            let reacted = trace::scope(trace::child_of(parent), self.react(&events, shutdown));
+            let reacted = trace::span(
+                "chat react",
+                trace::SpanKind::Consumer,
+                parent,
+                self.react(&events, shutdown),
+            );
             match reacted.await {
                 Ok(()) => Handled::Done,
                 Err(reason) => Handled::Retry {
@@ -332,8 +337,8 @@ impl ChatWorker {
         if paused {
             let shared = self.shared.clone();
             let shutdown = shutdown.clone();
-            let traceparent = trace::child_of(trace::current().as_deref());
-            self.runs.spawn(trace::scope(traceparent, async move {
+            let parent = trace::current();
+            self.runs.spawn(trace::span("chat run", trace::SpanKind::Internal, parent.as_deref(), async move {
                 let (mut held, mut signals) = (held, signals);
                 match wake::until_awake(&shared, &job, &mut held, &mut signals, &shutdown).await {
                     wake::Woken::Ready => match record_start(&shared, &job).await {
@@ -363,10 +368,15 @@ impl ChatWorker {
         }
         let shared = self.shared.clone();
         let shutdown = shutdown.clone();
-        let traceparent = trace::child_of(trace::current().as_deref());
-        self.runs.spawn(trace::scope(traceparent, async move {
-            run::run(&shared, job, held, signals, shutdown).await;
-        }));
+        let parent = trace::current();
+        self.runs.spawn(trace::span(
+            "chat run",
+            trace::SpanKind::Internal,
+            parent.as_deref(),
+            async move {
+                run::run(&shared, job, held, signals, shutdown).await;
+            },
+        ));
         Ok(())
     }
 

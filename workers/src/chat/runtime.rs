@@ -245,15 +245,28 @@ impl Runtime {
                 fields.insert("history".into(), turns(history));
             }
         }
-        let response = tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            self.http
+        // The call is a span of the run's trace (until the runtime's answer starts), and the
+        // runtime continues it: its model calls carry the context on.
+        let call = async {
+            let answer = self
+                .http
                 .post(self.url("/chat"))
                 .bearer_auth(&self.token)
-                // The runtime's hop of the run's trace.
-                .header(trace::HEADER, trace::child_of(trace::current().as_deref()))
+                .header(trace::HEADER, trace::current().unwrap_or_else(trace::fresh))
                 .json(&body)
-                .send(),
+                .send()
+                .await;
+            if let Ok(answer) = &answer {
+                trace::attribute(
+                    "http.response.status_code",
+                    i64::from(answer.status().as_u16()),
+                );
+            }
+            answer
+        };
+        let response = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            trace::child("runtime POST /chat", trace::SpanKind::Client, call),
         )
         .await
         .map_err(|_| RuntimeError::Stream("no answer to POST /chat".to_owned()))?

@@ -72,7 +72,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 use warren_commands::sandboxes::{Activity, SandboxKvError, SandboxStatsStore};
 use warren_commands::secrets::{self, AgentTokens, TokenError};
-use warren_commands::{CommandError, CommandMeta, CommandService, codec, topology};
+use warren_commands::{CommandError, CommandMeta, CommandService, codec, topology, trace};
 use warren_domain::agent::{
     Agent, AgentCommand, AgentError, AgentEvent, AgentStatus, DeploymentStep,
 };
@@ -373,8 +373,19 @@ impl Deployer {
                     Ok(envelopes) => envelopes,
                     Err(err) => return Handled::Poison(err.to_string()),
                 };
+                // The deployment continues the trace of the request that asked for it.
+                let parent = message
+                    .headers
+                    .as_ref()
+                    .and_then(|headers| codec::header(headers, trace::HEADER));
                 for envelope in envelopes {
-                    if let Err(Outcome::Retry(reason)) = self.handle(&envelope.event).await {
+                    let handled = trace::span(
+                        "deploy",
+                        trace::SpanKind::Consumer,
+                        parent,
+                        self.handle(&envelope.event),
+                    );
+                    if let Err(Outcome::Retry(reason)) = handled.await {
                         return Handled::Retry {
                             reason,
                             after: Duration::from_secs(2),
@@ -567,7 +578,8 @@ impl Deployer {
         macro_rules! step {
             ($step:expr, $body:expr) => {{
                 let began = std::time::Instant::now();
-                let result = $body;
+                let result =
+                    trace::child($step.as_str(), trace::SpanKind::Internal, async { $body }).await;
                 warren_commands::metrics::global().deploy_step($step.as_str(), began.elapsed());
                 let value = match result {
                     Ok(value) => value,

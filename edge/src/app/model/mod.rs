@@ -34,6 +34,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 use upstream::Upstream;
 use warren_commands::CommandMeta;
+use warren_commands::trace;
 use warren_domain::Actor;
 use warren_domain::agent::AgentCommand;
 use warren_domain::ids::AgentId;
@@ -254,19 +255,34 @@ async fn send(
             }
         }
     };
-    request.body(body).send().await.map_err(|err| {
-        // The cause may name the URL; it goes to the log, the runtime gets the provider's name.
-        tracing::warn!(
-            provider = %upstream.provider,
-            error = %crate::error::chain(&err),
-            "the model provider could not be reached"
-        );
-        refused(
-            StatusCode::BAD_GATEWAY,
-            "model_unreachable",
-            format!("could not reach the {} model provider", upstream.provider),
-        )
-    })
+    // The provider call is a span of the run's trace, its context on the request.
+    let call = async {
+        let request = request.header(trace::HEADER, trace::current().unwrap_or_else(trace::fresh));
+        let answer = request.body(body).send().await;
+        if let Ok(answer) = &answer {
+            trace::attribute(
+                "http.response.status_code",
+                i64::from(answer.status().as_u16()),
+            );
+        }
+        answer
+    };
+    let name = format!("model {}", upstream.provider);
+    trace::child(name, trace::SpanKind::Client, call)
+        .await
+        .map_err(|err| {
+            // The cause may name the URL; it goes to the log, the runtime gets the provider's name.
+            tracing::warn!(
+                provider = %upstream.provider,
+                error = %crate::error::chain(&err),
+                "the model provider could not be reached"
+            );
+            refused(
+                StatusCode::BAD_GATEWAY,
+                "model_unreachable",
+                format!("could not reach the {} model provider", upstream.provider),
+            )
+        })
 }
 
 /// What a metered call records once its answer ends.
