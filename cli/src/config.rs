@@ -224,8 +224,8 @@ pub struct Config {
     pub encryption_key: Option<Secret>,
 
     /// Mail server for sign-in links and admin notifications, e.g. `smtp://127.0.0.1:2525`,
-    /// `smtp://user:pass@host:587?tls=required`, `smtps://user:pass@host`. Required outside
-    /// `warren dev`, which logs mail instead.
+    /// `smtp://user:pass@host:587?tls=required`, `smtps://user:pass@host`, or `log:` to write
+    /// mail to the log (a trial cluster). Required outside `warren dev`, which logs mail instead.
     #[arg(long, env = "WARREN_SMTP_URL", hide_env_values = true, help_heading = heading::MAIL)]
     pub smtp_url: Option<Secret>,
     /// Sender of every email.

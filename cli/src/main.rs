@@ -66,6 +66,25 @@ enum Command {
         )]
         routes: Vec<String>,
     },
+    /// Create the database of WARREN_DATABASE_URL unless it exists, and create (or update) its
+    /// writer and reader login roles with the passwords in WARREN_DATABASE_URL and
+    /// WARREN_DATABASE_READER_URL (ADR 13), as WARREN_DATABASE_SUPERUSER_URL; then exit.
+    DbRoles(DbRolesArgs),
+}
+
+/// Where `warren db-roles` sets up the database and its two login roles.
+#[derive(clap::Args)]
+struct DbRolesArgs {
+    /// A superuser's (or a `CREATEROLE` role's) URL of the server, e.g.
+    /// postgres://postgres@db/postgres.
+    #[arg(long, env = "WARREN_DATABASE_SUPERUSER_URL")]
+    superuser_url: String,
+    /// The writer's URL (user, password and database are taken from it).
+    #[arg(long, env = "WARREN_DATABASE_URL")]
+    writer_url: String,
+    /// The reader's URL (same server and database, another user).
+    #[arg(long, env = "WARREN_DATABASE_READER_URL")]
+    reader_url: String,
 }
 
 #[derive(Subcommand)]
@@ -91,6 +110,7 @@ enum WorkerRole {
 }
 
 /// What to run, with its configuration.
+#[derive(Clone, Copy)]
 enum Role {
     Dev,
     Edge,
@@ -102,6 +122,24 @@ enum Role {
     Replay,
     Migrate,
     ImageBuild,
+}
+
+impl Role {
+    /// The `service.name` of this process's exported spans (unless `OTEL_SERVICE_NAME` says).
+    fn service_name(self) -> &'static str {
+        match self {
+            Role::Dev => "warren-dev",
+            Role::Edge => "warren-edge",
+            Role::Projector => "warren-projector",
+            Role::Notifier => "warren-notifier",
+            Role::Deployer => "warren-deployer",
+            Role::Chat => "warren-chat",
+            Role::Telegram => "warren-telegram",
+            Role::Replay => "warren-replay",
+            Role::Migrate => "warren-migrate",
+            Role::ImageBuild => "warren-image",
+        }
+    }
 }
 
 fn init_logging(filter: &str, format: config::LogFormat) {
@@ -131,6 +169,11 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
             );
             return Ok(std::process::ExitCode::SUCCESS);
         }
+        Command::DbRoles(args) => {
+            init_logging("info", config::LogFormat::Text);
+            roles::db_roles(&args.superuser_url, &args.writer_url, &args.reader_url).await?;
+            return Ok(std::process::ExitCode::SUCCESS);
+        }
         Command::Dev(config) => (Role::Dev, config),
         Command::Edge(config) => (Role::Edge, config),
         Command::Worker { role } => match role {
@@ -151,6 +194,9 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
         Command::Connect(args) => return Ok(client_exit(client::connect::run(args).await)),
     };
     init_logging(&config.log, config.log_format);
+    // Spans go out by OTLP when the standard OTEL_* variables ask for it; the last ones are
+    // sent when this guard drops, as warren stops.
+    let _spans = warren_commands::trace::export::from_env(role.service_name())?;
     for key in unknown {
         tracing::warn!(key, "the config file sets an option that does not exist");
     }

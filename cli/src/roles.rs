@@ -7,6 +7,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use warren_commands::CommandService;
 use warren_deploy::nats_auth::{self, NatsKeys, Role};
+use warren_deploy::postgres::{self as pg, Login};
 use warren_edge::AppState;
 use warren_edge::mail::Mailer;
 use warren_edge::telegram::{Bridge, BridgeSettings};
@@ -279,6 +280,13 @@ fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener
 /// The SMTP mailer, or the log when `WARREN_SMTP_URL` is unset.
 pub fn mailer(config: &Config) -> anyhow::Result<Mailer> {
     match &config.smtp_url {
+        // `log:` says it on purpose (a trial cluster): no warning that it is missing.
+        Some(url) if url.expose() == "log:" => {
+            tracing::info!(
+                "WARREN_SMTP_URL=log: emails (sign-in links, codes) are written to this log"
+            );
+            Ok(Mailer::Log)
+        }
         Some(url) => Mailer::smtp(url.expose(), &config.smtp_from).context("WARREN_SMTP_URL"),
         None => {
             tracing::warn!(
@@ -566,4 +574,65 @@ pub async fn migrate(config: &Config) -> anyhow::Result<()> {
     connect(config, Role::Admin).await?;
     tracing::info!("log topology and read-model schema are up to date");
     Ok(())
+}
+
+/// `warren db-roles`: the database of `writer_url` and its two login roles, made (or updated)
+/// as the superuser of `superuser_url`.
+pub async fn db_roles(
+    superuser_url: &str,
+    writer_url: &str,
+    reader_url: &str,
+) -> anyhow::Result<()> {
+    let login = |url: &str, name: &str| -> anyhow::Result<(Login, String)> {
+        let parsed = reqwest::Url::parse(url)
+            .map_err(|err| anyhow::anyhow!("{name} is not a URL: {err}"))?;
+        let decode = |text: &str| -> anyhow::Result<String> {
+            percent_decode(text).ok_or_else(|| anyhow::anyhow!("{name}: a malformed %-escape"))
+        };
+        let user = decode(parsed.username())?;
+        let password = decode(parsed.password().unwrap_or_default())?;
+        let database = parsed.path().trim_start_matches('/').to_owned();
+        anyhow::ensure!(
+            !user.is_empty() && !password.is_empty() && !database.is_empty(),
+            "{name} must name a user, a password and a database"
+        );
+        Ok((Login { user, password }, database))
+    };
+    let (writer, database) = login(writer_url, "WARREN_DATABASE_URL")?;
+    let (reader, reader_database) = login(reader_url, "WARREN_DATABASE_READER_URL")?;
+    anyhow::ensure!(
+        database == reader_database,
+        "the writer's and the reader's URLs name different databases ({database}, {reader_database})"
+    );
+    anyhow::ensure!(
+        writer.user != reader.user,
+        "the writer and the reader must be different users"
+    );
+    pg::create_database(superuser_url, &database).await?;
+    pg::provision_roles(superuser_url, &database, &writer, &reader).await?;
+    tracing::info!(
+        database,
+        writer = writer.user,
+        reader = reader.user,
+        "database and login roles are set up"
+    );
+    Ok(())
+}
+
+/// `%XX` escapes decoded (URL user names and passwords), or `None` when one is malformed.
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = text.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }

@@ -13,7 +13,7 @@ fn variables_in(dir: &Path, found: &mut BTreeSet<String>) {
             variables_in(&path, found);
         } else if path
             .extension()
-            .is_some_and(|ext| ext == "rs" || ext == "sh")
+            .is_some_and(|ext| ext == "rs" || ext == "sh" || ext == "yaml")
         {
             let text = std::fs::read_to_string(&path).unwrap_or_default();
             let bytes = text.as_bytes();
