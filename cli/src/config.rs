@@ -166,7 +166,8 @@ pub struct Config {
     #[arg(long, env = "WARREN_DATA_DIR", default_value = ".warren", help_heading = heading::PLATFORM)]
     pub data_dir: PathBuf,
 
-    /// The NATS server. Unset under `warren dev`: a local one is started.
+    /// The NATS server, or a cluster's nodes separated by commas. Unset under `warren dev`: a
+    /// local one is started.
     #[arg(long, env = "WARREN_NATS_URL", help_heading = heading::NATS)]
     pub nats_url: Option<String>,
     /// A directory of role keys (`<role>.nk` nkey seeds: admin, edge, projector, deployer,

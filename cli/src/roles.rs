@@ -88,7 +88,7 @@ pub async fn connect_nats(
                 other => tracing::debug!(%role, event = %other, "NATS connection event"),
             }
         })
-        .connect(url)
+        .connect(nats_auth::servers(url))
         .await
         .with_context(|| format!("connecting to NATS at {url} as {role}"))
 }

@@ -139,6 +139,10 @@ async fn dev_sh_from_a_fresh_clone_reaches_a_first_chat() {
         .env_clear()
         .env("WARREN_HTTP_ADDR", format!("127.0.0.1:{port}"))
         .env("CARGO_TARGET_DIR", &target)
+        // The same build, optimised less and without debug info: from an empty cache it is
+        // most of CI's time on two cores, and what the test checks does not depend on it.
+        .env("CARGO_PROFILE_RELEASE_OPT_LEVEL", "1")
+        .env("CARGO_PROFILE_RELEASE_DEBUG", "0")
         .stdin(Stdio::null())
         .stdout(file.try_clone().expect("log"))
         .stderr(file)

@@ -275,7 +275,7 @@ async fn cluster(dir: &std::path::Path) -> (Cluster, jetstream::Context) {
         .join(",");
     let deadline = Instant::now() + Duration::from_secs(60);
     let client = loop {
-        match async_nats::connect(urls.as_str()).await {
+        match async_nats::connect(warren_deploy::nats_auth::servers(&urls)).await {
             Ok(client) => break client,
             Err(err) if Instant::now() < deadline => {
                 let _ = err;

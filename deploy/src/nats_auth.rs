@@ -275,10 +275,18 @@ pub fn authorization(keys: &NatsKeys) -> Result<String> {
     Ok(out)
 }
 
-/// How `role` connects: its name, its inbox prefix and, given its seed, its key.
+/// How often a client pings its server. A client gives a server up (and moves to another of a
+/// cluster's nodes) when three pings go unanswered: a node cut off by a partition drops no TCP
+/// connection, so without pings a client would wait on it for minutes (the default interval is
+/// a minute), every request timing out meanwhile.
+pub const PING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// How `role` connects: its name, its inbox prefix, pings every [`PING_INTERVAL`] and, given its
+/// seed, its key.
 pub fn options(seed: Option<String>, role: Role) -> async_nats::ConnectOptions {
     let options = async_nats::ConnectOptions::new()
         .name(format!("warren-{role}"))
+        .ping_interval(PING_INTERVAL)
         .custom_inbox_prefix(role.inbox_prefix());
     match seed {
         Some(seed) => options.nkey(seed),
@@ -286,11 +294,20 @@ pub fn options(seed: Option<String>, role: Role) -> async_nats::ConnectOptions {
     }
 }
 
-/// Connects to `url` as `role`, with its key from `keys` when given.
+/// The servers of a `WARREN_NATS_URL`: one URL, or several separated by commas (a cluster's
+/// nodes; the client picks one and fails over to the others).
+pub fn servers(url: &str) -> Vec<&str> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|server| !server.is_empty())
+        .collect()
+}
+
+/// Connects to `url` (see [`servers`]) as `role`, with its key from `keys` when given.
 pub async fn connect(url: &str, keys: Option<&NatsKeys>, role: Role) -> Result<async_nats::Client> {
     let seed = keys.map(|keys| keys.seed(role)).transpose()?;
     options(seed, role)
-        .connect(url)
+        .connect(servers(url))
         .await
         .map_err(|source| Error::NatsConnect {
             url: url.to_owned(),
@@ -442,6 +459,15 @@ pub fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cluster_url_names_each_node() {
+        assert_eq!(servers("nats://a:4222"), ["nats://a:4222"]);
+        assert_eq!(
+            servers("nats://a:4222, nats://b:4222,nats://c:4222,"),
+            ["nats://a:4222", "nats://b:4222", "nats://c:4222"]
+        );
+    }
 
     #[test]
     fn the_projector_and_the_notifier_append_nothing_and_no_role_but_admin_manages_streams() {

@@ -10,7 +10,7 @@
 use super::Shared;
 use super::failure::{ModelSource, public_message};
 use super::lease::Held;
-use super::runtime::{IDLE_TIMEOUT, Runtime, RuntimeEvent};
+use super::runtime::{IDLE_TIMEOUT, Runtime, RuntimeError, RuntimeEvent};
 use crate::supervise::cause_chain;
 use async_nats::HeaderMap;
 use futures::StreamExt;
@@ -39,6 +39,11 @@ pub const OUTPUT_CAP_BYTES: usize = 16 * 1024;
 const _: () = assert!(OUTPUT_CAP_BYTES <= text::TOOL_OUTPUT.max_chars);
 /// How often recording an outcome is tried before the run is left to the sweepers.
 const RECORD_ATTEMPTS: u32 = 5;
+/// How long a run waits for a runtime that says the chat is busy (409 `chat_busy`): its
+/// previous run is winding down, which takes moments.
+const BUSY_PATIENCE: Duration = Duration::from_secs(10);
+/// How often it asks again meanwhile.
+const BUSY_RETRY: Duration = Duration::from_millis(100);
 
 /// A run this worker has started.
 pub struct Job {
@@ -148,7 +153,22 @@ pub async fn run(
         started: Some(started),
         ..Progress::default()
     };
-    let outcome = match resolve(shared, job.agent_id, job.user_id).await {
+    // The lease is beaten for the whole run, whatever it waits on (loading a long-lived user
+    // from the log, a runtime slow to answer): a stale lease makes a sweeper take the run for
+    // lost while it is alive.
+    let mut beat = tokio::time::interval(shared.settings.lease_beat);
+    beat.tick().await;
+    let resolved = beating(
+        shared,
+        &job,
+        &mut held,
+        &shutdown,
+        &mut beat,
+        resolve(shared, job.agent_id, job.user_id),
+    )
+    .await
+    .and_then(|resolved| resolved);
+    let outcome = match resolved {
         Err(outcome) => outcome,
         Ok((runtime, own_key)) => {
             live.status(&mut progress, RunStatus::Thinking).await;
@@ -160,6 +180,7 @@ pub async fn run(
                 &live,
                 &mut progress,
                 &mut held,
+                &mut beat,
                 &mut signals,
                 &shutdown,
             )
@@ -319,26 +340,35 @@ async fn drive(
     live: &Live<'_>,
     progress: &mut Progress,
     held: &mut Held,
+    beat: &mut tokio::time::Interval,
     signals: &mut async_nats::Subscriber,
     shutdown: &CancellationToken,
 ) -> Outcome {
     let chat_id = job.conversation_id.to_string();
-    let events = match runtime
-        .chat(&chat_id, &job.text, protocol, job.history.as_deref())
-        .await
-    {
-        Ok(events) => events,
-        Err(err) => {
-            return internal(
-                "runtime_unavailable",
-                "the agent runtime could not be reached",
-                &err,
-            );
+    let asked = tokio::time::Instant::now();
+    let events = loop {
+        let opening = runtime.chat(&chat_id, &job.text, protocol, job.history.as_deref());
+        let opened = match beating(shared, job, held, shutdown, beat, opening).await {
+            Ok(opened) => opened,
+            Err(outcome) => return outcome,
+        };
+        match opened {
+            Ok(events) => break events,
+            // The chat's previous run (cancelled, or interrupted by this message) is still
+            // winding down in the runtime, which frees the chat when it has recorded it.
+            Err(RuntimeError::Status { status: 409, .. }) if asked.elapsed() < BUSY_PATIENCE => {
+                tokio::time::sleep(BUSY_RETRY).await;
+            }
+            Err(err) => {
+                return internal(
+                    "runtime_unavailable",
+                    "the agent runtime could not be reached",
+                    &err,
+                );
+            }
         }
     };
     let mut events = std::pin::pin!(events);
-    let mut beat = tokio::time::interval(shared.settings.lease_beat);
-    beat.tick().await;
     let mut cancel_asked = false;
     let mut interrupted = false;
     loop {
@@ -382,6 +412,34 @@ async fn drive(
                     };
                 }
             }
+        }
+    }
+}
+
+/// Awaits `work` while beating the run's lease every tick of `beat`; the run's outcome instead
+/// if the worker stops or the lease was taken over meanwhile.
+async fn beating<T>(
+    shared: &Shared,
+    job: &Job,
+    held: &mut Held,
+    shutdown: &CancellationToken,
+    beat: &mut tokio::time::Interval,
+    work: impl Future<Output = T>,
+) -> Result<T, Outcome> {
+    let mut work = std::pin::pin!(work);
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => {
+                return Err(failed("worker_stopped", "the chat worker stopped during the run", true));
+            }
+            _ = beat.tick() => {
+                if let Err(err) = shared.leases.beat(held).await {
+                    tracing::warn!(run_id = %job.run_id, error = %err, "lost the run lease, abandoning the run");
+                    return Err(Outcome::Gone);
+                }
+            }
+            done = &mut work => return Ok(done),
         }
     }
 }
