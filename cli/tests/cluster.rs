@@ -89,6 +89,21 @@ impl Platform {
         self.chat.push(worker);
     }
 
+    /// `method` `url` with `token` and a JSON `body` (the answer whatever its status).
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        token: Option<&str>,
+        body: Value,
+    ) -> reqwest::Response {
+        let mut request = self.http.request(method, url).timeout(REQUEST).json(&body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.expect("request")
+    }
+
     fn edge(&self, i: usize) -> &str {
         &self.edges[i].0
     }
@@ -236,20 +251,7 @@ impl Drop for Platform {
             }
             eprintln!("the roles' logs are in {}", keep.display());
         }
-        let Ok(agents) = std::fs::read_dir(self.dir.path().join("data/agents")) else {
-            return;
-        };
-        for agent in agents.flatten() {
-            let pid = std::fs::read_to_string(agent.path().join("process.json"))
-                .ok()
-                .and_then(|text| serde_json::from_str::<Value>(&text).ok())
-                .and_then(|record| record["pid"].as_i64())
-                .and_then(|pid| i32::try_from(pid).ok())
-                .and_then(rustix::process::Pid::from_raw);
-            if let Some(pid) = pid {
-                let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
-            }
-        }
+        common::kill_agents(&self.dir.path().join("data/agents"));
     }
 }
 
@@ -395,24 +397,26 @@ async fn start() -> Platform {
 /// Signs in through the emailed link on `edge`: the access token and the user id.
 async fn sign_in(platform: &Platform, edge: &str, email: &str) -> (String, String) {
     let sent = platform
-        .http
-        .post(format!("{edge}/api/v1/auth/login/email"))
-        .json(&json!({ "email": email }))
-        .send()
-        .await
-        .expect("login request");
+        .send(
+            reqwest::Method::POST,
+            &format!("{edge}/api/v1/auth/login/email"),
+            None,
+            json!({ "email": email }),
+        )
+        .await;
     assert_eq!(sent.status(), 202);
     let mail = platform
         .smtp
         .wait_for_mail(email, 1, Duration::from_secs(20))
         .await;
     let verified: Value = platform
-        .http
-        .post(format!("{edge}/api/v1/auth/verify-magic-link"))
-        .json(&json!({ "token": link_token(&mail) }))
-        .send()
+        .send(
+            reqwest::Method::POST,
+            &format!("{edge}/api/v1/auth/verify-magic-link"),
+            None,
+            json!({ "token": link_token(&mail) }),
+        )
         .await
-        .expect("verify request")
         .json()
         .await
         .expect("verify JSON");
@@ -441,13 +445,13 @@ async fn get_authed(platform: &Platform, edge: &str, token: &str, path: &str) ->
 /// Creates an agent through `edge` and waits until it runs.
 async fn running_agent(platform: &Platform, edge: &str, token: &str, name: &str) -> String {
     let created = platform
-        .http
-        .post(format!("{edge}/api/v1/agents"))
-        .bearer_auth(token)
-        .json(&json!({ "name": name, "system_prompt": "Be brief." }))
-        .send()
-        .await
-        .expect("create agent");
+        .send(
+            reqwest::Method::POST,
+            &format!("{edge}/api/v1/agents"),
+            Some(token),
+            json!({ "name": name, "system_prompt": "Be brief." }),
+        )
+        .await;
     assert_eq!(created.status(), 201);
     let created: Value = created.json().await.expect("agent JSON");
     let id = created["id"].as_str().expect("agent id").to_owned();
@@ -750,6 +754,7 @@ async fn the_cluster_loses_nothing_when_a_nats_node_an_edge_a_chat_worker_or_pos
         .model
         .push(Reply::text("a reply that never ends").then_hang());
     let (interrupted, mut run) = {
+        // No timeout on this one: the stream lasts as long as the run.
         let response = platform
             .http
             .post(format!("{b}/api/v1/chat/{other}"))
@@ -822,13 +827,13 @@ async fn the_cluster_loses_nothing_when_a_nats_node_an_edge_a_chat_worker_or_pos
         .await;
     let (acked, refused) = writers.finish().await;
     let patched = platform
-        .http
-        .patch(format!("{b}/api/v1/users/me"))
-        .bearer_auth(&token)
-        .json(&json!({ "display_name": "final name" }))
-        .send()
-        .await
-        .expect("final write");
+        .send(
+            reqwest::Method::PATCH,
+            &format!("{b}/api/v1/users/me"),
+            Some(&token),
+            json!({ "display_name": "final name" }),
+        )
+        .await;
     assert_eq!(patched.status(), 200);
     wait_until(RECOVERY, || async {
         get_authed(&platform, &b, &token, "/api/v1/users/me")

@@ -48,9 +48,23 @@ impl From<PublishError> for StoreError {
         match err.kind() {
             PublishErrorKind::WrongLastSequence => StoreError::Conflict,
             PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => StoreError::Ambiguous(err),
+            _ if is_constant_wrong_last_sequence(&err) => StoreError::Conflict,
             _ => StoreError::AppendFailed(err),
         }
     }
+}
+
+/// Whether the server refused the append for its expected last sequence without naming the
+/// actual one (10164): a clustered stream's leader answers so while an earlier append to the
+/// subject is still being replicated. It is a conflict like any other (async-nats files it under
+/// `Other`).
+fn is_constant_wrong_last_sequence(err: &PublishError) -> bool {
+    std::error::Error::source(err)
+        .and_then(|source| source.downcast_ref::<async_nats::jetstream::Error>())
+        .is_some_and(|source| {
+            source.error_code()
+                == async_nats::jetstream::ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT
+        })
 }
 
 /// What a command can end in.

@@ -318,6 +318,7 @@ fn refused_by_database(err: &sqlx::Error) -> bool {
 
 /// Applies one stored commit, or parks it with the reason if it cannot be read or its actor
 /// could not have caused it ([`guard`](crate::guard)).
+#[tracing::instrument(level = "debug", skip_all, fields(seq = seq, subject = subject))]
 pub async fn apply_message<P: Projection>(
     tx: &mut sqlx::PgConnection,
     seq: u64,

@@ -193,20 +193,7 @@ impl Chat {
 /// Agents outlive the deployer by design: kill the test's agent processes when it ends.
 impl Drop for Chat {
     fn drop(&mut self) {
-        let Ok(entries) = std::fs::read_dir(self.agent_dir().join("..")) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let pid = std::fs::read_to_string(entry.path().join("process.json"))
-                .ok()
-                .and_then(|text| serde_json::from_str::<Value>(&text).ok())
-                .and_then(|record| record["pid"].as_i64())
-                .and_then(|pid| i32::try_from(pid).ok())
-                .and_then(rustix::process::Pid::from_raw);
-            if let Some(pid) = pid {
-                let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
-            }
-        }
+        crate::common::kill_agents(&self.agent_dir().join(".."));
     }
 }
 

@@ -114,6 +114,22 @@ pub fn agent_bin() -> std::path::PathBuf {
     bin
 }
 
+/// SIGKILLs the process group of every agent runtime the deployer recorded under `agents`
+/// (`<agent>/process.json`): agents outlive the deployer by design, not the test.
+pub fn kill_agents(agents: &Path) {
+    for agent in std::fs::read_dir(agents).into_iter().flatten().flatten() {
+        let pid = std::fs::read_to_string(agent.path().join("process.json"))
+            .ok()
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+            .and_then(|record| record["pid"].as_i64())
+            .and_then(|pid| i32::try_from(pid).ok())
+            .and_then(rustix::process::Pid::from_raw);
+        if let Some(pid) = pid {
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
+    }
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     warren_deploy::free_port().expect("free port")

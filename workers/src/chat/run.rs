@@ -134,6 +134,7 @@ impl Progress {
 }
 
 /// Runs the job to its recorded outcome, then releases the lease.
+#[tracing::instrument(name = "run", skip_all, fields(run_id = %job.run_id, conversation_id = %job.conversation_id))]
 pub async fn run(
     shared: &Shared,
     job: Job,

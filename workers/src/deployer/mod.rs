@@ -478,6 +478,7 @@ impl Deployer {
         None
     }
 
+    #[tracing::instrument(skip_all, fields(agent_id = %agent_id, deployment_id = %deployment_id))]
     async fn deploy(&self, agent_id: AgentId, deployment_id: Uuid) -> Result<(), Outcome> {
         let agent = self.load(agent_id).await?;
         let Some(deployment) = agent
