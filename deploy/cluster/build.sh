@@ -65,8 +65,13 @@ if [ "$(docker image inspect -f '{{ index .Config.Labels "org.warren.content" }}
     say "$tag is up to date"
 else
     say "importing $tag"
-    # One layer: the Debian root, then Warren's files over it.
-    tar -c -C "$root/root" . -C "$stage" . | docker import \
+    # One layer: the Debian root with Warren's files over it (one tree: an image's tar may not
+    # name a path twice, and both trees hold ./, ./usr, …).
+    image_root=$(mktemp -d)
+    trap 'rm -rf "$stage" "$image_root"' EXIT
+    cp -a "$root/root/." "$image_root/"
+    cp -a "$stage/." "$image_root/"
+    tar -c -C "$image_root" . | docker import \
         --change "LABEL org.warren.content=$content" \
         --change 'ENTRYPOINT ["/usr/local/bin/warren-entrypoint"]' \
         --change 'CMD ["warren", "--help"]' \
