@@ -9,10 +9,10 @@ if [ -r /secrets/env ]; then
         [ -n "${!name:-}" ] || export "$name=$value"
     done </secrets/env
 fi
-# A role outside the cluster's network (the deployer, in the host's) reaches the database on
+# The roles live in the host's network (the compose file): they reach the database on
 # its published address instead.
 if [ -n "${WARREN_CLUSTER_DB_ADDR:-}" ]; then
-    for name in WARREN_DATABASE_URL WARREN_DATABASE_READER_URL; do
+    for name in WARREN_DATABASE_URL WARREN_DATABASE_READER_URL WARREN_DATABASE_SUPERUSER_URL; do
         [ -z "${!name:-}" ] || export "$name=${!name/@db:5432\//@$WARREN_CLUSTER_DB_ADDR/}"
     done
 fi
@@ -20,4 +20,8 @@ fi
 if [ -d /secrets/nats/credentials ] && [ -z "${WARREN_NATS_CREDENTIALS_DIR:-}" ]; then
     export WARREN_NATS_CREDENTIALS_DIR=/secrets/nats/credentials
 fi
+# The compose file passes every optional setting through (`${VAR:-}`): an empty one means unset.
+for name in $(compgen -e); do
+    case $name in WARREN_* | OTEL_*) [ -n "${!name}" ] || unset "$name" ;; esac
+done
 exec "$@"
