@@ -123,14 +123,14 @@ impl Bot {
             })
         })
         .await;
-        assert!(
+        // The tap is answered too (after the edit, or before it: either order is fine).
+        wait_until(REPLY, || async {
             self.tg
                 .callback_answers()
                 .iter()
-                .any(|(_, text)| text.as_deref().is_some_and(|t| t.contains("Approved"))),
-            "{:?}",
-            self.tg.callback_answers()
-        );
+                .any(|(_, text)| text.as_deref().is_some_and(|t| t.contains("Approved")))
+        })
+        .await;
     }
 }
 
