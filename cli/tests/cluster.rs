@@ -35,7 +35,7 @@ use warren_testkit::model_server::{ModelServer, Reply};
 use warren_testkit::{TestSmtp, wait_for, wait_until};
 
 /// How long any one recovery may take before the test fails.
-const RECOVERY: Duration = Duration::from_secs(60);
+const RECOVERY: Duration = Duration::from_secs(90);
 /// How long a plain request may take.
 const REQUEST: Duration = Duration::from_secs(15);
 const JWT_SECRET: &str = "5f0e1d2c3b4a59687766554433221100ffeeddccbbaa99887766554433221100";

@@ -109,29 +109,34 @@ pub struct NatsCluster {
 }
 
 impl NatsCluster {
-    /// Creates the network (a /24 of 10.213.0.0/16 no other network holds) and starts the nodes.
+    /// Creates the network (a /24 no other network holds) and starts the nodes.
     pub fn start() -> Self {
         let image = nats_image();
         let id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
         let network = format!("warren-faults-{id}");
         let mut subnet = None;
-        for attempt in 0..32u8 {
-            let third = (uuid::Uuid::new_v4().as_bytes()[0] / 2).wrapping_add(attempt % 2 * 128);
-            let candidate = format!("10.213.{third}");
-            if docker(&[
+        // Somewhere in 10.224.0.0/12, clear of Docker's default pools and of the agents'
+        // sandbox network (10.213.0.0/16).
+        let mut refused = String::new();
+        for _ in 0..32 {
+            let [second, third, ..] = *uuid::Uuid::new_v4().as_bytes();
+            let candidate = format!("10.{}.{third}", 224 + second % 16);
+            match docker(&[
                 "network",
                 "create",
                 "--subnet",
                 &format!("{candidate}.0/24"),
                 &network,
-            ])
-            .is_ok()
-            {
-                subnet = Some(candidate);
-                break;
+            ]) {
+                Ok(_) => {
+                    subnet = Some(candidate);
+                    break;
+                }
+                Err(err) => refused = err,
             }
         }
-        let subnet = subnet.expect("a free /24 for the test's Docker network");
+        let subnet = subnet
+            .unwrap_or_else(|| panic!("no free /24 for the test's Docker network: {refused}"));
         let config = tempfile::tempdir().expect("tempdir");
         let keys = warren_deploy::nats_auth::write_server_files(
             config.path(),
