@@ -703,10 +703,9 @@ async fn commits_with_traces(chat: &Chat, conversation_id: &str) -> Vec<(String,
     found
 }
 
-#[tokio::test]
-async fn a_requests_trace_id_is_on_its_commit_and_on_the_commits_of_the_run_it_caused() {
-    let chat = Chat::start(&[]).await;
-    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+/// Posts "follow me" (answered "Traced.") to the chat's agent as a client in the trace context
+/// `traceparent`, and returns the run's stream.
+async fn traced_chat(chat: &Chat, traceparent: &str) -> chat_support::RunStream {
     chat.model.push(Reply::text("Traced."));
     let response = chat
         .platform
@@ -716,13 +715,20 @@ async fn a_requests_trace_id_is_on_its_commit_and_on_the_commits_of_the_run_it_c
             chat.platform.base, chat.agent_id
         ))
         .bearer_auth(&chat.user.access)
-        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .header("traceparent", traceparent)
         .json(&json!({"message": "follow me"}))
         .send()
         .await
         .expect("chat");
     assert_eq!(response.status(), 200);
-    let mut run = chat_support::RunStream::new(response);
+    chat_support::RunStream::new(response)
+}
+
+#[tokio::test]
+async fn a_requests_trace_id_is_on_its_commit_and_on_the_commits_of_the_run_it_caused() {
+    let chat = Chat::start(&[]).await;
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let mut run = traced_chat(&chat, &format!("00-{trace}-00f067aa0ba902b7-01")).await;
     let conversation_id = run.until("queued").await.data["conversation_id"]
         .as_str()
         .expect("conversation id")
@@ -803,22 +809,7 @@ async fn one_trace_from_the_request_through_the_commit_the_chat_worker_and_the_r
     .await;
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let client_span = "00f067aa0ba902b7";
-    chat.model.push(Reply::text("Traced."));
-    let response = chat
-        .platform
-        .http
-        .post(format!(
-            "{}/api/v1/chat/{}",
-            chat.platform.base, chat.agent_id
-        ))
-        .bearer_auth(&chat.user.access)
-        .header("traceparent", format!("00-{trace}-{client_span}-01"))
-        .json(&json!({"message": "follow me"}))
-        .send()
-        .await
-        .expect("chat");
-    assert_eq!(response.status(), 200);
-    let mut run = chat_support::RunStream::new(response);
+    let mut run = traced_chat(&chat, &format!("00-{trace}-{client_span}-01")).await;
     assert_eq!(run.finish().await.kind(), "done");
 
     // Every hop, one trace: the request, its append, the chat worker's reaction and run, the
