@@ -443,6 +443,10 @@ pub struct Config {
     /// agent image is there, else process).
     #[arg(long, env = "WARREN_SANDBOX", default_value_t = SandboxChoice::Auto, hide_possible_values = true, help_heading = heading::DEPLOYER)]
     pub sandbox: SandboxChoice,
+    /// Whether the deployer places agents that ask for the `ssh` backend on the hosts admins
+    /// register (`POST /api/v1/admin/hosts`); needs the `ssh` client and `ssh-keyscan`.
+    #[arg(long, env = "WARREN_SSH", default_value_t = true, action = clap::ArgAction::Set, help_heading = heading::DEPLOYER)]
+    pub ssh: bool,
     /// The Docker engine: `unix:///path/to/docker.sock` or `tcp://host:port`.
     #[arg(long, env = "WARREN_DOCKER_HOST", default_value = "unix:///var/run/docker.sock", help_heading = heading::DEPLOYER)]
     pub docker_host: String,

@@ -468,13 +468,56 @@ pub async fn deployer(config: &Config, platform: &Platform, dev: bool) -> anyhow
             (process, Vec::new())
         }
     };
-    Ok(
-        Deployer::build(platform.commands.clone(), &key, settings, sandbox, others)
+    let ssh = if config.ssh {
+        ssh_fleet(platform, &key, &settings).await
+    } else {
+        None
+    };
+    let mut deployer = Deployer::build(platform.commands.clone(), &key, settings, sandbox, others)
+        .await
+        .context("setting up the deployer")?
+        // The owners' tiers, for their sandboxes' limits (docs/adr/0032).
+        .with_read_models(platform.db.clone());
+    if let Some(ssh) = ssh {
+        deployer = deployer.with_ssh(ssh);
+    }
+    Ok(deployer)
+}
+
+/// The `ssh` provisioner (docs/adr/0039-ssh-hosts.md), or `None` with a warning when it cannot
+/// work here (no runtime binary to upload).
+async fn ssh_fleet(
+    platform: &Platform,
+    key: &[u8],
+    settings: &warren_workers::deployer::DeployerSettings,
+) -> Option<std::sync::Arc<dyn warren_workers::deployer::provisioner::Provisioner>> {
+    use warren_workers::deployer::ssh::SshFleet;
+    let made = async {
+        let binary =
+            warren_workers::deployer::process::locate_binary(settings.agent_bin.as_deref())
+                .map_err(|err| err.to_string())?;
+        let keys = warren_commands::secrets::HostKeys::open(platform.commands.jetstream(), key)
             .await
-            .context("setting up the deployer")?
-            // The owners' tiers, for their sandboxes' limits (docs/adr/0032).
-            .with_read_models(platform.db.clone()),
-    )
+            .map_err(|err| err.to_string())?;
+        SshFleet::new(
+            platform.commands.clone(),
+            keys,
+            &settings.data_dir.join("ssh"),
+            &binary,
+        )
+        .map_err(|err| err.to_string())
+    }
+    .await;
+    match made {
+        Ok(fleet) => Some(std::sync::Arc::new(fleet)),
+        Err(err) => {
+            tracing::warn!(
+                error = err,
+                "no ssh provisioner: agents asking for ssh hosts fail to deploy"
+            );
+            None
+        }
+    }
 }
 
 /// Whether `WARREN_SANDBOX=auto` may use docker: the engine answers and the agent image is

@@ -11,10 +11,11 @@
 //! - [`service`] — [`CommandService`]: one store per aggregate type, the handle adapters call.
 //! - [`history`] — a conversation's history read from the log, forks followed back to their
 //!   origins (what a fork inherits and a runtime is handed).
+//! - [`hosts`] — the registered SSH hosts, read from the log.
 //! - [`proactive`] — an agent runtime's proactive messages (`/pending`), delivered into that
 //!   agent's conversations only.
-//! - [`secrets`] — the AES-256-GCM box of secrets kept outside the log: agents' tokens and users'
-//!   provider keys.
+//! - [`secrets`] — the AES-256-GCM box of secrets kept outside the log: agents' tokens, users'
+//!   provider keys, SSH hosts' private keys.
 //! - [`metrics`] — the process's Prometheus series (every role records here; the ops listener
 //!   serves them on `/metrics`).
 //! - [`trace`] — the W3C trace context a request hands to its commits and they to the work
@@ -27,6 +28,7 @@ pub mod bounded;
 pub mod codec;
 pub mod error;
 pub mod history;
+pub mod hosts;
 pub mod metrics;
 pub mod proactive;
 pub mod sandboxes;

@@ -5,6 +5,7 @@ use crate::topology::{self, LogSettings, TopologyError};
 use async_nats::jetstream;
 use warren_domain::agent::Agent;
 use warren_domain::conversation::Conversation;
+use warren_domain::host::Host;
 use warren_domain::user::User;
 
 /// Why the command service could not start.
@@ -38,18 +39,20 @@ pub struct CommandService {
     pub agents: Store<Agent>,
     /// `conv.<id>.ev`.
     pub conversations: Store<Conversation>,
+    /// `host.<name>`.
+    pub hosts: Store<Host>,
     js: jetstream::Context,
 }
 
 impl CommandService {
-    /// Ensures the log's topology, then opens the three stores. Creating streams takes the
+    /// Ensures the log's topology, then opens the stores. Creating streams takes the
     /// admin role's rights: `warren migrate`, `warren dev`'s setup and tests.
     pub async fn start(js: jetstream::Context, settings: &LogSettings) -> Result<Self, StartError> {
         topology::ensure(&js, settings).await?;
         Self::open(js).await
     }
 
-    /// Opens the three stores of a log whose topology exists, as any role does at start; says
+    /// Opens the stores of a log whose topology exists, as any role does at start; says
     /// clearly when it does not. (Only `USERS` is checked: every role may see it, while a role
     /// may see only some of the others.)
     pub async fn open(js: jetstream::Context) -> Result<Self, StartError> {
@@ -65,6 +68,7 @@ impl CommandService {
             users: Store::open(js.clone()).await?,
             agents: Store::open(js.clone()).await?,
             conversations: Store::open(js.clone()).await?,
+            hosts: Store::open(js.clone()).await?,
             js,
         })
     }

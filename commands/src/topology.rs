@@ -8,6 +8,8 @@ use std::time::Duration;
 pub const USERS: &str = "USERS";
 /// Stream holding `agent.<id>` commits.
 pub const AGENTS: &str = "AGENTS";
+/// Stream holding `host.<name>` commits: the machines the `ssh` provisioner places agents on.
+pub const HOSTS: &str = "HOSTS";
 /// Stream holding `conv.<id>.ev` commits and `conv.<id>.live` deltas, so one conversation reads as
 /// one ordered sequence with one cursor.
 pub const CONVERSATIONS: &str = "CONVERSATIONS";
@@ -49,6 +51,10 @@ pub fn user_subject(id: &str) -> String {
 /// The subject of an agent's commits.
 pub fn agent_subject(id: &str) -> String {
     format!("agent.{id}")
+}
+/// The subject of a host's commits.
+pub fn host_subject(name: &str) -> String {
+    format!("host.{name}")
 }
 /// The subject of a conversation's durable facts.
 pub fn conversation_subject(id: &str) -> String {
@@ -116,6 +122,7 @@ pub fn stream_configs(settings: &LogSettings) -> Vec<stream::Config> {
     vec![
         base(USERS, vec!["user.*".into()]),
         base(AGENTS, vec!["agent.*".into()]),
+        base(HOSTS, vec!["host.*".into()]),
         stream::Config {
             // Token deltas carry a per-message TTL; the final text lives in a durable event.
             allow_message_ttl: true,
@@ -145,6 +152,7 @@ pub async fn ensure(js: &jetstream::Context, settings: &LogSettings) -> Result<(
         let name = match config.name.as_str() {
             USERS => USERS,
             AGENTS => AGENTS,
+            HOSTS => HOSTS,
             TELEGRAM => TELEGRAM,
             _ => CONVERSATIONS,
         };

@@ -9,9 +9,9 @@
 //!
 //! | role | commits it appends | log it reads | KV it writes |
 //! |---|---|---|---|
-//! | `edge` | `user.*`, `agent.*`, `conv.*.ev` | users, agents, conversations | `auth_tokens`, `secrets`, `rate_limits`, `idempotency` |
+//! | `edge` | `user.*`, `agent.*`, `conv.*.ev`, `host.*` | users, agents, conversations, hosts | `auth_tokens`, `secrets`, `rate_limits`, `idempotency` |
 //! | `projector` | — | users, agents, conversations | — |
-//! | `deployer` | `agent.*` | users, agents | `secrets` (agent tokens) |
+//! | `deployer` | `agent.*`, `host.*` | users, agents, hosts | `secrets` (agent tokens, hosts' SSH keys) |
 //! | `chat` | `conv.*.ev`, `conv.*.live`, `agent.*` (a runtime gone) | users, agents, conversations | `leases` |
 //! | `notifier` | — | users | — |
 //! | `admin` | everything: `warren migrate` (streams, buckets), operators | | |
@@ -91,10 +91,18 @@ impl Role {
         let grants: &[(Access, &str)] = match self {
             Role::Admin => &[],
             // A channel, and Telegram's webhook into the bridge's queue.
-            Role::Edge => &[(Append, "telegram.updates")],
+            Role::Edge => &[
+                (Append, "telegram.updates"),
+                // Admins register and remove SSH hosts.
+                (Append, "host.*"),
+                (Read, HOSTS),
+            ],
             Role::Projector => &[(Follow, USERS), (Follow, AGENTS), (Follow, CONVERSATIONS)],
             Role::Deployer => &[
                 (Append, "agent.*"),
+                // Placements on SSH hosts, their pinned keys, down and up.
+                (Append, "host.*"),
+                (Read, HOSTS),
                 (Read, USERS),
                 (Follow, AGENTS),
                 (KvWrite, "secrets"),
@@ -142,6 +150,7 @@ impl Role {
 
 const USERS: &str = "USERS";
 const AGENTS: &str = "AGENTS";
+const HOSTS: &str = "HOSTS";
 const CONVERSATIONS: &str = "CONVERSATIONS";
 
 /// What a channel needs (the edge, the Telegram bridge): the application layer's writes, reads

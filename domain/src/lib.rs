@@ -1,4 +1,4 @@
-//! Warren's domain: the User, Agent and Conversation aggregates, their commands, events and errors.
+//! Warren's domain: the User, Agent, Conversation and Host aggregates, their commands, events and errors.
 //!
 //! Pure: no I/O, no async runtime of its own. Each aggregate decides with a plain
 //! `fn decide(&self, cmd) -> Result<Vec<Event>, Error>` and folds events with an `apply` that holds
@@ -30,11 +30,14 @@
 //! - [`agent`] — agent configuration and lifecycle, with the six deployment steps, and its audit
 //!   facts (execs, uploads, model calls metered by the platform's model proxy).
 //! - [`conversation`] — messages, the one-run-at-a-time queue, cancel, interrupt, history.
+//! - [`host`] — machines the `ssh` provisioner places agents on: registration, the pinned SSH key,
+//!   placements within capacity, down and up.
 
 pub mod agent;
 pub mod authority;
 pub mod conversation;
 pub mod envelope;
+pub mod host;
 pub mod ids;
 pub mod names;
 pub mod text;

@@ -60,6 +60,10 @@ pub struct NewAgent {
     /// The runtime to install (`warren` if left out).
     #[schema(schema_with = runtime_schema)]
     pub runtime: Option<RuntimeKind>,
+    /// Where it runs: `ssh` (a registered host, placed by the deployer), or the platform's own
+    /// sandbox (`process` or `docker`, whichever the platform runs; the default).
+    #[schema(schema_with = crate::openapi::backend_schema)]
+    pub backend: Option<Backend>,
 }
 
 /// `PATCH /agents/{id}`: fields left out are kept. A prompt or model change redeploys.
@@ -199,7 +203,7 @@ pub(crate) async fn create(
             system_prompt: request.system_prompt,
             model: request.model,
             runtime: request.runtime.unwrap_or_default(),
-            backend: Backend::default(),
+            backend: request.backend.unwrap_or_default(),
         },
         key.command_id(caller.id),
     )

@@ -15,6 +15,7 @@ use utoipa::ToSchema;
 use warren_commands::CommandError;
 use warren_domain::agent::AgentError;
 use warren_domain::conversation::ConversationError;
+use warren_domain::host::HostError;
 use warren_domain::user::UserError;
 
 /// The body of every error answer.
@@ -226,7 +227,7 @@ macro_rules! domain_refusal {
     )*};
 }
 
-domain_refusal!(UserError, AgentError, ConversationError);
+domain_refusal!(UserError, AgentError, ConversationError, HostError);
 
 /// The HTTP status of a domain code. The only table of its kind.
 pub fn domain_status(code: &str) -> StatusCode {

@@ -28,6 +28,7 @@
 //! - [`auth`] — magic links, tokens, identities and the `/auth` routes.
 //! - [`users`], [`keys`] — `/users/me`, connections, provider API keys.
 //! - [`admin`] — `/admin/users`: approve, reject, revoke, roles and tiers.
+//! - [`hosts`] — `/admin/hosts`: the SSH hosts agents are placed on.
 //! - [`agents`] — `/agents`: create, configure, delete, deployment status (and what the sandbox
 //!   uses), repair, redeploy, health; waking past the sandbox cap is 503 `at_capacity`.
 //! - [`chat`] — `/chat/{agent_id}`: post a message and stream its run as SSE from the log;
@@ -75,6 +76,7 @@ pub mod follow;
 pub mod frame;
 pub mod gateway;
 pub mod health;
+pub mod hosts;
 pub mod idempotency;
 pub mod input;
 pub mod keys;

@@ -10,8 +10,8 @@ use crate::lane::{Lane, Sniffer};
 use crate::routes::{API_PREFIX, ApiRouter};
 use crate::state::AppState;
 use crate::{
-    admin, agents, auth, chat, console, conversations, feed, gateway, health, keys, model_proxy,
-    openapi, runtime_api, usage, users, workspace,
+    admin, agents, auth, chat, console, conversations, feed, gateway, health, hosts, keys,
+    model_proxy, openapi, runtime_api, usage, users, workspace,
 };
 use axum::Router;
 use axum::body::Body;
@@ -46,6 +46,7 @@ pub fn api() -> ApiRouter {
         .merge(users::routes())
         .merge(keys::routes())
         .merge(admin::routes())
+        .merge(hosts::routes())
         .merge(agents::routes())
         .merge(usage::routes())
         .merge(chat::routes())

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use warren_commands::CommandService;
 use warren_commands::sandboxes::{SandboxKvError, SandboxStatsStore};
-use warren_commands::secrets::{AgentTokens, ProviderKeys, SecretError, TokenError};
+use warren_commands::secrets::{AgentTokens, HostKeys, ProviderKeys, SecretError, TokenError};
 use warren_projections::capacity::Capacity;
 
 /// How long connecting to a model provider may take.
@@ -101,6 +101,8 @@ pub struct Shared {
     pub model_calls: crate::app::model::in_flight::InFlight,
     /// Agents' runtime tokens (for the proxies to runtimes).
     pub agent_tokens: AgentTokens,
+    /// SSH hosts' private keys (admins register them).
+    pub host_keys: HostKeys,
     /// The cap on awake sandboxes (`WARREN_MAX_SANDBOXES`).
     pub capacity: Capacity,
     /// What each sandbox uses, as the deployer last recorded it.
@@ -126,6 +128,7 @@ impl AppState {
         let auth_kv = AuthKv::open(&js).await?;
         let secrets = ProviderKeys::open(&js, &settings.encryption_key.0).await?;
         let agent_tokens = AgentTokens::open(&js, &settings.encryption_key.0).await?;
+        let host_keys = HostKeys::open(&js, &settings.encryption_key.0).await?;
         let sandbox_stats = SandboxStatsStore::open(&js).await?;
         let capacity = Capacity::new(settings.max_sandboxes, db.clone());
         let tokens = Tokens::new(
@@ -182,6 +185,7 @@ impl AppState {
             model_http,
             model_calls: Default::default(),
             agent_tokens,
+            host_keys,
             capacity,
             sandbox_stats,
             hub: Hub::new(js.clone(), closing.clone()),

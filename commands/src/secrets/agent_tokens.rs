@@ -21,7 +21,7 @@ pub enum TokenError {
     #[error("secrets bucket: {0}")]
     Kv(String),
     /// The ciphertext does not open under this key.
-    #[error("agent token {0} does not decrypt")]
+    #[error("secret {0} does not decrypt")]
     Crypto(String),
 }
 

@@ -4,12 +4,14 @@
 //! what it is, so a ciphertext copied elsewhere does not open).
 //!
 //! Layout: `agent_tokens` ([`AgentTokens`]: runtimes' bearer tokens), `provider_keys`
-//! ([`ProviderKeys`]: users' model API keys).
+//! ([`ProviderKeys`]: users' model API keys), `host_keys` ([`HostKeys`]: SSH hosts' private keys).
 
 mod agent_tokens;
+mod host_keys;
 mod provider_keys;
 
 pub use agent_tokens::{AgentTokens, TokenError, generate, token_entry};
+pub use host_keys::{HostKeyError, HostKeys, host_key_entry};
 pub use provider_keys::{ProviderKeys, SecretError, provider_key_entry};
 
 use aes_gcm::aead::{Aead, Payload};

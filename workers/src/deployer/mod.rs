@@ -46,7 +46,7 @@
 //! Modules: [`provisioner`] (the seam), [`process`] (development only, unconfined), [`docker`]
 //! (one locked-down container per agent), [`locks`] (per-agent locks), [`lifecycle`] (pause,
 //! resume, idle pause, usage), [`usage`] (measuring runtimes), [`alerts`] (sandbox alerts:
-//! out-of-memory kills, failing health checks).
+//! out-of-memory kills, failing health checks), [`ssh`] (agents on registered SSH hosts).
 //!
 //! Under `warren dev` (`stop_agents_on_shutdown`) the deployer stops every runtime when it
 //! stops; the next start's first reconciliation restarts the running ones (docs/adr/0021).
@@ -57,6 +57,7 @@ pub mod lifecycle;
 pub mod locks;
 pub mod process;
 pub mod provisioner;
+pub mod ssh;
 pub mod usage;
 
 use crate::consume::{ConsumeError, Durable, Handled, consume_concurrently};
@@ -74,7 +75,7 @@ use warren_commands::sandboxes::{Activity, SandboxKvError, SandboxStatsStore};
 use warren_commands::secrets::{self, AgentTokens, TokenError};
 use warren_commands::{CommandError, CommandMeta, CommandService, codec, topology, trace};
 use warren_domain::agent::{
-    Agent, AgentCommand, AgentError, AgentEvent, AgentStatus, DeploymentStep,
+    Agent, AgentCommand, AgentError, AgentEvent, AgentStatus, Backend, DeploymentStep,
 };
 use warren_domain::envelope::Actor;
 use warren_domain::ids::AgentId;
@@ -189,8 +190,10 @@ pub struct Deployer {
     commands: CommandService,
     tokens: AgentTokens,
     settings: DeployerSettings,
-    /// Where new deployments go.
+    /// Where new deployments go, unless the agent asked for SSH hosts.
     sandbox: Arc<dyn Provisioner>,
+    /// The `ssh` provisioner, when this deployer places agents on SSH hosts.
+    ssh: Option<Arc<dyn Provisioner>>,
     /// Every provisioner whose runtimes this deployer looks after (the sandbox first): an agent
     /// deployed under an earlier setting is still found, stopped and removed.
     provisioners: Vec<Arc<dyn Provisioner>>,
@@ -233,6 +236,7 @@ impl Deployer {
             tokens,
             settings,
             sandbox,
+            ssh: None,
             provisioners,
             locks: locks::AgentLocks::default(),
             activity,
@@ -242,6 +246,31 @@ impl Deployer {
             health: alerts::HealthStreaks::default(),
             read_models: None,
         })
+    }
+
+    /// Places agents that ask for the `ssh` backend with `ssh` (docs/adr/0039-ssh-hosts.md),
+    /// and looks after its runtimes like the others'.
+    pub fn with_ssh(mut self, ssh: Arc<dyn Provisioner>) -> Self {
+        self.provisioners.push(ssh.clone());
+        self.ssh = Some(ssh);
+        self
+    }
+
+    /// Where `agent` runs: on an SSH host when it asked for the `ssh` backend, else in this
+    /// platform's sandbox. An agent that asked for `docker` on a platform without docker
+    /// sandboxes is refused, never run less confined than it asked.
+    fn sandbox_for(&self, agent: &Agent) -> Result<Arc<dyn Provisioner>, String> {
+        match agent.backend {
+            Backend::Ssh => self
+                .ssh
+                .clone()
+                .ok_or_else(|| "this deployer places no agents on SSH hosts".to_owned()),
+            Backend::Docker if self.sandbox.kind() != "docker" => Err(format!(
+                "the agent asked for a docker sandbox; this deployer runs {} sandboxes",
+                self.sandbox.kind()
+            )),
+            Backend::Docker | Backend::Process => Ok(self.sandbox.clone()),
+        }
     }
 
     /// Reads the owners' tiers from the read models `db` (docs/adr/0032): their sandboxes get
@@ -488,25 +517,44 @@ impl Deployer {
             // Completed, failed or superseded already.
             return Ok(());
         };
-        tracing::info!(%agent_id, %deployment_id, sandbox = self.sandbox.kind(), "deploying");
+        let target = self.sandbox_for(&agent);
+        let kind = target.as_ref().map_or("none", |t| t.kind());
+        tracing::info!(%agent_id, %deployment_id, sandbox = kind, "deploying");
         // A redeploy or repair replaces the old runtime, wherever it was.
         self.stop_everywhere(agent_id).await;
-        for provisioner in self.provisioners.iter().skip(1) {
+        for provisioner in &self.provisioners {
+            if target.as_ref().is_ok_and(|t| Arc::ptr_eq(t, provisioner))
+                || Arc::ptr_eq(provisioner, &self.sandbox)
+            {
+                continue;
+            }
             if let Err(err) = provisioner.destroy(agent_id, None).await {
                 tracing::warn!(%agent_id, sandbox = provisioner.kind(), error = %err, "removing the old runtime failed");
             }
         }
         let mut endpoint = String::new();
         let mut workspace = None;
-        let outcome = self
-            .run_steps(
-                agent_id,
-                deployment_id,
-                &agent,
-                deployment.completed,
-                (&mut endpoint, &mut workspace),
-            )
-            .await;
+        let outcome = match &target {
+            Ok(target) => {
+                self.run_steps(
+                    agent_id,
+                    deployment_id,
+                    (&agent, target),
+                    deployment.completed,
+                    (&mut endpoint, &mut workspace),
+                )
+                .await
+            }
+            Err(err) => Ok(Err((
+                deployment
+                    .completed
+                    .map_or(DeploymentStep::Allocating, |done| {
+                        done.next().unwrap_or(DeploymentStep::Allocating)
+                    }),
+                err.clone(),
+            ))),
+        };
+        let sandbox = target.unwrap_or_else(|_| self.sandbox.clone());
         match outcome {
             Ok(Ok(())) => {
                 let completed = self
@@ -529,11 +577,11 @@ impl Deployer {
                 if agent.workspace.is_none() && workspace.is_some() {
                     // A warm pool's runtime taken by a first deployment holds nothing of the
                     // agent's yet: removed, so a retry starts from a fresh one.
-                    if let Err(err) = self.sandbox.destroy(agent_id, workspace.as_deref()).await {
+                    if let Err(err) = sandbox.destroy(agent_id, workspace.as_deref()).await {
                         tracing::warn!(%agent_id, error = %err, "removing the taken warm runtime failed");
                     }
                 } else {
-                    self.sandbox.stop(agent_id).await;
+                    sandbox.stop(agent_id).await;
                 }
                 self.execute(
                     agent_id,
@@ -558,7 +606,7 @@ impl Deployer {
         &self,
         agent_id: AgentId,
         deployment_id: Uuid,
-        agent: &Agent,
+        (agent, sandbox): (&Agent, &Arc<dyn Provisioner>),
         done: Option<DeploymentStep>,
         (endpoint, workspace): (&mut String, &mut Option<String>),
     ) -> Result<Step, Outcome> {
@@ -587,14 +635,13 @@ impl Deployer {
                     Err(err) => return Ok(Err(($step, err.to_string()))),
                 };
                 if !record($step).await? {
-                    self.sandbox.stop(agent_id).await;
+                    sandbox.stop(agent_id).await;
                     return Ok(Ok(()));
                 }
                 value
             }};
         }
-        let sandbox = &self.sandbox;
-        *workspace = step!(S::Allocating, self.allocate(agent_id, agent).await);
+        *workspace = step!(S::Allocating, self.allocate(agent_id, agent, sandbox).await);
         let token = secrets::generate();
         step!(S::Provisioning, self.tokens.put(agent_id, &token).await);
         step!(S::Installing, sandbox.install().await);
@@ -628,13 +675,13 @@ impl Deployer {
         &self,
         agent_id: AgentId,
         agent: &Agent,
+        sandbox: &Arc<dyn Provisioner>,
     ) -> Result<Option<String>, provisioner::ProvisionError> {
         if agent.workspace.is_some() {
             return Ok(agent.workspace.clone());
         }
         if self.settings.warm_pool > 0 && agent.endpoint_url.is_none() {
-            let taken = self
-                .sandbox
+            let taken = sandbox
                 .take_warm(agent_id, &self.settings.warm_spec())
                 .await;
             match taken {
@@ -648,7 +695,7 @@ impl Deployer {
                 }
             }
         }
-        self.sandbox.allocate(agent_id).await.map(|()| None)
+        sandbox.allocate(agent_id).await.map(|()| None)
     }
 
     /// Polls the runtime's health until it answers or the health timeout passes: every 25 ms
@@ -698,20 +745,27 @@ impl Deployer {
                         return;
                     }
                 };
+                let sandbox = match self.sandbox_for(agent) {
+                    Ok(sandbox) => sandbox,
+                    Err(err) => {
+                        tracing::warn!(%agent_id, error = err, "not recreating the agent's runtime");
+                        return;
+                    }
+                };
                 let spec = self.settings.spec(agent_id, agent, tier);
                 let made = async {
                     if spec.workspace.is_none() {
-                        self.sandbox.allocate(agent_id).await?;
+                        sandbox.allocate(agent_id).await?;
                     }
-                    self.sandbox.configure(&spec).await
+                    sandbox.configure(&spec).await
                 }
                 .await;
                 if let Err(err) = made {
                     tracing::warn!(%agent_id, error = %err, "recreating the agent's runtime failed");
                     return;
                 }
-                tracing::info!(%agent_id, sandbox = self.sandbox.kind(), "agent runtime recreated");
-                self.sandbox.clone()
+                tracing::info!(%agent_id, sandbox = sandbox.kind(), "agent runtime recreated");
+                sandbox
             }
         };
         match provisioner.start(agent_id, &token).await {

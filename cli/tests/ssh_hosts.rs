@@ -1,0 +1,365 @@
+//! Agents on SSH hosts, end to end: "VM" hosts are containers running `sshd` on a private Docker
+//! network of the test's own. An admin registers a host through the API (its private key sealed,
+//! its host key pinned at first contact); an owner creates an agent with `"backend": "ssh"`; the
+//! real deployer of `warren dev` places it on the host, uploads the runtime, starts it under its
+//! own user and supervisor; the owner chats with it through a tool call that runs on the host;
+//! stop, start, a host restart (reconciled) and delete act on the host; and a host that comes
+//! back with another SSH key is refused.
+
+mod chat_support;
+mod common;
+mod edge_support;
+mod ssh_support;
+
+use chat_support::Chat;
+use serde_json::{Value, json};
+use ssh_support::{Lab, ensure_image, exec, key_pair};
+use std::time::Duration;
+use warren_testkit::model_server::Reply;
+
+const WAIT: Duration = Duration::from_secs(90);
+
+struct Remote {
+    chat: Chat,
+    admin: edge_support::Session,
+    lab: Lab,
+    private_key: String,
+    _keys: tempfile::TempDir,
+}
+
+impl Remote {
+    async fn start() -> Self {
+        ensure_image().await;
+        let keys = tempfile::tempdir().expect("tempdir");
+        let (private_key, public_key) = key_pair(keys.path());
+        let lab = Lab::new(&public_key);
+        // The edge listens on every address, so the hosts reach it on the network's gateway.
+        let port = common::free_port();
+        let addr = format!("0.0.0.0:{port}");
+        let chat = Chat::start(&[
+            ("WARREN_SANDBOX", "process"),
+            ("WARREN_HTTP_ADDR", &addr),
+            ("WARREN_DEPLOYER_RECONCILE_SECS", "2"),
+            ("WARREN_TIER_FREE_MAX_AGENTS", "5"),
+        ])
+        .await;
+        let admin = chat.platform.sign_in("operator@admin.test").await;
+        Self {
+            chat,
+            admin,
+            lab,
+            private_key,
+            _keys: keys,
+        }
+    }
+
+    fn platform_url(&self) -> String {
+        let port = self
+            .chat
+            .platform
+            .base
+            .rsplit_once(':')
+            .expect("a port")
+            .1
+            .to_owned();
+        format!("http://{}:{port}", self.lab.gateway())
+    }
+
+    async fn register(&self, name: &str, address: &str, capacity: u32) -> Value {
+        let answer = self
+            .chat
+            .platform
+            .post(
+                "/api/v1/admin/hosts",
+                Some(&self.admin.access),
+                json!({
+                    "name": name,
+                    "address": address,
+                    "private_key": self.private_key,
+                    "capacity": capacity,
+                    "labels": ["test"],
+                    "platform_url": self.platform_url(),
+                }),
+            )
+            .await;
+        assert_eq!(answer.status, 201, "{answer:?}");
+        answer.body
+    }
+
+    async fn hosts(&self) -> Vec<Value> {
+        let answer = self
+            .chat
+            .platform
+            .get("/api/v1/admin/hosts", Some(&self.admin.access))
+            .await;
+        assert_eq!(answer.status, 200, "{answer:?}");
+        answer.body.as_array().expect("a list").clone()
+    }
+
+    async fn create_ssh_agent(&self, name: &str) -> String {
+        let created = self
+            .chat
+            .platform
+            .post(
+                "/api/v1/agents",
+                Some(&self.chat.user.access),
+                json!({"name": name, "system_prompt": "Be brief.", "backend": "ssh"}),
+            )
+            .await;
+        assert_eq!(created.status, 201, "{created:?}");
+        created.body["id"].as_str().expect("agent id").to_owned()
+    }
+
+    async fn status(&self, agent: &str) -> Value {
+        self.chat
+            .platform
+            .get(
+                &format!("/api/v1/agents/{agent}/status"),
+                Some(&self.chat.user.access),
+            )
+            .await
+            .body
+    }
+
+    async fn wait_status(&self, agent: &str, want: &str) -> Value {
+        warren_testkit::wait_for(WAIT, || async {
+            let status = self.status(agent).await;
+            if want != "failed" {
+                assert_ne!(
+                    status["status"],
+                    "failed",
+                    "{status:?}\n{}",
+                    self.chat.platform.warren.log_text()
+                );
+            }
+            (status["status"] == want).then_some(status)
+        })
+        .await
+    }
+
+    async fn lifecycle(&self, agent: &str, action: &str) {
+        let answer = self
+            .chat
+            .platform
+            .post(
+                &format!("/api/v1/agents/{agent}/{action}"),
+                Some(&self.chat.user.access),
+                json!({}),
+            )
+            .await;
+        assert!(answer.status < 300, "{action}: {answer:?}");
+    }
+
+    /// Runs `command` through the agent's shell tool; the tool's output.
+    async fn shell(&self, agent: &str, command: &str) -> String {
+        self.chat.model.push(Reply::tool_call(
+            "shell",
+            json!({"command": command, "timeout_secs": 20}),
+        ));
+        self.chat.model.push(Reply::text("done"));
+        let response = self
+            .chat
+            .platform
+            .http
+            .post(format!("{}/api/v1/chat/{agent}", self.chat.platform.base))
+            .bearer_auth(&self.chat.user.access)
+            .json(&json!({"message": "run it"}))
+            .send()
+            .await
+            .expect("chat request");
+        assert_eq!(response.status(), 200, "chat refused");
+        let mut run = chat_support::RunStream::new(response);
+        let result = loop {
+            let frame = run.next().await.expect("a frame");
+            match frame.kind() {
+                "tool_result" => break frame,
+                "error" | "done" => panic!(
+                    "the run ended before its tool result: {:?}\n{}",
+                    frame.data,
+                    self.chat.platform.warren.log_text()
+                ),
+                _ => {}
+            }
+        };
+        let end = run.finish().await;
+        assert_eq!(end.kind(), "done", "{:?}", end.data);
+        result.data.to_string()
+    }
+}
+
+async fn answers(endpoint: &str) -> bool {
+    reqwest::Client::new()
+        .get(format!("{endpoint}/health"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+}
+
+#[tokio::test]
+async fn an_agent_on_an_ssh_host_deploys_chats_and_follows_its_lifecycle() {
+    let remote = Remote::start().await;
+    let (vm, address) = remote.lab.start_vm(0);
+    let presented = remote.lab.host_key(&vm).await;
+
+    // (1) An admin registers the host; nothing is pinned before the first contact.
+    let host = remote.register("vm-0", &address, 2).await;
+    assert_eq!(host["agents"], 0);
+    assert_eq!(host["state"], "up");
+    assert!(host["host_key"].is_null(), "{host}");
+    assert!(
+        !host.to_string().contains("PRIVATE KEY"),
+        "the private key is never shown: {host}"
+    );
+
+    // (2) An agent asking for SSH hosts is placed there and runs.
+    let agent = remote.create_ssh_agent("Remote").await;
+    let status = remote.wait_status(&agent, "running").await;
+    let endpoint = status["endpoint"].as_str().expect("an endpoint").to_owned();
+    assert!(
+        endpoint.starts_with(&format!("http://{address}:")),
+        "the runtime answers on the host: {endpoint}"
+    );
+    let hosts = remote.hosts().await;
+    assert_eq!(hosts.len(), 1);
+    assert_eq!(hosts[0]["agents"], 1);
+    assert_eq!(
+        hosts[0]["host_key"], presented,
+        "the key the host presented is pinned"
+    );
+
+    // (3) A chat whose tool call runs on the host, as the agent's own user, not root, and
+    // with no provider key in its environment.
+    let user = format!("wa{}", &agent.replace('-', "")[..16]);
+    let output = remote
+        .shell(&agent, "echo user=$(id -un) host=$(hostname); env | grep -c API_KEY; cat /root/.ssh/authorized_keys || echo denied")
+        .await;
+    assert!(output.contains(&format!("user={user}")), "{output}");
+    assert!(output.contains("host=vm0"), "{output}");
+    assert!(
+        output.contains("denied"),
+        "root's files are not readable: {output}"
+    );
+    assert!(!output.contains("ssh-ed25519"), "{output}");
+
+    // (4) Stop and start act on the host.
+    remote.lifecycle(&agent, "stop").await;
+    remote.wait_status(&agent, "stopped").await;
+    warren_testkit::wait_for(WAIT, || async { (!answers(&endpoint).await).then_some(()) }).await;
+    remote.lifecycle(&agent, "start").await;
+    remote.wait_status(&agent, "running").await;
+    warren_testkit::wait_for(WAIT, || async { answers(&endpoint).await.then_some(()) }).await;
+
+    // (5) The host restarts (its processes gone): the reconciler starts the agent again, on
+    // the endpoint the log knows.
+    ssh_support::docker(&["restart", &vm]);
+    warren_testkit::wait_for(WAIT, || async { answers(&endpoint).await.then_some(()) }).await;
+    let output = remote.shell(&agent, "echo back").await;
+    assert!(output.contains("back"), "{output}");
+
+    // (6) Deleting the agent removes its user and files from the host and frees its place.
+    let deleted = remote
+        .chat
+        .platform
+        .delete(
+            &format!("/api/v1/agents/{agent}"),
+            Some(&remote.chat.user.access),
+        )
+        .await;
+    assert!(deleted.status < 300, "{deleted:?}");
+    warren_testkit::wait_for(WAIT, || async {
+        let gone = exec(
+            &vm,
+            &format!("test -e /var/lib/warren/agents/{agent} || id -u {user} || echo gone"),
+        );
+        (gone == "gone").then_some(())
+    })
+    .await;
+    warren_testkit::wait_for(WAIT, || async {
+        (remote.hosts().await[0]["agents"] == 0).then_some(())
+    })
+    .await;
+
+    // (7) A host removed with no agents is gone from the list.
+    let removed = remote
+        .chat
+        .platform
+        .delete("/api/v1/admin/hosts/vm-0", Some(&remote.admin.access))
+        .await;
+    assert_eq!(removed.status, 204, "{removed:?}");
+    assert!(remote.hosts().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_host_that_presents_another_key_is_refused() {
+    let remote = Remote::start().await;
+    let (vm, address) = remote.lab.start_vm(1);
+    let first_key = remote.lab.host_key(&vm).await;
+    remote.register("vm-1", &address, 3).await;
+    let agent = remote.create_ssh_agent("First").await;
+    remote.wait_status(&agent, "running").await;
+
+    // Another machine (a new container, new host keys) takes the host's address.
+    let (vm, _) = remote.lab.start_vm(1);
+    let second_key = remote.lab.host_key(&vm).await;
+    assert_ne!(first_key, second_key);
+    // The reconciler meets it: the host is down, saying why, and takes no new agent.
+    let host = warren_testkit::wait_for(WAIT, || async {
+        let hosts = remote.hosts().await;
+        let reason = hosts[0]["down_reason"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        reason
+            .contains("presented another SSH key than the one pinned")
+            .then(|| hosts[0].clone())
+    })
+    .await;
+    assert_eq!(host["state"], "down", "{host}");
+    assert_eq!(host["host_key"], first_key, "the pin is kept");
+    let refused = remote.create_ssh_agent("Second").await;
+    let status = remote.wait_status(&refused, "failed").await;
+    assert!(status["last_error"].is_string(), "{status}");
+    assert!(
+        exec(&vm, "ls /var/lib/warren/agents 2>/dev/null").is_empty(),
+        "nothing was done on the impostor: not even the first agent restarted"
+    );
+
+    // Registration refuses what it cannot use, and non-admins.
+    let bad = remote
+        .chat
+        .platform
+        .post(
+            "/api/v1/admin/hosts",
+            Some(&remote.admin.access),
+            json!({"name": "Bad Name", "address": address, "private_key": remote.private_key, "capacity": 1}),
+        )
+        .await;
+    assert_eq!(bad.status, 422, "{bad:?}");
+    let not_a_key = remote
+        .chat
+        .platform
+        .post(
+            "/api/v1/admin/hosts",
+            Some(&remote.admin.access),
+            json!({"name": "vm-x", "address": address, "private_key": "hunter2", "capacity": 1}),
+        )
+        .await;
+    assert_eq!(not_a_key.status, 422, "{not_a_key:?}");
+    let taken = remote
+        .chat
+        .platform
+        .post(
+            "/api/v1/admin/hosts",
+            Some(&remote.admin.access),
+            json!({"name": "vm-1", "address": address, "private_key": remote.private_key, "capacity": 1}),
+        )
+        .await;
+    assert_eq!(taken.status, 409, "{taken:?}");
+    let user = remote
+        .chat
+        .platform
+        .get("/api/v1/admin/hosts", Some(&remote.chat.user.access))
+        .await;
+    assert_eq!(user.status, 403, "{user:?}");
+}

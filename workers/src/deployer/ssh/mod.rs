@@ -1,0 +1,658 @@
+//! The `ssh` provisioner: agents on hosts an admin registered (existing VMs reached over SSH,
+//! docs/adr/0039-ssh-hosts.md).
+//!
+//! - [`conn`] opens one host's SSH connection (the system `ssh` client, the pinned host key
+//!   checked every time, one multiplexed master per host).
+//! - [`scripts`] holds what runs on a host: the agent's user and directories, the runtime
+//!   binary by content, its settings, its token, and the supervisor that keeps it running.
+//!
+//! **Placement.** An agent is placed on a host by the Host aggregate (`PlaceAgent`, refused when
+//! the host is full or down), so two deployers never fill a host beyond its capacity; the host
+//! with the most room (by share of its capacity) is tried first. The placement is in the log,
+//! so any deployer finds the agent's host again; destroying the agent releases it.
+//!
+//! **Keys.** The host's private key comes from the `secrets` bucket; its public key is pinned on
+//! first contact (`ssh-keyscan`, recorded as `HostKeyPinned`) unless the admin pinned it, and
+//! every connection is refused when the host presents another.
+//!
+//! **Network.** The runtime listens on the host's address on a port of its own (kept across
+//! restarts), and chat workers reach it there with its bearer token; it reaches the platform on
+//! the host's `platform_url` (the platform's runtime URL by default), holding no provider key.
+
+pub mod conn;
+pub mod scripts;
+
+use super::provisioner::{
+    Actual, ActualState, ProvisionError, Provisioned, Provisioner, RuntimeSpec, Usage,
+};
+use async_trait::async_trait;
+use conn::{Session, SshError};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+use warren_commands::secrets::HostKeys;
+use warren_commands::{CommandError, CommandMeta, CommandService};
+use warren_domain::Actor;
+use warren_domain::host::{Host, HostCommand, HostError};
+use warren_domain::ids::AgentId;
+
+/// The first port tried for an agent's runtime on a host.
+const FIRST_PORT: u16 = 20_000;
+/// How many ports agents' runtimes may use on a host, from [`FIRST_PORT`].
+const PORTS: u16 = 10_000;
+
+/// Where one agent's runtime answers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Endpoint {
+    host: String,
+    address: String,
+    port: u16,
+}
+
+impl Endpoint {
+    fn url(&self) -> String {
+        if self.address.contains(':') {
+            format!("http://[{}]:{}", self.address, self.port)
+        } else {
+            format!("http://{}:{}", self.address, self.port)
+        }
+    }
+}
+
+/// The `ssh` provisioner over every registered host.
+pub struct SshFleet {
+    commands: CommandService,
+    keys: HostKeys,
+    /// Per-host key files.
+    dir: PathBuf,
+    /// The runtime binary uploaded to hosts, and its SHA-256.
+    binary: PathBuf,
+    binary_sha: String,
+    http: reqwest::Client,
+    /// Where each agent's runtime answers, as last configured or listed.
+    endpoints: Mutex<HashMap<AgentId, Endpoint>>,
+}
+
+fn failed(err: impl std::fmt::Display) -> ProvisionError {
+    ProvisionError(err.to_string())
+}
+
+impl SshFleet {
+    /// The provisioner: hosts' key files under `dir`, the runtime `binary` uploaded to hosts.
+    pub fn new(
+        commands: CommandService,
+        keys: HostKeys,
+        dir: &Path,
+        binary: &Path,
+    ) -> Result<Self, ProvisionError> {
+        let mut hash = Sha256::new();
+        let mut file = std::fs::File::open(binary)
+            .map_err(|err| ProvisionError(format!("reading {}: {err}", binary.display())))?;
+        std::io::copy(&mut file, &mut hash)
+            .map_err(|err| ProvisionError(format!("reading {}: {err}", binary.display())))?;
+        Ok(Self {
+            commands,
+            keys,
+            dir: dir.to_owned(),
+            binary: binary.to_owned(),
+            binary_sha: hex::encode(hash.finalize()),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(3))
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .map_err(failed)?,
+            endpoints: Mutex::default(),
+        })
+    }
+
+    fn meta() -> CommandMeta {
+        CommandMeta::new(Actor::System(super::CONSUMER.into()))
+    }
+
+    async fn hosts(&self) -> Provisioned<Vec<(String, Host)>> {
+        self.commands
+            .hosts()
+            .await
+            .map_err(|err| ProvisionError(format!("reading the hosts: {err}")))
+    }
+
+    /// The host `agent_id` is placed on, if any.
+    async fn placed(&self, agent_id: AgentId) -> Provisioned<Option<(String, Host)>> {
+        Ok(self
+            .hosts()
+            .await?
+            .into_iter()
+            .find(|(_, host)| host.agents.contains(&agent_id)))
+    }
+
+    /// A connection to `name`, its key pinned first if it is not yet.
+    async fn session(&self, name: &str, host: &Host) -> Provisioned<Session> {
+        let spec = host
+            .spec
+            .as_ref()
+            .ok_or_else(|| ProvisionError(format!("host {name} is not registered")))?;
+        let private_key = self
+            .keys
+            .get(name)
+            .await
+            .map_err(failed)?
+            .ok_or_else(|| ProvisionError(format!("host {name} has no private key")))?;
+        let host_key = match &host.host_key {
+            Some(key) => key.clone(),
+            None => {
+                let seen = conn::scan_host_key(&spec.address, spec.port)
+                    .await
+                    .map_err(failed)?;
+                let pinned = self
+                    .commands
+                    .hosts
+                    .execute(
+                        name,
+                        HostCommand::PinHostKey {
+                            host_key: seen.clone(),
+                        },
+                        &Self::meta(),
+                    )
+                    .await;
+                match pinned {
+                    Ok(_) => tracing::info!(host = name, key = seen, "host key pinned"),
+                    Err(CommandError::Rejected(HostError::HostKeyMismatch { .. })) => {
+                        return Err(failed(SshError::HostKeyMismatch(name.to_owned())));
+                    }
+                    Err(err) => return Err(ProvisionError(format!("pinning the host key: {err}"))),
+                }
+                seen
+            }
+        };
+        Session::prepare(&self.dir, name, spec, &private_key, &host_key).map_err(failed)
+    }
+
+    /// The agent's host and a connection to it.
+    async fn agent_session(&self, agent_id: AgentId) -> Provisioned<Option<(Session, Host)>> {
+        match self.placed(agent_id).await? {
+            Some((name, host)) => Ok(Some((self.session(&name, &host).await?, host))),
+            None => Ok(None),
+        }
+    }
+
+    /// Runs `script` on the agent's host; `None` when the agent is on no host.
+    async fn on_agent_host(
+        &self,
+        agent_id: AgentId,
+        what: &str,
+        script: &str,
+        input: &[u8],
+    ) -> Provisioned<Option<String>> {
+        match self.agent_session(agent_id).await? {
+            Some((session, _)) => session
+                .run(what, script, input)
+                .await
+                .map(Some)
+                .map_err(failed),
+            None => Ok(None),
+        }
+    }
+
+    /// Places the agent on the host with the most room, unless it is placed already.
+    async fn place(&self, agent_id: AgentId) -> Provisioned<(String, Host)> {
+        let hosts = self.hosts().await?;
+        if let Some(found) = hosts
+            .iter()
+            .find(|(_, host)| host.agents.contains(&agent_id))
+        {
+            return Ok(found.clone());
+        }
+        let mut candidates: Vec<&(String, Host)> =
+            hosts.iter().filter(|(_, host)| host.has_room()).collect();
+        // The least loaded first, by share of capacity, then by name.
+        candidates.sort_by(|(a_name, a), (b_name, b)| {
+            let share = |host: &Host| {
+                let capacity = host.spec.as_ref().map_or(1, |spec| spec.capacity.max(1));
+                host.agents.len() as f64 / f64::from(capacity)
+            };
+            share(a).total_cmp(&share(b)).then(a_name.cmp(b_name))
+        });
+        for (name, _) in candidates {
+            let placed = self
+                .commands
+                .hosts
+                .execute(name, HostCommand::PlaceAgent { agent_id }, &Self::meta())
+                .await;
+            match placed {
+                Ok(_) => {
+                    let (host, _) = self.commands.hosts.load(name).await.map_err(failed)?;
+                    tracing::info!(%agent_id, host = name, "agent placed");
+                    return Ok((name.clone(), host));
+                }
+                // Filled or lost since the listing: the next one.
+                Err(CommandError::Rejected(err)) => {
+                    tracing::info!(%agent_id, host = name, reason = %err, "host refused the agent")
+                }
+                Err(err) => return Err(ProvisionError(format!("placing the agent: {err}"))),
+            }
+        }
+        Err(ProvisionError(
+            "no SSH host has room for another agent (register a host or raise a capacity)".into(),
+        ))
+    }
+
+    /// The binary is on the host (uploaded when it is missing or another one).
+    async fn ensure_binary(&self, session: &Session) -> Provisioned<String> {
+        let path = format!(
+            "{}/warren-agent-{}",
+            scripts::BIN_DIR,
+            &self.binary_sha[..16]
+        );
+        match session
+            .run(
+                "checking the runtime binary",
+                &scripts::has_binary(&path, &self.binary_sha),
+                b"",
+            )
+            .await
+        {
+            Ok(_) => return Ok(path),
+            Err(SshError::Failed { code: 3, .. }) => {}
+            Err(err) => return Err(failed(err)),
+        }
+        let bytes = tokio::fs::read(&self.binary)
+            .await
+            .map_err(|err| ProvisionError(format!("reading {}: {err}", self.binary.display())))?;
+        session
+            .run(
+                "uploading the runtime binary",
+                &scripts::upload_binary(&path, &self.binary_sha),
+                &bytes,
+            )
+            .await
+            .map_err(failed)?;
+        tracing::info!(host = session.name, path, "runtime binary uploaded");
+        Ok(path)
+    }
+
+    /// The port the agent's runtime listens on: the recorded endpoint's, else the one it kept
+    /// on the host, else a free one no other agent there keeps.
+    async fn port(&self, session: &Session, spec: &RuntimeSpec) -> Provisioned<u16> {
+        if let Some(port) = spec
+            .endpoint
+            .as_deref()
+            .and_then(|url| url.rsplit_once(':'))
+            .and_then(|(_, port)| port.trim_end_matches('/').parse::<u16>().ok())
+        {
+            return Ok(port);
+        }
+        let listing = session
+            .run("listing ports", &scripts::ports(spec.agent_id), b"")
+            .await
+            .map_err(failed)?;
+        let mut used = std::collections::HashSet::new();
+        for line in listing.lines() {
+            match line.split_once(' ') {
+                Some(("mine", port)) => {
+                    if let Ok(port) = port.trim().parse() {
+                        return Ok(port);
+                    }
+                }
+                Some(("listen", hex)) => {
+                    if let Ok(port) = u16::from_str_radix(hex.trim(), 16) {
+                        used.insert(port);
+                    }
+                }
+                Some(("taken", port)) => {
+                    if let Ok(port) = port.trim().parse::<u16>() {
+                        used.insert(port);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let start =
+            u16::from_le_bytes([spec.agent_id.0.as_bytes()[0], spec.agent_id.0.as_bytes()[1]])
+                % PORTS;
+        (0..PORTS)
+            .map(|i| FIRST_PORT + (start + i) % PORTS)
+            .find(|port| !used.contains(port))
+            .ok_or_else(|| ProvisionError(format!("host {} has no free port", session.name)))
+    }
+
+    fn remember(&self, agent_id: AgentId, endpoint: Endpoint) {
+        self.endpoints
+            .lock()
+            .expect("endpoints lock")
+            .insert(agent_id, endpoint);
+    }
+
+    fn endpoint(&self, agent_id: AgentId) -> Option<Endpoint> {
+        self.endpoints
+            .lock()
+            .expect("endpoints lock")
+            .get(&agent_id)
+            .cloned()
+    }
+
+    /// What one reachable host has; a host that does not answer is marked down (and up again
+    /// once it answers).
+    async fn list_host(&self, name: &str, host: &Host) -> Option<Vec<(Actual, Endpoint)>> {
+        let session = match self.session(name, host).await {
+            Ok(session) => session,
+            Err(err) => {
+                tracing::warn!(host = name, error = %err, "cannot reach the host");
+                return None;
+            }
+        };
+        let listing = match session.run("listing agents", scripts::LIST, b"").await {
+            Ok(listing) => listing,
+            Err(err) => {
+                tracing::warn!(host = name, error = %err, "listing the host's agents failed");
+                // A host that does not answer, or answers with another key, takes no agent.
+                if err.unreachable() || matches!(err, SshError::HostKeyMismatch(_)) {
+                    self.mark(name, false, &err.to_string()).await;
+                }
+                return None;
+            }
+        };
+        if host.down {
+            self.mark(name, true, "answers again").await;
+        }
+        let spec = host.spec.as_ref()?;
+        Some(
+            listing
+                .lines()
+                .filter_map(|line| {
+                    let mut parts = line.split_whitespace();
+                    let agent_id: AgentId = parts.next()?.parse().ok()?;
+                    let state = match parts.next()? {
+                        "running" => ActualState::Running,
+                        "paused" => ActualState::Paused,
+                        _ => ActualState::Stopped,
+                    };
+                    let port = parts.next()?.parse().ok()?;
+                    let fingerprint = parts.next().filter(|f| *f != "-").map(str::to_owned);
+                    Some((
+                        Actual {
+                            agent_id,
+                            state,
+                            fingerprint,
+                            oom_killed: false,
+                        },
+                        Endpoint {
+                            host: name.to_owned(),
+                            address: spec.address.clone(),
+                            port,
+                        },
+                    ))
+                })
+                .collect(),
+        )
+    }
+
+    async fn mark(&self, name: &str, up: bool, reason: &str) {
+        let marked = self
+            .commands
+            .hosts
+            .execute(
+                name,
+                HostCommand::MarkHost {
+                    up,
+                    reason: reason.to_owned(),
+                },
+                &Self::meta(),
+            )
+            .await;
+        match marked {
+            Ok(committed) if !committed.events.is_empty() => {
+                if up {
+                    tracing::info!(host = name, "host up");
+                } else {
+                    tracing::warn!(host = name, reason, "host down");
+                }
+            }
+            Ok(_) => {}
+            Err(err) => {
+                tracing::warn!(host = name, error = %err, "recording the host's state failed")
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Provisioner for SshFleet {
+    fn kind(&self) -> &'static str {
+        "ssh"
+    }
+
+    async fn allocate(&self, agent_id: AgentId) -> Provisioned<()> {
+        let (name, host) = self.place(agent_id).await?;
+        let session = self.session(&name, &host).await?;
+        session
+            .run(
+                "creating the agent's user",
+                &scripts::allocate(agent_id),
+                b"",
+            )
+            .await
+            .map_err(failed)?;
+        Ok(())
+    }
+
+    async fn install(&self) -> Provisioned<()> {
+        // The binary goes to the agent's host at `configure`, once its host is known.
+        Ok(())
+    }
+
+    async fn configure(&self, spec: &RuntimeSpec) -> Provisioned<()> {
+        let agent_id = spec.agent_id;
+        let (session, host) = self
+            .agent_session(agent_id)
+            .await?
+            .ok_or_else(|| ProvisionError("the agent is on no host: allocate it first".into()))?;
+        let binary = self.ensure_binary(&session).await?;
+        session
+            .run("stopping the old runtime", &scripts::stop(agent_id), b"")
+            .await
+            .map_err(failed)?;
+        let port = self.port(&session, spec).await?;
+        let platform_url = host
+            .spec
+            .as_ref()
+            .and_then(|spec| spec.platform_url.clone())
+            .unwrap_or_else(|| spec.platform_url.clone());
+        let dir = scripts::dir_of(agent_id);
+        let user = scripts::user_of(agent_id);
+        let (home, workspace, state, token) = (
+            format!("{dir}/home"),
+            format!("{dir}/home/workspace"),
+            format!("{dir}/home/state"),
+            format!("{dir}/token"),
+        );
+        let addr = format!("0.0.0.0:{port}");
+        let agent = agent_id.to_string();
+        let mut vars = vec![
+            ("PATH", "/usr/local/bin:/usr/bin:/bin"),
+            ("HOME", home.as_str()),
+            ("USER", user.as_str()),
+            ("WARREN_BIN", binary.as_str()),
+            ("WARREN_AGENT_ADDR", addr.as_str()),
+            ("WARREN_AGENT_TOKEN_FILE", token.as_str()),
+            ("WARREN_AGENT_WORKSPACE", workspace.as_str()),
+            ("WARREN_AGENT_STATE_DIR", state.as_str()),
+            ("WARREN_AGENT_MODEL", spec.model.as_str()),
+            ("WARREN_AGENT_SYSTEM_PROMPT", spec.system_prompt.as_str()),
+            // No provider key on the host: the model is reached through the platform (ADR 23).
+            ("WARREN_AGENT_MODEL_PROXY", "true"),
+            ("WARREN_AGENT_PLATFORM_URL", platform_url.as_str()),
+            ("WARREN_AGENT_ID", agent.as_str()),
+        ];
+        if let Some(provider) = &spec.provider {
+            vars.push(("WARREN_AGENT_PROVIDER", provider.as_str()));
+        }
+        session
+            .run(
+                "configuring the runtime",
+                &scripts::configure(agent_id, port, &spec.fingerprint),
+                scripts::env_file(&vars).as_bytes(),
+            )
+            .await
+            .map_err(failed)?;
+        self.remember(
+            agent_id,
+            Endpoint {
+                host: session.name.clone(),
+                address: session.address.clone(),
+                port,
+            },
+        );
+        Ok(())
+    }
+
+    async fn start(&self, agent_id: AgentId, token: &str) -> Provisioned<String> {
+        let (session, _) = self
+            .agent_session(agent_id)
+            .await?
+            .ok_or_else(|| ProvisionError("the agent is on no host".into()))?;
+        session
+            .run(
+                "storing the token",
+                &scripts::write_token(agent_id),
+                token.as_bytes(),
+            )
+            .await
+            .map_err(failed)?;
+        session
+            .run("starting the runtime", &scripts::start(agent_id), b"")
+            .await
+            .map_err(failed)?;
+        let endpoint = match self.endpoint(agent_id) {
+            Some(endpoint) if endpoint.host == session.name => endpoint,
+            _ => {
+                let port = session
+                    .run(
+                        "reading the runtime's port",
+                        &format!("cat {}/port", conn::quote(&scripts::dir_of(agent_id))),
+                        b"",
+                    )
+                    .await
+                    .map_err(failed)?
+                    .trim()
+                    .parse()
+                    .map_err(|_| ProvisionError("the runtime has no port: configure it".into()))?;
+                let endpoint = Endpoint {
+                    host: session.name.clone(),
+                    address: session.address.clone(),
+                    port,
+                };
+                self.remember(agent_id, endpoint.clone());
+                endpoint
+            }
+        };
+        Ok(endpoint.url())
+    }
+
+    async fn healthy(&self, agent_id: AgentId) -> bool {
+        let endpoint = match self.endpoint(agent_id) {
+            Some(endpoint) => endpoint,
+            None => {
+                let _ = self.actual().await;
+                match self.endpoint(agent_id) {
+                    Some(endpoint) => endpoint,
+                    None => return false,
+                }
+            }
+        };
+        super::process::healthy(&self.http, &endpoint.url()).await
+    }
+
+    async fn stop(&self, agent_id: AgentId) {
+        if let Err(err) = self
+            .on_agent_host(
+                agent_id,
+                "stopping the runtime",
+                &scripts::stop(agent_id),
+                b"",
+            )
+            .await
+        {
+            tracing::warn!(%agent_id, error = %err, "stopping the agent on its host failed");
+        }
+    }
+
+    async fn pause(&self, agent_id: AgentId) -> Provisioned<()> {
+        self.on_agent_host(agent_id, "pausing", &scripts::signal(agent_id, "STOP"), b"")
+            .await
+            .map(drop)
+    }
+
+    async fn resume(&self, agent_id: AgentId) -> Provisioned<()> {
+        self.on_agent_host(
+            agent_id,
+            "resuming",
+            &scripts::signal(agent_id, "CONT"),
+            b"",
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn destroy(&self, agent_id: AgentId, _workspace: Option<&str>) -> Provisioned<()> {
+        let Some((name, host)) = self.placed(agent_id).await? else {
+            return Ok(());
+        };
+        let removed = match self.session(&name, &host).await {
+            Ok(session) => session
+                .run("removing the agent", &scripts::destroy(agent_id), b"")
+                .await
+                .map(drop)
+                .map_err(|err| (err.unreachable(), failed(err))),
+            Err(err) => Err((false, err)),
+        };
+        match removed {
+            Ok(()) => {}
+            // A host that is down keeps what it had; the placement is released all the same,
+            // or a dead host would hold its agents forever.
+            Err((true, err)) if host.down => {
+                tracing::warn!(%agent_id, host = name, error = %err, "the agent's host is down: releasing it without removing its files");
+            }
+            Err((_, err)) => return Err(err),
+        }
+        self.commands
+            .hosts
+            .execute(&name, HostCommand::ReleaseAgent { agent_id }, &Self::meta())
+            .await
+            .map_err(|err| ProvisionError(format!("releasing the agent's host: {err}")))?;
+        self.endpoints
+            .lock()
+            .expect("endpoints lock")
+            .remove(&agent_id);
+        tracing::info!(%agent_id, host = name, "agent removed from its host");
+        Ok(())
+    }
+
+    async fn actual(&self) -> Provisioned<Vec<Actual>> {
+        let hosts = self.hosts().await?;
+        let listings = futures::future::join_all(
+            hosts
+                .iter()
+                .filter(|(_, host)| !host.removed && host.spec.is_some())
+                .map(|(name, host)| async move { (host, self.list_host(name, host).await) }),
+        )
+        .await;
+        let mut found = Vec::new();
+        for (host, listing) in listings {
+            for (actual, endpoint) in listing.unwrap_or_default() {
+                // A directory left on a host the agent is no longer placed on is not its
+                // runtime.
+                if host.agents.contains(&actual.agent_id) {
+                    self.remember(actual.agent_id, endpoint);
+                    found.push(actual);
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    async fn usage(&self) -> Provisioned<HashMap<AgentId, Usage>> {
+        Ok(HashMap::new())
+    }
+}
