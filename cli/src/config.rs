@@ -447,6 +447,10 @@ pub struct Config {
     /// register (`POST /api/v1/admin/hosts`); needs the `ssh` client and `ssh-keyscan`.
     #[arg(long, env = "WARREN_SSH", default_value_t = true, action = clap::ArgAction::Set, help_heading = heading::DEPLOYER)]
     pub ssh: bool,
+    /// Whether the agents of an SSH host that stops answering are deployed again on another
+    /// host with room (their workspaces are not moved: they start empty there).
+    #[arg(long, env = "WARREN_SSH_REDEPLOY", default_value_t = false, action = clap::ArgAction::Set, help_heading = heading::DEPLOYER)]
+    pub ssh_redeploy: bool,
     /// The Docker engine: `unix:///path/to/docker.sock` or `tcp://host:port`.
     #[arg(long, env = "WARREN_DOCKER_HOST", default_value = "unix:///var/run/docker.sock", help_heading = heading::DEPLOYER)]
     pub docker_host: String,

@@ -469,7 +469,7 @@ pub async fn deployer(config: &Config, platform: &Platform, dev: bool) -> anyhow
         }
     };
     let ssh = if config.ssh {
-        ssh_fleet(platform, &key, &settings).await
+        ssh_fleet(platform, &key, &settings, config.ssh_redeploy).await
     } else {
         None
     };
@@ -490,6 +490,7 @@ async fn ssh_fleet(
     platform: &Platform,
     key: &[u8],
     settings: &warren_workers::deployer::DeployerSettings,
+    redeploy_lost: bool,
 ) -> Option<std::sync::Arc<dyn warren_workers::deployer::provisioner::Provisioner>> {
     use warren_workers::deployer::ssh::SshFleet;
     let made = async {
@@ -499,13 +500,27 @@ async fn ssh_fleet(
         let keys = warren_commands::secrets::HostKeys::open(platform.commands.jetstream(), key)
             .await
             .map_err(|err| err.to_string())?;
-        SshFleet::new(
+        let leases = platform
+            .commands
+            .jetstream()
+            .get_key_value(warren_commands::topology::KV_LEASES)
+            .await
+            .map_err(|err| err.to_string())?;
+        let fleet = SshFleet::new(
             platform.commands.clone(),
             keys,
             &settings.data_dir.join("ssh"),
             &binary,
         )
-        .map_err(|err| err.to_string())
+        .map_err(|err| err.to_string())?;
+        Ok::<_, String>(
+            fleet
+                .with_leases(
+                    leases,
+                    warren_commands::secrets::generate()[..16].to_owned(),
+                )
+                .redeploying_lost(redeploy_lost),
+        )
     }
     .await;
     match made {

@@ -11,7 +11,7 @@
 //! |---|---|---|---|
 //! | `edge` | `user.*`, `agent.*`, `conv.*.ev`, `host.*` | users, agents, conversations, hosts | `auth_tokens`, `secrets`, `rate_limits`, `idempotency` |
 //! | `projector` | — | users, agents, conversations | — |
-//! | `deployer` | `agent.*`, `host.*` | users, agents, hosts | `secrets` (agent tokens, hosts' SSH keys) |
+//! | `deployer` | `agent.*`, `host.*` | users, agents, hosts | `secrets` (agent tokens, hosts' SSH keys), `leases` (hosts') |
 //! | `chat` | `conv.*.ev`, `conv.*.live`, `agent.*` (a runtime gone) | users, agents, conversations | `leases` |
 //! | `notifier` | — | users | — |
 //! | `admin` | everything: `warren migrate` (streams, buckets), operators | | |
@@ -110,6 +110,9 @@ impl Role {
                 (KvRead, "agent_activity"),
                 // … and each reconciliation records what each sandbox uses.
                 (KvWrite, "sandbox_stats"),
+                // Which deployer reconciles which SSH host.
+                (KvWrite, "leases"),
+                (KvList, "leases"),
             ],
             Role::Chat => &[
                 // A runtime that vanished mid-run marks its agent failed.

@@ -69,7 +69,8 @@ pub enum HostCommand {
         /// The agent.
         agent_id: AgentId,
     },
-    /// Deployer: the host stopped answering, or answers again.
+    /// Deployer: the host stopped answering (or answers otherwise than before), or answers
+    /// again.
     MarkHost {
         /// Whether it answers.
         up: bool,
@@ -420,10 +421,17 @@ impl Host {
                 }
             }
             C::MarkHost { up: true, .. } if self.down => vec![HostEvent::HostUp { name }],
-            C::MarkHost { up: false, reason } if !self.down => vec![HostEvent::HostDown {
-                name,
-                reason: crate::text::REASON.fit(reason),
-            }],
+            // Down, or down for another reason than the one recorded (refused connections,
+            // then a key that is not the pinned one).
+            C::MarkHost { up: false, reason }
+                if !self.down
+                    || self.down_reason.as_deref() != Some(&crate::text::REASON.fit(reason)) =>
+            {
+                vec![HostEvent::HostDown {
+                    name,
+                    reason: crate::text::REASON.fit(reason),
+                }]
+            }
             C::MarkHost { .. } => vec![],
             C::RemoveHost if !self.agents.is_empty() => {
                 return Err(HostError::HostInUse {

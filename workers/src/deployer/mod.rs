@@ -87,6 +87,10 @@ pub const CONSUMER: &str = "deployer";
 /// Commits handled at once (each agent's under its own lock).
 pub const CONCURRENCY: usize = 8;
 
+/// How often provisioners keep their share of the work ([`Provisioner::tend`]: SSH hosts'
+/// leases).
+pub const TEND_EVERY: Duration = Duration::from_secs(3);
+
 /// The deployer's configuration.
 #[derive(Clone, Debug)]
 pub struct DeployerSettings {
@@ -325,9 +329,27 @@ impl Deployer {
                 }
             }
         };
+        let tend = async {
+            loop {
+                let mut taken = false;
+                for provisioner in &this.provisioners {
+                    taken |= provisioner.tend().await;
+                }
+                if taken {
+                    // Work another deployer left: reconciled now, not at the next pass.
+                    this.reconcile().await;
+                    tracing::info!("reconciled the work taken over");
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(TEND_EVERY) => {}
+                }
+            }
+        };
         tokio::join!(
             consume,
             reconcile,
+            tend,
             this.keep_pool(&shutdown),
             this.watch_oom(shutdown.clone())
         );
@@ -860,8 +882,13 @@ impl Deployer {
                 return;
             }
         };
+        let lost = self.handle_lost().await;
         let ids: BTreeSet<AgentId> = known.into_iter().chain(actual.keys().copied()).collect();
         for agent_id in ids {
+            // Another deployer's (its host's lease), or handled above.
+            if lost.contains(&agent_id) || self.provisioners.iter().any(|p| p.foreign(agent_id)) {
+                continue;
+            }
             let _guard = self.locks.lock(agent_id).await;
             // The list was taken before the lock: a deployment may have finished since. A
             // runtime that looked missing or stopped is looked at again before acting.
@@ -875,6 +902,53 @@ impl Deployer {
             }
         }
         self.record_usage().await;
+    }
+
+    /// Agents whose runtime went with its machine (a host that is down): a running one is
+    /// reported failed, and deployed elsewhere when the provisioner says so. Returns them.
+    async fn handle_lost(&self) -> BTreeSet<AgentId> {
+        let mut handled = BTreeSet::new();
+        for provisioner in &self.provisioners {
+            for agent_id in provisioner.lost() {
+                let _guard = self.locks.lock(agent_id).await;
+                let outcome = async {
+                    let agent = self.load(agent_id).await?;
+                    // Stopped, paused or deleted ones are reconciled as usual (a deleted one is
+                    // released from its host).
+                    if !matches!(agent.status, AgentStatus::Running | AgentStatus::Failed) {
+                        return Ok(());
+                    }
+                    handled.insert(agent_id);
+                    if agent.status == AgentStatus::Running {
+                        let command = AgentCommand::ReportAgentFailure {
+                            error: "its host is down".into(),
+                        };
+                        if self.execute(agent_id, command).await? {
+                            tracing::warn!(%agent_id, "the agent's host is down: agent failed");
+                        }
+                    }
+                    let agent = self.load(agent_id).await?;
+                    if provisioner.redeploys_lost() && agent.status == AgentStatus::Failed {
+                        provisioner
+                            .destroy(agent_id, None)
+                            .await
+                            .map_err(|err| Outcome::Retry(err.to_string()))?;
+                        let command = AgentCommand::RepairAgent {
+                            deployment_id: Uuid::now_v7(),
+                        };
+                        if self.execute(agent_id, command).await? {
+                            tracing::info!(%agent_id, "deploying the agent of a down host elsewhere");
+                        }
+                    }
+                    Ok::<(), Outcome>(())
+                }
+                .await;
+                if let Err(Outcome::Retry(reason)) = outcome {
+                    tracing::warn!(%agent_id, reason, "handling a lost agent failed");
+                }
+            }
+        }
+        handled
     }
 
     async fn reconcile_one(

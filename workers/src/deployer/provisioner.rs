@@ -171,6 +171,32 @@ pub trait Provisioner: Send + Sync {
     /// Removes every unassigned runtime of the warm pool (and its workspace).
     async fn drain_pool(&self) {}
 
+    /// Keeps this deployer's share of the provisioner's work (an SSH host's lease, say), every
+    /// few seconds; whether it took on work since the last call (the deployer then reconciles
+    /// at once rather than at its next pass).
+    async fn tend(&self) -> bool {
+        false
+    }
+
+    /// Whether another deployer looks after this agent's runtime (its host's lease is
+    /// another's): the reconciler leaves it alone.
+    fn foreign(&self, agent_id: AgentId) -> bool {
+        let _ = agent_id;
+        false
+    }
+
+    /// Agents whose runtime is lost with the machine it was on (a host that is down), as of
+    /// the last [`Provisioner::actual`]; the deployer reports them failed.
+    fn lost(&self) -> Vec<AgentId> {
+        Vec::new()
+    }
+
+    /// Whether the deployer deploys [`Provisioner::lost`] agents again elsewhere (after
+    /// [`Provisioner::destroy`], which forgets a lost runtime without reaching its machine).
+    fn redeploys_lost(&self) -> bool {
+        false
+    }
+
     /// The agents whose sandbox had a process killed for its memory limit, as it happens;
     /// `None` when this provisioner cannot tell. The stream ends with its connection (the
     /// deployer asks again).

@@ -83,7 +83,10 @@ fn write_private(path: &Path, content: &[u8]) -> Result<(), SshError> {
         return Ok(());
     }
     let local = |err: std::io::Error| SshError::Local(format!("writing {}: {err}", path.display()));
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    // A name of its own per write: two connections preparing at once never write one file.
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp{}-{n}", std::process::id()));
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -230,6 +233,7 @@ impl Session {
                     || stderr.contains("REMOTE HOST IDENTIFICATION HAS CHANGED")
                     || stderr.contains("host key for")
                 {
+                    tracing::warn!(host = self.name, detail, "ssh refused the host key");
                     Err(SshError::HostKeyMismatch(self.name.clone()))
                 } else {
                     Err(SshError::Unreachable {
@@ -266,13 +270,20 @@ fn alias(name: &str) -> String {
     format!("warren-host-{name}")
 }
 
-/// The host's SSH public key as it presents it now, `<type> <base64>` (`ssh-keyscan`,
-/// Ed25519 preferred): what is pinned on first contact.
+/// The host's SSH public key as it presents it now, `<type> <base64>` (`ssh-keyscan`, its
+/// Ed25519 key when it has one, else ECDSA or RSA): what is pinned on first contact.
 pub async fn scan_host_key(address: &str, port: u16) -> Result<String, SshError> {
+    match scan(address, port, "ed25519").await {
+        Ok(key) => Ok(key),
+        Err(_) => scan(address, port, "ecdsa,rsa").await,
+    }
+}
+
+async fn scan(address: &str, port: u16, types: &str) -> Result<String, SshError> {
     let output = tokio::time::timeout(
         Duration::from_secs(15),
         tokio::process::Command::new("ssh-keyscan")
-            .args(["-T", "5", "-t", "ed25519,ecdsa,rsa", "-p"])
+            .args(["-T", "5", "-t", types, "-p"])
             .arg(port.to_string())
             .arg(address)
             .stdin(Stdio::null())

@@ -5,6 +5,14 @@
 //!   checked every time, one multiplexed master per host).
 //! - [`scripts`] holds what runs on a host: the agent's user and directories, the runtime
 //!   binary by content, its settings, its token, and the supervisor that keeps it running.
+//! - [`lease`] shares the hosts among deployers: each reconciles the hosts it holds a lease on.
+//!
+//! **Scale-out.** With leases ([`SshFleet::with_leases`]) a deployer lists and reconciles only
+//! the hosts it holds; a dead deployer's leases go stale after [`lease::STALE`] and another
+//! takes them and reconciles at once, leaving healthy agents alone. A host that stops answering
+//! is recorded down; its agents are reported lost (and deployed elsewhere when
+//! `redeploy_lost`). Agent directories on a host the agent is no longer placed on (a host that
+//! was down while its agents moved) are removed when the host answers again.
 //!
 //! **Placement.** An agent is placed on a host by the Host aggregate (`PlaceAgent`, refused when
 //! the host is full or down), so two deployers never fill a host beyond its capacity; the host
@@ -20,6 +28,7 @@
 //! the host's `platform_url` (the platform's runtime URL by default), holding no provider key.
 
 pub mod conn;
+pub mod lease;
 pub mod scripts;
 
 use super::provisioner::{
@@ -73,6 +82,25 @@ pub struct SshFleet {
     http: reqwest::Client,
     /// Where each agent's runtime answers, as last configured or listed.
     endpoints: Mutex<HashMap<AgentId, Endpoint>>,
+    /// The hosts' leases; `None`: this deployer reconciles every host.
+    leases: Option<lease::HostLeases>,
+    /// What the last tend and listing saw.
+    seen: Mutex<Seen>,
+    /// Whether agents of a host that is down are deployed again elsewhere.
+    redeploy_lost: bool,
+    /// One port choice at a time per host (two agents configured at once would pick one port).
+    port_locks: Mutex<HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// What the fleet last saw of the hosts.
+#[derive(Default)]
+struct Seen {
+    /// The hosts this deployer holds (when leased).
+    mine: std::collections::BTreeSet<String>,
+    /// Each placed agent's host.
+    placements: HashMap<AgentId, String>,
+    /// Agents placed on hosts (this deployer's) that are down.
+    lost: Vec<AgentId>,
 }
 
 fn failed(err: impl std::fmt::Display) -> ProvisionError {
@@ -104,7 +132,33 @@ impl SshFleet {
                 .build()
                 .map_err(failed)?,
             endpoints: Mutex::default(),
+            leases: None,
+            seen: Mutex::default(),
+            redeploy_lost: false,
+            port_locks: Mutex::default(),
         })
+    }
+
+    /// Shares the hosts with other deployers through leases in `kv` (the `leases` bucket),
+    /// as deployer `deployer`.
+    pub fn with_leases(mut self, kv: async_nats::jetstream::kv::Store, deployer: String) -> Self {
+        self.leases = Some(lease::HostLeases::new(kv, deployer));
+        self
+    }
+
+    /// Deploys the agents of a host that is down again on another host.
+    pub fn redeploying_lost(mut self, redeploy: bool) -> Self {
+        self.redeploy_lost = redeploy;
+        self
+    }
+
+    fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
+        self.seen.lock().expect("seen lock")
+    }
+
+    /// Whether this deployer reconciles host `name`.
+    fn holds(&self, name: &str) -> bool {
+        self.leases.is_none() || self.seen().mine.contains(name)
     }
 
     fn meta() -> CommandMeta {
@@ -157,13 +211,20 @@ impl SshFleet {
                     )
                     .await;
                 match pinned {
-                    Ok(_) => tracing::info!(host = name, key = seen, "host key pinned"),
+                    Ok(_) => {
+                        tracing::info!(host = name, key = seen, "host key pinned");
+                        seen
+                    }
+                    // Another connection pinned first (maybe another of the host's keys): that
+                    // pin stands, and the connection checks it.
                     Err(CommandError::Rejected(HostError::HostKeyMismatch { .. })) => {
-                        return Err(failed(SshError::HostKeyMismatch(name.to_owned())));
+                        let (host, _) = self.commands.hosts.load(name).await.map_err(failed)?;
+                        host.host_key.ok_or_else(|| {
+                            ProvisionError(format!("host {name}: the pinned key vanished"))
+                        })?
                     }
                     Err(err) => return Err(ProvisionError(format!("pinning the host key: {err}"))),
                 }
-                seen
             }
         };
         Session::prepare(&self.dir, name, spec, &private_key, &host_key).map_err(failed)
@@ -308,9 +369,10 @@ impl SshFleet {
                 _ => {}
             }
         }
-        let start =
-            u16::from_le_bytes([spec.agent_id.0.as_bytes()[0], spec.agent_id.0.as_bytes()[1]])
-                % PORTS;
+        // From the id's last bytes (random in both v4 and v7 ids: agents created together do
+        // not all try the same port first).
+        let bytes = spec.agent_id.0.as_bytes();
+        let start = u16::from_le_bytes([bytes[14], bytes[15]]) % PORTS;
         (0..PORTS)
             .map(|i| FIRST_PORT + (start + i) % PORTS)
             .find(|port| !used.contains(port))
@@ -388,6 +450,25 @@ impl SshFleet {
         )
     }
 
+    /// Removes an agent's directory and user from a host it is not placed on.
+    async fn remove_orphan(&self, name: &str, host: &Host, agent_id: AgentId) {
+        let removed = match self.session(name, host).await {
+            Ok(session) => session
+                .run("removing a stale agent", &scripts::destroy(agent_id), b"")
+                .await
+                .map_err(failed),
+            Err(err) => Err(err),
+        };
+        match removed {
+            Ok(_) => {
+                tracing::info!(%agent_id, host = name, "stale agent removed from a host it is not placed on")
+            }
+            Err(err) => {
+                tracing::warn!(%agent_id, host = name, error = %err, "removing a stale agent failed")
+            }
+        }
+    }
+
     async fn mark(&self, name: &str, up: bool, reason: &str) {
         let marked = self
             .commands
@@ -453,6 +534,15 @@ impl Provisioner for SshFleet {
             .run("stopping the old runtime", &scripts::stop(agent_id), b"")
             .await
             .map_err(failed)?;
+        let lock = self
+            .port_locks
+            .lock()
+            .expect("port locks")
+            .entry(session.name.clone())
+            .or_default()
+            .clone();
+        // Held until the port is written on the host.
+        let _choosing = lock.lock().await;
         let port = self.port(&session, spec).await?;
         let platform_url = host
             .spec
@@ -604,7 +694,10 @@ impl Provisioner for SshFleet {
                 .run("removing the agent", &scripts::destroy(agent_id), b"")
                 .await
                 .map(drop)
-                .map_err(|err| (err.unreachable(), failed(err))),
+                .map_err(|err| {
+                    let away = err.unreachable() || matches!(err, SshError::HostKeyMismatch(_));
+                    (away, failed(err))
+                }),
             Err(err) => Err((false, err)),
         };
         match removed {
@@ -631,25 +724,93 @@ impl Provisioner for SshFleet {
 
     async fn actual(&self) -> Provisioned<Vec<Actual>> {
         let hosts = self.hosts().await?;
+        let placements = hosts
+            .iter()
+            .flat_map(|(name, host)| host.agents.iter().map(|agent| (*agent, name.clone())))
+            .collect();
+        self.seen().placements = placements;
         let listings = futures::future::join_all(
             hosts
                 .iter()
-                .filter(|(_, host)| !host.removed && host.spec.is_some())
-                .map(|(name, host)| async move { (host, self.list_host(name, host).await) }),
+                .filter(|(name, host)| !host.removed && host.spec.is_some() && self.holds(name))
+                .map(|(name, host)| async move { (name, self.list_host(name, host).await) }),
         )
         .await;
         let mut found = Vec::new();
-        for (host, listing) in listings {
-            for (actual, endpoint) in listing.unwrap_or_default() {
-                // A directory left on a host the agent is no longer placed on is not its
-                // runtime.
+        let mut lost = Vec::new();
+        for (name, listing) in listings {
+            // Read again after the listing: an agent placed since the first read has its
+            // directory listed, and is not an orphan.
+            let (host, _) = self.commands.hosts.load(name).await.map_err(failed)?;
+            let Some(listing) = listing else {
+                if host.down {
+                    lost.extend(host.agents.iter().copied());
+                }
+                continue;
+            };
+            for (actual, endpoint) in listing {
                 if host.agents.contains(&actual.agent_id) {
                     self.remember(actual.agent_id, endpoint);
                     found.push(actual);
+                } else {
+                    // Left behind while the host was away and the agent moved or was
+                    // deleted: removed, so it does not run twice.
+                    self.remove_orphan(name, &host, actual.agent_id).await;
                 }
             }
         }
+        self.seen().lost = lost;
         Ok(found)
+    }
+
+    async fn tend(&self) -> bool {
+        let Some(leases) = &self.leases else {
+            return false;
+        };
+        let names: Vec<String> = match self.hosts().await {
+            Ok(hosts) => hosts
+                .into_iter()
+                .filter(|(_, host)| !host.removed)
+                .map(|(name, _)| name)
+                .collect(),
+            Err(err) => {
+                tracing::warn!(error = %err, "reading the hosts failed: leases not tended");
+                return false;
+            }
+        };
+        let held = self.seen().mine.clone();
+        match leases.tend(&names, &held).await {
+            Ok(tended) => {
+                for host in &tended.taken {
+                    tracing::info!("took over host {host} as deployer {}", leases.deployer);
+                }
+                let taken = !tended.taken.is_empty();
+                self.seen().mine = tended.mine;
+                taken
+            }
+            Err(err) => {
+                tracing::warn!(error = err, "tending the host leases failed");
+                false
+            }
+        }
+    }
+
+    fn foreign(&self, agent_id: AgentId) -> bool {
+        if self.leases.is_none() {
+            return false;
+        }
+        let seen = self.seen();
+        seen.placements
+            .get(&agent_id)
+            .is_some_and(|host| !seen.mine.contains(host))
+    }
+
+    fn lost(&self) -> Vec<AgentId> {
+        self.seen().lost.clone()
+    }
+
+    fn redeploys_lost(&self) -> bool {
+        self.redeploy_lost
     }
 
     async fn usage(&self) -> Provisioned<HashMap<AgentId, Usage>> {
