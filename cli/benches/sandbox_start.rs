@@ -6,10 +6,18 @@
 //! platform that is not creating agents faster than it refills), and resume-from-pause
 //! (`ResumeAgent` to the runtime answering again) when the deployer acts on pauses.
 //!
+//! The `ssh` provisioner's row deploys onto a "VM": a container running `sshd` on a Docker
+//! network of the bench's own (the tests' image, `warren-test-sshd`); its first agent uploads the
+//! runtime binary (cold host), the others find it there. There is no warm pool on SSH hosts yet.
+//!
 //! `cargo build --release -p warren-agent && cargo bench -p warren-cli --bench sandbox_start`
 //! (env: `WARREN_BENCH_AGENTS`, default 20). Docker needs root (the sandbox firewall) and builds
 //! the `warren-agent:bench` image first (debootstrap, cached in WARREN_IMAGE_CACHE_DIR, else
 //! ~/.cache/warren).
+
+#[allow(dead_code)]
+#[path = "../tests/ssh_support/mod.rs"]
+mod ssh_support;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -97,7 +105,7 @@ impl Bench {
     }
 
     /// Creates an agent and waits until it runs; how long that took.
-    async fn create(&self) -> (AgentId, Duration) {
+    async fn create(&self, backend: Backend) -> (AgentId, Duration) {
         let agent = AgentId::new();
         let started = Instant::now();
         self.command(
@@ -109,7 +117,7 @@ impl Bench {
                 system_prompt: "Be brief.".into(),
                 model: "bench".into(),
                 runtime: RuntimeKind::Warren,
-                backend: Backend::Docker,
+                backend,
                 deployment_id: Uuid::now_v7(),
             },
         )
@@ -127,6 +135,14 @@ struct Run<'a> {
     pool: Option<(&'a DockerProvisioner, usize)>,
     /// Whether to measure resumes too.
     resumes: bool,
+    /// An SSH host to deploy on (with the `ssh` provisioner, the sandbox being for others).
+    ssh: Option<&'a SshTarget>,
+}
+
+/// A host for the `ssh` row.
+struct SshTarget {
+    address: String,
+    private_key: String,
 }
 
 /// Runs one deployer as `run` says and measures `n` creations (and resumes, if asked and
@@ -137,6 +153,7 @@ async fn measure(run: Run<'_>, data_dir: &Path, n: usize) -> (Vec<Duration>, Vec
         sandbox,
         pool,
         resumes: measure_resumes,
+        ssh,
     } = run;
     let nats = TestNats::start().await;
     let commands = CommandService::start(nats.jetstream().await, &Default::default())
@@ -154,15 +171,23 @@ async fn measure(run: Run<'_>, data_dir: &Path, n: usize) -> (Vec<Duration>, Vec
         warm_pool: pool.map_or(0, |(_, size)| size),
     };
     let warm = settings.warm_spec();
-    let deployer = Deployer::build(
-        commands.clone(),
-        &MASTER_KEY,
-        settings,
-        sandbox.clone(),
-        Vec::new(),
-    )
-    .await
-    .expect("deployer");
+    let (sandbox, fleet, backend) = match ssh {
+        Some(target) => {
+            let fleet = ssh_fleet(&commands, target, data_dir).await;
+            (fleet.clone(), Some(fleet), Backend::Ssh)
+        }
+        None => (sandbox, None, Backend::Process),
+    };
+    let local: Arc<dyn Provisioner> = match &fleet {
+        Some(_) => Arc::new(ProcessProvisioner::new(data_dir, Some(agent_bin()))),
+        None => sandbox.clone(),
+    };
+    let mut deployer = Deployer::build(commands.clone(), &MASTER_KEY, settings, local, Vec::new())
+        .await
+        .expect("deployer");
+    if let Some(fleet) = fleet {
+        deployer = deployer.with_ssh(fleet);
+    }
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(deployer.run(shutdown.clone()));
     let bench = Bench {
@@ -179,7 +204,7 @@ async fn measure(run: Run<'_>, data_dir: &Path, n: usize) -> (Vec<Duration>, Vec
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
-        let (agent, took) = bench.create().await;
+        let (agent, took) = bench.create(backend).await;
         creates.push(took);
         agents.push(agent);
     }
@@ -240,6 +265,49 @@ async fn measure(run: Run<'_>, data_dir: &Path, n: usize) -> (Vec<Duration>, Vec
     (creates, resumes)
 }
 
+/// The `ssh` provisioner over `target`, registered as host `bench`.
+async fn ssh_fleet(
+    commands: &CommandService,
+    target: &SshTarget,
+    data_dir: &Path,
+) -> Arc<dyn Provisioner> {
+    use warren_commands::secrets::HostKeys;
+    use warren_domain::host::{HostCommand, HostSpec};
+    let keys = HostKeys::open(commands.jetstream(), &MASTER_KEY)
+        .await
+        .expect("host keys");
+    keys.put("bench", &target.private_key).await.expect("key");
+    commands
+        .hosts
+        .execute(
+            "bench",
+            HostCommand::RegisterHost {
+                name: "bench".into(),
+                spec: HostSpec {
+                    address: target.address.clone(),
+                    port: 22,
+                    user: "root".into(),
+                    capacity: 1000,
+                    labels: Default::default(),
+                    platform_url: Some("http://127.0.0.1:9".into()),
+                },
+                host_key: None,
+            },
+            &CommandMeta::new(Actor::System("bench".into())),
+        )
+        .await
+        .expect("register the host");
+    Arc::new(
+        warren_workers::deployer::ssh::SshFleet::new(
+            commands.clone(),
+            keys,
+            &data_dir.join("ssh"),
+            &agent_bin(),
+        )
+        .expect("the ssh provisioner"),
+    )
+}
+
 fn row(label: &str, mut samples: Vec<Duration>, target: Option<Duration>) {
     if samples.is_empty() {
         println!("| {label} | 0 | – | – | – | not measured |");
@@ -278,6 +346,7 @@ async fn main() {
             sandbox: process,
             pool: None,
             resumes: true,
+            ssh: None,
         },
         dir.path(),
         n,
@@ -322,6 +391,7 @@ async fn main() {
             sandbox: sandbox.clone(),
             pool: None,
             resumes: true,
+            ssh: None,
         },
         dir.path(),
         n,
@@ -337,6 +407,7 @@ async fn main() {
             sandbox: sandbox.clone(),
             pool: Some((&sandbox, pool_size)),
             resumes: false,
+            ssh: None,
         },
         dir.path(),
         n,
@@ -345,6 +416,32 @@ async fn main() {
     drop(sandbox);
     let _ = engine.remove_network(&network).await;
     docker::network::remove_firewall(&network).await;
+
+    // A "VM" reached over SSH: the first agent uploads the runtime, the others find it.
+    ssh_support::ensure_image().await;
+    let keys = tempfile::tempdir().expect("tempdir");
+    let (private_key, public_key) = ssh_support::key_pair(keys.path());
+    let lab = ssh_support::Lab::new(&public_key);
+    let (vm, address) = lab.start_vm(0);
+    lab.host_key(&vm).await;
+    let target = SshTarget {
+        address,
+        private_key,
+    };
+    let (mut ssh_creates, ssh_resumes) = measure(
+        Run {
+            label: "ssh",
+            sandbox: Arc::new(ProcessProvisioner::new(dir.path(), Some(agent_bin()))),
+            pool: None,
+            resumes: true,
+            ssh: Some(&target),
+        },
+        dir.path(),
+        n,
+    )
+    .await;
+    let ssh_first = ssh_creates.remove(0);
+    drop(lab);
 
     println!("\nCreate-to-running and resume latency, {n} agents each, one at a time:\n");
     println!("| sandbox | agents | p50 ms | p99 ms | max ms | target |");
@@ -356,10 +453,18 @@ async fn main() {
         warm_creates,
         Some(WARM_POOL_P50),
     );
+    row(
+        "ssh, first agent on a host (uploads the runtime)",
+        vec![ssh_first],
+        None,
+    );
+    row("ssh, create", ssh_creates, None);
+    println!("| ssh warm pool, create | – | – | – | – | not built yet |");
     row("process, resume from pause", process_resumes, None);
     row(
         "docker, resume from pause",
         docker_resumes,
         Some(RESUME_P50),
     );
+    row("ssh, resume from pause", ssh_resumes, None);
 }

@@ -563,7 +563,7 @@ impl Provisioner for SshFleet {
             ("PATH", "/usr/local/bin:/usr/bin:/bin"),
             ("HOME", home.as_str()),
             ("USER", user.as_str()),
-            ("WARREN_BIN", binary.as_str()),
+            ("RUNTIME_BINARY", binary.as_str()),
             ("WARREN_AGENT_ADDR", addr.as_str()),
             ("WARREN_AGENT_TOKEN_FILE", token.as_str()),
             ("WARREN_AGENT_WORKSPACE", workspace.as_str()),

@@ -119,7 +119,7 @@ while :; do
     . "$d/env.sh"
     set +a
     cd "$WARREN_AGENT_WORKSPACE"
-    exec setpriv --reuid="$USER" --regid="$USER" --init-groups -- "$WARREN_BIN"
+    exec setpriv --reuid="$USER" --regid="$USER" --init-groups -- "$RUNTIME_BINARY"
   ) >> "$d/agent.log" 2>&1 &
   child=$!
   wait "$child"
