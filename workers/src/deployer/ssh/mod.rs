@@ -779,6 +779,10 @@ impl Provisioner for SshFleet {
             }
         };
         let held = self.seen().mine.clone();
+        if names.is_empty() && held.is_empty() {
+            // No host registered: nothing to share, and no presence written every few seconds.
+            return false;
+        }
         match leases.tend(&names, &held).await {
             Ok(tended) => {
                 for host in &tended.taken {
