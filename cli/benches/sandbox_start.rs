@@ -15,7 +15,6 @@
 //! the `warren-agent:bench` image first (debootstrap, cached in WARREN_IMAGE_CACHE_DIR, else
 //! ~/.cache/warren).
 
-#[allow(dead_code)]
 #[path = "../tests/ssh_support/mod.rs"]
 mod ssh_support;
 
