@@ -433,7 +433,8 @@ async fn a_body_field_the_api_does_not_know_or_of_the_wrong_type_is_a_422_naming
     let platform = Platform::start(&[("WARREN_APPROVAL", "open")]).await;
     let me = platform.sign_in("typed@example.com").await;
     for (body, field) in [
-        (json!({"name": "x", "backend": "ssh"}), "backend"),
+        (json!({"name": "x", "sandbox": "ssh"}), "sandbox"),
+        (json!({"name": "x", "backend": "vm"}), "backend"),
         (json!({"name": 5}), "name"),
         (json!({"system_prompt": "no name"}), "name"),
     ] {

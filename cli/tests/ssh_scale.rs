@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use warren_commands::CommandMeta;
 use warren_commands::secrets::HostKeys;
 use warren_domain::Actor;
-use warren_domain::agent::{AgentCommand, AgentStatus, Backend, RuntimeKind};
+use warren_domain::agent::{AgentCommand, AgentStatus, Backend};
 use warren_domain::host::{Host, HostCommand, HostSpec};
 use warren_domain::ids::{AgentId, UserId};
 
@@ -58,30 +58,6 @@ async fn register(platform: &Platform, name: &str, address: &str, capacity: u32,
         )
         .await
         .expect("register");
-}
-
-async fn create_ssh_agent(platform: &Platform, owner: UserId) -> AgentId {
-    let agent = AgentId::new();
-    platform
-        .commands
-        .agents
-        .execute(
-            &agent.to_string(),
-            AgentCommand::CreateAgent {
-                agent_id: agent,
-                owner_id: owner,
-                name: "remote".into(),
-                system_prompt: String::new(),
-                model: "test-model".into(),
-                runtime: RuntimeKind::Warren,
-                backend: Backend::Ssh,
-                deployment_id: uuid::Uuid::now_v7(),
-            },
-            &CommandMeta::new(Actor::User(owner)),
-        )
-        .await
-        .expect("create agent");
-    agent
 }
 
 /// Supervisor pids of every agent on container `vm`, by agent.
@@ -144,7 +120,7 @@ async fn two_deployers_share_two_hosts_hand_them_over_and_move_a_down_hosts_agen
     let owner = UserId::new();
     let mut agents = Vec::new();
     for _ in 0..10 {
-        agents.push(create_ssh_agent(&platform, owner).await);
+        agents.push(platform.create_agent_for(owner, Backend::Ssh).await);
     }
     warren_testkit::wait_for(WAIT, || async {
         for agent in &agents {

@@ -20,7 +20,7 @@ use std::collections::BTreeSet;
 use utoipa::ToSchema;
 use warren_commands::CommandMeta;
 use warren_domain::Actor;
-use warren_domain::host::{Host, HostCommand, HostSpec, valid_name};
+use warren_domain::host::{Host, HostCommand, HostSpec, valid_host_key, valid_name};
 
 /// The longest private key accepted, bytes.
 const MAX_PRIVATE_KEY: usize = 16 * 1024;
@@ -174,6 +174,16 @@ pub(crate) async fn register(
         platform_url: body.platform_url,
     };
     // Checked before the key is stored, so a refused registration leaves no secret behind.
+    if body
+        .host_key
+        .as_deref()
+        .is_some_and(|key| !valid_host_key(key))
+    {
+        return Err(ApiError::invalid_field(
+            "host_key",
+            "must be one SSH public key, '<type> <base64>'",
+        ));
+    }
     spec.validate().map_err(|err| match err {
         warren_domain::host::HostError::InvalidInput { field, reason } => {
             ApiError::invalid_field(field, reason)

@@ -87,8 +87,13 @@ impl Platform {
     }
 
     pub async fn create_agent(&self) -> (AgentId, UserId) {
-        let agent = AgentId::new();
         let owner = UserId::new();
+        (self.create_agent_for(owner, Backend::Process).await, owner)
+    }
+
+    /// An agent of `owner` on `backend` (its first deployment requested).
+    pub async fn create_agent_for(&self, owner: UserId, backend: Backend) -> AgentId {
+        let agent = AgentId::new();
         self.commands
             .agents
             .execute(
@@ -100,14 +105,14 @@ impl Platform {
                     system_prompt: "You are helpful.".into(),
                     model: "test-model".into(),
                     runtime: RuntimeKind::Warren,
-                    backend: Backend::Process,
+                    backend,
                     deployment_id: uuid::Uuid::now_v7(),
                 },
                 &CommandMeta::new(Actor::User(owner)),
             )
             .await
             .expect("create agent");
-        (agent, owner)
+        agent
     }
 
     pub async fn command(&self, agent: AgentId, owner: UserId, command: AgentCommand) {

@@ -27,10 +27,7 @@ pub enum TokenError {
 
 /// Seals and opens agent tokens. Cheap to clone.
 #[derive(Clone)]
-pub struct AgentTokens {
-    cipher: Aes256Gcm,
-    kv: kv::Store,
-}
+pub struct AgentTokens(SealedKv);
 
 /// The KV key of an agent's token.
 pub fn token_entry(agent_id: AgentId) -> String {
@@ -40,6 +37,39 @@ pub fn token_entry(agent_id: AgentId) -> String {
 impl AgentTokens {
     /// Opens the `secrets` bucket (created by the command service's topology).
     pub async fn open(js: &jetstream::Context, master_key: &[u8]) -> Result<Self, TokenError> {
+        SealedKv::open(js, master_key).await.map(Self)
+    }
+
+    /// Stores `token` as the agent's token.
+    pub async fn put(&self, agent_id: AgentId, token: &str) -> Result<(), TokenError> {
+        self.0.put(&token_entry(agent_id), token).await
+    }
+
+    /// The agent's token, if one was stored.
+    pub async fn get(&self, agent_id: AgentId) -> Result<Option<String>, TokenError> {
+        self.0.get(&token_entry(agent_id)).await
+    }
+
+    /// Forgets the agent's token (a deleted agent).
+    pub async fn purge(&self, agent_id: AgentId) -> Result<(), TokenError> {
+        self.0.purge(&token_entry(agent_id)).await
+    }
+}
+
+/// Texts sealed in the `secrets` bucket, each bound to its key name: what [`AgentTokens`] and
+/// [`super::HostKeys`] keep. Cheap to clone.
+#[derive(Clone)]
+pub(super) struct SealedKv {
+    cipher: Aes256Gcm,
+    kv: kv::Store,
+}
+
+impl SealedKv {
+    /// Opens the `secrets` bucket (created by the command service's topology).
+    pub(super) async fn open(
+        js: &jetstream::Context,
+        master_key: &[u8],
+    ) -> Result<Self, TokenError> {
         let cipher = Aes256Gcm::new_from_slice(master_key).map_err(|_| TokenError::BadMasterKey)?;
         let kv = js
             .get_key_value(KV_SECRETS)
@@ -48,40 +78,38 @@ impl AgentTokens {
         Ok(Self { cipher, kv })
     }
 
-    /// Stores `token` as the agent's token.
-    pub async fn put(&self, agent_id: AgentId, token: &str) -> Result<(), TokenError> {
-        let key = token_entry(agent_id);
-        let sealed = seal(&self.cipher, key.as_bytes(), token.as_bytes())
-            .ok_or_else(|| TokenError::Crypto(key.clone()))?;
+    /// Stores `plain` sealed under `key`.
+    pub(super) async fn put(&self, key: &str, plain: &str) -> Result<(), TokenError> {
+        let sealed = seal(&self.cipher, key.as_bytes(), plain.as_bytes())
+            .ok_or_else(|| TokenError::Crypto(key.to_owned()))?;
         self.kv
-            .put(&key, sealed.into())
+            .put(key, sealed.into())
             .await
             .map_err(|err| TokenError::Kv(err.to_string()))?;
         Ok(())
     }
 
-    /// The agent's token, if one was stored.
-    pub async fn get(&self, agent_id: AgentId) -> Result<Option<String>, TokenError> {
-        let key = token_entry(agent_id);
+    /// The text under `key`, if one was stored.
+    pub(super) async fn get(&self, key: &str) -> Result<Option<String>, TokenError> {
         let Some(sealed) = self
             .kv
-            .get(&key)
+            .get(key)
             .await
             .map_err(|err| TokenError::Kv(err.to_string()))?
         else {
             return Ok(None);
         };
-        let plain =
-            open(&self.cipher, key.as_bytes(), &sealed).ok_or(TokenError::Crypto(key.clone()))?;
+        let plain = open(&self.cipher, key.as_bytes(), &sealed)
+            .ok_or_else(|| TokenError::Crypto(key.to_owned()))?;
         String::from_utf8(plain)
             .map(Some)
-            .map_err(|_| TokenError::Crypto(key))
+            .map_err(|_| TokenError::Crypto(key.to_owned()))
     }
 
-    /// Forgets the agent's token (a deleted agent).
-    pub async fn purge(&self, agent_id: AgentId) -> Result<(), TokenError> {
+    /// Destroys the text under `key`.
+    pub(super) async fn purge(&self, key: &str) -> Result<(), TokenError> {
         self.kv
-            .purge(token_entry(agent_id))
+            .purge(key)
             .await
             .map_err(|err| TokenError::Kv(err.to_string()))
     }
