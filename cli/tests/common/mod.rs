@@ -132,6 +132,17 @@ pub fn kill_agents(agents: &Path) {
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
+    // Drawn outside the kernel's ephemeral range (32768–60999), which `bind(0)` and outgoing
+    // connections take from: a port probed free there could be handed to another process
+    // before the test's server binds it ("Address already in use").
+    for _ in 0..500 {
+        let bytes = uuid::Uuid::new_v4();
+        let random = u16::from_le_bytes([bytes.as_bytes()[0], bytes.as_bytes()[1]]);
+        let port = 15_000 + random % 17_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     warren_deploy::free_port().expect("free port")
 }
 
