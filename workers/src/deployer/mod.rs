@@ -904,6 +904,21 @@ impl Deployer {
         self.record_usage().await;
     }
 
+    /// Whether a runtime that should be up answers `/health`: asked up to three times, half a
+    /// second apart, so one slow answer (a busy host, a takeover's burst of checks) does not
+    /// restart a healthy agent.
+    async fn answers(&self, provisioner: &dyn Provisioner, agent_id: AgentId) -> bool {
+        for attempt in 0..3 {
+            if provisioner.healthy(agent_id).await {
+                return true;
+            }
+            if attempt < 2 {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+        false
+    }
+
     /// Agents whose runtime went with its machine (a host that is down): a running one is
     /// reported failed, and deployed elsewhere when the provisioner says so. Returns them.
     async fn handle_lost(&self) -> BTreeSet<AgentId> {
@@ -981,7 +996,9 @@ impl Deployer {
                             tracing::warn!(%agent_id, "the agent's runtime was killed for memory: restarting it");
                         }
                         let up = match runtime.state {
-                            ActualState::Running => provisioner.healthy(agent_id).await,
+                            ActualState::Running => {
+                                self.answers(provisioner.as_ref(), agent_id).await
+                            }
                             ActualState::Paused => {
                                 // The log does not say paused: thaw it.
                                 if let Err(err) = provisioner.resume(agent_id).await {
