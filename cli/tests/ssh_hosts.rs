@@ -121,6 +121,28 @@ impl Remote {
             .body
     }
 
+    /// Waits for `want` through whatever the agent passes on the way (a failure included).
+    async fn wait_settled(&self, agent: &str, want: &str) -> Value {
+        let deadline = std::time::Instant::now() + WAIT;
+        let last = std::cell::RefCell::new(Value::Null);
+        let settled = tokio::time::timeout_at(
+            deadline.into(),
+            warren_testkit::wait_for(WAIT * 2, || async {
+                let status = self.status(agent).await;
+                last.replace(status.clone());
+                (status["status"] == want).then_some(status)
+            }),
+        )
+        .await;
+        settled.unwrap_or_else(|_| {
+            panic!(
+                "the agent is not {want}: {}\n{}",
+                last.borrow(),
+                self.chat.platform.warren.log_text()
+            )
+        })
+    }
+
     async fn wait_status(&self, agent: &str, want: &str) -> Value {
         warren_testkit::wait_for(WAIT, || async {
             let status = self.status(agent).await;
@@ -254,8 +276,28 @@ async fn an_agent_on_an_ssh_host_deploys_chats_and_follows_its_lifecycle() {
     // the endpoint the log knows.
     ssh_support::docker(&["restart", &vm]);
     warren_testkit::wait_for(WAIT, || async { answers(&endpoint).await.then_some(()) }).await;
+    remote.wait_settled(&agent, "running").await;
     let output = remote.shell(&agent, "echo back").await;
     assert!(output.contains("back"), "{output}");
+
+    // (5b) A host that is away long enough to be seen: it is marked down and its agent
+    // failed; when it answers again the agent is deployed there again, on the same endpoint.
+    ssh_support::docker(&["stop", &vm]);
+    let failed = remote.wait_status(&agent, "failed").await;
+    assert!(!failed.to_string().contains("PRIVATE"), "{failed}");
+    warren_testkit::wait_for(WAIT, || async {
+        (remote.hosts().await[0]["state"] == "down").then_some(())
+    })
+    .await;
+    ssh_support::docker(&["start", &vm]);
+    warren_testkit::wait_for(WAIT, || async {
+        (remote.hosts().await[0]["state"] == "up").then_some(())
+    })
+    .await;
+    remote.wait_settled(&agent, "running").await;
+    warren_testkit::wait_for(WAIT, || async { answers(&endpoint).await.then_some(()) }).await;
+    let output = remote.shell(&agent, "echo again").await;
+    assert!(output.contains("again"), "{output}");
 
     // (6) Deleting the agent removes its user and files from the host and frees its place.
     let deleted = remote

@@ -161,6 +161,10 @@ impl Leases {
         let now = now_ms();
         while let Some(key) = keys.next().await {
             let key = key.map_err(lease_error)?;
+            // The bucket holds other leases too (deployers' hosts): only runs are read here.
+            if !key.starts_with("run.") {
+                continue;
+            }
             let Some(entry) = self.kv.entry(key).await.map_err(lease_error)? else {
                 continue;
             };

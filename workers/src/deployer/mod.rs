@@ -202,6 +202,8 @@ pub struct Deployer {
     /// deployed under an earlier setting is still found, stopped and removed.
     provisioners: Vec<Arc<dyn Provisioner>>,
     locks: locks::AgentLocks,
+    /// One reconciliation pass at a time (the periodic one and one after a takeover).
+    reconciling: tokio::sync::Mutex<()>,
     /// When each agent was last used (the idle pause's clock).
     activity: Activity,
     /// What each sandbox uses, for the agents' status.
@@ -243,6 +245,7 @@ impl Deployer {
             ssh: None,
             provisioners,
             locks: locks::AgentLocks::default(),
+            reconciling: tokio::sync::Mutex::new(()),
             activity,
             stats,
             cpu: usage::CpuMeter::default(),
@@ -856,6 +859,7 @@ impl Deployer {
 
     /// One reconciliation pass: the agents the log knows against every provisioner's runtimes.
     pub async fn reconcile(&self) {
+        let _pass = self.reconciling.lock().await;
         let mut actual: BTreeMap<AgentId, (Arc<dyn Provisioner>, Actual)> = BTreeMap::new();
         for provisioner in &self.provisioners {
             match provisioner.actual().await {
@@ -882,7 +886,8 @@ impl Deployer {
                 return;
             }
         };
-        let lost = self.handle_lost().await;
+        let mut lost = self.handle_lost().await;
+        lost.extend(self.handle_returned().await);
         let ids: BTreeSet<AgentId> = known.into_iter().chain(actual.keys().copied()).collect();
         for agent_id in ids {
             // Another deployer's (its host's lease), or handled above.
@@ -960,6 +965,35 @@ impl Deployer {
                 .await;
                 if let Err(Outcome::Retry(reason)) = outcome {
                     tracing::warn!(%agent_id, reason, "handling a lost agent failed");
+                }
+            }
+        }
+        handled
+    }
+
+    /// Agents whose host answers again after it was down: the ones failed with it (and not
+    /// moved elsewhere) are deployed on it again. Returns them.
+    async fn handle_returned(&self) -> BTreeSet<AgentId> {
+        let mut handled = BTreeSet::new();
+        for provisioner in &self.provisioners {
+            for agent_id in provisioner.returned() {
+                let _guard = self.locks.lock(agent_id).await;
+                let outcome = async {
+                    if self.load(agent_id).await?.status != AgentStatus::Failed {
+                        return Ok(());
+                    }
+                    handled.insert(agent_id);
+                    let command = AgentCommand::RepairAgent {
+                        deployment_id: Uuid::now_v7(),
+                    };
+                    if self.execute(agent_id, command).await? {
+                        tracing::info!(%agent_id, "the agent's host answers again: deploying it there again");
+                    }
+                    Ok::<(), Outcome>(())
+                }
+                .await;
+                if let Err(Outcome::Retry(reason)) = outcome {
+                    tracing::warn!(%agent_id, reason, "handling a returned agent failed");
                 }
             }
         }

@@ -197,6 +197,13 @@ pub trait Provisioner: Send + Sync {
         false
     }
 
+    /// Agents whose machine answers again after it was down, seen by any
+    /// [`Provisioner::actual`] since the last call (each is handed out once): those failed
+    /// with it are deployed there again.
+    fn returned(&self) -> Vec<AgentId> {
+        Vec::new()
+    }
+
     /// The agents whose sandbox had a process killed for its memory limit, as it happens;
     /// `None` when this provisioner cannot tell. The stream ends with its connection (the
     /// deployer asks again).

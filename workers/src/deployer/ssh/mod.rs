@@ -101,6 +101,9 @@ struct Seen {
     placements: HashMap<AgentId, String>,
     /// Agents placed on hosts (this deployer's) that are down.
     lost: Vec<AgentId>,
+    /// Agents placed on hosts that were down and answer again, until the deployer takes them
+    /// (gathered by every listing: whichever call saw the host come back).
+    returned: std::collections::BTreeSet<AgentId>,
 }
 
 fn failed(err: impl std::fmt::Display) -> ProvisionError {
@@ -729,16 +732,20 @@ impl Provisioner for SshFleet {
             .flat_map(|(name, host)| host.agents.iter().map(|agent| (*agent, name.clone())))
             .collect();
         self.seen().placements = placements;
-        let listings = futures::future::join_all(
-            hosts
-                .iter()
-                .filter(|(name, host)| !host.removed && host.spec.is_some() && self.holds(name))
-                .map(|(name, host)| async move { (name, self.list_host(name, host).await) }),
-        )
-        .await;
+        let listings =
+            futures::future::join_all(
+                hosts
+                    .iter()
+                    .filter(|(name, host)| !host.removed && host.spec.is_some() && self.holds(name))
+                    .map(|(name, host)| async move {
+                        (name, host.down, self.list_host(name, host).await)
+                    }),
+            )
+            .await;
         let mut found = Vec::new();
         let mut lost = Vec::new();
-        for (name, listing) in listings {
+        let mut returned = std::collections::BTreeSet::new();
+        for (name, was_down, listing) in listings {
             // Read again after the listing: an agent placed since the first read has its
             // directory listed, and is not an orphan.
             let (host, _) = self.commands.hosts.load(name).await.map_err(failed)?;
@@ -748,6 +755,9 @@ impl Provisioner for SshFleet {
                 }
                 continue;
             };
+            if was_down {
+                returned.extend(host.agents.iter().copied());
+            }
             for (actual, endpoint) in listing {
                 if host.agents.contains(&actual.agent_id) {
                     self.remember(actual.agent_id, endpoint);
@@ -759,7 +769,9 @@ impl Provisioner for SshFleet {
                 }
             }
         }
-        self.seen().lost = lost;
+        let mut seen = self.seen();
+        seen.lost = lost;
+        seen.returned.extend(returned);
         Ok(found)
     }
 
@@ -815,6 +827,12 @@ impl Provisioner for SshFleet {
 
     fn redeploys_lost(&self) -> bool {
         self.redeploy_lost
+    }
+
+    fn returned(&self) -> Vec<AgentId> {
+        std::mem::take(&mut self.seen().returned)
+            .into_iter()
+            .collect()
     }
 
     async fn usage(&self) -> Provisioned<HashMap<AgentId, Usage>> {
