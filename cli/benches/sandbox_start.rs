@@ -117,6 +117,7 @@ impl Bench {
                 model: "bench".into(),
                 runtime: RuntimeKind::Warren,
                 backend,
+                host: None,
                 deployment_id: Uuid::now_v7(),
             },
         )

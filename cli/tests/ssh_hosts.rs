@@ -110,6 +110,82 @@ impl Remote {
         created.body["id"].as_str().expect("agent id").to_owned()
     }
 
+    /// Step (2b) of the lifecycle test, with one agent already on the host (capacity 2).
+    async fn admin_chooses_hosts(&self) {
+        let platform = &self.chat.platform;
+        let create = |token: &str, body: Value| {
+            let token = token.to_owned();
+            async move { platform.post("/api/v1/agents", Some(&token), body).await }
+        };
+        let refused = create(
+            &self.chat.user.access,
+            json!({"name": "Mine", "host": "vm-0"}),
+        )
+        .await;
+        assert_eq!(refused.status, 403, "{refused:?}");
+        let invalid = create(
+            &self.admin.access,
+            json!({"name": "Boxed", "backend": "docker", "host": "vm-0"}),
+        )
+        .await;
+        assert_eq!(invalid.status, 422, "{invalid:?}");
+        assert!(invalid.body.to_string().contains("host"), "{invalid:?}");
+
+        let admin_status = |agent: String| async move {
+            platform
+                .get(
+                    &format!("/api/v1/agents/{agent}/status"),
+                    Some(&self.admin.access),
+                )
+                .await
+                .body
+        };
+        let pinned = create(
+            &self.admin.access,
+            json!({"name": "Pinned", "host": "test"}),
+        )
+        .await;
+        assert_eq!(pinned.status, 201, "{pinned:?}");
+        let pinned = pinned.body["id"].as_str().expect("agent id").to_owned();
+        warren_testkit::wait_for(WAIT, || async {
+            let status = admin_status(pinned.clone()).await;
+            assert_ne!(status["status"], "failed", "{status}");
+            (status["status"] == "running").then_some(())
+        })
+        .await;
+        assert_eq!(self.hosts().await[0]["agents"], 2);
+
+        let nowhere = create(
+            &self.admin.access,
+            json!({"name": "Nowhere", "host": "gpu"}),
+        )
+        .await;
+        assert_eq!(nowhere.status, 201, "{nowhere:?}");
+        let nowhere = nowhere.body["id"].as_str().expect("agent id").to_owned();
+        let failed = warren_testkit::wait_for(WAIT, || async {
+            let status = admin_status(nowhere.clone()).await;
+            (status["status"] == "failed").then_some(status)
+        })
+        .await;
+        assert!(
+            failed["last_error"]
+                .as_str()
+                .is_some_and(|error| error.contains("no SSH host named or labelled gpu")),
+            "{failed}"
+        );
+
+        for agent in [pinned, nowhere] {
+            let deleted = platform
+                .delete(&format!("/api/v1/agents/{agent}"), Some(&self.admin.access))
+                .await;
+            assert!(deleted.status < 300, "{deleted:?}");
+        }
+        warren_testkit::wait_for(WAIT, || async {
+            (self.hosts().await[0]["agents"] == 1).then_some(())
+        })
+        .await;
+    }
+
     async fn status(&self, agent: &str) -> Value {
         self.chat
             .platform
@@ -249,6 +325,11 @@ async fn an_agent_on_an_ssh_host_deploys_chats_and_follows_its_lifecycle() {
         hosts[0]["host_key"], presented,
         "the key the host presented is pinned"
     );
+
+    // (2b) Choosing the host is an admin's: a user's choice is refused and a sandbox agent
+    // cannot have one; an admin's agent goes where its label says, and a label no host has
+    // fails the deployment, saying so.
+    remote.admin_chooses_hosts().await;
 
     // (3) A chat whose tool call runs on the host, as the agent's own user, not root, and
     // with no provider key in its environment.

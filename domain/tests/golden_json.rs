@@ -109,6 +109,7 @@ fn agent_created_is_stored_as_pinned() {
         model: "qwen3-coder-next".into(),
         runtime: RuntimeKind::BaalAgent,
         backend: Backend::Ssh,
+        host: None,
     };
     assert_golden(
         &envelope(agent.0, Actor::User(owner), event),

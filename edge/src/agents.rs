@@ -64,6 +64,10 @@ pub struct NewAgent {
     /// sandbox (`process` or `docker`, whichever the platform runs; the default).
     #[schema(schema_with = crate::openapi::backend_schema)]
     pub backend: Option<Backend>,
+    /// Admins only: the SSH host to place it on, by name or label (any host with room that
+    /// matches). Implies `backend: ssh`.
+    #[schema(example = "gpu")]
+    pub host: Option<String>,
 }
 
 /// `PATCH /agents/{id}`: fields left out are kept. A prompt or model change redeploys.
@@ -203,7 +207,12 @@ pub(crate) async fn create(
             system_prompt: request.system_prompt,
             model: request.model,
             runtime: request.runtime.unwrap_or_default(),
-            backend: request.backend.unwrap_or_default(),
+            backend: request.backend.unwrap_or(if request.host.is_some() {
+                Backend::Ssh
+            } else {
+                Backend::default()
+            }),
+            host: request.host,
         },
         key.command_id(caller.id),
     )

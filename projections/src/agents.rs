@@ -46,7 +46,7 @@ impl Projection for Agents {
         let seq = seq as i64;
         let event_id = envelope.id.0;
         match &envelope.event {
-            AgentEvent::AgentCreated { agent_id, owner_id, name, system_prompt, model, runtime, backend } => {
+            AgentEvent::AgentCreated { agent_id, owner_id, name, system_prompt, model, runtime, backend, .. } => {
                 sqlx::query(
                     "INSERT INTO agents (id, owner_id, name, system_prompt, model, runtime, backend, status, \
                      created_at, updated_at, last_seq) VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $8, $9) \

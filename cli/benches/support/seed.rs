@@ -53,6 +53,7 @@ pub async fn agent(
         model: "bench".into(),
         runtime: RuntimeKind::default(),
         backend: Backend::default(),
+        host: None,
         deployment_id,
     };
     for command in std::iter::once(create).chain(more) {

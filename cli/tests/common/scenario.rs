@@ -75,6 +75,7 @@ pub async fn user_story(commands: &CommandService, n: usize) {
                 model: "test-model".into(),
                 runtime: RuntimeKind::Warren,
                 backend: Backend::Process,
+                host: None,
                 deployment_id: deployment,
             },
             &meta(&actor),

@@ -106,6 +106,7 @@ impl Platform {
                     model: "test-model".into(),
                     runtime: RuntimeKind::Warren,
                     backend,
+                    host: None,
                     deployment_id: uuid::Uuid::now_v7(),
                 },
                 &CommandMeta::new(Actor::User(owner)),

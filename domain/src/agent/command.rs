@@ -29,6 +29,8 @@ pub enum AgentCommand {
         runtime: RuntimeKind,
         /// Where to provision it.
         backend: Backend,
+        /// The SSH host to place it on, by name or label (an admin's choice; `ssh` only).
+        host: Option<String>,
         /// Id of the first deployment attempt.
         deployment_id: Uuid,
     },

@@ -36,6 +36,9 @@ pub enum AgentEvent {
         runtime: RuntimeKind,
         /// Where it is provisioned.
         backend: Backend,
+        /// The SSH host it is placed on, by name or label (absent: any host with room).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        host: Option<String>,
     },
     /// Configuration changed; carries the whole resulting configuration.
     AgentConfigUpdated {

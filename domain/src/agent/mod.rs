@@ -71,6 +71,8 @@ pub struct Agent {
     pub runtime: RuntimeKind,
     /// Where it is provisioned.
     pub backend: Backend,
+    /// The SSH host it is placed on, by name or label (absent: any host with room).
+    pub host: Option<String>,
     /// Derived status.
     pub status: AgentStatus,
     /// The attempt in progress, if any.
@@ -99,6 +101,7 @@ impl Agent {
                     model,
                     runtime,
                     backend,
+                    host,
                     deployment_id,
                 } => Ok(vec![
                     AgentEvent::AgentCreated {
@@ -109,6 +112,7 @@ impl Agent {
                         model: valid_model(model)?,
                         runtime: *runtime,
                         backend: *backend,
+                        host: valid_host(host.as_deref(), *backend)?,
                     },
                     AgentEvent::DeploymentRequested {
                         agent_id: *agent_id,
@@ -322,6 +326,7 @@ impl Agent {
                 model,
                 runtime,
                 backend,
+                host,
             } => {
                 *self = Agent {
                     id: Some(*agent_id),
@@ -331,6 +336,7 @@ impl Agent {
                     model: model.clone(),
                     runtime: *runtime,
                     backend: *backend,
+                    host: host.clone(),
                     ..Agent::default()
                 };
             }
@@ -584,6 +590,26 @@ fn valid_name(name: &str) -> Result<String, AgentError> {
     })?;
     text::AGENT_NAME.check(&name)?;
     Ok(name)
+}
+
+/// A host constraint: a host name or label, and only for agents on SSH hosts.
+fn valid_host(host: Option<&str>, backend: Backend) -> Result<Option<String>, AgentError> {
+    let Some(host) = host else {
+        return Ok(None);
+    };
+    if backend != Backend::Ssh {
+        return Err(AgentError::InvalidInput {
+            field: "host",
+            reason: "only agents on SSH hosts (backend ssh) choose a host",
+        });
+    }
+    if !crate::host::valid_name(host) {
+        return Err(AgentError::InvalidInput {
+            field: "host",
+            reason: "must be a host name or label: 1-63 lowercase letters, digits and dashes",
+        });
+    }
+    Ok(Some(host.to_owned()))
 }
 
 fn valid_model(model: &str) -> Result<String, AgentError> {

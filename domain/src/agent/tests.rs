@@ -24,6 +24,7 @@ fn create() -> AgentCommand {
         model: "qwen3-coder-next".into(),
         runtime: RuntimeKind::Warren,
         backend: Backend::Docker,
+        host: None,
         deployment_id: FIRST,
     }
 }
@@ -38,6 +39,7 @@ pub(super) fn created() -> Vec<AgentEvent> {
             model: "qwen3-coder-next".into(),
             runtime: RuntimeKind::Warren,
             backend: Backend::Docker,
+            host: None,
         },
         E::DeploymentRequested {
             agent_id: AGENT,
@@ -123,6 +125,38 @@ fn creating_an_agent_requests_its_first_deployment() {
             completed: None
         })
     );
+}
+
+#[test]
+fn a_host_is_chosen_only_for_ssh_agents_and_by_a_valid_name_or_label() {
+    let with = |backend: Backend, host: &str| {
+        let mut command = create();
+        if let C::CreateAgent {
+            backend: b,
+            host: h,
+            ..
+        } = &mut command
+        {
+            *b = backend;
+            *h = Some(host.into());
+        }
+        command
+    };
+    given([])
+        .when(with(Backend::Docker, "gpu"))
+        .then_invalid("host");
+    given([])
+        .when(with(Backend::Ssh, "GPU box"))
+        .then_invalid("host");
+    let agent = given([]).when(with(Backend::Ssh, "gpu")).then_events({
+        let mut events = created();
+        if let E::AgentCreated { backend, host, .. } = &mut events[0] {
+            *backend = Backend::Ssh;
+            *host = Some("gpu".into());
+        }
+        events
+    });
+    assert_eq!(agent.host.as_deref(), Some("gpu"));
 }
 
 #[test]

@@ -18,6 +18,7 @@ fn create(name: &str, system_prompt: &str, model: &str) -> AgentCommand {
         model: model.into(),
         runtime: RuntimeKind::Warren,
         backend: Backend::Process,
+        host: None,
         deployment_id: FIRST,
     }
 }
@@ -84,6 +85,7 @@ fn a_system_prompt_may_span_lines_but_holds_no_other_control_character() {
                 model: "m".into(),
                 runtime: RuntimeKind::Warren,
                 backend: Backend::Process,
+                host: None,
             },
             E::DeploymentRequested {
                 agent_id: AGENT,

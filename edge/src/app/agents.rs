@@ -17,6 +17,7 @@ use warren_commands::CommandMeta;
 use warren_domain::Actor;
 use warren_domain::agent::{Agent, AgentCommand, AgentStatus, Backend, RuntimeKind};
 use warren_domain::ids::{AgentId, CommandId, UserId};
+use warren_domain::user::Role;
 use warren_projections::capacity::{self, Room};
 
 /// A new agent's configuration.
@@ -32,6 +33,8 @@ pub struct NewAgent {
     pub runtime: RuntimeKind,
     /// Where it runs.
     pub backend: Backend,
+    /// The SSH host, by name or label (admins only).
+    pub host: Option<String>,
 }
 
 /// A configuration change; `None` keeps a field.
@@ -71,6 +74,12 @@ pub async fn create(
     agent: NewAgent,
     command_id: CommandId,
 ) -> Result<AgentId, ApiError> {
+    if agent.host.is_some() && caller.user.role != Role::Admin {
+        return Err(ApiError::forbidden(
+            "forbidden",
+            "only admins choose the host an agent runs on",
+        ));
+    }
     let agent_id = AgentId(Uuid::new_v5(&command_id.0, b"warren/agent-of-create"));
     if let Ok((existing, _)) = load(state, agent_id).await
         && existing.id.is_some()
@@ -94,6 +103,7 @@ pub async fn create(
                 .unwrap_or_else(|| state.settings.defaults.model.clone()),
             runtime: agent.runtime,
             backend: agent.backend,
+            host: agent.host,
             deployment_id: Uuid::now_v7(),
         },
         command_id,

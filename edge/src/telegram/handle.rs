@@ -491,6 +491,7 @@ impl Ctx<'_> {
                     model: None,
                     runtime: RuntimeKind::default(),
                     backend: Backend::default(),
+                    host: None,
                 };
                 agents::create(self.state(), caller, new, self.command_id("first-agent")).await?
             }

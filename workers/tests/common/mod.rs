@@ -36,6 +36,7 @@ pub async fn deployed_agent(
         model: "m".into(),
         runtime,
         backend: Backend::default(),
+        host: None,
         deployment_id,
     }];
     setup.extend(

@@ -259,7 +259,8 @@ impl SshFleet {
         }
     }
 
-    /// Places the agent on the host with the most room, unless it is placed already.
+    /// Places the agent on the host with the most room among those it may go to (the one named,
+    /// or labelled, by the admin who created it; any otherwise), unless it is placed already.
     async fn place(&self, agent_id: AgentId) -> Provisioned<(String, Host)> {
         let hosts = self.hosts().await?;
         if let Some(found) = hosts
@@ -268,8 +269,26 @@ impl SshFleet {
         {
             return Ok(found.clone());
         }
-        let mut candidates: Vec<&(String, Host)> =
-            hosts.iter().filter(|(_, host)| host.has_room()).collect();
+        let (agent, _) = self
+            .commands
+            .agents
+            .load(&agent_id.to_string())
+            .await
+            .map_err(failed)?;
+        let wanted = agent.host.as_deref();
+        let allowed = |name: &str, host: &Host| {
+            wanted.is_none_or(|wanted| {
+                name == wanted
+                    || host
+                        .spec
+                        .as_ref()
+                        .is_some_and(|spec| spec.labels.contains(wanted))
+            })
+        };
+        let mut candidates: Vec<&(String, Host)> = hosts
+            .iter()
+            .filter(|(name, host)| host.has_room() && allowed(name, host))
+            .collect();
         // The least loaded first, by share of capacity, then by name.
         candidates.sort_by(|(a_name, a), (b_name, b)| {
             let share = |host: &Host| {
@@ -297,9 +316,13 @@ impl SshFleet {
                 Err(err) => return Err(ProvisionError(format!("placing the agent: {err}"))),
             }
         }
-        Err(ProvisionError(
-            "no SSH host has room for another agent (register a host or raise a capacity)".into(),
-        ))
+        Err(ProvisionError(match wanted {
+            Some(wanted) => format!(
+                "no SSH host named or labelled {wanted} has room for another agent (register one or raise its capacity)"
+            ),
+            None => "no SSH host has room for another agent (register a host or raise a capacity)"
+                .into(),
+        }))
     }
 
     /// The binary is on the host (uploaded when it is missing or another one).
