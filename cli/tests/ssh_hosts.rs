@@ -485,4 +485,47 @@ async fn a_host_that_presents_another_key_is_refused() {
         .get("/api/v1/admin/hosts", Some(&remote.chat.user.access))
         .await;
     assert_eq!(user.status, 403, "{user:?}");
+
+    // The change was legitimate (a reinstall): an admin forgets the pin, the next contact
+    // pins the new key, the host is up again and the agent it failed with runs on it again.
+    // A user may not, a non-key is invalid, an unknown host is not found.
+    let platform = &remote.chat.platform;
+    let repin = "/api/v1/admin/hosts/vm-1/host-key";
+    let by_user = platform
+        .put(
+            repin,
+            Some(&remote.chat.user.access),
+            json!({"host_key": null}),
+        )
+        .await;
+    assert_eq!(by_user.status, 403, "{by_user:?}");
+    let not_a_key = platform
+        .put(
+            repin,
+            Some(&remote.admin.access),
+            json!({"host_key": "hunter2"}),
+        )
+        .await;
+    assert_eq!(not_a_key.status, 422, "{not_a_key:?}");
+    let unknown = platform
+        .put(
+            "/api/v1/admin/hosts/vm-9/host-key",
+            Some(&remote.admin.access),
+            json!({"host_key": null}),
+        )
+        .await;
+    assert_eq!(unknown.status, 404, "{unknown:?}");
+    let forgotten = platform
+        .put(repin, Some(&remote.admin.access), json!({"host_key": null}))
+        .await;
+    assert_eq!(forgotten.status, 200, "{forgotten:?}");
+    assert!(forgotten.body["host_key"].is_null(), "{forgotten:?}");
+    warren_testkit::wait_for(WAIT, || async {
+        let hosts = remote.hosts().await;
+        (hosts[0]["state"] == "up" && hosts[0]["host_key"] == second_key).then_some(())
+    })
+    .await;
+    remote.wait_settled(&agent, "running").await;
+    let output = remote.shell(&agent, "echo reinstalled").await;
+    assert!(output.contains("reinstalled"), "{output}");
 }

@@ -59,6 +59,12 @@ pub enum HostCommand {
         /// `<type> <base64>`.
         host_key: String,
     },
+    /// Admin: the host's key changed legitimately (a reinstall): pin `host_key`, or with
+    /// `None` forget the pin so the next contact pins what the host presents.
+    RepinHostKey {
+        /// `<type> <base64>`, or `None`.
+        host_key: Option<String>,
+    },
     /// Deployer: `agent_id` runs here (refused when the host is full, down or removed).
     PlaceAgent {
         /// The agent.
@@ -99,6 +105,11 @@ pub enum HostEvent {
         /// `<type> <base64>`.
         host_key: String,
     },
+    /// An admin forgot the host's pinned key: the next contact pins what the host presents.
+    HostKeyForgotten {
+        /// Its name.
+        name: String,
+    },
     /// An agent was placed on the host.
     AgentPlaced {
         /// The host.
@@ -138,6 +149,7 @@ impl HostEvent {
         match self {
             HostEvent::HostRegistered { .. } => "HostRegistered",
             HostEvent::HostKeyPinned { .. } => "HostKeyPinned",
+            HostEvent::HostKeyForgotten { .. } => "HostKeyForgotten",
             HostEvent::AgentPlaced { .. } => "AgentPlaced",
             HostEvent::AgentReleased { .. } => "AgentReleased",
             HostEvent::HostDown { .. } => "HostDown",
@@ -393,6 +405,28 @@ impl Host {
                     }],
                 }
             }
+            C::RepinHostKey {
+                host_key: Some(host_key),
+            } => {
+                if !valid_host_key(host_key) {
+                    return Err(invalid(
+                        "host_key",
+                        "must be one SSH public key, '<type> <base64>'",
+                    ));
+                }
+                if self.host_key.as_ref() == Some(host_key) {
+                    vec![]
+                } else {
+                    vec![HostEvent::HostKeyPinned {
+                        name,
+                        host_key: host_key.clone(),
+                    }]
+                }
+            }
+            C::RepinHostKey { host_key: None } if self.host_key.is_some() => {
+                vec![HostEvent::HostKeyForgotten { name }]
+            }
+            C::RepinHostKey { host_key: None } => vec![],
             C::PlaceAgent { agent_id } => {
                 if self.agents.contains(agent_id) {
                     vec![]
@@ -451,6 +485,7 @@ impl Host {
                 self.spec = Some(spec.clone());
             }
             HostEvent::HostKeyPinned { host_key, .. } => self.host_key = Some(host_key.clone()),
+            HostEvent::HostKeyForgotten { .. } => self.host_key = None,
             HostEvent::AgentPlaced { agent_id, .. } => {
                 self.agents.insert(*agent_id);
             }
@@ -484,6 +519,7 @@ impl HostCommand {
         match self {
             HostCommand::RegisterHost { .. } => "register_host",
             HostCommand::PinHostKey { .. } => "pin_host_key",
+            HostCommand::RepinHostKey { .. } => "repin_host_key",
             HostCommand::PlaceAgent { .. } => "place_agent",
             HostCommand::ReleaseAgent { .. } => "release_agent",
             HostCommand::MarkHost { .. } => "mark_host",
@@ -583,8 +619,41 @@ mod tests {
             .is_empty()
         );
         let other = KEY.replace("IOMq", "IOMr");
-        let err = run(&mut host, HostCommand::PinHostKey { host_key: other }).expect_err("refused");
+        let err = run(
+            &mut host,
+            HostCommand::PinHostKey {
+                host_key: other.clone(),
+            },
+        )
+        .expect_err("refused");
         assert_eq!(err.code(), "host_key_mismatch");
+
+        // An admin re-pins: another key, or none (the next contact pins what it sees).
+        let repin = |host_key: Option<&str>| HostCommand::RepinHostKey {
+            host_key: host_key.map(str::to_owned),
+        };
+        assert_eq!(
+            run(&mut host, repin(Some(&other))).expect("accepted").len(),
+            1
+        );
+        assert_eq!(host.host_key.as_deref(), Some(other.as_str()));
+        assert!(
+            run(&mut host, repin(Some(&other)))
+                .expect("accepted")
+                .is_empty()
+        );
+        let err = run(&mut host, repin(Some("not a key"))).expect_err("refused");
+        assert_eq!(err.code(), "invalid_input");
+        assert_eq!(run(&mut host, repin(None)).expect("accepted").len(), 1);
+        assert_eq!(host.host_key, None);
+        assert!(run(&mut host, repin(None)).expect("accepted").is_empty());
+        run(
+            &mut host,
+            HostCommand::PinHostKey {
+                host_key: KEY.into(),
+            },
+        )
+        .expect("pinned again");
     }
 
     #[test]

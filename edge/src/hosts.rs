@@ -4,7 +4,9 @@
 //! Registering a host seals its SSH private key in the `secrets` bucket first (under
 //! `host-key.<name>`), then records `RegisterHost`; the key is never in the log and never shown
 //! again. A listing reads the hosts from the log: their load (agents placed), capacity, state
-//! and pinned SSH key. Removing a host is refused while agents are placed on it.
+//! and pinned SSH key. A host whose key changed legitimately (a reinstall) is re-pinned by an
+//! admin, to a given key or to the next one seen. Removing a host is refused while agents are
+//! placed on it.
 
 use crate::error::ApiError;
 use crate::extract::{AdminUser, ApiJson, ApiPath};
@@ -31,7 +33,19 @@ pub fn routes() -> ApiRouter {
         .get("/admin/hosts", list)
         .post("/admin/hosts", register)
         .delete("/admin/hosts/{name}", remove)
+        .put("/admin/hosts/{name}/host-key", repin)
 }
+
+/// `PUT /admin/hosts/{name}/host-key`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HostKeyChange {
+    /// The host's new SSH public key (`<type> <base64>`) to pin; `null` or left out: forget
+    /// the pinned one, and the next contact pins what the host presents.
+    pub host_key: Option<String>,
+}
+
+impl TextFields for HostKeyChange {}
 
 /// `POST /admin/hosts`.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -250,4 +264,42 @@ pub(crate) async fn remove(
         .map_err(ApiError::internal)?;
     tracing::info!(admin = %admin.id, host = %name, "host removed");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Re-pin a host's SSH key after a legitimate change (a reinstall): to the key given, or,
+/// with `host_key` null, to the one the host presents at the next contact.
+#[utoipa::path(put, path = "/api/v1/admin/hosts/{name}/host-key", operation_id = "put_admin_hosts_host_key", tag = "admin", security(("bearer" = [])),
+    params(("name" = String, Path, description = "Host name")),
+    request_body = HostKeyChange,
+    responses((status = 200, description = "The host, re-pinned.", body = HostView),
+        resp::BadRequest, resp::Unauthorized, resp::Forbidden, resp::NotFound, resp::Validation, resp::RateLimited))]
+pub(crate) async fn repin(
+    State(state): State<AppState>,
+    admin: AdminUser,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(body): ApiJson<HostKeyChange>,
+) -> Result<Json<HostView>, ApiError> {
+    if !valid_name(&name) {
+        return Err(ApiError::NotFound);
+    }
+    let forgotten = body.host_key.is_none();
+    state
+        .commands
+        .hosts
+        .execute(
+            &name,
+            HostCommand::RepinHostKey {
+                host_key: body.host_key,
+            },
+            &CommandMeta::new(Actor::User(admin.id)),
+        )
+        .await?;
+    tracing::info!(admin = %admin.id, host = %name, forgotten, "host key re-pinned");
+    let (host, _) = state
+        .commands
+        .hosts
+        .load(&name)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(HostView::of(name, &host).ok_or(ApiError::NotFound)?))
 }

@@ -176,6 +176,7 @@ impl Modify for BearerAuth {
         crate::hosts::list,
         crate::hosts::register,
         crate::hosts::remove,
+        crate::hosts::repin,
         crate::agents::list,
         crate::agents::create,
         crate::agents::get,

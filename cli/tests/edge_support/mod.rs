@@ -264,6 +264,10 @@ impl Platform {
         self.call("PATCH", path, token, Some(body)).await
     }
 
+    pub async fn put(&self, path: &str, token: Option<&str>, body: Value) -> Answer {
+        self.call("PUT", path, token, Some(body)).await
+    }
+
     pub async fn delete(&self, path: &str, token: Option<&str>) -> Answer {
         self.call("DELETE", path, token, None).await
     }
