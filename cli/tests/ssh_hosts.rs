@@ -345,6 +345,19 @@ async fn an_agent_on_an_ssh_host_deploys_chats_and_follows_its_lifecycle() {
     );
     assert!(!output.contains("ssh-ed25519"), "{output}");
 
+    // (3b) Its status shows what it uses on the host: memory, CPU, uptime, workspace size.
+    let measured = warren_testkit::wait_for(WAIT, || async {
+        let status = remote.status(&agent).await;
+        (status["memory_bytes"]
+            .as_u64()
+            .is_some_and(|bytes| bytes > 1 << 20)
+            && status["disk_bytes"].as_u64().is_some_and(|bytes| bytes > 0)
+            && status["uptime_secs"].is_u64())
+        .then_some(status)
+    })
+    .await;
+    assert!(measured["uptime_secs"].as_u64() < Some(3600), "{measured}");
+
     // (4) Stop and start act on the host.
     remote.lifecycle(&agent, "stop").await;
     remote.wait_status(&agent, "stopped").await;

@@ -859,6 +859,103 @@ impl Provisioner for SshFleet {
     }
 
     async fn usage(&self) -> Provisioned<HashMap<AgentId, Usage>> {
-        Ok(HashMap::new())
+        let hosts = self.hosts().await?;
+        let measured = futures::future::join_all(
+            hosts
+                .iter()
+                .filter(|(name, host)| {
+                    !host.removed && !host.down && host.spec.is_some() && self.holds(name)
+                })
+                .map(|(name, host)| async move {
+                    let session = self.session(name, host).await.ok()?;
+                    match session.run("measuring the agents", scripts::USAGE, b"").await {
+                        Ok(text) => Some(
+                            usage_of(&text)
+                                .into_iter()
+                                .filter(|(agent_id, _)| host.agents.contains(agent_id))
+                                .collect::<Vec<_>>(),
+                        ),
+                        Err(err) => {
+                            tracing::debug!(host = name, error = %err, "measuring the agents failed");
+                            None
+                        }
+                    }
+                }),
+        )
+        .await;
+        Ok(measured.into_iter().flatten().flatten().collect())
+    }
+}
+
+/// What [`scripts::USAGE`] printed, per agent.
+fn usage_of(text: &str) -> HashMap<AgentId, Usage> {
+    /// `USER_HZ`: Linux fixes it at 100.
+    const TICK_NS: u64 = 10_000_000;
+    let (mut boot, mut page) = (None, 4096u64);
+    let mut found = HashMap::new();
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        match fields.as_slice() {
+            ["btime", secs] => boot = secs.parse::<i64>().ok(),
+            ["page", bytes] => page = bytes.parse().unwrap_or(page),
+            [id, cpu, rss, start, disk] => {
+                let Ok(agent_id) = id.parse::<AgentId>() else {
+                    continue;
+                };
+                let start: Option<u64> = start.parse().ok();
+                let running = start.is_some();
+                found.insert(
+                    agent_id,
+                    Usage {
+                        started_at: start.zip(boot).and_then(|(ticks, boot)| {
+                            chrono::DateTime::from_timestamp_millis(
+                                boot * 1000 + (ticks * 10) as i64,
+                            )
+                        }),
+                        cpu_ns: running
+                            .then(|| cpu.parse::<u64>().ok())
+                            .flatten()
+                            .map(|ticks| ticks * TICK_NS),
+                        memory_bytes: running
+                            .then(|| rss.parse::<u64>().ok())
+                            .flatten()
+                            .map(|pages| pages * page),
+                        disk_bytes: disk.parse().ok(),
+                    },
+                );
+            }
+            _ => {}
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hosts_figures_are_read_per_agent() {
+        let agent = AgentId::new();
+        let stopped = AgentId::new();
+        let text = format!(
+            "btime 1700000000\npage 4096\n{agent} 250 1000 150 8192\n{stopped} 0 0 - -\nnot-an-id 1 2 3 4\n"
+        );
+        let found = usage_of(&text);
+        assert_eq!(found.len(), 2);
+        let running = &found[&agent];
+        assert_eq!(running.cpu_ns, Some(2_500_000_000));
+        assert_eq!(running.memory_bytes, Some(4_096_000));
+        assert_eq!(running.disk_bytes, Some(8192));
+        assert_eq!(
+            running.started_at.map(|at| at.timestamp_millis()),
+            Some(1_700_000_001_500)
+        );
+        let idle = &found[&stopped];
+        assert_eq!(
+            (idle.cpu_ns, idle.memory_bytes, idle.disk_bytes),
+            (None, None, None)
+        );
+        assert_eq!(idle.started_at, None);
     }
 }

@@ -203,6 +203,32 @@ rm -rf "$d"
 "#
 }
 
+/// Prints `btime <boot time, s>` and `page <page size, bytes>`, then a line per agent
+/// directory: `<id> <cpu ticks> <resident pages> <first start, ticks after boot or -> <bytes
+/// on disk or ->`, summed over every process of the agent's user (with the children they
+/// reaped), from `/proc`.
+pub const USAGE: &str = r#"echo "btime $(grep '^btime' /proc/stat | cut -d' ' -f2)"
+echo "page $(getconf PAGESIZE)"
+for d in /var/lib/warren/agents/*/; do
+  [ -d "$d" ] || continue
+  d=${d%/}
+  id=${d##*/}
+  uid=$(stat -c %u "$d/home" 2>/dev/null) || continue
+  cpu=0; rss=0; start=-
+  for p in /proc/[0-9]*; do
+    [ "$(stat -c %u "$p" 2>/dev/null)" = "$uid" ] || continue
+    s=$(cat "$p/stat" 2>/dev/null) || continue
+    set -- ${s##*) }
+    cpu=$((cpu + ${12} + ${13} + ${14} + ${15}))
+    rss=$((rss + ${22}))
+    if [ "$start" = - ] || [ "${20}" -lt "$start" ]; then start=${20}; fi
+  done
+  disk=$(timeout 5 du -s -B1 "$d/home" 2>/dev/null | cut -f1)
+  echo "$id $cpu $rss $start ${disk:--}"
+done
+exit 0
+"#;
+
 /// One line per agent directory on the host: `<id> <running|paused|stopped> <port|->
 /// <fingerprint|->`.
 pub const LIST: &str = r#"for d in /var/lib/warren/agents/*/; do
