@@ -13,7 +13,6 @@ use chat_support::Chat;
 use sandbox_support::{FakeInternet, SandboxNet, ensure_image, inspect};
 use serde_json::{Value, json};
 use std::time::Duration;
-use warren_testkit::model_server::Reply;
 
 /// The agents a test talks to: the first of `chat`, and a second one of the same user.
 struct Escape {
@@ -92,38 +91,9 @@ impl Escape {
         timeout_secs: u64,
         then: Option<&str>,
     ) -> (Value, chat_support::Frame) {
-        self.chat.model.push(Reply::tool_call(
-            "shell",
-            json!({"command": command, "timeout_secs": timeout_secs}),
-        ));
-        if let Some(then) = then {
-            self.chat.model.push(Reply::text(then));
-        }
-        let response = self
-            .chat
-            .platform
-            .http
-            .post(format!("{}/api/v1/chat/{agent}", self.chat.platform.base))
-            .bearer_auth(&self.chat.user.access)
-            .json(&json!({"message": "run it"}))
-            .send()
+        self.chat
+            .run_shell(agent, command, timeout_secs, then)
             .await
-            .expect("chat request");
-        assert_eq!(response.status(), 200, "chat refused");
-        let mut run = chat_support::RunStream::new(response);
-        let result = loop {
-            let frame = run.next().await.expect("a frame");
-            match frame.kind() {
-                "tool_result" => break frame,
-                "error" | "done" => panic!(
-                    "the run ended before its tool result: {:?}\nplatform log:\n{}",
-                    frame.data,
-                    self.chat.platform.warren.log_text()
-                ),
-                _ => {}
-            }
-        };
-        (result.data, run.finish().await)
     }
 
     /// [`Self::run_shell`], for a run that must end `done`; the tool's result frame.

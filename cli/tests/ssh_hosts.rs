@@ -15,7 +15,6 @@ use chat_support::Chat;
 use serde_json::{Value, json};
 use ssh_support::{Lab, ensure_image, exec, key_pair};
 use std::time::Duration;
-use warren_testkit::model_server::Reply;
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -250,38 +249,9 @@ impl Remote {
 
     /// Runs `command` through the agent's shell tool; the tool's output.
     async fn shell(&self, agent: &str, command: &str) -> String {
-        self.chat.model.push(Reply::tool_call(
-            "shell",
-            json!({"command": command, "timeout_secs": 20}),
-        ));
-        self.chat.model.push(Reply::text("done"));
-        let response = self
-            .chat
-            .platform
-            .http
-            .post(format!("{}/api/v1/chat/{agent}", self.chat.platform.base))
-            .bearer_auth(&self.chat.user.access)
-            .json(&json!({"message": "run it"}))
-            .send()
-            .await
-            .expect("chat request");
-        assert_eq!(response.status(), 200, "chat refused");
-        let mut run = chat_support::RunStream::new(response);
-        let result = loop {
-            let frame = run.next().await.expect("a frame");
-            match frame.kind() {
-                "tool_result" => break frame,
-                "error" | "done" => panic!(
-                    "the run ended before its tool result: {:?}\n{}",
-                    frame.data,
-                    self.chat.platform.warren.log_text()
-                ),
-                _ => {}
-            }
-        };
-        let end = run.finish().await;
+        let (result, end) = self.chat.run_shell(agent, command, 20, Some("done")).await;
         assert_eq!(end.kind(), "done", "{:?}", end.data);
-        result.data.to_string()
+        result.to_string()
     }
 }
 

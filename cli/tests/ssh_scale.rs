@@ -77,7 +77,8 @@ async fn lease_holder(platform: &Platform, name: &str) -> Option<String> {
     let kv = platform.js.get_key_value("leases").await.expect("leases");
     let entry = kv.get(format!("host.{name}")).await.ok()??;
     let lease: serde_json::Value = serde_json::from_slice(&entry).ok()?;
-    let fresh = chrono::Utc::now().timestamp_millis() - lease["beat_ms"].as_i64()? < 10_000;
+    let stale_ms = warren_workers::deployer::ssh::lease::STALE.as_millis() as i64;
+    let fresh = chrono::Utc::now().timestamp_millis() - lease["beat_ms"].as_i64()? < stale_ms;
     fresh.then(|| lease["deployer"].as_str().map(str::to_owned))?
 }
 

@@ -174,6 +174,49 @@ impl Chat {
         RunStream::new(response)
     }
 
+    /// A chat with `agent` whose model calls the shell tool with `command` (then answers
+    /// `then`, if given): the tool's result and the run's last frame.
+    pub async fn run_shell(
+        &self,
+        agent: &str,
+        command: &str,
+        timeout_secs: u64,
+        then: Option<&str>,
+    ) -> (Value, Frame) {
+        use warren_testkit::model_server::Reply;
+        self.model.push(Reply::tool_call(
+            "shell",
+            json!({"command": command, "timeout_secs": timeout_secs}),
+        ));
+        if let Some(then) = then {
+            self.model.push(Reply::text(then));
+        }
+        let response = self
+            .platform
+            .http
+            .post(format!("{}/api/v1/chat/{agent}", self.platform.base))
+            .bearer_auth(&self.user.access)
+            .json(&json!({"message": "run it"}))
+            .send()
+            .await
+            .expect("chat request");
+        assert_eq!(response.status(), 200, "chat refused");
+        let mut run = RunStream::new(response);
+        let result = loop {
+            let frame = run.next().await.expect("a frame");
+            match frame.kind() {
+                "tool_result" => break frame,
+                "error" | "done" => panic!(
+                    "the run ended before its tool result: {:?}\nplatform log:\n{}",
+                    frame.data,
+                    self.platform.warren.log_text()
+                ),
+                _ => {}
+            }
+        };
+        (result.data, run.finish().await)
+    }
+
     /// Posts to the chat route and returns the raw response.
     pub async fn post_chat(&self, body: Value) -> reqwest::Response {
         self.platform
