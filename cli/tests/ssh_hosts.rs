@@ -166,11 +166,14 @@ impl Remote {
             (status["status"] == "failed").then_some(status)
         })
         .await;
+        // Owners read a plain sentence; the deployer's log says which host was asked for.
+        assert_eq!(failed["current_step"], "allocating", "{failed}");
         assert!(
-            failed["last_error"]
-                .as_str()
-                .is_some_and(|error| error.contains("no SSH host named or labelled gpu")),
-            "{failed}"
+            platform
+                .warren
+                .log_text()
+                .contains("no SSH host named or labelled gpu has room"),
+            "the deployer says why"
         );
 
         for agent in [pinned, nowhere] {
