@@ -469,7 +469,14 @@ pub async fn deployer(config: &Config, platform: &Platform, dev: bool) -> anyhow
         }
     };
     let ssh = if config.ssh {
-        ssh_fleet(platform, &key, &settings, config.ssh_redeploy).await
+        ssh_fleet(
+            platform,
+            &key,
+            &settings,
+            config.ssh_redeploy,
+            config.docker_settings(),
+        )
+        .await
     } else {
         None
     };
@@ -491,6 +498,7 @@ async fn ssh_fleet(
     key: &[u8],
     settings: &warren_workers::deployer::DeployerSettings,
     redeploy_lost: bool,
+    sandboxes: warren_workers::deployer::docker::DockerSettings,
 ) -> Option<std::sync::Arc<dyn warren_workers::deployer::provisioner::Provisioner>> {
     use warren_workers::deployer::ssh::SshFleet;
     let made = async {
@@ -519,7 +527,8 @@ async fn ssh_fleet(
                     leases,
                     warren_commands::secrets::generate()[..16].to_owned(),
                 )
-                .redeploying_lost(redeploy_lost),
+                .redeploying_lost(redeploy_lost)
+                .with_limits(sandboxes.limits, sandboxes.tier_limits),
         )
     }
     .await;

@@ -40,6 +40,8 @@ impl Remote {
             ("WARREN_HTTP_ADDR", &addr),
             ("WARREN_DEPLOYER_RECONCILE_SECS", "2"),
             ("WARREN_TIER_FREE_MAX_AGENTS", "5"),
+            ("WARREN_SANDBOX_PIDS", "100"),
+            ("WARREN_SANDBOX_MEMORY_MB", "512"),
         ])
         .await;
         let admin = chat.platform.sign_in("operator@admin.test").await;
@@ -317,6 +319,21 @@ async fn an_agent_on_an_ssh_host_deploys_chats_and_follows_its_lifecycle() {
         "root's files are not readable: {output}"
     );
     assert!(!output.contains("ssh-ed25519"), "{output}");
+    // Its processes run under the sandbox limits (WARREN_SANDBOX_PIDS, _MEMORY_MB): processes
+    // and threads of its user, and each process's data memory.
+    let limits = remote
+        .shell(
+            &agent,
+            "grep -E 'Max (processes|data size)' /proc/self/limits",
+        )
+        .await
+        .replace("\\n", " ");
+    let limits = limits.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(limits.contains("Max processes 100 100"), "{limits}");
+    assert!(
+        limits.contains("Max data size 536870912 536870912"),
+        "{limits}"
+    );
 
     // (3b) Its status shows what it uses on the host: memory, CPU, uptime, workspace size.
     let measured = warren_testkit::wait_for(WAIT, || async {

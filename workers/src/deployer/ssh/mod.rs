@@ -31,6 +31,7 @@ pub mod conn;
 pub mod lease;
 pub mod scripts;
 
+use super::docker::SandboxLimits;
 use super::provisioner::{
     Actual, ActualState, ProvisionError, Provisioned, Provisioner, RuntimeSpec, Usage,
 };
@@ -46,6 +47,7 @@ use warren_commands::{CommandError, CommandMeta, CommandService};
 use warren_domain::Actor;
 use warren_domain::host::{Host, HostCommand, HostError};
 use warren_domain::ids::AgentId;
+use warren_domain::user::Tier;
 
 /// The first port tried for an agent's runtime on a host.
 const FIRST_PORT: u16 = 20_000;
@@ -90,6 +92,9 @@ pub struct SshFleet {
     redeploy_lost: bool,
     /// One port choice at a time per host (two agents configured at once would pick one port).
     port_locks: Mutex<HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
+    /// Each agent's limits, by its owner's tier (the sandboxes' settings).
+    limits: SandboxLimits,
+    tier_limits: std::collections::BTreeMap<Tier, SandboxLimits>,
 }
 
 /// What the fleet last saw of the hosts.
@@ -139,6 +144,8 @@ impl SshFleet {
             seen: Mutex::default(),
             redeploy_lost: false,
             port_locks: Mutex::default(),
+            limits: SandboxLimits::default(),
+            tier_limits: std::collections::BTreeMap::new(),
         })
     }
 
@@ -146,6 +153,17 @@ impl SshFleet {
     /// as deployer `deployer`.
     pub fn with_leases(mut self, kv: async_nats::jetstream::kv::Store, deployer: String) -> Self {
         self.leases = Some(lease::HostLeases::new(kv, deployer));
+        self
+    }
+
+    /// Each agent's memory, CPU and process limits: `limits`, or its owner's tier's.
+    pub fn with_limits(
+        mut self,
+        limits: SandboxLimits,
+        tier_limits: std::collections::BTreeMap<Tier, SandboxLimits>,
+    ) -> Self {
+        self.limits = limits;
+        self.tier_limits = tier_limits;
         self
     }
 
@@ -585,11 +603,21 @@ impl Provisioner for SshFleet {
         );
         let addr = format!("0.0.0.0:{port}");
         let agent = agent_id.to_string();
+        let limits = self.tier_limits.get(&spec.tier).unwrap_or(&self.limits);
+        let (memory, pids, cpu) = (
+            limits.memory_bytes.to_string(),
+            limits.pids.to_string(),
+            // cgroup v2 `cpu.max`: microseconds per 100 ms period.
+            (limits.nano_cpus / 10_000).max(1000).to_string(),
+        );
         let mut vars = vec![
             ("PATH", "/usr/local/bin:/usr/bin:/bin"),
             ("HOME", home.as_str()),
             ("USER", user.as_str()),
             ("RUNTIME_BINARY", binary.as_str()),
+            ("LIMIT_MEMORY", memory.as_str()),
+            ("LIMIT_PIDS", pids.as_str()),
+            ("LIMIT_CPU", cpu.as_str()),
             ("WARREN_AGENT_ADDR", addr.as_str()),
             ("WARREN_AGENT_TOKEN_FILE", token.as_str()),
             ("WARREN_AGENT_WORKSPACE", workspace.as_str()),

@@ -111,6 +111,17 @@ pub fn configure(agent_id: AgentId, port: u16, fingerprint: &str) -> String {
 const SUPERVISOR: &str = r#"#!/bin/sh
 d=$(dirname "$0")
 echo $$ > "$d/supervisor.pid"
+# The agent's limits: a cgroup of its own where the host lets root make one (cgroup v2), and
+# per-user and per-process rlimits everywhere (processes and threads, data memory).
+. "$d/env.sh"
+cg=/sys/fs/cgroup/warren-agent-${d##*/}
+if [ -w /sys/fs/cgroup/cgroup.procs ] && mkdir -p "$cg" 2>/dev/null; then
+  echo "+memory +pids +cpu" > /sys/fs/cgroup/cgroup.subtree_control 2>/dev/null
+  echo "$LIMIT_MEMORY" > "$cg/memory.max" 2>/dev/null
+  echo "$LIMIT_PIDS" > "$cg/pids.max" 2>/dev/null
+  echo "$LIMIT_CPU 100000" > "$cg/cpu.max" 2>/dev/null
+  echo $$ > "$cg/cgroup.procs" 2>/dev/null
+fi
 child=
 trap 'if [ -n "$child" ]; then kill -CONT "$child" 2>/dev/null; kill -TERM "$child" 2>/dev/null; wait "$child"; fi; exit 0' TERM INT HUP
 while :; do
@@ -119,7 +130,8 @@ while :; do
     . "$d/env.sh"
     set +a
     cd "$WARREN_AGENT_WORKSPACE"
-    exec setpriv --reuid="$USER" --regid="$USER" --init-groups -- "$RUNTIME_BINARY"
+    exec prlimit --nproc="$LIMIT_PIDS" --data="$LIMIT_MEMORY" -- \
+      setpriv --reuid="$USER" --regid="$USER" --init-groups -- "$RUNTIME_BINARY"
   ) >> "$d/agent.log" 2>&1 &
   child=$!
   wait "$child"
@@ -199,6 +211,7 @@ exit 0
 pub fn destroy(agent_id: AgentId) -> String {
     stop(agent_id)
         + r#"userdel "$u" 2>/dev/null || true
+rmdir "/sys/fs/cgroup/warren-agent-${d##*/}" 2>/dev/null || true
 rm -rf "$d"
 "#
 }
