@@ -11,12 +11,14 @@
 //! the hosts it holds; a dead deployer's leases go stale after [`lease::STALE`] and another
 //! takes them and reconciles at once, leaving healthy agents alone. A host that stops answering
 //! is recorded down; its agents are reported lost (and deployed elsewhere when
-//! `redeploy_lost`). Agent directories on a host the agent is no longer placed on (a host that
-//! was down while its agents moved) are removed when the host answers again.
+//! `redeploy_lost`), or deployed on it again when it answers again. Agent directories on a host
+//! the agent is no longer placed on (a host that was down while its agents moved) are removed
+//! when the host answers again.
 //!
 //! **Placement.** An agent is placed on a host by the Host aggregate (`PlaceAgent`, refused when
 //! the host is full or down), so two deployers never fill a host beyond its capacity; the host
-//! with the most room (by share of its capacity) is tried first. The placement is in the log,
+//! with the most room (by share of its capacity) is tried first, among the hosts named or
+//! labelled by the admin who chose one at creation. The placement is in the log,
 //! so any deployer finds the agent's host again; destroying the agent releases it.
 //!
 //! **Keys.** The host's private key comes from the `secrets` bucket; its public key is pinned on
@@ -26,6 +28,10 @@
 //! **Network.** The runtime listens on the host's address on a port of its own (kept across
 //! restarts), and chat workers reach it there with its bearer token; it reaches the platform on
 //! the host's `platform_url` (the platform's runtime URL by default), holding no provider key.
+//!
+//! **Limits and usage.** Each agent runs under its owner's tier's sandbox limits
+//! ([`SshFleet::with_limits`]: rlimits, and a cgroup on cgroup v2 hosts); its usage is read
+//! from the host's `/proc` at each reconciliation.
 
 pub mod conn;
 pub mod lease;
