@@ -414,6 +414,25 @@ async fn an_agent_on_an_ssh_host_deploys_chats_and_follows_its_lifecycle() {
         .await;
     assert_eq!(removed.status, 204, "{removed:?}");
     assert!(remote.hosts().await.is_empty());
+    // Its lease goes with it: the deployer that held it removes it at its next tend.
+    let leases = remote
+        .chat
+        .platform
+        .nats
+        .jetstream()
+        .await
+        .get_key_value("leases")
+        .await
+        .expect("the leases bucket");
+    warren_testkit::wait_for(WAIT, || async {
+        leases
+            .get("host.vm-0")
+            .await
+            .expect("reading the leases")
+            .is_none()
+            .then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]

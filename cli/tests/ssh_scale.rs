@@ -110,10 +110,18 @@ async fn two_deployers_share_two_hosts_hand_them_over_and_move_a_down_hosts_agen
     let mut first = platform.deployer("deployer-1");
     let mut second = platform.deployer("deployer-2");
     let logs = |first: &common::Warren, second: &common::Warren| {
+        let runtimes = |vm: &str| {
+            exec(
+                vm,
+                "tail -n 5 /var/lib/warren/agents/*/agent.log 2>&1 | tail -n 60",
+            )
+        };
         format!(
-            "--- deployer-1\n{}\n--- deployer-2\n{}",
+            "--- deployer-1\n{}\n--- deployer-2\n{}\n--- runtimes on vm-0\n{}\n--- on vm-1\n{}",
             first.log_text(),
-            second.log_text()
+            second.log_text(),
+            runtimes(&vm0),
+            runtimes(&vm1)
         )
     };
 

@@ -22,6 +22,8 @@ use std::time::Duration;
 
 /// A lease or presence not rewritten for this long is dead.
 pub const STALE: Duration = Duration::from_secs(10);
+/// A deployer's presence not rewritten for this long is removed from the bucket, ms.
+const FORGET_MS: i64 = 60_000;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct Lease {
@@ -86,11 +88,19 @@ impl HostLeases {
         let mut keys = self.kv.keys().await.map_err(|err| err.to_string())?;
         while let Some(key) = keys.next().await {
             let key = key.map_err(|err| err.to_string())?;
-            if let Some(id) = key.strip_prefix("deployer.")
-                && let Some((lease, _)) = self.read(&key).await?
-                && fresh(lease.beat_ms)
-            {
-                live.insert(id.to_owned());
+            let Some(id) = key.strip_prefix("deployer.") else {
+                continue;
+            };
+            match self.read(&key).await? {
+                Some((lease, _)) if fresh(lease.beat_ms) => {
+                    live.insert(id.to_owned());
+                }
+                // A deployer gone for good (restarts take new ids): its presence is removed,
+                // unless it beat since.
+                Some((lease, revision)) if now_ms() - lease.beat_ms > FORGET_MS => {
+                    let _ = self.kv.purge_expect_revision(&key, Some(revision)).await;
+                }
+                _ => {}
             }
         }
         Ok(live)
@@ -99,6 +109,17 @@ impl HostLeases {
     /// Beats, evens out and takes leases on `hosts`; `held` is what this deployer held after
     /// the last tend.
     pub async fn tend(&self, hosts: &[String], held: &BTreeSet<String>) -> Result<Tended, String> {
+        // Hosts removed while this deployer held them: their leases go with them.
+        for gone in held.iter().filter(|host| !hosts.contains(host)) {
+            if let Some((lease, revision)) = self.read(&format!("host.{gone}")).await?
+                && lease.deployer == self.deployer
+            {
+                let _ = self
+                    .kv
+                    .purge_expect_revision(format!("host.{gone}"), Some(revision))
+                    .await;
+            }
+        }
         self.kv
             .put(format!("deployer.{}", self.deployer), self.lease(now_ms()))
             .await
