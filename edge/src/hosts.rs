@@ -225,14 +225,7 @@ pub(crate) async fn register(
         )
         .await?;
     tracing::info!(admin = %admin.id, host = %body.name, "host registered");
-    let (host, _) = state
-        .commands
-        .hosts
-        .load(&body.name)
-        .await
-        .map_err(ApiError::internal)?;
-    let view = HostView::of(body.name, &host).ok_or(ApiError::NotFound)?;
-    Ok((StatusCode::CREATED, Json(view)))
+    Ok((StatusCode::CREATED, Json(view(&state, body.name).await?)))
 }
 
 /// Forget a host (refused while agents are placed on it); its SSH key is destroyed.
@@ -295,11 +288,16 @@ pub(crate) async fn repin(
         )
         .await?;
     tracing::info!(admin = %admin.id, host = %name, forgotten, "host key re-pinned");
+    Ok(Json(view(&state, name).await?))
+}
+
+/// Host `name` as the log has it now.
+async fn view(state: &AppState, name: String) -> Result<HostView, ApiError> {
     let (host, _) = state
         .commands
         .hosts
         .load(&name)
         .await
         .map_err(ApiError::internal)?;
-    Ok(Json(HostView::of(name, &host).ok_or(ApiError::NotFound)?))
+    HostView::of(name, &host).ok_or(ApiError::NotFound)
 }
