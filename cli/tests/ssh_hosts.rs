@@ -462,6 +462,8 @@ async fn a_host_that_presents_another_key_is_refused() {
     .await;
     assert_eq!(host["state"], "down", "{host}");
     assert_eq!(host["host_key"], first_key, "the pin is kept");
+    // Its agent is reported failed (at the next pass after the host is marked down).
+    remote.wait_status(&agent, "failed").await;
     let refused = remote.create_ssh_agent("Second").await;
     let status = remote.wait_status(&refused, "failed").await;
     assert!(status["last_error"].is_string(), "{status}");

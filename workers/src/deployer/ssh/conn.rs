@@ -4,17 +4,41 @@
 //! prompt ever), and the pinned key checked on every connection (`StrictHostKeyChecking=yes`
 //! against a known-hosts file holding that key alone, under an alias, so an address reused by
 //! another machine is refused too).
+//!
+//! An SSH server takes only so many sessions on one connection (`MaxSessions`, 10 by default)
+//! and drops new connections when too many are still logging in (`MaxStartups`, from 10): a
+//! burst of commands to one host (ten agents deployed at once) would be refused and read as a
+//! host that is down. So the commands through one master run at most [`SESSIONS`] at a time,
+//! and while no master is up, one command at a time opens it.
 
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
+use tokio::sync::Semaphore;
 
 /// How long a connection may take to open.
 const CONNECT_TIMEOUT_SECS: u32 = 5;
 /// The longest one remote command may run (an upload of the runtime binary included).
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+/// Commands at once through one master connection: under sshd's default `MaxSessions` (10),
+/// with room for an operator's own sessions.
+pub const SESSIONS: usize = 6;
+
+/// What paces the commands through one master connection.
+struct Gate {
+    /// One permit per session at once.
+    sessions: Semaphore,
+    /// Held by the command that opens the master, so a burst opens one connection, not many.
+    opening: tokio::sync::Mutex<()>,
+}
+
+/// Each master connection's gate, by control socket (shared by every `Session` value made for
+/// one host, key and address in this process).
+static GATES: LazyLock<Mutex<HashMap<PathBuf, Arc<Gate>>>> = LazyLock::new(Mutex::default);
 
 /// Why a remote command failed.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +93,16 @@ pub struct Session {
     dir: PathBuf,
     /// The control socket (short: socket paths are limited to about 100 bytes).
     control: PathBuf,
+    /// Paces the commands through that socket's master.
+    gate: Arc<Gate>,
+}
+
+impl std::fmt::Debug for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gate")
+            .field("free", &self.sessions.available_permits())
+            .finish()
+    }
 }
 
 /// `text` in single quotes for a POSIX shell.
@@ -140,6 +174,17 @@ impl Session {
             hash.update(part);
         }
         let control = sockets.join(hex::encode(&hash.finalize()[..8]));
+        let gate = GATES
+            .lock()
+            .expect("gates lock")
+            .entry(control.clone())
+            .or_insert_with(|| {
+                Arc::new(Gate {
+                    sessions: Semaphore::new(SESSIONS),
+                    opening: tokio::sync::Mutex::new(()),
+                })
+            })
+            .clone();
         Ok(Self {
             name: name.to_owned(),
             address: spec.address.clone(),
@@ -147,6 +192,7 @@ impl Session {
             user: spec.user.clone(),
             dir,
             control,
+            gate,
         })
     }
 
@@ -205,8 +251,23 @@ impl Session {
         } else {
             format!("sudo -n {shell}")
         };
+        let _session = self.gate.sessions.acquire().await.expect("never closed");
+        // No master yet: one command opens it (a bare `true`) while the others wait, then
+        // they all go through it. (A socket left by a killed master is replaced by the next
+        // command, the few at once being under the gate.)
+        if !self.control.exists() {
+            let _opening = self.gate.opening.lock().await;
+            if !self.control.exists() {
+                self.execute("connecting", "true", b"").await?;
+            }
+        }
+        self.execute(what, &remote, input).await
+    }
+
+    /// Runs `remote` over the connection; its standard output, or why it failed.
+    async fn execute(&self, what: &str, remote: &str, input: &[u8]) -> Result<String, SshError> {
         let mut child = self
-            .command(&remote)
+            .command(remote)
             .spawn()
             .map_err(|err| SshError::Local(format!("running ssh: {err}")))?;
         let mut stdin = child.stdin.take().expect("piped");

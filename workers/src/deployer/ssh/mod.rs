@@ -454,7 +454,14 @@ impl SshFleet {
                 return None;
             }
         };
-        let listing = match session.run("listing agents", scripts::LIST, b"").await {
+        let mut listing = session.run("listing agents", scripts::LIST, b"").await;
+        if listing.as_ref().is_err_and(SshError::unreachable) {
+            // Once more before calling the host down: one dropped connection is not a host
+            // gone.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            listing = session.run("listing agents", scripts::LIST, b"").await;
+        }
+        let listing = match listing {
             Ok(listing) => listing,
             Err(err) => {
                 tracing::warn!(host = name, error = %err, "listing the host's agents failed");
