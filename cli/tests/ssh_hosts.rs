@@ -308,7 +308,7 @@ async fn an_agent_on_an_ssh_host_deploys_chats_and_follows_its_lifecycle() {
 
     // (3) A chat whose tool call runs on the host, as the agent's own user, not root, and
     // with no provider key in its environment.
-    let user = format!("wa{}", &agent.replace('-', "")[..16]);
+    let user = warren_workers::deployer::ssh::scripts::user_of(agent.parse().expect("agent id"));
     let output = remote
         .shell(&agent, "echo user=$(id -un) host=$(hostname); env | grep -c API_KEY; cat /root/.ssh/authorized_keys || echo denied")
         .await;

@@ -323,13 +323,22 @@ impl Deployer {
         let consume = supervise("deployer", shutdown.clone(), || {
             this.run_once(shutdown.clone())
         });
+        // Work another deployer left is reconciled at once, not at the next pass; by the
+        // reconciler, so the leases are beaten all the while (a pass can wait long on agents
+        // being deployed, and a lease not beaten is taken by another deployer).
+        let taken_over = tokio::sync::Notify::new();
         let reconcile = async {
+            let mut after_takeover = false;
             loop {
                 this.reconcile().await;
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(this.settings.reconcile_every) => {}
+                if after_takeover {
+                    tracing::info!("reconciled the work taken over");
                 }
+                after_takeover = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(this.settings.reconcile_every) => false,
+                    _ = taken_over.notified() => true,
+                };
             }
         };
         let tend = async {
@@ -339,9 +348,7 @@ impl Deployer {
                     taken |= provisioner.tend().await;
                 }
                 if taken {
-                    // Work another deployer left: reconciled now, not at the next pass.
-                    this.reconcile().await;
-                    tracing::info!("reconciled the work taken over");
+                    taken_over.notify_one();
                 }
                 tokio::select! {
                     _ = shutdown.cancelled() => return,

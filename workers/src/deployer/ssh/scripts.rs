@@ -9,7 +9,7 @@
 //!   `port`, `fingerprint`, `supervisor.pid`, `agent.log`, and `home/` (the agent user's,
 //!   0700) with `workspace/` and `state/`.
 //!
-//! Each agent runs as a user of its own (`wa<16 hex digits of its id>`), so agents on one host
+//! Each agent runs as a user of its own (`wa<16 hex digits of its id's SHA-256>`), so agents on one host
 //! cannot read each other's files or tokens. The supervisor (`run.sh`, started with `setsid`
 //! and an empty environment, so it outlives the SSH session and inherits nothing of it)
 //! restarts the runtime a second after it exits, until it is sent SIGTERM.
@@ -22,9 +22,13 @@ pub const AGENTS_DIR: &str = "/var/lib/warren/agents";
 /// Where runtime binaries are kept.
 pub const BIN_DIR: &str = "/opt/warren/bin";
 
-/// The agent's user on a host.
+/// The agent's user on a host: `wa` and 16 hex digits of the SHA-256 of its id. (Not a
+/// prefix of the id: ids made in one millisecond share their first digits, a time stamp, and
+/// two agents must never share a user.)
 pub fn user_of(agent_id: AgentId) -> String {
-    format!("wa{}", &agent_id.0.simple().to_string()[..16])
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(agent_id.to_string().as_bytes());
+    format!("wa{}", &hex::encode(digest)[..16])
 }
 
 /// The agent's directory on a host.
@@ -269,3 +273,21 @@ pub const LIST: &str = r#"for d in /var/lib/warren/agents/*/; do
 done
 exit 0
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agents_made_in_one_millisecond_get_users_of_their_own() {
+        // Two ids a test made one after the other: their first 16 digits are a time stamp.
+        let a: AgentId = "01a2489f-1798-75ba-b033-99b52d7bde8d".parse().unwrap();
+        let b: AgentId = "01a2489f-1798-75ba-b033-99ba688f9895".parse().unwrap();
+        assert_ne!(user_of(a), user_of(b));
+        for user in [user_of(a), user_of(b)] {
+            assert_eq!(user.len(), 18, "{user}");
+            assert!(user.starts_with("wa"), "{user}");
+        }
+        assert_eq!(user_of(a), user_of(a), "one agent, one user, every time");
+    }
+}
