@@ -281,8 +281,12 @@ mod tests {
     #[test]
     fn agents_made_in_one_millisecond_get_users_of_their_own() {
         // Two ids a test made one after the other: their first 16 digits are a time stamp.
-        let a: AgentId = "01a2489f-1798-75ba-b033-99b52d7bde8d".parse().expect("an id");
-        let b: AgentId = "01a2489f-1798-75ba-b033-99ba688f9895".parse().expect("an id");
+        let a: AgentId = "01a2489f-1798-75ba-b033-99b52d7bde8d"
+            .parse()
+            .expect("an id");
+        let b: AgentId = "01a2489f-1798-75ba-b033-99ba688f9895"
+            .parse()
+            .expect("an id");
         assert_ne!(user_of(a), user_of(b));
         for user in [user_of(a), user_of(b)] {
             assert_eq!(user.len(), 18, "{user}");
