@@ -8,7 +8,8 @@
 //!
 //! The `ssh` provisioner's row deploys onto a "VM": a container running `sshd` on a Docker
 //! network of the bench's own (the tests' image, `warren-test-sshd`); its first agent uploads the
-//! runtime binary (cold host), the others find it there. There is no warm pool on SSH hosts yet.
+//! runtime binary (cold host), the others find it there; then the same host keeps a warm pool
+//! of waiting runtimes (docs/adr/0040-ssh-warm-pool.md) that new agents take.
 //!
 //! `cargo build --release -p warren-agent && cargo bench -p warren-cli --bench sandbox_start`
 //! (env: `WARREN_BENCH_AGENTS`, default 20). Docker needs root (the sandbox firewall) and builds
@@ -137,6 +138,8 @@ struct Run<'a> {
     resumes: bool,
     /// An SSH host to deploy on (with the `ssh` provisioner, the sandbox being for others).
     ssh: Option<&'a SshTarget>,
+    /// The SSH host's container and the warm pool it keeps, when it keeps one.
+    ssh_pool: Option<(&'a str, usize)>,
 }
 
 /// A host for the `ssh` row.
@@ -154,6 +157,7 @@ async fn measure(run: Run<'_>, data_dir: &Path, n: usize) -> (Vec<Duration>, Vec
         pool,
         resumes: measure_resumes,
         ssh,
+        ssh_pool,
     } = run;
     let nats = TestNats::start().await;
     let commands = CommandService::start(nats.jetstream().await, &Default::default())
@@ -168,7 +172,10 @@ async fn measure(run: Run<'_>, data_dir: &Path, n: usize) -> (Vec<Duration>, Vec
         platform_url: "http://127.0.0.1:9".into(),
         stop_agents_on_shutdown: true,
         idle_pause: None,
-        warm_pool: pool.map_or(0, |(_, size)| size),
+        warm_pool: pool
+            .map(|(_, size)| size)
+            .or(ssh_pool.map(|(_, size)| size))
+            .unwrap_or(0),
     };
     let warm = settings.warm_spec();
     let (sandbox, fleet, backend) = match ssh {
@@ -202,6 +209,21 @@ async fn measure(run: Run<'_>, data_dir: &Path, n: usize) -> (Vec<Duration>, Vec
             while docker.warm_ready(&warm).await.expect("the warm pool") < size {
                 assert!(Instant::now() < deadline, "the warm pool never filled");
                 tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        if let Some((vm, size)) = ssh_pool {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            let ready = || {
+                ssh_support::exec(vm, "ls /var/lib/warren/pool/*/free 2>/dev/null")
+                    .lines()
+                    .count()
+            };
+            while ready() < size {
+                assert!(
+                    Instant::now() < deadline,
+                    "the host's warm pool never filled"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
         let (agent, took) = bench.create(backend).await;
@@ -347,6 +369,7 @@ async fn main() {
             pool: None,
             resumes: true,
             ssh: None,
+            ssh_pool: None,
         },
         dir.path(),
         n,
@@ -392,6 +415,7 @@ async fn main() {
             pool: None,
             resumes: true,
             ssh: None,
+            ssh_pool: None,
         },
         dir.path(),
         n,
@@ -408,6 +432,7 @@ async fn main() {
             pool: Some((&sandbox, pool_size)),
             resumes: false,
             ssh: None,
+            ssh_pool: None,
         },
         dir.path(),
         n,
@@ -435,12 +460,27 @@ async fn main() {
             pool: None,
             resumes: true,
             ssh: Some(&target),
+            ssh_pool: None,
         },
         dir.path(),
         n,
     )
     .await;
     let ssh_first = ssh_creates.remove(0);
+    // The same host keeping a warm pool (the runtime is there already).
+    let (ssh_warm_creates, _) = measure(
+        Run {
+            label: "ssh warm pool",
+            sandbox: Arc::new(ProcessProvisioner::new(dir.path(), Some(agent_bin()))),
+            pool: None,
+            resumes: false,
+            ssh: Some(&target),
+            ssh_pool: Some((&vm, pool_size)),
+        },
+        dir.path(),
+        n,
+    )
+    .await;
     drop(lab);
 
     println!("\nCreate-to-running and resume latency, {n} agents each, one at a time:\n");
@@ -459,7 +499,11 @@ async fn main() {
         None,
     );
     row("ssh, create", ssh_creates, None);
-    println!("| ssh warm pool, create | – | – | – | – | not built yet |");
+    row(
+        &format!("ssh warm pool ({pool_size}), create"),
+        ssh_warm_creates,
+        Some(WARM_POOL_P50),
+    );
     row("process, resume from pause", process_resumes, None);
     row(
         "docker, resume from pause",

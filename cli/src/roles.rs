@@ -457,7 +457,7 @@ pub async fn deployer(config: &Config, platform: &Platform, dev: bool) -> anyhow
             );
             if settings.warm_pool > 0 {
                 tracing::warn!(
-                    "WARREN_WARM_POOL is for docker sandboxes: processes keep no warm pool"
+                    "WARREN_WARM_POOL is for docker sandboxes and SSH hosts: processes keep no warm pool"
                 );
             }
             // Say at start, not at the first deployment's third step, that no agent can be

@@ -4,7 +4,8 @@
 //! real deployer of `warren dev` places it on the host, uploads the runtime, starts it under its
 //! own user and supervisor; the owner chats with it through a tool call that runs on the host;
 //! stop, start, a host restart (reconciled) and delete act on the host; and a host that comes
-//! back with another SSH key is refused.
+//! back with another SSH key is refused. With `WARREN_WARM_POOL`, a host keeps a started,
+//! waiting runtime that a new agent takes.
 
 mod chat_support;
 mod common;
@@ -28,6 +29,11 @@ struct Remote {
 
 impl Remote {
     async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// With `extra` settings on top of the test's.
+    async fn start_with(extra: &[(&str, &str)]) -> Self {
         ensure_image().await;
         let keys = tempfile::tempdir().expect("tempdir");
         let (private_key, public_key) = key_pair(keys.path());
@@ -35,15 +41,16 @@ impl Remote {
         // The edge listens on every address, so the hosts reach it on the network's gateway.
         let port = common::free_port();
         let addr = format!("0.0.0.0:{port}");
-        let chat = Chat::start(&[
+        let mut env = vec![
             ("WARREN_SANDBOX", "process"),
-            ("WARREN_HTTP_ADDR", &addr),
+            ("WARREN_HTTP_ADDR", addr.as_str()),
             ("WARREN_DEPLOYER_RECONCILE_SECS", "2"),
             ("WARREN_TIER_FREE_MAX_AGENTS", "5"),
             ("WARREN_SANDBOX_PIDS", "100"),
             ("WARREN_SANDBOX_MEMORY_MB", "512"),
-        ])
-        .await;
+        ];
+        env.extend_from_slice(extra);
+        let chat = Chat::start(&env).await;
         let admin = chat.platform.sign_in("operator@admin.test").await;
         Self {
             chat,
@@ -552,4 +559,115 @@ async fn a_host_that_presents_another_key_is_refused() {
     remote.wait_settled(&agent, "running").await;
     let output = remote.shell(&agent, "echo reinstalled").await;
     assert!(output.contains("reinstalled"), "{output}");
+}
+
+/// The free warm pool slots on host container `vm`.
+fn free_slots(vm: &str) -> Vec<String> {
+    exec(vm, "ls /var/lib/warren/pool/*/free 2>/dev/null")
+        .lines()
+        .filter_map(|path| path.split('/').nth(5).map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_hosts_warm_pool_hands_a_new_agent_a_started_runtime() {
+    let remote = Remote::start_with(&[("WARREN_WARM_POOL", "1")]).await;
+    let (vm, address) = remote.lab.start_vm(2);
+    remote.lab.host_key(&vm).await;
+    remote.register("vm-2", &address, 3).await;
+
+    // (1) The host keeps one slot: a runtime started under a user of its own, waiting, serving
+    // nothing (not even /health) while no agent has it.
+    let slot = warren_testkit::wait_for(WAIT, || async {
+        let slots = free_slots(&vm);
+        (slots.len() == 1).then(|| slots[0].clone())
+    })
+    .await;
+    let port = exec(&vm, &format!("cat /var/lib/warren/pool/{slot}/port"));
+    let waiting = format!("http://{address}:{}", port.trim());
+    let runs_as_slot_user = || {
+        exec(
+            &vm,
+            "for p in /proc/[0-9]*; do stat -c %U $p 2>/dev/null; done | sort -u",
+        )
+        .lines()
+        .any(|user| user == format!("wp{slot}"))
+    };
+    let started = tokio::time::timeout(Duration::from_secs(30), async {
+        while !runs_as_slot_user() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(
+        started.is_ok(),
+        "the slot's runtime runs as its own user: {}",
+        exec(&vm, "cat /var/lib/warren/pool/*/agent.log")
+    );
+    assert!(
+        !answers(&waiting).await,
+        "an unassigned runtime serves nothing"
+    );
+
+    // (2) A new agent takes it: its directory is the slot's, its endpoint the slot's port, and
+    // its shell runs as the slot's user, with the agent's token (the chat goes through).
+    let agent = remote.create_ssh_agent("Warm").await;
+    let status = remote.wait_status(&agent, "running").await;
+    assert_eq!(status["endpoint"], waiting.as_str(), "{status}");
+    assert_eq!(
+        exec(&vm, &format!("readlink /var/lib/warren/agents/{agent}")).trim(),
+        format!("/var/lib/warren/pool/{slot}")
+    );
+    assert!(
+        remote
+            .chat
+            .platform
+            .warren
+            .log_text()
+            .contains("agent took a warm pool slot"),
+        "the deployer says so"
+    );
+    let output = remote.shell(&agent, "echo user=$(id -un)").await;
+    assert!(output.contains(&format!("user=wp{slot}")), "{output}");
+
+    // (3) The pool refills behind it, with another slot.
+    let refilled = warren_testkit::wait_for(WAIT, || async {
+        let slots = free_slots(&vm);
+        (slots.len() == 1 && slots[0] != slot).then(|| slots[0].clone())
+    })
+    .await;
+
+    // (4) Stopped and started, the agent's runtime starts as the agent's (no longer waiting
+    // for an assignment), on the same port.
+    remote.lifecycle(&agent, "stop").await;
+    remote.wait_status(&agent, "stopped").await;
+    warren_testkit::wait_for(WAIT, || async { (!answers(&waiting).await).then_some(()) }).await;
+    remote.lifecycle(&agent, "start").await;
+    remote.wait_settled(&agent, "running").await;
+    warren_testkit::wait_for(WAIT, || async { answers(&waiting).await.then_some(()) }).await;
+    let output = remote.shell(&agent, "echo again=$(id -un)").await;
+    assert!(output.contains(&format!("again=wp{slot}")), "{output}");
+
+    // (5) Deleted, the agent takes its slot with it: directory, user and all; the fresh slot
+    // stays.
+    let deleted = remote
+        .chat
+        .platform
+        .delete(
+            &format!("/api/v1/agents/{agent}"),
+            Some(&remote.chat.user.access),
+        )
+        .await;
+    assert!(deleted.status < 300, "{deleted:?}");
+    warren_testkit::wait_for(WAIT, || async {
+        exec(
+            &vm,
+            &format!("ls -d /var/lib/warren/pool/{slot} /var/lib/warren/agents/{agent} 2>/dev/null; id -u wp{slot} 2>/dev/null"),
+        )
+        .trim()
+        .is_empty()
+        .then_some(())
+    })
+    .await;
+    assert_eq!(free_slots(&vm), vec![refilled]);
 }

@@ -217,7 +217,12 @@ async fn two_deployers_share_two_hosts_hand_them_over_and_move_a_down_hosts_agen
             .then_some(())
     })
     .await;
-    assert_eq!(supervisors(lost_vm), before, "no agent was restarted");
+    assert_eq!(
+        supervisors(lost_vm),
+        before,
+        "no agent was restarted\n{}",
+        logs(&first, &second)
+    );
     eprintln!("host {lost_host} taken over in {took:?}");
 
     // (4) Free room on vm-0, then stop vm-1: it is marked down, its agents fail and are

@@ -163,6 +163,7 @@ impl DeployerSettings {
     pub fn warm_spec(&self) -> WarmSpec {
         WarmSpec {
             provider: self.default_provider.clone(),
+            platform_url: self.platform_url.clone(),
             fingerprint: self.runtime_fingerprint(),
         }
     }
@@ -349,6 +350,8 @@ impl Deployer {
                 }
                 if taken {
                     taken_over.notify_one();
+                    // Its hosts' warm pools too.
+                    this.refill.notify_one();
                 }
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
@@ -378,10 +381,21 @@ impl Deployer {
         }
         let warm = self.settings.warm_spec();
         loop {
-            match self.sandbox.fill_pool(size, &warm).await {
-                Ok(0) => {}
-                Ok(started) => tracing::info!(started, size, "warm pool topped up"),
-                Err(err) => tracing::warn!(error = %err, "filling the warm pool failed"),
+            for provisioner in &self.provisioners {
+                match provisioner.fill_pool(size, &warm).await {
+                    Ok(0) => {}
+                    Ok(started) => {
+                        tracing::info!(
+                            started,
+                            size,
+                            sandbox = provisioner.kind(),
+                            "warm pool topped up"
+                        )
+                    }
+                    Err(err) => {
+                        tracing::warn!(sandbox = provisioner.kind(), error = %err, "filling the warm pool failed")
+                    }
+                }
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -394,7 +408,9 @@ impl Deployer {
     /// Stops every agent runtime (the log still wants the running ones running: the next
     /// start's reconciliation restarts them) and removes the warm pool.
     async fn stop_all(&self) {
-        self.sandbox.drain_pool().await;
+        for provisioner in &self.provisioners {
+            provisioner.drain_pool().await;
+        }
         let mut stops = Vec::new();
         for provisioner in &self.provisioners {
             match provisioner.actual().await {

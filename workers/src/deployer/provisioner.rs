@@ -44,6 +44,8 @@ pub struct RuntimeSpec {
 pub struct WarmSpec {
     /// The platform's default provider protocol, if any.
     pub provider: Option<String>,
+    /// Where runtimes reach the platform (see [`RuntimeSpec::platform_url`]).
+    pub platform_url: String,
     /// [`super::DeployerSettings::runtime_fingerprint`]: a pooled runtime started with other
     /// platform settings is replaced, never handed out.
     pub fingerprint: String,

@@ -35,11 +35,12 @@
 
 pub mod conn;
 pub mod lease;
+mod pool;
 pub mod scripts;
 
 use super::docker::SandboxLimits;
 use super::provisioner::{
-    Actual, ActualState, ProvisionError, Provisioned, Provisioner, RuntimeSpec, Usage,
+    Actual, ActualState, ProvisionError, Provisioned, Provisioner, RuntimeSpec, Usage, WarmSpec,
 };
 use async_trait::async_trait;
 use conn::{Session, SshError};
@@ -98,6 +99,8 @@ pub struct SshFleet {
     redeploy_lost: bool,
     /// One port choice at a time per host (two agents configured at once would pick one port).
     port_locks: Mutex<HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
+    /// Warm pool slots agents took, until their runtime is assigned at `start`.
+    taken: Mutex<HashMap<AgentId, pool::Taken>>,
     /// Each agent's limits, by its owner's tier (the sandboxes' settings).
     limits: SandboxLimits,
     tier_limits: std::collections::BTreeMap<Tier, SandboxLimits>,
@@ -150,6 +153,7 @@ impl SshFleet {
             seen: Mutex::default(),
             redeploy_lost: false,
             port_locks: Mutex::default(),
+            taken: Mutex::default(),
             limits: SandboxLimits::default(),
             tier_limits: std::collections::BTreeMap::new(),
         })
@@ -351,11 +355,7 @@ impl SshFleet {
 
     /// The binary is on the host (uploaded when it is missing or another one).
     async fn ensure_binary(&self, session: &Session) -> Provisioned<String> {
-        let path = format!(
-            "{}/warren-agent-{}",
-            scripts::BIN_DIR,
-            &self.binary_sha[..16]
-        );
+        let path = self.binary_path();
         match session
             .run(
                 "checking the runtime binary",
@@ -383,6 +383,27 @@ impl SshFleet {
         Ok(path)
     }
 
+    /// One port choice at a time on host `name`: held until the port is written there.
+    async fn choosing_port(&self, name: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = self
+            .port_locks
+            .lock()
+            .expect("port locks")
+            .entry(name.to_owned())
+            .or_default()
+            .clone();
+        lock.lock_owned().await
+    }
+
+    /// Where the runtime binary is on a host: by content.
+    fn binary_path(&self) -> String {
+        format!(
+            "{}/warren-agent-{}",
+            scripts::BIN_DIR,
+            &self.binary_sha[..16]
+        )
+    }
+
     /// The port the agent's runtime listens on: the recorded endpoint's, else the one it kept
     /// on the host, else a free one no other agent there keeps.
     async fn port(&self, session: &Session, spec: &RuntimeSpec) -> Provisioned<u16> {
@@ -394,8 +415,22 @@ impl SshFleet {
         {
             return Ok(port);
         }
+        // From the id's last bytes (random in both v4 and v7 ids: agents created together do
+        // not all try the same port first).
+        let bytes = spec.agent_id.0.as_bytes();
+        Self::free_port(
+            session,
+            &scripts::ports(spec.agent_id),
+            [bytes[14], bytes[15]],
+        )
+        .await
+    }
+
+    /// The port `ports` (a [`scripts::ports`] listing) says is this one's, else a free one no
+    /// agent or slot keeps, tried from `seed` on.
+    async fn free_port(session: &Session, ports: &str, seed: [u8; 2]) -> Provisioned<u16> {
         let listing = session
-            .run("listing ports", &scripts::ports(spec.agent_id), b"")
+            .run("listing ports", ports, b"")
             .await
             .map_err(failed)?;
         let mut used = std::collections::HashSet::new();
@@ -419,14 +454,77 @@ impl SshFleet {
                 _ => {}
             }
         }
-        // From the id's last bytes (random in both v4 and v7 ids: agents created together do
-        // not all try the same port first).
-        let bytes = spec.agent_id.0.as_bytes();
-        let start = u16::from_le_bytes([bytes[14], bytes[15]]) % PORTS;
+        let start = u16::from_le_bytes(seed) % PORTS;
         (0..PORTS)
             .map(|i| FIRST_PORT + (start + i) % PORTS)
             .find(|port| !used.contains(port))
             .ok_or_else(|| ProvisionError(format!("host {} has no free port", session.name)))
+    }
+
+    /// The settings of a runtime in directory `dir` on `host`, listening on `port`: the
+    /// platform's (its URL as the host reaches it, the default provider), `limits`, and no
+    /// agent's.
+    fn base_env(
+        host: &Host,
+        platform_url: &str,
+        (dir, binary, port): (&str, &str, u16),
+        limits: &SandboxLimits,
+        provider: Option<&str>,
+    ) -> Vec<(&'static str, String)> {
+        let platform_url = host
+            .spec
+            .as_ref()
+            .and_then(|spec| spec.platform_url.clone())
+            .unwrap_or_else(|| platform_url.to_owned());
+        let mut vars = vec![
+            ("PATH", "/usr/local/bin:/usr/bin:/bin".to_owned()),
+            ("HOME", format!("{dir}/home")),
+            ("RUNTIME_BINARY", binary.to_owned()),
+            ("LIMIT_MEMORY", limits.memory_bytes.to_string()),
+            ("LIMIT_PIDS", limits.pids.to_string()),
+            // cgroup v2 `cpu.max`: microseconds per 100 ms period.
+            (
+                "LIMIT_CPU",
+                (limits.nano_cpus / 10_000).max(1000).to_string(),
+            ),
+            ("WARREN_AGENT_ADDR", format!("0.0.0.0:{port}")),
+            ("WARREN_AGENT_TOKEN_FILE", format!("{dir}/token")),
+            ("WARREN_AGENT_WORKSPACE", format!("{dir}/home/workspace")),
+            ("WARREN_AGENT_STATE_DIR", format!("{dir}/home/state")),
+            // No provider key on the host: the model is reached through the platform (ADR 23).
+            ("WARREN_AGENT_MODEL_PROXY", "true".to_owned()),
+            ("WARREN_AGENT_PLATFORM_URL", platform_url),
+        ];
+        if let Some(provider) = provider {
+            vars.push(("WARREN_AGENT_PROVIDER", provider.to_owned()));
+        }
+        vars
+    }
+
+    /// The agent's runtime's settings: [`Self::base_env`] with its owner's tier's limits, and
+    /// the agent's id, model and system prompt.
+    fn agent_env(
+        &self,
+        host: &Host,
+        spec: &RuntimeSpec,
+        binary: &str,
+        port: u16,
+    ) -> Vec<(&'static str, String)> {
+        let limits = self.tier_limits.get(&spec.tier).unwrap_or(&self.limits);
+        let dir = scripts::dir_of(spec.agent_id);
+        let mut vars = Self::base_env(
+            host,
+            &spec.platform_url,
+            (&dir, binary, port),
+            limits,
+            spec.provider.as_deref(),
+        );
+        vars.extend([
+            ("WARREN_AGENT_MODEL", spec.model.clone()),
+            ("WARREN_AGENT_SYSTEM_PROMPT", spec.system_prompt.clone()),
+            ("WARREN_AGENT_ID", spec.agent_id.to_string()),
+        ]);
+        vars
     }
 
     fn remember(&self, agent_id: AgentId, endpoint: Endpoint) {
@@ -582,69 +680,33 @@ impl Provisioner for SshFleet {
 
     async fn configure(&self, spec: &RuntimeSpec) -> Provisioned<()> {
         let agent_id = spec.agent_id;
-        let (session, host) = self
-            .agent_session(agent_id)
-            .await?
-            .ok_or_else(|| ProvisionError("the agent is on no host: allocate it first".into()))?;
+        if self.assigned_later(spec) {
+            return Ok(());
+        }
+        let (session, host) = match self.agent_session(agent_id).await? {
+            Some(found) => found,
+            // A warm pool's slot recorded as its workspace, and no host (it was lost with its
+            // host): placed anew, and the configuration makes its directories. Workspaces do
+            // not move between hosts.
+            None if spec.workspace.is_some() => {
+                let (name, host) = self.place(agent_id).await?;
+                (self.session(&name, &host).await?, host)
+            }
+            None => {
+                return Err(ProvisionError(
+                    "the agent is on no host: allocate it first".into(),
+                ));
+            }
+        };
         let binary = self.ensure_binary(&session).await?;
         session
             .run("stopping the old runtime", &scripts::stop(agent_id), b"")
             .await
             .map_err(failed)?;
-        let lock = self
-            .port_locks
-            .lock()
-            .expect("port locks")
-            .entry(session.name.clone())
-            .or_default()
-            .clone();
         // Held until the port is written on the host.
-        let _choosing = lock.lock().await;
+        let _choosing = self.choosing_port(&session.name).await;
         let port = self.port(&session, spec).await?;
-        let platform_url = host
-            .spec
-            .as_ref()
-            .and_then(|spec| spec.platform_url.clone())
-            .unwrap_or_else(|| spec.platform_url.clone());
-        let dir = scripts::dir_of(agent_id);
-        let user = scripts::user_of(agent_id);
-        let (home, workspace, state, token) = (
-            format!("{dir}/home"),
-            format!("{dir}/home/workspace"),
-            format!("{dir}/home/state"),
-            format!("{dir}/token"),
-        );
-        let addr = format!("0.0.0.0:{port}");
-        let agent = agent_id.to_string();
-        let limits = self.tier_limits.get(&spec.tier).unwrap_or(&self.limits);
-        let (memory, pids, cpu) = (
-            limits.memory_bytes.to_string(),
-            limits.pids.to_string(),
-            // cgroup v2 `cpu.max`: microseconds per 100 ms period.
-            (limits.nano_cpus / 10_000).max(1000).to_string(),
-        );
-        let mut vars = vec![
-            ("PATH", "/usr/local/bin:/usr/bin:/bin"),
-            ("HOME", home.as_str()),
-            ("USER", user.as_str()),
-            ("RUNTIME_BINARY", binary.as_str()),
-            ("LIMIT_MEMORY", memory.as_str()),
-            ("LIMIT_PIDS", pids.as_str()),
-            ("LIMIT_CPU", cpu.as_str()),
-            ("WARREN_AGENT_ADDR", addr.as_str()),
-            ("WARREN_AGENT_TOKEN_FILE", token.as_str()),
-            ("WARREN_AGENT_WORKSPACE", workspace.as_str()),
-            ("WARREN_AGENT_STATE_DIR", state.as_str()),
-            ("WARREN_AGENT_MODEL", spec.model.as_str()),
-            ("WARREN_AGENT_SYSTEM_PROMPT", spec.system_prompt.as_str()),
-            // No provider key on the host: the model is reached through the platform (ADR 23).
-            ("WARREN_AGENT_MODEL_PROXY", "true"),
-            ("WARREN_AGENT_PLATFORM_URL", platform_url.as_str()),
-            ("WARREN_AGENT_ID", agent.as_str()),
-        ];
-        if let Some(provider) = &spec.provider {
-            vars.push(("WARREN_AGENT_PROVIDER", provider.as_str()));
-        }
+        let vars = self.agent_env(&host, spec, &binary, port);
         session
             .run(
                 "configuring the runtime",
@@ -665,6 +727,9 @@ impl Provisioner for SshFleet {
     }
 
     async fn start(&self, agent_id: AgentId, token: &str) -> Provisioned<String> {
+        if let Some(url) = self.assign(agent_id, token).await? {
+            return Ok(url);
+        }
         let (session, _) = self
             .agent_session(agent_id)
             .await?
@@ -897,6 +962,18 @@ impl Provisioner for SshFleet {
         std::mem::take(&mut self.seen().returned)
             .into_iter()
             .collect()
+    }
+
+    async fn fill_pool(&self, size: usize, warm: &WarmSpec) -> Provisioned<usize> {
+        self.fill(size, warm).await
+    }
+
+    async fn take_warm(&self, agent_id: AgentId, warm: &WarmSpec) -> Provisioned<Option<String>> {
+        self.take(agent_id, warm).await
+    }
+
+    async fn drain_pool(&self) {
+        self.drain().await;
     }
 
     async fn usage(&self) -> Provisioned<HashMap<AgentId, Usage>> {
