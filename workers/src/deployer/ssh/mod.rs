@@ -99,8 +99,9 @@ pub struct SshFleet {
     redeploy_lost: bool,
     /// One port choice at a time per host (two agents configured at once would pick one port).
     port_locks: Mutex<HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
-    /// Warm pool slots agents took, until their runtime is assigned at `start`.
-    taken: Mutex<HashMap<AgentId, pool::Taken>>,
+    /// Warm pool slots agents took, until their runtime is assigned at `start`: the spec
+    /// `configure` was given, once it was.
+    taken: Mutex<HashMap<AgentId, Option<RuntimeSpec>>>,
     /// Each agent's limits, by its owner's tier (the sandboxes' settings).
     limits: SandboxLimits,
     tier_limits: std::collections::BTreeMap<Tier, SandboxLimits>,

@@ -22,12 +22,6 @@ use warren_domain::ids::AgentId;
 /// How long a claimed slot may stay unlinked before it is an interrupted take and removed.
 const STRAY_SECS: u64 = 60;
 
-/// A slot an agent took, until its runtime is assigned.
-pub(super) struct Taken {
-    /// The spec `configure` was given (the assignment is written at `start`).
-    spec: Option<RuntimeSpec>,
-}
-
 /// What [`scripts::POOL_LIST`] says of one slot.
 struct Slot<'a> {
     slot: &'a str,
@@ -56,7 +50,9 @@ fn slots(listing: &str) -> impl Iterator<Item = Slot<'_>> {
 }
 
 impl SshFleet {
-    fn taken_lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<AgentId, Taken>> {
+    fn taken_lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<AgentId, Option<RuntimeSpec>>> {
         self.taken
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -221,7 +217,7 @@ impl SshFleet {
                 port,
             },
         );
-        self.taken_lock().insert(agent_id, Taken { spec: None });
+        self.taken_lock().insert(agent_id, None);
         tracing::info!(%agent_id, host = name, slot, "agent took a warm pool slot");
         Ok(Some(format!("ssh-pool:{slot}")))
     }
@@ -236,8 +232,8 @@ impl SshFleet {
             .is_none_or(|limits| *limits == self.limits);
         let mut taken = self.taken_lock();
         match taken.get_mut(&spec.agent_id) {
-            Some(slot) if same_limits => {
-                slot.spec = Some(spec.clone());
+            Some(kept) if same_limits => {
+                *kept = Some(spec.clone());
                 true
             }
             Some(_) => {
@@ -255,11 +251,7 @@ impl SshFleet {
         agent_id: AgentId,
         token: &str,
     ) -> Provisioned<Option<String>> {
-        let Some(spec) = self
-            .taken_lock()
-            .remove(&agent_id)
-            .and_then(|taken| taken.spec)
-        else {
+        let Some(spec) = self.taken_lock().remove(&agent_id).flatten() else {
             return Ok(None);
         };
         let (session, host) = self
