@@ -312,6 +312,7 @@ async fn ssh_fleet(
                     capacity: 1000,
                     labels: Default::default(),
                     platform_url: Some("http://127.0.0.1:9".into()),
+                    engine: Default::default(),
                 },
                 host_key: None,
             },

@@ -475,6 +475,7 @@ pub async fn deployer(config: &Config, platform: &Platform, dev: bool) -> anyhow
             &settings,
             config.ssh_redeploy,
             config.docker_settings(),
+            (config.image_cache_dir(), config.image_mirror.clone()),
         )
         .await
     } else {
@@ -499,8 +500,10 @@ async fn ssh_fleet(
     settings: &warren_workers::deployer::DeployerSettings,
     redeploy_lost: bool,
     sandboxes: warren_workers::deployer::docker::DockerSettings,
+    (image_cache, image_mirror): (std::path::PathBuf, String),
 ) -> Option<std::sync::Arc<dyn warren_workers::deployer::provisioner::Provisioner>> {
-    use warren_workers::deployer::ssh::SshFleet;
+    use warren_workers::deployer::docker::image::ImageRecipe;
+    use warren_workers::deployer::ssh::{SshFleet, engine::EngineSettings};
     let made = async {
         let binary =
             warren_workers::deployer::process::locate_binary(settings.agent_bin.as_deref())
@@ -528,7 +531,18 @@ async fn ssh_fleet(
                     warren_commands::secrets::generate()[..16].to_owned(),
                 )
                 .redeploying_lost(redeploy_lost)
-                .with_limits(sandboxes.limits, sandboxes.tier_limits),
+                .with_limits(sandboxes.limits.clone(), sandboxes.tier_limits.clone())
+                // Hosts registered as Docker engines (docs/adr/0041-docker-hosts.md).
+                .with_docker_hosts(EngineSettings {
+                    recipe: Some(ImageRecipe {
+                        tag: sandboxes.image.clone(),
+                        agent_bin: binary,
+                        cache_dir: image_cache,
+                        mirror: image_mirror,
+                    }),
+                    sandboxes,
+                    platform_url: settings.platform_url.clone(),
+                }),
         )
     }
     .await;

@@ -5,11 +5,13 @@
 //! own user and supervisor; the owner chats with it through a tool call that runs on the host;
 //! stop, start, a host restart (reconciled) and delete act on the host; and a host that comes
 //! back with another SSH key is refused. With `WARREN_WARM_POOL`, a host keeps a started,
-//! waiting runtime that a new agent takes.
+//! waiting runtime that a new agent takes. A host registered as a Docker engine runs its agents
+//! as the docker provisioner's containers there, reached through the SSH connection.
 
 mod chat_support;
 mod common;
 mod edge_support;
+mod sandbox_support;
 mod ssh_support;
 
 use chat_support::Chat;
@@ -670,4 +672,164 @@ async fn a_hosts_warm_pool_hands_a_new_agent_a_started_runtime() {
     })
     .await;
     assert_eq!(free_slots(&vm), vec![refilled]);
+}
+
+/// A host registered with `"engine": "docker"`: the deployer drives its Docker engine through
+/// the SSH connection (a forwarded socket), so the agent is a locked-down container there; the
+/// relay and the firewall are the engine host's; chat workers reach the runtime on a port the
+/// host publishes; stop, start and delete act on the container.
+#[tokio::test]
+async fn an_agent_on_a_docker_host_runs_in_a_container_of_its_engine() {
+    sandbox_support::ensure_image().await;
+    let net = sandbox_support::SandboxNet::new(common::free_port());
+    let mut extra: Vec<(&str, String)> = net
+        .env()
+        .into_iter()
+        .filter(|(key, _)| *key != "WARREN_SANDBOX")
+        .collect();
+    extra.push(("WARREN_SANDBOX_MEMORY_MB", "300".to_owned()));
+    let extra: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let remote = Remote::start_with(&extra).await;
+    let ssh_port = common::free_port();
+    let engine = remote.lab.start_docker_host(ssh_port);
+    warren_testkit::wait_for(WAIT, || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", ssh_port))
+            .await
+            .ok()
+            .map(drop)
+    })
+    .await;
+    let edge_port = remote
+        .chat
+        .platform
+        .base
+        .rsplit_once(':')
+        .expect("a port")
+        .1
+        .to_owned();
+
+    // (1) The admin registers it as a Docker engine.
+    let registered = remote
+        .chat
+        .platform
+        .post(
+            "/api/v1/admin/hosts",
+            Some(&remote.admin.access),
+            json!({
+                "name": "engine-0",
+                "address": "127.0.0.1",
+                "port": ssh_port,
+                "private_key": remote.private_key,
+                "capacity": 2,
+                "engine": "docker",
+                "platform_url": format!("http://127.0.0.1:{edge_port}"),
+            }),
+        )
+        .await;
+    assert_eq!(registered.status, 201, "{registered:?}");
+    assert_eq!(registered.body["engine"], "docker", "{registered:?}");
+    let unknown = remote
+        .chat
+        .platform
+        .post(
+            "/api/v1/admin/hosts",
+            Some(&remote.admin.access),
+            json!({"name": "engine-1", "address": "127.0.0.1", "private_key": remote.private_key,
+                   "capacity": 1, "engine": "vm"}),
+        )
+        .await;
+    assert!(
+        (400..500).contains(&unknown.status),
+        "an unknown engine is refused: {unknown:?}"
+    );
+
+    // (2) An agent placed there runs in a container of that engine, locked down, on the
+    // sandbox network; its endpoint is a port the host publishes.
+    let agent = remote.create_ssh_agent("Boxed").await;
+    let status = remote.wait_settled(&agent, "running").await;
+    let endpoint = status["endpoint"].as_str().expect("an endpoint").to_owned();
+    assert!(
+        endpoint.starts_with("http://127.0.0.1:200"),
+        "published on the host: {endpoint}"
+    );
+    let container = format!("warren-agent-{agent}");
+    let inspect = ssh_support::docker(&[
+        "inspect",
+        "-f",
+        "{{.HostConfig.ReadonlyRootfs}} {{.HostConfig.CapDrop}} {{.Config.User}} {{.HostConfig.Memory}} {{range $k, $v := .NetworkSettings.Networks}}{{$k}}{{end}}",
+        &container,
+    ]);
+    assert_eq!(
+        inspect,
+        format!("true [ALL] 10001:10001 314572800 {}", net.name),
+        "the docker provisioner's lockdown, the owner's limits"
+    );
+    let relay = ssh_support::docker(&[
+        "inspect",
+        "-f",
+        "{{.State.Running}} {{.HostConfig.NetworkMode}}",
+        &format!("warren-relay-{}", net.name),
+    ]);
+    assert_eq!(relay, "true host", "the relay runs on the engine's host");
+    assert_eq!(remote.hosts().await[0]["agents"], 1);
+
+    // (3) A chat with a tool call that runs in the container: the model is reached through
+    // the host's relay, and the host's other ports are closed to the sandbox.
+    // The network's gateway is the engine host's address on it (Docker's first address).
+    let gateway = format!("{}.1", net.subnet.trim_end_matches(".0/24"));
+    let output = remote
+        .shell(
+            &agent,
+            &format!(
+                "echo uid=$(id -u) host=$(hostname); env | grep -c API_KEY; \
+                 curl -s -m 3 -o /dev/null http://{gateway}:{relay}/health && echo relay=open || echo relay=closed; \
+                 curl -s -m 3 -o /dev/null http://{gateway}:{edge_port}/health && echo edge=open || echo edge=closed",
+                relay = net.relay_port,
+            ),
+        )
+        .await;
+    assert!(output.contains("uid=10001"), "{output}");
+    assert!(
+        output.contains("relay=open"),
+        "the relay on the gateway is the sandbox's way out: {output}"
+    );
+    assert!(
+        output.contains("edge=closed"),
+        "the engine host's firewall keeps the sandbox off its other ports: {output}"
+    );
+    let chain = warren_workers::deployer::docker::network::chain_name(&net.name);
+    let rules = exec(&engine, &format!("iptables -w 5 -S {chain}"));
+    assert!(rules.contains("-j DROP"), "installed over SSH: {rules}");
+
+    // (4) Stop and start act on the container.
+    remote.lifecycle(&agent, "stop").await;
+    remote.wait_status(&agent, "stopped").await;
+    warren_testkit::wait_for(WAIT, || async { (!answers(&endpoint).await).then_some(()) }).await;
+    remote.lifecycle(&agent, "start").await;
+    remote.wait_status(&agent, "running").await;
+    warren_testkit::wait_for(WAIT, || async { answers(&endpoint).await.then_some(()) }).await;
+    let output = remote.shell(&agent, "echo again").await;
+    assert!(output.contains("again"), "{output}");
+
+    // (5) Deleting the agent removes its container and volume, and frees its place.
+    let deleted = remote
+        .chat
+        .platform
+        .delete(
+            &format!("/api/v1/agents/{agent}"),
+            Some(&remote.chat.user.access),
+        )
+        .await;
+    assert!(deleted.status < 300, "{deleted:?}");
+    warren_testkit::wait_for(WAIT, || async {
+        (remote.hosts().await[0]["agents"] == 0).then_some(())
+    })
+    .await;
+    let left = ssh_support::docker(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=org.warren.network={}", net.name),
+    ]);
+    assert!(left.is_empty(), "the container is gone: {left}");
 }

@@ -39,6 +39,37 @@ pub struct HostSpec {
     /// The platform's URL as this host's agents reach it (their model proxy and session
     /// tools); `None`: the platform's default runtime URL.
     pub platform_url: Option<String>,
+    /// How its agents run: as processes under users of their own (`ssh`, what hosts registered
+    /// before this field record), or in containers of its Docker engine (`docker`).
+    #[serde(default, skip_serializing_if = "HostEngine::is_ssh")]
+    pub engine: HostEngine,
+}
+
+/// How a host runs its agents (docs/adr/0041-docker-hosts.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostEngine {
+    /// Each agent a process under a Unix user of its own, kept up by a supervisor.
+    #[default]
+    Ssh,
+    /// Each agent a locked-down container of the host's Docker engine (the `docker`
+    /// provisioner, reached through the SSH connection).
+    Docker,
+}
+
+impl HostEngine {
+    /// Whether this is the default, [`HostEngine::Ssh`].
+    pub fn is_ssh(&self) -> bool {
+        matches!(self, Self::Ssh)
+    }
+
+    /// `ssh` or `docker`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Ssh => "ssh",
+            Self::Docker => "docker",
+        }
+    }
 }
 
 /// A command to a host.
@@ -551,6 +582,7 @@ mod tests {
             capacity,
             labels: ["gpu".to_owned()].into(),
             platform_url: Some("http://10.0.0.1:8080".into()),
+            engine: HostEngine::Ssh,
         }
     }
 
@@ -747,5 +779,23 @@ mod tests {
             host_key: Some("not a key at all".into()),
         });
         assert_eq!(field(with_key.expect_err("refused")), "host_key");
+    }
+
+    #[test]
+    fn a_host_registered_before_engines_is_an_ssh_host_and_ssh_hosts_record_no_engine() {
+        let old = r#"{"address":"10.0.0.5","port":22,"user":"root","capacity":2,"labels":[],"platform_url":null}"#;
+        let spec: HostSpec = serde_json::from_str(old).expect("an old spec reads");
+        assert_eq!(spec.engine, HostEngine::Ssh);
+        assert_eq!(serde_json::to_string(&spec).expect("json"), old);
+        let docker = HostSpec {
+            engine: HostEngine::Docker,
+            ..spec
+        };
+        let json = serde_json::to_string(&docker).expect("json");
+        assert!(json.ends_with(r#""engine":"docker"}"#), "{json}");
+        assert_eq!(
+            serde_json::from_str::<HostSpec>(&json).expect("reads back"),
+            docker
+        );
     }
 }

@@ -22,7 +22,7 @@ use std::collections::BTreeSet;
 use utoipa::ToSchema;
 use warren_commands::CommandMeta;
 use warren_domain::Actor;
-use warren_domain::host::{Host, HostCommand, HostSpec, valid_host_key, valid_name};
+use warren_domain::host::{Host, HostCommand, HostEngine, HostSpec, valid_host_key, valid_name};
 
 /// The longest private key accepted, bytes.
 const MAX_PRIVATE_KEY: usize = 16 * 1024;
@@ -70,6 +70,10 @@ pub struct NewHost {
     pub platform_url: Option<String>,
     /// The host's SSH public key (`<type> <base64>`) to pin now; else the first one seen is.
     pub host_key: Option<String>,
+    /// How its agents run: `ssh` (default: processes under users of their own) or `docker`
+    /// (containers of the host's Docker engine, reached through the SSH connection).
+    #[schema(value_type = Option<String>, example = "docker")]
+    pub engine: Option<HostEngine>,
 }
 
 impl TextFields for NewHost {}
@@ -95,6 +99,8 @@ pub struct HostView {
     pub platform_url: Option<String>,
     /// Its pinned SSH public key, once pinned.
     pub host_key: Option<String>,
+    /// `ssh` or `docker`.
+    pub engine: &'static str,
     /// `up` or `down`.
     pub state: &'static str,
     /// What the deployer saw, while it is down.
@@ -114,6 +120,7 @@ impl HostView {
             labels: spec.labels.clone(),
             platform_url: spec.platform_url.clone(),
             host_key: host.host_key.clone(),
+            engine: spec.engine.as_str(),
             state: if host.down { "down" } else { "up" },
             down_reason: host.down_reason.clone(),
         })
@@ -186,6 +193,7 @@ pub(crate) async fn register(
         capacity: body.capacity,
         labels: body.labels,
         platform_url: body.platform_url,
+        engine: body.engine.unwrap_or_default(),
     };
     // Checked before the key is stored, so a refused registration leaves no secret behind.
     if body

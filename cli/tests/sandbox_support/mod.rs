@@ -71,6 +71,10 @@ impl SandboxNet {
 
 impl Drop for SandboxNet {
     fn drop(&mut self) {
+        // The relay of a remote engine's network (a docker host's), which holds host ports.
+        let _ = Command::new("docker")
+            .args(["rm", "-f", &format!("warren-relay-{}", self.name)])
+            .output();
         let label = format!("label=org.warren.network={}", self.name);
         for (kind, list) in [
             ("container", vec!["ps", "-aq", "--filter", &label]),

@@ -11,9 +11,9 @@ use std::process::Command;
 use tokio::sync::OnceCell;
 
 /// The image of the test hosts.
-pub const IMAGE: &str = "warren-test-sshd:2";
-/// Debian packages beyond minbase.
-const PACKAGES: &str = "openssh-server,ca-certificates,procps,iproute2";
+pub const IMAGE: &str = "warren-test-sshd:3";
+/// Debian packages beyond minbase (iptables: a docker host's firewall).
+const PACKAGES: &str = "openssh-server,ca-certificates,procps,iproute2,iptables";
 
 static IMAGE_BUILT: OnceCell<()> = OnceCell::const_new();
 
@@ -54,7 +54,7 @@ chmod 700 /root/.ssh
 printf '%s\n' "$AUTHORIZED_KEY" > /root/.ssh/authorized_keys
 chmod 600 /root/.ssh/authorized_keys
 ls /etc/ssh/ssh_host_*_key >/dev/null 2>&1 || ssh-keygen -A
-exec /usr/sbin/sshd -D -e -o PermitRootLogin=prohibit-password -o PasswordAuthentication=no
+exec /usr/sbin/sshd -D -e -o PermitRootLogin=prohibit-password -o PasswordAuthentication=no ${SSHD_ARGS}
 "#;
 
 /// Builds [`IMAGE`] unless it exists.
@@ -228,6 +228,35 @@ impl Lab {
         ]);
         self.vms.lock().expect("vms").push(name.clone());
         (name, address)
+    }
+
+    /// Starts a "docker host": an sshd container in this machine's network namespace, on
+    /// loopback port `port`, with this machine's Docker engine socket and the right to change
+    /// the firewall. The deployer reaches it as it would a remote machine whose engine it
+    /// drives (this machine's engine is the only one a test can run: privileged containers,
+    /// and so an engine inside one, are refused here). Its name; its address is 127.0.0.1.
+    pub fn start_docker_host(&self, port: u16) -> String {
+        let name = format!("{}-engine", self.network);
+        let _ = Command::new("docker").args(["rm", "-f", &name]).output();
+        docker(&[
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--network",
+            "host",
+            "--cap-add",
+            "NET_ADMIN",
+            "-v",
+            "/var/run/docker.sock:/var/run/docker.sock",
+            "-e",
+            &format!("AUTHORIZED_KEY={}", self.authorized_key),
+            "-e",
+            &format!("SSHD_ARGS=-p {port} -o ListenAddress=127.0.0.1"),
+            IMAGE,
+        ]);
+        self.vms.lock().expect("vms").push(name.clone());
+        name
     }
 
     /// The host key container `name` presents (`<type> <base64>` of its Ed25519 key), once

@@ -7,6 +7,8 @@
 //!   firewall that keeps sandboxes off the host's ports, and the relay that is their one path to
 //!   the edge.
 //! - [`stats`] measures what each container uses (for the agent's status).
+//! - [`relay`] runs the relay of an engine on another machine, as a container there
+//!   (docs/adr/0041-docker-hosts.md).
 //! - [`pool`] keeps the warm pool: started, unassigned containers an agent takes when it is
 //!   created (docs/adr/0028-warm-pool.md).
 //!
@@ -24,6 +26,7 @@
 pub mod image;
 pub mod network;
 pub mod pool;
+pub mod relay;
 pub mod stats;
 
 use super::provisioner::{
@@ -216,11 +219,26 @@ fn agent_of(container: &bollard::models::ContainerSummary) -> Option<AgentId> {
         .find_map(|name| name.strip_prefix("/warren-agent-")?.parse().ok())
 }
 
+/// Where chat workers reach the runtimes of an engine on another machine: its host's address,
+/// one port per container address (the relay container forwards `first_port + offset` to the
+/// address `offset` into the subnet).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Published {
+    /// The host's address.
+    pub address: String,
+    /// The port of the subnet's base address (offset 0).
+    pub first_port: u16,
+    /// How many container addresses are used (and forwarded), from the lowest.
+    pub slots: usize,
+}
+
 /// The docker provisioner, connected, with its network, firewall and relay up.
 pub struct DockerProvisioner {
     docker: Docker,
     settings: DockerSettings,
     sandbox_net: network::SandboxNetwork,
+    /// For an engine on another machine: where its runtimes are published.
+    published: Option<Published>,
     http: reqwest::Client,
     /// Address allocation and container creation, one at a time.
     create: tokio::sync::Mutex<()>,
@@ -258,10 +276,101 @@ impl DockerProvisioner {
             docker,
             settings,
             sandbox_net,
+            published: None,
             http: crate::runtime_http(),
             create: tokio::sync::Mutex::new(()),
             taken: std::sync::Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The provisioner for the engine of another machine, reached through `docker` (an SSH
+    /// tunnel to its socket, docs/adr/0041-docker-hosts.md): its sandbox network made there,
+    /// and its relay started there as a container forwarding the gateway's relay port to
+    /// `platform_url` (as that machine reaches the platform) and the published ports to the
+    /// runtimes. The host's firewall is the caller's ([`network::firewall_script`]).
+    pub async fn on_remote_engine(
+        docker: Docker,
+        mut settings: DockerSettings,
+        platform_url: &str,
+        published: Published,
+    ) -> Result<Self, ProvisionError> {
+        // Nothing of this deployer's host applies there.
+        settings.internet = false;
+        settings.host = "ssh tunnel".into();
+        let sandbox_net = network::SandboxNetwork::remote(
+            &docker,
+            &settings.network,
+            &settings.subnet,
+            settings.relay_port,
+            platform_url,
+        )
+        .await?;
+        let mut forwards = vec![format!(
+            "{}:{}={}",
+            sandbox_net.gateway(),
+            settings.relay_port,
+            network::target_of(platform_url)?
+        )];
+        for ip in sandbox_net.hosts().take(published.slots) {
+            let port = u32::from(published.first_port) + sandbox_net.offset_of(ip);
+            let port = u16::try_from(port).map_err(|_| {
+                ProvisionError("the published ports run past 65535: use a smaller subnet".into())
+            })?;
+            forwards.push(format!("0.0.0.0:{port}={ip}:{RUNTIME_PORT}"));
+        }
+        relay::ensure(&docker, &settings.network, &settings.image, &forwards).await?;
+        tracing::info!(
+            network = settings.network,
+            gateway = %sandbox_net.gateway(),
+            address = published.address,
+            "docker sandboxes on a remote engine: relay container up"
+        );
+        Ok(Self {
+            docker,
+            settings,
+            sandbox_net,
+            published: Some(published),
+            http: crate::runtime_http(),
+            create: tokio::sync::Mutex::new(()),
+            taken: std::sync::Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The runtime's URL for a container at `ip`: on the sandbox network, or where it is
+    /// published.
+    fn url_of(&self, ip: Ipv4Addr) -> String {
+        match &self.published {
+            None => format!("http://{ip}:{RUNTIME_PORT}"),
+            Some(published) => {
+                let port = u32::from(published.first_port) + self.sandbox_net.offset_of(ip);
+                if published.address.contains(':') {
+                    format!("http://[{}]:{port}", published.address)
+                } else {
+                    format!("http://{}:{port}", published.address)
+                }
+            }
+        }
+    }
+
+    /// The container address a recorded endpoint names, if it is one of this network's.
+    fn ip_of_url(&self, url: &str) -> Option<Ipv4Addr> {
+        let authority = url.strip_prefix("http://")?.split('/').next()?;
+        let (host, port) = authority.rsplit_once(':')?;
+        let ip = match &self.published {
+            None => host.parse().ok()?,
+            Some(published) => {
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                if host != published.address {
+                    return None;
+                }
+                let offset = port
+                    .parse::<u32>()
+                    .ok()?
+                    .checked_sub(published.first_port.into())?;
+                self.sandbox_net.at(offset)
+            }
+        };
+        self.sandbox_net.contains(ip).then_some(ip)
     }
 
     /// The Docker client.
@@ -289,8 +398,8 @@ impl DockerProvisioner {
     /// The agent's container's endpoint, if it exists.
     async fn endpoint(&self, agent_id: AgentId) -> Option<String> {
         let labels = self.labels(agent_id).await.ok()??;
-        let address = labels.get(LABEL_ADDRESS)?;
-        Some(format!("http://{address}:{RUNTIME_PORT}"))
+        let address = labels.get(LABEL_ADDRESS)?.parse().ok()?;
+        Some(self.url_of(address))
     }
 
     /// Addresses taken by this network's containers (running or not) and kept by warm pools'
@@ -354,13 +463,7 @@ impl DockerProvisioner {
     /// The address to give a new container: the recorded one if it is on this network, else
     /// the one its warm pool volume keeps, else the lowest free one.
     async fn address_for(&self, spec: &RuntimeSpec) -> Provisioned<Ipv4Addr> {
-        let recorded = spec
-            .endpoint
-            .as_deref()
-            .and_then(|url| url.strip_prefix("http://"))
-            .and_then(|rest| rest.split(':').next())
-            .and_then(|host| host.parse::<Ipv4Addr>().ok())
-            .filter(|ip| self.sandbox_net.contains(*ip));
+        let recorded = spec.endpoint.as_deref().and_then(|url| self.ip_of_url(url));
         if let Some(ip) = recorded {
             return Ok(ip);
         }
@@ -380,8 +483,10 @@ impl DockerProvisioner {
     /// The lowest address no container or warm pool volume has.
     async fn free_address(&self) -> Provisioned<Ipv4Addr> {
         let taken = self.taken_addresses().await?;
+        let slots = self.published.as_ref().map_or(usize::MAX, |p| p.slots);
         self.sandbox_net
             .hosts()
+            .take(slots)
             .find(|ip| !taken.contains(ip))
             .ok_or_else(|| ProvisionError("the sandbox network has no free address".into()))
     }

@@ -78,12 +78,15 @@ pub struct SandboxNetwork {
     prefix: u8,
     gateway: Ipv4Addr,
     platform_url: String,
-    relay: tokio::task::JoinHandle<()>,
+    /// The relay, when it runs in this process.
+    relay: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for SandboxNetwork {
     fn drop(&mut self) {
-        self.relay.abort();
+        if let Some(relay) = &self.relay {
+            relay.abort();
+        }
     }
 }
 
@@ -105,38 +108,7 @@ impl SandboxNetwork {
                 "WARREN_SANDBOX_INTERNET=true needs the sandbox firewall (WARREN_SANDBOX_FIREWALL=true): it keeps sandboxes off the host and private networks".into(),
             ));
         }
-        ensure_network(docker, name, subnet, internet).await?;
-        let inspect = docker
-            .inspect_network(name, None::<InspectNetworkOptions>)
-            .await
-            .map_err(failed("inspecting the sandbox network"))?;
-        // Whether a network is internal is fixed when it is made.
-        if inspect.internal != Some(!internet) {
-            let made = if internet { "internal" } else { "routed" };
-            return Err(ProvisionError(format!(
-                "the Docker network {name} exists but is {made}, and WARREN_SANDBOX_INTERNET={internet} wants the other kind: stop the deployer, remove the sandbox containers (docker rm -f $(docker ps -aq --filter label=org.warren.network={name})) and the network (docker network rm {name}), and start it again (running agents are recreated on their addresses)"
-            )));
-        }
-        let subnet = inspect
-            .ipam
-            .and_then(|ipam| ipam.config)
-            .unwrap_or_default()
-            .into_iter()
-            .find_map(|config| {
-                let subnet = config.subnet?;
-                let (base, prefix) = subnet.split_once('/')?;
-                let base: Ipv4Addr = base.parse().ok()?;
-                let prefix: u8 = prefix.parse().ok().filter(|p| *p <= 30)?;
-                let gateway = config
-                    .gateway
-                    .and_then(|gateway| gateway.parse().ok())
-                    .unwrap_or_else(|| Ipv4Addr::from(u32::from(base) + 1));
-                Some((u32::from(base), prefix, gateway))
-            })
-            .ok_or_else(|| {
-                ProvisionError(format!("the Docker network {name} has no IPv4 subnet"))
-            })?;
-        let (base, prefix, gateway) = subnet;
+        let (base, prefix, gateway) = ensure(docker, name, subnet, internet).await?;
         if firewall {
             install_firewall(name, relay_port).await?;
             if internet {
@@ -158,18 +130,44 @@ impl SandboxNetwork {
             ))
         })?;
         let relay = tokio::spawn(relay(listener, target));
-        let path = platform_url
-            .split_once("://")
-            .and_then(|(_, rest)| rest.split_once('/'))
-            .map(|(_, path)| format!("/{path}"))
-            .unwrap_or_default();
         Ok(Self {
             base,
             prefix,
             gateway,
-            platform_url: format!("http://{listen}{}", path.trim_end_matches('/')),
-            relay,
+            platform_url: relayed_url(listen, platform_url),
+            relay: Some(relay),
         })
+    }
+
+    /// The network on a Docker engine of another machine (docs/adr/0041-docker-hosts.md):
+    /// made (or found) internal, with neither firewall nor relay here. The engine's host runs
+    /// them: its firewall from [`firewall_script`], its relay as a container.
+    pub async fn remote(
+        docker: &Docker,
+        name: &str,
+        subnet: &str,
+        relay_port: u16,
+        platform_url: &str,
+    ) -> Result<Self, ProvisionError> {
+        let (base, prefix, gateway) = ensure(docker, name, subnet, false).await?;
+        target_of(platform_url)?;
+        Ok(Self {
+            base,
+            prefix,
+            gateway,
+            platform_url: relayed_url(SocketAddr::from((gateway, relay_port)), platform_url),
+            relay: None,
+        })
+    }
+
+    /// The address `offset` places into the subnet.
+    pub fn at(&self, offset: u32) -> Ipv4Addr {
+        Ipv4Addr::from(self.base + offset)
+    }
+
+    /// How far into the subnet `ip` is.
+    pub fn offset_of(&self, ip: Ipv4Addr) -> u32 {
+        u32::from(ip).wrapping_sub(self.base)
     }
 
     /// The gateway (the host's address on the network).
@@ -200,8 +198,56 @@ impl SandboxNetwork {
     }
 }
 
+/// The platform's URL as sandboxes reach it: the relay's address, the platform URL's path.
+fn relayed_url(relay: SocketAddr, platform_url: &str) -> String {
+    let path = platform_url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('/'))
+        .map(|(_, path)| format!("/{path}"))
+        .unwrap_or_default();
+    format!("http://{relay}{}", path.trim_end_matches('/'))
+}
+
+/// Makes (or finds) the network and reads its subnet: base, prefix length, gateway.
+async fn ensure(
+    docker: &Docker,
+    name: &str,
+    subnet: &str,
+    internet: bool,
+) -> Result<(u32, u8, Ipv4Addr), ProvisionError> {
+    ensure_network(docker, name, subnet, internet).await?;
+    let inspect = docker
+        .inspect_network(name, None::<InspectNetworkOptions>)
+        .await
+        .map_err(failed("inspecting the sandbox network"))?;
+    // Whether a network is internal is fixed when it is made.
+    if inspect.internal != Some(!internet) {
+        let made = if internet { "internal" } else { "routed" };
+        return Err(ProvisionError(format!(
+            "the Docker network {name} exists but is {made}, and WARREN_SANDBOX_INTERNET={internet} wants the other kind: stop the deployer, remove the sandbox containers (docker rm -f $(docker ps -aq --filter label=org.warren.network={name})) and the network (docker network rm {name}), and start it again (running agents are recreated on their addresses)"
+        )));
+    }
+    inspect
+        .ipam
+        .and_then(|ipam| ipam.config)
+        .unwrap_or_default()
+        .into_iter()
+        .find_map(|config| {
+            let subnet = config.subnet?;
+            let (base, prefix) = subnet.split_once('/')?;
+            let base: Ipv4Addr = base.parse().ok()?;
+            let prefix: u8 = prefix.parse().ok().filter(|p| *p <= 30)?;
+            let gateway = config
+                .gateway
+                .and_then(|gateway| gateway.parse().ok())
+                .unwrap_or_else(|| Ipv4Addr::from(u32::from(base) + 1));
+            Some((u32::from(base), prefix, gateway))
+        })
+        .ok_or_else(|| ProvisionError(format!("the Docker network {name} has no IPv4 subnet")))
+}
+
 /// The `host:port` the relay forwards to.
-fn target_of(platform_url: &str) -> Result<String, ProvisionError> {
+pub fn target_of(platform_url: &str) -> Result<String, ProvisionError> {
     let rest = platform_url
         .strip_prefix("http://")
         .ok_or_else(|| {
@@ -291,6 +337,24 @@ async fn iptables(args: &[&str]) -> Result<bool, ProvisionError> {
             ))
         })?;
     Ok(output.status.success())
+}
+
+/// The same firewall as [`install_firewall`] as a POSIX shell script, for the host of a Docker
+/// engine the deployer reaches over SSH (run there as root): the chain accepts replies and the
+/// relay's port from the network's bridge and drops the rest.
+pub fn firewall_script(network: &str, relay_port: u16) -> String {
+    let chain = chain_name(network);
+    let bridge = bridge_name(network);
+    format!(
+        "set -e\n\
+         command -v iptables >/dev/null || {{ echo 'the sandbox firewall needs iptables on the host' >&2; exit 3; }}\n\
+         iptables -w 5 -N {chain} 2>/dev/null || iptables -w 5 -L {chain} -n >/dev/null\n\
+         iptables -w 5 -F {chain}\n\
+         iptables -w 5 -A {chain} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n\
+         iptables -w 5 -A {chain} -p tcp --dport {relay_port} -j ACCEPT\n\
+         iptables -w 5 -A {chain} -j DROP\n\
+         iptables -w 5 -C INPUT -i {bridge} -j {chain} 2>/dev/null || iptables -w 5 -I INPUT -i {bridge} -j {chain}\n"
+    )
 }
 
 /// (Re)writes the chain and hooks it into `INPUT` for the network's bridge.

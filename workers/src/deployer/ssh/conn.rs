@@ -196,6 +196,111 @@ impl Session {
         })
     }
 
+    /// A connection of its own (no master: it lives as long as the returned child) forwarding
+    /// the local socket `local` to the host's socket `remote`, once the local socket is there.
+    pub async fn forward_socket(
+        &self,
+        local: &Path,
+        remote: &str,
+    ) -> Result<tokio::process::Child, SshError> {
+        let _ = std::fs::remove_file(local);
+        let mut command = self.base_command();
+        command
+            .args(["-o", "ControlMaster=no", "-o", "ControlPath=none"])
+            .args([
+                "-o",
+                "ExitOnForwardFailure=yes",
+                "-o",
+                "StreamLocalBindMask=0177",
+            ])
+            .arg("-N")
+            .arg("-L")
+            .arg(format!("{}:{remote}", local.display()))
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg("-l")
+            .arg(&self.user)
+            .arg(&self.address)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command
+            .spawn()
+            .map_err(|err| SshError::Local(format!("running ssh: {err}")))?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while !local.exists() {
+            if let Some(status) = child
+                .try_wait()
+                .map_err(|err| SshError::Local(err.to_string()))?
+            {
+                let mut detail = String::new();
+                if let Some(mut stderr) = child.stderr.take() {
+                    use tokio::io::AsyncReadExt;
+                    let _ = stderr.read_to_string(&mut detail).await;
+                }
+                let detail: String = detail.trim().chars().take(500).collect();
+                return Err(
+                    if detail.contains("Host key verification failed")
+                        || detail.contains("host key for")
+                    {
+                        SshError::HostKeyMismatch(self.name.clone())
+                    } else {
+                        SshError::Unreachable {
+                            host: self.name.clone(),
+                            detail: format!("forwarding {remote} ended ({status}): {detail}"),
+                        }
+                    },
+                );
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(SshError::Unreachable {
+                    host: self.name.clone(),
+                    detail: format!("forwarding {remote} did not start within 15 s"),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(child)
+    }
+
+    /// `ssh` with the key, the pinned host key and the timeouts, for this host.
+    fn base_command(&self) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new("ssh");
+        command
+            .arg("-F")
+            .arg("/dev/null")
+            .arg("-i")
+            .arg(self.dir.join("id"));
+        for o in [
+            "IdentitiesOnly=yes".to_owned(),
+            "BatchMode=yes".to_owned(),
+            "StrictHostKeyChecking=yes".to_owned(),
+            format!(
+                "UserKnownHostsFile={}",
+                self.dir.join("known_hosts").display()
+            ),
+            "GlobalKnownHostsFile=/dev/null".to_owned(),
+            format!("HostKeyAlias={}", alias(&self.name)),
+            "UpdateHostKeys=no".to_owned(),
+            format!("ConnectTimeout={CONNECT_TIMEOUT_SECS}"),
+            "ServerAliveInterval=5".to_owned(),
+            "ServerAliveCountMax=2".to_owned(),
+            "LogLevel=ERROR".to_owned(),
+        ] {
+            command.arg("-o").arg(o);
+        }
+        command
+    }
+
+    /// Where this host's Docker engine socket is forwarded to (beside the control socket: a
+    /// socket's path is limited to about 100 bytes).
+    pub fn engine_socket(&self) -> PathBuf {
+        self.control.with_extension("docker")
+    }
+
     fn command(&self, remote: &str) -> tokio::process::Command {
         let mut command = tokio::process::Command::new("ssh");
         let option = |o: String| ["-o".to_owned(), o];

@@ -5,6 +5,8 @@
 //!   checked every time, one multiplexed master per host).
 //! - [`scripts`] holds what runs on a host: the agent's user and directories, the runtime
 //!   binary by content, its settings, its token, and the supervisor that keeps it running.
+//! - [`engine`] connects to hosts that are Docker engines, whose agents are the `docker`
+//!   provisioner's containers (docs/adr/0041-docker-hosts.md).
 //! - [`lease`] shares the hosts among deployers: each reconciles the hosts it holds a lease on.
 //!
 //! **Scale-out.** With leases ([`SshFleet::with_leases`]) a deployer lists and reconciles only
@@ -34,6 +36,7 @@
 //! from the host's `/proc` at each reconciliation.
 
 pub mod conn;
+pub mod engine;
 pub mod lease;
 mod pool;
 pub mod scripts;
@@ -105,6 +108,15 @@ pub struct SshFleet {
     /// Each agent's limits, by its owner's tier (the sandboxes' settings).
     limits: SandboxLimits,
     tier_limits: std::collections::BTreeMap<Tier, SandboxLimits>,
+    /// The hosts that are Docker engines, connected.
+    engines: engine::Engines,
+}
+
+/// Whether `host` runs its agents in its Docker engine.
+fn is_docker(host: &Host) -> bool {
+    host.spec
+        .as_ref()
+        .is_some_and(|spec| spec.engine == warren_domain::host::HostEngine::Docker)
 }
 
 /// What the fleet last saw of the hosts.
@@ -157,7 +169,38 @@ impl SshFleet {
             taken: Mutex::default(),
             limits: SandboxLimits::default(),
             tier_limits: std::collections::BTreeMap::new(),
+            engines: engine::Engines::default(),
         })
+    }
+
+    /// Runs the agents of hosts registered as Docker engines with `settings`.
+    pub fn with_docker_hosts(mut self, settings: engine::EngineSettings) -> Self {
+        self.engines = engine::Engines::new(settings);
+        self
+    }
+
+    /// The docker provisioner of host `name`, when it is a Docker engine.
+    async fn engine(
+        &self,
+        name: &str,
+        host: &Host,
+    ) -> Provisioned<Option<std::sync::Arc<engine::Engine>>> {
+        if !is_docker(host) {
+            return Ok(None);
+        }
+        let session = self.session(name, host).await?;
+        self.engines.get(name, host, &session).await.map(Some)
+    }
+
+    /// The docker provisioner of the agent's host, when that host is a Docker engine.
+    async fn agent_engine(
+        &self,
+        agent_id: AgentId,
+    ) -> Provisioned<Option<std::sync::Arc<engine::Engine>>> {
+        match self.placed(agent_id).await? {
+            Some((name, host)) => self.engine(&name, &host).await,
+            None => Ok(None),
+        }
     }
 
     /// Shares the hosts with other deployers through leases in `kv` (the `leases` bucket),
@@ -545,7 +588,7 @@ impl SshFleet {
 
     /// What one reachable host has; a host that does not answer is marked down (and up again
     /// once it answers).
-    async fn list_host(&self, name: &str, host: &Host) -> Option<Vec<(Actual, Endpoint)>> {
+    async fn list_host(&self, name: &str, host: &Host) -> Option<Vec<(Actual, Option<Endpoint>)>> {
         let session = match self.session(name, host).await {
             Ok(session) => session,
             Err(err) => {
@@ -571,6 +614,31 @@ impl SshFleet {
                 return None;
             }
         };
+        if is_docker(host) {
+            // The host answers; its agents are its engine's containers.
+            let listed = match self.engine(name, host).await {
+                Ok(Some(engine)) => match self.engines.firewall(&session).await {
+                    Ok(()) => engine.provisioner.actual().await,
+                    Err(err) => Err(err),
+                },
+                Ok(None) => Ok(Vec::new()),
+                Err(err) => Err(err),
+            };
+            return match listed {
+                Ok(listed) => {
+                    if host.down {
+                        self.mark(name, true, "answers again").await;
+                    }
+                    Some(listed.into_iter().map(|actual| (actual, None)).collect())
+                }
+                Err(err) => {
+                    tracing::warn!(host = name, error = %err, "listing the host's containers failed");
+                    self.engines.forget(name).await;
+                    self.mark(name, false, &err.to_string()).await;
+                    None
+                }
+            };
+        }
         if host.down {
             self.mark(name, true, "answers again").await;
         }
@@ -595,33 +663,72 @@ impl SshFleet {
                             fingerprint,
                             oom_killed: false,
                         },
-                        Endpoint {
+                        Some(Endpoint {
                             host: name.to_owned(),
                             address: spec.address.clone(),
                             port,
-                        },
+                        }),
                     ))
                 })
                 .collect(),
         )
     }
 
+    /// Removes the agent's directory and user from its host; the error says whether the host
+    /// was away (unreachable or another key).
+    async fn destroy_on_host(
+        &self,
+        name: &str,
+        host: &Host,
+        agent_id: AgentId,
+    ) -> Result<(), (bool, ProvisionError)> {
+        match self.session(name, host).await {
+            Ok(session) => session
+                .run("removing the agent", &scripts::destroy(agent_id), b"")
+                .await
+                .map(drop)
+                .map_err(|err| {
+                    let away = err.unreachable() || matches!(err, SshError::HostKeyMismatch(_));
+                    (away, failed(err))
+                }),
+            Err(err) => Err((false, err)),
+        }
+    }
+
     /// Removes an agent's directory and user from a host it is not placed on.
     async fn remove_orphan(&self, name: &str, host: &Host, agent_id: AgentId) {
-        let removed = match self.session(name, host).await {
-            Ok(session) => session
-                .run("removing a stale agent", &scripts::destroy(agent_id), b"")
-                .await
-                .map_err(failed),
-            Err(err) => Err(err),
+        let removed = if is_docker(host) {
+            match self.engine(name, host).await {
+                Ok(Some(engine)) => engine.provisioner.destroy(agent_id, None).await,
+                Ok(None) => Ok(()),
+                Err(err) => Err(err),
+            }
+        } else {
+            self.remove_orphan_dir(name, host, agent_id).await
         };
         match removed {
-            Ok(_) => {
+            Ok(()) => {
                 tracing::info!(%agent_id, host = name, "stale agent removed from a host it is not placed on")
             }
             Err(err) => {
                 tracing::warn!(%agent_id, host = name, error = %err, "removing a stale agent failed")
             }
+        }
+    }
+
+    async fn remove_orphan_dir(
+        &self,
+        name: &str,
+        host: &Host,
+        agent_id: AgentId,
+    ) -> Provisioned<()> {
+        match self.session(name, host).await {
+            Ok(session) => session
+                .run("removing a stale agent", &scripts::destroy(agent_id), b"")
+                .await
+                .map(drop)
+                .map_err(failed),
+            Err(err) => Err(err),
         }
     }
 
@@ -662,6 +769,9 @@ impl Provisioner for SshFleet {
 
     async fn allocate(&self, agent_id: AgentId) -> Provisioned<()> {
         let (name, host) = self.place(agent_id).await?;
+        if let Some(engine) = self.engine(&name, &host).await? {
+            return engine.provisioner.allocate(agent_id).await;
+        }
         let session = self.session(&name, &host).await?;
         session
             .run(
@@ -683,6 +793,9 @@ impl Provisioner for SshFleet {
         let agent_id = spec.agent_id;
         if self.assigned_later(spec) {
             return Ok(());
+        }
+        if let Some(engine) = self.agent_engine(agent_id).await? {
+            return engine.provisioner.configure(spec).await;
         }
         let (session, host) = match self.agent_session(agent_id).await? {
             Some(found) => found,
@@ -731,6 +844,9 @@ impl Provisioner for SshFleet {
         if let Some(url) = self.assign(agent_id, token).await? {
             return Ok(url);
         }
+        if let Some(engine) = self.agent_engine(agent_id).await? {
+            return engine.provisioner.start(agent_id, token).await;
+        }
         let (session, _) = self
             .agent_session(agent_id)
             .await?
@@ -774,6 +890,11 @@ impl Provisioner for SshFleet {
     }
 
     async fn healthy(&self, agent_id: AgentId) -> bool {
+        match self.agent_engine(agent_id).await {
+            Ok(Some(engine)) => return engine.provisioner.healthy(agent_id).await,
+            Ok(None) => {}
+            Err(_) => return false,
+        }
         let endpoint = match self.endpoint(agent_id) {
             Some(endpoint) => endpoint,
             None => {
@@ -788,6 +909,14 @@ impl Provisioner for SshFleet {
     }
 
     async fn stop(&self, agent_id: AgentId) {
+        match self.agent_engine(agent_id).await {
+            Ok(Some(engine)) => return engine.provisioner.stop(agent_id).await,
+            Ok(None) => {}
+            Err(err) => {
+                tracing::warn!(%agent_id, error = %err, "stopping the agent on its host failed");
+                return;
+            }
+        }
         if let Err(err) = self
             .on_agent_host(
                 agent_id,
@@ -802,12 +931,18 @@ impl Provisioner for SshFleet {
     }
 
     async fn pause(&self, agent_id: AgentId) -> Provisioned<()> {
+        if let Some(engine) = self.agent_engine(agent_id).await? {
+            return engine.provisioner.pause(agent_id).await;
+        }
         self.on_agent_host(agent_id, "pausing", &scripts::signal(agent_id, "STOP"), b"")
             .await
             .map(drop)
     }
 
     async fn resume(&self, agent_id: AgentId) -> Provisioned<()> {
+        if let Some(engine) = self.agent_engine(agent_id).await? {
+            return engine.provisioner.resume(agent_id).await;
+        }
         self.on_agent_host(
             agent_id,
             "resuming",
@@ -818,20 +953,23 @@ impl Provisioner for SshFleet {
         .map(drop)
     }
 
-    async fn destroy(&self, agent_id: AgentId, _workspace: Option<&str>) -> Provisioned<()> {
+    async fn destroy(&self, agent_id: AgentId, workspace: Option<&str>) -> Provisioned<()> {
         let Some((name, host)) = self.placed(agent_id).await? else {
             return Ok(());
         };
-        let removed = match self.session(&name, &host).await {
-            Ok(session) => session
-                .run("removing the agent", &scripts::destroy(agent_id), b"")
-                .await
-                .map(drop)
-                .map_err(|err| {
-                    let away = err.unreachable() || matches!(err, SshError::HostKeyMismatch(_));
-                    (away, failed(err))
-                }),
-            Err(err) => Err((false, err)),
+        let removed = if is_docker(&host) {
+            match self.engine(&name, &host).await {
+                Ok(Some(engine)) => engine
+                    .provisioner
+                    .destroy(agent_id, workspace)
+                    .await
+                    .map_err(|err| (false, err)),
+                Ok(None) => Ok(()),
+                // Not reached: released all the same when the host is down.
+                Err(err) => Err((true, err)),
+            }
+        } else {
+            self.destroy_on_host(&name, &host, agent_id).await
         };
         match removed {
             Ok(()) => {}
@@ -890,7 +1028,9 @@ impl Provisioner for SshFleet {
             }
             for (actual, endpoint) in listing {
                 if host.agents.contains(&actual.agent_id) {
-                    self.remember(actual.agent_id, endpoint);
+                    if let Some(endpoint) = endpoint {
+                        self.remember(actual.agent_id, endpoint);
+                    }
                     found.push(actual);
                 } else {
                     // Left behind while the host was away and the agent moved or was
@@ -986,6 +1126,15 @@ impl Provisioner for SshFleet {
                     !host.removed && !host.down && host.spec.is_some() && self.holds(name)
                 })
                 .map(|(name, host)| async move {
+                    if is_docker(host) {
+                        let engine = self.engine(name, host).await.ok()??;
+                        return engine.provisioner.usage().await.ok().map(|usage| {
+                            usage
+                                .into_iter()
+                                .filter(|(agent_id, _)| host.agents.contains(agent_id))
+                                .collect::<Vec<_>>()
+                        });
+                    }
                     let session = self.session(name, host).await.ok()?;
                     match session.run("measuring the agents", scripts::USAGE, b"").await {
                         Ok(text) => Some(

@@ -66,7 +66,10 @@ impl SshFleet {
             hosts
                 .iter()
                 .filter(|(name, host)| {
-                    !host.removed && !host.down && host.spec.is_some() && self.holds(name)
+                    !host.removed
+                        && !host.down
+                        && host.spec.as_ref().is_some_and(|spec| spec.engine.is_ssh())
+                        && self.holds(name)
                 })
                 .map(|(name, host)| async move {
                     match self.fill_host(name, host, size, warm).await {
@@ -186,6 +189,10 @@ impl SshFleet {
         warm: &WarmSpec,
     ) -> Provisioned<Option<String>> {
         let (name, host) = self.place(agent_id).await?;
+        if super::is_docker(&host) {
+            // A docker host keeps no slots of this kind.
+            return Ok(None);
+        }
         let session = self.session(&name, &host).await?;
         let taken = session
             .run(
@@ -298,10 +305,9 @@ impl SshFleet {
         let Ok(hosts) = self.hosts().await else {
             return;
         };
-        for (name, host) in hosts
-            .iter()
-            .filter(|(name, host)| !host.removed && !host.down && self.holds(name))
-        {
+        for (name, host) in hosts.iter().filter(|(name, host)| {
+            !host.removed && !host.down && !super::is_docker(host) && self.holds(name)
+        }) {
             let Ok(session) = self.session(name, host).await else {
                 continue;
             };
