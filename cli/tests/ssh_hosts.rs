@@ -790,6 +790,10 @@ async fn an_agent_on_a_docker_host_runs_in_a_container_of_its_engine() {
         .await;
     assert!(output.contains("uid=10001"), "{output}");
     assert!(
+        output.contains("host=") && output.contains("\\n0\\n"),
+        "no provider key in the sandbox: {output}"
+    );
+    assert!(
         output.contains("relay=open"),
         "the relay on the gateway is the sandbox's way out: {output}"
     );
@@ -832,4 +836,12 @@ async fn an_agent_on_a_docker_host_runs_in_a_container_of_its_engine() {
         &format!("label=org.warren.network={}", net.name),
     ]);
     assert!(left.is_empty(), "the container is gone: {left}");
+    let volumes = ssh_support::docker(&[
+        "volume",
+        "ls",
+        "-q",
+        "--filter",
+        &format!("name=warren-ws-{agent}"),
+    ]);
+    assert!(volumes.is_empty(), "its volume is gone: {volumes}");
 }

@@ -305,18 +305,24 @@ impl DockerProvisioner {
             platform_url,
         )
         .await?;
+        // `!`: the sandboxes' way out, bounded per sandbox.
         let mut forwards = vec![format!(
-            "{}:{}={}",
+            "!{}:{}={}",
             sandbox_net.gateway(),
             settings.relay_port,
             network::target_of(platform_url)?
         )];
+        // On the host's address when it is one (a name: every address).
+        let bind = published
+            .address
+            .parse::<Ipv4Addr>()
+            .map_or_else(|_| "0.0.0.0".to_owned(), |ip| ip.to_string());
         for ip in sandbox_net.hosts().take(published.slots) {
             let port = u32::from(published.first_port) + sandbox_net.offset_of(ip);
             let port = u16::try_from(port).map_err(|_| {
                 ProvisionError("the published ports run past 65535: use a smaller subnet".into())
             })?;
-            forwards.push(format!("0.0.0.0:{port}={ip}:{RUNTIME_PORT}"));
+            forwards.push(format!("{bind}:{port}={ip}:{RUNTIME_PORT}"));
         }
         relay::ensure(&docker, &settings.network, &settings.image, &forwards).await?;
         tracing::info!(
@@ -367,7 +373,14 @@ impl DockerProvisioner {
                     .parse::<u32>()
                     .ok()?
                     .checked_sub(published.first_port.into())?;
-                self.sandbox_net.at(offset)
+                let ip = self.sandbox_net.at(offset);
+                // Only the addresses the relay forwards.
+                return self
+                    .sandbox_net
+                    .hosts()
+                    .take(published.slots)
+                    .any(|host| host == ip)
+                    .then_some(ip);
             }
         };
         self.sandbox_net.contains(ip).then_some(ip)
@@ -697,17 +710,19 @@ impl DockerProvisioner {
                 // IPv4 only: the firewall and the relay speak IPv4, so a link-local IPv6 path
                 // to the host or another sandbox must not exist. (A kernel without IPv6 has
                 // no such setting, and no such path.)
-                sysctls: std::path::Path::new("/proc/sys/net/ipv6")
-                    .exists()
-                    .then(|| {
-                        HashMap::from([
-                            ("net.ipv6.conf.all.disable_ipv6".to_owned(), "1".to_owned()),
-                            (
-                                "net.ipv6.conf.default.disable_ipv6".to_owned(),
-                                "1".to_owned(),
-                            ),
-                        ])
-                    }),
+                // On another machine's engine they are always set: this machine's kernel says
+                // nothing of that one's, and a refusal is better than an IPv6 path.
+                sysctls: (self.published.is_some()
+                    || std::path::Path::new("/proc/sys/net/ipv6").exists())
+                .then(|| {
+                    HashMap::from([
+                        ("net.ipv6.conf.all.disable_ipv6".to_owned(), "1".to_owned()),
+                        (
+                            "net.ipv6.conf.default.disable_ipv6".to_owned(),
+                            "1".to_owned(),
+                        ),
+                    ])
+                }),
                 cap_drop: Some(vec!["ALL".into()]),
                 security_opt: Some(vec!["no-new-privileges".into()]),
                 memory: Some(limits.memory_bytes),

@@ -10,12 +10,13 @@
 //! restarts it with the host (`unless-stopped`). Its arguments are in a label: a relay whose
 //! arguments changed (a moved platform URL) is recreated.
 
-use super::super::provisioner::Provisioned;
+use super::super::provisioner::{ProvisionError, Provisioned};
 use super::{AGENT_UID, LABEL_NETWORK, failed, not_found};
 use bollard::Docker;
 use bollard::models::{ContainerCreateBody, HostConfig, RestartPolicy, RestartPolicyNameEnum};
 use bollard::query_parameters::{
-    CreateContainerOptions, InspectContainerOptions, RemoveContainerOptions, StartContainerOptions,
+    CreateContainerOptions, InspectContainerOptions, LogsOptions, RemoveContainerOptions,
+    StartContainerOptions,
 };
 use std::collections::HashMap;
 
@@ -23,14 +24,22 @@ use std::collections::HashMap;
 const LABEL_RELAY: &str = "org.warren.relay";
 
 /// Forwards each `listen_host:port=target_host:port` argument; one task per connection, each
-/// direction closed on its own (HTTP keeps working across a half-close).
+/// direction closed on its own (HTTP keeps working across a half-close). The in-process relay's
+/// bounds hold here too: at most 1024 connections in all, 64 at once from one source on a
+/// forward marked `!` (the sandboxes' way out: one sandbox cannot take the others' share), and
+/// an hour per connection. It says `relaying` once every port listens, and exits when one
+/// cannot (the engine restarts it; [`ensure`] reports it).
 const SCRIPT: &str = r#"
-import asyncio, sys
+import asyncio, collections, sys
+
+MAX_ALL, MAX_PER_SOURCE, LIFETIME = 1024, 64, 3600
+open_all = 0
+open_by_source = collections.Counter()
 
 async def pipe(reader, writer):
     try:
         while True:
-            data = await reader.read(65536)
+            data = await reader.read(16384)
             if not data:
                 break
             writer.write(data)
@@ -40,26 +49,42 @@ async def pipe(reader, writer):
     except Exception:
         pass
 
-def forward(host, port):
+def forward(host, port, limited):
     async def handle(reader, writer):
-        try:
-            up_reader, up_writer = await asyncio.open_connection(host, port)
-        except OSError:
+        global open_all
+        peer = writer.get_extra_info("peername")
+        source = peer[0] if peer else "?"
+        if open_all >= MAX_ALL or (limited and open_by_source[source] >= MAX_PER_SOURCE):
             writer.close()
             return
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-        writer.close()
-        up_writer.close()
+        open_all += 1
+        open_by_source[source] += 1
+        up_writer = None
+        try:
+            up_reader, up_writer = await asyncio.wait_for(asyncio.open_connection(host, port), 10)
+            await asyncio.wait_for(
+                asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer)), LIFETIME)
+        except Exception:
+            pass
+        finally:
+            open_all -= 1
+            open_by_source[source] -= 1
+            if open_by_source[source] <= 0:
+                del open_by_source[source]
+            writer.close()
+            if up_writer is not None:
+                up_writer.close()
     return handle
 
 async def main():
     servers = []
     for spec in sys.argv[1:]:
-        listen, _, target = spec.partition("=")
+        limited = spec.startswith("!")
+        listen, _, target = spec.lstrip("!").partition("=")
         listen_host, listen_port = listen.rsplit(":", 1)
         target_host, target_port = target.rsplit(":", 1)
         servers.append(await asyncio.start_server(
-            forward(target_host, int(target_port)), listen_host, int(listen_port),
+            forward(target_host, int(target_port), limited), listen_host, int(listen_port),
             reuse_address=True))
     print("relaying", len(servers), "ports", flush=True)
     await asyncio.gather(*(server.serve_forever() for server in servers))
@@ -106,7 +131,7 @@ pub async fn ensure(
                         .await
                         .map_err(failed("starting the relay"))?;
                 }
-                return Ok(());
+                return listening(docker, &name).await;
             }
             docker
                 .remove_container(
@@ -166,5 +191,40 @@ pub async fn ensure(
     docker
         .start_container(&name, None::<StartContainerOptions>)
         .await
-        .map_err(failed("starting the relay"))
+        .map_err(failed("starting the relay"))?;
+    listening(docker, &name).await
+}
+
+/// Waits until the relay says it listens on every port (a port taken on the host makes it exit,
+/// and the engine restart it, over and over): its last words otherwise.
+async fn listening(docker: &Docker, name: &str) -> Provisioned<()> {
+    use futures::StreamExt;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let mut said = String::new();
+        let mut logs = docker.logs(
+            name,
+            Some(LogsOptions {
+                stdout: true,
+                stderr: true,
+                tail: "20".into(),
+                ..Default::default()
+            }),
+        );
+        while let Some(Ok(line)) = logs.next().await {
+            said.push_str(&line.to_string());
+        }
+        // The last start's words: a relay that listened once and fails now has both.
+        let (relaying, error) = (said.rfind("relaying"), said.rfind("Error"));
+        if relaying > error {
+            return Ok(());
+        }
+        if error.is_some() || tokio::time::Instant::now() > deadline {
+            let last: String = said.lines().rev().take(3).collect::<Vec<_>>().join(" | ");
+            return Err(ProvisionError(format!(
+                "the relay on the Docker host does not listen (are its published ports, 20002 and up, taken there?): {last}"
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }

@@ -160,6 +160,22 @@ impl Session {
             .mode(0o700)
             .create(&sockets)
             .map_err(|err| SshError::Local(format!("creating {}: {err}", sockets.display())))?;
+        // In a shared /tmp, someone else may have made it first, to put sockets of theirs in
+        // our path (the Docker engine's among them): it must be ours alone, and no link.
+        {
+            use std::os::unix::fs::MetadataExt;
+            let meta = std::fs::symlink_metadata(&sockets)
+                .map_err(|err| SshError::Local(format!("reading {}: {err}", sockets.display())))?;
+            if !meta.is_dir()
+                || meta.uid() != rustix::process::getuid().as_raw()
+                || meta.mode() & 0o077 != 0
+            {
+                return Err(SshError::Local(format!(
+                    "{} is not a directory of this user's alone (mode 0700): remove it",
+                    sockets.display()
+                )));
+            }
+        }
         // One master per host, key and address: a changed key or address gets a new one.
         let mut hash = Sha256::new();
         for part in [

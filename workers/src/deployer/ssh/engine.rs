@@ -42,6 +42,14 @@ pub struct Engine {
     tunnel: tokio::sync::Mutex<tokio::process::Child>,
     /// What it was made for: the host's spec and key, so a changed host gets a new one.
     made_for: String,
+    /// The local end of the forwarding.
+    socket: std::path::PathBuf,
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.socket);
+    }
 }
 
 impl Engine {
@@ -55,15 +63,20 @@ impl Engine {
 #[derive(Default)]
 pub struct Engines {
     settings: Option<EngineSettings>,
-    connected: tokio::sync::Mutex<HashMap<String, Arc<Engine>>>,
+    /// Each host's engine, behind a lock of its own: connecting to one host (an image build
+    /// included) holds up no other.
+    connected: std::sync::Mutex<HashMap<String, Slot>>,
 }
+
+/// One host's engine, once connected.
+type Slot = Arc<tokio::sync::Mutex<Option<Arc<Engine>>>>;
 
 impl Engines {
     /// Docker hosts built with `settings`.
     pub fn new(settings: EngineSettings) -> Self {
         Self {
             settings: Some(settings),
-            connected: tokio::sync::Mutex::default(),
+            connected: std::sync::Mutex::default(),
         }
     }
 
@@ -83,21 +96,30 @@ impl Engines {
             .spec
             .as_ref()
             .ok_or_else(|| ProvisionError(format!("host {name} is not registered")))?;
+        // The engine socket's path names the address, port, user, host key and private key.
         let made_for = format!(
-            "{}:{}:{}:{:?}:{:?}",
-            spec.address, spec.port, spec.user, host.host_key, spec.platform_url
+            "{}:{}:{:?}",
+            session.engine_socket().display(),
+            spec.capacity,
+            spec.platform_url
         );
-        // One connection at a time: a burst of deployments makes one.
-        let mut connected = self.connected.lock().await;
-        if let Some(engine) = connected.get(name)
+        // A path per connection: one being replaced still serves whoever holds it.
+        static CONNECTIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let local = session.engine_socket().with_extension(format!(
+            "docker{}",
+            CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let slot = self.slot(name);
+        // One connection per host at a time: a burst of deployments makes one.
+        let mut connected = slot.lock().await;
+        if let Some(engine) = connected.as_ref()
             && engine.made_for == made_for
             && engine.alive().await
         {
             return Ok(engine.clone());
         }
-        connected.remove(name);
+        *connected = None;
         self.firewall(session).await?;
-        let local = session.engine_socket();
         let tunnel = session
             .forward_socket(&local, REMOTE_SOCKET)
             .await
@@ -105,23 +127,30 @@ impl Engines {
         let engine = docker::connect(&format!("unix://{}", local.display()))
             .await
             .map_err(|err| ProvisionError(format!("host {name}'s Docker engine: {err}")))?;
-        if engine
-            .inspect_image(&settings.sandboxes.image)
-            .await
-            .is_err()
-        {
-            let recipe = settings.recipe.clone().ok_or_else(|| {
-                ProvisionError(format!(
-                    "host {name}'s Docker engine has no {} image, and this deployer cannot build it",
-                    settings.sandboxes.image
-                ))
-            })?;
-            tracing::info!(
-                host = name,
-                image = recipe.tag,
-                "building the agent image on the host's engine"
-            );
-            image::build(&engine, &recipe).await?;
+        match &settings.recipe {
+            // Nothing is built when the host's image holds this runtime already; an older one
+            // is replaced.
+            Some(recipe) => {
+                let built = image::build(&engine, recipe).await?;
+                if !built.unchanged {
+                    tracing::info!(
+                        host = name,
+                        image = built.tag,
+                        "agent image built on the host's engine"
+                    );
+                }
+            }
+            None => {
+                engine
+                    .inspect_image(&settings.sandboxes.image)
+                    .await
+                    .map_err(|err| {
+                        ProvisionError(format!(
+                            "host {name}'s Docker engine has no {} image ({err}), and this deployer cannot build it",
+                            settings.sandboxes.image
+                        ))
+                    })?;
+            }
         }
         let platform_url = spec
             .platform_url
@@ -142,10 +171,20 @@ impl Engines {
             provisioner,
             tunnel: tokio::sync::Mutex::new(tunnel),
             made_for,
+            socket: local,
         });
-        connected.insert(name.to_owned(), engine.clone());
+        *connected = Some(engine.clone());
         tracing::info!(host = name, "connected to the host's Docker engine");
         Ok(engine)
+    }
+
+    fn slot(&self, name: &str) -> Slot {
+        self.connected
+            .lock()
+            .expect("engines lock")
+            .entry(name.to_owned())
+            .or_default()
+            .clone()
     }
 
     /// (Re)installs the sandbox firewall on the host (at each connection and each listing, so
@@ -170,6 +209,24 @@ impl Engines {
 
     /// Forgets host `name`'s engine (it stopped answering): the next use connects again.
     pub async fn forget(&self, name: &str) {
-        self.connected.lock().await.remove(name);
+        let slot = self
+            .connected
+            .lock()
+            .expect("engines lock")
+            .get(name)
+            .cloned();
+        if let Some(slot) = slot {
+            *slot.lock().await = None;
+        }
+    }
+
+    /// Ends the connections to every host but `keep` (hosts removed, or no longer docker
+    /// hosts): no tunnel to an engine stays open for nothing. (A host another deployer holds
+    /// keeps its connection: deployments reach it through any deployer.)
+    pub fn retain(&self, keep: &std::collections::BTreeSet<String>) {
+        self.connected
+            .lock()
+            .expect("engines lock")
+            .retain(|name, _| keep.contains(name));
     }
 }

@@ -631,10 +631,11 @@ impl SshFleet {
                     }
                     Some(listed.into_iter().map(|actual| (actual, None)).collect())
                 }
+                // The host answered over SSH just now: its engine's trouble (a timeout, a
+                // build, a relay) is not the host being down. Connected again next time.
                 Err(err) => {
                     tracing::warn!(host = name, error = %err, "listing the host's containers failed");
                     self.engines.forget(name).await;
-                    self.mark(name, false, &err.to_string()).await;
                     None
                 }
             };
@@ -804,6 +805,10 @@ impl Provisioner for SshFleet {
             // not move between hosts.
             None if spec.workspace.is_some() => {
                 let (name, host) = self.place(agent_id).await?;
+                if let Some(engine) = self.engine(&name, &host).await? {
+                    engine.provisioner.allocate(agent_id).await?;
+                    return engine.provisioner.configure(spec).await;
+                }
                 (self.session(&name, &host).await?, host)
             }
             None => {
@@ -1000,6 +1005,13 @@ impl Provisioner for SshFleet {
             .flat_map(|(name, host)| host.agents.iter().map(|agent| (*agent, name.clone())))
             .collect();
         self.seen().placements = placements;
+        self.engines.retain(
+            &hosts
+                .iter()
+                .filter(|(_, host)| !host.removed && is_docker(host))
+                .map(|(name, _)| name.clone())
+                .collect(),
+        );
         let listings =
             futures::future::join_all(
                 hosts
