@@ -318,33 +318,13 @@ impl Session {
     }
 
     fn command(&self, remote: &str) -> tokio::process::Command {
-        let mut command = tokio::process::Command::new("ssh");
-        let option = |o: String| ["-o".to_owned(), o];
-        command
-            .arg("-F")
-            .arg("/dev/null")
-            .arg("-i")
-            .arg(self.dir.join("id"));
+        let mut command = self.base_command();
         for o in [
-            "IdentitiesOnly=yes".to_owned(),
-            "BatchMode=yes".to_owned(),
-            "StrictHostKeyChecking=yes".to_owned(),
-            format!(
-                "UserKnownHostsFile={}",
-                self.dir.join("known_hosts").display()
-            ),
-            "GlobalKnownHostsFile=/dev/null".to_owned(),
-            format!("HostKeyAlias={}", alias(&self.name)),
-            "UpdateHostKeys=no".to_owned(),
-            format!("ConnectTimeout={CONNECT_TIMEOUT_SECS}"),
-            "ServerAliveInterval=5".to_owned(),
-            "ServerAliveCountMax=2".to_owned(),
             "ControlMaster=auto".to_owned(),
             format!("ControlPath={}", self.control.display()),
             "ControlPersist=60".to_owned(),
-            "LogLevel=ERROR".to_owned(),
         ] {
-            command.args(option(o));
+            command.arg("-o").arg(o);
         }
         command
             .arg("-p")
