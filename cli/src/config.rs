@@ -645,6 +645,25 @@ fn file_path() -> PathBuf {
         .map_or_else(|| PathBuf::from("warren.toml"), PathBuf::from)
 }
 
+/// The key of the config file's price table (`[[prices]]`), which is data, not an option.
+const PRICES_KEY: &str = "prices";
+
+/// The price table of the config file (`[[prices]]` entries, docs/adr/0042): empty when the file
+/// or the key is missing; an error names the file and the bad entry.
+pub fn prices() -> anyhow::Result<warren_domain::usage::PriceTable> {
+    #[derive(serde::Deserialize)]
+    struct File {
+        #[serde(default)]
+        prices: Vec<warren_domain::usage::Price>,
+    }
+    let path = file_path();
+    let file: File = Figment::from(Toml::file(&path))
+        .extract()
+        .map_err(|err| anyhow::anyhow!("reading the prices of {}: {err}", path.display()))?;
+    warren_domain::usage::PriceTable::new(&file.prices)
+        .map_err(|err| anyhow::anyhow!("{}: {err}", path.display()))
+}
+
 /// The file's top-level keys and their values as text (a missing file has none).
 fn file_values(path: &std::path::Path) -> anyhow::Result<BTreeMap<String, String>> {
     let table: BTreeMap<String, serde_json::Value> = Figment::from(Toml::file(path))
@@ -652,6 +671,7 @@ fn file_values(path: &std::path::Path) -> anyhow::Result<BTreeMap<String, String
         .map_err(|err| anyhow::anyhow!("reading {}: {err}", path.display()))?;
     table
         .into_iter()
+        .filter(|(key, _)| key != PRICES_KEY)
         .map(|(key, value)| {
             let text = match value {
                 serde_json::Value::String(text) => text,
@@ -925,6 +945,7 @@ impl Config {
             max_sandboxes: self.max_sandboxes,
             wallet_chain_id: self.wallet_chain_id,
             oauth: self.oauth_settings()?,
+            prices: prices()?,
             telegram: warren_edge::settings::TelegramSettings {
                 admins: self.telegram_admin_ids()?,
                 webhook_secret: self

@@ -6,6 +6,7 @@ mod client;
 mod config;
 mod dev;
 mod embedded;
+mod export;
 mod fds;
 mod roles;
 
@@ -35,8 +36,9 @@ enum Command {
         #[command(subcommand)]
         role: WorkerRole,
     },
-    /// Rebuild every read model from sequence 1 into a fresh schema, then swap it in.
-    Replay(Config),
+    /// Rebuild every read model from sequence 1 into a fresh schema, then swap it in (or only
+    /// the usage read model: --projection usage, optionally --from-time).
+    Replay(ReplayArgs),
     /// Create or update streams, buckets and the read-model schema, then exit.
     Migrate(Config),
     /// The agent sandbox image.
@@ -70,6 +72,9 @@ enum Command {
     /// writer and reader login roles with the passwords in WARREN_DATABASE_URL and
     /// WARREN_DATABASE_READER_URL (ADR 13), as WARREN_DATABASE_SUPERUSER_URL; then exit.
     DbRoles(DbRolesArgs),
+    /// Write the log's usage facts (csv, jsonl, parquet) or a stream's raw events (jsonl) to a
+    /// file, read from the log itself: `warren export usage --help`.
+    Export(export::ExportArgs),
 }
 
 /// Where `warren db-roles` sets up the database and its two login roles.
@@ -85,6 +90,21 @@ struct DbRolesArgs {
     /// The reader's URL (same server and database, another user).
     #[arg(long, env = "WARREN_DATABASE_READER_URL")]
     reader_url: String,
+}
+
+/// What `warren replay` rebuilds.
+#[derive(clap::Args)]
+struct ReplayArgs {
+    /// `all` (every read model, from sequence 1) or `usage` (only the usage read model; the
+    /// others are left as they are).
+    #[arg(long, default_value = "all", value_parser = ["all", "usage"])]
+    projection: String,
+    /// With `--projection usage`: keep the usage facts before this time (RFC 3339, or a UTC day
+    /// `YYYY-MM-DD`) and rebuild from it on.
+    #[arg(long)]
+    from_time: Option<String>,
+    #[command(flatten)]
+    config: Config,
 }
 
 #[derive(Subcommand)]
@@ -119,7 +139,7 @@ enum Role {
     Deployer,
     Chat,
     Telegram,
-    Replay,
+    Replay(roles::ReplayScope),
     Migrate,
     ImageBuild,
 }
@@ -135,7 +155,7 @@ impl Role {
             Role::Deployer => "warren-deployer",
             Role::Chat => "warren-chat",
             Role::Telegram => "warren-telegram",
-            Role::Replay => "warren-replay",
+            Role::Replay(_) => "warren-replay",
             Role::Migrate => "warren-migrate",
             Role::ImageBuild => "warren-image",
         }
@@ -174,6 +194,7 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
             roles::db_roles(&args.superuser_url, &args.writer_url, &args.reader_url).await?;
             return Ok(std::process::ExitCode::SUCCESS);
         }
+        Command::Export(args) => return Ok(client_exit(export::run(args).await)),
         Command::Dev(config) => (Role::Dev, config),
         Command::Edge(config) => (Role::Edge, config),
         Command::Worker { role } => match role {
@@ -183,7 +204,13 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
             WorkerRole::Chat(config) => (Role::Chat, config),
             WorkerRole::Telegram(config) => (Role::Telegram, config),
         },
-        Command::Replay(config) => (Role::Replay, config),
+        Command::Replay(args) => (
+            Role::Replay(roles::ReplayScope::parse(
+                &args.projection,
+                args.from_time.as_deref(),
+            )?),
+            args.config,
+        ),
         Command::Migrate(config) => (Role::Migrate, config),
         Command::Image {
             action: ImageAction::Build(config),
@@ -213,7 +240,7 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
         Role::Deployer => roles::deployer_role(&config, shutdown).await,
         Role::Chat => roles::chat_role(&config, shutdown).await,
         Role::Telegram => roles::telegram_role(&config, shutdown).await,
-        Role::Replay => roles::replay(&config).await,
+        Role::Replay(scope) => roles::replay(&config, scope).await,
         Role::Migrate => roles::migrate(&config).await,
         Role::ImageBuild => roles::image_build(&config).await,
     };

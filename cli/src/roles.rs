@@ -629,24 +629,70 @@ pub async fn projector(config: &Config, shutdown: CancellationToken) -> anyhow::
 }
 
 /// `warren replay`.
-pub async fn replay(config: &Config) -> anyhow::Result<()> {
+pub async fn replay(config: &Config, scope: ReplayScope) -> anyhow::Result<()> {
     let database_url = config.require_database()?;
     let platform = connect(config, Role::Projector).await?;
-    let report = warren_projections::replay::replay(&platform.js, database_url, &|p| {
+    let progress = |p: &warren_projections::replay::Progress| {
         tracing::info!(
             projection = p.projection,
             applied = p.applied,
             pending = p.pending,
             "replaying"
         );
-    })
-    .await
+    };
+    let report = match scope {
+        ReplayScope::All => {
+            warren_projections::replay::replay(&platform.js, database_url, &progress).await
+        }
+        ReplayScope::Usage { from } => {
+            warren_projections::replay::replay_usage(&platform.js, database_url, from, &progress)
+                .await
+        }
+    }
     .context("replay failed")?;
     for (projection, applied) in &report.applied {
         tracing::info!(projection, applied, "rebuilt");
     }
     tracing::info!(schema = report.built, "rebuilt read models swapped in");
     Ok(())
+}
+
+/// What `warren replay` rebuilds.
+#[derive(Clone, Copy, Debug)]
+pub enum ReplayScope {
+    /// Every read model, from sequence 1.
+    All,
+    /// Only the usage read model, from `from` on (the facts before it kept) or from the start.
+    Usage {
+        /// Where the rebuild starts.
+        from: Option<chrono::DateTime<chrono::Utc>>,
+    },
+}
+
+impl ReplayScope {
+    /// `--projection` and `--from-time` as given.
+    pub fn parse(projection: &str, from_time: Option<&str>) -> anyhow::Result<Self> {
+        let from = from_time
+            .map(|text| {
+                chrono::DateTime::parse_from_rfc3339(text)
+                    .map(|at| at.with_timezone(&chrono::Utc))
+                    .or_else(|_| {
+                        text.parse::<chrono::NaiveDate>()
+                            .map(|day| day.and_time(chrono::NaiveTime::MIN).and_utc())
+                    })
+                    .map_err(|_| {
+                        anyhow::anyhow!(
+                            "--from-time {text:?} is neither an RFC 3339 time nor a day (YYYY-MM-DD)"
+                        )
+                    })
+            })
+            .transpose()?;
+        match (projection, from) {
+            ("usage", from) => Ok(ReplayScope::Usage { from }),
+            (_, Some(_)) => anyhow::bail!("--from-time needs --projection usage"),
+            _ => Ok(ReplayScope::All),
+        }
+    }
 }
 
 /// `warren migrate`: the log's streams and buckets (as the admin) and the read-model schema (as

@@ -24,7 +24,7 @@ async fn a_commit_postgres_refuses_is_parked_and_other_tenants_writes_show_withi
     let poisoned = UserId::new();
     let envelope = Envelope {
         id: EventId::new(),
-        version: codec::CURRENT_VERSION.to_owned(),
+        version: warren_domain::versions::current("UserRegistered").to_owned(),
         aggregate_id: poisoned.to_string(),
         command_id: CommandId::new(),
         actor: Actor::User(poisoned),

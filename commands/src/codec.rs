@@ -7,7 +7,7 @@
 use async_nats::HeaderMap;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use warren_domain::Envelope;
+use warren_domain::{Envelope, versions};
 
 /// Header naming the event types of a commit, comma-separated (cheap filtering).
 pub const HEADER_EVENT_TYPES: &str = "Warren-Event-Types";
@@ -58,7 +58,7 @@ pub fn decode<E: DeserializeOwned>(body: &[u8]) -> Result<Vec<Envelope<E>>, Deco
                     .to_owned()
             };
             let (event_type, version) = (field("type"), field("version"));
-            if version != CURRENT_VERSION {
+            if version != versions::current(&event_type) {
                 return Err(DecodeError::Unreadable {
                     event_type,
                     version,
@@ -74,14 +74,11 @@ pub fn decode<E: DeserializeOwned>(body: &[u8]) -> Result<Vec<Envelope<E>>, Deco
         .collect()
 }
 
-/// The version every event type is written at today.
-pub const CURRENT_VERSION: &str = "1";
-
-/// Lifts an event written under an older schema version to the current one, in place.
-///
-/// Every event type is at version 1 today, so there is nothing to lift yet; when a shape changes,
-/// its step goes here (matched on type and version) together with a golden-JSON test of the old form.
-pub fn upcast(_event: &mut Value) {}
+/// Lifts an event written under an older schema version to the current one, in place (the steps
+/// are [`warren_domain::versions`]', each with a golden-JSON test of the old form).
+pub fn upcast(event: &mut Value) {
+    versions::upcast(event);
+}
 
 /// Reads a header as a string.
 pub fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {

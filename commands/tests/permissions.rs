@@ -19,7 +19,7 @@ const REFUSED_WITHIN: Duration = Duration::from_secs(2);
 fn forged_promotion(user: UserId) -> Vec<u8> {
     let envelope = Envelope {
         id: EventId::new(),
-        version: codec::CURRENT_VERSION.to_owned(),
+        version: warren_domain::versions::current("RoleChanged").to_owned(),
         aggregate_id: user.to_string(),
         command_id: CommandId::new(),
         actor: Actor::System("edge".into()),

@@ -80,7 +80,8 @@ impl AgentEvent {
             | E::RedeployRequested { .. }
             | E::AgentDeleted { .. }
             | E::ExecRequested { .. }
-            | E::FileUploaded { .. } => Authority::Subject,
+            | E::FileUploaded { .. }
+            | E::FileDownloaded { .. } => Authority::Subject,
             // The edge records how an exec ended, so an owner cannot write its outcome; and
             // what its model proxy metered, so nobody can write their own usage.
             E::ExecFinished { .. }

@@ -9,8 +9,8 @@
 //!   command on a missing aggregate is `not_found`, creating twice is `already_exists`.
 //! - Every event names its aggregate id and carries everything read models need. Events carry no
 //!   wall-clock time and decisions never read a clock: the envelope's `occurred_at` dates a fact.
-//! - Event enums are adjacently tagged (`{"type": "<Variant>", "data": {…}}`), all at version
-//!   `"1"`; the variant name is the stable type string.
+//! - Event enums are adjacently tagged (`{"type": "<Variant>", "data": {…}}`); the variant name is
+//!   the stable type string, and [`versions`] says each type's schema version and lifts older ones.
 //! - Errors expose `code()`, a stable snake_case string the edge maps to HTTP.
 //! - Every free-text field of every command keeps its [`text`] rule (no control characters,
 //!   a maximum length), whoever sends it; a refusal is `invalid_input` naming the field.
@@ -30,6 +30,9 @@
 //! - [`agent`] — agent configuration and lifecycle, with the six deployment steps, and its audit
 //!   facts (execs, uploads, model calls metered by the platform's model proxy).
 //! - [`conversation`] — messages, the one-run-at-a-time queue, cancel, interrupt, history.
+//! - [`usage`] — the usage facts an event stands for (shared by the usage read model and the
+//!   exports), and the price table that costs them.
+//! - [`versions`] — each event type's schema version, and the upcast steps from older ones.
 //! - [`host`] — machines the `ssh` provisioner places agents on: registration, the pinned SSH key,
 //!   placements within capacity, down and up.
 
@@ -41,7 +44,9 @@ pub mod host;
 pub mod ids;
 pub mod names;
 pub mod text;
+pub mod usage;
 pub mod user;
+pub mod versions;
 
 // Internals: the cqrs-es wrapper macro, the given/when/then test helper.
 mod aggregate;

@@ -126,7 +126,11 @@ fn assert_stored_form<E: cqrs_es::DomainEvent>(event: &E) {
         "type of {event:?}"
     );
     assert!(json["data"].is_object(), "data of {event:?}");
-    assert_eq!(event.event_version(), "1");
+    assert_eq!(
+        event.event_version(),
+        crate::versions::current(&event.event_type()),
+        "version of {event:?}"
+    );
     let back: E = serde_json::from_value(json).expect("events deserialize");
     assert_eq!(&back, event);
 }

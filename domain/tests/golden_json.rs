@@ -14,6 +14,7 @@ use warren_domain::ids::{
     AgentId, CommandId, ConnectionId, ConversationId, EventId, ExecId, MessageId, RunId, UserId,
 };
 use warren_domain::user::{AuthKind, AuthMethod, Provider, Role, Tier, UserEvent, UserStatus};
+use warren_domain::versions::upcast;
 use warren_domain::{Actor, Envelope};
 
 fn at() -> DateTime<Utc> {
@@ -48,6 +49,17 @@ where
     assert_eq!(json, expected);
     let back: Envelope<E> = serde_json::from_value(expected).expect("deserializes");
     assert_eq!(&back, stored);
+}
+
+/// Asserts the older form `old` is lifted to `current` on read.
+#[track_caller]
+fn assert_upcast<E>(mut old: Value, current: &Envelope<E>)
+where
+    E: DeserializeOwned + PartialEq + Debug,
+{
+    upcast(&mut old);
+    let back: Envelope<E> = serde_json::from_value(old).expect("deserializes once lifted");
+    assert_eq!(&back, current);
 }
 
 #[test]
@@ -255,6 +267,7 @@ fn the_exec_upload_and_model_usage_audit_events_are_stored_as_pinned() {
         own_key: false,
         input_tokens: 1200,
         output_tokens: 85,
+        cached_input_tokens: 900,
     };
     expected["actor"] = json!({"kind": "system", "id": "edge"});
     expected["type"] = json!("ModelUsageMetered");
@@ -265,12 +278,28 @@ fn the_exec_upload_and_model_usage_audit_events_are_stored_as_pinned() {
         "model": "claude-sonnet-4",
         "own_key": false,
         "input_tokens": 1200,
-        "output_tokens": 85
+        "output_tokens": 85,
+        "cached_input_tokens": 900
     });
-    assert_golden(
-        &envelope(agent.0, Actor::System("edge".into()), metered),
-        expected,
-    );
+    expected["version"] = json!("2");
+    let mut stored = envelope(agent.0, Actor::System("edge".into()), metered);
+    stored.version = "2".into();
+    assert_golden(&stored, expected.clone());
+    // Version 1 had no cached tokens: it reads as none cached.
+    let mut version_1 = expected;
+    version_1["version"] = json!("1");
+    version_1["data"]
+        .as_object_mut()
+        .expect("data")
+        .remove("cached_input_tokens");
+    if let AgentEvent::ModelUsageMetered {
+        cached_input_tokens,
+        ..
+    } = &mut stored.event
+    {
+        *cached_input_tokens = 0;
+    }
+    assert_upcast(version_1, &stored);
 }
 
 #[test]
@@ -334,34 +363,50 @@ fn run_completed_is_stored_as_pinned() {
             output_tokens: 34,
         },
         duration_ms: 2150,
+        model: Some("claude-sonnet-4".into()),
+        provider: Some(Provider::Anthropic),
     };
-    assert_golden(
-        &envelope(conversation.0, Actor::System("chat".into()), event),
-        json!({
-            "id": "00000000-0000-0000-0000-0000000000e1",
-            "version": "1",
-            "aggregate_id": "00000000-0000-0000-0000-000000000004",
-            "command_id": "00000000-0000-0000-0000-0000000000c1",
-            "actor": {"kind": "system", "id": "chat"},
-            "occurred_at": "2026-01-26T10:30:00Z",
-            "type": "RunCompleted",
-            "data": {
-                "conversation_id": "00000000-0000-0000-0000-000000000004",
-                "run_id": "00000000-0000-0000-0000-000000000006",
-                "reply_id": "00000000-0000-0000-0000-000000000007",
-                "user_id": "00000000-0000-0000-0000-000000000001",
-                "agent_id": "00000000-0000-0000-0000-000000000003",
-                "text": "There is one file.",
-                "tool_calls": [{
-                    "call_id": "call_1",
-                    "name": "shell",
-                    "args": {"cmd": "ls"},
-                    "output": "README.md\n",
-                    "ok": true
-                }],
-                "usage": {"input_tokens": 1200, "output_tokens": 34},
-                "duration_ms": 2150
-            }
-        }),
-    );
+    let version_1 = json!({
+        "id": "00000000-0000-0000-0000-0000000000e1",
+        "version": "1",
+        "aggregate_id": "00000000-0000-0000-0000-000000000004",
+        "command_id": "00000000-0000-0000-0000-0000000000c1",
+        "actor": {"kind": "system", "id": "chat"},
+        "occurred_at": "2026-01-26T10:30:00Z",
+        "type": "RunCompleted",
+        "data": {
+            "conversation_id": "00000000-0000-0000-0000-000000000004",
+            "run_id": "00000000-0000-0000-0000-000000000006",
+            "reply_id": "00000000-0000-0000-0000-000000000007",
+            "user_id": "00000000-0000-0000-0000-000000000001",
+            "agent_id": "00000000-0000-0000-0000-000000000003",
+            "text": "There is one file.",
+            "tool_calls": [{
+                "call_id": "call_1",
+                "name": "shell",
+                "args": {"cmd": "ls"},
+                "output": "README.md\n",
+                "ok": true
+            }],
+            "usage": {"input_tokens": 1200, "output_tokens": 34},
+            "duration_ms": 2150
+        }
+    });
+    // Version 2 adds the run's model and provider.
+    let mut version_2 = version_1.clone();
+    version_2["version"] = json!("2");
+    version_2["data"]["model"] = json!("claude-sonnet-4");
+    version_2["data"]["provider"] = json!("anthropic");
+    let mut stored = envelope(conversation.0, Actor::System("chat".into()), event.clone());
+    stored.version = "2".into();
+    assert_golden(&stored, version_2);
+    // A version 1 event is lifted on read: the same run, model and provider unknown.
+    let ConversationEvent::RunCompleted {
+        model, provider, ..
+    } = &mut stored.event
+    else {
+        unreachable!("a run completion")
+    };
+    (*model, *provider) = (None, None);
+    assert_upcast(version_1, &stored);
 }

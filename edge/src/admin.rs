@@ -64,7 +64,8 @@ impl TextFields for Reason {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UserPatch {
-    /// `user` or `admin` (the user must be approved; `guest` is refused: revoke instead).
+    /// `user`, `admin` or `analyst` (the user must be approved; `guest` is refused: revoke
+    /// instead).
     #[schema(schema_with = role_schema)]
     pub role: Option<Role>,
     /// The user's plan.

@@ -46,6 +46,8 @@
 //!   their session tools, authenticated by the agent's own token ([`runtime_api::RuntimeCaller`]).
 //! - [`model_proxy`] — `/runtime/agents/{id}/model/{openai,anthropic}/…`: the model proxy, so no
 //!   provider key is ever inside a sandbox (ADR 23; the use case is [`app::model`]).
+//! - [`analytics`] — `/admin/usage` (analysts) and `/usage/report`: usage per bucket and group,
+//!   priced.
 //! - [`usage`], [`quota`] — `/usage`, and the tier quotas (agents, messages and model tokens per
 //!   day).
 //! - [`mail`] — SMTP (or log) delivery.
@@ -62,6 +64,7 @@
 
 pub mod admin;
 pub mod agents;
+pub mod analytics;
 pub mod app;
 pub mod auth;
 pub mod chat;

@@ -192,6 +192,8 @@ impl Modify for BearerAuth {
         crate::workspace::exec,
         crate::usage::summary,
         crate::usage::history,
+        crate::analytics::everyone,
+        crate::analytics::own,
         crate::chat::send,
         crate::chat::clear,
         crate::chat::pending,

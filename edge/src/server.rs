@@ -10,8 +10,8 @@ use crate::lane::{Lane, Sniffer};
 use crate::routes::{API_PREFIX, ApiRouter};
 use crate::state::AppState;
 use crate::{
-    admin, agents, auth, chat, console, conversations, feed, gateway, health, hosts, keys,
-    model_proxy, openapi, runtime_api, usage, users, workspace,
+    admin, agents, analytics, auth, chat, console, conversations, feed, gateway, health, hosts,
+    keys, model_proxy, openapi, runtime_api, usage, users, workspace,
 };
 use axum::Router;
 use axum::body::Body;
@@ -49,6 +49,7 @@ pub fn api() -> ApiRouter {
         .merge(hosts::routes())
         .merge(agents::routes())
         .merge(usage::routes())
+        .merge(analytics::routes())
         .merge(chat::routes())
         .merge(workspace::routes())
         .merge(conversations::routes())

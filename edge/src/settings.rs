@@ -140,6 +140,9 @@ pub struct EdgeSettings {
     pub wallet_chain_id: u64,
     /// The OAuth providers people may sign in with (none configured: neither is offered).
     pub oauth: OAuthSettings,
+    /// What model calls cost, by provider, model and day (`[[prices]]` in the config file): the
+    /// usage API prices metered tokens with it when it answers.
+    pub prices: warren_domain::usage::PriceTable,
 }
 
 /// The OAuth / OpenID Connect providers, each present only when its client is configured.
@@ -217,6 +220,7 @@ impl EdgeSettings {
             telegram: TelegramSettings::default(),
             wallet_chain_id: 1,
             oauth: OAuthSettings::default(),
+            prices: warren_domain::usage::PriceTable::default(),
             cors_origins: vec![],
             magic_link_ttl: Duration::from_secs(900),
             access_token_ttl: Duration::from_secs(900),

@@ -1,7 +1,6 @@
-//! Agents, their deployment history, and deployment and metered model usage.
+//! Agents and their deployment history.
 
 use crate::Projection;
-use crate::usage::{self, UsageFact};
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -96,27 +95,7 @@ impl Projection for Agents {
                     AgentEvent::RedeployRequested { .. } => "redeploy_requested",
                     _ => "requested",
                 };
-                history(tx, event_id, agent_id.0, Some(*deployment_id), status, None, None, at, seq).await?;
-                let owner: Option<(Uuid,)> = sqlx::query_as("SELECT owner_id FROM agents WHERE id = $1")
-                    .bind(agent_id.0)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                if let Some((user_id,)) = owner {
-                    usage::record(
-                        tx,
-                        UsageFact {
-                            event_id,
-                            user_id,
-                            agent_id: Some(agent_id.0),
-                            kind: "deployment",
-                            input_tokens: 0,
-                            output_tokens: 0,
-                            at,
-                        },
-                    )
-                    .await?;
-                }
-                Ok(())
+                history(tx, event_id, agent_id.0, Some(*deployment_id), status, None, None, at, seq).await
             }
             AgentEvent::DeploymentStepCompleted { agent_id, deployment_id, step } => {
                 sqlx::query(
@@ -182,26 +161,10 @@ impl Projection for Agents {
             AgentEvent::ExecRequested { .. }
             | AgentEvent::ExecFinished { .. }
             | AgentEvent::FileUploaded { .. }
-            | AgentEvent::SandboxAlerted { .. } => {
-                Ok(())
-            }
-            // A metered model call (ADR 23) counts for the owner named in the event: the user
-            // whose quota the edge checked before forwarding it.
-            AgentEvent::ModelUsageMetered { agent_id, user_id, input_tokens, output_tokens, .. } => {
-                usage::record(
-                    tx,
-                    UsageFact {
-                        event_id,
-                        user_id: user_id.0,
-                        agent_id: Some(agent_id.0),
-                        kind: "model_call",
-                        input_tokens: i64::try_from(*input_tokens).unwrap_or(i64::MAX),
-                        output_tokens: i64::try_from(*output_tokens).unwrap_or(i64::MAX),
-                        at,
-                    },
-                )
-                .await
-            }
+            | AgentEvent::FileDownloaded { .. }
+            | AgentEvent::SandboxAlerted { .. }
+            // Usage is the usage projections' (`crate::usage`).
+            | AgentEvent::ModelUsageMetered { .. } => Ok(()),
         }
     }
 }

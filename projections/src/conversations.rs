@@ -1,7 +1,6 @@
-//! Conversations (by last activity), their messages and runs, and message/token usage.
+//! Conversations (by last activity), their messages and runs.
 
 use crate::Projection;
-use crate::usage::{self, UsageFact};
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -84,13 +83,12 @@ impl Projection for Conversations {
             ConversationEvent::MessagePosted {
                 conversation_id,
                 message_id,
-                agent_id,
-                user_id,
                 text,
                 client_id,
                 client_kind,
                 run_id,
                 position,
+                ..
             } => {
                 sqlx::query(
                     "INSERT INTO messages (id, conversation_id, role, run_id, text, client_id, client_kind, \
@@ -107,20 +105,7 @@ impl Projection for Conversations {
                 .execute(&mut *tx)
                 .await?;
                 queue_run(tx, conversation_id.0, run_id.0, message_id.0, *position, at, seq).await?;
-                touch(tx, conversation_id.0, 1, at, seq).await?;
-                usage::record(
-                    tx,
-                    UsageFact {
-                        event_id: envelope.id.0,
-                        user_id: user_id.0,
-                        agent_id: Some(agent_id.0),
-                        kind: "message",
-                        input_tokens: 0,
-                        output_tokens: 0,
-                        at,
-                    },
-                )
-                .await
+                touch(tx, conversation_id.0, 1, at, seq).await
             }
             ConversationEvent::RunQueued { conversation_id, run_id, message_id, position } => {
                 queue_run(tx, conversation_id.0, run_id.0, message_id.0, *position, at, seq).await
@@ -148,12 +133,11 @@ impl Projection for Conversations {
                 conversation_id,
                 run_id,
                 reply_id,
-                user_id,
-                agent_id,
                 text,
                 tool_calls,
                 usage,
                 duration_ms,
+                ..
             } => {
                 let tool_calls = serde_json::to_value(tool_calls).unwrap_or_default();
                 sqlx::query(
@@ -175,20 +159,7 @@ impl Projection for Conversations {
                 .execute(&mut *tx)
                 .await?;
                 finish_run(tx, conversation_id.0, run_id.0, "completed", None, at, seq).await?;
-                touch(tx, conversation_id.0, 1, at, seq).await?;
-                usage::record(
-                    tx,
-                    UsageFact {
-                        event_id: envelope.id.0,
-                        user_id: user_id.0,
-                        agent_id: Some(agent_id.0),
-                        kind: "run",
-                        input_tokens: usage.input_tokens as i64,
-                        output_tokens: usage.output_tokens as i64,
-                        at,
-                    },
-                )
-                .await
+                touch(tx, conversation_id.0, 1, at, seq).await
             }
             ConversationEvent::RunFailed { conversation_id, run_id, code, message, retryable } => {
                 let failure = Some((code.as_str(), message.as_str(), *retryable));

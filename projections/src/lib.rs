@@ -10,8 +10,10 @@
 //!   of commits that cannot be read, may not be applied, or that the database refuses.
 //! - [`guard`] — the check every commit passes before it is applied: could its actor cause it?
 //! - [`users`], [`agents`], [`conversations`] — each aggregate's events → rows.
-//! - [`usage`] — usage facts and daily counters, written by several projections.
-//! - [`replay`] — `warren replay`: rebuild into a fresh schema while live, then swap it in.
+//! - [`usage`] — the usage read model: every usage fact, and the daily counters quotas read; two
+//!   projections (one per stream) that can be rebuilt on their own.
+//! - [`replay`] — `warren replay`: rebuild every read model, or only usage, into a fresh schema
+//!   while live, then swap it in.
 //! - [`status`] — per-projection lag, for health checks.
 //! - [`capacity`] — how many sandboxes are awake, against the platform's cap.
 
@@ -63,6 +65,24 @@ pub trait Projection: Send + Sync + 'static {
         seq: u64,
         envelope: &Envelope<Self::Event>,
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+
+    /// Whether [`Projection::apply_many`] writes a batch's events in fewer statements than one
+    /// per event: then the runner hands it the events of several commits at once.
+    const BULK: bool = false;
+
+    /// Applies the events of several commits, in log order (each with its commit's sequence).
+    /// The default applies them one by one.
+    fn apply_many(
+        tx: &mut PgConnection,
+        events: &[(u64, Envelope<Self::Event>)],
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
+        async move {
+            for (seq, envelope) in events {
+                Self::apply(tx, *seq, envelope).await?;
+            }
+            Ok(())
+        }
+    }
 }
 
 /// Runs every projection until `shutdown`, each in its own task. Returns the first error.
@@ -83,6 +103,16 @@ pub async fn run_all(
         shutdown.clone(),
     ));
     tasks.spawn(runner::run::<conversations::Conversations>(
+        js.clone(),
+        pool.clone(),
+        shutdown.clone(),
+    ));
+    tasks.spawn(runner::run::<usage::UsageAgents>(
+        js.clone(),
+        pool.clone(),
+        shutdown.clone(),
+    ));
+    tasks.spawn(runner::run::<usage::UsageConversations>(
         js,
         pool,
         shutdown.clone(),

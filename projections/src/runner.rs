@@ -17,6 +17,7 @@ use sqlx::PgPool;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use warren_commands::{codec, trace};
+use warren_domain::{Actor, Envelope};
 
 /// Advisory lock key shared by projector batches (shared) and the schema swap (exclusive).
 pub const SWAP_LOCK: i64 = 0x5741_5252_454e; // "WARREN"
@@ -248,6 +249,8 @@ async fn try_batch<P: Projection>(
         return Ok(BatchOutcome::Moved(stored));
     }
     let mut last = stored;
+    // A bulk projection's events wait here and are written together (`Projection::apply_many`).
+    let mut pending: Vec<(u64, Envelope<P::Event>)> = Vec::new();
     for message in messages {
         let Ok(info) = message.info() else { continue };
         let seq = info.stream_sequence;
@@ -255,6 +258,26 @@ async fn try_batch<P: Projection>(
             continue; // redelivered: already in this schema
         }
         let (subject, payload) = (message.subject.as_str(), &message.payload[..]);
+        if P::BULK && isolation == Isolation::Batch {
+            let envelopes = match codec::decode::<P::Event>(payload) {
+                Ok(envelopes) => envelopes,
+                Err(err) => {
+                    park::<P>(&mut tx, seq, subject, payload, &error_chain(&err)).await?;
+                    last = seq;
+                    continue;
+                }
+            };
+            // The guard reads the projection's rows for a user's commit: what waits goes first.
+            if envelopes.iter().any(|e| matches!(e.actor, Actor::User(_))) {
+                flush::<P>(&mut tx, &mut pending).await?;
+            }
+            match crate::guard::refusal::<P>(&mut tx, &envelopes).await? {
+                Some(reason) => park::<P>(&mut tx, seq, subject, payload, &reason).await?,
+                None => pending.extend(envelopes.into_iter().map(|e| (seq, e))),
+            }
+            last = seq;
+            continue;
+        }
         // Applying a commit continues its trace (a span when spans are exported).
         let parent = message
             .headers
@@ -291,6 +314,7 @@ async fn try_batch<P: Projection>(
         }
         last = seq;
     }
+    flush::<P>(&mut tx, &mut pending).await?;
     sqlx::query("UPDATE checkpoints SET last_seq = $2 WHERE projection = $1")
         .bind(P::NAME)
         .bind(last as i64)
@@ -298,6 +322,24 @@ async fn try_batch<P: Projection>(
         .await?;
     tx.commit().await?;
     Ok(BatchOutcome::Applied(last))
+}
+
+/// Writes the events a bulk projection holds back. A refusal names the first commit among them
+/// (the batch is then applied again one commit at a time, which finds the culprit).
+async fn flush<P: Projection>(
+    tx: &mut sqlx::PgConnection,
+    pending: &mut Vec<(u64, Envelope<P::Event>)>,
+) -> Result<(), Attempt> {
+    let Some(&(first, _)) = pending.first() else {
+        return Ok(());
+    };
+    match P::apply_many(tx, pending).await {
+        Err(err) if refused_by_database(&err) => Err(Attempt::Refused(first)),
+        other => {
+            pending.clear();
+            other.map_err(Attempt::from)
+        }
+    }
 }
 
 /// Whether the database refused a commit for what it holds (a data exception such as a NUL in

@@ -199,7 +199,12 @@ async fn publish_raw<E: serde::Serialize>(
         .into_iter()
         .map(|event| warren_domain::Envelope {
             id: warren_domain::ids::EventId::new(),
-            version: codec::CURRENT_VERSION.to_owned(),
+            version: warren_domain::versions::current(
+                serde_json::to_value(&event).expect("serializes")["type"]
+                    .as_str()
+                    .unwrap_or_default(),
+            )
+            .to_owned(),
             aggregate_id: aggregate.to_owned(),
             command_id: warren_domain::ids::CommandId::new(),
             actor: actor.clone(),

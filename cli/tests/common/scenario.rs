@@ -120,6 +120,7 @@ pub async fn user_story(commands: &CommandService, n: usize) {
                 own_key: false,
                 input_tokens: 100 + n as u64,
                 output_tokens: 20,
+                cached_input_tokens: 0,
             },
             &meta(&Actor::System("edge".into())),
         )
@@ -203,6 +204,8 @@ pub async fn user_story(commands: &CommandService, n: usize) {
                     output_tokens: 40,
                 },
                 duration_ms: 1500,
+                model: None,
+                provider: None,
             },
             &meta(&system),
         )

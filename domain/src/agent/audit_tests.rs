@@ -167,6 +167,7 @@ fn metered(model: &str) -> AgentCommand {
         own_key: true,
         input_tokens: 120,
         output_tokens: 7,
+        cached_input_tokens: 0,
     }
 }
 
@@ -180,6 +181,7 @@ fn a_metered_model_call_counts_for_the_owner_whatever_the_agents_status() {
         own_key: true,
         input_tokens: 120,
         output_tokens: 7,
+        cached_input_tokens: 0,
     };
     let before = given(running()).state();
     let agent = given(running())

@@ -143,6 +143,15 @@ pub enum AgentCommand {
         /// Its size in bytes.
         size: u64,
     },
+    /// The owner downloaded a file out of the agent's workspace: recorded once the edge read it.
+    RecordFileDownload {
+        /// Who downloaded it (the owner: the caller's check).
+        user_id: UserId,
+        /// Workspace-relative path.
+        path: String,
+        /// Its size in bytes.
+        size: u64,
+    },
     /// The edge's model proxy forwarded one model call of the agent's runtime and read the
     /// provider's own usage numbers from the answer (ADR 23). Counted against the owner's quota;
     /// accepted whatever the agent's status (the call already happened).
@@ -157,6 +166,8 @@ pub enum AgentCommand {
         input_tokens: u64,
         /// Tokens the provider wrote.
         output_tokens: u64,
+        /// Of `input_tokens`, those read from the provider's prompt cache.
+        cached_input_tokens: u64,
     },
     /// The deployer saw something wrong with the agent's sandbox that an operator must hear of
     /// (an audit fact: it changes no state). Refused for a deleted agent.
@@ -191,6 +202,7 @@ impl AgentCommand {
             AgentCommand::RequestExec { .. } => "request_exec",
             AgentCommand::RecordExecOutcome { .. } => "record_exec_outcome",
             AgentCommand::RecordFileUpload { .. } => "record_file_upload",
+            AgentCommand::RecordFileDownload { .. } => "record_file_download",
             AgentCommand::MeterModelUsage { .. } => "meter_model_usage",
             AgentCommand::RaiseSandboxAlert { .. } => "raise_sandbox_alert",
         }

@@ -192,6 +192,17 @@ pub enum AgentEvent {
         /// Its size in bytes.
         size: u64,
     },
+    /// The owner downloaded a file out of the agent's workspace (an audit and usage fact).
+    FileDownloaded {
+        /// The agent.
+        agent_id: AgentId,
+        /// Who downloaded it.
+        user_id: UserId,
+        /// Workspace-relative path.
+        path: String,
+        /// Its size in bytes.
+        size: u64,
+    },
     /// The platform's model proxy forwarded one model call of the agent's runtime; the tokens
     /// are the provider's own numbers, read from its answer (an audit and usage fact).
     ModelUsageMetered {
@@ -209,6 +220,9 @@ pub enum AgentEvent {
         input_tokens: u64,
         /// Tokens the provider wrote.
         output_tokens: u64,
+        /// Of `input_tokens`, those the provider read from its prompt cache (version 2; an
+        /// event of version 1 reads as 0).
+        cached_input_tokens: u64,
     },
     /// Something is wrong with the agent's sandbox that an operator must hear of
     /// (docs/adr/0026-sandbox-alerts.md); an audit fact, no state changes.
@@ -245,14 +259,17 @@ impl AgentEvent {
             AgentEvent::ExecRequested { .. } => "ExecRequested",
             AgentEvent::ExecFinished { .. } => "ExecFinished",
             AgentEvent::FileUploaded { .. } => "FileUploaded",
+            AgentEvent::FileDownloaded { .. } => "FileDownloaded",
             AgentEvent::ModelUsageMetered { .. } => "ModelUsageMetered",
             AgentEvent::SandboxAlerted { .. } => "SandboxAlerted",
         }
     }
 
-    /// The schema version of this event's shape (every agent event is at `"1"`).
+    /// The schema version of this event's shape: `"2"` for `ModelUsageMetered` (which gained
+    /// `cached_input_tokens`), `"1"` for every other agent event. Older versions are lifted on
+    /// read (`warren_commands::codec::upcast`).
     pub fn event_version(&self) -> &'static str {
-        "1"
+        crate::versions::current(self.event_type())
     }
 
     /// The deployment attempt this event opens, if it opens one.

@@ -289,17 +289,31 @@ impl Agent {
                 user_id,
                 path,
                 size,
+            }
+            | C::RecordFileDownload {
+                user_id,
+                path,
+                size,
             } => {
                 let path = non_blank(path).ok_or(AgentError::InvalidInput {
                     field: "path",
                     reason: "must not be blank",
                 })?;
                 text::FILE_PATH.check(&path)?;
-                Ok(vec![AgentEvent::FileUploaded {
-                    agent_id,
-                    user_id: *user_id,
-                    path,
-                    size: *size,
+                let (user_id, size) = (*user_id, *size);
+                Ok(vec![match command {
+                    C::RecordFileUpload { .. } => AgentEvent::FileUploaded {
+                        agent_id,
+                        user_id,
+                        path,
+                        size,
+                    },
+                    _ => AgentEvent::FileDownloaded {
+                        agent_id,
+                        user_id,
+                        path,
+                        size,
+                    },
                 }])
             }
             C::MeterModelUsage { .. } => self.meter(agent_id, command),
@@ -403,6 +417,7 @@ impl Agent {
             AgentEvent::ExecRequested { .. }
             | AgentEvent::ExecFinished { .. }
             | AgentEvent::FileUploaded { .. }
+            | AgentEvent::FileDownloaded { .. }
             | AgentEvent::ModelUsageMetered { .. }
             | AgentEvent::SandboxAlerted { .. } => {}
         }
@@ -531,6 +546,7 @@ impl Agent {
             own_key,
             input_tokens,
             output_tokens,
+            cached_input_tokens,
         } = command
         else {
             // Only reached with `MeterModelUsage`.
@@ -545,6 +561,7 @@ impl Agent {
             own_key: *own_key,
             input_tokens: *input_tokens,
             output_tokens: *output_tokens,
+            cached_input_tokens: (*cached_input_tokens).min(*input_tokens),
         }])
     }
 

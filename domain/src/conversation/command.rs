@@ -3,6 +3,7 @@
 
 use super::types::{PostMode, TokenUsage, ToolCall};
 use crate::ids::{AgentId, ConversationId, MessageId, RunId, UserId};
+use crate::user::Provider;
 use serde::{Deserialize, Serialize};
 
 /// A request to change a conversation. Only [`ConversationCommand::StartConversation`] names it.
@@ -79,6 +80,10 @@ pub enum ConversationCommand {
         usage: TokenUsage,
         /// Wall time of the run.
         duration_ms: u64,
+        /// The agent's model when the run was taken, if known.
+        model: Option<String>,
+        /// The provider that served it, if known.
+        provider: Option<Provider>,
     },
     /// Chat worker: the running run failed.
     FailRun {

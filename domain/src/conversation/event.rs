@@ -6,6 +6,7 @@
 
 use super::types::{CancelReason, TokenUsage, ToolCall};
 use crate::ids::{AgentId, ConversationId, MessageId, RunId, UserId};
+use crate::user::Provider;
 use serde::{Deserialize, Serialize};
 
 /// A fact about a conversation, stored as `{"type": "<variant>", "data": {…}}`.
@@ -108,6 +109,12 @@ pub enum ConversationEvent {
         usage: TokenUsage,
         /// Wall time of the run.
         duration_ms: u64,
+        /// The model the agent was configured with when the run was taken (version 2; `None`
+        /// for a version 1 event, or when it was not known).
+        model: Option<String>,
+        /// The provider that served it: the owner's own key's, else the platform's (version 2;
+        /// `None` for a version 1 event).
+        provider: Option<Provider>,
     },
     /// The run failed.
     RunFailed {
@@ -177,8 +184,9 @@ impl ConversationEvent {
         }
     }
 
-    /// The schema version of this event's shape (every conversation event is at `"1"`).
+    /// The schema version of this event's shape: `"2"` for `RunCompleted` (which gained
+    /// `model` and `provider`), `"1"` for every other conversation event.
     pub fn event_version(&self) -> &'static str {
-        "1"
+        crate::versions::current(self.event_type())
     }
 }

@@ -100,6 +100,8 @@ fn the_first_completed_run_or_a_clear_ends_the_hand_over_but_a_failed_run_does_n
         tool_calls: vec![],
         usage: TokenUsage::default(),
         duration_ms: 1,
+        model: None,
+        provider: None,
     };
     assert!(on([running.clone(), vec![failed]].concat()));
     assert!(!on([running, vec![completed]].concat()));

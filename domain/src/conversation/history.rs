@@ -116,6 +116,8 @@ mod tests {
             tool_calls: vec![],
             usage: TokenUsage::default(),
             duration_ms: 1,
+            model: None,
+            provider: None,
         }
     }
 

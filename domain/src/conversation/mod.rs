@@ -200,8 +200,13 @@ impl Conversation {
                 tool_calls,
                 usage,
                 duration_ms,
+                model,
+                provider,
             } => {
                 text::REPLY.check(text)?;
+                if let Some(model) = model {
+                    text::MODEL.check(model)?;
+                }
                 tool_calls.iter().try_for_each(valid_tool_call)?;
                 self.expect_running(*run_id)?;
                 Ok(vec![E::RunCompleted {
@@ -214,6 +219,8 @@ impl Conversation {
                     tool_calls: tool_calls.clone(),
                     usage: *usage,
                     duration_ms: *duration_ms,
+                    model: model.clone(),
+                    provider: *provider,
                 }])
             }
             C::FailRun {

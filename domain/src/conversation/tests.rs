@@ -122,6 +122,8 @@ fn complete(n: u128) -> ConversationCommand {
             output_tokens: 30,
         },
         duration_ms: 1500,
+        model: None,
+        provider: None,
     }
 }
 
@@ -351,6 +353,8 @@ fn completing_the_running_run_records_the_reply_and_frees_the_queue() {
                 output_tokens: 30,
             },
             duration_ms: 1500,
+            model: None,
+            provider: None,
         }]);
     assert_eq!(conversation.next_up().map(|r| r.run_id), Some(run(2)));
     assert_eq!(conversation.position(run(3)), Some(1));

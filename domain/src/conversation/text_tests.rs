@@ -63,6 +63,8 @@ fn complete(text: &str, tool_calls: Vec<ToolCall>) -> ConversationCommand {
         tool_calls,
         usage: TokenUsage::default(),
         duration_ms: 10,
+        model: None,
+        provider: None,
     }
 }
 
@@ -216,6 +218,8 @@ fn text_the_chat_worker_fitted_is_always_accepted() {
             tool_calls: vec![fitted],
             usage: TokenUsage::default(),
             duration_ms: 10,
+            model: None,
+            provider: None,
         }]);
     let code = text::FAILURE_CODE.fit(&hostile);
     let message = text::FAILURE_MESSAGE.fit(&hostile);

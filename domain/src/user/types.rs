@@ -15,6 +15,8 @@ string_enum! {
         User => "user",
         /// An approved user who also approves, rejects and revokes others.
         Admin => "admin",
+        /// An approved user who also reads every user's usage (the analyst API).
+        Analyst => "analyst",
     }
 }
 

@@ -160,6 +160,25 @@ pub fn admin(caller: AuthUser) -> Result<AdminUser, ApiError> {
     Ok(AdminUser(caller))
 }
 
+/// An approved analyst or admin: may read every user's usage.
+#[derive(Clone, Debug)]
+pub struct AnalystUser(pub AuthUser);
+
+impl Deref for AnalystUser {
+    type Target = AuthUser;
+    fn deref(&self) -> &AuthUser {
+        &self.0
+    }
+}
+
+/// `caller`, if they are an approved analyst or admin.
+pub fn analyst(caller: AuthUser) -> Result<AnalystUser, ApiError> {
+    if !matches!(caller.user.role, Role::Admin | Role::Analyst) || !caller.user.is_approved() {
+        return Err(ApiError::forbidden("forbidden", "analysts and admins only"));
+    }
+    Ok(AnalystUser(caller))
+}
+
 /// Whether `caller` (as they were when their connection opened or last passed this check) may
 /// go on: their session is alive and their standing is the same. The refreshed caller, or the
 /// refusal the connection ends with. (A socket ends at its token's expiry by a timer of its

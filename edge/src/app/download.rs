@@ -10,8 +10,11 @@ use axum::http::StatusCode;
 use bytes::Bytes;
 use serde_json::json;
 use std::time::Duration;
-use warren_commands::bounded;
-use warren_domain::ids::AgentId;
+use warren_commands::{CommandMeta, bounded};
+use warren_domain::Actor;
+use warren_domain::agent::AgentCommand;
+use warren_domain::ids::{AgentId, UserId};
+use warren_domain::text;
 
 /// How long reading a file may take.
 const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(120);
@@ -76,10 +79,32 @@ pub async fn download(
             bounded::Bounded::TooLarge(_) => too_large(max_bytes),
             bounded::Bounded::Source(_) => ApiError::Unavailable("the agent runtime"),
         })?;
+    let path = segments.join("/");
+    record(state, caller.id, agent_id, &path, bytes.len() as u64).await;
     Ok(Downloaded {
-        path: segments.join("/"),
+        path,
         bytes: Bytes::from(bytes),
     })
+}
+
+/// Records a download in the agent's log once its bytes went out (`FileDownloaded`, a usage
+/// fact). The file is already the caller's, so a log that cannot take the record is logged, not
+/// turned into an error.
+pub async fn record(state: &AppState, user: UserId, agent: AgentId, path: &str, size: u64) {
+    let command = AgentCommand::RecordFileDownload {
+        user_id: user,
+        path: text::FILE_PATH.fit(path),
+        size,
+    };
+    let meta = CommandMeta::new(Actor::User(user));
+    if let Err(err) = state
+        .commands
+        .agents
+        .execute(&agent.to_string(), command, &meta)
+        .await
+    {
+        tracing::warn!(agent_id = %agent, error = %err, "a download could not be recorded");
+    }
 }
 
 fn too_large(limit: usize) -> ApiError {

@@ -23,10 +23,13 @@
 //! - [`keys`] — a user's provider keys, sealed outside the log.
 //! - [`download`] — read a file out of the agent's workspace, within a size cap.
 //! - [`usage`] — a user's usage today against their tier's limits.
+//! - [`analytics`] — usage over a time range per bucket and group, priced: the analyst API and a
+//!   user's own report.
 
 pub mod access;
 pub mod admin;
 pub mod agents;
+pub mod analytics;
 pub mod chat;
 pub mod download;
 pub mod exec;

@@ -30,6 +30,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::Response;
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use utoipa::ToSchema;
@@ -237,7 +238,25 @@ pub(crate) async fn file(
     if let Some(length) = response.content_length() {
         answer = answer.header(header::CONTENT_LENGTH, length);
     }
+    // The download is recorded (a usage fact) once the whole body went out.
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = sent.clone();
+    let (user, path) = (caller.id, segments.join("/"));
+    let body = response
+        .bytes_stream()
+        .inspect(move |chunk| {
+            if let Ok(chunk) = chunk {
+                counted.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+        })
+        .chain(
+            futures::stream::once(async move {
+                let size = sent.load(std::sync::atomic::Ordering::Relaxed);
+                crate::app::download::record(&state, user, agent_id, &path, size).await;
+            })
+            .filter_map(|()| async { None }),
+        );
     answer
-        .body(Body::from_stream(response.bytes_stream()))
+        .body(Body::from_stream(body))
         .map_err(ApiError::internal)
 }

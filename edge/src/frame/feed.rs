@@ -137,6 +137,13 @@ pub enum AgentChange {
         /// Bytes written.
         size: u64,
     },
+    /// Its owner downloaded a file out of its workspace.
+    FileDownloaded {
+        /// Workspace-relative path.
+        path: String,
+        /// Bytes read.
+        size: u64,
+    },
     /// Its runtime called its model through the platform; the provider's token counts.
     ModelUsed {
         /// The provider called.
@@ -340,6 +347,7 @@ impl From<AgentEvent> for AgentChange {
                 failure,
             },
             E::FileUploaded { path, size, .. } => AgentChange::FileUploaded { path, size },
+            E::FileDownloaded { path, size, .. } => AgentChange::FileDownloaded { path, size },
             E::ModelUsageMetered {
                 provider,
                 model,

@@ -169,9 +169,17 @@ pub async fn run(
     )
     .await
     .and_then(|resolved| resolved);
+    // The run's model and provider, for its usage fact: the agent's model, served through the
+    // owner's own key if they have one, else the platform's.
+    let mut served: (Option<String>, Option<Provider>) = (None, None);
     let outcome = match resolved {
         Err(outcome) => outcome,
-        Ok((runtime, own_key)) => {
+        Ok(Resolved {
+            runtime,
+            own_key,
+            model,
+        }) => {
+            served = (Some(model), own_key.or(shared.settings.platform_provider));
             live.status(&mut progress, RunStatus::Thinking).await;
             let outcome = drive(
                 shared,
@@ -225,6 +233,8 @@ pub async fn run(
             tool_calls: progress.tool_calls,
             usage,
             duration_ms,
+            model: served.0.map(|model| text::MODEL.fit(&model)),
+            provider: served.1,
         }),
         Outcome::Failed {
             code,
@@ -280,11 +290,7 @@ async fn report_agent_failure(shared: &Shared, agent_id: AgentId) {
 /// The agent's runtime, if the agent is running and has an endpoint and a token, and the
 /// provider of the user's own key if they added one (the most recent, which the model proxy
 /// uses; else the platform's default).
-async fn resolve(
-    shared: &Shared,
-    agent_id: AgentId,
-    user_id: UserId,
-) -> Result<(Runtime, Option<Provider>), Outcome> {
+async fn resolve(shared: &Shared, agent_id: AgentId, user_id: UserId) -> Result<Resolved, Outcome> {
     let (agent, _) = shared
         .commands
         .agents
@@ -316,7 +322,19 @@ async fn resolve(
         })?
         .ok_or_else(|| failed("agent_unavailable", "the agent has no token", true))?;
     let own_key = own_key(shared, user_id).await?;
-    Ok((Runtime::new(shared.http.clone(), &endpoint, token), own_key))
+    Ok(Resolved {
+        runtime: Runtime::new(shared.http.clone(), &endpoint, token),
+        own_key,
+        model: agent.model.clone(),
+    })
+}
+
+/// What a run needs of its agent: the runtime, the provider of the owner's own key if any, and
+/// the agent's model (recorded with the run's usage).
+struct Resolved {
+    runtime: Runtime,
+    own_key: Option<Provider>,
+    model: String,
 }
 
 /// The provider of the user's most recently added key, the one the model proxy calls (the

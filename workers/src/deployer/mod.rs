@@ -1127,6 +1127,7 @@ fn agent_of(event: &AgentEvent) -> AgentId {
         | AgentEvent::ExecRequested { agent_id, .. }
         | AgentEvent::ExecFinished { agent_id, .. }
         | AgentEvent::FileUploaded { agent_id, .. }
+        | AgentEvent::FileDownloaded { agent_id, .. }
         | AgentEvent::ModelUsageMetered { agent_id, .. }
         | AgentEvent::SandboxAlerted { agent_id, .. } => *agent_id,
     }

@@ -26,6 +26,8 @@ pub struct Usage {
     pub input_tokens: u64,
     /// Tokens written.
     pub output_tokens: u64,
+    /// Of `input_tokens`, those read from the provider's prompt cache.
+    pub cached_input_tokens: u64,
 }
 
 /// Reads one answer's usage as it passes.
@@ -135,6 +137,9 @@ impl Meter {
                 self.usage = Some(Usage {
                     input_tokens: usage["prompt_tokens"].as_u64().unwrap_or(0),
                     output_tokens: usage["completion_tokens"].as_u64().unwrap_or(0),
+                    cached_input_tokens: usage["prompt_tokens_details"]["cached_tokens"]
+                        .as_u64()
+                        .unwrap_or(0),
                 });
             }
             ModelProtocol::Anthropic => self.anthropic(usage),
@@ -157,6 +162,7 @@ impl Meter {
             .iter()
             .filter_map(|field| usage[*field].as_u64())
             .fold(0, u64::saturating_add);
+            current.cached_input_tokens = usage["cache_read_input_tokens"].as_u64().unwrap_or(0);
         }
         if let Some(output) = usage["output_tokens"].as_u64() {
             current.output_tokens = output;
@@ -188,7 +194,8 @@ mod tests {
                 metered(ModelProtocol::Openai, true, stream, size),
                 Some(Usage {
                     input_tokens: 42,
-                    output_tokens: 7
+                    output_tokens: 7,
+                    cached_input_tokens: 0
                 }),
                 "pieces of {size}"
             );
@@ -210,7 +217,8 @@ mod tests {
             metered(ModelProtocol::Anthropic, true, stream, 7),
             Some(Usage {
                 input_tokens: 35,
-                output_tokens: 12
+                output_tokens: 12,
+                cached_input_tokens: 5
             })
         );
         // Cut off after message_start: what was read so far still counts.
@@ -219,7 +227,8 @@ mod tests {
             metered(ModelProtocol::Anthropic, true, cut, 9),
             Some(Usage {
                 input_tokens: 35,
-                output_tokens: 1
+                output_tokens: 1,
+                cached_input_tokens: 5
             })
         );
     }
@@ -231,7 +240,8 @@ mod tests {
             metered(ModelProtocol::Openai, false, openai, 4),
             Some(Usage {
                 input_tokens: 9,
-                output_tokens: 4
+                output_tokens: 4,
+                cached_input_tokens: 0
             })
         );
         let anthropic = r#"{"type":"message","usage":{"input_tokens":11,"output_tokens":3}}"#;
@@ -239,7 +249,8 @@ mod tests {
             metered(ModelProtocol::Anthropic, false, anthropic, 4),
             Some(Usage {
                 input_tokens: 11,
-                output_tokens: 3
+                output_tokens: 3,
+                cached_input_tokens: 0
             })
         );
         assert_eq!(metered(ModelProtocol::Openai, false, "not json", 4), None);
@@ -255,7 +266,8 @@ mod tests {
             metered(ModelProtocol::Openai, true, &stream, 64 * 1024),
             Some(Usage {
                 input_tokens: 1,
-                output_tokens: 2
+                output_tokens: 2,
+                cached_input_tokens: 0
             })
         );
     }

@@ -302,6 +302,7 @@ impl Metered {
             own_key: self.upstream.own_key,
             input_tokens: usage.input_tokens,
             output_tokens: usage.output_tokens,
+            cached_input_tokens: usage.cached_input_tokens,
         };
         match self
             .state
