@@ -94,6 +94,8 @@ pub const ROLE_HEADINGS: &[(&str, &[&str])] = {
         ("worker projector", &BASE),
         ("replay", &BASE),
         ("migrate", &BASE),
+        ("export usage", &[PLATFORM, NATS]),
+        ("export events", &[PLATFORM, NATS]),
         (
             "worker notifier",
             &[PLATFORM, NATS, POSTGRES, MAIL, SIGN_IN],

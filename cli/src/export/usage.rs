@@ -288,7 +288,7 @@ pub async fn export(
         let mut last = 0;
         while let Some(commit) = commits.next().await? {
             last = commit.seq;
-            let written = (index, commit.seq) > first;
+            let written = (index, commit.seq) >= first;
             let ledgers = match ledgers(source, &commit.payload, &mut owners) {
                 Ok(ledgers) => ledgers,
                 Err(err) => {
