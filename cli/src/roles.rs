@@ -674,17 +674,11 @@ impl ReplayScope {
     pub fn parse(projection: &str, from_time: Option<&str>) -> anyhow::Result<Self> {
         let from = from_time
             .map(|text| {
-                chrono::DateTime::parse_from_rfc3339(text)
-                    .map(|at| at.with_timezone(&chrono::Utc))
-                    .or_else(|_| {
-                        text.parse::<chrono::NaiveDate>()
-                            .map(|day| day.and_time(chrono::NaiveTime::MIN).and_utc())
-                    })
-                    .map_err(|_| {
-                        anyhow::anyhow!(
-                            "--from-time {text:?} is neither an RFC 3339 time nor a day (YYYY-MM-DD)"
-                        )
-                    })
+                warren_domain::usage::parse_instant(text).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--from-time {text:?} is neither an RFC 3339 time nor a day (YYYY-MM-DD)"
+                    )
+                })
             })
             .transpose()?;
         match (projection, from) {

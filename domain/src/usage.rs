@@ -464,6 +464,17 @@ impl PriceTable {
     }
 }
 
+/// An instant as analysts write one: RFC 3339 (`2026-03-01T12:00:00Z`), or a UTC day
+/// (`2026-03-01`) meaning its midnight. `None` for anything else.
+pub fn parse_instant(text: &str) -> Option<DateTime<Utc>> {
+    if let Ok(at) = DateTime::parse_from_rfc3339(text) {
+        return Some(at.with_timezone(&Utc));
+    }
+    NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .ok()
+        .map(|day| day.and_time(chrono::NaiveTime::MIN).and_utc())
+}
+
 /// Picodollars as USD, rounded to the micro-dollar.
 pub fn usd(cost: Picodollars) -> f64 {
     // Round to whole micro-dollars first, so the float is the nearest to a 6-decimal number.

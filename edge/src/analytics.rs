@@ -11,7 +11,7 @@ use crate::routes::ApiRouter;
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
-use chrono::{DateTime, Duration, NaiveDate, Utc};
+use chrono::{DateTime, Duration, Utc};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
@@ -118,14 +118,7 @@ fn parse(query: &ReportQuery, caller: Option<&AuthUser>) -> Result<analytics::Qu
 
 /// An RFC 3339 instant, or a UTC day's start.
 fn instant(field: &str, text: &str) -> Result<DateTime<Utc>, ApiError> {
-    if let Ok(at) = DateTime::parse_from_rfc3339(text) {
-        return Ok(at.with_timezone(&Utc));
-    }
-    text.parse::<NaiveDate>()
-        .ok()
-        .and_then(|day| day.and_hms_opt(0, 0, 0))
-        .map(|start| start.and_utc())
-        .ok_or_else(|| {
-            ApiError::invalid_field(field, "must be an RFC 3339 time or a day (YYYY-MM-DD)")
-        })
+    warren_domain::usage::parse_instant(text).ok_or_else(|| {
+        ApiError::invalid_field(field, "must be an RFC 3339 time or a day (YYYY-MM-DD)")
+    })
 }

@@ -21,7 +21,7 @@ mod usage;
 use crate::config::Config;
 use crate::roles::{Endpoints, connect_nats};
 use anyhow::Context;
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -95,14 +95,9 @@ struct EventsArgs {
 
 /// An instant as RFC 3339, or a UTC day as its midnight.
 fn instant(text: &str) -> Result<DateTime<Utc>, String> {
-    if let Ok(at) = DateTime::parse_from_rfc3339(text) {
-        return Ok(at.with_timezone(&Utc));
-    }
-    NaiveDate::parse_from_str(text, "%Y-%m-%d")
-        .map(|day| day.and_time(chrono::NaiveTime::MIN).and_utc())
-        .map_err(|_| {
-            format!("{text:?} is neither RFC 3339 (2026-03-01T12:00:00Z) nor a day (2026-03-01)")
-        })
+    warren_domain::usage::parse_instant(text).ok_or_else(|| {
+        format!("{text:?} is neither RFC 3339 (2026-03-01T12:00:00Z) nor a day (2026-03-01)")
+    })
 }
 
 /// Runs `warren export …`; the summary goes to stderr (stdout may be the export).
