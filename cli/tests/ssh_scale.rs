@@ -244,18 +244,33 @@ async fn two_deployers_share_two_hosts_hand_them_over_and_move_a_down_hosts_agen
         host(&platform, "vm-1").await.down.then_some(())
     })
     .await;
-    warren_testkit::wait_for(WAIT, || async {
-        let h0 = host(&platform, "vm-0").await;
-        for agent in &moved {
-            if !h0.agents.contains(agent)
-                || platform.agent(*agent).await.status != AgentStatus::Running
-            {
-                return None;
+    let redeployed = tokio::time::timeout(WAIT, async {
+        loop {
+            let h0 = host(&platform, "vm-0").await;
+            let mut all = true;
+            for agent in &moved {
+                all &= h0.agents.contains(agent)
+                    && platform.agent(*agent).await.status == AgentStatus::Running;
             }
+            if all {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        Some(())
     })
     .await;
+    if redeployed.is_err() {
+        let mut states = String::new();
+        for agent in &moved {
+            let view = platform.agent(*agent).await;
+            states.push_str(&format!("{agent}: {:?}\n", view.status));
+        }
+        panic!(
+            "the down host's agents were not redeployed on vm-0 within {WAIT:?}\n{states}vm-0 holds {:?}\n{}",
+            host(&platform, "vm-0").await.agents,
+            logs(&first, &second)
+        );
+    }
     for agent in &moved {
         let events = platform.events(*agent).await;
         assert!(
