@@ -7,7 +7,8 @@
 use async_nats::HeaderMap;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use warren_domain::{Envelope, versions};
+use warren_domain::Envelope;
+use warren_domain::versions::{self, Versioned};
 
 /// Header naming the event types of a commit, comma-separated (cheap filtering).
 pub const HEADER_EVENT_TYPES: &str = "Warren-Event-Types";
@@ -45,7 +46,19 @@ pub fn encode<E: serde::Serialize>(
 }
 
 /// Decodes one commit into typed envelopes, upcasting older versions first.
-pub fn decode<E: DeserializeOwned>(body: &[u8]) -> Result<Vec<Envelope<E>>, DecodeError> {
+///
+/// A commit whose events are all at their types' current versions (nearly every one) is read
+/// straight into its types, in one pass; any other goes through a JSON value and [`upcast`].
+pub fn decode<E: DeserializeOwned + Versioned>(
+    body: &[u8],
+) -> Result<Vec<Envelope<E>>, DecodeError> {
+    if let Ok(envelopes) = serde_json::from_slice::<Vec<Envelope<E>>>(body)
+        && envelopes
+            .iter()
+            .all(|envelope| envelope.version == envelope.event.current_version())
+    {
+        return Ok(envelopes);
+    }
     let raw: Vec<Value> = serde_json::from_slice(body).map_err(DecodeError::Malformed)?;
     raw.into_iter()
         .map(|mut value| {

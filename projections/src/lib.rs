@@ -12,6 +12,7 @@
 //! - [`users`], [`agents`], [`conversations`] — each aggregate's events → rows.
 //! - [`usage`] — the usage read model: every usage fact, and the daily counters quotas read; two
 //!   projections (one per stream) that can be rebuilt on their own.
+//! - [`copy`] — rows in PostgreSQL's binary `COPY` format, how the usage facts land.
 //! - [`replay`] — `warren replay`: rebuild every read model, or only usage, into a fresh schema
 //!   while live, then swap it in.
 //! - [`status`] — per-projection lag, for health checks.
@@ -20,6 +21,7 @@
 pub mod agents;
 pub mod capacity;
 pub mod conversations;
+pub mod copy;
 pub mod guard;
 pub mod replay;
 pub mod runner;
@@ -47,7 +49,11 @@ pub trait Projection: Send + Sync + 'static {
     /// The subjects it reads (durable facts only).
     const FILTER: &'static str;
     /// The aggregate's event type.
-    type Event: DeserializeOwned + serde::Serialize + Send + Sync;
+    type Event: DeserializeOwned
+        + serde::Serialize
+        + warren_domain::versions::Versioned
+        + Send
+        + Sync;
 
     /// Which signed-in users may cause `event` (see [`warren_domain::authority`]).
     fn authority(event: &Self::Event) -> Authority;

@@ -18,6 +18,8 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use sqlx::PgPool;
 use std::time::Duration;
+use tokio_util::task::AbortOnDropHandle;
+use warren_commands::codec;
 
 /// Commits fetched and applied together by a rebuild (the live projector takes smaller batches,
 /// to show each commit sooner).
@@ -76,9 +78,10 @@ pub async fn replay(
         "warren_rebuild_{}",
         chrono::Utc::now().format("%Y%m%d%H%M%S%f")
     );
-    let rebuild = schema::open(database_url, &built, 4).await?;
+    let rebuild = schema::open_rebuild(database_url, &built, 4).await?;
     // Make sure the live schema exists, so there is something to swap out.
     let live = schema::open(database_url, LIVE_SCHEMA, 2).await?;
+    let deferred = defer_indexes(&rebuild, &built, &usage::TABLES).await?;
 
     let mut applied = vec![
         (
@@ -102,6 +105,7 @@ pub async fn replay(
             catch_up::<UsageConversations>(js, &rebuild, progress).await?,
         ),
     ];
+    restore_indexes(&rebuild, deferred).await?;
 
     let mut tx = live.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
@@ -157,9 +161,10 @@ pub async fn replay_usage(
         "warren_rebuild_usage_{}",
         chrono::Utc::now().format("%Y%m%d%H%M%S%f")
     );
-    let rebuild = schema::open(database_url, &built, 4).await?;
+    let rebuild = schema::open_rebuild(database_url, &built, 4).await?;
     let live = schema::open(database_url, LIVE_SCHEMA, 2).await?;
     let (live_q, built_q) = (quote_ident(LIVE_SCHEMA), quote_ident(&built));
+    let deferred = defer_indexes(&rebuild, &built, &usage::TABLES).await?;
     if let Some(from) = from {
         keep_before(&live, &live_q, &built_q, from).await?;
         let agents = first_at::<UsageAgents>(js, from).await?;
@@ -188,6 +193,7 @@ pub async fn replay_usage(
             catch_up::<UsageConversations>(js, &rebuild, progress).await?,
         ),
     ];
+    restore_indexes(&rebuild, deferred).await?;
 
     let mut tx = live.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
@@ -225,6 +231,53 @@ pub async fn replay_usage(
     tx.commit().await?;
     live.close().await;
     Ok(ReplayReport { built, applied })
+}
+
+/// Drops the secondary indexes of `tables` in the rebuild `schema` (not the unique ones, which
+/// the projections' `ON CONFLICT` needs) and returns how to make them again: rows land faster
+/// without them, and each is then built in one pass by [`restore_indexes`]. Only for tables whose
+/// projections never read through those indexes.
+async fn defer_indexes(
+    pool: &PgPool,
+    schema: &str,
+    tables: &[&str],
+) -> Result<Vec<String>, sqlx::Error> {
+    let indexes: Vec<(String, String)> = sqlx::query_as(
+        "SELECT i.relname::text, pg_get_indexdef(x.indexrelid) FROM pg_index x \
+         JOIN pg_class i ON i.oid = x.indexrelid \
+         JOIN pg_class t ON t.oid = x.indrelid \
+         JOIN pg_namespace n ON n.oid = t.relnamespace \
+         WHERE n.nspname = $1 AND t.relname = ANY($2) AND NOT x.indisunique",
+    )
+    .bind(schema)
+    .bind(tables)
+    .fetch_all(pool)
+    .await?;
+    if indexes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let names: Vec<String> = indexes
+        .iter()
+        .map(|(index, _)| format!("{}.{}", quote_ident(schema), quote_ident(index)))
+        .collect();
+    let drop = format!("DROP INDEX {}", names.join(", "));
+    sqlx::query(sqlx::AssertSqlSafe(drop)).execute(pool).await?;
+    Ok(indexes
+        .into_iter()
+        .map(|(_, definition)| definition)
+        .collect())
+}
+
+/// Makes again the indexes [`defer_indexes`] dropped, each on a connection of its own (an index
+/// build is one process's work in PostgreSQL).
+async fn restore_indexes(pool: &PgPool, definitions: Vec<String>) -> Result<(), sqlx::Error> {
+    let builds = definitions.into_iter().map(|definition| async move {
+        sqlx::query(sqlx::AssertSqlSafe(definition))
+            .execute(pool)
+            .await
+            .map(drop)
+    });
+    futures::future::try_join_all(builds).await.map(drop)
 }
 
 /// Copies the live usage facts before `from` (and every owner) into the rebuild, with the day
@@ -317,22 +370,21 @@ async fn first_at<P: Projection>(
 }
 
 /// Applies everything in the stream after the rebuild's checkpoint. Returns how many commits.
+///
+/// An ordered consumer (the log's fastest read) is drained by a task of its own into batches, so
+/// the next batch is read off the log while this one is written to the database.
 async fn catch_up<P: Projection>(
     js: &jetstream::Context,
     pool: &PgPool,
     progress: &(dyn Fn(&Progress) + Sync),
 ) -> Result<u64, ProjectorError> {
     let name = format!("replay-{}", P::NAME);
-    let err = |source: Box<dyn std::error::Error + Send + Sync>| ProjectorError::Consumer {
-        consumer: name.clone(),
-        source,
-    };
     let mut committed = runner::checkpoint(pool, P::NAME).await?;
     let stream = js
         .get_stream_no_info(P::STREAM)
         .await
-        .map_err(|e| err(Box::new(e)))?;
-    let mut consumer: consumer::PullConsumer = stream
+        .map_err(|e| consumer_error(&name, e))?;
+    let consumer: consumer::PullConsumer = stream
         .create_consumer(consumer::pull::Config {
             filter_subject: P::FILTER.to_owned(),
             deliver_policy: consumer::DeliverPolicy::ByStartSequence {
@@ -343,44 +395,20 @@ async fn catch_up<P: Projection>(
             ..Default::default()
         })
         .await
-        .map_err(|e| err(Box::new(e)))?;
+        .map_err(|e| consumer_error(&name, e))?;
+    if consumer.cached_info().num_pending == 0 {
+        return Ok(0);
+    }
+    let (batches, mut received) = tokio::sync::mpsc::channel(2);
+    let reader = AbortOnDropHandle::new(tokio::spawn(read_batches::<P>(name, consumer, batches)));
     let mut applied = 0;
-    // What is left to read: asked of the consumer at first and whenever a fetch comes back
-    // empty, else read off the last message fetched (one round trip less per batch).
-    let mut pending = None;
-    loop {
-        let left = match pending {
-            Some(left) => left,
-            None => {
-                consumer
-                    .info()
-                    .await
-                    .map_err(|e| err(Box::new(e)))?
-                    .num_pending
-            }
-        };
-        if left == 0 {
-            return Ok(applied);
-        }
-        let mut batch = consumer
-            .fetch()
-            .max_messages(REPLAY_BATCH)
-            .expires(Duration::from_millis(500))
-            .messages()
-            .await
-            .map_err(|e| err(Box::new(e)))?;
-        let mut messages = Vec::new();
-        while let Some(message) = batch.next().await {
-            messages.push(message.map_err(&err)?);
-        }
-        pending = messages
-            .last()
-            .and_then(|message| message.info().ok())
-            .map(|info| info.pending);
-        if messages.is_empty() {
-            continue;
-        }
-        match runner::apply_batch::<P>(pool, committed, &messages, false).await? {
+    while let Some(batch) = received.recv().await {
+        let Batch {
+            messages,
+            decoded,
+            pending,
+        } = batch?;
+        match runner::apply_decoded::<P>(pool, committed, &messages, decoded, false).await? {
             BatchOutcome::Applied(last) => {
                 applied += messages.len() as u64;
                 committed = last;
@@ -390,7 +418,94 @@ async fn catch_up<P: Projection>(
         progress(&Progress {
             projection: P::NAME,
             applied,
-            pending: pending.unwrap_or_default(),
+            pending,
         });
+    }
+    drop(reader);
+    Ok(applied)
+}
+
+/// One batch read off the log.
+struct Batch<E> {
+    messages: Vec<jetstream::Message>,
+    /// For a bulk projection, the messages' envelopes (decoded by the reader, off the writer's
+    /// path).
+    decoded: runner::Decoded<E>,
+    /// How many commits were left after it when it was read.
+    pending: u64,
+}
+
+/// Fetches batches of up to [`REPLAY_BATCH`] commits and decodes them, until the log has nothing
+/// more to hand out, then ends.
+async fn read_batches<P: Projection>(
+    name: String,
+    mut consumer: consumer::PullConsumer,
+    batches: tokio::sync::mpsc::Sender<Result<Batch<P::Event>, ProjectorError>>,
+) {
+    let read = async {
+        // What is left: read off the last message fetched, else asked of the consumer.
+        let mut pending = None;
+        loop {
+            let left = match pending {
+                Some(left) => left,
+                None => {
+                    consumer
+                        .info()
+                        .await
+                        .map_err(|e| consumer_error(&name, e))?
+                        .num_pending
+                }
+            };
+            if left == 0 {
+                return Ok(());
+            }
+            let mut fetched = consumer
+                .fetch()
+                .max_messages(REPLAY_BATCH)
+                .expires(Duration::from_millis(500))
+                .messages()
+                .await
+                .map_err(|e| consumer_error(&name, e))?;
+            let mut messages = Vec::with_capacity(REPLAY_BATCH);
+            let mut decoded = Vec::new();
+            while let Some(message) = fetched.next().await {
+                let message = message.map_err(|source| ProjectorError::Consumer {
+                    consumer: name.clone(),
+                    source,
+                })?;
+                if P::BULK {
+                    decoded.push(Some(codec::decode::<P::Event>(&message.payload)));
+                }
+                messages.push(message);
+            }
+            pending = messages
+                .last()
+                .and_then(|message| message.info().ok())
+                .map(|info| info.pending);
+            if messages.is_empty() {
+                continue;
+            }
+            let batch = Batch {
+                messages,
+                decoded,
+                pending: pending.unwrap_or_default(),
+            };
+            if batches.send(Ok(batch)).await.is_err() {
+                return Ok(()); // the writer stopped
+            }
+        }
+    };
+    if let Err(err) = read.await {
+        let _ = batches.send(Err(err)).await;
+    }
+}
+
+fn consumer_error(
+    consumer: &str,
+    source: impl std::error::Error + Send + Sync + 'static,
+) -> ProjectorError {
+    ProjectorError::Consumer {
+        consumer: consumer.to_owned(),
+        source: Box::new(source),
     }
 }

@@ -169,16 +169,48 @@ pub async fn apply_batch<P: Projection>(
     messages: &[jetstream::Message],
     swap_lock: bool,
 ) -> Result<BatchOutcome, ProjectorError> {
-    match try_batch::<P>(pool, committed, messages, swap_lock, Isolation::Batch).await {
+    apply_decoded::<P>(pool, committed, messages, Vec::new(), swap_lock).await
+}
+
+/// Each message's envelopes, decoded ahead of its batch; `None` (or a short list) where a
+/// message was not.
+pub type Decoded<E> = Vec<Option<Result<Vec<Envelope<E>>, codec::DecodeError>>>;
+
+/// [`apply_batch`] with the messages' envelopes decoded ahead (a rebuild decodes the next batch
+/// while this one is written). Only a bulk projection's fast path uses them.
+pub async fn apply_decoded<P: Projection>(
+    pool: &PgPool,
+    committed: u64,
+    messages: &[jetstream::Message],
+    mut decoded: Decoded<P::Event>,
+    swap_lock: bool,
+) -> Result<BatchOutcome, ProjectorError> {
+    let first = try_batch::<P>(
+        pool,
+        committed,
+        messages,
+        &mut decoded,
+        swap_lock,
+        Isolation::Batch,
+    );
+    match first.await {
         Err(Attempt::Refused(seq)) => {
             tracing::info!(
                 projection = P::NAME,
                 seq,
                 "the database refused a commit; applying the batch one commit at a time"
             );
-            try_batch::<P>(pool, committed, messages, swap_lock, Isolation::PerCommit)
-                .await
-                .map_err(Attempt::into_error)
+            // Taken by the first attempt: each commit is decoded again, alone.
+            decoded.clear();
+            let again = try_batch::<P>(
+                pool,
+                committed,
+                messages,
+                &mut decoded,
+                swap_lock,
+                Isolation::PerCommit,
+            );
+            again.await.map_err(Attempt::into_error)
         }
         other => other.map_err(Attempt::into_error),
     }
@@ -223,6 +255,7 @@ async fn try_batch<P: Projection>(
     pool: &PgPool,
     committed: u64,
     messages: &[jetstream::Message],
+    decoded: &mut Decoded<P::Event>,
     swap_lock: bool,
     isolation: Isolation,
 ) -> Result<BatchOutcome, Attempt> {
@@ -251,7 +284,7 @@ async fn try_batch<P: Projection>(
     let mut last = stored;
     // A bulk projection's events wait here and are written together (`Projection::apply_many`).
     let mut pending: Vec<(u64, Envelope<P::Event>)> = Vec::new();
-    for message in messages {
+    for (at, message) in messages.iter().enumerate() {
         let Ok(info) = message.info() else { continue };
         let seq = info.stream_sequence;
         if seq <= last {
@@ -259,7 +292,8 @@ async fn try_batch<P: Projection>(
         }
         let (subject, payload) = (message.subject.as_str(), &message.payload[..]);
         if P::BULK && isolation == Isolation::Batch {
-            let envelopes = match codec::decode::<P::Event>(payload) {
+            let ahead = decoded.get_mut(at).and_then(Option::take);
+            let envelopes = match ahead.unwrap_or_else(|| codec::decode::<P::Event>(payload)) {
                 Ok(envelopes) => envelopes,
                 Err(err) => {
                     park::<P>(&mut tx, seq, subject, payload, &error_chain(&err)).await?;

@@ -42,6 +42,14 @@ pub async fn pool(url: &str, schema: &str, max_connections: u32) -> Result<PgPoo
         .map_err(SchemaError::Url)?
         .options([("search_path", schema)])
         .application_name("warren");
+    connect(options, schema, max_connections).await
+}
+
+async fn connect(
+    options: PgConnectOptions,
+    schema: &str,
+    max_connections: u32,
+) -> Result<PgPool, SchemaError> {
     PgPoolOptions::new()
         .max_connections(max_connections)
         .connect_with(options)
@@ -54,7 +62,25 @@ pub async fn pool(url: &str, schema: &str, max_connections: u32) -> Result<PgPoo
 
 /// Creates `schema` if needed and migrates it. Returns a pool bound to it.
 pub async fn open(url: &str, schema: &str, max_connections: u32) -> Result<PgPool, SchemaError> {
-    let pool = pool(url, schema, max_connections).await?;
+    prepare(pool(url, schema, max_connections).await?, schema).await
+}
+
+/// [`open`] for a rebuild: its commits do not wait for the disk (`synchronous_commit = off`).
+/// A crash can lose the last few, which is harmless: a rebuild that did not swap in is thrown
+/// away and started again, and the swap itself commits on a connection of the live pool.
+pub async fn open_rebuild(
+    url: &str,
+    schema: &str,
+    max_connections: u32,
+) -> Result<PgPool, SchemaError> {
+    let options = PgConnectOptions::from_str(url)
+        .map_err(SchemaError::Url)?
+        .options([("search_path", schema), ("synchronous_commit", "off")])
+        .application_name("warren-replay");
+    prepare(connect(options, schema, max_connections).await?, schema).await
+}
+
+async fn prepare(pool: PgPool, schema: &str) -> Result<PgPool, SchemaError> {
     // The name is quoted by `quote_ident`; schema names cannot be bound parameters.
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "CREATE SCHEMA IF NOT EXISTS {}",

@@ -10,6 +10,7 @@
 //! the model proxy, which the token quota counts: ADR 23) are kept in columns of their own.
 
 use crate::Projection;
+use crate::copy::CopyRows;
 use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::PgConnection;
 use std::collections::{BTreeMap, HashMap};
@@ -190,20 +191,88 @@ async fn keep<E>(
 }
 
 /// Records facts (each with its commit's sequence) and bumps, for those that are new, their days'
-/// counters: two statements whatever their number.
+/// counters, in a few statements whatever their number.
+///
+/// The facts are copied in (binary `COPY`, the fastest way in). A fact recorded already (the
+/// same event in the log twice) makes the copy fail on the key: the batch is then inserted with
+/// `ON CONFLICT DO NOTHING`, and only the facts that were new count.
 pub async fn record(tx: &mut PgConnection, facts: &[(u64, UsageFact)]) -> Result<(), sqlx::Error> {
     if facts.is_empty() {
         return Ok(());
     }
+    let mut savepoint = sqlx::Acquire::begin(&mut *tx).await?;
+    match copy_facts(&mut savepoint, facts).await {
+        Ok(()) => {
+            savepoint.commit().await?;
+            let new = facts.iter().map(|(_, f)| {
+                let (input, output) = (clamp(f.input_tokens), clamp(f.output_tokens));
+                (f.user_id, f.at, f.kind.as_str(), input, output)
+            });
+            bump_days(tx, new).await
+        }
+        Err(err) if is_unique_violation(&err) => {
+            savepoint.rollback().await?;
+            let new = insert_facts(tx, facts).await?;
+            let new = new.iter().map(|(user, at, kind, input, output)| {
+                (*user, *at, kind.as_str(), *input, *output)
+            });
+            bump_days(tx, new).await
+        }
+        Err(err) => Err(err),
+    }
+}
+
+/// The columns of `usage_events` a fact fills, in [`copy_facts`]' order.
+const COLUMNS: &str = "event_id, user_id, agent_id, kind, input_tokens, output_tokens, created_at, \
+     provider, model, cached_tokens, tools, duration_ms, outcome, bytes, sandbox, seq";
+
+async fn copy_facts(tx: &mut PgConnection, facts: &[(u64, UsageFact)]) -> Result<(), sqlx::Error> {
+    let mut rows = CopyRows::new(16);
+    for (seq, f) in facts {
+        rows.row()
+            .uuid(f.event_id)
+            .uuid(f.user_id)
+            .opt_uuid(f.agent_id)
+            .text(f.kind.as_str())
+            .int8(clamp(f.input_tokens))
+            .int8(clamp(f.output_tokens))
+            .timestamptz(f.at)
+            .opt_text(f.provider.as_deref())
+            .opt_text(f.model.as_deref())
+            .int8(clamp(f.cached_tokens))
+            .text_array(&f.tools)
+            .int8(clamp(f.duration_ms))
+            .opt_text(f.outcome.as_deref())
+            .int8(clamp(f.bytes))
+            .opt_text(f.sandbox.as_deref())
+            .int8(clamp(*seq));
+    }
+    let statement = format!("COPY usage_events ({COLUMNS}) FROM STDIN (FORMAT binary)");
+    let mut copy = tx.copy_in_raw(&statement).await?;
+    if let Err(err) = copy.send(rows.finish()).await {
+        copy.abort("sending the rows failed").await.ok();
+        return Err(err);
+    }
+    copy.finish().await.map(drop)
+}
+
+fn is_unique_violation(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
+}
+
+/// Inserts the facts not recorded yet; returns those (user, time, kind, input, output).
+async fn insert_facts(
+    tx: &mut PgConnection,
+    facts: &[(u64, UsageFact)],
+) -> Result<Vec<(Uuid, DateTime<Utc>, String, i64, i64)>, sqlx::Error> {
     let column = |get: fn(&UsageFact) -> i64| facts.iter().map(|(_, f)| get(f)).collect::<Vec<_>>();
     // Tools travel as one text per fact, names joined by U+001F (a control character the text
     // rules keep out of tool names), since PostgreSQL arrays of arrays must be rectangular.
     let tools: Vec<String> = facts.iter().map(|(_, f)| f.tools.join("\u{1f}")).collect();
-    let inserted: Vec<(Uuid, DateTime<Utc>, String, i64, i64)> = sqlx::query_as(
-        "INSERT INTO usage_events (event_id, user_id, agent_id, kind, input_tokens, output_tokens, \
-           created_at, provider, model, cached_tokens, tools, duration_ms, outcome, bytes, sandbox, seq) \
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO usage_events ({COLUMNS}) \
          SELECT event_id, user_id, agent_id, kind, input_tokens, output_tokens, created_at, provider, \
-           model, cached_tokens, CASE WHEN tools = '' THEN '{}'::text[] \
+           model, cached_tokens, CASE WHEN tools = '' THEN '{{}}'::text[] \
              ELSE string_to_array(tools, chr(31)) END, duration_ms, outcome, bytes, sandbox, seq \
          FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::int8[], $6::int8[], \
            $7::timestamptz[], $8::text[], $9::text[], $10::int8[], $11::text[], $12::int8[], \
@@ -211,8 +280,8 @@ pub async fn record(tx: &mut PgConnection, facts: &[(u64, UsageFact)]) -> Result
            AS f(event_id, user_id, agent_id, kind, input_tokens, output_tokens, created_at, provider, \
              model, cached_tokens, tools, duration_ms, outcome, bytes, sandbox, seq) \
          ON CONFLICT (event_id) DO NOTHING \
-         RETURNING user_id, created_at, kind, input_tokens, output_tokens",
-    )
+         RETURNING user_id, created_at, kind, input_tokens, output_tokens"
+    )))
     .bind(facts.iter().map(|(_, f)| f.event_id).collect::<Vec<_>>())
     .bind(facts.iter().map(|(_, f)| f.user_id).collect::<Vec<_>>())
     .bind(facts.iter().map(|(_, f)| f.agent_id).collect::<Vec<_>>())
@@ -230,12 +299,19 @@ pub async fn record(tx: &mut PgConnection, facts: &[(u64, UsageFact)]) -> Result
     .bind(facts.iter().map(|(_, f)| f.sandbox.clone()).collect::<Vec<_>>())
     .bind(facts.iter().map(|(seq, _)| clamp(*seq)).collect::<Vec<_>>())
     .fetch_all(&mut *tx)
-    .await?;
-    // The day counters of the new facts, summed here so each (user, day) is one row.
+    .await
+}
+
+/// Adds new facts (user, time, kind, input, output) to their days' counters: one statement, each
+/// (user, day) summed here first so it is one row.
+async fn bump_days<'a>(
+    tx: &mut PgConnection,
+    new: impl Iterator<Item = (Uuid, DateTime<Utc>, &'a str, i64, i64)>,
+) -> Result<(), sqlx::Error> {
     let mut days: BTreeMap<(Uuid, NaiveDate), [i64; 6]> = BTreeMap::new();
-    for (user_id, at, kind, input, output) in inserted {
+    for (user_id, at, kind, input, output) in new {
         let day = days.entry((user_id, at.date_naive())).or_default();
-        match kind.as_str() {
+        match kind {
             "message" => day[0] += 1,
             "deployment" => day[3] += 1,
             "model_call" => {

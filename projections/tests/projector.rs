@@ -1,5 +1,6 @@
 //! The projector against real JetStream and Postgres: unreadable commits are parked and the
-//! projector goes on; a redelivered batch changes nothing.
+//! projector goes on; a redelivered batch changes nothing; a usage fact stored twice counts once,
+//! live and in a rebuild.
 
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
@@ -431,4 +432,143 @@ async fn a_commit_whose_actor_could_not_have_caused_it_is_parked_never_applied()
     );
     assert!(parked[1].1.contains("may not cause it"), "{parked:?}");
     projector.stop().await;
+}
+
+/// One stored commit of an agent's `event`, with the envelope id given (the same event stored
+/// twice has the same id).
+async fn publish_agent_event(
+    js: &jetstream::Context,
+    agent: warren_domain::ids::AgentId,
+    id: warren_domain::ids::EventId,
+    event: warren_domain::agent::AgentEvent,
+) {
+    let envelope = warren_domain::Envelope {
+        id,
+        version: event.event_version().to_owned(),
+        aggregate_id: agent.to_string(),
+        command_id: warren_domain::ids::CommandId::new(),
+        actor: Actor::System("edge".into()),
+        occurred_at: chrono::Utc::now(),
+        event,
+    };
+    let subject = topology::agent_subject(&agent.to_string());
+    js.publish(subject, codec::encode(&[envelope]).expect("encode").into())
+        .await
+        .expect("publish")
+        .await
+        .expect("ack");
+}
+
+/// Every commit of the agents stream after `after`.
+async fn agent_commits(js: &jetstream::Context, after: u64) -> Vec<jetstream::Message> {
+    let stream = js.get_stream(topology::AGENTS).await.expect("stream");
+    let consumer: consumer::PullConsumer = stream
+        .create_consumer(consumer::pull::Config {
+            ack_policy: consumer::AckPolicy::None,
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: after + 1,
+            },
+            ..Default::default()
+        })
+        .await
+        .expect("consumer");
+    let mut batch = consumer
+        .fetch()
+        .max_messages(100)
+        .expires(Duration::from_secs(1))
+        .messages()
+        .await
+        .expect("fetch");
+    let mut messages = Vec::new();
+    while let Some(message) = batch.next().await {
+        messages.push(message.expect("message"));
+    }
+    messages
+}
+
+async fn usage_rows(pool: &sqlx::PgPool) -> Vec<(uuid::Uuid, i64, i64, Vec<String>)> {
+    sqlx::query_as("SELECT event_id, input_tokens, seq, tools FROM usage_events ORDER BY seq")
+        .fetch_all(pool)
+        .await
+        .expect("usage rows")
+}
+
+async fn metered_input(pool: &sqlx::PgPool) -> i64 {
+    sqlx::query_as::<_, (i64,)>(
+        "SELECT coalesce(sum(metered_input_tokens), 0)::int8 FROM daily_usage",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("daily usage")
+    .0
+}
+
+#[tokio::test]
+async fn a_usage_fact_stored_twice_counts_once_live_and_in_a_rebuild() {
+    use warren_domain::agent::{AgentEvent, Backend, RuntimeKind};
+    use warren_domain::ids::{AgentId, EventId};
+    use warren_projections::usage::UsageAgents;
+    let (_nats, db, js, _commands, pool) = setup().await;
+    let (agent, owner) = (AgentId::new(), UserId::new());
+    let metered = |input_tokens: u64| AgentEvent::ModelUsageMetered {
+        agent_id: agent,
+        user_id: owner,
+        provider: warren_domain::user::Provider::Openai,
+        model: "gpt-4o".into(),
+        own_key: false,
+        input_tokens,
+        output_tokens: 1,
+        cached_input_tokens: 0,
+    };
+    let created = AgentEvent::AgentCreated {
+        agent_id: agent,
+        owner_id: owner,
+        name: "twice".into(),
+        system_prompt: String::new(),
+        model: "gpt-4o".into(),
+        runtime: RuntimeKind::Warren,
+        backend: Backend::Docker,
+        host: None,
+    };
+    let (a, b, c) = (EventId::new(), EventId::new(), EventId::new());
+    // The duplicate lands in the same batch as the first copy…
+    publish_agent_event(&js, agent, EventId::new(), created).await;
+    publish_agent_event(&js, agent, a, metered(100)).await;
+    publish_agent_event(&js, agent, a, metered(100)).await;
+    publish_agent_event(&js, agent, b, metered(20)).await;
+    let first = agent_commits(&js, 0).await;
+    assert_eq!(first.len(), 4);
+    let applied = runner::apply_batch::<UsageAgents>(&pool, 0, &first, true)
+        .await
+        .expect("apply");
+    assert_eq!(applied, BatchOutcome::Applied(4));
+    // …and again in a later one.
+    publish_agent_event(&js, agent, a, metered(100)).await;
+    publish_agent_event(&js, agent, c, metered(3)).await;
+    let second = agent_commits(&js, 4).await;
+    let applied = runner::apply_batch::<UsageAgents>(&pool, 4, &second, true)
+        .await
+        .expect("apply");
+    assert_eq!(applied, BatchOutcome::Applied(6));
+
+    let live = usage_rows(&pool).await;
+    let ids: Vec<uuid::Uuid> = live.iter().map(|row| row.0).collect();
+    assert_eq!(
+        ids,
+        vec![a.0, b.0, c.0],
+        "one fact per event, the first copy's"
+    );
+    assert_eq!(live[0].2, 2, "kept with the first copy's sequence");
+    assert_eq!(
+        metered_input(&pool).await,
+        123,
+        "the day counts each event once"
+    );
+
+    // A rebuild of the usage read model lands the same rows and counters.
+    warren_projections::replay::replay_usage(&js, db.url(), None, &|_| {})
+        .await
+        .expect("replay");
+    assert_eq!(usage_rows(&pool).await, live);
+    assert_eq!(metered_input(&pool).await, 123);
 }
