@@ -383,7 +383,7 @@ async fn catch_up<P: Projection>(
     let stream = js
         .get_stream_no_info(P::STREAM)
         .await
-        .map_err(|e| consumer_error(&name, e))?;
+        .map_err(|e| runner::consumer_err(&name, e))?;
     let consumer: consumer::PullConsumer = stream
         .create_consumer(consumer::pull::Config {
             filter_subject: P::FILTER.to_owned(),
@@ -395,7 +395,7 @@ async fn catch_up<P: Projection>(
             ..Default::default()
         })
         .await
-        .map_err(|e| consumer_error(&name, e))?;
+        .map_err(|e| runner::consumer_err(&name, e))?;
     if consumer.cached_info().num_pending == 0 {
         return Ok(0);
     }
@@ -452,7 +452,7 @@ async fn read_batches<P: Projection>(
                     consumer
                         .info()
                         .await
-                        .map_err(|e| consumer_error(&name, e))?
+                        .map_err(|e| runner::consumer_err(&name, e))?
                         .num_pending
                 }
             };
@@ -465,7 +465,7 @@ async fn read_batches<P: Projection>(
                 .expires(Duration::from_millis(500))
                 .messages()
                 .await
-                .map_err(|e| consumer_error(&name, e))?;
+                .map_err(|e| runner::consumer_err(&name, e))?;
             let mut messages = Vec::with_capacity(REPLAY_BATCH);
             let mut decoded = Vec::new();
             while let Some(message) = fetched.next().await {
@@ -497,15 +497,5 @@ async fn read_batches<P: Projection>(
     };
     if let Err(err) = read.await {
         let _ = batches.send(Err(err)).await;
-    }
-}
-
-fn consumer_error(
-    consumer: &str,
-    source: impl std::error::Error + Send + Sync + 'static,
-) -> ProjectorError {
-    ProjectorError::Consumer {
-        consumer: consumer.to_owned(),
-        source: Box::new(source),
     }
 }

@@ -42,7 +42,8 @@ pub enum ProjectorError {
     },
 }
 
-fn consumer_err(
+/// A consumer's failure, naming it.
+pub(crate) fn consumer_err(
     consumer: &str,
     source: impl std::error::Error + Send + Sync + 'static,
 ) -> ProjectorError {

@@ -139,25 +139,7 @@ async fn a_redelivered_batch_changes_nothing() {
             .await
             .expect("tier");
     }
-    let stream = js.get_stream(topology::USERS).await.expect("stream");
-    let consumer: consumer::PullConsumer = stream
-        .create_consumer(consumer::pull::Config {
-            ack_policy: consumer::AckPolicy::None,
-            ..Default::default()
-        })
-        .await
-        .expect("consumer");
-    let mut batch = consumer
-        .fetch()
-        .max_messages(100)
-        .expires(Duration::from_secs(1))
-        .messages()
-        .await
-        .expect("fetch");
-    let mut messages = Vec::new();
-    while let Some(message) = batch.next().await {
-        messages.push(message.expect("message"));
-    }
+    let messages = commits(&js, topology::USERS, 0).await;
     assert_eq!(messages.len(), 6);
     let headers = messages[1].headers.as_ref().expect("headers");
     assert_eq!(
@@ -459,9 +441,9 @@ async fn publish_agent_event(
         .expect("ack");
 }
 
-/// Every commit of the agents stream after `after`.
-async fn agent_commits(js: &jetstream::Context, after: u64) -> Vec<jetstream::Message> {
-    let stream = js.get_stream(topology::AGENTS).await.expect("stream");
+/// The commits of `stream` after `after` (up to 100).
+async fn commits(js: &jetstream::Context, stream: &str, after: u64) -> Vec<jetstream::Message> {
+    let stream = js.get_stream(stream).await.expect("stream");
     let consumer: consumer::PullConsumer = stream
         .create_consumer(consumer::pull::Config {
             ack_policy: consumer::AckPolicy::None,
@@ -536,7 +518,7 @@ async fn a_usage_fact_stored_twice_counts_once_live_and_in_a_rebuild() {
     publish_agent_event(&js, agent, a, metered(100)).await;
     publish_agent_event(&js, agent, a, metered(100)).await;
     publish_agent_event(&js, agent, b, metered(20)).await;
-    let first = agent_commits(&js, 0).await;
+    let first = commits(&js, topology::AGENTS, 0).await;
     assert_eq!(first.len(), 4);
     let applied = runner::apply_batch::<UsageAgents>(&pool, 0, &first, true)
         .await
@@ -545,7 +527,7 @@ async fn a_usage_fact_stored_twice_counts_once_live_and_in_a_rebuild() {
     // …and again in a later one.
     publish_agent_event(&js, agent, a, metered(100)).await;
     publish_agent_event(&js, agent, c, metered(3)).await;
-    let second = agent_commits(&js, 4).await;
+    let second = commits(&js, topology::AGENTS, 4).await;
     let applied = runner::apply_batch::<UsageAgents>(&pool, 4, &second, true)
         .await
         .expect("apply");
