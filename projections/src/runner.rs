@@ -267,17 +267,15 @@ async fn try_batch<P: Projection>(
             .execute(&mut *tx)
             .await?;
     }
-    sqlx::query(
-        "INSERT INTO checkpoints (projection, last_seq) VALUES ($1, 0) ON CONFLICT DO NOTHING",
+    // The checkpoint, made if missing and locked until this transaction ends, in one statement.
+    let (stored,): (i64,) = sqlx::query_as(
+        "INSERT INTO checkpoints (projection, last_seq) VALUES ($1, 0) \
+         ON CONFLICT (projection) DO UPDATE SET last_seq = checkpoints.last_seq \
+         RETURNING last_seq",
     )
     .bind(P::NAME)
-    .execute(&mut *tx)
+    .fetch_one(&mut *tx)
     .await?;
-    let (stored,): (i64,) =
-        sqlx::query_as("SELECT last_seq FROM checkpoints WHERE projection = $1 FOR UPDATE")
-            .bind(P::NAME)
-            .fetch_one(&mut *tx)
-            .await?;
     let stored = stored as u64;
     if stored != committed {
         return Ok(BatchOutcome::Moved(stored));

@@ -58,14 +58,15 @@ impl Projection for UsageAgents {
         seq: u64,
         envelope: &Envelope<AgentEvent>,
     ) -> Result<(), sqlx::Error> {
-        Self::apply_many(tx, &[(seq, envelope.clone())]).await
+        let events = [(seq, envelope.clone())];
+        keep(tx, &events, usage::of_agent_event, Write::Insert).await
     }
 
     async fn apply_many(
         tx: &mut PgConnection,
         events: &[(u64, Envelope<AgentEvent>)],
     ) -> Result<(), sqlx::Error> {
-        keep(tx, events, usage::of_agent_event).await
+        keep(tx, events, usage::of_agent_event, Write::Copy).await
     }
 }
 
@@ -92,14 +93,15 @@ impl Projection for UsageConversations {
         seq: u64,
         envelope: &Envelope<ConversationEvent>,
     ) -> Result<(), sqlx::Error> {
-        Self::apply_many(tx, &[(seq, envelope.clone())]).await
+        let events = [(seq, envelope.clone())];
+        keep(tx, &events, usage::of_conversation_event, Write::Insert).await
     }
 
     async fn apply_many(
         tx: &mut PgConnection,
         events: &[(u64, Envelope<ConversationEvent>)],
     ) -> Result<(), sqlx::Error> {
-        keep(tx, events, usage::of_conversation_event).await
+        keep(tx, events, usage::of_conversation_event, Write::Copy).await
     }
 }
 
@@ -120,12 +122,24 @@ async fn subject_of(
     Ok(stored.or(named.map(|owner| owner.0)))
 }
 
+/// How facts are written.
+#[derive(Clone, Copy)]
+enum Write {
+    /// A batch: one binary `COPY` (the fastest way in). A fact recorded already (the same event
+    /// in the log twice) breaks the key and the database refuses the batch, which the runner
+    /// then applies again commit by commit, each with [`Write::Insert`].
+    Copy,
+    /// One commit: `INSERT … ON CONFLICT DO NOTHING`, so a fact recorded already is skipped.
+    Insert,
+}
+
 /// Reads the facts of `events` (in order, remembering what creations teach) and writes them, and
 /// the owners learned, in a few statements whatever their number.
 async fn keep<E>(
     tx: &mut PgConnection,
     events: &[(u64, Envelope<E>)],
     ledger_of: fn(&Envelope<E>, Option<&Owner>) -> Ledger,
+    write: Write,
 ) -> Result<(), sqlx::Error> {
     // The owners the events' aggregates already have, in one query.
     let mut ids: Vec<Uuid> = events
@@ -187,38 +201,35 @@ async fn keep<E>(
         .execute(&mut *tx)
         .await?;
     }
-    record(tx, &facts).await
+    record(tx, &facts, write).await
 }
 
 /// Records facts (each with its commit's sequence) and bumps, for those that are new, their days'
 /// counters, in a few statements whatever their number.
-///
-/// The facts are copied in (binary `COPY`, the fastest way in). A fact recorded already (the
-/// same event in the log twice) makes the copy fail on the key: the batch is then inserted with
-/// `ON CONFLICT DO NOTHING`, and only the facts that were new count.
-pub async fn record(tx: &mut PgConnection, facts: &[(u64, UsageFact)]) -> Result<(), sqlx::Error> {
+async fn record(
+    tx: &mut PgConnection,
+    facts: &[(u64, UsageFact)],
+    write: Write,
+) -> Result<(), sqlx::Error> {
     if facts.is_empty() {
         return Ok(());
     }
-    let mut savepoint = sqlx::Acquire::begin(&mut *tx).await?;
-    match copy_facts(&mut savepoint, facts).await {
-        Ok(()) => {
-            savepoint.commit().await?;
+    match write {
+        Write::Copy => {
+            copy_facts(tx, facts).await?;
             let new = facts.iter().map(|(_, f)| {
                 let (input, output) = (clamp(f.input_tokens), clamp(f.output_tokens));
                 (f.user_id, f.at, f.kind.as_str(), input, output)
             });
             bump_days(tx, new).await
         }
-        Err(err) if is_unique_violation(&err) => {
-            savepoint.rollback().await?;
+        Write::Insert => {
             let new = insert_facts(tx, facts).await?;
             let new = new.iter().map(|(user, at, kind, input, output)| {
                 (*user, *at, kind.as_str(), *input, *output)
             });
             bump_days(tx, new).await
         }
-        Err(err) => Err(err),
     }
 }
 
@@ -254,10 +265,6 @@ async fn copy_facts(tx: &mut PgConnection, facts: &[(u64, UsageFact)]) -> Result
         return Err(err);
     }
     copy.finish().await.map(drop)
-}
-
-fn is_unique_violation(err: &sqlx::Error) -> bool {
-    matches!(err, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
 }
 
 /// Inserts the facts not recorded yet; returns those (user, time, kind, input, output).
