@@ -25,7 +25,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::OwnedMutexGuard;
 use warren_domain::ids::{CommandId, EventId};
-use warren_domain::versions::Versioned;
 use warren_domain::{Actor, Envelope};
 
 /// Metadata key: the command id (also the message's dedupe id).
@@ -42,7 +41,7 @@ pub const META_STREAM_SEQUENCE: &str = "stream_sequence";
 const RECENT_COMMANDS: usize = 256;
 
 /// An aggregate that lives in the log: which stream holds it and on which subject.
-pub trait Stored: Aggregate<Services = (), Event: Versioned> + Clone + 'static
+pub trait Stored: Aggregate<Services = ()> + Clone + 'static
 where
     Self::Command: Clone + Send + Sync,
 {

@@ -46,12 +46,6 @@ impl DomainEvent for AccountEvent {
     }
 }
 
-impl warren_domain::versions::Versioned for AccountEvent {
-    fn current_version(&self) -> &'static str {
-        "1"
-    }
-}
-
 #[derive(Debug, thiserror::Error, PartialEq)]
 enum AccountError {
     #[error("insufficient funds")]

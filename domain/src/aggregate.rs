@@ -4,8 +4,7 @@
 //! state, and the test-only `Decider`), so one macro writes them and no aggregate can drift: the
 //! `Aggregate::handle` body is "decide, then write each event to the sink" and nothing else.
 
-/// Implements `cqrs_es::DomainEvent`, [`Versioned`](crate::versions::Versioned),
-/// `cqrs_es::Aggregate` (and, under test, `testing::Decider`)
+/// Implements `cqrs_es::DomainEvent`, `cqrs_es::Aggregate` (and, under test, `testing::Decider`)
 /// by delegating to the inherent `event_type`, `event_version`, `decide`, `apply` and `code`;
 /// `error` names an enum with an `InvalidInput { field, reason }` variant.
 macro_rules! impl_aggregate {
@@ -23,12 +22,6 @@ macro_rules! impl_aggregate {
 
             fn event_version(&self) -> String {
                 <$event>::event_version(self).to_owned()
-            }
-        }
-
-        impl $crate::versions::Versioned for $event {
-            fn current_version(&self) -> &'static str {
-                <$event>::event_version(self)
             }
         }
 

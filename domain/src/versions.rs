@@ -12,14 +12,6 @@
 
 use serde_json::{Value, json};
 
-/// An event enum whose every event knows the version its shape is written at today (implemented
-/// for each aggregate's events by `impl_aggregate!`): what lets a reader of the log take a commit
-/// whose events are all current straight into their types.
-pub trait Versioned {
-    /// The current version of this event's type ([`current`]).
-    fn current_version(&self) -> &'static str;
-}
-
 /// The version `event_type` is written at today.
 pub fn current(event_type: &str) -> &'static str {
     match event_type {

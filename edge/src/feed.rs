@@ -414,7 +414,7 @@ fn of_conversation(payload: &[u8]) -> (Option<UserId>, Vec<Change>) {
 }
 
 /// A commit's changes, and the owner the first event naming one names.
-fn of_commit<E: serde::de::DeserializeOwned + warren_domain::versions::Versioned>(
+fn of_commit<E: serde::de::DeserializeOwned>(
     payload: &[u8],
     owner: impl Fn(&E) -> Option<UserId>,
     change: impl Fn(E) -> Change,

@@ -49,11 +49,7 @@ pub trait Projection: Send + Sync + 'static {
     /// The subjects it reads (durable facts only).
     const FILTER: &'static str;
     /// The aggregate's event type.
-    type Event: DeserializeOwned
-        + serde::Serialize
-        + warren_domain::versions::Versioned
-        + Send
-        + Sync;
+    type Event: DeserializeOwned + serde::Serialize + Send + Sync;
 
     /// Which signed-in users may cause `event` (see [`warren_domain::authority`]).
     fn authority(event: &Self::Event) -> Authority;
