@@ -371,8 +371,9 @@ async fn first_at<P: Projection>(
 
 /// Applies everything in the stream after the rebuild's checkpoint. Returns how many commits.
 ///
-/// An ordered consumer (the log's fastest read) is drained by a task of its own into batches, so
-/// the next batch is read off the log while this one is written to the database.
+/// A task of its own fetches and decodes the batches ([`read_batches`]), so the next batch is read
+/// off the log while this one is written to the database. (Not an ordered consumer: held back by
+/// a slow writer, one stalled for half a minute before it reset.)
 async fn catch_up<P: Projection>(
     js: &jetstream::Context,
     pool: &PgPool,
