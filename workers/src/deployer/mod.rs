@@ -924,6 +924,12 @@ impl Deployer {
                 Some(found) if found.1.state != ActualState::Stopped => Some(found.clone()),
                 _ => self.holder(agent_id).await,
             };
+            // Looking again read the placements again: an agent placed since the pass began, on
+            // a host another deployer holds, is that deployer's (else a healthy runtime there
+            // would be taken for missing and recreated).
+            if fresh.is_none() && self.provisioners.iter().any(|p| p.foreign(agent_id)) {
+                continue;
+            }
             if let Err(Outcome::Retry(reason)) = self.reconcile_one(agent_id, fresh.as_ref()).await
             {
                 tracing::warn!(%agent_id, reason, "reconciling failed");
