@@ -48,7 +48,16 @@ async fn warren_dev_serves_health_within_30_seconds_of_start() {
         .iter()
         .filter_map(|p| p["projection"].as_str())
         .collect();
-    assert_eq!(projections, ["users", "agents", "conversations"]);
+    assert_eq!(
+        projections,
+        [
+            "users",
+            "agents",
+            "conversations",
+            "usage_agents",
+            "usage_conversations"
+        ]
+    );
     assert!(
         dir.path().join("data/nats").is_dir(),
         "NATS store under the data dir"

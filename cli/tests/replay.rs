@@ -85,7 +85,8 @@ async fn replay_rebuilds_read_models_identical_to_the_live_ones_while_the_system
     let rebuilt = scenario::dump(db.pool(), LIVE_SCHEMA).await;
     assert!(
         rebuilt == live,
-        "the rebuild differs from the live read models"
+        "the rebuild differs from the live read models (first: live, second: rebuilt):\n{}",
+        scenario::differences(&live, &rebuilt)
     );
 
     // Again, with commands landing while the rebuild runs: the live projector must carry on from
@@ -110,9 +111,11 @@ async fn replay_rebuilds_read_models_identical_to_the_live_ones_while_the_system
         replay.log_text()
     );
     caught_up(&js, db.url()).await;
+    let rebuilt = scenario::dump(db.pool(), LIVE_SCHEMA).await;
     assert!(
-        scenario::dump(db.pool(), LIVE_SCHEMA).await == live,
-        "the rebuild differs from the live read models"
+        rebuilt == live,
+        "the rebuild differs from the live read models (first: live, second: rebuilt):\n{}",
+        scenario::differences(&live, &rebuilt)
     );
     let leftovers: Vec<(String,)> = sqlx::query_as(
         "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'warren_rebuild%'",

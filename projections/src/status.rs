@@ -1,6 +1,7 @@
 //! How far behind each projection is and how many commits it parked, for `/api/v1/health` and
 //! `warren replay`'s progress.
 
+use crate::usage::{UsageAgents, UsageConversations};
 use crate::{Projection, agents::Agents, conversations::Conversations, runner, users::Users};
 use async_nats::jetstream;
 use serde::Serialize;
@@ -49,10 +50,18 @@ async fn lag_of<P: Projection>(js: &jetstream::Context, pool: &PgPool) -> Result
 
 /// The lag of every projection (asked at once: health checks should be cheap).
 pub async fn lags(js: &jetstream::Context, pool: &PgPool) -> Result<Vec<Lag>, sqlx::Error> {
-    let (users, agents, conversations) = futures::try_join!(
+    let (users, agents, conversations, usage_agents, usage_conversations) = futures::try_join!(
         lag_of::<Users>(js, pool),
         lag_of::<Agents>(js, pool),
         lag_of::<Conversations>(js, pool),
+        lag_of::<UsageAgents>(js, pool),
+        lag_of::<UsageConversations>(js, pool),
     )?;
-    Ok(vec![users, agents, conversations])
+    Ok(vec![
+        users,
+        agents,
+        conversations,
+        usage_agents,
+        usage_conversations,
+    ])
 }

@@ -263,3 +263,43 @@ pub async fn dump(db: &sqlx::PgPool, schema: &str) -> Vec<(String, Vec<serde_jso
     }
     out
 }
+
+/// Where two [`dump`]s differ, table by table: the rows only the first holds and the rows only
+/// the second holds; empty when they are equal.
+#[allow(dead_code)]
+pub fn differences(
+    left: &[(String, Vec<serde_json::Value>)],
+    right: &[(String, Vec<serde_json::Value>)],
+) -> String {
+    let mut out = String::new();
+    let tables: std::collections::BTreeSet<&String> =
+        left.iter().chain(right).map(|(table, _)| table).collect();
+    let rows = |dump: &[(String, Vec<serde_json::Value>)], table: &String| {
+        dump.iter()
+            .find(|(name, _)| name == table)
+            .map(|(_, rows)| rows.clone())
+    };
+    for table in tables {
+        let (Some(l), Some(r)) = (rows(left, table), rows(right, table)) else {
+            out.push_str(&format!("table {table}: only on one side\n"));
+            continue;
+        };
+        let only_left: Vec<_> = l.iter().filter(|row| !r.contains(row)).collect();
+        let only_right: Vec<_> = r.iter().filter(|row| !l.contains(row)).collect();
+        if only_left.is_empty() && only_right.is_empty() && l.len() == r.len() {
+            continue;
+        }
+        out.push_str(&format!(
+            "table {table} ({} vs {} rows):\n",
+            l.len(),
+            r.len()
+        ));
+        for row in only_left {
+            out.push_str(&format!("  only in the first:  {row}\n"));
+        }
+        for row in only_right {
+            out.push_str(&format!("  only in the second: {row}\n"));
+        }
+    }
+    out
+}
