@@ -84,6 +84,90 @@ impl Warren {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// The address this process logged as `what` (e.g. "edge listening"), the `skip` lines of
+    /// that kind logged by earlier runs into the same log file passed over; the log when the
+    /// process exits first; panics with the log when none comes within a minute.
+    pub async fn listening(
+        &mut self,
+        what: &str,
+        skip: usize,
+    ) -> Result<std::net::SocketAddr, String> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let text = strip_ansi(&self.log_text());
+            let addr = text
+                .lines()
+                .filter(|line| line.contains(what))
+                .nth(skip)
+                .and_then(|line| line.split_once("addr=").map(|(_, rest)| rest))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|addr| addr.parse().ok());
+            if let Some(addr) = addr {
+                return Ok(addr);
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!("exited ({status}); log:\n{text}"));
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no {what:?} line within a minute; log:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Starts `warren <args>` (a role serving the edge) and waits until the edge listens: the
+    /// process and the address it listens on. Unless `env` sets `WARREN_HTTP_ADDR`, the edge is
+    /// given a free port, and another when that one is taken before the edge binds it (another
+    /// test's server may take it in between: a test asking that server would get its answers).
+    pub async fn spawn_edge(
+        args: &[&str],
+        env: &[(&str, String)],
+        log_dir: &Path,
+        name: &str,
+    ) -> (Self, std::net::SocketAddr) {
+        let chosen = env.iter().any(|(key, _)| *key == "WARREN_HTTP_ADDR");
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let mut env = env.to_vec();
+            if !chosen {
+                env.push(("WARREN_HTTP_ADDR", format!("127.0.0.1:{}", free_port())));
+            }
+            // A restart appends to the log of the process that ran before.
+            let skip = std::fs::read_to_string(log_dir.join(format!("{name}.log")))
+                .unwrap_or_default()
+                .matches("edge listening")
+                .count();
+            let mut warren = Self::spawn(args, &env, log_dir, name);
+            match warren.listening("edge listening", skip).await {
+                Ok(addr) => return (warren, addr),
+                Err(log) if !chosen && attempts < 5 && log.contains("Address already in use") => {
+                    continue;
+                }
+                Err(log) => panic!("warren {args:?} did not start: {log}"),
+            }
+        }
+    }
+}
+
+/// `text` without ANSI colour sequences (`ESC [ … m`).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 impl Drop for Warren {

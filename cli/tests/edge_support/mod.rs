@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use crate::common::{Warren, free_port, get_json};
+use crate::common::{Warren, get_json};
 use serde_json::{Value, json};
 use std::time::Duration;
 use warren_testkit::{Mail, TestDb, TestNats, TestSmtp, wait_until};
@@ -84,7 +84,6 @@ impl Platform {
         let db = TestDb::create().await;
         let smtp = TestSmtp::start().await;
         let dir = tempfile::tempdir().expect("tempdir");
-        let http_port = free_port();
         let mut vars: Vec<(&str, String)> = [nats.warren_env(), db.warren_env()].concat();
         vars.extend([
             ("WARREN_SMTP_URL", smtp.url()),
@@ -92,7 +91,6 @@ impl Platform {
                 "WARREN_DATA_DIR",
                 dir.path().join("data").display().to_string(),
             ),
-            ("WARREN_HTTP_ADDR", format!("127.0.0.1:{http_port}")),
             ("WARREN_FRONTEND_URL", "http://console.test".into()),
             ("WARREN_ENCRYPTION_KEY", ENCRYPTION_KEY.into()),
             // No agent runtime: the deployer `warren dev` runs fails each deployment at the
@@ -119,13 +117,11 @@ impl Platform {
             vars.retain(|(k, _)| k != key);
             vars.push((key, (*value).to_owned()));
         }
-        let warren = Warren::spawn(&["dev"], &vars, dir.path(), "warren");
-        // A test may choose the address (to know its URL before the start).
-        let addr = vars
-            .iter()
-            .find(|(key, _)| *key == "WARREN_HTTP_ADDR")
-            .map(|(_, addr)| addr.clone())
-            .unwrap_or_else(|| format!("127.0.0.1:{http_port}"));
+        // A test may choose the address (to know its URL before the start); either way a
+        // restart binds the address this platform listened on.
+        let (warren, addr) = Warren::spawn_edge(&["dev"], &vars, dir.path(), "warren").await;
+        vars.retain(|(key, _)| *key != "WARREN_HTTP_ADDR");
+        vars.push(("WARREN_HTTP_ADDR", addr.to_string()));
         let base = format!("http://{addr}");
         wait_healthy(&base, &warren).await;
         Self {
@@ -167,29 +163,44 @@ impl Platform {
     /// A second `warren edge` on this platform's log and database, with `extra` settings on top
     /// (what a restart with a new configuration would run): its base URL, and the process.
     pub async fn second_edge(&self, extra: &[(&'static str, &str)]) -> (String, Warren) {
-        self.edge_on(free_port(), extra).await
+        self.edge_with(None, extra).await
     }
 
     /// [`Self::second_edge`] on `port` (to start one again where it was).
     pub async fn edge_on(&self, port: u16, extra: &[(&'static str, &str)]) -> (String, Warren) {
+        self.edge_with(Some(port), extra).await
+    }
+
+    /// A second edge on `port`, else on a free port.
+    async fn edge_with(
+        &self,
+        port: Option<u16>,
+        extra: &[(&'static str, &str)],
+    ) -> (String, Warren) {
         let jwt = std::fs::read_to_string(self.dir.path().join("data/jwt_secret"))
             .expect("the dev JWT secret");
         let mut env = vec![
             ("WARREN_JWT_SECRET", jwt.trim().to_owned()),
             ("WARREN_ENCRYPTION_KEY", ENCRYPTION_KEY.to_owned()),
             ("WARREN_SMTP_URL", self.smtp.url()),
-            ("WARREN_HTTP_ADDR", format!("127.0.0.1:{port}")),
             ("WARREN_FRONTEND_URL", "http://console.test".into()),
             ("WARREN_AGENT_BIN", NO_AGENT_BIN.into()),
         ];
+        if let Some(port) = port {
+            env.push(("WARREN_HTTP_ADDR", format!("127.0.0.1:{port}")));
+        }
         env.extend(self.nats.warren_env());
         env.extend(self.db.warren_env());
         for (key, value) in extra {
             env.retain(|(k, _)| k != key);
             env.push((key, (*value).to_owned()));
         }
-        let edge = Warren::spawn(&["edge"], &env, self.dir.path(), &format!("edge-{port}"));
-        let base = format!("http://127.0.0.1:{port}");
+        let name = match port {
+            Some(port) => format!("edge-{port}"),
+            None => format!("edge-{}", uuid::Uuid::new_v4().simple()),
+        };
+        let (edge, addr) = Warren::spawn_edge(&["edge"], &env, self.dir.path(), &name).await;
+        let base = format!("http://{addr}");
         let health = format!("{base}/api/v1/health");
         wait_until(Duration::from_secs(30), || async {
             matches!(get_json(&health).await, Some((200, _)))
