@@ -100,8 +100,10 @@ impl Warren {
                 .lines()
                 .filter(|line| line.contains(what))
                 .nth(skip)
-                .and_then(|line| line.split_once("addr=").map(|(_, rest)| rest))
-                .and_then(|rest| rest.split_whitespace().next())
+                // `addr=127.0.0.1:1234` in text, `"addr":"127.0.0.1:1234"` in JSON.
+                .and_then(|line| line.split_once("addr").map(|(_, rest)| rest))
+                .map(|rest| rest.trim_start_matches(['=', '"', ':']))
+                .and_then(|rest| rest.split(['"', ' ', '\t']).next())
                 .and_then(|addr| addr.parse().ok());
             if let Some(addr) = addr {
                 return Ok(addr);
