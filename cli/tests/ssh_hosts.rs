@@ -797,12 +797,14 @@ async fn an_agent_on_a_docker_host_runs_in_a_container_of_its_engine() {
         output.contains("relay=open"),
         "the relay on the gateway is the sandbox's way out: {output}"
     );
-    assert!(
-        output.contains("edge=closed"),
-        "the engine host's firewall keeps the sandbox off its other ports: {output}"
-    );
     let chain = warren_workers::deployer::docker::network::chain_name(&net.name);
     let rules = exec(&engine, &format!("iptables -w 5 -S {chain}"));
+    assert!(
+        output.contains("edge=closed"),
+        "the engine host's firewall keeps the sandbox off its other ports: {output}\n\
+         its chain: {rules}\nINPUT: {}",
+        exec(&engine, "iptables -w 5 -S INPUT")
+    );
     assert!(rules.contains("-j DROP"), "installed over SSH: {rules}");
 
     // (4) Stop and start act on the container.
