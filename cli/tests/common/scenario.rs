@@ -266,7 +266,6 @@ pub async fn dump(db: &sqlx::PgPool, schema: &str) -> Vec<(String, Vec<serde_jso
 
 /// Where two [`dump`]s differ, table by table: the rows only the first holds and the rows only
 /// the second holds; empty when they are equal.
-#[allow(dead_code)]
 pub fn differences(
     left: &[(String, Vec<serde_json::Value>)],
     right: &[(String, Vec<serde_json::Value>)],
@@ -274,11 +273,14 @@ pub fn differences(
     let mut out = String::new();
     let tables: std::collections::BTreeSet<&String> =
         left.iter().chain(right).map(|(table, _)| table).collect();
-    let rows = |dump: &[(String, Vec<serde_json::Value>)], table: &String| {
+    fn rows<'a>(
+        dump: &'a [(String, Vec<serde_json::Value>)],
+        table: &str,
+    ) -> Option<&'a Vec<serde_json::Value>> {
         dump.iter()
             .find(|(name, _)| name == table)
-            .map(|(_, rows)| rows.clone())
-    };
+            .map(|(_, rows)| rows)
+    }
     for table in tables {
         let (Some(l), Some(r)) = (rows(left, table), rows(right, table)) else {
             out.push_str(&format!("table {table}: only on one side\n"));
