@@ -325,6 +325,35 @@ async fn ensure_network(
     }
 }
 
+/// Applies `rules` (`iptables-restore` input) with `--noflush`: the chains it names are
+/// replaced in one commit, every other rule stays.
+async fn restore(rules: &str) -> Result<bool, ProvisionError> {
+    use tokio::io::AsyncWriteExt;
+    let spawned = tokio::process::Command::new("iptables-restore")
+        .args(["-w", "5", "--noflush"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let failed = |err: std::io::Error| {
+        ProvisionError(format!(
+            "running iptables-restore failed ({err}): the sandbox firewall needs iptables and root (or set WARREN_SANDBOX_FIREWALL=false and keep every host service on loopback)"
+        ))
+    };
+    let mut child = spawned.map_err(failed)?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(rules.as_bytes()).await.map_err(failed)?;
+    }
+    let output = child.wait_with_output().await.map_err(failed)?;
+    if !output.status.success() {
+        tracing::warn!(
+            stderr = %String::from_utf8_lossy(&output.stderr).trim(),
+            "iptables-restore refused the sandbox firewall's rules"
+        );
+    }
+    Ok(output.status.success())
+}
+
 async fn iptables(args: &[&str]) -> Result<bool, ProvisionError> {
     let output = tokio::process::Command::new("iptables")
         .args(["-w", "5"])
@@ -339,57 +368,44 @@ async fn iptables(args: &[&str]) -> Result<bool, ProvisionError> {
     Ok(output.status.success())
 }
 
+/// The sandbox firewall's chain as `iptables-restore --noflush` input: it replaces the chain's
+/// rules (or makes the chain) in one commit. Flushing and appending rule by rule instead left the
+/// chain empty for a moment at every reinstall, and a sandbox could reach host ports then.
+fn firewall_rules(network: &str, relay_port: u16) -> String {
+    let chain = chain_name(network);
+    format!(
+        "*filter\n\
+         :{chain} - [0:0]\n\
+         -A {chain} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n\
+         -A {chain} -p tcp --dport {relay_port} -j ACCEPT\n\
+         -A {chain} -j DROP\n\
+         COMMIT\n"
+    )
+}
+
 /// The same firewall as [`install_firewall`] as a POSIX shell script, for the host of a Docker
 /// engine the deployer reaches over SSH (run there as root): the chain accepts replies and the
 /// relay's port from the network's bridge and drops the rest.
 pub fn firewall_script(network: &str, relay_port: u16) -> String {
     let chain = chain_name(network);
     let bridge = bridge_name(network);
+    let rules = firewall_rules(network, relay_port);
     format!(
         "set -e\n\
-         command -v iptables >/dev/null || {{ echo 'the sandbox firewall needs iptables on the host' >&2; exit 3; }}\n\
-         iptables -w 5 -N {chain} 2>/dev/null || iptables -w 5 -L {chain} -n >/dev/null\n\
-         iptables -w 5 -F {chain}\n\
-         iptables -w 5 -A {chain} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n\
-         iptables -w 5 -A {chain} -p tcp --dport {relay_port} -j ACCEPT\n\
-         iptables -w 5 -A {chain} -j DROP\n\
+         command -v iptables-restore >/dev/null || {{ echo 'the sandbox firewall needs iptables on the host' >&2; exit 3; }}\n\
+         iptables-restore -w 5 --noflush <<'SANDBOX_RULES'\n{rules}SANDBOX_RULES\n\
          iptables -w 5 -C INPUT -i {bridge} -j {chain} 2>/dev/null || iptables -w 5 -I INPUT -i {bridge} -j {chain}\n"
     )
 }
 
-/// (Re)writes the chain and hooks it into `INPUT` for the network's bridge.
+/// (Re)writes the chain, in one commit, and hooks it into `INPUT` for the network's bridge.
 async fn install_firewall(network: &str, relay_port: u16) -> Result<(), ProvisionError> {
     let chain = chain_name(network);
     let bridge = bridge_name(network);
-    let port = relay_port.to_string();
-    // Exists already after a restart: then it is flushed and rewritten.
-    if !iptables(&["-N", &chain]).await? && !iptables(&["-L", &chain, "-n"]).await? {
+    if !restore(&firewall_rules(network, relay_port)).await? {
         return Err(ProvisionError(format!(
-            "iptables could not create the chain {chain}: the sandbox firewall needs root (or set WARREN_SANDBOX_FIREWALL=false and keep every host service on loopback)"
+            "iptables-restore could not write the chain {chain}: the sandbox firewall needs root (or set WARREN_SANDBOX_FIREWALL=false and keep every host service on loopback)"
         )));
-    }
-    let rules: [&[&str]; 4] = [
-        &["-F", &chain],
-        &[
-            "-A",
-            &chain,
-            "-m",
-            "conntrack",
-            "--ctstate",
-            "ESTABLISHED,RELATED",
-            "-j",
-            "ACCEPT",
-        ],
-        &["-A", &chain, "-p", "tcp", "--dport", &port, "-j", "ACCEPT"],
-        &["-A", &chain, "-j", "DROP"],
-    ];
-    for rule in rules {
-        if !iptables(rule).await? {
-            return Err(ProvisionError(format!(
-                "iptables {} failed",
-                rule.join(" ")
-            )));
-        }
     }
     let hook = ["INPUT", "-i", bridge.as_str(), "-j", chain.as_str()];
     if !iptables(&[&["-C"], &hook[..]].concat()).await?
@@ -410,49 +426,24 @@ async fn install_firewall(network: &str, relay_port: u16) -> Result<(), Provisio
 async fn install_egress(network: &str) -> Result<(), ProvisionError> {
     let chain = egress_chain_name(network);
     let bridge = bridge_name(network);
-    if !iptables(&["-N", &chain]).await? && !iptables(&["-L", &chain, "-n"]).await? {
-        return Err(ProvisionError(format!(
-            "iptables could not create the chain {chain}"
-        )));
-    }
-    let mut rules: Vec<Vec<String>> = vec![vec!["-F".into(), chain.clone()]];
+    let mut rules = format!("*filter\n:{chain} - [0:0]\n");
     // The engine's DNS server forwards a sandbox's lookups from the sandbox's own network
     // namespace: to the host's name servers, often on a private or link-local address.
     for server in host_nameservers() {
         for proto in ["udp", "tcp"] {
-            rules.push(
-                [
-                    "-A",
-                    &chain,
-                    "-d",
-                    &server.to_string(),
-                    "-p",
-                    proto,
-                    "--dport",
-                    "53",
-                    "-j",
-                    "RETURN",
-                ]
-                .map(str::to_owned)
-                .to_vec(),
-            );
+            rules.push_str(&format!(
+                "-A {chain} -d {server} -p {proto} --dport 53 -j RETURN\n"
+            ));
         }
     }
     for range in NOT_INTERNET {
-        rules.push(
-            ["-A", &chain, "-d", range, "-j", "DROP"]
-                .map(str::to_owned)
-                .to_vec(),
-        );
+        rules.push_str(&format!("-A {chain} -d {range} -j DROP\n"));
     }
-    for rule in &rules {
-        let rule: Vec<&str> = rule.iter().map(String::as_str).collect();
-        if !iptables(&rule).await? {
-            return Err(ProvisionError(format!(
-                "iptables {} failed",
-                rule.join(" ")
-            )));
-        }
+    rules.push_str("COMMIT\n");
+    if !restore(&rules).await? {
+        return Err(ProvisionError(format!(
+            "iptables-restore could not write the chain {chain}"
+        )));
     }
     let hook = ["DOCKER-USER", "-i", bridge.as_str(), "-j", chain.as_str()];
     if !iptables(&[&["-C"], &hook[..]].concat()).await?
