@@ -14,6 +14,8 @@ const TEXT_OID: u32 = 25;
 /// Binary `COPY` data being written, row by row.
 pub struct CopyRows {
     buf: Vec<u8>,
+    /// The length of the header at the start of `buf`, until it is taken (then 0).
+    unsent_header: usize,
     fields: u16,
     /// Fields written of the current row.
     written: Option<u16>,
@@ -27,6 +29,7 @@ impl CopyRows {
         buf.extend_from_slice(&0u32.to_be_bytes()); // flags: no OIDs
         buf.extend_from_slice(&0u32.to_be_bytes()); // no header extension
         Self {
+            unsent_header: buf.len(),
             buf,
             fields,
             written: None,
@@ -126,7 +129,22 @@ impl CopyRows {
         }
     }
 
-    /// The whole body, trailer included.
+    /// Whether nothing is waiting to be sent: no row since the last [`CopyRows::take`] (or,
+    /// before the first, none at all).
+    pub fn is_empty(&self) -> bool {
+        self.buf.len() == self.unsent_header
+    }
+
+    /// The body so far, to send while more rows are written (between rows only): the first
+    /// take starts with the header, and [`CopyRows::finish`] ends with the trailer.
+    pub fn take(&mut self) -> Vec<u8> {
+        self.check_row();
+        self.unsent_header = 0;
+        let capacity = self.buf.capacity();
+        std::mem::replace(&mut self.buf, Vec::with_capacity(capacity))
+    }
+
+    /// The rest of the body, trailer included.
     pub fn finish(mut self) -> Vec<u8> {
         self.check_row();
         self.buf.extend_from_slice(&(-1i16).to_be_bytes());

@@ -8,10 +8,14 @@
 //! catches up the last few commits, and in one transaction renames the live schema away, renames the
 //! rebuild to the live name, and drops the old one. Live projectors notice the checkpoint they
 //! remember is gone and resume from the rebuilt checkpoint.
+//!
+//! Until the catch-up before the swap, the usage facts land without their primary key and
+//! secondary indexes ([`Unkeyed`]); [`settle_usage`] then builds each in one pass
+//! (docs/adr/0042-usage-analytics.md).
 
 use crate::runner::{self, BatchOutcome, ProjectorError, SWAP_LOCK};
 use crate::schema::{self, LIVE_SCHEMA, SchemaError, quote_ident};
-use crate::usage::{self, UsageAgents, UsageConversations};
+use crate::usage::{self, Unkeyed, UsageAgents, UsageConversations};
 use crate::{Projection, agents::Agents, conversations::Conversations, users::Users};
 use async_nats::jetstream::{self, consumer};
 use chrono::{DateTime, Utc};
@@ -23,7 +27,7 @@ use warren_commands::codec;
 
 /// Commits fetched and applied together by a rebuild (the live projector takes smaller batches,
 /// to show each commit sooner).
-const REPLAY_BATCH: usize = 2_048;
+const REPLAY_BATCH: usize = 8_192;
 
 /// Progress of one projection during a rebuild.
 #[derive(Clone, Debug)]
@@ -78,34 +82,31 @@ pub async fn replay(
         "warren_rebuild_{}",
         chrono::Utc::now().format("%Y%m%d%H%M%S%f")
     );
-    let rebuild = schema::open_rebuild(database_url, &built, 4).await?;
-    // Make sure the live schema exists, so there is something to swap out.
-    let live = schema::open(database_url, LIVE_SCHEMA, 2).await?;
+    // Make sure the live schema exists too, so there is something to swap out.
+    let (rebuild, live) = tokio::try_join!(
+        schema::open_rebuild(database_url, &built, 6),
+        schema::open(database_url, LIVE_SCHEMA, 2),
+    )?;
     let deferred = defer_indexes(&rebuild, &built, &usage::TABLES).await?;
+    let key = usage::unkey_facts(&rebuild).await?;
 
+    // The projections are independent (each reads its own stream and its own rows, as live,
+    // where they run side by side too): one's database round trips overlap another's decoding.
+    let (users, agents, conversations, usage_agents, usage_conversations) = tokio::try_join!(
+        catch_up::<Users>(js, &rebuild, progress),
+        catch_up::<Agents>(js, &rebuild, progress),
+        catch_up::<Conversations>(js, &rebuild, progress),
+        catch_up::<Unkeyed<UsageAgents>>(js, &rebuild, progress),
+        catch_up::<Unkeyed<UsageConversations>>(js, &rebuild, progress),
+    )?;
     let mut applied = vec![
-        (
-            Users::NAME,
-            catch_up::<Users>(js, &rebuild, progress).await?,
-        ),
-        (
-            Agents::NAME,
-            catch_up::<Agents>(js, &rebuild, progress).await?,
-        ),
-        (
-            Conversations::NAME,
-            catch_up::<Conversations>(js, &rebuild, progress).await?,
-        ),
-        (
-            UsageAgents::NAME,
-            catch_up::<UsageAgents>(js, &rebuild, progress).await?,
-        ),
-        (
-            UsageConversations::NAME,
-            catch_up::<UsageConversations>(js, &rebuild, progress).await?,
-        ),
+        (Users::NAME, users),
+        (Agents::NAME, agents),
+        (Conversations::NAME, conversations),
+        (UsageAgents::NAME, usage_agents),
+        (UsageConversations::NAME, usage_conversations),
     ];
-    restore_indexes(&rebuild, deferred).await?;
+    settle_usage(&rebuild, &key, deferred).await?;
 
     let mut tx = live.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
@@ -161,12 +162,15 @@ pub async fn replay_usage(
         "warren_rebuild_usage_{}",
         chrono::Utc::now().format("%Y%m%d%H%M%S%f")
     );
-    let rebuild = schema::open_rebuild(database_url, &built, 4).await?;
-    let live = schema::open(database_url, LIVE_SCHEMA, 2).await?;
+    let (rebuild, live) = tokio::try_join!(
+        schema::open_rebuild(database_url, &built, 6),
+        schema::open(database_url, LIVE_SCHEMA, 2),
+    )?;
     let (live_q, built_q) = (quote_ident(LIVE_SCHEMA), quote_ident(&built));
     let deferred = defer_indexes(&rebuild, &built, &usage::TABLES).await?;
+    let key = usage::unkey_facts(&rebuild).await?;
     if let Some(from) = from {
-        keep_before(&live, &live_q, &built_q, from).await?;
+        keep_before(&live, &rebuild, &live_q, &built_q, from).await?;
         let agents = first_at::<UsageAgents>(js, from).await?;
         let conversations = first_at::<UsageConversations>(js, from).await?;
         for (name, first) in [
@@ -183,17 +187,15 @@ pub async fn replay_usage(
             .await?;
         }
     }
+    let (agents, conversations) = tokio::try_join!(
+        catch_up::<Unkeyed<UsageAgents>>(js, &rebuild, progress),
+        catch_up::<Unkeyed<UsageConversations>>(js, &rebuild, progress),
+    )?;
     let mut applied = vec![
-        (
-            UsageAgents::NAME,
-            catch_up::<UsageAgents>(js, &rebuild, progress).await?,
-        ),
-        (
-            UsageConversations::NAME,
-            catch_up::<UsageConversations>(js, &rebuild, progress).await?,
-        ),
+        (UsageAgents::NAME, agents),
+        (UsageConversations::NAME, conversations),
     ];
-    restore_indexes(&rebuild, deferred).await?;
+    settle_usage(&rebuild, &key, deferred).await?;
 
     let mut tx = live.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
@@ -234,9 +236,10 @@ pub async fn replay_usage(
 }
 
 /// Drops the secondary indexes of `tables` in the rebuild `schema` (not the unique ones, which
-/// the projections' `ON CONFLICT` needs) and returns how to make them again: rows land faster
-/// without them, and each is then built in one pass by [`restore_indexes`]. Only for tables whose
-/// projections never read through those indexes.
+/// the projections' `ON CONFLICT` needs, nor the partial ones, which cost a row outside them
+/// next to nothing and would cost a whole scan to build) and returns how to make them again:
+/// rows land faster without them, and each is then built in one pass by [`restore_indexes`].
+/// Only for tables whose projections never read through those indexes.
 async fn defer_indexes(
     pool: &PgPool,
     schema: &str,
@@ -247,7 +250,8 @@ async fn defer_indexes(
          JOIN pg_class i ON i.oid = x.indexrelid \
          JOIN pg_class t ON t.oid = x.indrelid \
          JOIN pg_namespace n ON n.oid = t.relnamespace \
-         WHERE n.nspname = $1 AND t.relname = ANY($2) AND NOT x.indisunique",
+         WHERE n.nspname = $1 AND t.relname = ANY($2) AND NOT x.indisunique \
+           AND x.indpred IS NULL",
     )
     .bind(schema)
     .bind(tables)
@@ -268,6 +272,27 @@ async fn defer_indexes(
         .collect())
 }
 
+/// Gives the usage facts an [`Unkeyed`] rebuild copied in their primary key and their secondary
+/// indexes, built side by side on connections of their own; if the log recorded a fact twice,
+/// drops the later copies and sums the day counters again first.
+async fn settle_usage(pool: &PgPool, key: &str, deferred: Vec<String>) -> Result<(), sqlx::Error> {
+    let (keyed, indexed) = tokio::join!(
+        usage::index_facts(pool, key),
+        restore_indexes(pool, deferred)
+    );
+    indexed?;
+    match keyed {
+        Ok(()) => {}
+        Err(err) if usage::is_repeat(&err) => {
+            usage::drop_repeats(pool).await?;
+            usage::sum_days(pool).await?;
+            usage::index_facts(pool, key).await?;
+        }
+        Err(err) => return Err(err),
+    }
+    usage::key_facts(pool, key).await
+}
+
 /// Makes again the indexes [`defer_indexes`] dropped, each on a connection of its own (an index
 /// build is one process's work in PostgreSQL).
 async fn restore_indexes(pool: &PgPool, definitions: Vec<String>) -> Result<(), sqlx::Error> {
@@ -284,6 +309,7 @@ async fn restore_indexes(pool: &PgPool, definitions: Vec<String>) -> Result<(), 
 /// counters they add up to.
 async fn keep_before(
     live: &PgPool,
+    rebuild: &PgPool,
     live_q: &str,
     built_q: &str,
     from: DateTime<Utc>,
@@ -295,25 +321,14 @@ async fn keep_before(
             "INSERT INTO {built_q}.usage_events SELECT * FROM {live_q}.usage_events \
              WHERE created_at < $1"
         ),
-        format!(
-            "INSERT INTO {built_q}.daily_usage (user_id, day, messages, input_tokens, output_tokens, \
-               deployments, metered_input_tokens, metered_output_tokens) \
-             SELECT user_id, (created_at AT TIME ZONE 'UTC')::date, \
-               count(*) FILTER (WHERE kind = 'message'), \
-               coalesce(sum(input_tokens) FILTER (WHERE kind <> 'model_call'), 0), \
-               coalesce(sum(output_tokens) FILTER (WHERE kind <> 'model_call'), 0), \
-               count(*) FILTER (WHERE kind = 'deployment'), \
-               coalesce(sum(input_tokens) FILTER (WHERE kind = 'model_call'), 0), \
-               coalesce(sum(output_tokens) FILTER (WHERE kind = 'model_call'), 0) \
-             FROM {built_q}.usage_events GROUP BY 1, 2"
-        ),
     ] {
         sqlx::query(sqlx::AssertSqlSafe(statement))
             .bind(from)
             .execute(&mut *tx)
             .await?;
     }
-    tx.commit().await
+    tx.commit().await?;
+    usage::sum_days(rebuild).await
 }
 
 /// The stream sequence of `P`'s first commit at or after `at` (one past the last when none is).

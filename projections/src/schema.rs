@@ -67,7 +67,9 @@ pub async fn open(url: &str, schema: &str, max_connections: u32) -> Result<PgPoo
 
 /// [`open`] for a rebuild: its commits do not wait for the disk (`synchronous_commit = off`).
 /// A crash can lose the last few, which is harmless: a rebuild that did not swap in is thrown
-/// away and started again, and the swap itself commits on a connection of the live pool.
+/// away and started again, and the swap itself commits on a connection of the live pool. Its
+/// index builds run side by side, one process each (`max_parallel_maintenance_workers = 0`:
+/// more workers only contend for the same cores).
 pub async fn open_rebuild(
     url: &str,
     schema: &str,
@@ -75,7 +77,11 @@ pub async fn open_rebuild(
 ) -> Result<PgPool, SchemaError> {
     let options = PgConnectOptions::from_str(url)
         .map_err(SchemaError::Url)?
-        .options([("search_path", schema), ("synchronous_commit", "off")])
+        .options([
+            ("search_path", schema),
+            ("synchronous_commit", "off"),
+            ("max_parallel_maintenance_workers", "0"),
+        ])
         .application_name("warren-replay");
     prepare(connect(options, schema, max_connections).await?, schema).await
 }

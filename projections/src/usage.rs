@@ -11,9 +11,11 @@
 
 use crate::Projection;
 use crate::copy::CopyRows;
+use crate::schema::quote_ident;
 use chrono::{DateTime, NaiveDate, Utc};
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 use std::collections::{BTreeMap, HashMap};
+use std::marker::PhantomData;
 use uuid::Uuid;
 use warren_commands::topology;
 use warren_domain::agent::AgentEvent;
@@ -59,14 +61,14 @@ impl Projection for UsageAgents {
         envelope: &Envelope<AgentEvent>,
     ) -> Result<(), sqlx::Error> {
         let events = [(seq, envelope.clone())];
-        keep(tx, &events, usage::of_agent_event, Write::Insert).await
+        keep(tx, &events, Self::ledger, Write::Insert).await
     }
 
     async fn apply_many(
         tx: &mut PgConnection,
         events: &[(u64, Envelope<AgentEvent>)],
     ) -> Result<(), sqlx::Error> {
-        keep(tx, events, usage::of_agent_event, Write::Copy).await
+        keep(tx, events, Self::ledger, Write::Copy).await
     }
 }
 
@@ -94,16 +96,166 @@ impl Projection for UsageConversations {
         envelope: &Envelope<ConversationEvent>,
     ) -> Result<(), sqlx::Error> {
         let events = [(seq, envelope.clone())];
-        keep(tx, &events, usage::of_conversation_event, Write::Insert).await
+        keep(tx, &events, Self::ledger, Write::Insert).await
     }
 
     async fn apply_many(
         tx: &mut PgConnection,
         events: &[(u64, Envelope<ConversationEvent>)],
     ) -> Result<(), sqlx::Error> {
-        keep(tx, events, usage::of_conversation_event, Write::Copy).await
+        keep(tx, events, Self::ledger, Write::Copy).await
     }
 }
+
+/// A usage projection's reading of one event: the owner it teaches and the fact it records.
+pub trait Usage: Projection<Event: Clone> {
+    /// [`usage::of_agent_event`] or [`usage::of_conversation_event`].
+    fn ledger(envelope: &Envelope<Self::Event>, owner: Option<&Owner>) -> Ledger;
+}
+
+impl Usage for UsageAgents {
+    fn ledger(envelope: &Envelope<AgentEvent>, owner: Option<&Owner>) -> Ledger {
+        usage::of_agent_event(envelope, owner)
+    }
+}
+
+impl Usage for UsageConversations {
+    fn ledger(envelope: &Envelope<ConversationEvent>, owner: Option<&Owner>) -> Ledger {
+        usage::of_conversation_event(envelope, owner)
+    }
+}
+
+/// A usage projection as a rebuild runs it before the facts are keyed ([`crate::replay`]):
+/// every batch, and every commit of a refused batch, is copied into a `usage_events` without its
+/// primary key ([`unkey_facts`]). The key is then built in one pass ([`index_facts`],
+/// [`key_facts`]), which costs the database far less than keeping it up to date row by row. A
+/// fact the log holds twice is counted twice meanwhile: if the key finds one, the later copies
+/// are dropped ([`drop_repeats`]) and the day counters summed again ([`sum_days`]).
+pub struct Unkeyed<P>(PhantomData<P>);
+
+impl<P: Usage> Projection for Unkeyed<P> {
+    const NAME: &'static str = P::NAME;
+    const STREAM: &'static str = P::STREAM;
+    const FILTER: &'static str = P::FILTER;
+    const BULK: bool = true;
+    type Event = P::Event;
+
+    fn authority(event: &P::Event) -> Authority {
+        P::authority(event)
+    }
+
+    fn subject(
+        tx: &mut PgConnection,
+        envelope: &Envelope<P::Event>,
+    ) -> impl Future<Output = Result<Option<Uuid>, sqlx::Error>> + Send {
+        P::subject(tx, envelope)
+    }
+
+    async fn apply(
+        tx: &mut PgConnection,
+        seq: u64,
+        envelope: &Envelope<P::Event>,
+    ) -> Result<(), sqlx::Error> {
+        let events = [(seq, envelope.clone())];
+        keep(tx, &events, P::ledger, Write::Copy).await
+    }
+
+    async fn apply_many(
+        tx: &mut PgConnection,
+        events: &[(u64, Envelope<P::Event>)],
+    ) -> Result<(), sqlx::Error> {
+        keep(tx, events, P::ledger, Write::Copy).await
+    }
+}
+
+/// Drops the primary key of `usage_events` for [`Unkeyed`] (on a pool bound to a rebuild
+/// schema, whose table is empty). Returns its name, for [`index_facts`] and [`key_facts`].
+pub async fn unkey_facts(pool: &PgPool) -> Result<String, sqlx::Error> {
+    let name: String = sqlx::query_scalar(
+        "SELECT conname::text FROM pg_constraint \
+         WHERE conrelid = 'usage_events'::regclass AND contype = 'p'",
+    )
+    .fetch_one(pool)
+    .await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "ALTER TABLE usage_events DROP CONSTRAINT {}",
+        quote_ident(&name)
+    )))
+    .execute(pool)
+    .await
+    .map(|_| name)
+}
+
+/// Builds, in one pass, the unique index on the facts' event ids that [`key_facts`] turns into
+/// their primary key again. The database refuses it (a unique violation) if the log recorded a
+/// fact twice: [`drop_repeats`] first, then.
+pub async fn index_facts(pool: &PgPool, key: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE UNIQUE INDEX {} ON usage_events (event_id)",
+        quote_ident(key)
+    )))
+    .execute(pool)
+    .await
+    .map(drop)
+}
+
+/// Whether `err` is the database's unique violation.
+pub fn is_repeat(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
+}
+
+/// Drops every copy of a fact but the one of the earliest commit, as `INSERT … ON CONFLICT DO
+/// NOTHING` would have kept it.
+pub async fn drop_repeats(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "DELETE FROM usage_events later USING usage_events earlier \
+         WHERE later.event_id = earlier.event_id \
+           AND (later.seq, later.ctid) > (earlier.seq, earlier.ctid)",
+    )
+    .execute(pool)
+    .await
+    .map(drop)
+}
+
+/// Makes the unique index [`index_facts`] built the facts' primary key again, as it was before
+/// [`unkey_facts`].
+pub async fn key_facts(pool: &PgPool, key: &str) -> Result<(), sqlx::Error> {
+    let key = quote_ident(key);
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "ALTER TABLE usage_events ADD CONSTRAINT {key} PRIMARY KEY USING INDEX {key}"
+    )))
+    .execute(pool)
+    .await
+    .map(drop)
+}
+
+/// Sets the day counters to those of the facts, as [`bump_days`] would have added them fact by
+/// fact (after [`drop_repeats`]).
+pub async fn sum_days(pool: &PgPool) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("DELETE FROM daily_usage")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO daily_usage (user_id, day, messages, input_tokens, output_tokens, \
+           deployments, metered_input_tokens, metered_output_tokens) \
+         SELECT user_id, (created_at AT TIME ZONE 'UTC')::date, \
+           count(*) FILTER (WHERE kind = 'message'), \
+           coalesce(sum(input_tokens) FILTER (WHERE kind NOT IN ({OWN_COUNTERS})), 0), \
+           coalesce(sum(output_tokens) FILTER (WHERE kind NOT IN ({OWN_COUNTERS})), 0), \
+           count(*) FILTER (WHERE kind = 'deployment'), \
+           coalesce(sum(input_tokens) FILTER (WHERE kind = 'model_call'), 0), \
+           coalesce(sum(output_tokens) FILTER (WHERE kind = 'model_call'), 0) \
+         FROM usage_events GROUP BY 1, 2"
+    )))
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}
+
+/// The kinds of fact counted in a day counter of their own rather than in its tokens
+/// ([`bump_days`]).
+const OWN_COUNTERS: &str = "'message', 'deployment', 'model_call'";
 
 /// The owner this read model remembers for the aggregate, else the one the event names.
 async fn subject_of(
@@ -127,7 +279,8 @@ async fn subject_of(
 enum Write {
     /// A batch: one binary `COPY` (the fastest way in). A fact recorded already (the same event
     /// in the log twice) breaks the key and the database refuses the batch, which the runner
-    /// then applies again commit by commit, each with [`Write::Insert`].
+    /// then applies again commit by commit, each with [`Write::Insert`]. (For [`Unkeyed`], also
+    /// each commit: there is no key to break.)
     Copy,
     /// One commit: `INSERT … ON CONFLICT DO NOTHING`, so a fact recorded already is skipped.
     Insert,
@@ -169,8 +322,8 @@ async fn keep<E>(
         })
         .collect();
     let mut learned = Vec::new();
-    let mut facts = Vec::new();
-    for (seq, envelope) in events {
+    // Each event's fact, remembering the owner its creation teaches.
+    let mut fact_of = |envelope: &Envelope<E>| {
         let id = envelope.aggregate_id.parse::<Uuid>().ok();
         let ledger = ledger_of(envelope, id.and_then(|id| owners.get(&id)));
         if let (Some(owner), Some(id)) = (ledger.learned, id)
@@ -179,10 +332,18 @@ async fn keep<E>(
             learned.push((id, owner.clone()));
             entry.insert(owner);
         }
-        if let Some(fact) = ledger.fact {
-            facts.push((*seq, fact));
+        ledger.fact
+    };
+    let new = match write {
+        Write::Copy => copy_facts(tx, events, &mut fact_of).await?,
+        Write::Insert => {
+            let facts: Vec<(u64, UsageFact)> = events
+                .iter()
+                .filter_map(|(seq, envelope)| fact_of(envelope).map(|fact| (*seq, fact)))
+                .collect();
+            insert_facts(tx, &facts).await?
         }
-    }
+    };
     if !learned.is_empty() {
         sqlx::query(
             "INSERT INTO usage_owners (aggregate_id, user_id, agent_id, sandbox) \
@@ -201,45 +362,66 @@ async fn keep<E>(
         .execute(&mut *tx)
         .await?;
     }
-    record(tx, &facts, write).await
+    bump_days(tx, &new).await
 }
 
-/// Records facts (each with its commit's sequence) and bumps, for those that are new, their days'
-/// counters, in a few statements whatever their number.
-async fn record(
-    tx: &mut PgConnection,
-    facts: &[(u64, UsageFact)],
-    write: Write,
-) -> Result<(), sqlx::Error> {
-    if facts.is_empty() {
-        return Ok(());
-    }
-    match write {
-        Write::Copy => {
-            copy_facts(tx, facts).await?;
-            let new = facts.iter().map(|(_, f)| {
-                let (input, output) = (clamp(f.input_tokens), clamp(f.output_tokens));
-                (f.user_id, f.at, f.kind.as_str(), input, output)
-            });
-            bump_days(tx, new).await
-        }
-        Write::Insert => {
-            let new = insert_facts(tx, facts).await?;
-            let new = new.iter().map(|(user, at, kind, input, output)| {
-                (*user, *at, kind.as_str(), *input, *output)
-            });
-            bump_days(tx, new).await
-        }
-    }
-}
+/// A new fact as the day counters see it: user, time, kind, input and output tokens.
+type DayFact = (Uuid, DateTime<Utc>, &'static str, i64, i64);
 
 /// The columns of `usage_events` a fact fills, in [`copy_facts`]' order.
 const COLUMNS: &str = "event_id, user_id, agent_id, kind, input_tokens, output_tokens, created_at, \
      provider, model, cached_tokens, tools, duration_ms, outcome, bytes, sandbox, seq";
 
-async fn copy_facts(tx: &mut PgConnection, facts: &[(u64, UsageFact)]) -> Result<(), sqlx::Error> {
+/// Facts encoded per `COPY` message: the database takes one in while the next is read and
+/// encoded.
+const COPY_CHUNK: usize = 1_024;
+
+/// Reads the events' facts (`fact_of`) and copies them in with one `COPY`, begun at the first
+/// fact, in messages sent as they are encoded. Returns the facts for the day counters.
+async fn copy_facts<E>(
+    tx: &mut PgConnection,
+    events: &[(u64, Envelope<E>)],
+    fact_of: &mut impl FnMut(&Envelope<E>) -> Option<UsageFact>,
+) -> Result<Vec<DayFact>, sqlx::Error> {
+    let mut new = Vec::new();
     let mut rows = CopyRows::new(16);
-    for (seq, f) in facts {
+    let mut chunks = events.chunks(COPY_CHUNK);
+    // Up to the first fact, there is nothing to copy.
+    while rows.is_empty() {
+        let Some(chunk) = chunks.next() else {
+            return Ok(new);
+        };
+        encode(&mut rows, &mut new, chunk, fact_of);
+    }
+    let statement = format!("COPY usage_events ({COLUMNS}) FROM STDIN (FORMAT binary)");
+    let mut copy = tx.copy_in_raw(&statement).await?;
+    let sent = async {
+        copy.send(rows.take()).await?;
+        for chunk in chunks {
+            encode(&mut rows, &mut new, chunk, fact_of);
+            if !rows.is_empty() {
+                copy.send(rows.take()).await?;
+            }
+        }
+        copy.send(rows.finish()).await.map(drop)
+    };
+    if let Err(err) = sent.await {
+        copy.abort("sending the rows failed").await.ok();
+        return Err(err);
+    }
+    copy.finish().await?;
+    Ok(new)
+}
+
+/// Appends the facts of `events` to `rows` (in [`COLUMNS`]' order) and to `new`.
+fn encode<E>(
+    rows: &mut CopyRows,
+    new: &mut Vec<DayFact>,
+    events: &[(u64, Envelope<E>)],
+    fact_of: &mut impl FnMut(&Envelope<E>) -> Option<UsageFact>,
+) {
+    for (seq, envelope) in events {
+        let Some(f) = fact_of(envelope) else { continue };
         rows.row()
             .uuid(f.event_id)
             .uuid(f.user_id)
@@ -257,26 +439,23 @@ async fn copy_facts(tx: &mut PgConnection, facts: &[(u64, UsageFact)]) -> Result
             .int8(clamp(f.bytes))
             .opt_text(f.sandbox.as_deref())
             .int8(clamp(*seq));
+        new.push(day_fact(&f));
     }
-    let statement = format!("COPY usage_events ({COLUMNS}) FROM STDIN (FORMAT binary)");
-    let mut copy = tx.copy_in_raw(&statement).await?;
-    if let Err(err) = copy.send(rows.finish()).await {
-        copy.abort("sending the rows failed").await.ok();
-        return Err(err);
-    }
-    copy.finish().await.map(drop)
 }
 
-/// Inserts the facts not recorded yet; returns those (user, time, kind, input, output).
+/// Inserts the facts not recorded yet; returns those, for the day counters.
 async fn insert_facts(
     tx: &mut PgConnection,
     facts: &[(u64, UsageFact)],
-) -> Result<Vec<(Uuid, DateTime<Utc>, String, i64, i64)>, sqlx::Error> {
+) -> Result<Vec<DayFact>, sqlx::Error> {
+    if facts.is_empty() {
+        return Ok(Vec::new());
+    }
     let column = |get: fn(&UsageFact) -> i64| facts.iter().map(|(_, f)| get(f)).collect::<Vec<_>>();
     // Tools travel as one text per fact, names joined by U+001F (a control character the text
     // rules keep out of tool names), since PostgreSQL arrays of arrays must be rectangular.
     let tools: Vec<String> = facts.iter().map(|(_, f)| f.tools.join("\u{1f}")).collect();
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let inserted: Vec<Uuid> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "INSERT INTO usage_events ({COLUMNS}) \
          SELECT event_id, user_id, agent_id, kind, input_tokens, output_tokens, created_at, provider, \
            model, cached_tokens, CASE WHEN tools = '' THEN '{{}}'::text[] \
@@ -287,7 +466,7 @@ async fn insert_facts(
            AS f(event_id, user_id, agent_id, kind, input_tokens, output_tokens, created_at, provider, \
              model, cached_tokens, tools, duration_ms, outcome, bytes, sandbox, seq) \
          ON CONFLICT (event_id) DO NOTHING \
-         RETURNING user_id, created_at, kind, input_tokens, output_tokens"
+         RETURNING event_id"
     )))
     .bind(facts.iter().map(|(_, f)| f.event_id).collect::<Vec<_>>())
     .bind(facts.iter().map(|(_, f)| f.user_id).collect::<Vec<_>>())
@@ -306,17 +485,30 @@ async fn insert_facts(
     .bind(facts.iter().map(|(_, f)| f.sandbox.clone()).collect::<Vec<_>>())
     .bind(facts.iter().map(|(seq, _)| clamp(*seq)).collect::<Vec<_>>())
     .fetch_all(&mut *tx)
-    .await
+    .await?;
+    let inserted: std::collections::HashSet<Uuid> = inserted.into_iter().collect();
+    Ok(facts
+        .iter()
+        .filter(|(_, f)| inserted.contains(&f.event_id))
+        .map(|(_, f)| day_fact(f))
+        .collect())
 }
 
-/// Adds new facts (user, time, kind, input, output) to their days' counters: one statement, each
-/// (user, day) summed here first so it is one row.
-async fn bump_days<'a>(
-    tx: &mut PgConnection,
-    new: impl Iterator<Item = (Uuid, DateTime<Utc>, &'a str, i64, i64)>,
-) -> Result<(), sqlx::Error> {
+fn day_fact(f: &UsageFact) -> DayFact {
+    (
+        f.user_id,
+        f.at,
+        f.kind.as_str(),
+        clamp(f.input_tokens),
+        clamp(f.output_tokens),
+    )
+}
+
+/// Adds new facts to their days' counters: one statement, each (user, day) summed here first so
+/// it is one row.
+async fn bump_days(tx: &mut PgConnection, new: &[DayFact]) -> Result<(), sqlx::Error> {
     let mut days: BTreeMap<(Uuid, NaiveDate), [i64; 6]> = BTreeMap::new();
-    for (user_id, at, kind, input, output) in new {
+    for &(user_id, at, kind, input, output) in new {
         let day = days.entry((user_id, at.date_naive())).or_default();
         match kind {
             "message" => day[0] += 1,

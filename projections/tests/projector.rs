@@ -547,10 +547,33 @@ async fn a_usage_fact_stored_twice_counts_once_live_and_in_a_rebuild() {
         "the day counts each event once"
     );
 
-    // A rebuild of the usage read model lands the same rows and counters.
+    // A rebuild of the usage read model (which lands the facts unkeyed, then keys them) lands
+    // the same rows and counters, and the same keys and indexes.
+    let keys = usage_keys(&pool).await;
+    assert!(
+        keys.iter().any(|(name, _)| name == "usage_events_pkey"),
+        "{keys:?}"
+    );
     warren_projections::replay::replay_usage(&js, db.url(), None, &|_| {})
         .await
         .expect("replay");
     assert_eq!(usage_rows(&pool).await, live);
     assert_eq!(metered_input(&pool).await, 123);
+    assert_eq!(usage_keys(&pool).await, keys);
+}
+
+/// The usage tables' constraints and indexes in the live schema, with their definitions.
+async fn usage_keys(pool: &sqlx::PgPool) -> Vec<(String, String)> {
+    sqlx::query_as(
+        "SELECT conname::text, pg_get_constraintdef(c.oid) FROM pg_constraint c \
+           JOIN pg_class t ON t.oid = c.conrelid JOIN pg_namespace n ON n.oid = t.relnamespace \
+         WHERE n.nspname = 'warren' AND t.relname IN ('usage_events', 'daily_usage', 'usage_owners') \
+         UNION ALL \
+         SELECT indexname::text, indexdef FROM pg_indexes \
+         WHERE schemaname = 'warren' AND tablename IN ('usage_events', 'daily_usage', 'usage_owners') \
+         ORDER BY 1, 2",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("usage keys")
 }
