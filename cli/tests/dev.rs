@@ -108,6 +108,12 @@ async fn the_local_nats_and_postgres_admit_only_warrens_roles_each_with_its_own_
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600, "{file}");
+        // Nor does the log hold it (the superuser's password was in the "postgres ready" line).
+        let secret = std::fs::read_to_string(credentials.join(file)).expect("the secret");
+        assert!(
+            !warren.log_text().contains(secret.trim()),
+            "the log holds {file}"
+        );
     }
 
     // NATS: no key, no connection; the projector's key cannot append a commit.

@@ -449,7 +449,8 @@ impl LocalPostgres {
             return Err(e);
         }
         tracing::info!(
-            url = %self.url("postgres"),
+            // The superuser's password stays out of the log.
+            url = %redact_url(&self.url("postgres")),
             pid = self.pid(),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "postgres ready"
