@@ -201,7 +201,8 @@ pub async fn index_facts(pool: &PgPool, key: &str) -> Result<(), sqlx::Error> {
 
 /// Whether `err` is the database's unique violation.
 pub fn is_repeat(err: &sqlx::Error) -> bool {
-    matches!(err, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
+    err.as_database_error()
+        .is_some_and(|db| db.is_unique_violation())
 }
 
 /// Drops every copy of a fact but the one of the earliest commit, as `INSERT … ON CONFLICT DO
