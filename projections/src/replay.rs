@@ -13,13 +13,13 @@
 //! secondary indexes ([`Unkeyed`]); [`settle_usage`] then builds each in one pass
 //! (docs/adr/0042-usage-analytics.md).
 
-use crate::runner::{self, BatchOutcome, ProjectorError, SWAP_LOCK};
+use crate::runner::{self, BatchOutcome, Commit, ProjectorError, SWAP_LOCK};
 use crate::schema::{self, LIVE_SCHEMA, SchemaError, quote_ident};
 use crate::usage::{self, Unkeyed, UsageAgents, UsageConversations};
 use crate::{Projection, agents::Agents, conversations::Conversations, users::Users};
 use async_nats::jetstream::{self, consumer};
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
+use futures::{StreamExt, TryFutureExt};
 use sqlx::PgPool;
 use std::time::Duration;
 use tokio_util::task::AbortOnDropHandle;
@@ -28,6 +28,10 @@ use warren_commands::codec;
 /// Commits fetched and applied together by a rebuild (the live projector takes smaller batches,
 /// to show each commit sooner).
 const REPLAY_BATCH: usize = 8_192;
+
+/// Batches read ahead of the writer, per stream: enough to keep the reader busy while the
+/// rebuild schema is made (it starts first) and through the writer's slower batches.
+const READ_AHEAD: usize = 6;
 
 /// Progress of one projection during a rebuild.
 #[derive(Clone, Debug)]
@@ -82,22 +86,28 @@ pub async fn replay(
         "warren_rebuild_{}",
         chrono::Utc::now().format("%Y%m%d%H%M%S%f")
     );
-    // Make sure the live schema exists too, so there is something to swap out.
-    let (rebuild, live) = tokio::try_join!(
-        schema::open_rebuild(database_url, &built, 6),
-        schema::open(database_url, LIVE_SCHEMA, 2),
+    // The log is read from the start while the schema is made: a fresh one holds no checkpoint.
+    let readers = tokio::try_join!(
+        Reader::<Users>::start(js, 0),
+        Reader::<Agents>::start(js, 0),
+        Reader::<Conversations>::start(js, 0),
+        Reader::<Unkeyed<UsageAgents>>::start(js, 0),
+        Reader::<Unkeyed<UsageConversations>>::start(js, 0),
     )?;
+    let rebuild = schema::open_rebuild(database_url, &built, 6).await?;
     let deferred = defer_indexes(&rebuild, &built, &usage::TABLES).await?;
     let key = usage::unkey_facts(&rebuild).await?;
 
     // The projections are independent (each reads its own stream and its own rows, as live,
     // where they run side by side too): one's database round trips overlap another's decoding.
-    let (users, agents, conversations, usage_agents, usage_conversations) = tokio::try_join!(
-        catch_up::<Users>(js, &rebuild, progress),
-        catch_up::<Agents>(js, &rebuild, progress),
-        catch_up::<Conversations>(js, &rebuild, progress),
-        catch_up::<Unkeyed<UsageAgents>>(js, &rebuild, progress),
-        catch_up::<Unkeyed<UsageConversations>>(js, &rebuild, progress),
+    // The live schema is opened meanwhile (and made if missing, so there is one to swap out).
+    let (live, users, agents, conversations, usage_agents, usage_conversations) = tokio::try_join!(
+        schema::open(database_url, LIVE_SCHEMA, 2).err_into::<ReplayError>(),
+        readers.0.write(&rebuild, progress).err_into(),
+        readers.1.write(&rebuild, progress).err_into(),
+        readers.2.write(&rebuild, progress).err_into(),
+        readers.3.write(&rebuild, progress).err_into(),
+        readers.4.write(&rebuild, progress).err_into(),
     )?;
     let mut applied = vec![
         (Users::NAME, users),
@@ -162,34 +172,57 @@ pub async fn replay_usage(
         "warren_rebuild_usage_{}",
         chrono::Utc::now().format("%Y%m%d%H%M%S%f")
     );
-    let (rebuild, live) = tokio::try_join!(
-        schema::open_rebuild(database_url, &built, 6),
-        schema::open(database_url, LIVE_SCHEMA, 2),
+    // Where reading starts (after the last commit before `from`, else from the start) is the
+    // log's to say: the log is read from there while the schema is made.
+    let starts = match from {
+        Some(from) => (
+            first_at::<UsageAgents>(js, from).await?.saturating_sub(1),
+            first_at::<UsageConversations>(js, from)
+                .await?
+                .saturating_sub(1),
+        ),
+        None => (0, 0),
+    };
+    let readers = tokio::try_join!(
+        Reader::<Unkeyed<UsageAgents>>::start(js, starts.0),
+        Reader::<Unkeyed<UsageConversations>>::start(js, starts.1),
     )?;
+    let rebuild = schema::open_rebuild(database_url, &built, 6).await?;
     let (live_q, built_q) = (quote_ident(LIVE_SCHEMA), quote_ident(&built));
     let deferred = defer_indexes(&rebuild, &built, &usage::TABLES).await?;
     let key = usage::unkey_facts(&rebuild).await?;
+    // The live schema is opened alongside the writes below unless the facts before `from` are
+    // to be copied from it first.
+    let mut live = None;
     if let Some(from) = from {
-        keep_before(&live, &rebuild, &live_q, &built_q, from).await?;
-        let agents = first_at::<UsageAgents>(js, from).await?;
-        let conversations = first_at::<UsageConversations>(js, from).await?;
-        for (name, first) in [
-            (UsageAgents::NAME, agents),
-            (UsageConversations::NAME, conversations),
+        let pool = schema::open(database_url, LIVE_SCHEMA, 2).await?;
+        keep_before(&pool, &rebuild, &live_q, &built_q, from).await?;
+        live = Some(pool);
+        for (name, after) in [
+            (UsageAgents::NAME, starts.0),
+            (UsageConversations::NAME, starts.1),
         ] {
             sqlx::query(
                 "INSERT INTO checkpoints (projection, last_seq) VALUES ($1, $2) \
                  ON CONFLICT (projection) DO UPDATE SET last_seq = EXCLUDED.last_seq",
             )
             .bind(name)
-            .bind(first.saturating_sub(1) as i64)
+            .bind(after as i64)
             .execute(&rebuild)
             .await?;
         }
     }
-    let (agents, conversations) = tokio::try_join!(
-        catch_up::<Unkeyed<UsageAgents>>(js, &rebuild, progress),
-        catch_up::<Unkeyed<UsageConversations>>(js, &rebuild, progress),
+    let (live, agents, conversations) = tokio::try_join!(
+        async {
+            match live {
+                Some(pool) => Ok(pool),
+                None => schema::open(database_url, LIVE_SCHEMA, 2)
+                    .await
+                    .map_err(ReplayError::from),
+            }
+        },
+        readers.0.write(&rebuild, progress).err_into(),
+        readers.1.write(&rebuild, progress).err_into(),
     )?;
     let mut applied = vec![
         (UsageAgents::NAME, agents),
@@ -385,66 +418,97 @@ async fn first_at<P: Projection>(
 }
 
 /// Applies everything in the stream after the rebuild's checkpoint. Returns how many commits.
-///
-/// A task of its own fetches and decodes the batches ([`read_batches`]), so the next batch is read
-/// off the log while this one is written to the database. (Not an ordered consumer: held back by
-/// a slow writer, one stalled for half a minute before it reset.)
 async fn catch_up<P: Projection>(
     js: &jetstream::Context,
     pool: &PgPool,
     progress: &(dyn Fn(&Progress) + Sync),
 ) -> Result<u64, ProjectorError> {
-    let name = format!("replay-{}", P::NAME);
-    let mut committed = runner::checkpoint(pool, P::NAME).await?;
-    let stream = js
-        .get_stream_no_info(P::STREAM)
-        .await
-        .map_err(|e| runner::consumer_err(&name, e))?;
-    let consumer: consumer::PullConsumer = stream
-        .create_consumer(consumer::pull::Config {
-            filter_subject: P::FILTER.to_owned(),
-            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                start_sequence: committed + 1,
-            },
-            ack_policy: consumer::AckPolicy::None,
-            inactive_threshold: Duration::from_secs(30),
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| runner::consumer_err(&name, e))?;
-    if consumer.cached_info().num_pending == 0 {
-        return Ok(0);
-    }
-    let (batches, mut received) = tokio::sync::mpsc::channel(2);
-    let reader = AbortOnDropHandle::new(tokio::spawn(read_batches::<P>(name, consumer, batches)));
-    let mut applied = 0;
-    while let Some(batch) = received.recv().await {
-        let Batch {
-            messages,
-            decoded,
-            pending,
-        } = batch?;
-        match runner::apply_decoded::<P>(pool, committed, &messages, decoded, false).await? {
-            BatchOutcome::Applied(last) => {
-                applied += messages.len() as u64;
-                committed = last;
-            }
-            BatchOutcome::Moved(stored) => committed = stored,
-        }
-        progress(&Progress {
-            projection: P::NAME,
-            applied,
-            pending,
+    let after = runner::checkpoint(pool, P::NAME).await?;
+    let reader = Reader::<P>::start(js, after).await?;
+    reader.write(pool, progress).await
+}
+
+/// One projection's commits after a sequence, read off the log ahead of the writer.
+///
+/// A task of its own fetches and decodes the batches ([`read_batches`]), so the next batch is
+/// read off the log while this one is written to the database, and the first ones while the
+/// rebuild schema is still being made. (Not an ordered consumer: held back by a slow writer, one
+/// stalled for half a minute before it reset.)
+struct Reader<P: Projection> {
+    /// The sequence the rebuild's checkpoint holds when writing starts.
+    after: u64,
+    /// The batches, then the end of the channel when the log has nothing more.
+    received: tokio::sync::mpsc::Receiver<Result<Batch<P::Event>, ProjectorError>>,
+    _task: Option<AbortOnDropHandle<()>>,
+}
+
+impl<P: Projection> Reader<P> {
+    /// Starts reading `P`'s commits after `after`.
+    async fn start(js: &jetstream::Context, after: u64) -> Result<Self, ProjectorError> {
+        let name = format!("replay-{}", P::NAME);
+        let stream = js
+            .get_stream_no_info(P::STREAM)
+            .await
+            .map_err(|e| runner::consumer_err(&name, e))?;
+        let consumer: consumer::PullConsumer = stream
+            .create_consumer(consumer::pull::Config {
+                filter_subject: P::FILTER.to_owned(),
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: after + 1,
+                },
+                ack_policy: consumer::AckPolicy::None,
+                inactive_threshold: Duration::from_secs(30),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| runner::consumer_err(&name, e))?;
+        let (batches, received) = tokio::sync::mpsc::channel(READ_AHEAD);
+        let task = (consumer.cached_info().num_pending > 0).then(|| {
+            AbortOnDropHandle::new(tokio::spawn(read_batches::<P>(name, consumer, batches)))
         });
+        Ok(Self {
+            after,
+            received,
+            _task: task,
+        })
     }
-    drop(reader);
-    Ok(applied)
+
+    /// Applies every batch read, from the checkpoint the reader started after (which the rebuild
+    /// must hold by now). Returns how many commits.
+    async fn write(
+        mut self,
+        pool: &PgPool,
+        progress: &(dyn Fn(&Progress) + Sync),
+    ) -> Result<u64, ProjectorError> {
+        let mut committed = self.after;
+        let mut applied = 0;
+        while let Some(batch) = self.received.recv().await {
+            let Batch {
+                commits,
+                decoded,
+                pending,
+            } = batch?;
+            match runner::apply_decoded::<P>(pool, committed, &commits, decoded, false).await? {
+                BatchOutcome::Applied(last) => {
+                    applied += commits.len() as u64;
+                    committed = last;
+                }
+                BatchOutcome::Moved(stored) => committed = stored,
+            }
+            progress(&Progress {
+                projection: P::NAME,
+                applied,
+                pending,
+            });
+        }
+        Ok(applied)
+    }
 }
 
 /// One batch read off the log.
 struct Batch<E> {
-    messages: Vec<jetstream::Message>,
-    /// For a bulk projection, the messages' envelopes (decoded by the reader, off the writer's
+    commits: Vec<Commit>,
+    /// For a bulk projection, the commits' envelopes (decoded by the reader, off the writer's
     /// path).
     decoded: runner::Decoded<E>,
     /// How many commits were left after it when it was read.
@@ -482,27 +546,29 @@ async fn read_batches<P: Projection>(
                 .messages()
                 .await
                 .map_err(|e| runner::consumer_err(&name, e))?;
-            let mut messages = Vec::with_capacity(REPLAY_BATCH);
+            let mut commits = Vec::with_capacity(REPLAY_BATCH);
             let mut decoded = Vec::new();
+            let mut left = None;
             while let Some(message) = fetched.next().await {
                 let message = message.map_err(|source| ProjectorError::Consumer {
                     consumer: name.clone(),
                     source,
                 })?;
+                let Some((commit, after)) = Commit::read(message) else {
+                    continue;
+                };
                 if P::BULK {
-                    decoded.push(Some(codec::decode::<P::Event>(&message.payload)));
+                    decoded.push(Some(codec::decode::<P::Event>(&commit.message.payload)));
                 }
-                messages.push(message);
+                commits.push(commit);
+                left = Some(after);
             }
-            pending = messages
-                .last()
-                .and_then(|message| message.info().ok())
-                .map(|info| info.pending);
-            if messages.is_empty() {
+            pending = left;
+            if commits.is_empty() {
                 continue;
             }
             let batch = Batch {
-                messages,
+                commits,
                 decoded,
                 pending: pending.unwrap_or_default(),
             };

@@ -53,6 +53,33 @@ pub(crate) fn consumer_err(
     }
 }
 
+/// One commit read off the log: its stream sequence and the stored message. Read from a
+/// JetStream message by [`Commit::read`], which drops the message's client handle where it was
+/// received (a rebuild reads on one task and writes on another).
+#[derive(Clone, Debug)]
+pub struct Commit {
+    /// Its sequence in the stream.
+    pub seq: u64,
+    /// The stored message: subject, headers, payload.
+    pub message: async_nats::Message,
+}
+
+impl Commit {
+    /// The commit a JetStream message delivers, and how many were left after it; `None` for a
+    /// message that is not a stream's (no `$JS.ACK` reply to say where it is).
+    pub fn read(message: jetstream::Message) -> Option<(Commit, u64)> {
+        let info = message.info().ok()?;
+        let (seq, pending) = (info.stream_sequence, info.pending);
+        Some((
+            Commit {
+                seq,
+                message: message.message,
+            },
+            pending,
+        ))
+    }
+}
+
 /// The durable consumer name of a projection.
 pub fn consumer_name<P: Projection>() -> String {
     format!("projector-{}", P::NAME)
@@ -122,18 +149,20 @@ pub async fn run<P: Projection>(
                 source: e,
             })?);
         }
-        if messages.is_empty() {
+        // AckPolicy::All: one ack of the last message covers the whole batch.
+        let Some(last) = messages.last().cloned() else {
             continue;
-        }
-        match apply_batch::<P>(&pool, committed, &messages, true).await? {
-            BatchOutcome::Applied(last) => {
-                committed = last;
-                if let Some(last) = messages.last() {
-                    // AckPolicy::All: one ack covers the whole batch.
-                    last.ack()
-                        .await
-                        .map_err(|e| consumer_err(&name, std::io::Error::other(e)))?;
-                }
+        };
+        let commits: Vec<Commit> = messages
+            .into_iter()
+            .filter_map(|message| Commit::read(message).map(|(commit, _)| commit))
+            .collect();
+        match apply_batch::<P>(&pool, committed, &commits, true).await? {
+            BatchOutcome::Applied(applied) => {
+                committed = applied;
+                last.ack()
+                    .await
+                    .map_err(|e| consumer_err(&name, std::io::Error::other(e)))?;
             }
             BatchOutcome::Moved(stored) => {
                 tracing::info!(
@@ -167,29 +196,29 @@ pub enum BatchOutcome {
 pub async fn apply_batch<P: Projection>(
     pool: &PgPool,
     committed: u64,
-    messages: &[jetstream::Message],
+    commits: &[Commit],
     swap_lock: bool,
 ) -> Result<BatchOutcome, ProjectorError> {
-    apply_decoded::<P>(pool, committed, messages, Vec::new(), swap_lock).await
+    apply_decoded::<P>(pool, committed, commits, Vec::new(), swap_lock).await
 }
 
 /// Each message's envelopes, decoded ahead of its batch; `None` (or a short list) where a
 /// message was not.
 pub type Decoded<E> = Vec<Option<Result<Vec<Envelope<E>>, codec::DecodeError>>>;
 
-/// [`apply_batch`] with the messages' envelopes decoded ahead (a rebuild decodes the next batch
+/// [`apply_batch`] with the commits' envelopes decoded ahead (a rebuild decodes the next batch
 /// while this one is written). Only a bulk projection's fast path uses them.
 pub async fn apply_decoded<P: Projection>(
     pool: &PgPool,
     committed: u64,
-    messages: &[jetstream::Message],
+    commits: &[Commit],
     mut decoded: Decoded<P::Event>,
     swap_lock: bool,
 ) -> Result<BatchOutcome, ProjectorError> {
     let first = try_batch::<P>(
         pool,
         committed,
-        messages,
+        commits,
         &mut decoded,
         swap_lock,
         Isolation::Batch,
@@ -206,7 +235,7 @@ pub async fn apply_decoded<P: Projection>(
             let again = try_batch::<P>(
                 pool,
                 committed,
-                messages,
+                commits,
                 &mut decoded,
                 swap_lock,
                 Isolation::PerCommit,
@@ -255,7 +284,7 @@ impl From<sqlx::Error> for Attempt {
 async fn try_batch<P: Projection>(
     pool: &PgPool,
     committed: u64,
-    messages: &[jetstream::Message],
+    commits: &[Commit],
     decoded: &mut Decoded<P::Event>,
     swap_lock: bool,
     isolation: Isolation,
@@ -282,10 +311,10 @@ async fn try_batch<P: Projection>(
     }
     let mut last = stored;
     // A bulk projection's events wait here and are written together (`Projection::apply_many`).
-    let mut pending: Vec<(u64, Envelope<P::Event>)> = Vec::new();
-    for (at, message) in messages.iter().enumerate() {
-        let Ok(info) = message.info() else { continue };
-        let seq = info.stream_sequence;
+    let mut pending: Vec<(u64, Envelope<P::Event>)> =
+        Vec::with_capacity(if P::BULK { commits.len() } else { 0 });
+    for (at, Commit { seq, message }) in commits.iter().enumerate() {
+        let seq = *seq;
         if seq <= last {
             continue; // redelivered: already in this schema
         }

@@ -12,7 +12,7 @@ use warren_commands::{CommandService, codec};
 use warren_domain::Actor;
 use warren_domain::ids::{ConnectionId, UserId};
 use warren_domain::user::{ApprovalMode, AuthKind, AuthMethod, UserCommand};
-use warren_projections::runner::{self, BatchOutcome};
+use warren_projections::runner::{self, BatchOutcome, Commit};
 use warren_projections::schema::{self, LIVE_SCHEMA};
 use warren_projections::users::Users;
 use warren_testkit::{TestDb, TestNats, wait_until};
@@ -141,7 +141,7 @@ async fn a_redelivered_batch_changes_nothing() {
     }
     let messages = commits(&js, topology::USERS, 0).await;
     assert_eq!(messages.len(), 6);
-    let headers = messages[1].headers.as_ref().expect("headers");
+    let headers = messages[1].message.headers.as_ref().expect("headers");
     assert_eq!(
         codec::header(headers, codec::HEADER_EVENT_TYPES),
         Some("TierChanged")
@@ -442,7 +442,7 @@ async fn publish_agent_event(
 }
 
 /// The commits of `stream` after `after` (up to 100).
-async fn commits(js: &jetstream::Context, stream: &str, after: u64) -> Vec<jetstream::Message> {
+async fn commits(js: &jetstream::Context, stream: &str, after: u64) -> Vec<Commit> {
     let stream = js.get_stream(stream).await.expect("stream");
     let consumer: consumer::PullConsumer = stream
         .create_consumer(consumer::pull::Config {
@@ -461,11 +461,12 @@ async fn commits(js: &jetstream::Context, stream: &str, after: u64) -> Vec<jetst
         .messages()
         .await
         .expect("fetch");
-    let mut messages = Vec::new();
+    let mut commits = Vec::new();
     while let Some(message) = batch.next().await {
-        messages.push(message.expect("message"));
+        let (commit, _) = Commit::read(message.expect("message")).expect("a stream's message");
+        commits.push(commit);
     }
-    messages
+    commits
 }
 
 async fn usage_rows(pool: &sqlx::PgPool) -> Vec<(uuid::Uuid, i64, i64, Vec<String>)> {
