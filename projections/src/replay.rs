@@ -26,12 +26,13 @@ use tokio_util::task::AbortOnDropHandle;
 use warren_commands::codec;
 
 /// Commits fetched and applied together by a rebuild (the live projector takes smaller batches,
-/// to show each commit sooner).
-const REPLAY_BATCH: usize = 8_192;
+/// to show each commit sooner). Each batch costs the writer about ten database round trips,
+/// which wait for a core while the reader keeps both busy: fewer, larger batches go faster.
+const REPLAY_BATCH: usize = 16_384;
 
 /// Batches read ahead of the writer, per stream: enough to keep the reader busy while the
 /// rebuild schema is made (it starts first) and through the writer's slower batches.
-const READ_AHEAD: usize = 6;
+const READ_AHEAD: usize = 3;
 
 /// Progress of one projection during a rebuild.
 #[derive(Clone, Debug)]
@@ -438,7 +439,7 @@ struct Reader<P: Projection> {
     /// The sequence the rebuild's checkpoint holds when writing starts.
     after: u64,
     /// The batches, then the end of the channel when the log has nothing more.
-    received: tokio::sync::mpsc::Receiver<Result<Batch<P::Event>, ProjectorError>>,
+    received: tokio::sync::mpsc::Receiver<Result<Decoding<P::Event>, ProjectorError>>,
     _task: Option<AbortOnDropHandle<()>>,
 }
 
@@ -487,7 +488,9 @@ impl<P: Projection> Reader<P> {
                 commits,
                 decoded,
                 pending,
-            } = batch?;
+            } = batch?
+                .await
+                .map_err(|e| runner::consumer_err(&format!("replay-{}", P::NAME), e))?;
             match runner::apply_decoded::<P>(pool, committed, &commits, decoded, false).await? {
                 BatchOutcome::Applied(last) => {
                     applied += commits.len() as u64;
@@ -505,6 +508,9 @@ impl<P: Projection> Reader<P> {
     }
 }
 
+/// A batch being decoded.
+type Decoding<E> = AbortOnDropHandle<Batch<E>>;
+
 /// One batch read off the log.
 struct Batch<E> {
     commits: Vec<Commit>,
@@ -520,7 +526,7 @@ struct Batch<E> {
 async fn read_batches<P: Projection>(
     name: String,
     mut consumer: consumer::PullConsumer,
-    batches: tokio::sync::mpsc::Sender<Result<Batch<P::Event>, ProjectorError>>,
+    batches: tokio::sync::mpsc::Sender<Result<Decoding<P::Event>, ProjectorError>>,
 ) {
     let read = async {
         // What is left: read off the last message fetched, else asked of the consumer.
@@ -547,7 +553,6 @@ async fn read_batches<P: Projection>(
                 .await
                 .map_err(|e| runner::consumer_err(&name, e))?;
             let mut commits = Vec::with_capacity(REPLAY_BATCH);
-            let mut decoded = Vec::new();
             let mut left = None;
             while let Some(message) = fetched.next().await {
                 let message = message.map_err(|source| ProjectorError::Consumer {
@@ -557,9 +562,6 @@ async fn read_batches<P: Projection>(
                 let Some((commit, after)) = Commit::read(message) else {
                     continue;
                 };
-                if P::BULK {
-                    decoded.push(Some(codec::decode::<P::Event>(&commit.message.payload)));
-                }
                 commits.push(commit);
                 left = Some(after);
             }
@@ -567,12 +569,28 @@ async fn read_batches<P: Projection>(
             if commits.is_empty() {
                 continue;
             }
-            let batch = Batch {
-                commits,
-                decoded,
-                pending: pending.unwrap_or_default(),
-            };
-            if batches.send(Ok(batch)).await.is_err() {
+            // Decoded on a task of its own, while the next batch is fetched.
+            let pending = pending.unwrap_or_default();
+            let decoding = tokio::spawn(async move {
+                let decoded = if P::BULK {
+                    commits
+                        .iter()
+                        .map(|commit| Some(codec::decode::<P::Event>(&commit.message.payload)))
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                Batch {
+                    commits,
+                    decoded,
+                    pending,
+                }
+            });
+            if batches
+                .send(Ok(AbortOnDropHandle::new(decoding)))
+                .await
+                .is_err()
+            {
                 return Ok(()); // the writer stopped
             }
         }
