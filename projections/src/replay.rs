@@ -34,6 +34,17 @@ const REPLAY_BATCH: usize = 16_384;
 /// rebuild schema is made (it starts first) and through the writer's slower batches.
 const READ_AHEAD: usize = 3;
 
+/// About how many payload bytes one batch holds at most: a stream of large commits is fetched
+/// in fewer commits at a time, so what waits in memory stays near `READ_AHEAD + 2` batches of
+/// this size per stream (the batch size follows the last batch's mean commit size).
+const BATCH_BYTES: usize = 8 << 20;
+
+/// Fewest commits fetched at a time, however large they are.
+const MIN_BATCH: usize = 64;
+
+/// Commits in the first batch, before their size is known.
+const FIRST_BATCH: usize = 1_024;
+
 /// Progress of one projection during a rebuild.
 #[derive(Clone, Debug)]
 pub struct Progress {
@@ -521,8 +532,9 @@ struct Batch<E> {
     pending: u64,
 }
 
-/// Fetches batches of up to [`REPLAY_BATCH`] commits and decodes them, until the log has nothing
-/// more to hand out, then ends.
+/// Fetches batches of up to [`REPLAY_BATCH`] commits (and about [`BATCH_BYTES`]; the first is
+/// small, to learn the commits' size) and decodes them, until the log has nothing more to hand
+/// out, then ends.
 async fn read_batches<P: Projection>(
     name: String,
     mut consumer: consumer::PullConsumer,
@@ -531,6 +543,7 @@ async fn read_batches<P: Projection>(
     let read = async {
         // What is left: read off the last message fetched, else asked of the consumer.
         let mut pending = None;
+        let mut size = FIRST_BATCH;
         loop {
             let left = match pending {
                 Some(left) => left,
@@ -547,12 +560,12 @@ async fn read_batches<P: Projection>(
             }
             let mut fetched = consumer
                 .fetch()
-                .max_messages(REPLAY_BATCH)
+                .max_messages(size)
                 .expires(Duration::from_millis(500))
                 .messages()
                 .await
                 .map_err(|e| runner::consumer_err(&name, e))?;
-            let mut commits = Vec::with_capacity(REPLAY_BATCH);
+            let mut commits = Vec::with_capacity(size);
             let mut left = None;
             while let Some(message) = fetched.next().await {
                 let message = message.map_err(|source| ProjectorError::Consumer {
@@ -569,6 +582,8 @@ async fn read_batches<P: Projection>(
             if commits.is_empty() {
                 continue;
             }
+            let bytes: usize = commits.iter().map(|c| c.message.payload.len()).sum();
+            size = (BATCH_BYTES * commits.len() / bytes.max(1)).clamp(MIN_BATCH, REPLAY_BATCH);
             // Decoded on a task of its own, while the next batch is fetched.
             let pending = pending.unwrap_or_default();
             let decoding = tokio::spawn(async move {
